@@ -1,0 +1,3 @@
+from taskorch.cli import main
+
+main()

@@ -1,0 +1,341 @@
+"""The HTTP API: Starlette routes that validate, authorise and hand over to the store.
+
+Every error leaves as the contract's ``{"error": {...}}`` body; nothing a client sends can produce
+a 500. Shared resources (the Redis client, the store, the token verifier) are made in the
+lifespan and reached through ``request.state``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import redis.exceptions
+import structlog
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import FileResponse, Response, StreamingResponse
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from taskorch import auth, metrics, openapi
+from taskorch import constants as c
+from taskorch.errors import ApiError, BadRequest, NotFound, PayloadTooLarge, Unauthorized
+from taskorch.models import (
+    TaskCreate,
+    TaskPatch,
+    TaskStatus,
+    TokenRequest,
+    TokenResponse,
+    decode_body,
+)
+from taskorch.settings import Settings
+from taskorch.store import Store, connect
+
+log = structlog.get_logger("taskorch.api")
+WEB_DIR = Path(__file__).resolve().parent.parent / "web"
+_enc = msgspec.json.Encoder()
+
+
+class JSON(Response):
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return _enc.encode(content)
+
+
+def error_response(exc: ApiError) -> Response:
+    return JSON(exc.body(), status_code=exc.status_code, headers=exc.headers)
+
+
+async def read_body(request: Request) -> bytes:
+    """The request body, refusing more than MAX_BODY_BYTES before reading it all."""
+    declared = request.headers.get("content-length")
+    too_big = PayloadTooLarge(f"The body is larger than {c.MAX_BODY_BYTES} bytes.")
+    if declared and declared.isdigit() and int(declared) > c.MAX_BODY_BYTES:
+        raise too_big
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > c.MAX_BODY_BYTES:
+            raise too_big
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def principal(request: Request, scope: str) -> auth.Principal:
+    header = request.headers.get("authorization", "")
+    kind, _, token = header.partition(" ")
+    if kind.lower() != "bearer" or not token.strip():
+        token = (
+            request.query_params.get("access_token", "") if request.url.path == "/v1/events" else ""
+        )
+        if not token:
+            raise Unauthorized("Send a token: Authorization: Bearer <JWT>.", code="missing_token")
+    p = await request.state.verifier.verify(token.strip())
+    p.require(scope)
+    return p
+
+
+def _status_param(request: Request) -> TaskStatus | None:
+    raw = request.query_params.get("status")
+    if not raw:
+        return None
+    try:
+        return TaskStatus(raw)
+    except ValueError:
+        raise _invalid_param(
+            "status", "must be one of " + ", ".join(s.value for s in TaskStatus)
+        ) from None
+
+
+def _limit_param(request: Request) -> int:
+    raw = request.query_params.get("limit")
+    if raw is None:
+        return c.DEFAULT_LIST_LIMIT
+    if not raw.isdigit() or not 1 <= int(raw) <= c.MAX_LIST_LIMIT:
+        raise _invalid_param("limit", f"must be a whole number from 1 to {c.MAX_LIST_LIMIT}")
+    return int(raw)
+
+
+def _invalid_param(name: str, message: str) -> ApiError:
+    from taskorch.errors import ValidationFailed
+
+    return ValidationFailed(
+        f"The query parameter {name} {message}.", details=[{"field": name, "message": message}]
+    )
+
+
+# -- routes ------------------------------------------------------------------------------------
+
+
+async def create_task(request: Request) -> Response:
+    p = await principal(request, "write")
+    body = decode_body(await read_body(request), TaskCreate)
+    key = request.headers.get("idempotency-key")
+    if key is not None and not 1 <= len(key) <= 255:
+        raise BadRequest("The Idempotency-Key header must be 1 to 255 characters.")
+    store: Store = request.state.store
+    task, created = await store.create_task(p.sub, body, idempotency_key=key)
+    log.info(
+        "task.created" if created else "task.idempotent_repeat",
+        task_id=task.id,
+        owner=p.sub,
+        run_at=task.run_at,
+    )
+    return JSON(
+        task, status_code=201 if created else 200, headers={"Location": f"/v1/tasks/{task.id}"}
+    )
+
+
+async def list_tasks(request: Request) -> Response:
+    p = await principal(request, "read")
+    cursor = request.query_params.get("cursor") or None
+    if cursor is not None and not cursor.startswith("tsk_"):
+        raise _invalid_param("cursor", "is not a cursor this service handed out")
+    page = await request.state.store.list_tasks(
+        p.sub, status=_status_param(request), limit=_limit_param(request), cursor=cursor
+    )
+    return JSON(page)
+
+
+async def get_task(request: Request) -> Response:
+    p = await principal(request, "read")
+    return JSON(await request.state.store.get_task(p.sub, request.path_params["task_id"]))
+
+
+async def modify_task(request: Request) -> Response:
+    p = await principal(request, "write")
+    patch = decode_body(await read_body(request), TaskPatch)
+    task = await request.state.store.modify_task(p.sub, request.path_params["task_id"], patch)
+    log.info("task.modified", task_id=task.id, owner=p.sub, run_at=task.run_at)
+    return JSON(task)
+
+
+async def cancel_task(request: Request) -> Response:
+    p = await principal(request, "write")
+    task = await request.state.store.cancel_task(p.sub, request.path_params["task_id"])
+    log.info("task.cancelled", task_id=task.id, owner=p.sub)
+    return JSON(task)
+
+
+async def issue_token(request: Request) -> Response:
+    body = decode_body(await read_body(request), TokenRequest)
+    if not await auth.authenticate(request.state.redis, body.username, body.password):
+        raise Unauthorized("Wrong username or password.", code="invalid_credentials")
+    settings: Settings = request.state.settings
+    token = auth.mint_token(settings, body.username)
+    return JSON(
+        TokenResponse(access_token=token, token_type="bearer", expires_in=settings.token_ttl_s)
+    )
+
+
+async def events(request: Request) -> Response:
+    """Server-sent events of the owner's changes; EventSource may pass ?access_token=."""
+    p = await principal(request, "read")
+    pubsub = request.state.redis.pubsub(ignore_subscribe_messages=True)
+    await pubsub.subscribe(c.EVENTS_CHANNEL_PREFIX + p.sub)
+
+    async def stream() -> AsyncIterator[bytes]:
+        try:
+            yield b"retry: 2000\n: connected\n\n"
+            while True:
+                msg = await pubsub.get_message(timeout=15.0)
+                if msg is None:
+                    yield b": ping\n\n"
+                    continue
+                data = msg["data"]
+                kind = msgspec.json.decode(data).get("type", "message")
+                yield f"event: {kind}\ndata: {data}\n\n".encode()
+        finally:
+            with contextlib.suppress(Exception):
+                await pubsub.aclose()
+
+    return StreamingResponse(
+        stream(),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+    )
+
+
+async def healthz(request: Request) -> Response:
+    return JSON({"status": "ok"})
+
+
+async def readyz(request: Request) -> Response:
+    try:
+        await asyncio.wait_for(request.state.redis.ping(), 2.0)
+    except (redis.exceptions.RedisError, OSError, TimeoutError) as exc:
+        return JSON(
+            {"status": "unavailable", "redis": str(exc) or type(exc).__name__}, status_code=503
+        )
+    return JSON({"status": "ok", "redis": "ok"})
+
+
+async def metrics_route(request: Request) -> Response:
+    text = await metrics.render(request.state.redis)
+    return Response(text, media_type="text/plain; version=0.0.4; charset=utf-8")
+
+
+async def openapi_route(request: Request) -> Response:
+    return JSON(openapi.document(request.state.settings))
+
+
+async def index(request: Request) -> Response:
+    page = WEB_DIR / "index.html"
+    if not page.exists():
+        raise NotFound("The status page is not installed.")
+    return FileResponse(page, headers={"Cache-Control": "no-cache"})
+
+
+# -- the app -----------------------------------------------------------------------------------
+
+
+def _wrap(
+    endpoint: Callable[[Request], Awaitable[Response]],
+) -> Callable[[Request], Awaitable[Response]]:
+    """Turn our errors into contract bodies and a lost Redis into 503, never a 500."""
+
+    async def handler(request: Request) -> Response:
+        try:
+            return await endpoint(request)
+        except ApiError as exc:
+            return error_response(exc)
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+            log.error("api.redis_unavailable", error=str(exc), path=request.url.path)
+            unavailable = ApiError("Redis is unreachable; try again shortly.", code="unavailable")
+            return JSON(unavailable.body(), status_code=503, headers={"Retry-After": "1"})
+
+    return handler
+
+
+ROUTES: list[tuple[str, Callable[[Request], Awaitable[Response]], str]] = [
+    ("/", index, "GET"),
+    ("/healthz", healthz, "GET"),
+    ("/readyz", readyz, "GET"),
+    ("/metrics", metrics_route, "GET"),
+    ("/openapi.json", openapi_route, "GET"),
+    ("/v1/auth/token", issue_token, "POST"),
+    ("/v1/tasks", create_task, "POST"),
+    ("/v1/tasks", list_tasks, "GET"),
+    ("/v1/tasks/{task_id}", get_task, "GET"),
+    ("/v1/tasks/{task_id}", modify_task, "PATCH"),
+    ("/v1/tasks/{task_id}/cancel", cancel_task, "POST"),
+    ("/v1/events", events, "GET"),
+]
+
+
+def _routes(extra: list[Any]) -> list[Any]:
+    out: list[Any] = [Route(p, _wrap(fn), methods=[m]) for p, fn, m in ROUTES] + extra
+    if (WEB_DIR / "static").is_dir():
+        out.append(Mount("/static", StaticFiles(directory=WEB_DIR / "static"), name="static"))
+    return out
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 405:
+        err = ApiError(
+            f"{request.method} is not allowed on {request.url.path}.", code="method_not_allowed"
+        )
+    else:
+        err = ApiError(
+            exc.detail or "Not found.", code="not_found" if exc.status_code == 404 else "error"
+        )
+    err.status_code = exc.status_code
+    return error_response(err)
+
+
+async def _unexpected(request: Request, exc: Exception) -> Response:
+    log.exception("api.unexpected_error", path=request.url.path)
+    err = ApiError("Something went wrong on our side; it has been logged.", code="internal_error")
+    return JSON(err.body(), status_code=500)
+
+
+def create_app(
+    settings: Settings, *, redis_client: Any = None, extra_routes: list[Any] | None = None
+) -> Starlette:
+    """Build the API. ``redis_client`` lets tests inject one; otherwise one is made at startup."""
+    verifier = auth.TokenVerifier(settings)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
+        client = redis_client if redis_client is not None else connect(settings.redis_url)
+        try:
+            yield {
+                "settings": settings,
+                "redis": client,
+                "store": Store(client),
+                "verifier": verifier,
+            }
+        finally:
+            if redis_client is None:
+                await client.aclose()
+
+    return Starlette(
+        routes=_routes(extra_routes or []),
+        lifespan=lifespan,
+        exception_handlers={HTTPException: _http_error, Exception: _unexpected},
+    )
+
+
+def serve(settings: Settings) -> None:
+    """Entry point of ``taskorch serve``."""
+    import uvicorn
+
+    from taskorch.logs import configure
+
+    configure(fmt=settings.log_format, level=settings.log_level)
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level="warning",
+        proxy_headers=True,
+        access_log=False,
+    )

@@ -1,0 +1,92 @@
+"""The ``taskorch`` command: builds settings and objects, then hands over. Nothing else lives here."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import sys
+
+from taskorch.errors import ConfigError
+from taskorch.settings import Settings
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="taskorch", description="Scheduled HTTP tasks on Redis.")
+    sub = p.add_subparsers(dest="command", required=True)
+    sub.add_parser("dev", help="run Redis, the API and a worker on this machine, for trying out")
+    sub.add_parser("serve", help="run the API (TASKORCH_HOST:TASKORCH_PORT)")
+    sub.add_parser("worker", help="run a worker; run as many as you like")
+    t = sub.add_parser("token", help="print a signed token")
+    t.add_argument("--sub", required=True, help="the owner the token acts for")
+    t.add_argument("--ttl", type=int, default=None, help="seconds until it expires")
+    t.add_argument("--scope", nargs="*", default=None, help="read, write (default: all)")
+    u = sub.add_parser("user", help="manage users who sign in with a password")
+    usub = u.add_subparsers(dest="user_command", required=True)
+    add = usub.add_parser("add", help="add or reset a user (password from a prompt or stdin)")
+    add.add_argument("name")
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = _parser().parse_args(argv)
+    if args.command == "dev":
+        from taskorch.dev import run_dev
+
+        sys.exit(run_dev())
+    try:
+        settings = Settings.from_env()
+    except ConfigError as exc:
+        print(f"taskorch: {exc}", file=sys.stderr)
+        sys.exit(2)
+    if args.command == "serve":
+        from taskorch.api import serve
+
+        serve(settings)
+    elif args.command == "worker":
+        from taskorch.worker import run_worker
+
+        run_worker(settings)
+    elif args.command == "token":
+        from taskorch.auth import mint_token
+
+        if not settings.jwt_secret:
+            print("taskorch: token needs TASKORCH_JWT_SECRET", file=sys.stderr)
+            sys.exit(2)
+        scope = " ".join(args.scope) if args.scope else None
+        print(mint_token(settings, args.sub, ttl_s=args.ttl, scope=scope))
+    elif args.command == "user":
+        _user_add(settings, args.name)
+
+
+def _user_add(settings: Settings, name: str) -> None:
+    from taskorch.auth import add_user
+    from taskorch.store import connect
+
+    if sys.stdin.isatty():
+        password = getpass.getpass(f"Password for {name}: ")
+        if getpass.getpass("Again: ") != password:
+            print("taskorch: the passwords differ", file=sys.stderr)
+            sys.exit(1)
+    else:
+        password = sys.stdin.readline().rstrip("\n")
+    if len(password) < 8:
+        print("taskorch: a password needs at least 8 characters", file=sys.stderr)
+        sys.exit(1)
+
+    async def go() -> None:
+        redis = connect(settings.redis_url)
+        try:
+            await add_user(redis, name, password)
+        finally:
+            await redis.aclose()
+
+    try:
+        asyncio.run(go())
+    except (OSError, ValueError) as exc:
+        print(f"taskorch: {exc}", file=sys.stderr)
+        sys.exit(1)
+    except Exception as exc:  # redis errors, e.g. unreachable
+        print(f"taskorch: could not reach Redis at TASKORCH_REDIS_URL: {exc}", file=sys.stderr)
+        sys.exit(1)
+    print(f"user {name} saved")

@@ -1,0 +1,152 @@
+"""``taskorch dev``: Redis, the API and a worker on one machine, with a token ready to use.
+
+Redis is a ``redis-server`` from PATH with its data under ``.taskorch/redis`` (append-only, so
+tasks survive a restart of ``taskorch dev``); without one, fakeredis's in-process server stands
+in, and we say loudly that nothing it holds survives.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+DATA = Path(".taskorch")
+
+
+def _free_port(preferred: int) -> int:
+    for port in (preferred, 0):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return int(s.getsockname()[1])
+    raise RuntimeError("no free port")
+
+
+def _wait_port(port: int, timeout_s: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def _secret() -> str:
+    if os.environ.get("TASKORCH_JWT_SECRET"):
+        return os.environ["TASKORCH_JWT_SECRET"]
+    path = DATA / "dev-secret"
+    if not path.exists():
+        path.write_text(secrets.token_hex(32))
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
+def _start_redis() -> tuple[str, subprocess.Popen[bytes] | None, object | None]:
+    if os.environ.get("TASKORCH_REDIS_URL"):
+        return os.environ["TASKORCH_REDIS_URL"], None, None
+    server = shutil.which("redis-server")
+    port = _free_port(6390)
+    if server:
+        folder = DATA / "redis"
+        folder.mkdir(parents=True, exist_ok=True)
+        proc = subprocess.Popen(
+            [
+                server,
+                "--port",
+                str(port),
+                "--bind",
+                "127.0.0.1",
+                "--dir",
+                str(folder.resolve()),
+                "--appendonly",
+                "yes",
+                "--maxmemory-policy",
+                "noeviction",
+                "--save",
+                "",
+                "--daemonize",
+                "no",
+                "--logfile",
+                str((folder / "redis.log").resolve()),
+            ],
+        )
+        if not _wait_port(port):
+            raise SystemExit(
+                "taskorch dev: redis-server did not start; see .taskorch/redis/redis.log"
+            )
+        print(f"redis      redis-server on 127.0.0.1:{port}, data in {folder}/")
+        return f"redis://127.0.0.1:{port}/0", proc, None
+    from fakeredis import TcpFakeServer
+
+    fake = TcpFakeServer(("127.0.0.1", port), server_type="redis")
+    threading.Thread(target=fake.serve_forever, daemon=True).start()
+    bar = "!" * 78
+    print(
+        f"{bar}\n!! No redis-server on PATH: using fakeredis in this process, FOR TRYING OUT ONLY.\n"
+        f"!! Nothing survives a restart. Install Redis (apt-get install redis-server) for real use.\n{bar}"
+    )
+    return f"redis://127.0.0.1:{port}/0", None, fake
+
+
+def run_dev() -> int:
+    DATA.mkdir(exist_ok=True)
+    env = dict(os.environ)
+    env.setdefault("TASKORCH_ALLOW_PRIVATE_TARGETS", "1")  # dev targets are usually local
+    env.setdefault("TASKORCH_LOG_FORMAT", "console")
+    env["TASKORCH_JWT_SECRET"] = _secret()
+    redis_url, redis_proc, fake = _start_redis()
+    env["TASKORCH_REDIS_URL"] = redis_url
+    os.environ.update(env)
+
+    from taskorch.auth import mint_token
+    from taskorch.errors import ConfigError
+    from taskorch.settings import Settings
+
+    try:
+        settings = Settings.from_env()
+    except ConfigError as exc:
+        print(f"taskorch: {exc}", file=sys.stderr)
+        return 2
+    token = mint_token(settings, "dev", ttl_s=30 * 24 * 3600)
+    (DATA / "dev-token").write_text(token + "\n")
+    worker = subprocess.Popen([sys.executable, "-m", "taskorch", "worker"], env=env)
+    api = subprocess.Popen([sys.executable, "-m", "taskorch", "serve"], env=env)
+    try:
+        if not _wait_port(settings.port, 15):
+            print("taskorch dev: the API did not start", file=sys.stderr)
+            return 1
+        print(
+            f"\ntaskorch is running at {settings.public_url}  (status page: {settings.public_url}/)\n"
+            f"token for owner 'dev' (also in .taskorch/dev-token):\n\n{token}\n\n"
+            f"  export TOKEN=$(cat .taskorch/dev-token)\n"
+            f'  curl -H "Authorization: Bearer $TOKEN" {settings.public_url}/v1/tasks\n\n'
+            "Ctrl-C stops everything.\n",
+            flush=True,
+        )
+        while api.poll() is None and worker.poll() is None:
+            time.sleep(0.5)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        for p in (api, worker):
+            if p.poll() is None:
+                p.terminate()
+        for p in (api, worker):
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                p.wait(35)
+        if redis_proc is not None:
+            redis_proc.terminate()
+            redis_proc.wait(10)
+        if fake is not None:
+            fake.shutdown()  # type: ignore[attr-defined]

@@ -1,0 +1,109 @@
+"""Exceptions raised by taskorch, all below one root so callers can catch ours and only ours.
+
+TaskorchError
+├── ConfigError            bad TASKORCH_* setting; the process stops at start
+├── ApiError               answered to an HTTP client as {"error": {...}}
+│   ├── BadRequest         400 (invalid_json, bad_request)
+│   ├── Unauthorized       401, with WWW-Authenticate: Bearer
+│   ├── Forbidden          403 (missing scope)
+│   ├── NotFound           404 (also for another owner's resource)
+│   ├── Conflict           409 (state forbids the change; message names the status)
+│   ├── PayloadTooLarge    413
+│   └── ValidationFailed   422 with one detail per field
+└── TargetError            an outbound call failed (stored on the attempt, never raised to clients)
+    ├── TargetBlocked      the address is private/loopback and private targets are not allowed
+    ├── TargetTimeout
+    └── TargetConnectionError
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class TaskorchError(Exception):
+    """Root of every exception taskorch raises."""
+
+
+class ConfigError(TaskorchError):
+    """A TASKORCH_* variable is missing or wrong; the message names it and says what is wrong."""
+
+
+class ApiError(TaskorchError):
+    """An error answered to the client with the contract's error body."""
+
+    status_code = 400
+    code = "bad_request"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        details: list[dict[str, Any]] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+        self.details = details or []
+        self.headers = headers or {}
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"code": self.code, "message": self.message, "details": self.details}}
+
+
+class BadRequest(ApiError):
+    status_code = 400
+    code = "bad_request"
+
+
+class Unauthorized(ApiError):
+    status_code = 401
+    code = "unauthorized"
+
+    def __init__(self, message: str, **kwargs: Any) -> None:
+        kwargs.setdefault("headers", {"WWW-Authenticate": "Bearer"})
+        super().__init__(message, **kwargs)
+
+
+class Forbidden(ApiError):
+    status_code = 403
+    code = "forbidden"
+
+
+class NotFound(ApiError):
+    status_code = 404
+    code = "not_found"
+
+
+class Conflict(ApiError):
+    status_code = 409
+    code = "conflict"
+
+
+class PayloadTooLarge(ApiError):
+    status_code = 413
+    code = "payload_too_large"
+
+
+class ValidationFailed(ApiError):
+    status_code = 422
+    code = "validation_failed"
+
+
+class TargetError(TaskorchError):
+    """An outbound call could not complete; ``str(exc)`` is what the attempt records."""
+
+
+class TargetBlocked(TargetError):
+    """The target resolves to an address that private-target protection forbids."""
+
+
+class TargetTimeout(TargetError):
+    """The target did not answer within the task's timeout."""
+
+
+class TargetConnectionError(TargetError):
+    """The connection to the target failed (refused, reset, DNS)."""

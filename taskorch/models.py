@@ -1,0 +1,372 @@
+"""The shapes of everything the API accepts and answers, as msgspec structs.
+
+Input is validated field by field so that a client learns every problem at once, each with its
+path (``steps[3].url``); the OpenAPI document is generated from these same structs.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+import math
+import re
+from typing import Annotated, Any, Literal, TypeVar, Union, get_args, get_origin
+
+import msgspec
+from msgspec import UNSET, Meta, Struct, UnsetType
+
+from taskorch import constants as c
+from taskorch.errors import BadRequest, ValidationFailed
+
+Method = Literal["GET", "POST", "PUT", "PATCH", "DELETE"]
+Seconds = Annotated[float, Meta(ge=0, description="seconds, fractions allowed")]
+Timestamp = Annotated[str, Meta(extra_json_schema={"format": "date-time"})]
+
+
+class TaskStatus(enum.StrEnum):
+    """Where a task is in its life. Only ``scheduled`` and ``retrying`` can still change."""
+
+    scheduled = "scheduled"
+    running = "running"
+    retrying = "retrying"
+    succeeded = "succeeded"
+    failed = "failed"
+    cancelled = "cancelled"
+
+
+class _Input(Struct, forbid_unknown_fields=True):
+    """Base of request bodies: unknown fields are rejected, as the contract says."""
+
+    def check(self) -> list[tuple[str, str]]:
+        """Cross-field rules msgspec cannot express: (field, message) pairs."""
+        return []
+
+
+class TaskSpec(_Input):
+    """What one HTTP call is and how it is retried: the part shared by tasks and steps."""
+
+    url: Annotated[str, Meta(min_length=1, max_length=8192)]
+    method: Method = "POST"
+    headers: dict[str, str] = {}
+    payload: Any = None
+    retries: Annotated[int, Meta(ge=0, le=c.MAX_RETRIES)] = c.DEFAULT_RETRIES
+    retry_delay: Seconds = c.DEFAULT_RETRY_DELAY_S
+    backoff: Annotated[float, Meta(ge=1)] = c.DEFAULT_BACKOFF
+    max_retry_delay: Seconds = c.DEFAULT_MAX_RETRY_DELAY_S
+    timeout: Annotated[float, Meta(ge=1, le=c.MAX_TIMEOUT_S)] = c.DEFAULT_TIMEOUT_S
+
+    def check(self) -> list[tuple[str, str]]:
+        problems = []
+        if (msg := url_problem(self.url)) is not None:
+            problems.append(("url", msg))
+        for name in self.headers:
+            if not _HEADER_NAME.fullmatch(name):
+                problems.append((f"headers.{name}", "is not a valid HTTP header name"))
+        for name, value in self.headers.items():
+            if "\r" in value or "\n" in value:
+                problems.append((f"headers.{name}", "must not contain line breaks"))
+        return problems
+
+
+class TaskCreate(TaskSpec):
+    """Body of ``POST /v1/tasks``."""
+
+    run_at: dt.datetime | None = None
+    delay: Seconds | None = None
+    name: Annotated[str, Meta(max_length=200)] | None = None
+
+    def check(self) -> list[tuple[str, str]]:
+        problems = super().check()
+        problems += check_when(self.run_at, self.delay)
+        return problems
+
+
+class TaskPatch(_Input):
+    """Body of ``PATCH /v1/tasks/{id}``: any creation field; absent ones stay as they are."""
+
+    url: Annotated[str, Meta(min_length=1, max_length=8192)] | UnsetType = UNSET
+    method: Method | UnsetType = UNSET
+    headers: dict[str, str] | UnsetType = UNSET
+    payload: Any | UnsetType = UNSET
+    retries: Annotated[int, Meta(ge=0, le=c.MAX_RETRIES)] | UnsetType = UNSET
+    retry_delay: Seconds | UnsetType = UNSET
+    backoff: Annotated[float, Meta(ge=1)] | UnsetType = UNSET
+    max_retry_delay: Seconds | UnsetType = UNSET
+    timeout: Annotated[float, Meta(ge=1, le=c.MAX_TIMEOUT_S)] | UnsetType = UNSET
+    run_at: dt.datetime | UnsetType | None = UNSET
+    delay: Seconds | UnsetType | None = UNSET
+    name: Annotated[str, Meta(max_length=200)] | UnsetType | None = UNSET
+
+    def check(self) -> list[tuple[str, str]]:
+        problems = []
+        if not isinstance(self.url, UnsetType) and (msg := url_problem(self.url)) is not None:
+            problems.append(("url", msg))
+        run_at = None if isinstance(self.run_at, UnsetType) else self.run_at
+        delay = None if isinstance(self.delay, UnsetType) else self.delay
+        problems += check_when(run_at, delay)
+        return problems
+
+
+class Attempt(Struct, omit_defaults=False):
+    """One call of a task's target, successful or not."""
+
+    number: int
+    scheduled_for: Timestamp
+    started_at: Timestamp
+    finished_at: Timestamp | None
+    lateness_ms: float
+    duration_ms: float | None
+    status_code: int | None
+    error: str | None
+    response_body: str | None
+
+
+class Task(Struct):
+    """A task as the API answers it."""
+
+    id: str
+    name: str | None
+    status: TaskStatus
+    url: str
+    method: Method
+    headers: dict[str, str]
+    payload: Any
+    retries: int
+    retry_delay: float
+    backoff: float
+    max_retry_delay: float
+    timeout: float
+    run_at: Timestamp | None
+    created_at: Timestamp
+    updated_at: Timestamp
+    finished_at: Timestamp | None
+    orchestration_id: str | None
+    attempts: list[Attempt]
+
+
+class TaskPage(Struct):
+    items: list[Task]
+    next_cursor: str | None
+
+
+class TokenRequest(_Input):
+    username: Annotated[str, Meta(min_length=1, max_length=200)]
+    password: Annotated[str, Meta(min_length=1, max_length=1024)]
+
+
+class TokenResponse(Struct):
+    access_token: str
+    token_type: str
+    expires_in: int
+
+
+class ErrorDetail(Struct):
+    field: str
+    message: str
+
+
+class ErrorBody(Struct):
+    code: str
+    message: str
+    details: list[ErrorDetail]
+
+
+class Error(Struct):
+    error: ErrorBody
+
+
+# -- helpers -----------------------------------------------------------------------------------
+
+_HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+
+
+def url_problem(url: str) -> str | None:
+    """Why ``url`` cannot be a target, or None when it can."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError as exc:
+        return f"is not a valid URL ({exc})"
+    if parts.scheme not in ("http", "https"):
+        return "must be an http or https URL"
+    if not parts.hostname:
+        return "must name a host"
+    return None
+
+
+def check_when(run_at: dt.datetime | None, delay: float | None) -> list[tuple[str, str]]:
+    problems = []
+    if run_at is not None and delay is not None:
+        problems.append(("delay", "give run_at or delay, not both"))
+    if run_at is not None and run_at.tzinfo is None:
+        problems.append(("run_at", "must carry a UTC offset, such as 2026-11-26T18:31:06Z"))
+    if delay is not None and not math.isfinite(delay):
+        problems.append(("delay", "must be a finite number of seconds"))
+    return problems
+
+
+def due_ms(run_at: dt.datetime | None, delay: float | None, now_ms: int) -> int:
+    """The due time in epoch ms: ``run_at``, else now + ``delay``; never before now."""
+    if run_at is not None:
+        return max(now_ms, round(run_at.timestamp() * 1000))
+    return now_ms + round((delay or 0) * 1000)
+
+
+def fmt_ms(ms: int | float | None) -> str | None:
+    """RFC 3339 in UTC with millisecond precision, as the API answers every time."""
+    if ms is None:
+        return None
+    t = dt.datetime.fromtimestamp(int(ms) / 1000, tz=dt.UTC)
+    return t.strftime("%Y-%m-%dT%H:%M:%S.") + f"{int(ms) % 1000:03d}Z"
+
+
+def retry_wait_s(
+    spec: TaskSpec, retry_number: int, jitter: float, retry_after_s: float | None
+) -> float:
+    """The wait before retry ``retry_number`` (1-based), as the contract defines it.
+
+    ``jitter`` is a draw in [0, 1): the wait is lengthened by up to RETRY_JITTER of itself.
+    A ``Retry-After`` replaces the computed wait, still capped by ``max_retry_delay``.
+    """
+    if retry_after_s is not None:
+        return min(max(retry_after_s, 0.0), spec.max_retry_delay)
+    base = spec.retry_delay * spec.backoff ** (retry_number - 1)
+    base = min(base, spec.max_retry_delay)
+    return min(base * (1 + c.RETRY_JITTER * jitter), max(spec.max_retry_delay, base))
+
+
+# -- decoding with every problem reported -------------------------------------------------------
+
+T = TypeVar("T", bound=_Input)
+
+
+def decode_body(raw: bytes, kind: type[T]) -> T:
+    """Parse a request body into ``kind`` or raise 400/422 listing every problem found."""
+    try:
+        data = msgspec.json.decode(raw) if raw.strip() else None
+    except msgspec.DecodeError as exc:
+        raise BadRequest(f"The body is not valid JSON: {exc}.", code="invalid_json") from None
+    return convert(data, kind)
+
+
+def convert(data: Any, kind: type[T]) -> T:
+    """Validate already parsed JSON ``data`` as ``kind``; raise ValidationFailed with paths."""
+    problems = _problems(data, kind, "")
+    if not problems:
+        try:
+            value = msgspec.convert(data, kind, strict=False)
+        except msgspec.ValidationError as exc:  # a rule the walk above did not foresee
+            problems = [_from_msgspec(exc, "")]
+        else:
+            problems = _checked(value, "")
+    if problems:
+        n = len(problems)
+        raise ValidationFailed(
+            f"The request has {n} invalid field{'s' if n > 1 else ''}: "
+            + "; ".join(f"{f or 'body'} {m}" for f, m in problems[:5])
+            + ".",
+            details=[{"field": f, "message": m} for f, m in problems],
+        )
+    return value
+
+
+def _join(prefix: str, name: str | int) -> str:
+    if isinstance(name, int):
+        return f"{prefix}[{name}]"
+    return f"{prefix}.{name}" if prefix else name
+
+
+def _checked(value: Any, path: str) -> list[tuple[str, str]]:
+    """Run ``check()`` on ``value`` and on every nested input struct, prefixing paths."""
+    problems: list[tuple[str, str]] = []
+    if isinstance(value, _Input):
+        problems += [(_join(path, f), m) for f, m in value.check()]
+        for field in msgspec.structs.fields(value):
+            problems += _checked(getattr(value, field.name), _join(path, field.name))
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            if isinstance(item, _Input):
+                problems += _checked(item, _join(path, i))
+    return problems
+
+
+def _problems(data: Any, kind: Any, path: str) -> list[tuple[str, str]]:
+    """Walk ``data`` against struct ``kind``, collecting one problem per bad field."""
+    if not isinstance(data, dict):
+        return [(path, "must be a JSON object")]
+    problems: list[tuple[str, str]] = []
+    fields = {f.encode_name: f for f in msgspec.structs.fields(kind)}
+    for key in data:
+        if key not in fields:
+            problems.append((_join(path, key), "is not a known field"))
+    for name, field in fields.items():
+        sub = _join(path, name)
+        if name not in data:
+            if field.required:
+                problems.append((sub, "is required"))
+            continue
+        problems += _field_problems(data[name], field.type, sub)
+    return problems
+
+
+def _field_problems(value: Any, typ: Any, path: str) -> list[tuple[str, str]]:
+    struct = _struct_in(typ)
+    if struct is not None and isinstance(value, dict):
+        return _problems(value, struct, path)
+    items = _struct_list_in(typ)
+    if items is not None and isinstance(value, list):
+        out: list[tuple[str, str]] = []
+        for i, item in enumerate(value):
+            out += _field_problems(item, items, _join(path, i))
+        if not out:
+            try:
+                msgspec.convert(value, typ, strict=False)
+            except msgspec.ValidationError as exc:
+                out.append(_from_msgspec(exc, path))
+        return out
+    try:
+        msgspec.convert(value, typ, strict=False)
+    except msgspec.ValidationError as exc:
+        return [_from_msgspec(exc, path)]
+    return []
+
+
+def _members(typ: Any) -> tuple[Any, ...]:
+    if get_origin(typ) is Annotated:
+        return _members(get_args(typ)[0])
+    if get_origin(typ) in (Union, getattr(__import__("types"), "UnionType", Union)):
+        return tuple(m for a in get_args(typ) for m in _members(a))
+    return (typ,)
+
+
+def _struct_in(typ: Any) -> type[Struct] | None:
+    for m in _members(typ):
+        if isinstance(m, type) and issubclass(m, _Input):
+            return m
+    return None
+
+
+def _struct_list_in(typ: Any) -> Any | None:
+    for m in _members(typ):
+        if get_origin(m) is list and _struct_in(get_args(m)[0]) is not None:
+            return get_args(m)[0]
+    return None
+
+
+_AT = re.compile(r" - at `\$(.*)`$")
+
+
+def _from_msgspec(exc: msgspec.ValidationError, path: str) -> tuple[str, str]:
+    """Turn msgspec's "Expected `int`, got `str` - at `$.a[0]`" into (path, message)."""
+    text = str(exc)
+    where = ""
+    if m := _AT.search(text):
+        where = m.group(1)
+        text = text[: m.start()]
+    where = where.lstrip(".")
+    full = path + ("." + where if where and not where.startswith("[") and path else where)
+    message = text[0].lower() + text[1:] if text else "is invalid"
+    message = message.replace("expected", "must be", 1).replace("`", "")
+    return full, message

@@ -1,0 +1,203 @@
+"""The OpenAPI document, its schemas generated from the msgspec models the API decodes with."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any
+
+import msgspec
+
+from taskorch import models
+from taskorch.settings import Settings
+
+_REF = "#/components/schemas/{name}"
+
+
+def _ref(name: str) -> dict[str, Any]:
+    return {"$ref": _REF.format(name=name)}
+
+
+def _json(name: str, description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": _ref(name)}}}
+
+
+_ERRORS = {
+    "400": _json("Error", "Malformed JSON (invalid_json) or a bad header"),
+    "401": _json("Error", "Missing or invalid token"),
+    "403": _json("Error", "The token lacks the needed scope"),
+    "413": _json("Error", "The body is too large"),
+    "422": _json("Error", "Validation failed; one detail per field"),
+}
+
+
+def _op(
+    summary: str,
+    ok: dict[str, Any],
+    *,
+    body: str | None = None,
+    codes: tuple[str, ...] = (),
+    params: list[dict[str, Any]] | None = None,
+    auth: bool = True,
+) -> dict[str, Any]:
+    op: dict[str, Any] = {"summary": summary, "responses": {**ok}}
+    for code in codes:
+        op["responses"][code] = _ERRORS.get(code) or _json(
+            "Error",
+            {"404": "Not found (or another owner's)", "409": "The status forbids the change"}[code],
+        )
+    if body:
+        op["requestBody"] = {
+            "required": True,
+            "content": {"application/json": {"schema": _ref(body)}},
+        }
+    if params:
+        op["parameters"] = params
+    if not auth:
+        op["security"] = []
+    return op
+
+
+_ID = [{"name": "task_id", "in": "path", "required": True, "schema": {"type": "string"}}]
+
+
+@lru_cache(maxsize=1)
+def _components() -> dict[str, Any]:
+    _, components = msgspec.json.schema_components(
+        [
+            models.TaskCreate,
+            models.TaskPatch,
+            models.Task,
+            models.TaskPage,
+            models.Error,
+            models.TokenRequest,
+            models.TokenResponse,
+        ],
+        ref_template=_REF,
+    )
+    return components
+
+
+def document(settings: Settings) -> dict[str, Any]:
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "taskorch",
+            "version": "0.1.0",
+            "description": "Scheduled HTTP tasks and orchestrations on Redis.",
+        },
+        "servers": [{"url": settings.public_url}],
+        "components": {
+            "schemas": _components(),
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}
+            },
+        },
+        "security": [{"bearer": []}],
+        "paths": {
+            "/v1/auth/token": {
+                "post": _op(
+                    "Exchange a username and password for a token",
+                    {"200": _json("TokenResponse", "A bearer token")},
+                    body="TokenRequest",
+                    codes=("400", "401", "422"),
+                    auth=False,
+                )
+            },
+            "/v1/tasks": {
+                "post": _op(
+                    "Schedule an HTTP call",
+                    {
+                        "201": _json("Task", "Created"),
+                        "200": _json("Task", "An Idempotency-Key repeat: the first task"),
+                    },
+                    body="TaskCreate",
+                    codes=("400", "401", "403", "413", "422"),
+                    params=[
+                        {
+                            "name": "Idempotency-Key",
+                            "in": "header",
+                            "required": False,
+                            "schema": {"type": "string", "maxLength": 255},
+                        }
+                    ],
+                ),
+                "get": _op(
+                    "List tasks, newest first",
+                    {"200": _json("TaskPage", "A page")},
+                    codes=("401", "403", "422"),
+                    params=[
+                        {
+                            "name": "status",
+                            "in": "query",
+                            "schema": {
+                                "type": "string",
+                                "enum": [s.value for s in models.TaskStatus],
+                            },
+                        },
+                        {
+                            "name": "limit",
+                            "in": "query",
+                            "schema": {"type": "integer", "minimum": 1, "maximum": 500},
+                        },
+                        {"name": "cursor", "in": "query", "schema": {"type": "string"}},
+                    ],
+                ),
+            },
+            "/v1/tasks/{task_id}": {
+                "get": _op(
+                    "Get a task",
+                    {"200": _json("Task", "The task")},
+                    codes=("401", "403", "404"),
+                    params=_ID,
+                ),
+                "patch": _op(
+                    "Modify a scheduled or retrying task",
+                    {"200": _json("Task", "The task")},
+                    body="TaskPatch",
+                    codes=("400", "401", "403", "404", "409", "413", "422"),
+                    params=_ID,
+                ),
+            },
+            "/v1/tasks/{task_id}/cancel": {
+                "post": _op(
+                    "Cancel a scheduled or retrying task",
+                    {"200": _json("Task", "The task")},
+                    codes=("401", "403", "404", "409"),
+                    params=_ID,
+                ),
+            },
+            "/v1/events": {
+                "get": {
+                    "summary": "Server-sent events of the owner's changes",
+                    "parameters": [
+                        {"name": "access_token", "in": "query", "schema": {"type": "string"}}
+                    ],
+                    "responses": {"200": {"description": "text/event-stream"}},
+                }
+            },
+            "/healthz": {
+                "get": {
+                    "summary": "Process up",
+                    "security": [],
+                    "responses": {"200": {"description": "ok"}},
+                }
+            },
+            "/readyz": {
+                "get": {
+                    "summary": "Redis reachable",
+                    "security": [],
+                    "responses": {
+                        "200": {"description": "ok"},
+                        "503": {"description": "Redis unreachable"},
+                    },
+                }
+            },
+            "/metrics": {
+                "get": {
+                    "summary": "Prometheus metrics",
+                    "security": [],
+                    "responses": {"200": {"description": "text/plain"}},
+                }
+            },
+        },
+    }

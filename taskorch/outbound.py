@@ -1,0 +1,150 @@
+"""Calling a task's target: one aiohttp session, the private-address guard, and the outcome.
+
+The guard checks the addresses a host resolves to and the connector then connects to exactly
+those addresses (it is the same list), so a DNS answer cannot change between check and connect.
+Redirects are never followed: a 3xx is an answer like any other non-2xx.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import time
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import aiohttp
+import msgspec
+
+from taskorch import constants as c
+from taskorch.errors import TargetBlocked, TargetConnectionError, TargetError, TargetTimeout
+
+# Cloud metadata endpoints that are not covered by the private/link-local ranges.
+_METADATA = {ipaddress.ip_address("fd00:ec2::254"), ipaddress.ip_address("100.100.100.200")}
+_json = msgspec.json.Encoder()
+
+
+def address_forbidden(ip: str) -> bool:
+    """True for loopback, private, link-local, multicast, reserved and metadata addresses."""
+    addr = ipaddress.ip_address(ip.split("%", 1)[0])
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        addr = addr.ipv4_mapped
+    return (
+        addr.is_private
+        or addr.is_loopback
+        or addr.is_link_local
+        or addr.is_multicast
+        or addr.is_reserved
+        or addr.is_unspecified
+        or addr in _METADATA
+        or (
+            isinstance(addr, ipaddress.IPv4Address)
+            and addr in ipaddress.ip_network("100.64.0.0/10")
+        )
+    )
+
+
+class GuardedConnector(aiohttp.TCPConnector):
+    """A connector that refuses to connect to forbidden addresses, after resolving."""
+
+    async def _resolve_host(self, host: str, port: int, traces: Any = None) -> Any:
+        # aiohttp resolves IP literals here too (without the resolver), so this one place sees
+        # every address the connector will connect to.
+        infos = await super()._resolve_host(host, port, traces)
+        allowed = [i for i in infos if not address_forbidden(i["host"])]
+        if not allowed:
+            raise TargetBlocked(
+                f"{host} resolves to a private, loopback or link-local address; set "
+                "TASKORCH_ALLOW_PRIVATE_TARGETS=1 to allow such targets"
+            )
+        return allowed
+
+
+def make_session(*, allow_private: bool) -> aiohttp.ClientSession:
+    """The one session a worker uses for every call (connection reuse is most of the speed)."""
+    cls = aiohttp.TCPConnector if allow_private else GuardedConnector
+    connector = cls(limit=0, ttl_dns_cache=10, enable_cleanup_closed=False)
+    return aiohttp.ClientSession(
+        connector=connector,
+        auto_decompress=True,
+        skip_auto_headers=("User-Agent",),
+        headers={"User-Agent": "taskorch/0.1"},
+    )
+
+
+@dataclass(slots=True)
+class CallResult:
+    """What one attempt got: a status and body, or an error."""
+
+    started_ms: float
+    finished_ms: float
+    status_code: int | None = None
+    body: bytes = b""
+    error: str | None = None
+    retry_after_s: float | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status_code is not None and 200 <= self.status_code < 300
+
+    def excerpt(self) -> str | None:
+        if self.status_code is None:
+            return None
+        return self.body[: c.RESPONSE_EXCERPT_BYTES].decode("utf-8", "replace")
+
+
+def _retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+    except (TypeError, ValueError):
+        return None
+
+
+async def call(
+    session: aiohttp.ClientSession,
+    *,
+    url: str,
+    method: str,
+    headers: dict[str, str],
+    payload: Any,
+    timeout_s: float,
+    extra_headers: dict[str, str],
+    keep_body: int = 64 * 1024,
+) -> CallResult:
+    """Make one attempt. Never raises for the target's failures: they land in ``error``."""
+    all_headers = {**headers, **extra_headers}
+    data: bytes | None = None
+    if method != "GET" and payload is not None:
+        data = _json.encode(payload)
+        all_headers.setdefault("Content-Type", "application/json")
+    started = time.time() * 1000
+    try:
+        async with asyncio.timeout(timeout_s):
+            async with session.request(
+                method, url, headers=all_headers, data=data, allow_redirects=False
+            ) as resp:
+                body = await resp.content.read(keep_body)
+                if not resp.content.at_eof():
+                    resp.close()  # too long to keep reading; don't reuse the connection
+                retry_after = None
+                if resp.status in (429, 503):
+                    retry_after = _retry_after(resp.headers.get("Retry-After"))
+                return CallResult(started, time.time() * 1000, resp.status, body, None, retry_after)
+    except TimeoutError:
+        err: TargetError = TargetTimeout(f"timed out after {timeout_s:g} s")
+    except TargetBlocked as exc:
+        err = exc
+    except aiohttp.ClientConnectorError as exc:
+        err = TargetConnectionError(f"connection failed: {exc.os_error or exc}")
+    except (aiohttp.ClientError, OSError, ValueError) as exc:
+        err = TargetConnectionError(
+            f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        )
+    return CallResult(started, time.time() * 1000, error=str(err))

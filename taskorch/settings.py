@@ -1,0 +1,149 @@
+"""The one frozen settings object, read from ``TASKORCH_*`` variables once at an entry point.
+
+A bad value stops the process at start with one line naming the variable and what is wrong, in the
+manner of Starlette's ``Config``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from urllib.parse import urlparse
+
+from taskorch import constants as c
+from taskorch.errors import ConfigError
+
+
+@dataclass(frozen=True, kw_only=True)
+class Settings:
+    """Everything configurable. Build it with :func:`Settings.from_env`."""
+
+    redis_url: str = "redis://localhost:6379/0"
+    host: str = "127.0.0.1"
+    port: int = 3000
+    jwt_secret: str | None = None
+    jwt_jwks_url: str | None = None
+    jwt_issuer: str | None = None
+    jwt_audience: str | None = None
+    allow_private_targets: bool = False
+    public_url: str = ""
+    function_provider: str = "local"
+    functions_dir: str = ".taskorch/functions"
+    lease_s: float = c.DEFAULT_LEASE_S
+    max_in_flight: int = c.DEFAULT_MAX_IN_FLIGHT
+    token_ttl_s: int = c.DEFAULT_TOKEN_TTL_S
+    log_format: str = "json"
+    log_level: str = "info"
+    aws_region: str | None = None
+    aws_lambda_role: str | None = None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
+        """Read ``TASKORCH_*`` from ``env`` (default ``os.environ``) and validate everything."""
+        env = os.environ if env is None else env
+        r = _Reader(env)
+        host = r.str("TASKORCH_HOST", "127.0.0.1")
+        port = r.int("TASKORCH_PORT", 3000, lo=1, hi=65535)
+        settings = cls(
+            redis_url=r.str("TASKORCH_REDIS_URL", "redis://localhost:6379/0"),
+            host=host,
+            port=port,
+            jwt_secret=r.opt("TASKORCH_JWT_SECRET"),
+            jwt_jwks_url=r.opt("TASKORCH_JWT_JWKS_URL"),
+            jwt_issuer=r.opt("TASKORCH_JWT_ISSUER"),
+            jwt_audience=r.opt("TASKORCH_JWT_AUDIENCE"),
+            allow_private_targets=r.bool("TASKORCH_ALLOW_PRIVATE_TARGETS", False),
+            public_url=r.str("TASKORCH_PUBLIC_URL", f"http://{host}:{port}").rstrip("/"),
+            function_provider=r.choice("TASKORCH_FUNCTION_PROVIDER", "local", ("local", "aws")),
+            functions_dir=r.str("TASKORCH_FUNCTIONS_DIR", ".taskorch/functions"),
+            lease_s=r.float("TASKORCH_LEASE_S", c.DEFAULT_LEASE_S, lo=1.0),
+            max_in_flight=r.int("TASKORCH_MAX_IN_FLIGHT", c.DEFAULT_MAX_IN_FLIGHT, lo=1),
+            token_ttl_s=r.int("TASKORCH_TOKEN_TTL_S", c.DEFAULT_TOKEN_TTL_S, lo=1),
+            log_format=r.choice("TASKORCH_LOG_FORMAT", "json", ("json", "console")),
+            log_level=r.choice("TASKORCH_LOG_LEVEL", "info", ("debug", "info", "warning", "error")),
+            aws_region=r.opt("TASKORCH_AWS_REGION") or env.get("AWS_DEFAULT_REGION") or None,
+            aws_lambda_role=r.opt("TASKORCH_AWS_LAMBDA_ROLE"),
+        )
+        settings = replace(settings, **overrides)  # type: ignore[arg-type]
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` naming the first variable that is wrong."""
+        scheme = urlparse(self.redis_url).scheme
+        if scheme not in ("redis", "rediss", "unix", "redis+sentinel", "sentinel"):
+            raise ConfigError(
+                "TASKORCH_REDIS_URL must start with redis://, rediss://, unix:// or "
+                f"redis+sentinel://, got {self.redis_url!r}"
+            )
+        if self.jwt_secret is None and self.jwt_jwks_url is None:
+            raise ConfigError(
+                "TASKORCH_JWT_SECRET is not set: set it to a random string of at least "
+                f"{c.MIN_JWT_SECRET_BYTES} bytes (or set TASKORCH_JWT_JWKS_URL)"
+            )
+        if self.jwt_secret is not None and len(self.jwt_secret.encode()) < c.MIN_JWT_SECRET_BYTES:
+            raise ConfigError(
+                f"TASKORCH_JWT_SECRET is {len(self.jwt_secret.encode())} bytes long: it must be "
+                f"at least {c.MIN_JWT_SECRET_BYTES} bytes (try: openssl rand -hex 32)"
+            )
+        if self.jwt_jwks_url is not None and urlparse(self.jwt_jwks_url).scheme not in (
+            "http",
+            "https",
+        ):
+            raise ConfigError("TASKORCH_JWT_JWKS_URL must be an http(s) URL")
+        if urlparse(self.public_url).scheme not in ("http", "https"):
+            raise ConfigError("TASKORCH_PUBLIC_URL must be an http(s) URL")
+
+
+class _Reader:
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self.env = env
+
+    def opt(self, name: str) -> str | None:
+        value = self.env.get(name, "").strip()
+        return value or None
+
+    def str(self, name: str, default: str) -> str:
+        return self.opt(name) or default
+
+    def int(self, name: str, default: int, *, lo: int, hi: int | None = None) -> int:
+        raw = self.opt(name)
+        if raw is None:
+            return default
+        try:
+            value = int(raw)
+        except ValueError:
+            raise ConfigError(f"{name} must be a whole number, got {raw!r}") from None
+        if value < lo or (hi is not None and value > hi):
+            bound = f"between {lo} and {hi}" if hi is not None else f"at least {lo}"
+            raise ConfigError(f"{name} must be {bound}, got {value}")
+        return value
+
+    def float(self, name: str, default: float, *, lo: float) -> float:
+        raw = self.opt(name)
+        if raw is None:
+            return default
+        try:
+            value = float(raw)
+        except ValueError:
+            raise ConfigError(f"{name} must be a number of seconds, got {raw!r}") from None
+        if value < lo:
+            raise ConfigError(f"{name} must be at least {lo}, got {value}")
+        return value
+
+    def bool(self, name: str, default: bool) -> bool:
+        raw = self.opt(name)
+        if raw is None:
+            return default
+        if raw.lower() in ("1", "true", "yes", "on"):
+            return True
+        if raw.lower() in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{name} must be 0 or 1, got {raw!r}")
+
+    def choice(self, name: str, default: str, options: tuple[str, ...]) -> str:
+        value = (self.opt(name) or default).lower()
+        if value not in options:
+            raise ConfigError(f"{name} must be one of {', '.join(options)}, got {value!r}")
+        return value

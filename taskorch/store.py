@@ -1,0 +1,376 @@
+"""Task records in Redis: hashes, per-owner indexes and the deferred queue, changed only by Lua.
+
+The API calls the ``*_task`` methods; the worker calls ``claim``/``start``/``finish``/``reap``.
+Every status change is one script (see :mod:`taskorch.lua`), so a crash between two Redis
+commands cannot leave a task half-changed, and a cancel or modify that races the due time is
+decided by one compare-and-set on the task's current job id.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlparse
+
+import msgspec
+import redis.asyncio as aioredis
+from redis.asyncio.sentinel import Sentinel
+
+from taskorch import constants as c
+from taskorch import lua
+from taskorch.errors import Conflict, NotFound
+from taskorch.models import (
+    Attempt,
+    Task,
+    TaskCreate,
+    TaskPage,
+    TaskPatch,
+    TaskSpec,
+    TaskStatus,
+    due_ms,
+    fmt_ms,
+)
+
+Redis = aioredis.Redis
+_spec_decoder = msgspec.json.Decoder(TaskSpec)
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def new_id(prefix: str) -> str:
+    """A type-prefixed id that sorts by creation time (for newest-first pages) and is unguessable."""
+    return f"{prefix}_{now_ms():012x}{secrets.token_hex(6)}"
+
+
+def connect(url: str, **kwargs: Any) -> Redis:
+    """A Redis client for ``redis://``, ``rediss://``, ``unix://`` or a Sentinel URL.
+
+    Sentinel: ``redis+sentinel://[:password@]host:port[,host:port]/service_name[/db]``.
+    """
+    kwargs.setdefault("decode_responses", True)
+    kwargs.setdefault("health_check_interval", 10)
+    parts = urlparse(url)
+    if parts.scheme in ("redis+sentinel", "sentinel"):
+        hosts = []
+        for hp in parts.netloc.rsplit("@", 1)[-1].split(","):
+            host, _, port = hp.partition(":")
+            hosts.append((host, int(port or 26379)))
+        path = [p for p in parts.path.split("/") if p]
+        service = path[0] if path else "mymaster"
+        db = int(path[1]) if len(path) > 1 else int(parse_qs(parts.query).get("db", ["0"])[0])
+        password = unquote(parts.password) if parts.password else None
+        sentinel = Sentinel(hosts, password=password, **kwargs)
+        return sentinel.master_for(service, db=db, password=password, **kwargs)  # type: ignore[no-any-return]
+    return aioredis.from_url(url, **kwargs)  # type: ignore[no-any-return]
+
+
+class _StoredAttempt(msgspec.Struct, omit_defaults=True):
+    """An attempt as kept in Redis: times in epoch ms, formatted only when answered."""
+
+    n: int
+    sf: int
+    st: int
+    ft: int | None = None
+    lat: float = 0.0
+    dur: float | None = None
+    code: int | None = None
+    err: str | None = None
+    body: str | None = None
+
+
+_attempt_encoder = msgspec.json.Encoder()
+_attempt_decoder = msgspec.json.Decoder(_StoredAttempt)
+
+
+def encode_attempt(
+    *,
+    number: int,
+    scheduled_for_ms: int,
+    started_ms: float,
+    finished_ms: float,
+    status_code: int | None,
+    error: str | None,
+    body: str | None,
+) -> str:
+    a = _StoredAttempt(
+        n=number,
+        sf=scheduled_for_ms,
+        st=int(started_ms),
+        ft=int(finished_ms),
+        lat=round(started_ms - scheduled_for_ms, 3),
+        dur=round(finished_ms - started_ms, 3),
+        code=status_code,
+        err=error,
+        body=body,
+    )
+    return _attempt_encoder.encode(a).decode()
+
+
+def _attempt_view(a: _StoredAttempt) -> Attempt:
+    return Attempt(
+        number=a.n,
+        scheduled_for=fmt_ms(a.sf) or "",
+        started_at=fmt_ms(a.st) or "",
+        finished_at=fmt_ms(a.ft),
+        lateness_ms=a.lat,
+        duration_ms=a.dur,
+        status_code=a.code,
+        error=a.err,
+        response_body=a.body,
+    )
+
+
+class Claimed(msgspec.Struct):
+    """A job this worker now holds: due at ``due_ms``, its arq definition and task spec."""
+
+    job: str
+    due_ms: int
+    function: str
+    arg: str
+    spec: TaskSpec | None
+
+
+class Store:
+    """All Redis access. One per process, built around an injected client."""
+
+    def __init__(self, redis: Redis) -> None:
+        self.redis = redis
+        reg = redis.register_script
+        self._create = reg(lua.PRELUDE + lua.CREATE_TASK)
+        self._cancel = reg(lua.PRELUDE + lua.CANCEL_TASK)
+        self._modify = reg(lua.PRELUDE + lua.MODIFY_TASK)
+        self._claim = reg(lua.PRELUDE + lua.CLAIM)
+        self._start = reg(lua.PRELUDE + lua.START)
+        self._finish = reg(lua.PRELUDE + lua.FINISH)
+        self._reap = reg(lua.PRELUDE + lua.REAP)
+        self._release = reg(lua.PRELUDE + lua.RELEASE)
+        self._done = reg(lua.PRELUDE + lua.DONE)
+
+    # -- tasks, for the API ----------------------------------------------------------------
+
+    async def create_task(
+        self,
+        owner: str,
+        body: TaskCreate,
+        *,
+        idempotency_key: str | None = None,
+        orchestration_id: str = "",
+    ) -> tuple[Task, bool]:
+        """Store a new task and enqueue its first attempt. Returns (task, created)."""
+        now = now_ms()
+        task_id = new_id("tsk")
+        spec = _spec_json(body)
+        idem = f"{c.IDEMPOTENCY_KEY_PREFIX}{owner}:{idempotency_key}" if idempotency_key else ""
+        created, tid = await self._create(
+            args=[
+                task_id,
+                owner,
+                spec,
+                body.name or "",
+                due_ms(body.run_at, body.delay, now),
+                now,
+                idem,
+                c.IDEMPOTENCY_TTL_S,
+                orchestration_id,
+                c.CLAIM_AHEAD_MS,
+            ]
+        )
+        return await self.get_task(owner, tid), bool(created)
+
+    async def get_task(self, owner: str, task_id: str) -> Task:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hgetall(c.TASK_KEY_PREFIX + task_id)
+            pipe.lrange(c.TASK_KEY_PREFIX + task_id + ":attempts", 0, -1)
+            h, attempts = await pipe.execute()
+        if not h or h.get("owner") != owner:
+            raise NotFound(f"No task {task_id!r} exists for this account.")
+        return _task_view(h, attempts)
+
+    async def list_tasks(
+        self, owner: str, *, status: TaskStatus | None, limit: int, cursor: str | None
+    ) -> TaskPage:
+        index = f"{c.OWNER_KEY_PREFIX}{owner}:tasks" + (f":{status.value}" if status else "")
+        top = f"({cursor}" if cursor else "+"
+        ids = await self.redis.zrevrangebylex(index, top, "-", start=0, num=limit + 1)
+        more = len(ids) > limit
+        ids = ids[:limit]
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for tid in ids:
+                pipe.hgetall(c.TASK_KEY_PREFIX + tid)
+                pipe.lrange(c.TASK_KEY_PREFIX + tid + ":attempts", 0, -1)
+            rows = await pipe.execute()
+        items = [_task_view(h, a) for h, a in zip(rows[::2], rows[1::2], strict=True) if h]
+        return TaskPage(items=items, next_cursor=ids[-1] if more and ids else None)
+
+    async def cancel_task(self, owner: str, task_id: str) -> Task:
+        res = await self._cancel(args=[task_id, owner, now_ms()])
+        _raise_for(res, task_id, "cancelled")
+        return await self.get_task(owner, task_id)
+
+    async def modify_task(self, owner: str, task_id: str, patch: TaskPatch) -> Task:
+        """Apply ``patch``; the old version's job is removed in the same script that adds the new."""
+        from taskorch.models import convert
+
+        for _ in range(10):  # only a concurrent modify makes us read again
+            h = await self.redis.hgetall(c.TASK_KEY_PREFIX + task_id)
+            if not h or h.get("owner") != owner:
+                raise NotFound(f"No task {task_id!r} exists for this account.")
+            if h["status"] not in ("scheduled", "retrying"):
+                raise Conflict(
+                    f"The task is {h['status']}: only a scheduled or retrying task can be modified."
+                )
+            merged = msgspec.json.decode(h["spec"])
+            changes = {
+                f: v
+                for f in patch.__struct_fields__
+                if (v := getattr(patch, f)) is not msgspec.UNSET
+            }
+            for f in (
+                "url",
+                "method",
+                "headers",
+                "payload",
+                "retries",
+                "retry_delay",
+                "backoff",
+                "max_retry_delay",
+                "timeout",
+            ):
+                if f in changes:
+                    merged[f] = changes[f]
+            spec = convert(merged, TaskSpec)
+            name = h.get("name", "")
+            if "name" in changes:
+                name = changes["name"] or ""
+            now = now_ms()
+            due = int(h["run_at"])
+            if changes.get("run_at") is not None or changes.get("delay") is not None:
+                due = due_ms(changes.get("run_at"), changes.get("delay"), now)
+            res = await self._modify(
+                args=[task_id, owner, now, h["gen"], _spec_json(spec), name, due, c.CLAIM_AHEAD_MS]
+            )
+            if res[0] != "stale":
+                _raise_for(res, task_id, "modified")
+                return await self.get_task(owner, task_id)
+        raise Conflict("The task is being changed by another request; try again.")
+
+    # -- the worker's side -----------------------------------------------------------------
+
+    async def claim(
+        self, *, worker: str, horizon_ms: int, lease_ms: int, limit: int
+    ) -> list[Claimed]:
+        rows = await self._claim(args=[horizon_ms, now_ms(), lease_ms, worker, limit])
+        out = []
+        for job, due, data, spec in rows:
+            d = msgspec.json.decode(data)
+            out.append(
+                Claimed(
+                    job=job,
+                    due_ms=int(float(due)),
+                    function=d["f"],
+                    arg=d["a"][0],
+                    spec=_spec_decoder.decode(spec) if spec else None,
+                )
+            )
+        return out
+
+    async def start(self, pairs: Sequence[tuple[str, str]]) -> list[int]:
+        """Compare-and-set each (task_id, job) to running; 0 where it was cancelled or changed."""
+        args: list[Any] = [now_ms()]
+        for task_id, job in pairs:
+            args += [task_id, job]
+        return [int(x) for x in await self._start(args=args)]
+
+    async def finish(self, outcomes: Iterable[Sequence[Any]]) -> list[int]:
+        """Record attempts' outcomes in one round trip; each row is FINISH's ARGV."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            n = 0
+            for row in outcomes:
+                await self._finish(args=list(row), client=pipe)
+                n += 1
+            if not n:
+                return []
+            return [int(x) for x in await pipe.execute()]
+
+    async def reap(self, *, limit: int = 200) -> int:
+        return int(await self._reap(args=[now_ms(), limit, c.MAX_LOST_ATTEMPTS]))
+
+    async def renew(self, leases: dict[str, int]) -> None:
+        """Push the claims this worker still holds forward; lapsed ones are not revived (XX)."""
+        if leases:
+            await self.redis.zadd(c.LEASES_KEY, leases, xx=True)
+
+    async def release(self, worker: str, jobs: Sequence[tuple[str, int]]) -> int:
+        args: list[Any] = [worker]
+        for job, due in jobs:
+            args += [job, due]
+        return int(await self._release(args=args))
+
+    async def done(self, job: str, worker: str) -> None:
+        await self._done(args=[job, worker, "done"])
+
+    async def heartbeat(self, worker: str) -> None:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.zadd(c.WORKERS_KEY, {worker: now_ms()})
+            pipe.zremrangebyscore(c.WORKERS_KEY, "-inf", now_ms() - 60_000)
+            await pipe.execute()
+
+
+def _spec_json(body: TaskSpec) -> str:
+    spec = TaskSpec(**{f: getattr(body, f) for f in TaskSpec.__struct_fields__})
+    return msgspec.json.encode(spec).decode()
+
+
+def _raise_for(res: list[str], task_id: str, verb: str) -> None:
+    if res[0] == "not_found":
+        raise NotFound(f"No task {task_id!r} exists for this account.")
+    if res[0] == "conflict":
+        raise Conflict(
+            f"The task is {res[1]}: only a scheduled or retrying task can be {verb}.",
+            code="conflict",
+        )
+
+
+def _task_view(h: dict[str, str], attempts: list[str]) -> Task:
+    spec = _spec_decoder.decode(h["spec"])
+    views = [_attempt_view(_attempt_decoder.decode(a)) for a in attempts]
+    if h["status"] == "running" and h.get("started_at"):
+        started, sf = int(h["started_at"]), int(h["scheduled_for"])
+        views.append(
+            Attempt(
+                number=int(h["attempt"]),
+                scheduled_for=fmt_ms(sf) or "",
+                started_at=fmt_ms(started) or "",
+                finished_at=None,
+                lateness_ms=float(started - sf),
+                duration_ms=None,
+                status_code=None,
+                error=None,
+                response_body=None,
+            )
+        )
+    finished = h.get("finished_at")
+    return Task(
+        id=h["id"],
+        name=h.get("name") or None,
+        status=TaskStatus(h["status"]),
+        url=spec.url,
+        method=spec.method,
+        headers=spec.headers,
+        payload=spec.payload,
+        retries=spec.retries,
+        retry_delay=spec.retry_delay,
+        backoff=spec.backoff,
+        max_retry_delay=spec.max_retry_delay,
+        timeout=spec.timeout,
+        run_at=fmt_ms(int(h["run_at"])) if h.get("run_at") else None,
+        created_at=fmt_ms(int(h["created_at"])) or "",
+        updated_at=fmt_ms(int(h["updated_at"])) or "",
+        finished_at=fmt_ms(int(finished)) if finished else None,
+        orchestration_id=h.get("orchestration_id") or None,
+        attempts=views,
+    )
