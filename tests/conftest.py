@@ -1,0 +1,320 @@
+"""Shared fixtures: a real redis-server for the run, the API in process, a real local target
+server, and the real worker as a child process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import redis
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+from taskorch.api import create_app
+from taskorch.auth import mint_token
+from taskorch.settings import Settings
+from taskorch.store import connect
+
+SECRET = "test-secret-0123456789abcdef0123456789abcdef"
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class RedisServer:
+    """A redis-server child process for the whole run; restartable on the same port and data."""
+
+    port: int
+    folder: Path
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        exe = shutil.which("redis-server")
+        if exe is None:
+            pytest.exit("redis-server is not installed: run scripts/test, which installs it", 3)
+        self.proc = subprocess.Popen(
+            [
+                exe,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--dir",
+                str(self.folder),
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "no",
+                "--save",
+                "",
+                "--maxmemory-policy",
+                "noeviction",
+                "--daemonize",
+                "no",
+                "--logfile",
+                str(self.folder / "redis.log"),
+            ],
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with contextlib.suppress(Exception):
+                if redis.Redis(port=self.port).ping():
+                    return
+            time.sleep(0.05)
+        raise RuntimeError("redis-server did not start")
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            self.proc.wait(10)
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    server = RedisServer(port=free_port(), folder=tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> str:
+    if redis_server.proc is None or redis_server.proc.poll() is not None:
+        redis_server.start()
+    redis.Redis(port=redis_server.port).flushall()
+    return redis_server.url
+
+
+def make_settings(redis_url: str, **overrides: Any) -> Settings:
+    env = {
+        "TASKORCH_REDIS_URL": redis_url,
+        "TASKORCH_JWT_SECRET": SECRET,
+        "TASKORCH_ALLOW_PRIVATE_TARGETS": "1",
+        "TASKORCH_LEASE_S": "3",
+    }
+    return Settings.from_env(env, **overrides)
+
+
+@pytest.fixture
+def settings(redis_url: str) -> Settings:
+    return make_settings(redis_url)
+
+
+class _WithState:
+    """ASGI wrapper that runs the lifespan once and hands its state to every request, as uvicorn
+    does, so httpx's ASGITransport can drive the real app in process."""
+
+    def __init__(self, app: Any, state: dict[str, Any]) -> None:
+        self.app, self.state = app, state
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        scope = dict(scope, state=dict(self.state))
+        await self.app(scope, receive, send)
+
+
+@pytest.fixture
+async def api(settings: Settings) -> AsyncIterator[Api]:
+    client = connect(settings.redis_url)
+    app = create_app(settings, redis_client=client)
+    async with app.router.lifespan_context(app) as state:
+        transport = httpx.ASGITransport(app=_WithState(app, state))  # type: ignore[arg-type]
+        async with httpx.AsyncClient(transport=transport, base_url="http://taskorch") as http:
+            yield Api(http, settings)
+    await client.aclose()
+
+
+@dataclass
+class Api:
+    """The API in process, with a token per owner."""
+
+    http: httpx.AsyncClient
+    settings: Settings
+
+    def token(self, sub: str = "alice", **kw: Any) -> str:
+        return mint_token(self.settings, sub, **kw)
+
+    def auth(self, sub: str = "alice", **kw: Any) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token(sub, **kw)}"}
+
+    async def create(self, body: dict[str, Any], sub: str = "alice", **kw: Any) -> dict[str, Any]:
+        r = await self.http.post("/v1/tasks", json=body, headers=self.auth(sub), **kw)
+        assert r.status_code == 201, r.text
+        return r.json()  # type: ignore[no-any-return]
+
+    async def get(self, task_id: str, sub: str = "alice") -> dict[str, Any]:
+        r = await self.http.get(f"/v1/tasks/{task_id}", headers=self.auth(sub))
+        assert r.status_code == 200, r.text
+        return r.json()  # type: ignore[no-any-return]
+
+    async def wait_status(
+        self, task_id: str, statuses: set[str] | str, timeout_s: float = 15, sub: str = "alice"
+    ) -> dict[str, Any]:
+        want = {statuses} if isinstance(statuses, str) else statuses
+        deadline = time.monotonic() + timeout_s
+        while True:
+            task = await self.get(task_id, sub)
+            if task["status"] in want:
+                return task
+            if time.monotonic() > deadline:
+                raise AssertionError(f"task stayed {task['status']}, wanted {want}: {task}")
+            await asyncio.sleep(0.05)
+
+
+@dataclass
+class Call:
+    path: str
+    method: str
+    headers: dict[str, str]
+    body: bytes
+    at: float  # time.time() when the request arrived
+
+
+@dataclass
+class Target:
+    """A real HTTP server on 127.0.0.1 whose behaviour each test scripts by path."""
+
+    server: TestServer
+    calls: list[Call] = field(default_factory=list)
+    counts: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+
+    def url(self, path: str) -> str:
+        return str(self.server.make_url(path))
+
+    def calls_to(self, path: str) -> list[Call]:
+        return [c for c in self.calls if c.path == path]
+
+    def by_task(self) -> dict[str, int]:
+        out: dict[str, int] = defaultdict(int)
+        for c in self.calls:
+            out[c.headers.get("X-Taskorch-Task-Id", "")] += 1
+        return out
+
+
+@pytest.fixture
+async def target() -> AsyncIterator[Target]:
+    t: Target
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        body = await request.read()
+        t.calls.append(Call(request.path, request.method, dict(request.headers), body, time.time()))
+        key = request.path + "|" + request.headers.get("X-Taskorch-Task-Id", "")
+        t.counts[key] += 1
+        n = t.counts[key]
+        parts = request.path.strip("/").split("/")
+        kind = parts[0]
+        if kind == "status":
+            return web.Response(status=int(parts[1]), text=f"status {parts[1]}")
+        if kind == "fail-then-ok":  # /fail-then-ok/<failures>
+            if n <= int(parts[1]):
+                return web.Response(status=500, text="not yet")
+            return web.json_response({"ok": True, "call": n})
+        if kind == "throttle":  # /throttle/<retry-after seconds>: 429 once, then 200
+            if n == 1:
+                return web.Response(status=429, headers={"Retry-After": parts[1]})
+            return web.json_response({"ok": True})
+        if kind == "slow":  # /slow/<seconds>
+            await asyncio.sleep(float(parts[1]))
+            return web.json_response({"slept": float(parts[1])})
+        if kind == "slow-once":  # /slow-once/<seconds>: slow on the first call only
+            if n == 1:
+                await asyncio.sleep(float(parts[1]))
+            return web.json_response({"call": n})
+        if kind == "redirect":
+            raise web.HTTPFound("/ok")
+        return web.json_response({"ok": True, "path": request.path})
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handle)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    t = Target(server)
+    yield t
+    await server.close()
+
+
+@dataclass
+class WorkerProcs:
+    """Real ``taskorch worker`` processes, started and killed by tests."""
+
+    env: dict[str, str]
+    log_dir: Path
+    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    def start(self, **env: str) -> subprocess.Popen[bytes]:
+        with open(self.log_dir / f"worker-{len(self.procs)}.log", "wb") as log:
+            p = subprocess.Popen(
+                [sys.executable, "-m", "taskorch", "worker"],
+                env={**self.env, **env},
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=ROOT,
+            )
+        self.procs.append(p)
+        return p
+
+    def logs(self) -> str:
+        return "\n".join(p.read_text() for p in sorted(self.log_dir.glob("worker-*.log")))
+
+    def stop_all(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in self.procs:
+            try:
+                p.wait(15)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+
+
+@pytest.fixture
+def workers(redis_url: str, tmp_path: Path) -> Iterator[WorkerProcs]:
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("TASKORCH_")},
+        "TASKORCH_REDIS_URL": redis_url,
+        "TASKORCH_JWT_SECRET": SECRET,
+        "TASKORCH_ALLOW_PRIVATE_TARGETS": "1",
+        "TASKORCH_LEASE_S": "3",
+        "TASKORCH_LOG_LEVEL": "info",
+    }
+    w = WorkerProcs(env, tmp_path)
+    yield w
+    w.stop_all()
+
+
+async def until(check: Callable[[], Any], timeout_s: float = 15, every_s: float = 0.05) -> Any:
+    """Poll ``check`` (sync or async) until it returns something truthy."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = check()
+        if asyncio.iscoroutine(value):
+            value = await value
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout_s} s")
+        await asyncio.sleep(every_s)

@@ -1,0 +1,265 @@
+"""The real worker process against a real Redis and a real local target."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import signal
+import time
+
+import msgspec
+
+from taskorch.models import TaskCreate, TaskStatus
+from taskorch.store import Store, connect
+from tests.conftest import Api, RedisServer, Target, WorkerProcs, free_port, until
+
+
+def _ts(s: str) -> float:
+    return dt.datetime.fromisoformat(s).timestamp()
+
+
+async def test_fires_on_time_with_lateness_and_contract_headers(
+    api: Api, target: Target, workers: WorkerProcs
+) -> None:
+    workers.start()
+    task = await api.create(
+        {
+            "url": target.url("/hook"),
+            "delay": 1.5,
+            "payload": {"hello": "world"},
+            "headers": {"X-Custom": "yes"},
+        }
+    )
+    done = await api.wait_status(task["id"], "succeeded")
+    [call] = target.calls_to("/hook")
+    due = _ts(task["run_at"])
+    assert call.at >= due - 0.001, "fired before its time"
+    assert call.at - due < 0.1, f"fired {1000 * (call.at - due):.1f} ms late"
+    assert msgspec.json.decode(call.body) == {"hello": "world"}
+    h = call.headers
+    assert h["X-Custom"] == "yes" and h["Content-Type"] == "application/json"
+    assert h["Idempotency-Key"] == task["id"] == h["X-Taskorch-Task-Id"]
+    assert h["X-Taskorch-Attempt"] == "1"
+    assert h["X-Taskorch-Scheduled-For"] == task["run_at"]
+    [attempt] = done["attempts"]
+    assert attempt["number"] == 1 and attempt["status_code"] == 200 and attempt["error"] is None
+    assert 0 <= attempt["lateness_ms"] < 100
+    assert attempt["scheduled_for"] == task["run_at"]
+    assert msgspec.json.decode(attempt["response_body"])["path"] == "/hook"
+    assert done["finished_at"] is not None
+    assert "lateness_ms" in workers.logs() and task["id"] in workers.logs()
+
+
+async def test_get_sends_no_body(api: Api, target: Target, workers: WorkerProcs) -> None:
+    workers.start()
+    task = await api.create({"url": target.url("/get"), "method": "GET", "payload": {"x": 1}})
+    await api.wait_status(task["id"], "succeeded")
+    [call] = target.calls_to("/get")
+    assert call.method == "GET" and call.body == b""
+
+
+async def test_retries_with_backoff_after_500(
+    api: Api, target: Target, workers: WorkerProcs
+) -> None:
+    workers.start()
+    task = await api.create(
+        {"url": target.url("/fail-then-ok/2"), "retry_delay": 0.3, "backoff": 2}
+    )
+    done = await api.wait_status(task["id"], "succeeded")
+    a = done["attempts"]
+    assert [x["status_code"] for x in a] == [500, 500, 200]
+    assert [x["number"] for x in a] == [1, 2, 3]
+    gap1 = _ts(a[1]["started_at"]) - _ts(a[0]["finished_at"])
+    gap2 = _ts(a[2]["started_at"]) - _ts(a[1]["finished_at"])
+    assert 0.3 <= gap1 < 0.3 * 1.1 + 0.05, gap1  # retry_delay, plus at most 10 % jitter
+    assert 0.6 <= gap2 < 0.6 * 1.1 + 0.05, gap2  # times backoff
+    assert [c.headers["X-Taskorch-Attempt"] for c in target.calls] == ["1", "2", "3"]
+
+
+async def test_429_retry_after_replaces_the_backoff(
+    api: Api, target: Target, workers: WorkerProcs
+) -> None:
+    workers.start()
+    task = await api.create({"url": target.url("/throttle/2"), "retry_delay": 0.1})
+    done = await api.wait_status(task["id"], "succeeded")
+    a = done["attempts"]
+    assert [x["status_code"] for x in a] == [429, 200]
+    gap = _ts(a[1]["started_at"]) - _ts(a[0]["finished_at"])
+    assert 2.0 <= gap < 2.2, gap
+
+
+async def test_timeout_and_refused_connection_are_retried_then_fail_with_every_attempt(
+    api: Api, target: Target, workers: WorkerProcs
+) -> None:
+    workers.start()
+    slow = await api.create(
+        {"url": target.url("/slow/5"), "timeout": 1, "retries": 1, "retry_delay": 0.1}
+    )
+    refused = await api.create(
+        {"url": f"http://127.0.0.1:{free_port()}/x", "retries": 2, "retry_delay": 0.1}
+    )
+    done = await api.wait_status(refused["id"], "failed")
+    assert len(done["attempts"]) == 3
+    assert all(
+        "connection failed" in a["error"] and a["status_code"] is None for a in done["attempts"]
+    )
+    done = await api.wait_status(slow["id"], "failed")
+    assert [a["error"] for a in done["attempts"]] == ["timed out after 1 s"] * 2
+    assert all(0.95 < a["duration_ms"] / 1000 < 1.5 for a in done["attempts"])
+    assert done["finished_at"] is not None
+
+
+async def test_redirect_is_a_failure_not_followed(
+    api: Api, target: Target, workers: WorkerProcs
+) -> None:
+    workers.start()
+    task = await api.create({"url": target.url("/redirect"), "retries": 0})
+    done = await api.wait_status(task["id"], "failed")
+    assert done["attempts"][0]["status_code"] == 302
+    assert target.calls_to("/ok") == []
+
+
+async def test_private_targets_are_blocked_unless_allowed(
+    api: Api, target: Target, workers: WorkerProcs
+) -> None:
+    workers.start(TASKORCH_ALLOW_PRIVATE_TARGETS="0")
+    task = await api.create({"url": target.url("/private"), "retries": 0})
+    done = await api.wait_status(task["id"], "failed")
+    assert "private" in done["attempts"][0]["error"]
+    assert target.calls == []
+    task = await api.create({"url": f"http://localhost:{target.server.port}/private", "retries": 0})
+    done = await api.wait_status(task["id"], "failed")
+    assert "private" in done["attempts"][0]["error"] and target.calls == []
+
+
+async def test_modify_and_cancel_before_firing_then_409_after(
+    api: Api, target: Target, workers: WorkerProcs
+) -> None:
+    workers.start()
+    moved = await api.create({"url": target.url("/old"), "delay": 0.8, "payload": {"v": 1}})
+    cancelled = await api.create({"url": target.url("/cancelled"), "delay": 0.8})
+    r = await api.http.patch(
+        f"/v1/tasks/{moved['id']}",
+        json={"url": target.url("/new"), "delay": 1.5, "payload": {"v": 2}},
+        headers=api.auth(),
+    )
+    assert r.status_code == 200
+    r = await api.http.post(f"/v1/tasks/{cancelled['id']}/cancel", headers=api.auth())
+    assert r.status_code == 200
+    done = await api.wait_status(moved["id"], "succeeded")
+    [call] = target.calls
+    assert call.path == "/new" and msgspec.json.decode(call.body) == {"v": 2}
+    assert call.at >= _ts(r.json()["updated_at"]) + 1.4
+    await asyncio.sleep(0.5)
+    assert target.calls_to("/cancelled") == [] and target.calls_to("/old") == []
+    for method, path, body in [
+        ("PATCH", f"/v1/tasks/{done['id']}", {"delay": 1}),
+        ("POST", f"/v1/tasks/{done['id']}/cancel", None),
+    ]:
+        r = await api.http.request(method, path, json=body, headers=api.auth())
+        assert r.status_code == 409 and "succeeded" in r.json()["error"]["message"]
+
+
+async def test_100_cancels_racing_the_due_time_never_both(
+    api: Api, target: Target, workers: WorkerProcs
+) -> None:
+    workers.start()
+    await asyncio.sleep(0.5)
+    run_at = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=2)
+    tasks = [
+        await api.create({"url": target.url("/race"), "run_at": run_at.isoformat(), "retries": 0})
+        for _ in range(100)
+    ]
+    # Cancel each within a few ms either side of its due time.
+    await asyncio.sleep(max(0.0, run_at.timestamp() - time.time() - 0.01))
+    results = await asyncio.gather(
+        *[api.http.post(f"/v1/tasks/{t['id']}/cancel", headers=api.auth()) for t in tasks]
+    )
+    codes = [r.status_code for r in results]
+    assert set(codes) <= {200, 409}
+    await asyncio.sleep(1.0)
+    fired = target.by_task()
+    both = 0
+    for t, r in zip(tasks, results, strict=True):
+        final = await api.get(t["id"])
+        if r.status_code == 200:
+            assert final["status"] == "cancelled" and final["attempts"] == []
+            both += fired.get(t["id"], 0)
+        else:
+            assert final["status"] == "succeeded" and fired[t["id"]] == 1
+    assert both == 0
+    assert len(target.calls) == codes.count(409)
+    print(f"race: {codes.count(200)} cancelled, {codes.count(409)} fired first")
+
+
+async def test_worker_killed_mid_call_is_retried_within_the_lease(
+    api: Api, target: Target, workers: WorkerProcs
+) -> None:
+    first = workers.start()
+    task = await api.create({"url": target.url("/slow-once/30"), "retries": 0})
+    await until(lambda: target.calls)  # the call is in flight
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    killed_at = time.time()
+    workers.start()
+    done = await api.wait_status(task["id"], "succeeded", timeout_s=20)
+    recovered_after = _ts(done["attempts"][-1]["started_at"]) - killed_at
+    assert recovered_after <= 3 + 2, (
+        recovered_after
+    )  # TASKORCH_LEASE_S=3 plus the reaper's 1 s round
+    lost, ok = done["attempts"]
+    assert "worker lost" in lost["error"] and ok["status_code"] == 200
+    assert [c.headers["Idempotency-Key"] for c in target.calls] == [task["id"]] * 2
+
+
+async def test_two_workers_share_2000_tasks_none_twice(
+    api: Api, target: Target, workers: WorkerProcs, settings
+) -> None:  # type: ignore[no-untyped-def]
+    store = Store(connect(settings.redis_url))
+    start = time.time() + 4
+    ids = []
+    for i in range(2000):
+        body = TaskCreate(
+            url=target.url("/shared"),
+            retries=0,
+            run_at=dt.datetime.fromtimestamp(start + (i % 100) * 0.01, dt.UTC),
+        )
+        task, _ = await store.create_task("alice", body)
+        ids.append(task.id)
+    workers.start()
+    workers.start()
+    await until(lambda: len(target.calls) >= 2000, timeout_s=30)
+    await asyncio.sleep(1.0)
+    counts = target.by_task()
+    assert len(target.calls) == 2000
+    assert sorted(counts) == sorted(ids) and set(counts.values()) == {1}
+
+    async def all_succeeded() -> bool:
+        page = await store.list_tasks("alice", status=TaskStatus.succeeded, limit=500, cursor=None)
+        n = len(page.items)
+        while page.next_cursor:
+            page = await store.list_tasks(
+                "alice", status=TaskStatus.succeeded, limit=500, cursor=page.next_cursor
+            )
+            n += len(page.items)
+        return n == 2000
+
+    await until(all_succeeded, timeout_s=10)
+    logs = workers.logs()
+    assert logs.count("worker.started") == 2
+    await store.redis.aclose()
+
+
+async def test_worker_survives_a_redis_restart(
+    api: Api, target: Target, workers: WorkerProcs, redis_server: RedisServer
+) -> None:
+    proc = workers.start()
+    before = await api.create({"url": target.url("/before"), "delay": 0.2})
+    await api.wait_status(before["id"], "succeeded")
+    redis_server.stop()
+    await asyncio.sleep(2)
+    redis_server.start()  # same port and append-only file: the data comes back
+    after = await api.create({"url": target.url("/after"), "delay": 0.2})
+    await api.wait_status(after["id"], "succeeded", timeout_s=20)
+    assert proc.poll() is None, "the worker exited when Redis went away"
+    assert "worker.redis_unavailable" in workers.logs()
