@@ -77,7 +77,8 @@ async def principal(request: Request, scope: str) -> auth.Principal:
         )
         if not token:
             raise Unauthorized("Send a token: Authorization: Bearer <JWT>.", code="missing_token")
-    p = await request.state.verifier.verify(token.strip())
+    verifier: auth.TokenVerifier = request.state.verifier
+    p = await verifier.verify(token.strip())
     p.require(scope)
     return p
 

@@ -43,23 +43,23 @@ class Settings:
         """Read ``TASKORCH_*`` from ``env`` (default ``os.environ``) and validate everything."""
         env = os.environ if env is None else env
         r = _Reader(env)
-        host = r.str("TASKORCH_HOST", "127.0.0.1")
-        port = r.int("TASKORCH_PORT", 3000, lo=1, hi=65535)
+        host = r.text("TASKORCH_HOST", "127.0.0.1")
+        port = r.whole("TASKORCH_PORT", 3000, lo=1, hi=65535)
         settings = cls(
-            redis_url=r.str("TASKORCH_REDIS_URL", "redis://localhost:6379/0"),
+            redis_url=r.text("TASKORCH_REDIS_URL", "redis://localhost:6379/0"),
             host=host,
             port=port,
             jwt_secret=r.opt("TASKORCH_JWT_SECRET"),
             jwt_jwks_url=r.opt("TASKORCH_JWT_JWKS_URL"),
             jwt_issuer=r.opt("TASKORCH_JWT_ISSUER"),
             jwt_audience=r.opt("TASKORCH_JWT_AUDIENCE"),
-            allow_private_targets=r.bool("TASKORCH_ALLOW_PRIVATE_TARGETS", False),
-            public_url=r.str("TASKORCH_PUBLIC_URL", f"http://{host}:{port}").rstrip("/"),
+            allow_private_targets=r.flag("TASKORCH_ALLOW_PRIVATE_TARGETS", False),
+            public_url=r.text("TASKORCH_PUBLIC_URL", f"http://{host}:{port}").rstrip("/"),
             function_provider=r.choice("TASKORCH_FUNCTION_PROVIDER", "local", ("local", "aws")),
-            functions_dir=r.str("TASKORCH_FUNCTIONS_DIR", ".taskorch/functions"),
-            lease_s=r.float("TASKORCH_LEASE_S", c.DEFAULT_LEASE_S, lo=1.0),
-            max_in_flight=r.int("TASKORCH_MAX_IN_FLIGHT", c.DEFAULT_MAX_IN_FLIGHT, lo=1),
-            token_ttl_s=r.int("TASKORCH_TOKEN_TTL_S", c.DEFAULT_TOKEN_TTL_S, lo=1),
+            functions_dir=r.text("TASKORCH_FUNCTIONS_DIR", ".taskorch/functions"),
+            lease_s=r.number("TASKORCH_LEASE_S", c.DEFAULT_LEASE_S, lo=1.0),
+            max_in_flight=r.whole("TASKORCH_MAX_IN_FLIGHT", c.DEFAULT_MAX_IN_FLIGHT, lo=1),
+            token_ttl_s=r.whole("TASKORCH_TOKEN_TTL_S", c.DEFAULT_TOKEN_TTL_S, lo=1),
             log_format=r.choice("TASKORCH_LOG_FORMAT", "json", ("json", "console")),
             log_level=r.choice("TASKORCH_LOG_LEVEL", "info", ("debug", "info", "warning", "error")),
             aws_region=r.opt("TASKORCH_AWS_REGION") or env.get("AWS_DEFAULT_REGION") or None,
@@ -104,10 +104,10 @@ class _Reader:
         value = self.env.get(name, "").strip()
         return value or None
 
-    def str(self, name: str, default: str) -> str:
+    def text(self, name: str, default: str) -> str:
         return self.opt(name) or default
 
-    def int(self, name: str, default: int, *, lo: int, hi: int | None = None) -> int:
+    def whole(self, name: str, default: int, *, lo: int, hi: int | None = None) -> int:
         raw = self.opt(name)
         if raw is None:
             return default
@@ -120,7 +120,7 @@ class _Reader:
             raise ConfigError(f"{name} must be {bound}, got {value}")
         return value
 
-    def float(self, name: str, default: float, *, lo: float) -> float:
+    def number(self, name: str, default: float, *, lo: float) -> float:
         raw = self.opt(name)
         if raw is None:
             return default
@@ -132,7 +132,7 @@ class _Reader:
             raise ConfigError(f"{name} must be at least {lo}, got {value}")
         return value
 
-    def bool(self, name: str, default: bool) -> bool:
+    def flag(self, name: str, default: bool) -> bool:
         raw = self.opt(name)
         if raw is None:
             return default

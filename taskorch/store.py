@@ -11,7 +11,7 @@ from __future__ import annotations
 import secrets
 import time
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, TypeAlias
 from urllib.parse import parse_qs, unquote, urlparse
 
 import msgspec
@@ -33,7 +33,8 @@ from taskorch.models import (
     fmt_ms,
 )
 
-Redis = aioredis.Redis
+# redis-py is untyped for mypy here (see pyproject): name the client type for readers anyway.
+Redis: TypeAlias = Any
 _spec_decoder = msgspec.json.Decoder(TaskSpec)
 
 
@@ -64,8 +65,8 @@ def connect(url: str, **kwargs: Any) -> Redis:
         db = int(path[1]) if len(path) > 1 else int(parse_qs(parts.query).get("db", ["0"])[0])
         password = unquote(parts.password) if parts.password else None
         sentinel = Sentinel(hosts, password=password, **kwargs)
-        return sentinel.master_for(service, db=db, password=password, **kwargs)  # type: ignore[no-any-return]
-    return aioredis.from_url(url, **kwargs)  # type: ignore[no-any-return]
+        return sentinel.master_for(service, db=db, password=password, **kwargs)
+    return aioredis.from_url(url, **kwargs)
 
 
 class _StoredAttempt(msgspec.Struct, omit_defaults=True):

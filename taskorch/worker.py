@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import random
 import socket
@@ -199,9 +200,8 @@ class Worker:
         self._start_scheduled = False
         for i in range(0, len(batch), 500):
             chunk = batch[i : i + 500]
-            numbers = await self._retrying(
-                lambda chunk=chunk: self.store.start([(cl.arg, cl.job) for cl in chunk])
-            )
+            pairs = [(cl.arg, cl.job) for cl in chunk]
+            numbers = await self._retrying(functools.partial(self.store.start, pairs))
             if numbers is None:
                 continue  # Redis stayed down past the lease: another worker will take these
             for cl, n in zip(chunk, numbers, strict=True):

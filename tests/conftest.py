@@ -318,3 +318,27 @@ async def until(check: Callable[[], Any], timeout_s: float = 15, every_s: float 
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout_s} s")
         await asyncio.sleep(every_s)
+
+
+@dataclass
+class LiveServer:
+    url: str
+    settings: Settings
+
+
+@pytest.fixture
+async def live_server(settings: Settings) -> AsyncIterator[LiveServer]:
+    """The API on a real socket (uvicorn in this loop), for streams and browser tests."""
+    import uvicorn
+
+    port = free_port()
+    config = uvicorn.Config(
+        create_app(settings), host="127.0.0.1", port=port, log_level="warning", lifespan="on"
+    )
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        await asyncio.sleep(0.02)
+    yield LiveServer(f"http://127.0.0.1:{port}", settings)
+    server.should_exit = True
+    await task
