@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 import redis.exceptions
@@ -27,6 +28,9 @@ from taskorch import auth, metrics, openapi
 from taskorch import constants as c
 from taskorch.errors import ApiError, BadRequest, NotFound, PayloadTooLarge, Unauthorized
 from taskorch.models import (
+    OrchestrationCreate,
+    OrchestrationPatch,
+    OrchestrationStatus,
     TaskCreate,
     TaskPatch,
     TaskStatus,
@@ -34,8 +38,11 @@ from taskorch.models import (
     TokenResponse,
     decode_body,
 )
+from taskorch.orchestrations import Orchestrations
 from taskorch.settings import Settings
 from taskorch.store import Store, connect
+
+E = TypeVar("E", bound=enum.Enum)
 
 log = structlog.get_logger("taskorch.api")
 WEB_DIR = Path(__file__).resolve().parent.parent / "web"
@@ -53,16 +60,16 @@ def error_response(exc: ApiError) -> Response:
     return JSON(exc.body(), status_code=exc.status_code, headers=exc.headers)
 
 
-async def read_body(request: Request) -> bytes:
-    """The request body, refusing more than MAX_BODY_BYTES before reading it all."""
+async def read_body(request: Request, limit: int = c.MAX_BODY_BYTES) -> bytes:
+    """The request body, refusing more than ``limit`` bytes before reading it all."""
     declared = request.headers.get("content-length")
-    too_big = PayloadTooLarge(f"The body is larger than {c.MAX_BODY_BYTES} bytes.")
-    if declared and declared.isdigit() and int(declared) > c.MAX_BODY_BYTES:
+    too_big = PayloadTooLarge(f"The body is larger than {limit} bytes.")
+    if declared and declared.isdigit() and int(declared) > limit:
         raise too_big
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
-        if size > c.MAX_BODY_BYTES:
+        if size > limit:
             raise too_big
         chunks.append(chunk)
     return b"".join(chunks)
@@ -83,16 +90,29 @@ async def principal(request: Request, scope: str) -> auth.Principal:
     return p
 
 
-def _status_param(request: Request) -> TaskStatus | None:
+def _status_param(request: Request, kind: type[E]) -> E | None:
     raw = request.query_params.get("status")
     if not raw:
         return None
     try:
-        return TaskStatus(raw)
+        return kind(raw)
     except ValueError:
-        raise _invalid_param(
-            "status", "must be one of " + ", ".join(s.value for s in TaskStatus)
-        ) from None
+        allowed = ", ".join(s.value for s in kind)
+        raise _invalid_param("status", f"must be one of {allowed}") from None
+
+
+def _cursor_param(request: Request, prefix: str) -> str | None:
+    cursor = request.query_params.get("cursor") or None
+    if cursor is not None and not cursor.startswith(prefix):
+        raise _invalid_param("cursor", "is not a cursor this service handed out")
+    return cursor
+
+
+def _idempotency_key(request: Request) -> str | None:
+    key = request.headers.get("idempotency-key")
+    if key is not None and not 1 <= len(key) <= 255:
+        raise BadRequest("The Idempotency-Key header must be 1 to 255 characters.")
+    return key
 
 
 def _limit_param(request: Request) -> int:
@@ -118,11 +138,8 @@ def _invalid_param(name: str, message: str) -> ApiError:
 async def create_task(request: Request) -> Response:
     p = await principal(request, "write")
     body = decode_body(await read_body(request), TaskCreate)
-    key = request.headers.get("idempotency-key")
-    if key is not None and not 1 <= len(key) <= 255:
-        raise BadRequest("The Idempotency-Key header must be 1 to 255 characters.")
     store: Store = request.state.store
-    task, created = await store.create_task(p.sub, body, idempotency_key=key)
+    task, created = await store.create_task(p.sub, body, idempotency_key=_idempotency_key(request))
     log.info(
         "task.created" if created else "task.idempotent_repeat",
         task_id=task.id,
@@ -136,11 +153,11 @@ async def create_task(request: Request) -> Response:
 
 async def list_tasks(request: Request) -> Response:
     p = await principal(request, "read")
-    cursor = request.query_params.get("cursor") or None
-    if cursor is not None and not cursor.startswith("tsk_"):
-        raise _invalid_param("cursor", "is not a cursor this service handed out")
     page = await request.state.store.list_tasks(
-        p.sub, status=_status_param(request), limit=_limit_param(request), cursor=cursor
+        p.sub,
+        status=_status_param(request, TaskStatus),
+        limit=_limit_param(request),
+        cursor=_cursor_param(request, "tsk_"),
     )
     return JSON(page)
 
@@ -163,6 +180,64 @@ async def cancel_task(request: Request) -> Response:
     task = await request.state.store.cancel_task(p.sub, request.path_params["task_id"])
     log.info("task.cancelled", task_id=task.id, owner=p.sub)
     return JSON(task)
+
+
+async def create_orchestration(request: Request) -> Response:
+    p = await principal(request, "write")
+    body = decode_body(
+        await read_body(request, c.MAX_ORCHESTRATION_BODY_BYTES), OrchestrationCreate
+    )
+    orcs: Orchestrations = request.state.orchestrations
+    orc, created = await orcs.create(p.sub, body, idempotency_key=_idempotency_key(request))
+    log.info(
+        "orchestration.created" if created else "orchestration.idempotent_repeat",
+        orchestration_id=orc.id,
+        owner=p.sub,
+        steps=len(orc.steps),
+        run_at=orc.run_at,
+    )
+    return JSON(
+        orc,
+        status_code=201 if created else 200,
+        headers={"Location": f"/v1/orchestrations/{orc.id}"},
+    )
+
+
+async def list_orchestrations(request: Request) -> Response:
+    p = await principal(request, "read")
+    orcs: Orchestrations = request.state.orchestrations
+    page = await orcs.list(
+        p.sub,
+        status=_status_param(request, OrchestrationStatus),
+        limit=_limit_param(request),
+        cursor=_cursor_param(request, "orc_"),
+    )
+    return JSON(page)
+
+
+async def get_orchestration(request: Request) -> Response:
+    p = await principal(request, "read")
+    orcs: Orchestrations = request.state.orchestrations
+    return JSON(await orcs.get(p.sub, request.path_params["orc_id"]))
+
+
+async def modify_orchestration(request: Request) -> Response:
+    p = await principal(request, "write")
+    patch = decode_body(
+        await read_body(request, c.MAX_ORCHESTRATION_BODY_BYTES), OrchestrationPatch
+    )
+    orcs: Orchestrations = request.state.orchestrations
+    orc = await orcs.modify(p.sub, request.path_params["orc_id"], patch)
+    log.info("orchestration.modified", orchestration_id=orc.id, owner=p.sub)
+    return JSON(orc)
+
+
+async def cancel_orchestration(request: Request) -> Response:
+    p = await principal(request, "write")
+    orcs: Orchestrations = request.state.orchestrations
+    orc = await orcs.cancel(p.sub, request.path_params["orc_id"])
+    log.info("orchestration.cancelled", orchestration_id=orc.id, owner=p.sub)
+    return JSON(orc)
 
 
 async def issue_token(request: Request) -> Response:
@@ -267,6 +342,11 @@ ROUTES: list[tuple[str, Callable[[Request], Awaitable[Response]], str]] = [
     ("/v1/tasks/{task_id}", get_task, "GET"),
     ("/v1/tasks/{task_id}", modify_task, "PATCH"),
     ("/v1/tasks/{task_id}/cancel", cancel_task, "POST"),
+    ("/v1/orchestrations", create_orchestration, "POST"),
+    ("/v1/orchestrations", list_orchestrations, "GET"),
+    ("/v1/orchestrations/{orc_id}", get_orchestration, "GET"),
+    ("/v1/orchestrations/{orc_id}", modify_orchestration, "PATCH"),
+    ("/v1/orchestrations/{orc_id}/cancel", cancel_orchestration, "POST"),
     ("/v1/events", events, "GET"),
 ]
 
@@ -312,6 +392,7 @@ def create_app(
                 "settings": settings,
                 "redis": client,
                 "store": Store(client),
+                "orchestrations": Orchestrations(client),
                 "verifier": verifier,
             }
         finally:

@@ -21,7 +21,7 @@ LEASES_KEY = KEY_PREFIX + "leases"
 # Hash job id -> worker id, so a worker renews only its own claims.
 LEASE_OWNER_KEY = KEY_PREFIX + "lease-owner"
 TASK_KEY_PREFIX = KEY_PREFIX + "task:"  # hash per task; ":attempts" suffix holds the attempt list
-ORCH_KEY_PREFIX = KEY_PREFIX + "orc:"
+ORCH_KEY_PREFIX = KEY_PREFIX + "orc:"  # hash per orchestration; :specs, :conds, :state, :check:<i>
 OWNER_KEY_PREFIX = KEY_PREFIX + "owner:"  # per-owner indexes: owner:{sub}:tasks[:{status}]
 IDEMPOTENCY_KEY_PREFIX = KEY_PREFIX + "idem:"
 USER_KEY_PREFIX = KEY_PREFIX + "user:"
@@ -42,6 +42,9 @@ RETRY_JITTER = 0.10  # retries are lengthened by up to 10 %, never shortened
 IDEMPOTENCY_TTL_S = 24 * 3600
 RESPONSE_EXCERPT_BYTES = 4096  # attempts keep the first 4 KiB of the answer
 MAX_BODY_BYTES = 1024 * 1024  # request bodies above this answer 413
+# An orchestration of 10,000 steps is a few MB of JSON; its route alone accepts this much.
+MAX_ORCHESTRATION_BODY_BYTES = 32 * 1024 * 1024
+MAX_STEPS = 10_000
 MAX_LIST_LIMIT = 500
 DEFAULT_LIST_LIMIT = 50
 DEFAULT_TOKEN_TTL_S = 3600

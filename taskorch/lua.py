@@ -44,6 +44,27 @@ end
 local function wake(due, now, ahead)
   if due - now <= ahead then redis.call('PUBLISH', '{c.WAKE_CHANNEL}', due) end
 end
+local function new_task(id, owner, spec, name, due, now, orc, ahead)
+  local job = id .. '.1'
+  redis.call('HSET', P .. 'task:' .. id, 'id', id, 'owner', owner, 'status', 'scheduled',
+    'spec', spec, 'name', name, 'run_at', due, 'created_at', now, 'updated_at', now,
+    'gen', 1, 'job', job, 'attempt', 0, 'lost', 0, 'orchestration_id', orc)
+  redis.call('ZADD', idx(owner, 'tasks'), 0, id)
+  move_status(owner, 'tasks', id, nil, 'scheduled')
+  enqueue(job, 'fire_task', id, due, now, 1)
+  publish(owner, 'task', id, 'scheduled')
+  wake(due, now, ahead)
+end
+local function cancel_task(id, now)
+  local key = P .. 'task:' .. id
+  local t = redis.call('HMGET', key, 'status', 'owner', 'job')
+  if t[1] ~= 'scheduled' and t[1] ~= 'retrying' then return t[1] end
+  drop_job(t[3])
+  redis.call('HSET', key, 'status', 'cancelled', 'finished_at', now, 'updated_at', now, 'job', '')
+  move_status(t[2], 'tasks', id, t[1], 'cancelled')
+  publish(t[2], 'task', id, 'cancelled')
+  return 'cancelled'
+end
 """
 
 # ARGV: id, owner, spec, name, due, now, idem_key|'', idem_ttl_s, orchestration_id|'', wake_ms
@@ -54,15 +75,7 @@ if ARGV[7] ~= '' then
   if existing then return {0, existing} end
   redis.call('SET', ARGV[7], id, 'EX', ARGV[8])
 end
-local job = id .. '.1'
-redis.call('HSET', P .. 'task:' .. id, 'id', id, 'owner', owner, 'status', 'scheduled',
-  'spec', ARGV[3], 'name', ARGV[4], 'run_at', due, 'created_at', now, 'updated_at', now,
-  'gen', 1, 'job', job, 'attempt', 0, 'lost', 0, 'orchestration_id', ARGV[9])
-redis.call('ZADD', idx(owner, 'tasks'), 0, id)
-move_status(owner, 'tasks', id, nil, 'scheduled')
-enqueue(job, 'fire_task', id, due, now, 1)
-publish(owner, 'task', id, 'scheduled')
-wake(due, now, tonumber(ARGV[10]))
+new_task(id, owner, ARGV[3], ARGV[4], due, now, ARGV[9], tonumber(ARGV[10]))
 return {1, id}
 """
 
@@ -70,13 +83,11 @@ return {1, id}
 CANCEL_TASK = """
 local id, owner, now = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local key = P .. 'task:' .. id
-local t = redis.call('HMGET', key, 'status', 'owner', 'job')
+local t = redis.call('HMGET', key, 'status', 'owner', 'job', 'orchestration_id')
 if not t[2] or t[2] ~= owner then return {'not_found'} end
+if t[4] and t[4] ~= '' then return {'in_orchestration', t[4]} end
 if t[1] ~= 'scheduled' and t[1] ~= 'retrying' then return {'conflict', t[1]} end
-drop_job(t[3])
-redis.call('HSET', key, 'status', 'cancelled', 'finished_at', now, 'updated_at', now, 'job', '')
-move_status(owner, 'tasks', id, t[1], 'cancelled')
-publish(owner, 'task', id, 'cancelled')
+cancel_task(id, now)
 return {'ok'}
 """
 
@@ -85,8 +96,9 @@ return {'ok'}
 MODIFY_TASK = """
 local id, owner, now = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local key = P .. 'task:' .. id
-local t = redis.call('HMGET', key, 'status', 'owner', 'job', 'gen')
+local t = redis.call('HMGET', key, 'status', 'owner', 'job', 'gen', 'orchestration_id')
 if not t[2] or t[2] ~= owner then return {'not_found'} end
+if t[5] and t[5] ~= '' then return {'in_orchestration', t[5]} end
 if t[1] ~= 'scheduled' and t[1] ~= 'retrying' then return {'conflict', t[1]} end
 if t[4] ~= ARGV[4] then return {'stale'} end
 drop_job(t[3])
@@ -184,7 +196,7 @@ else
   if t[5] and t[5] ~= '' then
     -- an orchestration's step ended: hand it to the step machine through its own job
     local oj = t[5] .. '.' .. id .. '.' .. status
-    enqueue(oj, 'advance', t[5] .. ' ' .. id .. ' ' .. status, now, now, 1)
+    enqueue(oj, 'orc', 'done|' .. t[5] .. '|' .. id .. '|' .. status, now, now, 1)
     wake(now, now, tonumber(ARGV[7]))
   end
 end
@@ -214,7 +226,7 @@ for _, job in ipairs(items) do
       local id = d.a[1]
       local key = P .. 'task:' .. id
       local t = redis.call('HMGET', key, 'status', 'job', 'owner', 'gen', 'attempt',
-        'started_at', 'scheduled_for', 'lost')
+        'started_at', 'scheduled_for', 'lost', 'orchestration_id')
       if t[2] ~= job then
         redis.call('DEL', P .. 'job:' .. job)
       elseif t[1] == 'scheduled' or t[1] == 'retrying' then
@@ -231,6 +243,10 @@ for _, job in ipairs(items) do
             'job', '', 'lost', lost)
           move_status(t[3], 'tasks', id, 'running', 'failed')
           publish(t[3], 'task', id, 'failed')
+          if t[9] and t[9] ~= '' then
+            enqueue(t[9] .. '.' .. id .. '.failed', 'orc', 'done|' .. t[9] .. '|' .. id .. '|failed',
+              now, now, 1)
+          end
         else
           local gen = tonumber(t[4]) + 1
           local nj = id .. '.' .. gen
@@ -278,4 +294,204 @@ DONE = """
 if redis.call('HGET', LEASE_OWNER, ARGV[1]) ~= ARGV[2] then return 0 end
 drop_job(ARGV[1])
 return 1
+"""
+
+
+# -- orchestrations ------------------------------------------------------------------------------
+# An orchestration is a hash (orc:<id>) plus per-step hashes keyed by step index: :specs (the step's
+# task spec), :conds (a step's own condition), :state (t<i> task id, s<i> final step status,
+# c<i> check status) and a list :check:<i> of check attempts. Advancing reads and writes only the
+# fields of one index, so step 9,999 costs what step 1 does. Each transition is one script that
+# checks the orchestration is where the event expects it (so a replayed event after a crash is a
+# no-op) and creates the next step's task or job in the same breath.
+ORC_PRELUDE = """
+local function okey(id) return P .. 'orc:' .. id end
+local function finish_orc(id, owner, old, status, now)
+  redis.call('HSET', okey(id), 'status', status, 'finished_at', now, 'updated_at', now,
+    'phase', 'done', 'job', '')
+  move_status(owner, 'orchestrations', id, old, status)
+  publish(owner, 'orchestration', id, status)
+end
+local function start_step(id, owner, i, task_id, now, ahead)
+  local spec = redis.call('HGET', okey(id) .. ':specs', i)
+  new_task(task_id, owner, spec, 'step ' .. i, now, now, id, ahead)
+  redis.call('HSET', okey(id) .. ':state', 't' .. i, task_id)
+  redis.call('HSET', okey(id), 'current_step', i, 'phase', 'step', 'updated_at', now, 'job', '')
+  publish(owner, 'orchestration', id, 'running')
+end
+local function run_fallback(id, owner, fallback, fid, now, ahead)
+  if fallback and fallback ~= '' then
+    new_task(fid, owner, fallback, 'fallback', now, now, id, ahead)
+    redis.call('HSET', okey(id), 'fallback_task', fid, 'fallback_status', 'scheduled')
+  end
+end
+local function condition_for(id, i, shared)
+  local own = redis.call('HGET', okey(id) .. ':conds', i)
+  if own then return own end
+  if shared and shared ~= '' then return shared end
+  return nil
+end
+local function schedule_check(id, i, n, due, now, ahead)
+  local job = id .. '.c' .. i .. '.' .. n
+  enqueue(job, 'orc', 'check|' .. id .. '|' .. i .. '|' .. n, due, now, n)
+  redis.call('HSET', okey(id), 'job', job)
+  redis.call('HSET', okey(id) .. ':state', 'c' .. i, 'waiting')
+  wake(due, now, ahead)
+end
+"""
+
+# ARGV: id, owner, name, due, now, condition|'', fallback|'', idem_key|'', idem_ttl, wake_ms, n,
+#       then n step specs, then n step conditions ('' where the step has none).
+ORC_CREATE = """
+local id, owner, due, now = ARGV[1], ARGV[2], tonumber(ARGV[4]), tonumber(ARGV[5])
+if ARGV[8] ~= '' then
+  local existing = redis.call('GET', ARGV[8])
+  if existing then return {0, existing} end
+  redis.call('SET', ARGV[8], id, 'EX', ARGV[9])
+end
+local n = tonumber(ARGV[11])
+local key = okey(id)
+redis.call('HSET', key, 'id', id, 'owner', owner, 'status', 'scheduled', 'name', ARGV[3],
+  'run_at', due, 'created_at', now, 'updated_at', now, 'current_step', 0, 'n', n,
+  'condition', ARGV[6], 'fallback', ARGV[7], 'phase', 'pending', 'gen', 1, 'check_n', 0,
+  'fallback_task', '', 'fallback_status', '', 'job', id .. '.s1')
+for i = 1, n do
+  redis.call('HSET', key .. ':specs', i - 1, ARGV[11 + i])
+  if ARGV[11 + n + i] ~= '' then redis.call('HSET', key .. ':conds', i - 1, ARGV[11 + n + i]) end
+end
+redis.call('ZADD', idx(owner, 'orchestrations'), 0, id)
+move_status(owner, 'orchestrations', id, nil, 'scheduled')
+enqueue(id .. '.s1', 'orc', 'start|' .. id .. '|1', due, now, 1)
+publish(owner, 'orchestration', id, 'scheduled')
+wake(due, now, tonumber(ARGV[10]))
+return {1, id}
+"""
+
+# ARGV: id, owner, now, expected_gen, name, due, condition, fallback, n (-1: steps unchanged),
+#       wake_ms, then n specs and n conditions. Returns as MODIFY_TASK does.
+ORC_MODIFY = """
+local id, owner, now = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local key = okey(id)
+local o = redis.call('HMGET', key, 'status', 'owner', 'gen', 'job')
+if not o[2] or o[2] ~= owner then return {'not_found'} end
+if o[1] ~= 'scheduled' then return {'conflict', o[1]} end
+if o[3] ~= ARGV[4] then return {'stale'} end
+drop_job(o[4])
+local gen = tonumber(o[3]) + 1
+local due = tonumber(ARGV[6])
+local n = tonumber(ARGV[9])
+if n >= 0 then
+  redis.call('DEL', key .. ':specs', key .. ':conds')
+  for i = 1, n do
+    redis.call('HSET', key .. ':specs', i - 1, ARGV[10 + i])
+    if ARGV[10 + n + i] ~= '' then redis.call('HSET', key .. ':conds', i - 1, ARGV[10 + n + i]) end
+  end
+  redis.call('HSET', key, 'n', n)
+end
+local job = id .. '.s' .. gen
+redis.call('HSET', key, 'name', ARGV[5], 'run_at', due, 'condition', ARGV[7], 'fallback', ARGV[8],
+  'gen', gen, 'job', job, 'updated_at', now)
+enqueue(job, 'orc', 'start|' .. id .. '|' .. gen, due, now, 1)
+publish(owner, 'orchestration', id, 'scheduled')
+wake(due, now, tonumber(ARGV[10]))
+return {'ok'}
+"""
+
+# ARGV: id, owner, now. Cancels the pending start or check job and a step task not yet called.
+ORC_CANCEL = """
+local id, owner, now = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local key = okey(id)
+local o = redis.call('HMGET', key, 'status', 'owner', 'job', 'phase', 'current_step')
+if not o[2] or o[2] ~= owner then return {'not_found'} end
+if o[1] ~= 'scheduled' and o[1] ~= 'running' then return {'conflict', o[1]} end
+drop_job(o[3])
+if o[4] == 'step' then
+  local tid = redis.call('HGET', key .. ':state', 't' .. o[5])
+  if tid then
+    if cancel_task(tid, now) == 'cancelled' then
+      redis.call('HSET', key .. ':state', 's' .. o[5], 'cancelled')
+    end
+  end
+end
+finish_orc(id, owner, o[1], 'cancelled', now)
+return {'ok'}
+"""
+
+# ARGV: id, gen, now, first_task_id, wake_ms. The start event: run step 0.
+ORC_START = """
+local id, now = ARGV[1], tonumber(ARGV[3])
+local o = redis.call('HMGET', okey(id), 'status', 'gen', 'owner')
+if o[1] ~= 'scheduled' or o[2] ~= ARGV[2] then return 0 end
+redis.call('HSET', okey(id), 'status', 'running')
+move_status(o[3], 'orchestrations', id, 'scheduled', 'running')
+start_step(id, o[3], 0, ARGV[4], now, tonumber(ARGV[5]))
+return 1
+"""
+
+# ARGV: id, task_id, task_status, now, next_task_id, fallback_task_id, wake_ms.
+# A step's (or the fallback's) task ended.
+ORC_STEP_DONE = """
+local id, tid, tstatus, now = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
+local ahead = tonumber(ARGV[7])
+local key = okey(id)
+local o = redis.call('HMGET', key, 'status', 'phase', 'current_step', 'owner', 'n', 'condition',
+  'fallback', 'fallback_task')
+if o[8] == tid then
+  redis.call('HSET', key, 'fallback_status', tstatus, 'updated_at', now)
+  publish(o[4], 'orchestration', id, o[1])
+  return 'fallback'
+end
+if o[1] ~= 'running' or o[2] ~= 'step' then return 'stale' end
+local i = tonumber(o[3])
+if redis.call('HGET', key .. ':state', 't' .. i) ~= tid then return 'stale' end
+redis.call('HSET', key .. ':state', 's' .. i, tstatus)
+if tstatus ~= 'succeeded' then
+  finish_orc(id, o[4], 'running', 'failed', now)
+  run_fallback(id, o[4], o[7], ARGV[6], now, ahead)
+  return 'failed'
+end
+if i == tonumber(o[5]) - 1 then
+  finish_orc(id, o[4], 'running', 'succeeded', now)
+  return 'succeeded'
+end
+local cond = condition_for(id, i, o[6])
+if cond then
+  local delay = tonumber(cjson.decode(cond).delay) or 0
+  redis.call('HSET', key, 'phase', 'check', 'check_n', 0, 'updated_at', now)
+  schedule_check(id, i, 1, now + math.floor(delay * 1000), now, ahead)
+  publish(o[4], 'orchestration', id, 'running')
+  return 'check'
+end
+start_step(id, o[4], i + 1, ARGV[5], now, ahead)
+return 'next'
+"""
+
+# ARGV: id, step, attempt, passed (1/0), attempt_json, now, next_task_id, fallback_task_id, wake_ms
+ORC_CHECK_DONE = """
+local id, i, n, now = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[6])
+local ahead = tonumber(ARGV[9])
+local key = okey(id)
+local o = redis.call('HMGET', key, 'status', 'phase', 'current_step', 'check_n', 'owner',
+  'condition', 'fallback')
+if o[1] ~= 'running' or o[2] ~= 'check' or tonumber(o[3]) ~= i or tonumber(o[4]) ~= n - 1 then
+  return 'stale'
+end
+redis.call('RPUSH', key .. ':check:' .. i, ARGV[5])
+redis.call('HSET', key, 'check_n', n, 'job', '', 'updated_at', now)
+if ARGV[4] == '1' then
+  redis.call('HSET', key .. ':state', 'c' .. i, 'passed')
+  start_step(id, o[5], i + 1, ARGV[7], now, ahead)
+  return 'next'
+end
+local cond = cjson.decode(condition_for(id, i, o[6]))
+if n <= (tonumber(cond.retries) or 0) then
+  local wait = math.floor((tonumber(cond.retry_delay) or 1) * 1000)
+  schedule_check(id, i, n + 1, now + wait, now, ahead)
+  publish(o[5], 'orchestration', id, 'running')
+  return 'recheck'
+end
+redis.call('HSET', key .. ':state', 'c' .. i, 'failed')
+finish_orc(id, o[5], 'running', 'stopped', now)
+run_fallback(id, o[5], o[7], ARGV[8], now, ahead)
+return 'stopped'
 """

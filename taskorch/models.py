@@ -149,6 +149,120 @@ class TaskPage(Struct):
     next_cursor: str | None
 
 
+class OrchestrationStatus(enum.StrEnum):
+    """Where an orchestration is. Only ``scheduled`` can be modified; ``running`` can be cancelled."""
+
+    scheduled = "scheduled"
+    running = "running"
+    succeeded = "succeeded"
+    failed = "failed"
+    stopped = "stopped"
+    cancelled = "cancelled"
+
+
+class ConditionSpec(_Input):
+    """The check run after a step: passes on a 2xx unless the body says ``false``."""
+
+    url: Annotated[str, Meta(min_length=1, max_length=8192)]
+    method: Method = "POST"
+    headers: dict[str, str] = {}
+    timeout: Annotated[float, Meta(ge=1, le=c.MAX_TIMEOUT_S)] = c.DEFAULT_TIMEOUT_S
+    delay: Seconds = 0.0
+    retries: Annotated[int, Meta(ge=0, le=c.MAX_RETRIES)] = 0
+    retry_delay: Seconds = c.DEFAULT_RETRY_DELAY_S
+
+    def check(self) -> list[tuple[str, str]]:
+        problems = []
+        if (msg := url_problem(self.url)) is not None:
+            problems.append(("url", msg))
+        return problems
+
+
+class StepSpec(TaskSpec):
+    """One step: a task spec, optionally with its own condition overriding the shared one."""
+
+    condition: ConditionSpec | None = None
+
+
+class OrchestrationCreate(_Input):
+    """Body of ``POST /v1/orchestrations``."""
+
+    steps: Annotated[list[StepSpec], Meta(min_length=1, max_length=c.MAX_STEPS)]
+    condition: ConditionSpec | None = None
+    fallback: TaskSpec | None = None
+    run_at: dt.datetime | None = None
+    delay: Seconds | None = None
+    name: Annotated[str, Meta(max_length=200)] | None = None
+
+    def check(self) -> list[tuple[str, str]]:
+        return check_when(self.run_at, self.delay)
+
+
+class OrchestrationPatch(_Input):
+    """Body of ``PATCH /v1/orchestrations/{id}``: allowed while the orchestration is scheduled."""
+
+    steps: Annotated[list[StepSpec], Meta(min_length=1, max_length=c.MAX_STEPS)] | UnsetType = UNSET
+    condition: ConditionSpec | UnsetType | None = UNSET
+    fallback: TaskSpec | UnsetType | None = UNSET
+    run_at: dt.datetime | UnsetType | None = UNSET
+    delay: Seconds | UnsetType | None = UNSET
+    name: Annotated[str, Meta(max_length=200)] | UnsetType | None = UNSET
+
+    def check(self) -> list[tuple[str, str]]:
+        run_at = None if isinstance(self.run_at, UnsetType) else self.run_at
+        delay = None if isinstance(self.delay, UnsetType) else self.delay
+        return check_when(run_at, delay)
+
+
+class CheckAttempt(Struct):
+    """One call of a condition check."""
+
+    number: int
+    started_at: Timestamp
+    finished_at: Timestamp
+    status_code: int | None
+    passed: bool
+    error: str | None
+    response_body: str | None
+
+
+class ConditionState(Struct):
+    status: Literal["pending", "waiting", "passed", "failed"]
+    attempts: list[CheckAttempt]
+
+
+class StepState(Struct):
+    index: int
+    task_id: str | None
+    status: str
+    condition: ConditionState | None
+
+
+class FallbackState(Struct):
+    task_id: str | None
+    status: str
+
+
+class Orchestration(Struct):
+    """An orchestration as the API answers it."""
+
+    id: str
+    name: str | None
+    status: OrchestrationStatus
+    run_at: Timestamp | None
+    created_at: Timestamp
+    updated_at: Timestamp
+    finished_at: Timestamp | None
+    current_step: int
+    steps: list[StepState]
+    fallback: FallbackState | None
+
+
+class OrchestrationPage(Struct):
+    items: list[Orchestration]
+    next_cursor: str | None
+
+
 class TokenRequest(_Input):
     username: Annotated[str, Meta(min_length=1, max_length=200)]
     password: Annotated[str, Meta(min_length=1, max_length=1024)]
@@ -256,40 +370,22 @@ def convert(data: Any, kind: type[T]) -> T:
     problems = _problems(data, kind, "")
     if not problems:
         try:
-            value = msgspec.convert(data, kind, strict=False)
+            return msgspec.convert(data, kind, strict=False)
         except msgspec.ValidationError as exc:  # a rule the walk above did not foresee
             problems = [_from_msgspec(exc, "")]
-        else:
-            problems = _checked(value, "")
-    if problems:
-        n = len(problems)
-        raise ValidationFailed(
-            f"The request has {n} invalid field{'s' if n > 1 else ''}: "
-            + "; ".join(f"{f or 'body'} {m}" for f, m in problems[:5])
-            + ".",
-            details=[{"field": f, "message": m} for f, m in problems],
-        )
-    return value
+    n = len(problems)
+    raise ValidationFailed(
+        f"The request has {n} invalid field{'s' if n > 1 else ''}: "
+        + "; ".join(f"{f or 'body'} {m}" for f, m in problems[:5])
+        + ".",
+        details=[{"field": f, "message": m} for f, m in problems],
+    )
 
 
 def _join(prefix: str, name: str | int) -> str:
     if isinstance(name, int):
         return f"{prefix}[{name}]"
     return f"{prefix}.{name}" if prefix else name
-
-
-def _checked(value: Any, path: str) -> list[tuple[str, str]]:
-    """Run ``check()`` on ``value`` and on every nested input struct, prefixing paths."""
-    problems: list[tuple[str, str]] = []
-    if isinstance(value, _Input):
-        problems += [(_join(path, f), m) for f, m in value.check()]
-        for field in msgspec.structs.fields(value):
-            problems += _checked(getattr(value, field.name), _join(path, field.name))
-    elif isinstance(value, list):
-        for i, item in enumerate(value):
-            if isinstance(item, _Input):
-                problems += _checked(item, _join(path, i))
-    return problems
 
 
 def _problems(data: Any, kind: Any, path: str) -> list[tuple[str, str]]:
@@ -308,6 +404,13 @@ def _problems(data: Any, kind: Any, path: str) -> list[tuple[str, str]]:
                 problems.append((sub, "is required"))
             continue
         problems += _field_problems(data[name], field.type, sub)
+    if not problems:
+        # The fields are each well formed: now the rules that span fields (``check``).
+        try:
+            value = msgspec.convert(data, kind, strict=False)
+        except msgspec.ValidationError as exc:
+            return [_from_msgspec(exc, path)]
+        problems += [(_join(path, f), m) for f, m in value.check()]
     return problems
 
 

@@ -57,6 +57,7 @@ def _op(
     return op
 
 
+_ORC = [{"name": "orc_id", "in": "path", "required": True, "schema": {"type": "string"}}]
 _ID = [{"name": "task_id", "in": "path", "required": True, "schema": {"type": "string"}}]
 
 
@@ -71,6 +72,10 @@ def _components() -> dict[str, Any]:
             models.Error,
             models.TokenRequest,
             models.TokenResponse,
+            models.OrchestrationCreate,
+            models.OrchestrationPatch,
+            models.Orchestration,
+            models.OrchestrationPage,
         ],
         ref_template=_REF,
     )
@@ -164,6 +169,61 @@ def document(settings: Settings) -> dict[str, Any]:
                     {"200": _json("Task", "The task")},
                     codes=("401", "403", "404", "409"),
                     params=_ID,
+                ),
+            },
+            "/v1/orchestrations": {
+                "post": _op(
+                    "Create an orchestration: steps in order, a condition check between them",
+                    {
+                        "201": _json("Orchestration", "Created"),
+                        "200": _json("Orchestration", "An Idempotency-Key repeat"),
+                    },
+                    body="OrchestrationCreate",
+                    codes=("400", "401", "403", "413", "422"),
+                ),
+                "get": _op(
+                    "List orchestrations, newest first",
+                    {"200": _json("OrchestrationPage", "A page")},
+                    codes=("401", "403", "422"),
+                    params=[
+                        {
+                            "name": "status",
+                            "in": "query",
+                            "schema": {
+                                "type": "string",
+                                "enum": [s.value for s in models.OrchestrationStatus],
+                            },
+                        },
+                        {
+                            "name": "limit",
+                            "in": "query",
+                            "schema": {"type": "integer", "minimum": 1, "maximum": 500},
+                        },
+                        {"name": "cursor", "in": "query", "schema": {"type": "string"}},
+                    ],
+                ),
+            },
+            "/v1/orchestrations/{orc_id}": {
+                "get": _op(
+                    "Get an orchestration",
+                    {"200": _json("Orchestration", "It")},
+                    codes=("401", "403", "404"),
+                    params=_ORC,
+                ),
+                "patch": _op(
+                    "Modify a scheduled orchestration",
+                    {"200": _json("Orchestration", "It")},
+                    body="OrchestrationPatch",
+                    codes=("400", "401", "403", "404", "409", "413", "422"),
+                    params=_ORC,
+                ),
+            },
+            "/v1/orchestrations/{orc_id}/cancel": {
+                "post": _op(
+                    "Cancel a scheduled or running orchestration",
+                    {"200": _json("Orchestration", "It")},
+                    codes=("401", "403", "404", "409"),
+                    params=_ORC,
                 ),
             },
             "/v1/events": {

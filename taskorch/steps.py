@@ -1,14 +1,173 @@
-"""The step machine: what happens when an orchestration's step or condition check ends.
+"""The step machine: what a worker does when an orchestration's start, step end or check is due.
 
-Filled in by the orchestrations work; for now a worker has no non-task jobs to run.
+Each event is an arq-format job (function ``orc``) whose argument names it:
+``start|<orc>|<gen>``, ``done|<orc>|<task>|<status>`` (enqueued by the script that records a step
+task's final outcome) and ``check|<orc>|<step>|<attempt>``. A handler never waits in memory
+between events: it makes at most one HTTP call (a condition check) and then runs one script that
+checks the orchestration is still where the event expects and moves it on, creating the next
+step's task or job in the same script. A worker that dies mid-event leaves the job to be replayed
+by another worker; the replay either finds the move already made (a no-op) or makes it.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from taskorch.store import Store
+import aiohttp
+import msgspec
+import structlog
+
+from taskorch import constants as c
+from taskorch import lua, outbound
+from taskorch.models import ConditionSpec
+from taskorch.orchestrations import StoredCheck
+from taskorch.store import Redis, Store, new_id, now_ms
+
+log = structlog.get_logger("taskorch.steps")
+_enc = msgspec.json.Encoder()
+_cond_dec = msgspec.json.Decoder(ConditionSpec)
 
 
-def handlers(store: Store, session: Any) -> dict[str, Any]:
-    return {}
+def check_passes(status_code: int | None, body: bytes) -> bool:
+    """A 2xx passes unless the body is JSON ``false``, ``{"continue": false}`` or ``{"result": false}``."""
+    if status_code is None or not 200 <= status_code < 300:
+        return False
+    try:
+        data = msgspec.json.decode(body) if body.strip() else None
+    except msgspec.DecodeError:
+        return True
+    if data is False:
+        return False
+    return not (
+        isinstance(data, dict) and (data.get("continue") is False or data.get("result") is False)
+    )
+
+
+def _parsed(text: str | None) -> Any:
+    if text is None:
+        return None
+    try:
+        return msgspec.json.decode(text)
+    except msgspec.DecodeError:
+        return text
+
+
+class StepMachine:
+    """Moves orchestrations on; one per worker process."""
+
+    def __init__(self, redis: Redis, session: aiohttp.ClientSession) -> None:
+        self.redis = redis
+        self.session = session
+        pre = lua.PRELUDE + lua.ORC_PRELUDE
+        self._start = redis.register_script(pre + lua.ORC_START)
+        self._step_done = redis.register_script(pre + lua.ORC_STEP_DONE)
+        self._check_done = redis.register_script(pre + lua.ORC_CHECK_DONE)
+
+    async def handle(self, arg: str) -> None:
+        kind, oid, *rest = arg.split("|")
+        if kind == "start":
+            moved = await self._start(
+                args=[oid, rest[0], now_ms(), new_id("tsk"), c.CLAIM_AHEAD_MS]
+            )
+            log.info(
+                "orchestration.started" if moved else "orchestration.start_skipped",
+                orchestration_id=oid,
+            )
+        elif kind == "done":
+            task_id, status = rest
+            outcome = await self._step_done(
+                args=[
+                    oid,
+                    task_id,
+                    status,
+                    now_ms(),
+                    new_id("tsk"),
+                    new_id("tsk"),
+                    c.CLAIM_AHEAD_MS,
+                ]
+            )
+            log.info(
+                "orchestration.step_done",
+                orchestration_id=oid,
+                task_id=task_id,
+                task_status=status,
+                outcome=outcome,
+            )
+        elif kind == "check":
+            await self._check(oid, int(rest[0]), int(rest[1]))
+        else:
+            log.error("orchestration.unknown_event", event=arg)
+
+    async def _check(self, oid: str, step: int, attempt: int) -> None:
+        key = c.ORCH_KEY_PREFIX + oid
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hmget(key, "status", "phase", "current_step", "check_n", "condition")
+            pipe.hget(key + ":conds", str(step))
+            pipe.hget(key + ":state", f"t{step}")
+            (status, phase, current, check_n, shared), own, task_id = await pipe.execute()
+        if (status, phase, current, check_n) != ("running", "check", str(step), str(attempt - 1)):
+            log.info(
+                "orchestration.check_skipped", orchestration_id=oid, step=step, attempt=attempt
+            )
+            return
+        cond = _cond_dec.decode(own or shared)
+        last = await self.redis.lindex(c.TASK_KEY_PREFIX + task_id + ":attempts", -1)
+        answer = msgspec.json.decode(last) if last else {}
+        envelope = {
+            "orchestration_id": oid,
+            "step": step,
+            "task_id": task_id,
+            "response": {"status_code": answer.get("code"), "body": _parsed(answer.get("body"))},
+        }
+        result = await outbound.call(
+            self.session,
+            url=cond.url,
+            method=cond.method,
+            headers=cond.headers,
+            payload=envelope,
+            timeout_s=cond.timeout,
+            extra_headers={
+                "Idempotency-Key": f"{oid}.check.{step}.{attempt}",
+                "X-Taskorch-Orchestration-Id": oid,
+                "X-Taskorch-Step": str(step),
+                "X-Taskorch-Attempt": str(attempt),
+            },
+        )
+        passed = result.error is None and check_passes(result.status_code, result.body)
+        record = StoredCheck(
+            n=attempt,
+            st=int(result.started_ms),
+            ft=int(result.finished_ms),
+            ok=passed,
+            code=result.status_code,
+            err=result.error,
+            body=result.excerpt(),
+        )
+        outcome = await self._check_done(
+            args=[
+                oid,
+                step,
+                attempt,
+                "1" if passed else "0",
+                _enc.encode(record).decode(),
+                now_ms(),
+                new_id("tsk"),
+                new_id("tsk"),
+                c.CLAIM_AHEAD_MS,
+            ]
+        )
+        log.info(
+            "orchestration.checked",
+            orchestration_id=oid,
+            step=step,
+            attempt=attempt,
+            passed=passed,
+            status_code=result.status_code,
+            error=result.error,
+            outcome=outcome,
+        )
+
+
+def handlers(store: Store, session: aiohttp.ClientSession) -> dict[str, Any]:
+    """The worker's handlers for non-task jobs, by arq function name."""
+    return {"orc": StepMachine(store.redis, session).handle}

@@ -220,6 +220,8 @@ class Store:
             h = await self.redis.hgetall(c.TASK_KEY_PREFIX + task_id)
             if not h or h.get("owner") != owner:
                 raise NotFound(f"No task {task_id!r} exists for this account.")
+            if h.get("orchestration_id"):
+                _raise_for(["in_orchestration", h["orchestration_id"]], task_id, "modified")
             if h["status"] not in ("scheduled", "retrying"):
                 raise Conflict(
                     f"The task is {h['status']}: only a scheduled or retrying task can be modified."
@@ -330,9 +332,10 @@ def _raise_for(res: list[str], task_id: str, verb: str) -> None:
     if res[0] == "not_found":
         raise NotFound(f"No task {task_id!r} exists for this account.")
     if res[0] == "conflict":
+        raise Conflict(f"The task is {res[1]}: only a scheduled or retrying task can be {verb}.")
+    if res[0] == "in_orchestration":
         raise Conflict(
-            f"The task is {res[1]}: only a scheduled or retrying task can be {verb}.",
-            code="conflict",
+            f"The task is a step of orchestration {res[1]}: modify or cancel the orchestration."
         )
 
 

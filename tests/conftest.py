@@ -171,12 +171,19 @@ class Api:
         return r.json()  # type: ignore[no-any-return]
 
     async def wait_status(
-        self, task_id: str, statuses: set[str] | str, timeout_s: float = 15, sub: str = "alice"
+        self,
+        task_id: str,
+        statuses: set[str] | str,
+        timeout_s: float = 15,
+        sub: str = "alice",
+        kind: str = "tasks",
     ) -> dict[str, Any]:
         want = {statuses} if isinstance(statuses, str) else statuses
         deadline = time.monotonic() + timeout_s
         while True:
-            task = await self.get(task_id, sub)
+            r = await self.http.get(f"/v1/{kind}/{task_id}", headers=self.auth(sub))
+            assert r.status_code == 200, r.text
+            task = r.json()
             if task["status"] in want:
                 return task
             if time.monotonic() > deadline:
@@ -191,6 +198,7 @@ class Call:
     headers: dict[str, str]
     body: bytes
     at: float  # time.time() when the request arrived
+    query: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -220,7 +228,16 @@ async def target() -> AsyncIterator[Target]:
 
     async def handle(request: web.Request) -> web.StreamResponse:
         body = await request.read()
-        t.calls.append(Call(request.path, request.method, dict(request.headers), body, time.time()))
+        t.calls.append(
+            Call(
+                request.path,
+                request.method,
+                dict(request.headers),
+                body,
+                time.time(),
+                dict(request.query),
+            )
+        )
         key = request.path + "|" + request.headers.get("X-Taskorch-Task-Id", "")
         t.counts[key] += 1
         n = t.counts[key]
@@ -243,6 +260,8 @@ async def target() -> AsyncIterator[Target]:
             if n == 1:
                 await asyncio.sleep(float(parts[1]))
             return web.json_response({"call": n})
+        if kind == "json-false":  # a condition check that says stop
+            return web.json_response(False)
         if kind == "redirect":
             raise web.HTTPFound("/ok")
         return web.json_response({"ok": True, "path": request.path})

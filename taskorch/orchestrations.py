@@ -1,0 +1,225 @@
+"""Orchestration records in Redis, for the API: create, read, list, modify, cancel.
+
+The worker's side (what happens when a step or a check ends) is :mod:`taskorch.steps`; both
+change an orchestration only through the scripts in :mod:`taskorch.lua`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from taskorch import constants as c
+from taskorch import lua
+from taskorch.errors import Conflict, NotFound
+from taskorch.models import (
+    CheckAttempt,
+    ConditionState,
+    FallbackState,
+    Orchestration,
+    OrchestrationCreate,
+    OrchestrationPage,
+    OrchestrationPatch,
+    OrchestrationStatus,
+    StepSpec,
+    StepState,
+    TaskSpec,
+    due_ms,
+    fmt_ms,
+)
+from taskorch.store import Redis, new_id, now_ms
+
+_enc = msgspec.json.Encoder()
+
+
+class StoredCheck(msgspec.Struct, omit_defaults=True):
+    """A condition check attempt as kept in Redis (times in epoch ms)."""
+
+    n: int
+    st: int
+    ft: int
+    ok: bool
+    code: int | None = None
+    err: str | None = None
+    body: str | None = None
+
+
+_check_dec = msgspec.json.Decoder(StoredCheck)
+
+
+def _step_args(steps: list[StepSpec]) -> list[str]:
+    specs = [
+        _enc.encode(TaskSpec(**{f: getattr(s, f) for f in TaskSpec.__struct_fields__})).decode()
+        for s in steps
+    ]
+    conds = [_enc.encode(s.condition).decode() if s.condition else "" for s in steps]
+    return specs + conds
+
+
+def _opt_json(value: Any) -> str:
+    return _enc.encode(value).decode() if value is not None else ""
+
+
+class Orchestrations:
+    """Orchestrations for the API, around the shared Redis client."""
+
+    def __init__(self, redis: Redis) -> None:
+        self.redis = redis
+        pre = lua.PRELUDE + lua.ORC_PRELUDE
+        self._create = redis.register_script(pre + lua.ORC_CREATE)
+        self._modify = redis.register_script(pre + lua.ORC_MODIFY)
+        self._cancel = redis.register_script(pre + lua.ORC_CANCEL)
+
+    async def create(
+        self, owner: str, body: OrchestrationCreate, *, idempotency_key: str | None = None
+    ) -> tuple[Orchestration, bool]:
+        now = now_ms()
+        oid = new_id("orc")
+        idem = f"{c.IDEMPOTENCY_KEY_PREFIX}{owner}:orc:{idempotency_key}" if idempotency_key else ""
+        created, got = await self._create(
+            args=[
+                oid,
+                owner,
+                body.name or "",
+                due_ms(body.run_at, body.delay, now),
+                now,
+                _opt_json(body.condition),
+                _opt_json(body.fallback),
+                idem,
+                c.IDEMPOTENCY_TTL_S,
+                c.CLAIM_AHEAD_MS,
+                len(body.steps),
+                *_step_args(body.steps),
+            ]
+        )
+        return await self.get(owner, got), bool(created)
+
+    async def get(self, owner: str, oid: str) -> Orchestration:
+        key = c.ORCH_KEY_PREFIX + oid
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hgetall(key)
+            pipe.hgetall(key + ":state")
+            pipe.hkeys(key + ":conds")
+            h, state, own_conds = await pipe.execute()
+        if not h or h.get("owner") != owner:
+            raise NotFound(f"No orchestration {oid!r} exists for this account.")
+        return await self._view(h, state, set(own_conds))
+
+    async def _view(self, h: dict[str, str], state: dict[str, str], own: set[str]) -> Orchestration:
+        oid, n, current = h["id"], int(h["n"]), int(h["current_step"])
+        shared = bool(h.get("condition"))
+        checked = [i for i in range(n - 1) if f"c{i}" in state]
+        live = [i for i in range(n) if f"t{i}" in state and f"s{i}" not in state]
+        fallback_task = h.get("fallback_task") or None
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for i in checked:
+                pipe.lrange(f"{c.ORCH_KEY_PREFIX}{oid}:check:{i}", 0, -1)
+            for i in live:
+                pipe.hget(c.TASK_KEY_PREFIX + state[f"t{i}"], "status")
+            if fallback_task:
+                pipe.hget(c.TASK_KEY_PREFIX + fallback_task, "status")
+            rows = await pipe.execute() if checked or live or fallback_task else []
+        checks = dict(zip(checked, rows[: len(checked)], strict=True))
+        live_status = dict(zip(live, rows[len(checked) : len(checked) + len(live)], strict=True))
+        steps = []
+        for i in range(n):
+            status = state.get(f"s{i}") or live_status.get(i) or "pending"
+            condition = None
+            if i < n - 1 and (shared or str(i) in own):
+                attempts = [_check_view(_check_dec.decode(a)) for a in checks.get(i, [])]
+                condition = ConditionState(status=state.get(f"c{i}", "pending"), attempts=attempts)  # type: ignore[arg-type]
+            steps.append(
+                StepState(index=i, task_id=state.get(f"t{i}"), status=status, condition=condition)
+            )
+        fallback = None
+        if h.get("fallback"):
+            fb_status = rows[-1] if fallback_task else None
+            fallback = FallbackState(
+                task_id=fallback_task, status=fb_status or h.get("fallback_status") or "pending"
+            )
+        finished = h.get("finished_at")
+        return Orchestration(
+            id=oid,
+            name=h.get("name") or None,
+            status=OrchestrationStatus(h["status"]),
+            run_at=fmt_ms(int(h["run_at"])),
+            created_at=fmt_ms(int(h["created_at"])) or "",
+            updated_at=fmt_ms(int(h["updated_at"])) or "",
+            finished_at=fmt_ms(int(finished)) if finished else None,
+            current_step=current,
+            steps=steps,
+            fallback=fallback,
+        )
+
+    async def list(
+        self, owner: str, *, status: OrchestrationStatus | None, limit: int, cursor: str | None
+    ) -> OrchestrationPage:
+        index = f"{c.OWNER_KEY_PREFIX}{owner}:orchestrations" + (
+            f":{status.value}" if status else ""
+        )
+        ids = await self.redis.zrevrangebylex(
+            index, f"({cursor}" if cursor else "+", "-", start=0, num=limit + 1
+        )
+        more = len(ids) > limit
+        ids = ids[:limit]
+        items = [await self.get(owner, oid) for oid in ids]
+        return OrchestrationPage(items=items, next_cursor=ids[-1] if more and ids else None)
+
+    async def cancel(self, owner: str, oid: str) -> Orchestration:
+        res = await self._cancel(args=[oid, owner, now_ms()])
+        _raise_for(res, oid, "cancelled", "scheduled or running")
+        return await self.get(owner, oid)
+
+    async def modify(self, owner: str, oid: str, patch: OrchestrationPatch) -> Orchestration:
+        for _ in range(10):
+            h = await self.redis.hgetall(c.ORCH_KEY_PREFIX + oid)
+            if not h or h.get("owner") != owner:
+                raise NotFound(f"No orchestration {oid!r} exists for this account.")
+            if h["status"] != "scheduled":
+                raise Conflict(
+                    f"The orchestration is {h['status']}: only a scheduled one can be modified."
+                )
+            now = now_ms()
+            unset = msgspec.UNSET
+            due = int(h["run_at"])
+            run_at = None if patch.run_at is unset else patch.run_at
+            delay = None if patch.delay is unset else patch.delay
+            if run_at is not None or delay is not None:
+                due = due_ms(run_at, delay, now)
+            name = h.get("name", "") if patch.name is unset else (patch.name or "")
+            cond = (
+                h.get("condition", "") if patch.condition is unset else _opt_json(patch.condition)
+            )
+            fb = h.get("fallback", "") if patch.fallback is unset else _opt_json(patch.fallback)
+            steps: list[str] = []
+            n = -1
+            if patch.steps is not unset:
+                n = len(patch.steps)
+                steps = _step_args(patch.steps)
+            res = await self._modify(
+                args=[oid, owner, now, h["gen"], name, due, cond, fb, n, c.CLAIM_AHEAD_MS, *steps]
+            )
+            if res[0] != "stale":
+                _raise_for(res, oid, "modified", "scheduled")
+                return await self.get(owner, oid)
+        raise Conflict("The orchestration is being changed by another request; try again.")
+
+
+def _raise_for(res: list[str], oid: str, verb: str, allowed: str) -> None:
+    if res[0] == "not_found":
+        raise NotFound(f"No orchestration {oid!r} exists for this account.")
+    if res[0] == "conflict":
+        raise Conflict(f"The orchestration is {res[1]}: only a {allowed} one can be {verb}.")
+
+
+def _check_view(a: StoredCheck) -> CheckAttempt:
+    return CheckAttempt(
+        number=a.n,
+        started_at=fmt_ms(a.st) or "",
+        finished_at=fmt_ms(a.ft) or "",
+        status_code=a.code,
+        passed=a.ok,
+        error=a.err,
+        response_body=a.body,
+    )
