@@ -61,7 +61,7 @@ async def main(port: int, out: str) -> None:
     await stop.wait()
     server.close()
     lines = "".join(f"{t.decode()} {a.decode()} {at:.6f}\n" for t, a, at in records)
-    Path(out).write_text(lines)  # noqa: ASYNC240 - the loop has nothing left to serve
+    Path(out).write_text(lines)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -26,8 +27,17 @@ from starlette.staticfiles import StaticFiles
 
 from taskorch import auth, metrics, openapi
 from taskorch import constants as c
-from taskorch.errors import ApiError, BadRequest, NotFound, PayloadTooLarge, Unauthorized
+from taskorch.errors import (
+    ApiError,
+    BadRequest,
+    ConfigError,
+    NotFound,
+    PayloadTooLarge,
+    Unauthorized,
+)
+from taskorch.functions import Functions
 from taskorch.models import (
+    FunctionCreate,
     OrchestrationCreate,
     OrchestrationPatch,
     OrchestrationStatus,
@@ -36,6 +46,7 @@ from taskorch.models import (
     TaskStatus,
     TokenRequest,
     TokenResponse,
+    convert,
     decode_body,
 )
 from taskorch.orchestrations import Orchestrations
@@ -240,6 +251,87 @@ async def cancel_orchestration(request: Request) -> Response:
     return JSON(orc)
 
 
+async def create_function(request: Request) -> Response:
+    p = await principal(request, "write")
+    fns: Functions = request.state.functions
+    if request.headers.get("content-type", "").startswith("multipart/form-data"):
+        body = convert(await _function_form(request), FunctionCreate)
+    else:
+        body = decode_body(await read_body(request), FunctionCreate)
+    fn = await fns.create(p.sub, body)
+    return JSON(fn, status_code=201, headers={"Location": f"/v1/functions/{fn.id}"})
+
+
+async def _function_form(request: Request) -> dict[str, Any]:
+    """A multipart create: the code as a file (or a text field), the rest as fields."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > c.MAX_BODY_BYTES:
+        raise PayloadTooLarge(f"The body is larger than {c.MAX_BODY_BYTES} bytes.")
+    data: dict[str, Any] = {}
+    try:
+        form = await request.form(max_files=1, max_fields=20)
+    except Exception as exc:  # python-multipart's parse errors
+        raise BadRequest(f"The multipart body could not be read: {exc}.") from None
+    try:
+        for name, value in form.multi_items():
+            if isinstance(value, str):
+                data[name] = value
+                continue
+            try:
+                data[name] = (await value.read()).decode("utf-8")
+            except UnicodeDecodeError:
+                raise _invalid_param(name, "must be UTF-8 text") from None
+    finally:
+        await form.close()
+    if isinstance(data.get("schedule"), str):
+        try:
+            data["schedule"] = msgspec.json.decode(data["schedule"])
+        except msgspec.DecodeError:
+            raise _invalid_param("schedule", "must be a JSON object") from None
+    return data
+
+
+async def list_functions(request: Request) -> Response:
+    p = await principal(request, "read")
+    fns: Functions = request.state.functions
+    page = await fns.list(p.sub, limit=_limit_param(request), cursor=_cursor_param(request, "fn_"))
+    return JSON(page)
+
+
+async def get_function(request: Request) -> Response:
+    p = await principal(request, "read")
+    fns: Functions = request.state.functions
+    return JSON(await fns.get(p.sub, request.path_params["fn_id"]))
+
+
+async def delete_function(request: Request) -> Response:
+    p = await principal(request, "write")
+    fns: Functions = request.state.functions
+    await fns.delete(p.sub, request.path_params["fn_id"])
+    return Response(status_code=204)
+
+
+async def trigger_function(request: Request) -> Response:
+    """A function's trigger URL: the key in the path is the credential; the body is the event."""
+    from taskorch.sandbox import FunctionError, FunctionTimeout
+
+    raw = await read_body(request)
+    try:
+        event = msgspec.json.decode(raw) if raw.strip() else None
+    except msgspec.DecodeError as exc:
+        raise BadRequest(f"The event is not valid JSON: {exc}.", code="invalid_json") from None
+    fns: Functions = request.state.functions
+    try:
+        result = await fns.invoke(request.path_params["fn_id"], request.path_params["key"], event)
+    except FunctionTimeout as exc:
+        err = ApiError(str(exc), code="function_timeout")
+        return JSON(err.body(), status_code=504)
+    except FunctionError as exc:
+        err = ApiError(exc.message, code="function_error")
+        return JSON(err.body(), status_code=500)
+    return JSON(result)
+
+
 async def issue_token(request: Request) -> Response:
     body = decode_body(await read_body(request), TokenRequest)
     if not await auth.authenticate(request.state.redis, body.username, body.password):
@@ -347,6 +439,11 @@ ROUTES: list[tuple[str, Callable[[Request], Awaitable[Response]], str]] = [
     ("/v1/orchestrations/{orc_id}", get_orchestration, "GET"),
     ("/v1/orchestrations/{orc_id}", modify_orchestration, "PATCH"),
     ("/v1/orchestrations/{orc_id}/cancel", cancel_orchestration, "POST"),
+    ("/v1/functions", create_function, "POST"),
+    ("/v1/functions", list_functions, "GET"),
+    ("/v1/functions/{fn_id}", get_function, "GET"),
+    ("/v1/functions/{fn_id}", delete_function, "DELETE"),
+    ("/fn/{fn_id}/{key}", trigger_function, "POST"),
     ("/v1/events", events, "GET"),
 ]
 
@@ -378,24 +475,61 @@ async def _unexpected(request: Request, exc: Exception) -> Response:
     return JSON(err.body(), status_code=500)
 
 
+def lambda_provider(settings: Settings) -> Any | None:
+    """The AWS provider when AWS is configured; required when it is the default provider."""
+    from taskorch.aws_lambda import AwsProviderError, AwsSettings, LambdaProvider
+
+    env = dict(os.environ)
+    if settings.aws_region:
+        env.setdefault("TASKORCH_AWS_REGION", settings.aws_region)
+    if settings.aws_lambda_role:
+        env.setdefault("TASKORCH_AWS_LAMBDA_ROLE", settings.aws_lambda_role)
+    try:
+        return LambdaProvider(AwsSettings.from_env(env))
+    except AwsProviderError as exc:
+        if settings.function_provider == "aws":
+            raise ConfigError(f"TASKORCH_FUNCTION_PROVIDER is aws but {exc}") from None
+        return None
+
+
 def create_app(
     settings: Settings, *, redis_client: Any = None, extra_routes: list[Any] | None = None
 ) -> Starlette:
     """Build the API. ``redis_client`` lets tests inject one; otherwise one is made at startup."""
     verifier = auth.TokenVerifier(settings)
+    aws = lambda_provider(settings)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
+        from taskorch.sandbox import LocalRuntime, SandboxLimits
+
         client = redis_client if redis_client is not None else connect(settings.redis_url)
+        store = Store(client)
+        runtime = LocalRuntime(
+            Path(settings.functions_dir),
+            limits=SandboxLimits(timeout_s=settings.function_timeout_s),
+        )
+        functions = Functions(
+            client,
+            store,
+            public_url=settings.public_url,
+            default_provider=settings.function_provider,
+            runtime=runtime,
+            aws=aws,
+        )
+        functions.resume()
         try:
             yield {
                 "settings": settings,
                 "redis": client,
-                "store": Store(client),
+                "store": store,
                 "orchestrations": Orchestrations(client),
+                "functions": functions,
                 "verifier": verifier,
             }
         finally:
+            await functions.close()
+            await runtime.close()
             if redis_client is None:
                 await client.aclose()
 
@@ -413,8 +547,9 @@ def serve(settings: Settings) -> None:
     from taskorch.logs import configure
 
     configure(fmt=settings.log_format, level=settings.log_level)
+    app = create_app(settings)
     uvicorn.run(
-        create_app(settings),
+        app,
         host=settings.host,
         port=settings.port,
         log_level="warning",

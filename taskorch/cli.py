@@ -39,6 +39,14 @@ def main(argv: list[str] | None = None) -> None:
     except ConfigError as exc:
         print(f"taskorch: {exc}", file=sys.stderr)
         sys.exit(2)
+    try:
+        _run(args, settings)
+    except ConfigError as exc:
+        print(f"taskorch: {exc}", file=sys.stderr)
+        sys.exit(2)
+
+
+def _run(args: argparse.Namespace, settings: Settings) -> None:
     if args.command == "serve":
         from taskorch.api import serve
 

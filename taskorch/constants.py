@@ -45,6 +45,9 @@ MAX_BODY_BYTES = 1024 * 1024  # request bodies above this answer 413
 # An orchestration of 10,000 steps is a few MB of JSON; its route alone accepts this much.
 MAX_ORCHESTRATION_BODY_BYTES = 32 * 1024 * 1024
 MAX_STEPS = 10_000
+MAX_FUNCTION_CODE_BYTES = 512 * 1024  # one source file
+FUNCTION_KEY_PREFIX = KEY_PREFIX + "fn:"  # hash per function
+FUNCTION_BUILDING_KEY = KEY_PREFIX + "fn-building"  # set of functions whose build must finish
 MAX_LIST_LIMIT = 500
 DEFAULT_LIST_LIMIT = 50
 DEFAULT_TOKEN_TTL_S = 3600

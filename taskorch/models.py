@@ -263,6 +263,75 @@ class OrchestrationPage(Struct):
     next_cursor: str | None
 
 
+class FunctionSchedule(_Input):
+    """Task fields for the task that calls a function once it is ready (its url is the trigger)."""
+
+    method: Method = "POST"
+    headers: dict[str, str] = {}
+    payload: Any = None
+    retries: Annotated[int, Meta(ge=0, le=c.MAX_RETRIES)] = c.DEFAULT_RETRIES
+    retry_delay: Seconds = c.DEFAULT_RETRY_DELAY_S
+    backoff: Annotated[float, Meta(ge=1)] = c.DEFAULT_BACKOFF
+    max_retry_delay: Seconds = c.DEFAULT_MAX_RETRY_DELAY_S
+    timeout: Annotated[float, Meta(ge=1, le=c.MAX_TIMEOUT_S)] = c.DEFAULT_TIMEOUT_S
+    run_at: dt.datetime | None = None
+    delay: Seconds | None = None
+    name: Annotated[str, Meta(max_length=200)] | None = None
+
+    def check(self) -> list[tuple[str, str]]:
+        return check_when(self.run_at, self.delay)
+
+
+class FunctionCreate(_Input):
+    """Body of ``POST /v1/functions``."""
+
+    name: Annotated[str, Meta(min_length=1, max_length=200)]
+    runtime: Literal["python", "java", "node"]
+    code: Annotated[str, Meta(min_length=1, max_length=c.MAX_FUNCTION_CODE_BYTES)]
+    handler: Annotated[str, Meta(min_length=1, max_length=200)] | None = None
+    requirements: Annotated[str, Meta(max_length=64 * 1024)] | None = None
+    provider: Literal["local", "aws"] | None = None
+    schedule: FunctionSchedule | None = None
+
+    def check(self) -> list[tuple[str, str]]:
+        problems = []
+        handler = self.handler or ("" if self.runtime == "java" else "handler")
+        if self.runtime == "java":
+            if not re.fullmatch(r"[A-Za-z_$][\w$.]*::[A-Za-z_$][\w$]*", handler):
+                problems.append(("handler", "java needs Class::method, such as Hello::handle"))
+        elif not re.fullmatch(r"[A-Za-z_$][\w$]*", handler):
+            problems.append(("handler", "must be a function name, such as handler"))
+        if self.requirements and self.runtime != "python":
+            problems.append(("requirements", "only python functions take requirements"))
+        return problems
+
+
+class FunctionStatus(enum.StrEnum):
+    building = "building"
+    ready = "ready"
+    failed = "failed"
+
+
+class Function(Struct):
+    """A function as the API answers it. ``url`` is a credential: whoever has it can call it."""
+
+    id: str
+    name: str
+    runtime: str
+    handler: str
+    provider: str
+    status: FunctionStatus
+    url: str | None
+    error: str | None
+    task_id: str | None
+    created_at: Timestamp
+
+
+class FunctionPage(Struct):
+    items: list[Function]
+    next_cursor: str | None
+
+
 class TokenRequest(_Input):
     username: Annotated[str, Meta(min_length=1, max_length=200)]
     password: Annotated[str, Meta(min_length=1, max_length=1024)]

@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 import msgspec
@@ -46,12 +47,22 @@ def address_forbidden(ip: str) -> bool:
 
 
 class GuardedConnector(aiohttp.TCPConnector):
-    """A connector that refuses to connect to forbidden addresses, after resolving."""
+    """A connector that refuses to connect to forbidden addresses, after resolving.
+
+    ``trusted`` is one (host, port) let through anyway: this service's own public URL, which
+    serves function trigger URLs that tasks must be able to call even on a private network.
+    """
+
+    def __init__(self, *args: Any, trusted: tuple[str, int] | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.trusted = trusted
 
     async def _resolve_host(self, host: str, port: int, traces: Any = None) -> Any:
         # aiohttp resolves IP literals here too (without the resolver), so this one place sees
         # every address the connector will connect to.
         infos = await super()._resolve_host(host, port, traces)
+        if self.trusted is not None and (host, port) == self.trusted:
+            return infos
         allowed = [i for i in infos if not address_forbidden(i["host"])]
         if not allowed:
             raise TargetBlocked(
@@ -61,10 +72,18 @@ class GuardedConnector(aiohttp.TCPConnector):
         return allowed
 
 
-def make_session(*, allow_private: bool) -> aiohttp.ClientSession:
+def make_session(*, allow_private: bool, trusted_url: str | None = None) -> aiohttp.ClientSession:
     """The one session a worker uses for every call (connection reuse is most of the speed)."""
-    cls = aiohttp.TCPConnector if allow_private else GuardedConnector
-    connector = cls(limit=0, ttl_dns_cache=10, enable_cleanup_closed=False)
+    connector: aiohttp.TCPConnector
+    if allow_private:
+        connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=10)
+    else:
+        trusted = None
+        if trusted_url:
+            parts = urlsplit(trusted_url)
+            default = 443 if parts.scheme == "https" else 80
+            trusted = (parts.hostname or "", parts.port or default)
+        connector = GuardedConnector(limit=0, ttl_dns_cache=10, trusted=trusted)
     return aiohttp.ClientSession(
         connector=connector,
         auto_decompress=True,

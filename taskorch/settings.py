@@ -30,6 +30,7 @@ class Settings:
     public_url: str = ""
     function_provider: str = "local"
     functions_dir: str = ".taskorch/functions"
+    function_timeout_s: float = 30.0
     lease_s: float = c.DEFAULT_LEASE_S
     max_in_flight: int = c.DEFAULT_MAX_IN_FLIGHT
     token_ttl_s: int = c.DEFAULT_TOKEN_TTL_S
@@ -56,7 +57,8 @@ class Settings:
             allow_private_targets=r.flag("TASKORCH_ALLOW_PRIVATE_TARGETS", False),
             public_url=r.text("TASKORCH_PUBLIC_URL", f"http://{host}:{port}").rstrip("/"),
             function_provider=r.choice("TASKORCH_FUNCTION_PROVIDER", "local", ("local", "aws")),
-            functions_dir=r.text("TASKORCH_FUNCTIONS_DIR", ".taskorch/functions"),
+            functions_dir=r.text("TASKORCH_FUNCTIONS_DIR", _default_functions_dir()),
+            function_timeout_s=r.number("TASKORCH_FUNCTION_TIMEOUT_S", 30.0, lo=0.1),
             lease_s=r.number("TASKORCH_LEASE_S", c.DEFAULT_LEASE_S, lo=1.0),
             max_in_flight=r.whole("TASKORCH_MAX_IN_FLIGHT", c.DEFAULT_MAX_IN_FLIGHT, lo=1),
             token_ttl_s=r.whole("TASKORCH_TOKEN_TTL_S", c.DEFAULT_TOKEN_TTL_S, lo=1),
@@ -94,6 +96,12 @@ class Settings:
             raise ConfigError("TASKORCH_JWT_JWKS_URL must be an http(s) URL")
         if urlparse(self.public_url).scheme not in ("http", "https"):
             raise ConfigError("TASKORCH_PUBLIC_URL must be an http(s) URL")
+
+
+def _default_functions_dir() -> str:
+    # As root, functions run under their own uids, which must be able to reach their folder:
+    # a folder under /root (mode 0700) would not do, so root keeps them under /var/lib.
+    return "/var/lib/taskorch/functions" if os.geteuid() == 0 else ".taskorch/functions"
 
 
 class _Reader:

@@ -374,7 +374,9 @@ def run_worker(settings: Settings) -> None:
     async def main() -> None:
         redis = connect(settings.redis_url)
         store = Store(redis)
-        async with outbound.make_session(allow_private=settings.allow_private_targets) as session:
+        async with outbound.make_session(
+            allow_private=settings.allow_private_targets, trusted_url=settings.public_url
+        ) as session:
             from taskorch.steps import handlers
 
             worker = Worker(

@@ -356,7 +356,7 @@ async def live_server(settings: Settings) -> AsyncIterator[LiveServer]:
     )
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())
-    while not server.started:  # noqa: ASYNC110 - uvicorn exposes a flag, not an event
+    while not server.started:
         await asyncio.sleep(0.02)
     yield LiveServer(f"http://127.0.0.1:{port}", settings)
     server.should_exit = True

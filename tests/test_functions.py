@@ -1,0 +1,255 @@
+"""Functions through the API: build, trigger URL, schedule-on-create, errors, isolation."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import tempfile
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+
+from taskorch.api import create_app
+from taskorch.auth import mint_token
+from taskorch.settings import Settings
+from tests.conftest import WorkerProcs, free_port, make_settings
+
+PY = """
+import os
+
+def handler(event, context):
+    if event.get("fail"):
+        raise ValueError("boom: " + event["fail"])
+    if event.get("sleep"):
+        import time
+        time.sleep(event["sleep"])
+    return {"hello": event.get("name"), "fn": context.function_name}
+"""
+NODE = """
+exports.handler = async (event, context) => ({greeting: `hi ${event.name}`, runtime: "node"});
+"""
+JAVA = """
+import java.util.Map;
+import java.util.HashMap;
+
+public class Hello {
+    public Object handle(Map<String, Object> event) {
+        Map<String, Object> out = new HashMap<>();
+        out.put("greeting", "hello " + event.get("name"));
+        out.put("runtime", "java");
+        return out;
+    }
+}
+"""
+
+
+class Live:
+    def __init__(self, url: str, settings: Settings) -> None:
+        self.url = url
+        self.settings = settings
+        self.http = httpx.AsyncClient(base_url=url, timeout=60)
+
+    def auth(self, sub: str = "alice") -> dict[str, str]:
+        return {"Authorization": f"Bearer {mint_token(self.settings, sub)}"}
+
+    async def create(self, body: dict[str, Any], sub: str = "alice") -> dict[str, Any]:
+        r = await self.http.post("/v1/functions", json=body, headers=self.auth(sub))
+        assert r.status_code == 201, r.text
+        return r.json()  # type: ignore[no-any-return]
+
+    async def settle(self, fid: str, sub: str = "alice", timeout_s: float = 120) -> dict[str, Any]:
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while True:
+            fn = (await self.http.get(f"/v1/functions/{fid}", headers=self.auth(sub))).json()
+            if fn["status"] != "building":
+                return fn  # type: ignore[no-any-return]
+            assert asyncio.get_running_loop().time() < deadline, fn
+            await asyncio.sleep(0.1)
+
+    async def call(self, url: str, event: Any) -> httpx.Response:
+        return await self.http.post(url, json=event)
+
+
+@pytest.fixture
+async def live(redis_url: str) -> AsyncIterator[Live]:
+    folder = Path(tempfile.mkdtemp(prefix="taskorch-fn-api-", dir="/tmp"))
+    folder.chmod(0o711)
+    port = free_port()
+    settings = make_settings(
+        redis_url,
+        port=port,
+        public_url=f"http://127.0.0.1:{port}",
+        functions_dir=str(folder),
+        function_timeout_s=2.0,
+    )
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(settings), host="127.0.0.1", port=port, log_level="warning", lifespan="on"
+        )
+    )
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        await asyncio.sleep(0.02)
+    live = Live(f"http://127.0.0.1:{port}", settings)
+    yield live
+    await live.http.aclose()
+    server.should_exit = True
+    await task
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+async def test_python_function_builds_and_answers_through_its_url(live: Live) -> None:
+    fn = await live.create({"name": "greeter", "runtime": "python", "code": PY})
+    assert fn["id"].startswith("fn_") and fn["status"] == "building" and fn["url"] is None
+    fn = await live.settle(fn["id"])
+    assert fn["status"] == "ready" and fn["error"] is None, fn
+    assert fn["url"].startswith(live.url + "/fn/" + fn["id"] + "/")
+    r = await live.call(fn["url"], {"name": "ada"})
+    assert r.status_code == 200 and r.json() == {"hello": "ada", "fn": fn["id"]}
+    listed = (await live.http.get("/v1/functions", headers=live.auth())).json()
+    assert [f["id"] for f in listed["items"]] == [fn["id"]]
+
+
+@pytest.mark.skipif(
+    shutil.which("node") is None, reason="node is not installed (scripts/test installs it)"
+)
+async def test_node_function(live: Live) -> None:
+    fn = await live.settle(
+        (await live.create({"name": "n", "runtime": "node", "code": NODE}))["id"]
+    )
+    assert fn["status"] == "ready", fn
+    r = await live.call(fn["url"], {"name": "bo"})
+    assert r.json() == {"greeting": "hi bo", "runtime": "node"}
+
+
+@pytest.mark.skipif(
+    shutil.which("javac") is None, reason="javac is not installed (scripts/test installs a JDK)"
+)
+async def test_java_function(live: Live) -> None:
+    fn = await live.create(
+        {"name": "j", "runtime": "java", "code": JAVA, "handler": "Hello::handle"}
+    )
+    fn = await live.settle(fn["id"])
+    assert fn["status"] == "ready", fn
+    r = await live.call(fn["url"], {"name": "cy"})
+    assert r.json() == {"greeting": "hello cy", "runtime": "java"}
+
+
+async def test_multipart_upload(live: Live) -> None:
+    r = await live.http.post(
+        "/v1/functions",
+        data={"name": "uploaded", "runtime": "python", "schedule": ""},
+        files={"code": ("handler.py", PY.encode(), "text/x-python")},
+        headers=live.auth(),
+    )
+    assert r.status_code == 422  # an empty schedule is not a JSON object
+    r = await live.http.post(
+        "/v1/functions",
+        data={"name": "uploaded", "runtime": "python"},
+        files={"code": ("handler.py", PY.encode(), "text/x-python")},
+        headers=live.auth(),
+    )
+    assert r.status_code == 201, r.text
+    fn = await live.settle(r.json()["id"])
+    assert (await live.call(fn["url"], {"name": "up"})).json()["hello"] == "up"
+
+
+async def test_schedule_on_create_fires_and_keeps_the_answer(
+    live: Live, workers: WorkerProcs
+) -> None:
+    workers.start(TASKORCH_PUBLIC_URL=live.url)
+    fn = await live.create(
+        {
+            "name": "s",
+            "runtime": "python",
+            "code": PY,
+            "schedule": {"payload": {"name": "cron"}, "delay": 0.5},
+        }
+    )
+    fn = await live.settle(fn["id"])
+    assert fn["status"] == "ready" and fn["task_id"], fn
+    for _ in range(200):
+        task = (await live.http.get(f"/v1/tasks/{fn['task_id']}", headers=live.auth())).json()
+        if task["status"] == "succeeded":
+            break
+        await asyncio.sleep(0.05)
+    assert task["status"] == "succeeded" and task["url"] == fn["url"]
+    assert '"hello":"cron"' in task["attempts"][0]["response_body"].replace(" ", "")
+
+
+async def test_build_errors_leave_the_function_failed_with_the_message(live: Live) -> None:
+    bad = await live.settle(
+        (await live.create({"name": "b", "runtime": "python", "code": "def handler(:\n"}))["id"]
+    )
+    assert bad["status"] == "failed" and "SyntaxError" in bad["error"] and bad["url"] is None
+    missing = await live.settle(
+        (await live.create({"name": "m", "runtime": "python", "code": "x = 1\n"}))["id"]
+    )
+    assert missing["status"] == "failed" and "handler" in missing["error"]
+    if shutil.which("javac"):
+        java = await live.create(
+            {
+                "name": "jb",
+                "runtime": "java",
+                "handler": "Hello::handle",
+                "code": "public class Hello { int x = ; }",
+            }
+        )
+        java = await live.settle(java["id"])
+        assert java["status"] == "failed" and "error:" in java["error"], java
+
+
+async def test_runtime_errors_500_timeout_504_wrong_key_404(live: Live) -> None:
+    fn = await live.settle(
+        (await live.create({"name": "e", "runtime": "python", "code": PY}))["id"]
+    )
+    r = await live.call(fn["url"], {"fail": "no cheese"})
+    assert r.status_code == 500 and r.json()["error"]["code"] == "function_error"
+    assert "ValueError: boom: no cheese" in r.json()["error"]["message"]
+    r = await live.call(fn["url"], {"sleep": 5})
+    assert r.status_code == 504 and r.json()["error"]["code"] == "function_timeout"
+    assert (await live.call(fn["url"], {"name": "again"})).status_code == 200  # recovers
+    assert (await live.call(fn["url"][:-3] + "xyz", {})).status_code == 404
+    assert (await live.call(f"/fn/fn_nope/{fn['url'].rsplit('/', 1)[1]}", {})).status_code == 404
+    r = await live.http.post(fn["url"], content=b"{not json")
+    assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_json"
+
+
+async def test_owner_isolation_and_delete(live: Live) -> None:
+    fn = await live.settle(
+        (await live.create({"name": "mine", "runtime": "python", "code": PY}))["id"]
+    )
+    for method in ("GET", "DELETE"):
+        r = await live.http.request(method, f"/v1/functions/{fn['id']}", headers=live.auth("bob"))
+        assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
+    assert (await live.http.get("/v1/functions", headers=live.auth("bob"))).json()["items"] == []
+    r = await live.http.delete(f"/v1/functions/{fn['id']}", headers=live.auth())
+    assert r.status_code == 204
+    assert (await live.call(fn["url"], {})).status_code == 404
+    assert (
+        await live.http.get(f"/v1/functions/{fn['id']}", headers=live.auth())
+    ).status_code == 404
+
+
+async def test_validation(live: Live) -> None:
+    r = await live.http.post(
+        "/v1/functions", json={"name": "x", "runtime": "cobol", "code": ""}, headers=live.auth()
+    )
+    fields = {d["field"] for d in r.json()["error"]["details"]}
+    assert r.status_code == 422 and {"runtime", "code"} <= fields
+    r = await live.http.post(
+        "/v1/functions",
+        json={"name": "x", "runtime": "java", "code": "class A {}"},
+        headers=live.auth(),
+    )
+    assert r.status_code == 422 and r.json()["error"]["details"][0]["field"] == "handler"
+    r = await live.http.post(
+        "/v1/functions",
+        json={"name": "x", "runtime": "python", "code": "x", "provider": "aws"},
+        headers=live.auth(),
+    )
+    assert r.status_code == 422 and r.json()["error"]["details"][0]["field"] == "provider"
