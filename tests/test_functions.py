@@ -330,7 +330,7 @@ HOSTILE = {
         "def handler(event, context):\n    with open('big', 'wb') as f:\n        for _ in range(2048):\n"
         "            f.write(b'x' * 1024 * 1024)\n",
         500,
-        "File size limit",
+        "File too large",
     ),
     "read_secrets": (
         "import os\n\ndef handler(event, context):\n    try:\n        proc1 = open('/proc/1/environ').read()\n"
