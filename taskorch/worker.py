@@ -95,11 +95,10 @@ class Worker:
         self._outcomes: list[tuple[Claimed, list[Any]]] = []
         self._calls: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
-        self._flushed = asyncio.Event()
         self._stopping = asyncio.Event()
         self._background: list[asyncio.Task[None]] = []
         self._start_scheduled = False
-        self._finish_scheduled = False
+        self._flushing = False  # one _flush_finish at a time
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -134,10 +133,12 @@ class Worker:
         if self._calls:
             log.info("worker.draining", worker=self.id, in_flight=len(self._calls))
             await asyncio.wait(self._calls)
-        while self._outcomes:
-            await self._flush_finish()
-            if self._outcomes:
-                await asyncio.sleep(0.5)
+        while self._outcomes or self._flushing:
+            if self._flushing:
+                await asyncio.sleep(0.05)
+            else:
+                self._flushing = True
+                await self._flush_finish()
         for t in self._background:
             t.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
@@ -282,28 +283,32 @@ class Worker:
             lateness_bucket(lateness),
         ]
         self._outcomes.append((cl, row))
-        if not self._finish_scheduled:
-            self._finish_scheduled = True
-            asyncio.get_running_loop().call_soon(self._spawn, self._flush_finish())
+        if not self._flushing:
+            self._flushing = True
+            self._spawn(self._flush_finish())
 
     async def _flush_finish(self) -> None:
-        self._finish_scheduled = False
-        while self._outcomes:
-            batch = self._outcomes[: c.FINISH_BATCH]
-            try:
-                results = await self.store.finish(row for _, row in batch)
-            except _REDIS_DOWN as exc:
-                # Keep the outcomes: we still hold the leases and retry until Redis is back.
-                log.warning("worker.redis_unavailable", error=str(exc), pending=len(self._outcomes))
-                if not self._finish_scheduled:
-                    self._finish_scheduled = True
-                    asyncio.get_running_loop().call_later(0.5, self._spawn, self._flush_finish())
-                return
-            del self._outcomes[: len(batch)]
-            for (cl, _), ok in zip(batch, results, strict=True):
-                self._held.pop(cl.job, None)
-                if not ok:
-                    log.warning("task.outcome_stale", task_id=cl.arg, job=cl.job)
+        """Record queued outcomes, a batch per round trip. Only one runs at a time (the flag),
+        so taking batches off the front of the queue can never skip an outcome."""
+        try:
+            while self._outcomes:
+                batch = self._outcomes[: c.FINISH_BATCH]
+                try:
+                    results = await self.store.finish(row for _, row in batch)
+                except _REDIS_DOWN as exc:
+                    # Keep the outcomes: we still hold the leases and retry until Redis is back.
+                    log.warning(
+                        "worker.redis_unavailable", error=str(exc), pending=len(self._outcomes)
+                    )
+                    await asyncio.sleep(0.5)
+                    continue
+                del self._outcomes[: len(batch)]
+                for (cl, _), ok in zip(batch, results, strict=True):
+                    self._held.pop(cl.job, None)
+                    if not ok:
+                        log.warning("task.outcome_stale", task_id=cl.arg, job=cl.job)
+        finally:
+            self._flushing = False
 
     async def _run_handler(self, cl: Claimed) -> None:
         handler = self.handlers.get(cl.function)

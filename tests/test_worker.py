@@ -244,7 +244,11 @@ async def test_two_workers_share_2000_tasks_none_twice(
             n += len(page.items)
         return n == 2000
 
-    await until(all_succeeded, timeout_s=10)
+    try:
+        await until(all_succeeded, timeout_s=10)
+    except AssertionError:
+        stats = await store.redis.hgetall("taskorch:stats")
+        raise AssertionError(f"not all succeeded: {stats}\n{workers.logs()[-3000:]}") from None
     logs = workers.logs()
     assert logs.count("worker.started") == 2
     await store.redis.aclose()
