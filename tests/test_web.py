@@ -1,0 +1,624 @@
+"""The status page in headless Chromium, against the real API on a socket, real worker processes
+and a real local target. Screenshots land in artifacts/screenshots/.
+
+The orchestration and function tests skip themselves while their routes have not landed (an
+unauthenticated GET answers 404 instead of 401) and run as soon as they have.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import json
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+from playwright.async_api import Browser, Page, Response, async_playwright, expect
+
+from taskorch import auth
+from taskorch.api import create_app
+from taskorch.models import TaskCreate
+from taskorch.settings import Settings
+from taskorch.store import Store, connect
+from tests.conftest import ROOT, LiveServer, Target, WorkerProcs, free_port
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+SHOTS = ROOT / "artifacts" / "screenshots"
+USER, PASSWORD = "alice", "password123"
+KB = 1000
+
+
+@dataclasses.dataclass
+class Web:
+    """A browser pointed at one running API; collects uncaught page errors."""
+
+    base: str
+    settings: Settings
+    browser: Browser
+    errors: list[str] = dataclasses.field(default_factory=list)
+
+    async def page(self, width: int = 1280, height: int = 900, token: str | None = None) -> Page:
+        context = await self.browser.new_context(viewport={"width": width, "height": height})
+        if token:
+            await context.add_init_script(
+                f"sessionStorage.setItem('taskorch.token', {json.dumps(token)})"
+            )
+        page = await context.new_page()
+        page.on("pageerror", lambda exc: self.errors.append(str(exc)))
+        return page
+
+    def token(self, sub: str = USER) -> str:
+        return auth.mint_token(self.settings, sub)
+
+    def http(self) -> httpx.AsyncClient:
+        headers = {"Authorization": f"Bearer {self.token()}"}
+        return httpx.AsyncClient(base_url=self.base, headers=headers)
+
+
+def _chromium() -> str:
+    if not CHROMIUM.exists():
+        pytest.fail("Chromium is missing: scripts/test installs it (apt-get install chromium)")
+    return str(CHROMIUM)
+
+
+@contextlib.asynccontextmanager
+async def _browser() -> AsyncIterator[Browser]:
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=_chromium(), args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            await browser.close()
+
+
+async def _add_user(redis_url: str) -> None:
+    client = connect(redis_url)
+    try:
+        await auth.add_user(client, USER, PASSWORD)
+    finally:
+        await client.aclose()
+
+
+@pytest.fixture
+async def web(live_server: LiveServer, redis_url: str) -> AsyncIterator[Web]:
+    await _add_user(redis_url)
+    async with _browser() as browser:  # closed before live_server stops, so no stream lingers
+        w = Web(live_server.url, live_server.settings, browser)
+        yield w
+    assert not w.errors, f"the page threw: {w.errors}"
+
+
+@pytest.fixture
+async def web_public(settings: Settings, redis_url: str) -> AsyncIterator[Web]:
+    """Like ``web``, on a server whose TASKORCH_PUBLIC_URL is its own address, so that trigger
+    URLs it hands out can be called from the page."""
+    port = free_port()
+    settings = dataclasses.replace(settings, public_url=f"http://127.0.0.1:{port}")
+    config = uvicorn.Config(
+        create_app(settings), host="127.0.0.1", port=port, log_level="warning", lifespan="on"
+    )
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        await asyncio.sleep(0.02)
+    await _add_user(redis_url)
+    try:
+        async with _browser() as browser:
+            w = Web(settings.public_url, settings, browser)
+            yield w
+        assert not w.errors, f"the page threw: {w.errors}"
+    finally:
+        server.should_exit = True
+        await task
+
+
+async def skip_unless_route(base: str, path: str) -> None:
+    """Skip while ``path`` is not served yet: unauthenticated, a route answers 401, none 404."""
+    async with httpx.AsyncClient(base_url=base) as http:
+        r = await http.get(path)
+    if r.status_code == 404 and r.json()["error"]["code"] == "not_found":
+        pytest.skip(f"{path} has not landed yet (GET without a token answers 404, not 401)")
+    assert r.status_code == 401, r.text
+
+
+async def shot(page: Page, name: str) -> None:
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    await page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
+
+
+async def sign_in(page: Page, base: str) -> None:
+    await page.goto(base + "/")
+    await page.get_by_label("Username").fill(USER)
+    await page.get_by_label("Password").fill(PASSWORD)
+    await page.get_by_role("button", name="Sign in").click()
+    await expect(page.locator("#who")).to_have_text(f"Signed in as {USER}")
+    await expect(page.locator("#live")).to_have_text("Live")
+
+
+def error_at(page: Page, rel: str) -> Any:
+    """The error shown next to the field whose path is ``rel``."""
+    return page.locator(f'.field[data-rel="{rel}"] > .error')
+
+
+def task_row(page: Page, task_id: str) -> Any:
+    return page.locator(f'table.tasks tr[data-id="{task_id}"]')
+
+
+async def api_task(web: Web, body: dict[str, Any]) -> dict[str, Any]:
+    async with web.http() as http:
+        r = await http.post("/v1/tasks", json=body)
+    assert r.status_code == 201, r.text
+    return r.json()  # type: ignore[no-any-return]
+
+
+async def api_get(web: Web, path: str) -> dict[str, Any]:
+    async with web.http() as http:
+        r = await http.get(path)
+    assert r.status_code == 200, r.text
+    return r.json()  # type: ignore[no-any-return]
+
+
+# -- signing in ----------------------------------------------------------------------------------
+
+
+async def test_sign_in_keeps_only_the_token_and_signs_out(web: Web) -> None:
+    page = await web.page()
+    await page.goto(web.base + "/")
+    await expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
+    await page.get_by_label("Username").fill(USER)
+    await page.get_by_label("Password").fill("wrong password")
+    await page.get_by_role("button", name="Sign in").click()
+    await expect(error_at(page, "password")).to_have_text("Wrong username or password.")
+    await expect(page.get_by_label("Password")).to_have_attribute("aria-invalid", "true")
+
+    await page.get_by_label("Password").fill(PASSWORD)
+    await page.get_by_role("button", name="Sign in").click()
+    await expect(page.locator("#who")).to_have_text("Signed in as alice")
+    await expect(page.get_by_text("No tasks yet")).to_be_visible()
+    stored = await page.evaluate("JSON.stringify([{...sessionStorage}, {...localStorage}])")
+    session, local = json.loads(stored)
+    assert set(session) == {"taskorch.token"} and session["taskorch.token"].count(".") == 2
+    assert PASSWORD not in stored and local == {}
+    await shot(page, "signed-in-empty")
+
+    await page.reload()  # the tab keeps its session
+    await expect(page.locator("#who")).to_have_text("Signed in as alice")
+
+    await page.get_by_role("button", name="Sign out").click()
+    await expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
+    await expect(page.locator("#signin-note")).to_have_text("You are signed out.")
+    assert await page.evaluate("sessionStorage.length") == 0
+    await expect(page.locator("#nav")).to_be_hidden()
+
+    # A pasted token works too; a bad one is refused beside the field.
+    await page.get_by_text("Paste a token instead").click()
+    await page.get_by_label("Access token (JWT)").fill("not-a-token")
+    await page.get_by_role("button", name="Use this token").click()
+    await expect(error_at(page, "token")).to_contain_text("token")
+    await page.get_by_label("Access token (JWT)").fill(web.token())
+    await page.get_by_role("button", name="Use this token").click()
+    await expect(page.locator("#who")).to_have_text("Signed in as alice")
+
+
+async def test_an_expired_session_returns_to_sign_in(web: Web) -> None:
+    page = await web.page(token=auth.mint_token(web.settings, USER, ttl_s=1))
+    await asyncio.sleep(1.5)
+    await page.goto(web.base + "/")
+    await expect(page.locator("#signin-note")).to_have_text(
+        "Your session has ended; sign in again."
+    )
+    await expect(page.get_by_label("Username")).to_be_focused()
+    assert await page.evaluate("sessionStorage.length") == 0
+
+
+# -- tasks ---------------------------------------------------------------------------------------
+
+
+async def test_a_task_created_in_the_page_turns_succeeded_without_a_reload(
+    web: Web, target: Target, workers: WorkerProcs
+) -> None:
+    workers.start()
+    page = await web.page()
+    await sign_in(page, web.base)
+    await page.evaluate("window.notReloaded = true")
+
+    await page.get_by_role("link", name="New task").click()
+    await page.get_by_label("URL", exact=True).fill(target.url("/ok"))
+    await page.get_by_label("When").select_option("delay")
+    await page.get_by_label("Delay (s)").fill("2")
+    await page.get_by_label("Payload (JSON)").fill('{"hello": "world"}')
+    await page.get_by_role("button", name="Create task").click()
+
+    await expect(page.locator(".status-line .badge")).to_have_text("scheduled")
+    task_id = (await page.locator(".status-line code").text_content()) or ""
+    assert task_id.startswith("tsk_")
+    await expect(page.locator(".facts .rel").first).to_contain_text("in")  # due "in 2 sec."
+
+    await page.get_by_role("link", name="← All tasks").click()
+    row = task_row(page, task_id)
+    await expect(row.locator(".badge")).to_have_text("scheduled")
+    await shot(page, "task-scheduled")
+    await expect(row.locator(".badge")).to_have_text("succeeded", timeout=10_000)
+    assert await page.evaluate("window.notReloaded") is True
+    await expect(row.locator("td").nth(3)).to_have_text("1 / 4")
+    await expect(row.locator("td").nth(4)).to_contain_text("ms")
+    await expect(page.locator('.chip[data-status="succeeded"] .count')).to_have_text("1")
+    await expect(page.locator(".chart figcaption")).to_contain_text("last 1 attempt")
+    await shot(page, "task-succeeded-list")
+
+    # A task made elsewhere (here straight through the API) appears on top, live.
+    later = await api_task(web, {"url": target.url("/ok"), "delay": 3600, "name": "from curl"})
+    await expect(page.locator("table.tasks tbody tr").first).to_have_attribute(
+        "data-id", later["id"]
+    )
+    await expect(page.locator('.chip[data-status="scheduled"] .count')).to_have_text("1")
+    assert await page.evaluate("window.notReloaded") is True
+
+    await row.get_by_role("link").click()
+    attempt = page.locator("table.attempts tbody tr")
+    await expect(attempt).to_have_count(1)
+    await expect(attempt.locator(".code")).to_have_text("200")
+    await attempt.get_by_text("Response").click()
+    await expect(attempt.locator("pre")).to_contain_text('"ok": true')
+    await expect(page.get_by_role("button", name="Cancel task")).to_have_count(0)
+    await expect(page.get_by_role("link", name="Modify")).to_have_count(0)
+    await shot(page, "task-succeeded-detail")
+    [call] = target.calls_to("/ok")
+    assert json.loads(call.body) == {"hello": "world"}
+
+
+async def test_modify_and_cancel_are_offered_only_while_allowed(web: Web, target: Target) -> None:
+    markup = '<img src=x onerror="window.injected=1"><b>first</b>'
+    first = await api_task(web, {"url": target.url("/ok"), "delay": 3600, "name": markup})
+    second = await api_task(web, {"url": target.url("/ok"), "delay": 3600, "name": "second"})
+    page = await web.page()
+    await sign_in(page, web.base)
+    await expect(page.locator("table.tasks tbody tr")).to_have_count(2)
+    await expect(task_row(page, first["id"]).get_by_role("link")).to_have_text(markup)
+    assert await page.evaluate("window.injected") is None  # shown as text, never as markup
+
+    # Modify the first: a new name, URL and due time.
+    await task_row(page, first["id"]).get_by_role("link").click()
+    await page.get_by_role("link", name="Modify").click()
+    await expect(page.get_by_label("URL", exact=True)).to_have_value(target.url("/ok"))
+    await page.get_by_label("Name", exact=True).fill("renamed")
+    await page.get_by_label("URL", exact=True).fill(target.url("/changed"))
+    await page.get_by_label("When").select_option("delay")
+    await page.get_by_label("Delay (s)").fill("7200")
+    await shot(page, "task-modify-form")
+    await page.get_by_role("button", name="Save changes").click()
+    await expect(page.get_by_role("heading", name="renamed")).to_be_visible()
+    await expect(page.locator(".facts")).to_contain_text(target.url("/changed"))
+    modified = await api_get(web, f"/v1/tasks/{first['id']}")
+    assert modified["name"] == "renamed" and modified["url"] == target.url("/changed")
+    assert modified["run_at"] > first["run_at"]
+
+    # Cancel the second, in two steps; afterwards neither action is offered.
+    await page.get_by_role("link", name="← All tasks").click()
+    await task_row(page, second["id"]).get_by_role("link").click()
+    await page.get_by_role("button", name="Cancel task").click()
+    await page.get_by_role("button", name="Yes, cancel task").click()
+    await expect(page.locator(".status-line .badge")).to_have_text("cancelled")
+    await expect(page.get_by_role("button", name="Cancel task")).to_have_count(0)
+    await expect(page.get_by_role("link", name="Modify")).to_have_count(0)
+    assert (await api_get(web, f"/v1/tasks/{second['id']}"))["status"] == "cancelled"
+    await shot(page, "task-cancelled")
+
+    # Asking for the edit form of a cancelled task says why not.
+    await page.goto(f"{web.base}/#/tasks/{second['id']}/edit")
+    await expect(page.get_by_text("The task is cancelled")).to_be_visible()
+
+    # The list's filter shows only the cancelled one.
+    await page.get_by_role("link", name="Tasks").click()
+    await page.locator('.chip[data-status="cancelled"]').click()
+    await expect(page.locator("table.tasks tbody tr")).to_have_count(1)
+    await expect(task_row(page, second["id"])).to_be_visible()
+
+
+async def test_errors_are_shown_next_to_their_fields(web: Web, target: Target) -> None:
+    page = await web.page()
+    await sign_in(page, web.base)
+    posts: list[str] = []
+    page.on("request", lambda r: r.method == "POST" and posts.append(r.url))
+    await page.get_by_role("link", name="New task").click()
+    await page.get_by_label("URL", exact=True).fill(target.url("/ok"))
+    await page.get_by_label("Payload (JSON)").fill('{"broken": 1,')
+    await page.get_by_role("button", name="Create task").click()
+
+    payload_error = error_at(page, "payload")
+    await expect(payload_error).to_contain_text("is not valid JSON")
+    await expect(page.get_by_label("Payload (JSON)")).to_be_focused()
+    await expect(page.get_by_label("Payload (JSON)")).to_have_attribute("aria-invalid", "true")
+    await shot(page, "error-broken-payload")
+    assert posts == [], "a broken payload must be caught before sending"
+
+    # Errors only the API finds land beside their fields as well (422, one detail per field).
+    await page.get_by_label("Payload (JSON)").fill('{"fixed": true}')
+    await page.get_by_label("URL", exact=True).fill("ftp://example.com/file")
+    await page.get_by_role("button", name="Create task").click()
+    await expect(error_at(page, "url")).to_have_text("must be an http or https URL")
+    await expect(payload_error).to_be_hidden()
+    await expect(page.locator("#view form > .form-error")).to_contain_text("1 invalid field")
+    await shot(page, "error-api-url")
+
+    # One inside the folded retry policy unfolds it.
+    await page.get_by_label("URL", exact=True).fill(target.url("/ok"))
+    policy = page.get_by_text("Retry policy and timeout")
+    await policy.click()
+    await page.get_by_label("Retries").fill("1000")
+    await policy.click()
+    await expect(page.get_by_label("Retries")).to_be_hidden()
+    await page.get_by_role("button", name="Create task").click()
+    await expect(error_at(page, "retries")).to_contain_text("100")
+    await expect(page.get_by_label("Retries")).to_be_visible()
+    await expect(page.get_by_label("Retries")).to_be_focused()
+    await expect(error_at(page, "url")).to_be_hidden()
+    assert len(posts) == 2
+
+    await page.get_by_label("URL", exact=True).fill(target.url("/ok"))
+    await page.get_by_label("Retries").fill("2")
+    await page.get_by_role("button", name="Create task").click()
+    await expect(page.locator(".status-line .badge")).to_have_text("scheduled")
+
+
+async def _transferred(page: Page, responses: list[Response]) -> tuple[int, list[str]]:
+    total, lines = 0, []
+    for r in responses:
+        url = r.url.split("?access_token=")[0]  # no token in the report
+        if "text/event-stream" in (r.headers.get("content-type") or ""):
+            lines.append(f"{'-':>7} {url} (event stream, not counted)")
+            continue
+        size = len(await r.body())
+        total += size
+        lines.append(f"{size:7d} {url}")
+    return total, lines
+
+
+async def test_first_load_transfers_under_100_kb(web: Web) -> None:
+    report = []
+    # Signed out: the page and what it needs to show the sign-in form.
+    page = await web.page()
+    responses: list[Response] = []
+    page.on("response", lambda r: responses.append(r))
+    await page.goto(web.base + "/", wait_until="networkidle")
+    await expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
+    signed_out, lines = await _transferred(page, responses)
+    report += ["signed out:", *lines, f"{signed_out:7d} total", ""]
+    # Then signing in, up to the empty task list.
+    before = len(responses)
+    await page.get_by_label("Username").fill(USER)
+    await page.get_by_label("Password").fill(PASSWORD)
+    await page.get_by_role("button", name="Sign in").click()
+    await expect(page.get_by_text("No tasks yet")).to_be_visible()
+    await page.wait_for_timeout(300)
+    signing_in, lines = await _transferred(page, responses[before:])
+    report += ["signing in:", *lines, f"{signing_in:7d} total", ""]
+    # A fresh tab that already holds a token: everything for the empty list in one load.
+    page = await web.page(token=web.token())
+    responses = []
+    page.on("response", lambda r: responses.append(r))
+    await page.goto(web.base + "/")
+    await expect(page.get_by_text("No tasks yet")).to_be_visible()
+    await page.wait_for_timeout(300)
+    signed_in, lines = await _transferred(page, responses)
+    report += ["signed in, empty list:", *lines, f"{signed_in:7d} total"]
+    SHOTS.parent.mkdir(parents=True, exist_ok=True)
+    (SHOTS.parent / "first-load.txt").write_text("\n".join(report) + "\n")
+    assert signed_out + signing_in < 100 * KB, "\n".join(report)
+    assert signed_in < 100 * KB, "\n".join(report)
+
+
+async def test_a_thousand_tasks_are_paged_and_filtering_stays_fast(
+    web: Web, redis_url: str, target: Target
+) -> None:
+    client = connect(redis_url)
+    store = Store(client)
+    try:
+        ids = []
+        for chunk in range(10):
+            made = await asyncio.gather(
+                *(
+                    store.create_task(
+                        USER,
+                        TaskCreate(
+                            url=target.url("/ok"), delay=3600, name=f"bulk {chunk * 100 + i}"
+                        ),
+                    )
+                    for i in range(100)
+                )
+            )
+            ids += [task.id for task, _ in made]
+        for task_id in ids[::100]:
+            await store.cancel_task(USER, task_id)
+    finally:
+        await client.aclose()
+
+    page = await web.page()
+    await sign_in(page, web.base)
+    rows = page.locator("table.tasks tbody tr")
+    await expect(rows).to_have_count(50)
+    await expect(page.locator(".pager")).to_contain_text("Showing 50 tasks.")
+    await expect(page.locator('.chip[data-status="all"] .count')).to_have_text("50+")
+
+    async def click_until(selector: str, done: str) -> float:
+        """Click ``selector`` in the page and time until ``done(rows)`` holds, in the page."""
+        js = f"""async (selector) => {{
+            const t0 = performance.now();
+            document.querySelector(selector).click();
+            const done = {done};
+            while (!done(document.querySelectorAll("table.tasks tbody tr"))) {{
+                await new Promise((resolve) => setTimeout(resolve, 5));
+            }}
+            return performance.now() - t0;
+        }}"""
+        return float(await page.evaluate(js, selector))
+
+    more_ms = await click_until(".pager button", "(r) => r.length === 100")
+    cancelled_ms = await click_until(
+        '.chip[data-status="cancelled"]',
+        "(r) => r.length === 10 && [...r].every((x) => x.dataset.status === 'cancelled')",
+    )
+    await expect(page.locator('.chip[data-status="cancelled"] .count')).to_have_text("10")
+    await expect(page.locator(".pager button")).to_be_hidden()
+    await shot(page, "tasks-1000-cancelled")
+    all_ms = await click_until('.chip[data-status="all"]', "(r) => r.length === 50")
+    await shot(page, "tasks-1000")
+    timings = f"load more {more_ms:.0f} ms, filter {cancelled_ms:.0f} ms, all {all_ms:.0f} ms"
+    assert max(more_ms, cancelled_ms, all_ms) < 500, timings
+
+    # Keep paging to the end: still one click per page, and the list says when it is complete.
+    t0 = time.monotonic()
+    for shown in range(100, 1001, 50):
+        await page.locator(".pager button").click()
+        await expect(rows).to_have_count(shown)
+    await expect(page.locator(".pager")).to_contain_text("Showing 1000 tasks, all there are.")
+    assert time.monotonic() - t0 < 20
+    await expect(page.locator('.chip[data-status="all"] .count')).to_have_text("1000")
+    await expect(page.locator('.chip[data-status="scheduled"] .count')).to_have_text("990")
+    relative = await click_until('.chip[data-status="scheduled"]', "(r) => r.length === 50")
+    assert relative < 500, relative
+
+
+async def test_phone_width_and_keyboard_only(web: Web, target: Target) -> None:
+    await api_task(web, {"url": target.url("/a/rather/long/path/" + "x" * 60), "delay": 600})
+    page = await web.page(width=390, height=844)
+    await page.goto(web.base + "/")
+    await expect(page.get_by_label("Username")).to_be_focused()
+    await page.keyboard.type(USER)
+    await page.keyboard.press("Tab")
+    await page.keyboard.type(PASSWORD)
+    await page.keyboard.press("Enter")
+    await expect(page.locator("#who")).to_have_text("Signed in as alice")
+    await expect(page.locator("table.tasks tbody tr")).to_have_count(1)
+    await shot(page, "phone-tasks")
+    assert await page.evaluate("document.documentElement.scrollWidth") <= 390
+
+    # Tab to "New task": the focused element is outlined, and Enter follows the link.
+    for _ in range(30):
+        await page.keyboard.press("Tab")
+        if await page.evaluate("document.activeElement.textContent") == "New task":
+            break
+    else:
+        raise AssertionError("Tab never reached New task")
+    outline = await page.evaluate("getComputedStyle(document.activeElement).outlineStyle")
+    assert outline not in ("none", ""), outline
+    await page.keyboard.press("Enter")
+    await expect(page.get_by_label("URL", exact=True)).to_be_focused()
+    await page.keyboard.type(target.url("/ok"))
+    await page.keyboard.press("Enter")  # submits the form
+    await expect(page.locator(".status-line .badge")).to_be_visible()
+    await shot(page, "phone-task-detail")
+    assert await page.evaluate("document.documentElement.scrollWidth") <= 390
+
+
+# -- orchestrations --------------------------------------------------------------------------------
+
+
+async def test_a_three_step_orchestration_advances_live(
+    web: Web, target: Target, workers: WorkerProcs
+) -> None:
+    await skip_unless_route(web.base, "/v1/orchestrations")
+    workers.start()
+    page = await web.page()
+    await sign_in(page, web.base)
+    await page.get_by_role("link", name="Orchestrations").click()
+    await page.get_by_role("link", name="New orchestration").click()
+    await page.get_by_label("Name", exact=True).fill("three steps")
+    await page.get_by_role("button", name="Add step").click()
+    await page.get_by_role("button", name="Add step").click()
+    steps = page.locator("fieldset.step-editor")
+    await expect(steps).to_have_count(3)
+    for i in range(3):
+        await steps.nth(i).get_by_label("URL", exact=True).fill(target.url(f"/slow/0.8?step={i}"))
+    # A bad step is refused by the API and the message lands in that step's URL field.
+    second_url = steps.nth(1).get_by_label("URL", exact=True)
+    await second_url.fill("ftp://example.com/step")
+    await page.get_by_role("button", name="Create orchestration").click()
+    await expect(steps.nth(1).locator('.field[data-rel="url"] > .error').first).to_have_text(
+        "must be an http or https URL"
+    )
+    await expect(second_url).to_be_focused()
+    await expect(steps.nth(0).locator('.field[data-rel="url"] > .error').first).to_be_hidden()
+    await second_url.fill(target.url("/slow/0.8?step=1"))
+    await page.get_by_label("Check a condition between steps").check()
+    shared = page.locator(".optional").filter(has_text="Check a condition between steps")
+    await shared.get_by_label("Check URL").fill(target.url("/ok"))
+    await shot(page, "orchestration-form")
+    await page.get_by_role("button", name="Create orchestration").click()
+
+    await expect(page.get_by_role("heading", name="three steps")).to_be_visible()
+    seen: list[str] = []
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        status = await page.locator(".status-line > .badge").text_content()
+        done = await page.locator(".status-line progress").get_attribute("value")
+        if not seen or seen[-1] != f"{status} {done}":
+            seen.append(f"{status} {done}")
+            if status == "running" and done == "1":
+                await shot(page, "orchestration-running")
+        if status in ("succeeded", "failed", "stopped"):
+            break
+        await asyncio.sleep(0.05)
+    assert seen[-1] == "succeeded 3", seen
+    assert {"running 1", "running 2"} <= set(seen), f"never saw it move step by step: {seen}"
+    items = page.locator("ol.steps li.step")
+    await expect(items).to_have_count(3)
+    for i in range(3):
+        await expect(items.nth(i).locator(".step-head .badge")).to_have_text("succeeded")
+    await expect(items.nth(0).locator(".step-check")).to_contain_text("1 attempt")
+    await shot(page, "orchestration-succeeded")
+
+
+# -- functions -----------------------------------------------------------------------------------
+
+
+async def test_a_python_function_is_built_and_invoked(
+    web_public: Web, workers: WorkerProcs, tmp_path: Path
+) -> None:
+    web = web_public
+    await skip_unless_route(web.base, "/v1/functions")
+    workers.start(TASKORCH_PUBLIC_URL=web.base)
+    source = tmp_path / "greet.py"
+    source.write_text("def handler(event, context):\n    return {'hello': event['name']}\n")
+    page = await web.page()
+    await sign_in(page, web.base)
+    await page.get_by_role("link", name="Functions").click()
+    await page.get_by_role("link", name="New function").click()
+    await page.get_by_label("Upload a file").set_input_files(str(source))
+    await expect(page.get_by_label("Code")).to_have_value(source.read_text())
+    await expect(page.get_by_label("Name", exact=True)).to_have_value("greet")
+    await expect(page.get_by_label("Runtime")).to_have_value("python")
+    await page.get_by_role("button", name="Create function").click()
+
+    await expect(page.get_by_role("heading", name="greet")).to_be_visible()
+    await expect(page.locator(".status-line .badge")).to_have_text("ready", timeout=60_000)
+    url_box = page.get_by_label("Trigger URL")
+    url = await url_box.input_value()
+    assert url.startswith(web.base), url
+    await page.get_by_role("button", name="Copy URL").click()
+    await expect(page.get_by_text("Copied.")).to_be_visible()
+
+    await page.get_by_label("Event (JSON)").fill('{"name": "web"')
+    await page.get_by_role("button", name="Invoke").click()
+    await expect(error_at(page, "event")).to_contain_text("is not valid JSON")
+    await page.get_by_label("Event (JSON)").fill('{"name": "web"}')
+    await page.get_by_role("button", name="Invoke").click()
+    await expect(page.locator(".answer .code")).to_have_text("200")
+    await expect(page.locator(".answer pre")).to_contain_text('"hello": "web"')
+    await shot(page, "function-invoked")

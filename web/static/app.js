@@ -1,0 +1,154 @@
+// The page's frame: sign in and out, the hash router (#/tasks, #/tasks/tsk_…, #/orchestrations/new,
+// …), the live event stream fanned out to the open view, and the clock for relative times.
+
+import { api, listen, session } from "./api.js";
+import { tick, timeZone } from "./dom.js";
+import { clearErrors, onSubmit, showErrors } from "./forms.js";
+
+const $ = (id) => document.getElementById(id);
+// Each section's module is fetched the first time it is opened, keeping the first load small.
+const sections = {
+  tasks: () => import("./tasks.js"),
+  orchestrations: () => import("./orchestrations.js"),
+  functions: () => import("./functions.js"),
+};
+const loaded = new Set(); // modules opened so far, whose remembered state sign-out clears
+let routing = 0; // a newer navigation wins over a module still loading
+const view = $("view");
+let current = null; // the mounted view: {onEvent, refresh, unmount}
+let stopListening = null;
+
+// -- signing in and out --------------------------------------------------------------------------
+
+function showSignIn(note = "") {
+  stopListening?.();
+  stopListening = null;
+  current?.unmount?.();
+  current = null;
+  for (const section of loaded) section.reset?.();
+  view.replaceChildren();
+  $("nav").hidden = true;
+  $("signout").hidden = true;
+  $("live").hidden = true;
+  $("who").textContent = "";
+  $("signin-note").textContent = note;
+  $("signin").hidden = false;
+  $("username").focus();
+}
+
+function signedIn() {
+  $("signin").hidden = true;
+  for (const form of $("signin").querySelectorAll("form")) {
+    form.reset();
+    clearErrors(form);
+  }
+  const claims = session.claims();
+  $("who").textContent = claims.sub ? `Signed in as ${claims.sub}` : "";
+  $("nav").hidden = false;
+  $("signout").hidden = false;
+  startListening();
+  route();
+}
+
+onSubmit($("password-form"), async () => {
+  const form = $("password-form");
+  const username = form.username.value.trim();
+  const password = form.password.value;
+  const missing = [];
+  if (!username) missing.push({ field: "username", message: "is required" });
+  if (!password) missing.push({ field: "password", message: "is required" });
+  if (missing.length) {
+    showErrors(form, { message: "Enter your username and password.", details: missing });
+    return;
+  }
+  try {
+    const answer = await api("POST", "/v1/auth/token", { username, password }, { token: null });
+    session.set(answer.access_token);
+  } catch (err) {
+    if (err.status === 401) err.details = [{ field: "password", message: err.message }];
+    throw err;
+  }
+  signedIn();
+});
+
+onSubmit($("token-form"), async () => {
+  const token = $("token").value.trim();
+  if (!token) {
+    showErrors($("token-form"), { message: "Paste a token.", details: [{ field: "token", message: "is required" }] });
+    return;
+  }
+  try {
+    await api("GET", "/v1/tasks?limit=1", undefined, { token });
+  } catch (err) {
+    if (err.status === 401 || err.status === 403) err.details = [{ field: "token", message: err.message }];
+    throw err;
+  }
+  session.set(token);
+  signedIn();
+});
+
+$("signout").addEventListener("click", () => {
+  session.clear();
+  showSignIn("You are signed out.");
+});
+
+session.onExpired(() => {
+  session.clear();
+  showSignIn("Your session has ended; sign in again.");
+});
+
+// -- live updates --------------------------------------------------------------------------------
+
+function startListening({ missed = false } = {}) {
+  stopListening?.();
+  const live = $("live");
+  live.hidden = false;
+  live.textContent = "Connecting…";
+  const stop = listen(
+    (event) => current?.onEvent?.(event),
+    (state, wasDown) => {
+      live.dataset.state = state;
+      live.textContent = { live: "Live", reconnecting: "Reconnecting…", closed: "Offline" }[state];
+      if (state === "live" && wasDown) current?.refresh?.();
+      // EventSource stops retrying after an error answer (a restarting proxy, say); try again
+      // later unless the session ended meanwhile (an expired token signs out instead).
+      if (state === "closed") {
+        setTimeout(() => stopListening === stop && startListening({ missed: true }), 5000);
+      }
+    },
+    { missed },
+  );
+  stopListening = stop;
+}
+
+// -- routing -------------------------------------------------------------------------------------
+
+async function route({ focus = false } = {}) {
+  if (!session.token) return showSignIn();
+  const hash = location.hash;
+  if (hash && !hash.startsWith("#/")) return; // an in-page anchor such as the skip link
+  let [name = "tasks", ...rest] = hash.slice(2).split("/").filter(Boolean);
+  if (!sections[name]) [name, rest] = ["tasks", []];
+  const turn = ++routing;
+  const section = await sections[name]();
+  loaded.add(section);
+  if (turn !== routing || !session.token) return;
+  for (const a of $("nav").querySelectorAll("a")) {
+    if (a.dataset.section === name) a.setAttribute("aria-current", "page");
+    else a.removeAttribute("aria-current");
+  }
+  current?.unmount?.();
+  view.replaceChildren();
+  current = section.mount(view, rest.map(decodeURIComponent));
+  document.title = `${name[0].toUpperCase()}${name.slice(1)} · taskorch`;
+  // After a navigation, start keyboard and screen reader users at the new page's heading,
+  // unless the view put the focus somewhere useful itself (a form's first field).
+  if (focus && !view.contains(document.activeElement)) view.querySelector("h1")?.focus();
+}
+
+window.addEventListener("hashchange", () => route({ focus: true }));
+$("tz").textContent = timeZone;
+setInterval(() => tick(view), 1000);
+
+if (session.token) signedIn();
+else showSignIn();

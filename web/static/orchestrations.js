@@ -1,0 +1,360 @@
+// Orchestrations: the list, a step-by-step progress view that moves with live events, and a
+// create form with any number of steps and a shared or per-step condition.
+
+import { api, page, query } from "./api.js";
+import { alertBox, badge, confirmButton, fill, h, when } from "./dom.js";
+import { conditionEditor, field, input, onSubmit, optional, Problems, select, specEditor, whenEditor } from "./forms.js";
+import { throttled } from "./tasks.js";
+
+const STATUSES = ["scheduled", "running", "succeeded", "failed", "stopped", "cancelled"];
+const CANCELLABLE = new Set(["scheduled", "running"]);
+const LIMIT = 50;
+const WINDOW = 100; // steps shown around the current one in very long orchestrations
+
+export function mount(root, [id]) {
+  if (!id) return listView(root);
+  if (id === "new") return createView(root);
+  return detailView(root, id);
+}
+
+function heading(text, ...extra) {
+  return h("div", { class: "head" }, h("h1", { tabindex: -1 }, text), ...extra);
+}
+
+const back = () => h("p", null, h("a", { href: "#/orchestrations" }, "← All orchestrations"));
+
+function progress(o) {
+  const done = o.steps.filter((s) => s.status === "succeeded").length;
+  return h(
+    "span",
+    { class: "progress" },
+    h("progress", { max: o.steps.length, value: done, "aria-label": "Steps done" }),
+    ` ${done} / ${o.steps.length}`,
+  );
+}
+
+// -- the list ----------------------------------------------------------------------------------
+
+function listView(root) {
+  let status = "";
+  let cursor = null;
+  let pages = 0;
+  const rows = new Map();
+  const tbody = h("tbody");
+  const problem = alertBox();
+  const shown = h("span", { class: "muted", role: "status" });
+  const more = h("button", { type: "button", onclick: () => load(false) }, "Load more");
+  const filter = select([["", "All"], ...STATUSES.map((s) => [s])], "");
+  filter.addEventListener("change", () => {
+    status = filter.value;
+    load(true);
+  });
+  fill(
+    root,
+    heading("Orchestrations", h("a", { href: "#/orchestrations/new", class: "button primary" }, "New orchestration")),
+    h("div", { class: "toolbar" }, field("Status", filter, { rel: "status" })),
+    problem,
+    h(
+      "div",
+      { class: "scroll" },
+      h(
+        "table",
+        { class: "list" },
+        h(
+          "thead",
+          null,
+          h(
+            "tr",
+            null,
+            h("th", { scope: "col" }, "Status"),
+            h("th", { scope: "col" }, "Orchestration"),
+            h("th", { scope: "col" }, "Steps done"),
+            h("th", { scope: "col", class: "opt" }, "Starts"),
+          ),
+        ),
+        tbody,
+      ),
+    ),
+    h("div", { class: "pager" }, shown, more),
+  );
+
+  const row = (o) =>
+    h(
+      "tr",
+      { "data-id": o.id, "data-status": o.status },
+      h("td", null, badge(o.status)),
+      h("td", null, h("a", { href: `#/orchestrations/${o.id}` }, o.name || o.id)),
+      h("td", null, progress(o)),
+      h("td", { class: "opt" }, when(o.run_at)),
+    );
+
+  async function load(fresh) {
+    try {
+      const path = `/v1/orchestrations${query({ status, limit: LIMIT, cursor: fresh ? null : cursor })}`;
+      const answer = page(await api("GET", path));
+      problem.show("");
+      if (fresh) {
+        rows.clear();
+        tbody.replaceChildren();
+        pages = 0;
+      }
+      pages += 1;
+      for (const o of answer.items) {
+        const tr = row(o);
+        rows.set(o.id, tr);
+        tbody.append(tr);
+      }
+      cursor = answer.next_cursor;
+      shown.textContent = rows.size ? `Showing ${rows.size}.` : "No orchestrations yet.";
+      more.hidden = !cursor;
+    } catch (err) {
+      problem.show(err.message);
+    }
+  }
+
+  const pending = new Set();
+  const flush = throttled(async () => {
+    const ids = [...pending];
+    pending.clear();
+    if (ids.some((id) => !rows.has(id))) return pages <= 1 ? load(true) : undefined;
+    for (const id of ids) {
+      try {
+        const tr = row(await api("GET", `/v1/orchestrations/${id}`));
+        rows.get(id).replaceWith(tr);
+        rows.set(id, tr);
+      } catch {
+        // deleted or not ours: keep the row
+      }
+    }
+  }, 200);
+
+  more.hidden = true;
+  load(true);
+  return {
+    onEvent(e) {
+      if (e.type !== "orchestration") return;
+      pending.add(e.id);
+      flush.soon();
+    },
+    refresh: () => load(true),
+    unmount: () => flush.cancel(),
+  };
+}
+
+// -- one orchestration -------------------------------------------------------------------------
+
+function detailView(root, id) {
+  const title = heading(id);
+  const problem = alertBox();
+  const body = h("div", null, h("p", { class: "muted" }, "Loading…"));
+  fill(root, back(), title, problem, body);
+  let orc = null;
+
+  async function load() {
+    try {
+      orc = await api("GET", `/v1/orchestrations/${encodeURIComponent(id)}`);
+      render();
+    } catch (err) {
+      if (!orc) fill(body, h("p", { class: "form-error" }, err.message));
+    }
+  }
+
+  function render() {
+    const o = orc;
+    title.querySelector("h1").textContent = o.name || o.id;
+    const actions = h("div", { class: "actions" });
+    if (CANCELLABLE.has(o.status)) {
+      actions.append(
+        confirmButton("Cancel orchestration", "Cancel it? No later step, check or fallback will start.", async () => {
+          try {
+            orc = await api("POST", `/v1/orchestrations/${o.id}/cancel`);
+            problem.show("");
+            render();
+          } catch (err) {
+            problem.show(err.message);
+            load();
+          }
+        }),
+      );
+    }
+    const running = o.status === "running";
+    const current = o.current_step ?? -1;
+    let from = 0;
+    let to = o.steps.length;
+    if (o.steps.length > WINDOW) {
+      from = Math.max(0, current - 10);
+      to = Math.min(o.steps.length, from + WINDOW);
+    }
+    fill(
+      body,
+      h(
+        "p",
+        { class: "status-line" },
+        badge(o.status),
+        " ",
+        progress(o),
+        running && current >= 0 ? ` · at step ${current + 1} of ${o.steps.length}` : "",
+      ),
+      actions,
+      h(
+        "dl",
+        { class: "facts" },
+        h("dt", null, "Starts"),
+        h("dd", null, when(o.run_at)),
+        h("dt", null, "Created"),
+        h("dd", null, when(o.created_at)),
+        h("dt", null, "Finished"),
+        h("dd", null, when(o.finished_at)),
+      ),
+      h("h2", null, "Steps"),
+      from > 0 ? h("p", { class: "muted" }, `${from} earlier steps not shown.`) : null,
+      h(
+        "ol",
+        { class: "steps", start: from + 1 },
+        o.steps.slice(from, to).map((s) => stepItem(s, running && s.index === current)),
+      ),
+      to < o.steps.length ? h("p", { class: "muted" }, `${o.steps.length - to} later steps not shown.`) : null,
+      h("h2", null, "Fallback"),
+      o.fallback
+        ? h("p", { class: "fallback" }, badge(o.fallback.status), " ", taskLink(o.fallback.task_id))
+        : h("p", { class: "muted" }, "None."),
+    );
+  }
+
+  // Steps move when their tasks change; a step's task may be new to us, so while the
+  // orchestration is live any task event prompts a (throttled) look.
+  const refetch = throttled(load, 150);
+  load();
+  return {
+    onEvent(e) {
+      if (e.type === "orchestration" && e.id === id) return refetch.soon();
+      if (e.type !== "task" || !orc) return;
+      const ours = orc.steps.some((s) => s.task_id === e.id) || orc.fallback?.task_id === e.id;
+      const fallbackLive = orc.fallback && !["succeeded", "failed", "cancelled"].includes(orc.fallback.status);
+      if (ours || fallbackLive || CANCELLABLE.has(orc.status)) refetch.soon();
+    },
+    refresh: load,
+    unmount: () => refetch.cancel(),
+  };
+}
+
+function taskLink(taskId) {
+  return taskId ? h("a", { href: `#/tasks/${taskId}` }, taskId) : h("span", { class: "muted" }, "not started");
+}
+
+function stepItem(s, isCurrent) {
+  const check = s.condition;
+  // attempts is the list of check calls ({number, status_code, passed, error, ...}); tolerate a count.
+  const calls = Array.isArray(check?.attempts) ? check.attempts : [];
+  const n = Array.isArray(check?.attempts) ? calls.length : (check?.attempts ?? 0);
+  const rechecks = Math.max(0, n - 1);
+  return h(
+    "li",
+    { class: `step st-${s.status}${isCurrent ? " current" : ""}`, "aria-current": isCurrent ? "step" : null, "data-index": s.index },
+    h("div", { class: "step-head" }, h("strong", null, `Step ${s.index + 1}`), " ", badge(s.status), " ", taskLink(s.task_id)),
+    check
+      ? h(
+          "div",
+          { class: "step-check" },
+          "Check ",
+          badge(check.status),
+          ` ${n} attempt${n === 1 ? "" : "s"}`,
+          rechecks ? ` (${rechecks} re-check${rechecks > 1 ? "s" : ""})` : "",
+          calls.map((a) =>
+            h(
+              "span",
+              { class: `code ${a.passed ? "c2" : "c5"}`, title: a.error ?? a.response_body ?? "" },
+              ` ${a.status_code ?? a.error ?? "—"}${a.passed ? " ✓" : " ✗"}`,
+            ),
+          ),
+        )
+      : null,
+  );
+}
+
+// -- create ------------------------------------------------------------------------------------
+
+function createView(root) {
+  const name = input({ maxlength: 200, placeholder: "optional" });
+  const whenEd = whenEditor();
+  const stepList = h("div", { class: "step-list" });
+  const stepsField = h(
+    "div",
+    { class: "field", "data-rel": "steps" },
+    h("h2", null, "Steps, run one after another"),
+    stepList,
+    h("p", { class: "error", id: "steps-err", hidden: true }),
+  );
+  const steps = [];
+  const addButton = h("button", { type: "button", onclick: () => addStep(true) }, "Add step");
+  const shared = optional("Check a condition between steps", conditionEditor());
+  const fallbackEd = specEditor();
+  const fallback = optional("Run a fallback task when it cannot go on", {
+    el: h("div", { "data-group": "fallback" }, fallbackEd.el),
+    read: fallbackEd.read,
+  });
+
+  function renumber() {
+    steps.forEach((s, i) => {
+      s.el.dataset.group = `steps[${i}]`;
+      s.legend.textContent = `Step ${i + 1}`;
+      s.remove.hidden = steps.length === 1;
+      s.remove.setAttribute("aria-label", `Remove step ${i + 1}`);
+    });
+  }
+
+  function addStep(focus) {
+    const spec = specEditor();
+    const own = optional("Its own condition check (overrides the shared one)", conditionEditor());
+    const legend = h("legend");
+    const remove = h("button", { type: "button", class: "link" }, "Remove");
+    const el = h("fieldset", { class: "step-editor" }, legend, remove, spec.el, own.el);
+    const step = { el, legend, remove, spec, own };
+    remove.addEventListener("click", () => {
+      steps.splice(steps.indexOf(step), 1);
+      el.remove();
+      renumber();
+      addButton.focus();
+    });
+    steps.push(step);
+    stepList.append(el);
+    renumber();
+    if (focus) spec.controls.url.focus();
+  }
+
+  const form = h(
+    "form",
+    { class: "card", novalidate: true },
+    h("p", { class: "form-error", role: "alert", tabindex: -1, hidden: true }),
+    field("Name", name, { rel: "name" }),
+    whenEd.el,
+    stepsField,
+    h("div", { class: "actions" }, addButton),
+    h("h2", null, "Between steps"),
+    shared.el,
+    h("h2", null, "When it cannot go on"),
+    fallback.el,
+    h("div", { class: "actions" }, h("button", { type: "submit", class: "primary" }, "Create orchestration")),
+  );
+  addStep(false);
+  fill(root, back(), heading("New orchestration"), form);
+
+  onSubmit(form, async () => {
+    const problems = new Problems();
+    const body = { ...whenEd.read(problems) };
+    if (name.value.trim()) body.name = name.value.trim();
+    body.steps = steps.map((s, i) => {
+      const spec = s.spec.read(`steps[${i}]`, problems);
+      const cond = s.own.read(`steps[${i}].condition`, problems);
+      return cond ? { ...spec, condition: cond } : spec;
+    });
+    const cond = shared.read("condition", problems);
+    if (cond) body.condition = cond;
+    const fb = fallback.read("fallback", problems);
+    if (fb) body.fallback = fb;
+    problems.throwIfAny();
+    const orc = await api("POST", "/v1/orchestrations", body);
+    location.hash = `#/orchestrations/${orc.id}`;
+  });
+  return {};
+}
