@@ -315,21 +315,69 @@ async def trigger_function(request: Request) -> Response:
     """A function's trigger URL: the key in the path is the credential; the body is the event."""
     from taskorch.sandbox import FunctionError, FunctionTimeout
 
-    raw = await read_body(request)
-    try:
-        event = msgspec.json.decode(raw) if raw.strip() else None
-    except msgspec.DecodeError as exc:
-        raise BadRequest(f"The event is not valid JSON: {exc}.", code="invalid_json") from None
     fns: Functions = request.state.functions
     try:
-        result = await fns.invoke(request.path_params["fn_id"], request.path_params["key"], event)
-    except FunctionTimeout as exc:
-        err = ApiError(str(exc), code="function_timeout")
-        return JSON(err.body(), status_code=504)
-    except FunctionError as exc:
-        err = ApiError(exc.message, code="function_error")
-        return JSON(err.body(), status_code=500)
-    return JSON(result)
+        raw = await read_body(request)
+        try:
+            event = msgspec.json.decode(raw) if raw.strip() else None
+        except msgspec.DecodeError as exc:
+            raise BadRequest(f"The event is not valid JSON: {exc}.", code="invalid_json") from None
+        fid, key = request.path_params["fn_id"], request.path_params["key"]
+        try:
+            result = await fns.invoke(fid, key, event)
+        except FunctionTimeout as exc:
+            err = ApiError(str(exc), code="function_timeout")
+            err.status_code = 504
+            raise err from None
+        except FunctionError as exc:
+            err = ApiError(exc.message, code="function_error")
+            err.status_code = 500
+            raise err from None
+    except ApiError as exc:
+        exc.headers = {**exc.headers, **_CORS}
+        return error_response(exc)
+    return JSON(result, headers=_CORS)
+
+
+# A trigger URL is a bearer credential in itself (like a Lambda function URL without IAM auth),
+# so a page on any origin that holds it may call it; cookies are never involved.
+_CORS = {"Access-Control-Allow-Origin": "*"}
+
+
+async def trigger_preflight(request: Request) -> Response:
+    return Response(
+        status_code=204,
+        headers={
+            **_CORS,
+            "Access-Control-Allow-Methods": "POST, OPTIONS",
+            "Access-Control-Allow-Headers": "Content-Type",
+            "Access-Control-Max-Age": "600",
+        },
+    )
+
+
+async def stats(request: Request) -> Response:
+    """Counts by status of the caller's tasks and orchestrations, for dashboards."""
+    p = await principal(request, "read")
+    redis = request.state.redis
+    task_statuses = [s.value for s in TaskStatus]
+    orc_statuses = [s.value for s in OrchestrationStatus]
+    prefix = f"{c.OWNER_KEY_PREFIX}{p.sub}:"
+    async with redis.pipeline(transaction=False) as pipe:
+        for status in task_statuses:
+            pipe.zcard(f"{prefix}tasks:{status}")
+        for status in orc_statuses:
+            pipe.zcard(f"{prefix}orchestrations:{status}")
+        pipe.zcard(f"{prefix}functions")
+        counts = await pipe.execute()
+    n = len(task_statuses)
+    return JSON(
+        {
+            "tasks": dict(zip(task_statuses, counts[:n], strict=True)),
+            "orchestrations": dict(zip(orc_statuses, counts[n:-1], strict=True)),
+            "functions": counts[-1],
+        }
+    )
 
 
 async def issue_token(request: Request) -> Response:
@@ -398,7 +446,19 @@ async def index(request: Request) -> Response:
     page = WEB_DIR / "index.html"
     if not page.exists():
         raise NotFound("The status page is not installed.")
-    return FileResponse(page, headers={"Cache-Control": "no-cache"})
+    settings: Settings = request.state.settings
+    csp = (
+        "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
+        f"connect-src 'self' {settings.public_url}; frame-ancestors 'none'; base-uri 'none'"
+    )
+    return FileResponse(
+        page,
+        headers={
+            "Cache-Control": "no-cache",
+            "Content-Security-Policy": csp,
+            "X-Content-Type-Options": "nosniff",
+        },
+    )
 
 
 # -- the app -----------------------------------------------------------------------------------
@@ -444,6 +504,8 @@ ROUTES: list[tuple[str, Callable[[Request], Awaitable[Response]], str]] = [
     ("/v1/functions/{fn_id}", get_function, "GET"),
     ("/v1/functions/{fn_id}", delete_function, "DELETE"),
     ("/fn/{fn_id}/{key}", trigger_function, "POST"),
+    ("/fn/{fn_id}/{key}", trigger_preflight, "OPTIONS"),
+    ("/v1/stats", stats, "GET"),
     ("/v1/events", events, "GET"),
 ]
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
-import math
 import re
 from typing import Annotated, Any, Literal, TypeVar, Union, get_args, get_origin
 
@@ -19,7 +18,8 @@ from taskorch import constants as c
 from taskorch.errors import BadRequest, ValidationFailed
 
 Method = Literal["GET", "POST", "PUT", "PATCH", "DELETE"]
-Seconds = Annotated[float, Meta(ge=0, description="seconds, fractions allowed")]
+# Capped so that no duration overflows a timestamp (about 300 years; JSON's 1e400 is infinity).
+Seconds = Annotated[float, Meta(ge=0, le=1e10, description="seconds, fractions allowed")]
 Timestamp = Annotated[str, Meta(extra_json_schema={"format": "date-time"})]
 
 
@@ -55,18 +55,6 @@ class TaskSpec(_Input):
     max_retry_delay: Seconds = c.DEFAULT_MAX_RETRY_DELAY_S
     timeout: Annotated[float, Meta(ge=1, le=c.MAX_TIMEOUT_S)] = c.DEFAULT_TIMEOUT_S
 
-    def check(self) -> list[tuple[str, str]]:
-        problems = []
-        if (msg := url_problem(self.url)) is not None:
-            problems.append(("url", msg))
-        for name in self.headers:
-            if not _HEADER_NAME.fullmatch(name):
-                problems.append((f"headers.{name}", "is not a valid HTTP header name"))
-        for name, value in self.headers.items():
-            if "\r" in value or "\n" in value:
-                problems.append((f"headers.{name}", "must not contain line breaks"))
-        return problems
-
 
 class TaskCreate(TaskSpec):
     """Body of ``POST /v1/tasks``."""
@@ -74,11 +62,6 @@ class TaskCreate(TaskSpec):
     run_at: dt.datetime | None = None
     delay: Seconds | None = None
     name: Annotated[str, Meta(max_length=200)] | None = None
-
-    def check(self) -> list[tuple[str, str]]:
-        problems = super().check()
-        problems += check_when(self.run_at, self.delay)
-        return problems
 
 
 class TaskPatch(_Input):
@@ -96,15 +79,6 @@ class TaskPatch(_Input):
     run_at: dt.datetime | UnsetType | None = UNSET
     delay: Seconds | UnsetType | None = UNSET
     name: Annotated[str, Meta(max_length=200)] | UnsetType | None = UNSET
-
-    def check(self) -> list[tuple[str, str]]:
-        problems = []
-        if not isinstance(self.url, UnsetType) and (msg := url_problem(self.url)) is not None:
-            problems.append(("url", msg))
-        run_at = None if isinstance(self.run_at, UnsetType) else self.run_at
-        delay = None if isinstance(self.delay, UnsetType) else self.delay
-        problems += check_when(run_at, delay)
-        return problems
 
 
 class Attempt(Struct, omit_defaults=False):
@@ -171,12 +145,6 @@ class ConditionSpec(_Input):
     retries: Annotated[int, Meta(ge=0, le=c.MAX_RETRIES)] = 0
     retry_delay: Seconds = c.DEFAULT_RETRY_DELAY_S
 
-    def check(self) -> list[tuple[str, str]]:
-        problems = []
-        if (msg := url_problem(self.url)) is not None:
-            problems.append(("url", msg))
-        return problems
-
 
 class StepSpec(TaskSpec):
     """One step: a task spec, optionally with its own condition overriding the shared one."""
@@ -194,9 +162,6 @@ class OrchestrationCreate(_Input):
     delay: Seconds | None = None
     name: Annotated[str, Meta(max_length=200)] | None = None
 
-    def check(self) -> list[tuple[str, str]]:
-        return check_when(self.run_at, self.delay)
-
 
 class OrchestrationPatch(_Input):
     """Body of ``PATCH /v1/orchestrations/{id}``: allowed while the orchestration is scheduled."""
@@ -207,11 +172,6 @@ class OrchestrationPatch(_Input):
     run_at: dt.datetime | UnsetType | None = UNSET
     delay: Seconds | UnsetType | None = UNSET
     name: Annotated[str, Meta(max_length=200)] | UnsetType | None = UNSET
-
-    def check(self) -> list[tuple[str, str]]:
-        run_at = None if isinstance(self.run_at, UnsetType) else self.run_at
-        delay = None if isinstance(self.delay, UnsetType) else self.delay
-        return check_when(run_at, delay)
 
 
 class CheckAttempt(Struct):
@@ -277,9 +237,6 @@ class FunctionSchedule(_Input):
     run_at: dt.datetime | None = None
     delay: Seconds | None = None
     name: Annotated[str, Meta(max_length=200)] | None = None
-
-    def check(self) -> list[tuple[str, str]]:
-        return check_when(self.run_at, self.delay)
 
 
 class FunctionCreate(_Input):
@@ -379,15 +336,31 @@ def url_problem(url: str) -> str | None:
     return None
 
 
-def check_when(run_at: dt.datetime | None, delay: float | None) -> list[tuple[str, str]]:
+def _url_rule(value: Any) -> list[tuple[str, str]]:
+    msg = url_problem(value) if isinstance(value, str) else None
+    return [("", msg)] if msg else []
+
+
+def _headers_rule(value: Any) -> list[tuple[str, str]]:
     problems = []
-    if run_at is not None and delay is not None:
-        problems.append(("delay", "give run_at or delay, not both"))
-    if run_at is not None and run_at.tzinfo is None:
-        problems.append(("run_at", "must carry a UTC offset, such as 2026-11-26T18:31:06Z"))
-    if delay is not None and not math.isfinite(delay):
-        problems.append(("delay", "must be a finite number of seconds"))
+    for name, text in (value or {}).items():
+        if not _HEADER_NAME.fullmatch(name):
+            problems.append((name, "is not a valid HTTP header name"))
+        elif "\r" in text or "\n" in text:
+            problems.append((name, "must not contain line breaks"))
     return problems
+
+
+# Rules for one field, by name, in every request struct. They run as soon as that field is well
+# formed, so a bad url is reported beside a bad retries instead of after it is fixed.
+def _run_at_rule(value: Any) -> list[tuple[str, str]]:
+    when = msgspec.convert(value, dt.datetime | None, strict=False)
+    if when is not None and when.tzinfo is None:
+        return [("", "must carry a UTC offset, such as 2026-11-26T18:31:06Z")]
+    return []
+
+
+_FIELD_RULES = {"url": _url_rule, "headers": _headers_rule, "run_at": _run_at_rule}
 
 
 def due_ms(run_at: dt.datetime | None, delay: float | None, now_ms: int) -> int:
@@ -472,7 +445,12 @@ def _problems(data: Any, kind: Any, path: str) -> list[tuple[str, str]]:
             if field.required:
                 problems.append((sub, "is required"))
             continue
-        problems += _field_problems(data[name], field.type, sub)
+        found = _field_problems(data[name], field.type, sub)
+        if not found and name in _FIELD_RULES:
+            found = [(_join(sub, f) if f else sub, m) for f, m in _FIELD_RULES[name](data[name])]
+        problems += found
+    if "run_at" in fields and data.get("run_at") is not None and data.get("delay") is not None:
+        problems.append((_join(path, "delay"), "give run_at or delay, not both"))
     if not problems:
         # The fields are each well formed: now the rules that span fields (``check``).
         try:

@@ -58,6 +58,7 @@ def _op(
 
 
 _ORC = [{"name": "orc_id", "in": "path", "required": True, "schema": {"type": "string"}}]
+_FN = [{"name": "fn_id", "in": "path", "required": True, "schema": {"type": "string"}}]
 _ID = [{"name": "task_id", "in": "path", "required": True, "schema": {"type": "string"}}]
 
 
@@ -76,6 +77,9 @@ def _components() -> dict[str, Any]:
             models.OrchestrationPatch,
             models.Orchestration,
             models.OrchestrationPage,
+            models.FunctionCreate,
+            models.Function,
+            models.FunctionPage,
         ],
         ref_template=_REF,
     )
@@ -225,6 +229,65 @@ def document(settings: Settings) -> dict[str, Any]:
                     codes=("401", "403", "404", "409"),
                     params=_ORC,
                 ),
+            },
+            "/v1/functions": {
+                "post": _op(
+                    "Upload a function (JSON, or multipart with the code as a file)",
+                    {"201": _json("Function", "Created; building")},
+                    body="FunctionCreate",
+                    codes=("400", "401", "403", "413", "422"),
+                ),
+                "get": _op(
+                    "List functions, newest first",
+                    {"200": _json("FunctionPage", "A page")},
+                    codes=("401", "403", "422"),
+                ),
+            },
+            "/v1/functions/{fn_id}": {
+                "get": _op(
+                    "Get a function",
+                    {"200": _json("Function", "It")},
+                    codes=("401", "403", "404"),
+                    params=_FN,
+                ),
+                "delete": _op(
+                    "Delete a function (and its Lambda function and URL)",
+                    {"204": {"description": "Deleted"}},
+                    codes=("401", "403", "404"),
+                    params=_FN,
+                ),
+            },
+            "/fn/{fn_id}/{key}": {
+                "post": {
+                    "summary": "A function's trigger URL: the body is the event, the answer the handler's result",
+                    "security": [],
+                    "parameters": [
+                        *_FN,
+                        {
+                            "name": "key",
+                            "in": "path",
+                            "required": True,
+                            "schema": {"type": "string"},
+                        },
+                    ],
+                    "requestBody": {"content": {"application/json": {"schema": {}}}},
+                    "responses": {
+                        "200": {"description": "The handler's return value as JSON"},
+                        "404": _json("Error", "Wrong id or key"),
+                        "500": _json("Error", "The handler raised (function_error)"),
+                        "504": _json("Error", "The handler ran past its timeout"),
+                    },
+                },
+            },
+            "/v1/stats": {
+                "get": {
+                    "summary": "Counts by status of the caller's tasks and orchestrations",
+                    "responses": {
+                        "200": {
+                            "description": "{tasks: {status: n}, orchestrations: {status: n}, functions: n}"
+                        }
+                    },
+                }
             },
             "/v1/events": {
                 "get": {

@@ -414,3 +414,18 @@ def _pids_of(uid: int) -> list[int]:
         except OSError:
             continue
     return pids
+
+
+async def test_trigger_urls_answer_cross_origin_calls(live: Live) -> None:
+    fn = await live.settle(
+        (await live.create({"name": "cors", "runtime": "python", "code": PY}))["id"]
+    )
+    pre = await live.http.options(
+        fn["url"],
+        headers={"Origin": "https://elsewhere.example", "Access-Control-Request-Method": "POST"},
+    )
+    assert pre.status_code == 204 and pre.headers["access-control-allow-origin"] == "*"
+    ok = await live.call(fn["url"], {"name": "x"})
+    assert ok.headers["access-control-allow-origin"] == "*"
+    bad = await live.call(fn["url"] + "x", {})
+    assert bad.status_code == 404 and bad.headers["access-control-allow-origin"] == "*"

@@ -169,3 +169,36 @@ async def test_event_stream_sends_the_owners_changes_only(
     r = await http.get("/v1/events?access_token=nonsense")
     assert r.status_code == 401
     await http.aclose()
+
+
+async def test_stats_counts_by_status_per_owner(api: Api) -> None:
+    for _ in range(3):
+        await api.create({"url": "https://example.com", "delay": 60})
+    t = await api.create({"url": "https://example.com", "delay": 60})
+    await api.http.post(f"/v1/tasks/{t['id']}/cancel", headers=api.auth())
+    await api.create({"url": "https://example.com", "delay": 60}, sub="bob")
+    r = await api.http.get("/v1/stats", headers=api.auth())
+    assert r.status_code == 200
+    body = r.json()
+    assert body["tasks"] == {
+        "scheduled": 3,
+        "running": 0,
+        "retrying": 0,
+        "succeeded": 0,
+        "failed": 0,
+        "cancelled": 1,
+    }
+    assert body["orchestrations"]["scheduled"] == 0 and body["functions"] == 0
+
+
+async def test_status_page_headers_and_openapi_lists_every_route(api: Api) -> None:
+    r = await api.http.get("/")
+    assert r.status_code == 200 and "<html" in r.text.lower()
+    assert "default-src 'self'" in r.headers["content-security-policy"]
+    doc = (await api.http.get("/openapi.json")).json()
+    from taskorch.api import ROUTES
+
+    documented = {(path, method.lower()) for path, ops in doc["paths"].items() for method in ops}
+    for path, _, method in ROUTES:
+        if path not in ("/", "/openapi.json") and method != "OPTIONS":
+            assert (path, method.lower()) in documented, (path, method)
