@@ -11,6 +11,7 @@ import contextlib
 import os
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -119,6 +120,12 @@ def run_dev() -> int:
         return 2
     token = mint_token(settings, "dev", ttl_s=30 * 24 * 3600)
     (DATA / "dev-token").write_text(token + "\n")
+
+    def _stop(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    # SIGTERM (a process manager, `kill`) stops everything as Ctrl-C does.
+    signal.signal(signal.SIGTERM, _stop)
     worker = subprocess.Popen([sys.executable, "-m", "taskorch", "worker"], env=env)
     api = subprocess.Popen([sys.executable, "-m", "taskorch", "serve"], env=env)
     try:
