@@ -267,3 +267,18 @@ async def test_worker_survives_a_redis_restart(
     await api.wait_status(after["id"], "succeeded", timeout_s=20)
     assert proc.poll() is None, "the worker exited when Redis went away"
     assert "worker.redis_unavailable" in workers.logs()
+
+
+async def test_a_slow_target_never_delays_other_due_tasks(
+    api: Api, target: Target, workers: WorkerProcs
+) -> None:
+    workers.start()
+    slow = [
+        await api.create({"url": target.url("/slow/20"), "timeout": 60, "retries": 0})
+        for _ in range(50)
+    ]
+    await until(lambda: len(target.calls_to("/slow/20")) == 50)
+    quick = await api.create({"url": target.url("/quick"), "delay": 0.5})
+    done = await api.wait_status(quick["id"], "succeeded", timeout_s=5)
+    assert done["attempts"][0]["lateness_ms"] < 50
+    assert all((await api.get(t["id"]))["status"] == "running" for t in slow)
