@@ -156,6 +156,10 @@ def error_at(page: Page, rel: str) -> Any:
     return page.locator(f'.field[data-rel="{rel}"] > .error')
 
 
+def chip_count(page: Page, status: str) -> Any:
+    return page.locator(f'.chip[data-status="{status}"] .count')
+
+
 def task_row(page: Page, task_id: str) -> Any:
     return page.locator(f'table.tasks tr[data-id="{task_id}"]')
 
@@ -258,7 +262,7 @@ async def test_a_task_created_in_the_page_turns_succeeded_without_a_reload(
     assert await page.evaluate("window.notReloaded") is True
     await expect(row.locator("td").nth(3)).to_have_text("1 / 4")
     await expect(row.locator("td").nth(4)).to_contain_text("ms")
-    await expect(page.locator('.chip[data-status="succeeded"] .count')).to_have_text("1")
+    await expect(chip_count(page, "succeeded")).to_have_text("1")
     await expect(page.locator(".chart figcaption")).to_contain_text("last 1 attempt")
     await shot(page, "task-succeeded-list")
 
@@ -267,7 +271,7 @@ async def test_a_task_created_in_the_page_turns_succeeded_without_a_reload(
     await expect(page.locator("table.tasks tbody tr").first).to_have_attribute(
         "data-id", later["id"]
     )
-    await expect(page.locator('.chip[data-status="scheduled"] .count')).to_have_text("1")
+    await expect(chip_count(page, "scheduled")).to_have_text("1")
     assert await page.evaluate("window.notReloaded") is True
 
     await row.get_by_role("link").click()
@@ -454,7 +458,10 @@ async def test_a_thousand_tasks_are_paged_and_filtering_stays_fast(
     rows = page.locator("table.tasks tbody tr")
     await expect(rows).to_have_count(50)
     await expect(page.locator(".pager")).to_contain_text("Showing 50 tasks.")
-    await expect(page.locator('.chip[data-status="all"] .count')).to_have_text("50+")
+    # The counts are exact at once (GET /v1/stats), long before the list is read to the end.
+    expected = {"all": "1000", "scheduled": "990", "cancelled": "10", "succeeded": "0"}
+    for status, n in expected.items():
+        await expect(chip_count(page, status)).to_have_text(n)
 
     async def click_until(selector: str, done: str) -> float:
         """Click ``selector`` in the page and time until ``done(rows)`` holds, in the page."""
@@ -474,7 +481,6 @@ async def test_a_thousand_tasks_are_paged_and_filtering_stays_fast(
         '.chip[data-status="cancelled"]',
         "(r) => r.length === 10 && [...r].every((x) => x.dataset.status === 'cancelled')",
     )
-    await expect(page.locator('.chip[data-status="cancelled"] .count')).to_have_text("10")
     await expect(page.locator(".pager button")).to_be_hidden()
     await shot(page, "tasks-1000-cancelled")
     all_ms = await click_until('.chip[data-status="all"]', "(r) => r.length === 50")
@@ -489,10 +495,18 @@ async def test_a_thousand_tasks_are_paged_and_filtering_stays_fast(
         await expect(rows).to_have_count(shown)
     await expect(page.locator(".pager")).to_contain_text("Showing 1000 tasks, all there are.")
     assert time.monotonic() - t0 < 20
-    await expect(page.locator('.chip[data-status="all"] .count')).to_have_text("1000")
-    await expect(page.locator('.chip[data-status="scheduled"] .count')).to_have_text("990")
+    for status, n in expected.items():  # paging never changed them
+        await expect(chip_count(page, status)).to_have_text(n)
     relative = await click_until('.chip[data-status="scheduled"]', "(r) => r.length === 50")
     assert relative < 500, relative
+
+    # A change made elsewhere moves the counts live, without a reload.
+    async with web.http() as http:
+        r = await http.post(f"/v1/tasks/{ids[1]}/cancel")
+    assert r.status_code == 200, r.text
+    await expect(chip_count(page, "cancelled")).to_have_text("11")
+    await expect(chip_count(page, "scheduled")).to_have_text("989")
+    await expect(chip_count(page, "all")).to_have_text("1000")
 
 
 async def test_phone_width_and_keyboard_only(web: Web, target: Target) -> None:
@@ -583,6 +597,12 @@ async def test_a_three_step_orchestration_advances_live(
         await expect(items.nth(i).locator(".step-head .badge")).to_have_text("succeeded")
     await expect(items.nth(0).locator(".step-check")).to_contain_text("1 attempt")
     await shot(page, "orchestration-succeeded")
+
+    # The list's status filter carries exact counts.
+    await page.get_by_role("link", name="← All orchestrations").click()
+    status = page.get_by_label("Status")
+    await expect(status.locator('option[value="succeeded"]')).to_have_text("succeeded (1)")
+    await expect(status.locator('option[value=""]')).to_have_text("All (1)")
 
 
 # -- functions -----------------------------------------------------------------------------------

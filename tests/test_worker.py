@@ -281,4 +281,5 @@ async def test_a_slow_target_never_delays_other_due_tasks(
     quick = await api.create({"url": target.url("/quick"), "delay": 0.5})
     done = await api.wait_status(quick["id"], "succeeded", timeout_s=5)
     assert done["attempts"][0]["lateness_ms"] < 50
-    assert all((await api.get(t["id"]))["status"] == "running" for t in slow)
+    statuses = [(await api.get(t["id"]))["status"] for t in slow]
+    assert statuses == ["running"] * 50  # still in flight, and they held nothing up

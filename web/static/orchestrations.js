@@ -4,7 +4,7 @@
 import { api, page, query } from "./api.js";
 import { alertBox, badge, confirmButton, fill, h, when } from "./dom.js";
 import { conditionEditor, field, input, onSubmit, optional, Problems, select, specEditor, whenEditor } from "./forms.js";
-import { throttled } from "./tasks.js";
+import { liveStats, throttled } from "./tasks.js";
 
 const STATUSES = ["scheduled", "running", "succeeded", "failed", "stopped", "cancelled"];
 const CANCELLABLE = new Set(["scheduled", "running"]);
@@ -48,6 +48,13 @@ function listView(root) {
   filter.addEventListener("change", () => {
     status = filter.value;
     load(true);
+  });
+  // Each option carries its exact count, e.g. "running (3)".
+  const stats = liveStats(({ orchestrations: counts }) => {
+    const total = STATUSES.reduce((sum, s) => sum + (counts[s] ?? 0), 0);
+    for (const option of filter.options) {
+      option.textContent = `${option.value || "All"} (${option.value ? (counts[option.value] ?? 0) : total})`;
+    }
   });
   fill(
     root,
@@ -133,11 +140,18 @@ function listView(root) {
   return {
     onEvent(e) {
       if (e.type !== "orchestration") return;
+      stats.soon();
       pending.add(e.id);
       flush.soon();
     },
-    refresh: () => load(true),
-    unmount: () => flush.cancel(),
+    refresh() {
+      stats.now();
+      load(true);
+    },
+    unmount() {
+      flush.cancel();
+      stats.cancel();
+    },
   };
 }
 

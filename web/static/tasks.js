@@ -1,5 +1,6 @@
-// Tasks: the paged list with counts by status and a lateness chart, one task's detail with its
-// attempts, and the create and modify forms. Live events update rows in place.
+// Tasks: the paged list with exact counts by status (GET /v1/stats) and a lateness chart, one
+// task's detail with its attempts, and the create and modify forms. Live events update rows in
+// place and refresh the counts.
 
 import { api, page, query } from "./api.js";
 import { alertBox, badge, confirmButton, fill, h, ms, pretty, svg, when } from "./dom.js";
@@ -10,23 +11,17 @@ const CHANGEABLE = new Set(["scheduled", "retrying"]);
 const LIMIT = 50;
 const MAX_INSERTS = 50; // more new tasks than this at once: reload the first page instead
 
-// What the page has seen, kept across views: every task's last known status (for the counts,
-// kept current by events) and the latest full copy of loaded tasks (for the lateness chart).
-const known = new Map();
+// Kept across views: the latest full copy of loaded tasks (for the lateness chart) and the filter.
 const cache = new Map();
-const complete = new Set(); // "all" or a status whose list has been read to the end
 let filter = "";
 
 /** Forget everything: called on sign-out, so the next account starts clean. */
 export function reset() {
-  known.clear();
   cache.clear();
-  complete.clear();
   filter = "";
 }
 
 function remember(task) {
-  known.set(task.id, task.status);
   cache.set(task.id, task);
 }
 
@@ -47,6 +42,7 @@ function listView(root) {
   const rows = new Map(); // id -> <tr>
   let cursor = null;
   let generation = 0; // answers for an older filter are dropped
+  let counts = null; // the owner's tasks by status, from GET /v1/stats
   const tbody = h("tbody");
   const more = h("button", { type: "button", onclick: () => load(false) }, "Load more");
   const shown = h("span", { class: "muted", role: "status" });
@@ -145,9 +141,8 @@ function listView(root) {
       }
       tbody.append(frag);
       cursor = answer.next_cursor;
-      if (!cursor) complete.add(filter || "all");
       footer();
-      summary.now();
+      redrawChart.now();
     } catch (err) {
       if (gen === generation) problem.show(err.message);
     } finally {
@@ -155,27 +150,26 @@ function listView(root) {
     }
   }
 
-  const summary = throttled(() => {
+  const redrawChart = throttled(() => renderChart(chart), 250);
+  const stats = liveStats((answer) => {
+    counts = answer.tasks;
     renderChips();
-    renderChart(chart);
-  }, 250);
+  });
 
   function renderChips() {
-    const counts = Object.fromEntries(STATUSES.map((s) => [s, 0]));
-    for (const s of known.values()) counts[s] = (counts[s] ?? 0) + 1;
-    const exact = (s) => complete.has("all") || complete.has(s);
-    const chip = (value, label, n, plus) => {
+    const total = counts && STATUSES.reduce((sum, s) => sum + (counts[s] ?? 0), 0);
+    const chip = (value, label, n) => {
       const b = h(
         "button",
         { type: "button", class: `chip s-${value || "all"}`, "aria-pressed": String(filter === value), "data-status": value || "all" },
         label,
         " ",
-        h("span", { class: "count" }, `${n}${plus ? "+" : ""}`),
+        h("span", { class: "count" }, counts ? String(n ?? 0) : "…"),
       );
       b.addEventListener("click", () => {
         if (filter === value) return;
         filter = value;
-        summary.now();
+        renderChips();
         load(true);
       });
       return b;
@@ -183,8 +177,8 @@ function listView(root) {
     const focused = chips.contains(document.activeElement) ? document.activeElement.dataset.status : null;
     fill(
       chips,
-      chip("", "All", known.size, !complete.has("all")),
-      STATUSES.map((s) => chip(s, s, counts[s], !exact(s))),
+      chip("", "All", total),
+      STATUSES.map((s) => chip(s, s, counts?.[s])),
     );
     if (focused) chips.querySelector(`[data-status="${focused}"]`)?.focus();
   }
@@ -211,18 +205,18 @@ function listView(root) {
       }
     });
     footer();
-    summary.soon();
+    redrawChart.soon();
   }, 150);
 
   footer();
-  summary.now();
+  renderChips();
+  redrawChart.now();
   load(true);
 
   return {
     onEvent(e) {
       if (e.type !== "task") return;
-      known.set(e.id, e.status);
-      summary.soon();
+      stats.soon();
       const tr = rows.get(e.id);
       if (tr) {
         tr.dataset.status = e.status;
@@ -235,10 +229,14 @@ function listView(root) {
       pending.add(e.id);
       flush.soon();
     },
-    refresh: () => load(true),
+    refresh() {
+      stats.now();
+      load(true);
+    },
     unmount() {
       flush.cancel();
-      summary.cancel();
+      redrawChart.cancel();
+      stats.cancel();
     },
   };
 }
@@ -482,6 +480,25 @@ export function throttled(fn, wait) {
       timer = null;
     },
   };
+}
+
+/**
+ * The owner's exact counts from GET /v1/stats, handed to `render` now and, after soon() (called
+ * on live events), at most every 500 ms; an answer overtaken by a newer request is dropped.
+ */
+export function liveStats(render) {
+  let asked = 0;
+  const stats = throttled(async () => {
+    const turn = ++asked;
+    try {
+      const answer = await api("GET", "/v1/stats");
+      if (turn === asked) render(answer);
+    } catch {
+      // keep the counts shown; the next event or reconnect asks again
+    }
+  }, 500);
+  stats.now();
+  return stats;
 }
 
 /** Run `fn` over `items`, at most `n` at a time. */
