@@ -33,6 +33,7 @@ class Settings:
     function_timeout_s: float = 30.0
     lease_s: float = c.DEFAULT_LEASE_S
     max_in_flight: int = c.DEFAULT_MAX_IN_FLIGHT
+    shutdown_grace_s: float = 30.0
     token_ttl_s: int = c.DEFAULT_TOKEN_TTL_S
     log_format: str = "json"
     log_level: str = "info"
@@ -61,6 +62,7 @@ class Settings:
             function_timeout_s=r.number("TASKORCH_FUNCTION_TIMEOUT_S", 30.0, lo=0.1),
             lease_s=r.number("TASKORCH_LEASE_S", c.DEFAULT_LEASE_S, lo=1.0),
             max_in_flight=r.whole("TASKORCH_MAX_IN_FLIGHT", c.DEFAULT_MAX_IN_FLIGHT, lo=1),
+            shutdown_grace_s=r.number("TASKORCH_SHUTDOWN_GRACE_S", 30.0, lo=0.0),
             token_ttl_s=r.whole("TASKORCH_TOKEN_TTL_S", c.DEFAULT_TOKEN_TTL_S, lo=1),
             log_format=r.choice("TASKORCH_LOG_FORMAT", "json", ("json", "console")),
             log_level=r.choice("TASKORCH_LOG_LEVEL", "info", ("debug", "info", "warning", "error")),

@@ -66,6 +66,8 @@ class Worker:
         store: the Redis store.
         session: the aiohttp session every call goes through.
         lease_s: how long a dead worker's jobs wait before another worker recovers them.
+        shutdown_grace_s: on SIGTERM, how long calls in flight may finish before the worker
+            exits anyway (their leases then lapse and another worker retries them).
         handlers: coroutines for non-task jobs by function name (orchestration events).
     """
 
@@ -80,6 +82,7 @@ class Worker:
         poll_s: float = c.POLL_INTERVAL_S,
         handlers: dict[str, JobHandler] | None = None,
         worker_id: str | None = None,
+        shutdown_grace_s: float = 30.0,
     ) -> None:
         self.store = store
         self.session = session
@@ -88,6 +91,7 @@ class Worker:
         self.claim_ahead_ms = claim_ahead_ms
         self.poll_s = poll_s
         self.handlers = handlers or {}
+        self.shutdown_grace_s = shutdown_grace_s
         self.id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{random.randrange(16**6):06x}"
         self._held: dict[str, Claimed] = {}  # job -> claim, from claim until outcome recorded
         self._timers: dict[str, asyncio.TimerHandle] = {}
@@ -132,7 +136,13 @@ class Worker:
                 self._held.pop(cl.job, None)
         if self._calls:
             log.info("worker.draining", worker=self.id, in_flight=len(self._calls))
-            await asyncio.wait(self._calls)
+            _, pending = await asyncio.wait(self._calls, timeout=self.shutdown_grace_s)
+            if pending:
+                # Their leases lapse and any other worker retries them within lease_s.
+                log.warning("worker.abandoned_calls", worker=self.id, calls=len(pending))
+                for t in pending:
+                    t.cancel()
+                await asyncio.gather(*pending, return_exceptions=True)
         while self._outcomes or self._flushing:
             if self._flushing:
                 await asyncio.sleep(0.05)
@@ -390,6 +400,7 @@ def run_worker(settings: Settings) -> None:
                 lease_s=settings.lease_s,
                 max_in_flight=settings.max_in_flight,
                 handlers=handlers(store, session),
+                shutdown_grace_s=settings.shutdown_grace_s,
             )
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGTERM, signal.SIGINT):

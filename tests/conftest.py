@@ -319,6 +319,7 @@ def workers(redis_url: str, tmp_path: Path) -> Iterator[WorkerProcs]:
         "TASKORCH_ALLOW_PRIVATE_TARGETS": "1",
         "TASKORCH_LEASE_S": "3",
         "TASKORCH_LOG_LEVEL": "info",
+        "TASKORCH_SHUTDOWN_GRACE_S": "2",
     }
     w = WorkerProcs(env, tmp_path)
     yield w
