@@ -42,10 +42,9 @@ class _Input(Struct, forbid_unknown_fields=True):
         return []
 
 
-class TaskSpec(_Input):
-    """What one HTTP call is and how it is retried: the part shared by tasks and steps."""
+class CallPolicy(_Input, kw_only=True):
+    """How one HTTP call is made and retried: shared by tasks, steps and function schedules."""
 
-    url: Annotated[str, Meta(min_length=1, max_length=8192)]
     method: Method = "POST"
     headers: dict[str, str] = {}
     payload: Any = None
@@ -54,6 +53,12 @@ class TaskSpec(_Input):
     backoff: Annotated[float, Meta(ge=1)] = c.DEFAULT_BACKOFF
     max_retry_delay: Seconds = c.DEFAULT_MAX_RETRY_DELAY_S
     timeout: Annotated[float, Meta(ge=1, le=c.MAX_TIMEOUT_S)] = c.DEFAULT_TIMEOUT_S
+
+
+class TaskSpec(CallPolicy, kw_only=True):
+    """What one HTTP call is and how it is retried: the part shared by tasks and steps."""
+
+    url: Annotated[str, Meta(min_length=1, max_length=8192)]
 
 
 class TaskCreate(TaskSpec):
@@ -223,17 +228,9 @@ class OrchestrationPage(Struct):
     next_cursor: str | None
 
 
-class FunctionSchedule(_Input):
+class FunctionSchedule(CallPolicy, kw_only=True):
     """Task fields for the task that calls a function once it is ready (its url is the trigger)."""
 
-    method: Method = "POST"
-    headers: dict[str, str] = {}
-    payload: Any = None
-    retries: Annotated[int, Meta(ge=0, le=c.MAX_RETRIES)] = c.DEFAULT_RETRIES
-    retry_delay: Seconds = c.DEFAULT_RETRY_DELAY_S
-    backoff: Annotated[float, Meta(ge=1)] = c.DEFAULT_BACKOFF
-    max_retry_delay: Seconds = c.DEFAULT_MAX_RETRY_DELAY_S
-    timeout: Annotated[float, Meta(ge=1, le=c.MAX_TIMEOUT_S)] = c.DEFAULT_TIMEOUT_S
     run_at: dt.datetime | None = None
     delay: Seconds | None = None
     name: Annotated[str, Meta(max_length=200)] | None = None

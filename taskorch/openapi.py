@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 from functools import lru_cache
 from typing import Any
 
@@ -57,9 +58,91 @@ def _op(
     return op
 
 
-_ORC = [{"name": "orc_id", "in": "path", "required": True, "schema": {"type": "string"}}]
-_FN = [{"name": "fn_id", "in": "path", "required": True, "schema": {"type": "string"}}]
-_ID = [{"name": "task_id", "in": "path", "required": True, "schema": {"type": "string"}}]
+def _path_id(name: str) -> list[dict[str, Any]]:
+    return [{"name": name, "in": "path", "required": True, "schema": {"type": "string"}}]
+
+
+def _list_params(statuses: type[enum.Enum] | None) -> list[dict[str, Any]]:
+    params: list[dict[str, Any]] = [
+        {
+            "name": "limit",
+            "in": "query",
+            "schema": {"type": "integer", "minimum": 1, "maximum": 500},
+        },
+        {"name": "cursor", "in": "query", "schema": {"type": "string"}},
+    ]
+    if statuses is not None:
+        enum_values = [s.value for s in statuses]
+        params.insert(
+            0, {"name": "status", "in": "query", "schema": {"type": "string", "enum": enum_values}}
+        )
+    return params
+
+
+_IDEMPOTENCY = {
+    "name": "Idempotency-Key",
+    "in": "header",
+    "required": False,
+    "schema": {"type": "string", "maxLength": 255},
+}
+
+
+def _steerable(
+    prefix: str,
+    noun: str,
+    *,
+    id_name: str,
+    statuses: type[enum.Enum],
+    create_summary: str,
+    patch_when: str,
+    cancel_when: str,
+) -> dict[str, Any]:
+    """The five routes tasks and orchestrations share: create, list, get, modify, cancel."""
+    model = noun.capitalize()
+    ids = _path_id(id_name)
+    return {
+        prefix: {
+            "post": _op(
+                create_summary,
+                {
+                    "201": _json(model, "Created"),
+                    "200": _json(model, "An Idempotency-Key repeat: the first one"),
+                },
+                body=f"{model}Create",
+                codes=("400", "401", "403", "413", "422"),
+                params=[_IDEMPOTENCY],
+            ),
+            "get": _op(
+                f"List {noun}s, newest first",
+                {"200": _json(f"{model}Page", "A page")},
+                codes=("401", "403", "422"),
+                params=_list_params(statuses),
+            ),
+        },
+        f"{prefix}/{{{id_name}}}": {
+            "get": _op(
+                f"Get a {noun}",
+                {"200": _json(model, "It")},
+                codes=("401", "403", "404"),
+                params=ids,
+            ),
+            "patch": _op(
+                f"Modify a {noun} while {patch_when}",
+                {"200": _json(model, "It")},
+                body=f"{model}Patch",
+                codes=("400", "401", "403", "404", "409", "413", "422"),
+                params=ids,
+            ),
+        },
+        f"{prefix}/{{{id_name}}}/cancel": {
+            "post": _op(
+                f"Cancel a {noun} while {cancel_when}",
+                {"200": _json(model, "It")},
+                codes=("401", "403", "404", "409"),
+                params=ids,
+            ),
+        },
+    }
 
 
 @lru_cache(maxsize=1)
@@ -86,13 +169,24 @@ def _components() -> dict[str, Any]:
     return components
 
 
+def _simple(summary: str, **responses: str) -> dict[str, Any]:
+    return {
+        "get": {
+            "summary": summary,
+            "security": [],
+            "responses": {code.lstrip("_"): {"description": d} for code, d in responses.items()},
+        }
+    }
+
+
 def document(settings: Settings) -> dict[str, Any]:
+    fn_id = _path_id("fn_id")
     return {
         "openapi": "3.1.0",
         "info": {
             "title": "taskorch",
             "version": "0.1.0",
-            "description": "Scheduled HTTP tasks and orchestrations on Redis.",
+            "description": "Scheduled HTTP tasks, orchestrations and functions on Redis.",
         },
         "servers": [{"url": settings.public_url}],
         "components": {
@@ -112,124 +206,24 @@ def document(settings: Settings) -> dict[str, Any]:
                     auth=False,
                 )
             },
-            "/v1/tasks": {
-                "post": _op(
-                    "Schedule an HTTP call",
-                    {
-                        "201": _json("Task", "Created"),
-                        "200": _json("Task", "An Idempotency-Key repeat: the first task"),
-                    },
-                    body="TaskCreate",
-                    codes=("400", "401", "403", "413", "422"),
-                    params=[
-                        {
-                            "name": "Idempotency-Key",
-                            "in": "header",
-                            "required": False,
-                            "schema": {"type": "string", "maxLength": 255},
-                        }
-                    ],
-                ),
-                "get": _op(
-                    "List tasks, newest first",
-                    {"200": _json("TaskPage", "A page")},
-                    codes=("401", "403", "422"),
-                    params=[
-                        {
-                            "name": "status",
-                            "in": "query",
-                            "schema": {
-                                "type": "string",
-                                "enum": [s.value for s in models.TaskStatus],
-                            },
-                        },
-                        {
-                            "name": "limit",
-                            "in": "query",
-                            "schema": {"type": "integer", "minimum": 1, "maximum": 500},
-                        },
-                        {"name": "cursor", "in": "query", "schema": {"type": "string"}},
-                    ],
-                ),
-            },
-            "/v1/tasks/{task_id}": {
-                "get": _op(
-                    "Get a task",
-                    {"200": _json("Task", "The task")},
-                    codes=("401", "403", "404"),
-                    params=_ID,
-                ),
-                "patch": _op(
-                    "Modify a scheduled or retrying task",
-                    {"200": _json("Task", "The task")},
-                    body="TaskPatch",
-                    codes=("400", "401", "403", "404", "409", "413", "422"),
-                    params=_ID,
-                ),
-            },
-            "/v1/tasks/{task_id}/cancel": {
-                "post": _op(
-                    "Cancel a scheduled or retrying task",
-                    {"200": _json("Task", "The task")},
-                    codes=("401", "403", "404", "409"),
-                    params=_ID,
-                ),
-            },
-            "/v1/orchestrations": {
-                "post": _op(
-                    "Create an orchestration: steps in order, a condition check between them",
-                    {
-                        "201": _json("Orchestration", "Created"),
-                        "200": _json("Orchestration", "An Idempotency-Key repeat"),
-                    },
-                    body="OrchestrationCreate",
-                    codes=("400", "401", "403", "413", "422"),
-                ),
-                "get": _op(
-                    "List orchestrations, newest first",
-                    {"200": _json("OrchestrationPage", "A page")},
-                    codes=("401", "403", "422"),
-                    params=[
-                        {
-                            "name": "status",
-                            "in": "query",
-                            "schema": {
-                                "type": "string",
-                                "enum": [s.value for s in models.OrchestrationStatus],
-                            },
-                        },
-                        {
-                            "name": "limit",
-                            "in": "query",
-                            "schema": {"type": "integer", "minimum": 1, "maximum": 500},
-                        },
-                        {"name": "cursor", "in": "query", "schema": {"type": "string"}},
-                    ],
-                ),
-            },
-            "/v1/orchestrations/{orc_id}": {
-                "get": _op(
-                    "Get an orchestration",
-                    {"200": _json("Orchestration", "It")},
-                    codes=("401", "403", "404"),
-                    params=_ORC,
-                ),
-                "patch": _op(
-                    "Modify a scheduled orchestration",
-                    {"200": _json("Orchestration", "It")},
-                    body="OrchestrationPatch",
-                    codes=("400", "401", "403", "404", "409", "413", "422"),
-                    params=_ORC,
-                ),
-            },
-            "/v1/orchestrations/{orc_id}/cancel": {
-                "post": _op(
-                    "Cancel a scheduled or running orchestration",
-                    {"200": _json("Orchestration", "It")},
-                    codes=("401", "403", "404", "409"),
-                    params=_ORC,
-                ),
-            },
+            **_steerable(
+                "/v1/tasks",
+                "task",
+                id_name="task_id",
+                statuses=models.TaskStatus,
+                create_summary="Schedule an HTTP call",
+                patch_when="scheduled or retrying",
+                cancel_when="scheduled or retrying",
+            ),
+            **_steerable(
+                "/v1/orchestrations",
+                "orchestration",
+                id_name="orc_id",
+                statuses=models.OrchestrationStatus,
+                create_summary="Run steps in order with a condition check between them",
+                patch_when="scheduled",
+                cancel_when="scheduled or running",
+            ),
             "/v1/functions": {
                 "post": _op(
                     "Upload a function (JSON, or multipart with the code as a file)",
@@ -241,6 +235,7 @@ def document(settings: Settings) -> dict[str, Any]:
                     "List functions, newest first",
                     {"200": _json("FunctionPage", "A page")},
                     codes=("401", "403", "422"),
+                    params=_list_params(None),
                 ),
             },
             "/v1/functions/{fn_id}": {
@@ -248,34 +243,28 @@ def document(settings: Settings) -> dict[str, Any]:
                     "Get a function",
                     {"200": _json("Function", "It")},
                     codes=("401", "403", "404"),
-                    params=_FN,
+                    params=fn_id,
                 ),
                 "delete": _op(
                     "Delete a function (and its Lambda function and URL)",
                     {"204": {"description": "Deleted"}},
                     codes=("401", "403", "404"),
-                    params=_FN,
+                    params=fn_id,
                 ),
             },
             "/fn/{fn_id}/{key}": {
                 "post": {
                     "summary": "A function's trigger URL: the body is the event, the answer the handler's result",
                     "security": [],
-                    "parameters": [
-                        *_FN,
-                        {
-                            "name": "key",
-                            "in": "path",
-                            "required": True,
-                            "schema": {"type": "string"},
-                        },
-                    ],
+                    "parameters": [*fn_id, *_path_id("key")],
                     "requestBody": {"content": {"application/json": {"schema": {}}}},
                     "responses": {
                         "200": {"description": "The handler's return value as JSON"},
                         "404": _json("Error", "Wrong id or key"),
                         "500": _json("Error", "The handler raised (function_error)"),
-                        "504": _json("Error", "The handler ran past its timeout"),
+                        "504": _json(
+                            "Error", "The handler ran past its timeout (function_timeout)"
+                        ),
                     },
                 },
             },
@@ -298,29 +287,8 @@ def document(settings: Settings) -> dict[str, Any]:
                     "responses": {"200": {"description": "text/event-stream"}},
                 }
             },
-            "/healthz": {
-                "get": {
-                    "summary": "Process up",
-                    "security": [],
-                    "responses": {"200": {"description": "ok"}},
-                }
-            },
-            "/readyz": {
-                "get": {
-                    "summary": "Redis reachable",
-                    "security": [],
-                    "responses": {
-                        "200": {"description": "ok"},
-                        "503": {"description": "Redis unreachable"},
-                    },
-                }
-            },
-            "/metrics": {
-                "get": {
-                    "summary": "Prometheus metrics",
-                    "security": [],
-                    "responses": {"200": {"description": "text/plain"}},
-                }
-            },
+            "/healthz": _simple("Process up", _200="ok"),
+            "/readyz": _simple("Redis reachable", _200="ok", _503="Redis unreachable"),
+            "/metrics": _simple("Prometheus metrics", _200="text/plain"),
         },
     }
