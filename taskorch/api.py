@@ -20,7 +20,7 @@ import redis.exceptions
 import structlog
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import FileResponse, Response, StreamingResponse
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
@@ -48,6 +48,7 @@ from taskorch.models import (
     TokenResponse,
     convert,
     decode_body,
+    parse_json,
 )
 from taskorch.orchestrations import Orchestrations
 from taskorch.settings import Settings
@@ -75,7 +76,7 @@ async def read_body(request: Request, limit: int = c.MAX_BODY_BYTES) -> bytes:
     """The request body, refusing more than ``limit`` bytes before reading it all."""
     declared = request.headers.get("content-length")
     too_big = PayloadTooLarge(f"The body is larger than {limit} bytes.")
-    if declared and declared.isdigit() and int(declared) > limit:
+    if declared and declared.isascii() and declared.isdigit() and int(declared) > limit:
         raise too_big
     chunks, size = [], 0
     async for chunk in request.stream():
@@ -130,7 +131,7 @@ def _limit_param(request: Request) -> int:
     raw = request.query_params.get("limit")
     if raw is None:
         return c.DEFAULT_LIST_LIMIT
-    if not raw.isdigit() or not 1 <= int(raw) <= c.MAX_LIST_LIMIT:
+    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= c.MAX_LIST_LIMIT:
         raise _invalid_param("limit", f"must be a whole number from 1 to {c.MAX_LIST_LIMIT}")
     return int(raw)
 
@@ -265,7 +266,7 @@ async def create_function(request: Request) -> Response:
 async def _function_form(request: Request) -> dict[str, Any]:
     """A multipart create: the code as a file (or a text field), the rest as fields."""
     declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > c.MAX_BODY_BYTES:
+    if declared and declared.isascii() and declared.isdigit() and int(declared) > c.MAX_BODY_BYTES:
         raise PayloadTooLarge(f"The body is larger than {c.MAX_BODY_BYTES} bytes.")
     data: dict[str, Any] = {}
     try:
@@ -285,7 +286,7 @@ async def _function_form(request: Request) -> dict[str, Any]:
         await form.close()
     if isinstance(data.get("schedule"), str):
         try:
-            data["schedule"] = msgspec.json.decode(data["schedule"])
+            data["schedule"] = parse_json(data["schedule"], "The schedule field")
         except msgspec.DecodeError:
             raise _invalid_param("schedule", "must be a JSON object") from None
     return data
@@ -318,10 +319,7 @@ async def trigger_function(request: Request) -> Response:
     fns: Functions = request.state.functions
     try:
         raw = await read_body(request)
-        try:
-            event = msgspec.json.decode(raw) if raw.strip() else None
-        except msgspec.DecodeError as exc:
-            raise BadRequest(f"The event is not valid JSON: {exc}.", code="invalid_json") from None
+        event = parse_json(raw, "The event")
         fid, key = request.path_params["fn_id"], request.path_params["key"]
         try:
             result = await fns.invoke(fid, key, event)
@@ -474,6 +472,10 @@ def _wrap(
             return await endpoint(request)
         except ApiError as exc:
             return error_response(exc)
+        except ClientDisconnect:
+            # The client hung up mid-body: nobody is left to answer, and it is not our error.
+            log.info("api.client_disconnected", path=request.url.path)
+            return Response(status_code=400)
         except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
             log.error("api.redis_unavailable", error=str(exc), path=request.url.path)
             unavailable = ApiError("Redis is unreachable; try again shortly.", code="unavailable")

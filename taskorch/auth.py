@@ -71,6 +71,11 @@ class TokenVerifier:
         except (jwt.PyJWTError, ValueError) as exc:
             raise Unauthorized(f"The token is not valid: {exc}.", code="invalid_token") from None
         sub = claims.get("sub")
+        if isinstance(sub, str):
+            try:
+                sub.encode("utf-8")
+            except UnicodeEncodeError:  # a lone surrogate: valid JSON, not storable text
+                sub = None
         if not isinstance(sub, str) or not sub or ":" in sub:
             raise Unauthorized(
                 "The token's sub claim must be a non-empty string without ':'.",

@@ -34,6 +34,7 @@ WORKERS_KEY = KEY_PREFIX + "workers"  # zset worker id -> last heartbeat ms, for
 DEFAULT_RETRIES = 3
 DEFAULT_RETRY_DELAY_S = 1.0
 DEFAULT_BACKOFF = 2.0
+MAX_BACKOFF = 1000.0  # beyond this every retry waits max_retry_delay anyway
 DEFAULT_MAX_RETRY_DELAY_S = 300.0
 DEFAULT_TIMEOUT_S = 30.0
 MAX_RETRIES = 100

@@ -50,7 +50,7 @@ class CallPolicy(_Input, kw_only=True):
     payload: Any = None
     retries: Annotated[int, Meta(ge=0, le=c.MAX_RETRIES)] = c.DEFAULT_RETRIES
     retry_delay: Seconds = c.DEFAULT_RETRY_DELAY_S
-    backoff: Annotated[float, Meta(ge=1)] = c.DEFAULT_BACKOFF
+    backoff: Annotated[float, Meta(ge=1, le=c.MAX_BACKOFF)] = c.DEFAULT_BACKOFF
     max_retry_delay: Seconds = c.DEFAULT_MAX_RETRY_DELAY_S
     timeout: Annotated[float, Meta(ge=1, le=c.MAX_TIMEOUT_S)] = c.DEFAULT_TIMEOUT_S
 
@@ -78,7 +78,7 @@ class TaskPatch(_Input):
     payload: Any | UnsetType = UNSET
     retries: Annotated[int, Meta(ge=0, le=c.MAX_RETRIES)] | UnsetType = UNSET
     retry_delay: Seconds | UnsetType = UNSET
-    backoff: Annotated[float, Meta(ge=1)] | UnsetType = UNSET
+    backoff: Annotated[float, Meta(ge=1, le=c.MAX_BACKOFF)] | UnsetType = UNSET
     max_retry_delay: Seconds | UnsetType = UNSET
     timeout: Annotated[float, Meta(ge=1, le=c.MAX_TIMEOUT_S)] | UnsetType = UNSET
     run_at: dt.datetime | UnsetType | None = UNSET
@@ -352,8 +352,16 @@ def _headers_rule(value: Any) -> list[tuple[str, str]]:
 # formed, so a bad url is reported beside a bad retries instead of after it is fixed.
 def _run_at_rule(value: Any) -> list[tuple[str, str]]:
     when = msgspec.convert(value, dt.datetime | None, strict=False)
-    if when is not None and when.tzinfo is None:
+    if when is None:
+        return []
+    if when.tzinfo is None:
         return [("", "must carry a UTC offset, such as 2026-11-26T18:31:06Z")]
+    try:
+        too_late = when.astimezone(dt.UTC).year >= 9999
+    except OverflowError:
+        too_late = True
+    if too_late:  # answers are in UTC, and year 10000 cannot be written
+        return [("", "must be before 9999-01-01T00:00:00Z")]
     return []
 
 
@@ -385,8 +393,10 @@ def retry_wait_s(
     """
     if retry_after_s is not None:
         return min(max(retry_after_s, 0.0), spec.max_retry_delay)
-    base = spec.retry_delay * spec.backoff ** (retry_number - 1)
-    base = min(base, spec.max_retry_delay)
+    try:
+        base = min(spec.retry_delay * spec.backoff ** (retry_number - 1), spec.max_retry_delay)
+    except OverflowError:  # a large backoff to a high power: the cap applies
+        base = spec.max_retry_delay
     return min(base * (1 + c.RETRY_JITTER * jitter), max(spec.max_retry_delay, base))
 
 
@@ -395,13 +405,24 @@ def retry_wait_s(
 T = TypeVar("T", bound=_Input)
 
 
+def parse_json(raw: bytes | str, what: str = "The body") -> Any:
+    """Parse JSON from a client; anything unparseable is a 400 ``invalid_json``, never a 500.
+
+    msgspec raises more than DecodeError on hostile input: RecursionError for deep nesting and
+    UnicodeDecodeError for invalid UTF-8 inside a string.
+    """
+    if not raw.strip():
+        return None
+    try:
+        return msgspec.json.decode(raw)
+    except (msgspec.DecodeError, RecursionError, UnicodeDecodeError, ValueError) as exc:
+        reason = "it is nested too deeply" if isinstance(exc, RecursionError) else str(exc)
+        raise BadRequest(f"{what} is not valid JSON: {reason}.", code="invalid_json") from None
+
+
 def decode_body(raw: bytes, kind: type[T]) -> T:
     """Parse a request body into ``kind`` or raise 400/422 listing every problem found."""
-    try:
-        data = msgspec.json.decode(raw) if raw.strip() else None
-    except msgspec.DecodeError as exc:
-        raise BadRequest(f"The body is not valid JSON: {exc}.", code="invalid_json") from None
-    return convert(data, kind)
+    return convert(parse_json(raw), kind)
 
 
 def convert(data: Any, kind: type[T]) -> T:

@@ -179,6 +179,32 @@ def _simple(summary: str, **responses: str) -> dict[str, Any]:
     }
 
 
+def _function_upload() -> dict[str, Any]:
+    op = _op(
+        "Upload a function (JSON, or multipart with the code as a file)",
+        {"201": _json("Function", "Created; building")},
+        body="FunctionCreate",
+        codes=("400", "401", "403", "413", "422"),
+    )
+    # The multipart form carries the same fields; `code` may be a file, `schedule` JSON text.
+    op["requestBody"]["content"]["multipart/form-data"] = {
+        "schema": {
+            "type": "object",
+            "required": ["name", "runtime", "code"],
+            "properties": {
+                "name": {"type": "string"},
+                "runtime": {"type": "string", "enum": ["python", "java", "node"]},
+                "code": {"type": "string", "format": "binary"},
+                "handler": {"type": "string"},
+                "requirements": {"type": "string"},
+                "provider": {"type": "string", "enum": ["local", "aws"]},
+                "schedule": {"type": "string", "description": "FunctionSchedule as JSON text"},
+            },
+        }
+    }
+    return op
+
+
 def document(settings: Settings) -> dict[str, Any]:
     fn_id = _path_id("fn_id")
     return {
@@ -225,12 +251,7 @@ def document(settings: Settings) -> dict[str, Any]:
                 cancel_when="scheduled or running",
             ),
             "/v1/functions": {
-                "post": _op(
-                    "Upload a function (JSON, or multipart with the code as a file)",
-                    {"201": _json("Function", "Created; building")},
-                    body="FunctionCreate",
-                    codes=("400", "401", "403", "413", "422"),
-                ),
+                "post": _function_upload(),
                 "get": _op(
                     "List functions, newest first",
                     {"200": _json("FunctionPage", "A page")},

@@ -240,20 +240,27 @@ class Worker:
     async def _fire(self, cl: Claimed, attempt: int) -> None:
         spec = cl.spec
         assert spec is not None
-        result = await outbound.call(
-            self.session,
-            url=spec.url,
-            method=spec.method,
-            headers=spec.headers,
-            payload=spec.payload,
-            timeout_s=spec.timeout,
-            extra_headers={
-                "Idempotency-Key": cl.arg,
-                "X-Taskorch-Task-Id": cl.arg,
-                "X-Taskorch-Attempt": str(attempt),
-                "X-Taskorch-Scheduled-For": fmt_ms(cl.due_ms) or "",
-            },
-        )
+        try:
+            result = await outbound.call(
+                self.session,
+                url=spec.url,
+                method=spec.method,
+                headers=spec.headers,
+                payload=spec.payload,
+                timeout_s=spec.timeout,
+                extra_headers={
+                    "Idempotency-Key": cl.arg,
+                    "X-Taskorch-Task-Id": cl.arg,
+                    "X-Taskorch-Attempt": str(attempt),
+                    "X-Taskorch-Scheduled-For": fmt_ms(cl.due_ms) or "",
+                },
+            )
+        except Exception as exc:
+            # A bug of ours must still end in an outcome, or the task would stay running while
+            # this worker keeps renewing its lease.
+            log.exception("task.call_crashed", task_id=cl.arg, attempt=attempt)
+            t = time.time() * 1000
+            result = outbound.CallResult(t, t, error=f"internal error: {type(exc).__name__}: {exc}")
         lateness = result.started_ms - cl.due_ms
         next_due = 0
         if result.ok:
