@@ -151,7 +151,9 @@ async def create(rig: Rig, dues: list[float]) -> dict[str, float]:
         task, _ = await store.create_task(
             "bench", TaskCreate(url=url, retries=0, run_at=dt.datetime.fromtimestamp(due, dt.UTC))
         )
-        out[task.id] = int(due * 1000) / 1000  # the store keeps ms
+        # The reference is the due time the store kept (whole ms), not the float asked for.
+        assert task.run_at is not None
+        out[task.id] = dt.datetime.fromisoformat(task.run_at).timestamp()
 
     for i in range(0, len(dues), 64):
         await asyncio.gather(*(one(d) for d in dues[i : i + 64]))

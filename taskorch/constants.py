@@ -63,6 +63,10 @@ CLAIM_AHEAD_MS = 1000
 # than this is announced on WAKE_CHANNEL, so the poll only bounds how late a lost wake-up can be.
 POLL_INTERVAL_S = 0.25
 CLAIM_BATCH = 1000  # jobs per claim round trip
+# How long before its due time a task's compare-and-set to "running" is made, so that the Redis
+# round trip is over when the call is due. From then on a cancel or modify answers 409: the call
+# is committed and goes out at the due time, never before.
+START_LEAD_MS = 2
 # A claim lapses this long after its due time unless renewed: the bound on how long a task whose
 # worker died waits before another worker retries it. Configurable with TASKORCH_LEASE_S.
 DEFAULT_LEASE_S = 30.0

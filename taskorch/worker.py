@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import math
 import os
 import random
 import socket
@@ -94,7 +95,9 @@ class Worker:
         self.shutdown_grace_s = shutdown_grace_s
         self.id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{random.randrange(16**6):06x}"
         self._held: dict[str, Claimed] = {}  # job -> claim, from claim until outcome recorded
-        self._timers: dict[str, asyncio.TimerHandle] = {}
+        self._slots: dict[int, list[Claimed]] = {}  # due ms -> claims waiting for it
+        self._timers: dict[int, asyncio.TimerHandle] = {}  # due ms -> its timer
+        self._gates: dict[int, asyncio.Future[None]] = {}  # due ms -> opens at that time
         self._due: list[Claimed] = []
         self._outcomes: list[tuple[Claimed, list[Any]]] = []
         self._calls: set[asyncio.Task[None]] = set()
@@ -124,10 +127,11 @@ class Worker:
         self._wake.set()
 
     async def _shutdown(self) -> None:
-        unstarted = [self._held[j] for j in list(self._timers)]
+        unstarted = [cl for slot in self._slots.values() for cl in slot]
         for handle in self._timers.values():
             handle.cancel()
         self._timers.clear()
+        self._slots.clear()
         if unstarted:
             with contextlib.suppress(*_REDIS_DOWN):
                 n = await self.store.release(self.id, [(cl.job, cl.due_ms) for cl in unstarted])
@@ -184,20 +188,52 @@ class Worker:
                 await asyncio.wait_for(self._wake.wait(), self.poll_s)
 
     def _arm(self, cl: Claimed) -> None:
+        """Wait for ``cl`` on the timer of its due millisecond (one timer per distinct ms)."""
         self._held[cl.job] = cl
-        delay = cl.due_ms / 1000 - time.time()
-        loop = asyncio.get_running_loop()
-        self._timers[cl.job] = loop.call_at(loop.time() + max(0.0, delay), self._on_due, cl)
-
-    def _on_due(self, cl: Claimed) -> None:
-        self._timers.pop(cl.job, None)
-        if cl.function != "fire_task":
-            self._spawn(self._run_handler(cl))
+        slot = self._slots.get(cl.due_ms)
+        if slot is not None:
+            slot.append(cl)
             return
-        self._due.append(cl)
-        if not self._start_scheduled:
+        self._slots[cl.due_ms] = [cl]
+        self._set_timer(cl.due_ms)
+
+    def _set_timer(self, due_ms: int) -> None:
+        # Slots wake START_LEAD_MS early: the compare-and-set round trip happens before the due
+        # time, so that at the due time only the call itself is left to do.
+        loop = asyncio.get_running_loop()
+        delay = max(0.0, (due_ms - c.START_LEAD_MS) / 1000 - time.time())
+        self._timers[due_ms] = loop.call_at(loop.time() + delay, self._on_due, due_ms)
+
+    def _on_due(self, due_ms: int) -> None:
+        self._timers.pop(due_ms, None)
+        for cl in self._slots.pop(due_ms, []):
+            if cl.function != "fire_task":
+                self._spawn(self._run_handler(cl))
+            else:
+                self._due.append(cl)
+        if self._due and not self._start_scheduled:
             self._start_scheduled = True
             self._spawn(self._flush_start())
+
+    def _gate(self, due_ms: int) -> asyncio.Future[None]:
+        """A future that completes at ``due_ms``, shared by every call due in that millisecond."""
+        gate = self._gates.get(due_ms)
+        if gate is None:
+            gate = self._gates[due_ms] = asyncio.get_running_loop().create_future()
+            self._open_gate(due_ms)
+        return gate
+
+    def _open_gate(self, due_ms: int) -> None:
+        # Event-loop timers can fire up to a millisecond early (uvloop counts whole ms from the
+        # start of its iteration); a call must never start before its time, so check the clock.
+        remaining = due_ms / 1000 - time.time()
+        if remaining > 0:
+            loop = asyncio.get_running_loop()
+            loop.call_at(loop.time() + remaining, self._open_gate, due_ms)
+            return
+        gate = self._gates.pop(due_ms, None)
+        if gate is not None and not gate.done():
+            gate.set_result(None)
 
     def _spawn(self, coro: Awaitable[None]) -> None:
         t = asyncio.ensure_future(coro)
@@ -240,6 +276,8 @@ class Worker:
     async def _fire(self, cl: Claimed, attempt: int) -> None:
         spec = cl.spec
         assert spec is not None
+        if time.time() * 1000 < cl.due_ms:
+            await self._gate(cl.due_ms)
         try:
             result = await outbound.call(
                 self.session,
@@ -268,7 +306,7 @@ class Worker:
         elif attempt <= spec.retries:
             outcome = "retry"
             wait = retry_wait_s(spec, attempt, random.random(), result.retry_after_s)
-            next_due = int(result.finished_ms + wait * 1000)
+            next_due = math.ceil(result.finished_ms + wait * 1000)  # never shortened
         else:
             outcome = "failed"
         log.info(
@@ -329,6 +367,8 @@ class Worker:
 
     async def _run_handler(self, cl: Claimed) -> None:
         handler = self.handlers.get(cl.function)
+        if time.time() * 1000 < cl.due_ms:
+            await self._gate(cl.due_ms)
         try:
             if handler is None:
                 log.error("job.unknown_function", job=cl.job, function=cl.function)

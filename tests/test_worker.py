@@ -18,6 +18,11 @@ def _ts(s: str) -> float:
     return dt.datetime.fromisoformat(s).timestamp()
 
 
+def _ms(s: str) -> int:
+    """An API time as whole epoch ms (the API's precision), free of float rounding."""
+    return round(dt.datetime.fromisoformat(s).timestamp() * 1000)
+
+
 async def test_fires_on_time_with_lateness_and_contract_headers(
     api: Api, target: Target, workers: WorkerProcs
 ) -> None:
@@ -69,10 +74,10 @@ async def test_retries_with_backoff_after_500(
     a = done["attempts"]
     assert [x["status_code"] for x in a] == [500, 500, 200]
     assert [x["number"] for x in a] == [1, 2, 3]
-    gap1 = _ts(a[1]["started_at"]) - _ts(a[0]["finished_at"])
-    gap2 = _ts(a[2]["started_at"]) - _ts(a[1]["finished_at"])
-    assert 0.3 <= gap1 < 0.3 * 1.1 + 0.05, gap1  # retry_delay, plus at most 10 % jitter
-    assert 0.6 <= gap2 < 0.6 * 1.1 + 0.05, gap2  # times backoff
+    gap1 = _ms(a[1]["started_at"]) - _ms(a[0]["finished_at"])
+    gap2 = _ms(a[2]["started_at"]) - _ms(a[1]["finished_at"])
+    assert 300 <= gap1 < 300 * 1.1 + 50, gap1  # retry_delay, plus at most 10 % jitter
+    assert 600 <= gap2 < 600 * 1.1 + 50, gap2  # times backoff
     assert [c.headers["X-Taskorch-Attempt"] for c in target.calls] == ["1", "2", "3"]
 
 
@@ -84,8 +89,8 @@ async def test_429_retry_after_replaces_the_backoff(
     done = await api.wait_status(task["id"], "succeeded")
     a = done["attempts"]
     assert [x["status_code"] for x in a] == [429, 200]
-    gap = _ts(a[1]["started_at"]) - _ts(a[0]["finished_at"])
-    assert 2.0 <= gap < 2.2, gap
+    gap = _ms(a[1]["started_at"]) - _ms(a[0]["finished_at"])
+    assert 2000 <= gap < 2200, gap
 
 
 async def test_timeout_and_refused_connection_are_retried_then_fail_with_every_attempt(
