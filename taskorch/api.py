@@ -284,6 +284,8 @@ async def _function_form(request: Request) -> dict[str, Any]:
                 raise _invalid_param(name, "must be UTF-8 text") from None
     finally:
         await form.close()
+    if data.get("schedule") == "":  # an HTML form's empty field: no schedule
+        del data["schedule"]
     if isinstance(data.get("schedule"), str):
         try:
             data["schedule"] = parse_json(data["schedule"], "The schedule field")

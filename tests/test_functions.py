@@ -146,7 +146,14 @@ async def test_multipart_upload(live: Live) -> None:
         files={"code": ("handler.py", PY.encode(), "text/x-python")},
         headers=live.auth(),
     )
-    assert r.status_code == 422  # an empty schedule is not a JSON object
+    assert r.status_code == 201 and r.json()["task_id"] is None  # an empty field: no schedule
+    r = await live.http.post(
+        "/v1/functions",
+        data={"name": "uploaded", "runtime": "python", "schedule": "{not json"},
+        files={"code": ("handler.py", PY.encode(), "text/x-python")},
+        headers=live.auth(),
+    )
+    assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_json"
     r = await live.http.post(
         "/v1/functions",
         data={"name": "uploaded", "runtime": "python"},
