@@ -129,3 +129,11 @@ export function alertBox() {
   };
   return el;
 }
+
+/** A page heading (focusable, so a route change can move focus to it) with optional actions. */
+export function heading(text, ...extra) {
+  return h("div", { class: "head" }, h("h1", { tabindex: -1 }, text), ...extra);
+}
+
+/** The "← All …" link back to a section's list. */
+export const backLink = (href, label) => h("p", null, h("a", { href }, `← ${label}`));

@@ -2,7 +2,7 @@
 // invoke it with an event.
 
 import { api, page, query } from "./api.js";
-import { alertBox, badge, confirmButton, fill, h, pretty, when } from "./dom.js";
+import { alertBox, backLink, badge, confirmButton, fill, h, heading, pretty, when } from "./dom.js";
 import { field, input, onSubmit, Problems, readJson, select, textarea } from "./forms.js";
 import { throttled } from "./tasks.js";
 
@@ -18,11 +18,8 @@ export function mount(root, [id]) {
   return detailView(root, id);
 }
 
-function heading(text, ...extra) {
-  return h("div", { class: "head" }, h("h1", { tabindex: -1 }, text), ...extra);
-}
 
-const back = () => h("p", null, h("a", { href: "#/functions" }, "← All functions"));
+const back = () => backLink("#/functions", "All functions");
 
 /** A read-only URL with a Copy button (the trigger URL is a credential: shown, never logged). */
 function copyable(url) {

@@ -2,7 +2,7 @@
 // create form with any number of steps and a shared or per-step condition.
 
 import { api, page, query } from "./api.js";
-import { alertBox, badge, confirmButton, fill, h, when } from "./dom.js";
+import { alertBox, backLink, badge, confirmButton, fill, h, heading, when } from "./dom.js";
 import { conditionEditor, field, input, onSubmit, optional, Problems, select, specEditor, whenEditor } from "./forms.js";
 import { liveStats, throttled } from "./tasks.js";
 
@@ -17,11 +17,8 @@ export function mount(root, [id]) {
   return detailView(root, id);
 }
 
-function heading(text, ...extra) {
-  return h("div", { class: "head" }, h("h1", { tabindex: -1 }, text), ...extra);
-}
 
-const back = () => h("p", null, h("a", { href: "#/orchestrations" }, "← All orchestrations"));
+const back = () => backLink("#/orchestrations", "All orchestrations");
 
 function progress(o) {
   const done = o.steps.filter((s) => s.status === "succeeded").length;

@@ -3,7 +3,7 @@
 // place and refresh the counts.
 
 import { api, page, query } from "./api.js";
-import { alertBox, badge, confirmButton, fill, h, ms, pretty, svg, when } from "./dom.js";
+import { alertBox, badge, confirmButton, fill, h, heading, ms, pretty, svg, when } from "./dom.js";
 import { field, input, onSubmit, Problems, specEditor, whenEditor } from "./forms.js";
 
 export const STATUSES = ["scheduled", "running", "retrying", "succeeded", "failed", "cancelled"];
@@ -32,9 +32,6 @@ export function mount(root, [id, action]) {
   return detailView(root, id);
 }
 
-function heading(text, ...extra) {
-  return h("div", { class: "head" }, h("h1", { tabindex: -1 }, text), ...extra);
-}
 
 // -- the list ----------------------------------------------------------------------------------
 
