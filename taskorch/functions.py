@@ -32,7 +32,7 @@ from taskorch.models import (
     TaskCreate,
     fmt_ms,
 )
-from taskorch.store import Redis, Store, new_id, now_ms
+from taskorch.store import Redis, Store, new_id, now_ms, page_ids
 
 log = structlog.get_logger("taskorch.functions")
 _enc = msgspec.json.Encoder()
@@ -123,19 +123,14 @@ class Functions:
         return self._view(h)
 
     async def list(self, owner: str, *, limit: int, cursor: str | None) -> FunctionPage:
-        index = f"{c.OWNER_KEY_PREFIX}{owner}:functions"
-        ids = await self.redis.zrevrangebylex(
-            index, f"({cursor}" if cursor else "+", "-", start=0, num=limit + 1
+        ids, next_cursor = await page_ids(
+            self.redis, owner, "functions", None, limit=limit, cursor=cursor
         )
-        more = len(ids) > limit
-        ids = ids[:limit]
         async with self.redis.pipeline(transaction=False) as pipe:
             for fid in ids:
                 pipe.hgetall(c.FUNCTION_KEY_PREFIX + fid)
             rows = await pipe.execute()
-        return FunctionPage(
-            items=[self._view(h) for h in rows if h], next_cursor=ids[-1] if more and ids else None
-        )
+        return FunctionPage(items=[self._view(h) for h in rows if h], next_cursor=next_cursor)
 
     async def delete(self, owner: str, fid: str) -> None:
         h = await self.redis.hgetall(c.FUNCTION_KEY_PREFIX + fid)

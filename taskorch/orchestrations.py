@@ -28,7 +28,7 @@ from taskorch.models import (
     due_ms,
     fmt_ms,
 )
-from taskorch.store import Redis, new_id, now_ms
+from taskorch.store import Redis, new_id, now_ms, page_ids
 
 _enc = msgspec.json.Encoder()
 
@@ -155,16 +155,11 @@ class Orchestrations:
     async def list(
         self, owner: str, *, status: OrchestrationStatus | None, limit: int, cursor: str | None
     ) -> OrchestrationPage:
-        index = f"{c.OWNER_KEY_PREFIX}{owner}:orchestrations" + (
-            f":{status.value}" if status else ""
+        ids, next_cursor = await page_ids(
+            self.redis, owner, "orchestrations", status and status.value, limit=limit, cursor=cursor
         )
-        ids = await self.redis.zrevrangebylex(
-            index, f"({cursor}" if cursor else "+", "-", start=0, num=limit + 1
-        )
-        more = len(ids) > limit
-        ids = ids[:limit]
         items = [await self.get(owner, oid) for oid in ids]
-        return OrchestrationPage(items=items, next_cursor=ids[-1] if more and ids else None)
+        return OrchestrationPage(items=items, next_cursor=next_cursor)
 
     async def cancel(self, owner: str, oid: str) -> Orchestration:
         res = await self._cancel(args=[oid, owner, now_ms()])

@@ -69,6 +69,23 @@ def connect(url: str, **kwargs: Any) -> Redis:
     return aioredis.from_url(url, **kwargs)
 
 
+async def page_ids(
+    redis: Redis, owner: str, kind: str, status: str | None, *, limit: int, cursor: str | None
+) -> tuple[list[str], str | None]:
+    """One newest-first page of an owner's ids of ``kind`` (optionally with ``status``).
+
+    Ids sort by creation time, so the index is a sorted set of equal scores read by lex range,
+    and the cursor is simply the last id handed out. Returns (ids, next cursor or None).
+    """
+    index = f"{c.OWNER_KEY_PREFIX}{owner}:{kind}" + (f":{status}" if status else "")
+    ids = await redis.zrevrangebylex(
+        index, f"({cursor}" if cursor else "+", "-", start=0, num=limit + 1
+    )
+    more = len(ids) > limit
+    ids = ids[:limit]
+    return ids, (ids[-1] if more and ids else None)
+
+
 class _StoredAttempt(msgspec.Struct, omit_defaults=True):
     """An attempt as kept in Redis: times in epoch ms, formatted only when answered."""
 
@@ -194,18 +211,16 @@ class Store:
     async def list_tasks(
         self, owner: str, *, status: TaskStatus | None, limit: int, cursor: str | None
     ) -> TaskPage:
-        index = f"{c.OWNER_KEY_PREFIX}{owner}:tasks" + (f":{status.value}" if status else "")
-        top = f"({cursor}" if cursor else "+"
-        ids = await self.redis.zrevrangebylex(index, top, "-", start=0, num=limit + 1)
-        more = len(ids) > limit
-        ids = ids[:limit]
+        ids, next_cursor = await page_ids(
+            self.redis, owner, "tasks", status and status.value, limit=limit, cursor=cursor
+        )
         async with self.redis.pipeline(transaction=False) as pipe:
             for tid in ids:
                 pipe.hgetall(c.TASK_KEY_PREFIX + tid)
                 pipe.lrange(c.TASK_KEY_PREFIX + tid + ":attempts", 0, -1)
             rows = await pipe.execute()
         items = [_task_view(h, a) for h, a in zip(rows[::2], rows[1::2], strict=True) if h]
-        return TaskPage(items=items, next_cursor=ids[-1] if more and ids else None)
+        return TaskPage(items=items, next_cursor=next_cursor)
 
     async def cancel_task(self, owner: str, task_id: str) -> Task:
         res = await self._cancel(args=[task_id, owner, now_ms()])
