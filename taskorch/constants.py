@@ -75,4 +75,8 @@ DEFAULT_LEASE_S = 30.0
 MAX_LOST_ATTEMPTS = 5
 REAP_INTERVAL_S = 1.0
 FINISH_BATCH = 500  # outcome writes per pipeline
+# Finished tasks and orchestrations are kept this long, then deleted by the workers' janitor:
+# Redis runs with noeviction, so unbounded history would end in refused writes. A week, like
+# the history most schedulers keep; TASKORCH_RETENTION_S=0 keeps everything.
+DEFAULT_RETENTION_S = 7 * 24 * 3600.0
 DEFAULT_MAX_IN_FLIGHT = 20_000  # calls one worker runs at once before it stops claiming

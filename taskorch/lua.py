@@ -41,6 +41,10 @@ local function publish(owner, kind, id, status)
   redis.call('PUBLISH', '{c.EVENTS_CHANNEL_PREFIX}' .. owner,
     cjson.encode({{type = kind, id = id, status = status}}))
 end
+-- Finished records, scored by when they finished, for the retention janitor (PURGE).
+local function finished(kind, id, now)
+  redis.call('ZADD', P .. 'finished', now, kind .. ':' .. id)
+end
 local function wake(due, now, ahead)
   if due - now <= ahead then redis.call('PUBLISH', '{c.WAKE_CHANNEL}', due) end
 end
@@ -61,6 +65,7 @@ local function cancel_task(id, now)
   if t[1] ~= 'scheduled' and t[1] ~= 'retrying' then return t[1] end
   drop_job(t[3])
   redis.call('HSET', key, 'status', 'cancelled', 'finished_at', now, 'updated_at', now, 'job', '')
+  finished('t', id, now)
   move_status(t[2], 'tasks', id, t[1], 'cancelled')
   publish(t[2], 'task', id, 'cancelled')
   return 'cancelled'
@@ -193,6 +198,7 @@ if outcome == 'retry' then
   wake(due, now, tonumber(ARGV[7]))
 else
   redis.call('HSET', key, 'status', status, 'finished_at', now, 'updated_at', now, 'job', '')
+  finished('t', id, now)
   if t[5] and t[5] ~= '' then
     -- an orchestration's step ended: hand it to the step machine through its own job
     local oj = t[5] .. '.' .. id .. '.' .. status
@@ -241,6 +247,7 @@ for _, job in ipairs(items) do
         if lost > max_lost then
           redis.call('HSET', key, 'status', 'failed', 'finished_at', now, 'updated_at', now,
             'job', '', 'lost', lost)
+          finished('t', id, now)
           move_status(t[3], 'tasks', id, 'running', 'failed')
           publish(t[3], 'task', id, 'failed')
           if t[9] and t[9] ~= '' then
@@ -309,6 +316,7 @@ local function okey(id) return P .. 'orc:' .. id end
 local function finish_orc(id, owner, old, status, now)
   redis.call('HSET', okey(id), 'status', status, 'finished_at', now, 'updated_at', now,
     'phase', 'done', 'job', '')
+  finished('o', id, now)
   move_status(owner, 'orchestrations', id, old, status)
   publish(owner, 'orchestration', id, status)
 end
@@ -494,4 +502,37 @@ redis.call('HSET', key .. ':state', 'c' .. i, 'failed')
 finish_orc(id, o[5], 'running', 'stopped', now)
 run_fallback(id, o[5], o[7], ARGV[8], now, ahead)
 return 'stopped'
+"""
+
+
+# ARGV: cutoff_ms, limit. Deletes records that finished before the cutoff (the retention
+# janitor): a task with its attempts, or an orchestration with its steps' hashes and checks, and
+# their index entries. Step and fallback tasks are tasks and expire on their own.
+PURGE = """
+local items = redis.call('ZRANGEBYSCORE', P .. 'finished', '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
+for _, member in ipairs(items) do
+  redis.call('ZREM', P .. 'finished', member)
+  local kind, id = string.sub(member, 1, 1), string.sub(member, 3)
+  if kind == 't' then
+    local key = P .. 'task:' .. id
+    local t = redis.call('HMGET', key, 'owner', 'status')
+    if t[1] then
+      redis.call('ZREM', idx(t[1], 'tasks'), id)
+      redis.call('ZREM', idx(t[1], 'tasks:' .. t[2]), id)
+      redis.call('HINCRBY', P .. 'stats', 'tasks:' .. t[2], -1)
+      redis.call('DEL', key, key .. ':attempts')
+    end
+  else
+    local key = P .. 'orc:' .. id
+    local o = redis.call('HMGET', key, 'owner', 'status', 'n')
+    if o[1] then
+      redis.call('ZREM', idx(o[1], 'orchestrations'), id)
+      redis.call('ZREM', idx(o[1], 'orchestrations:' .. o[2]), id)
+      redis.call('HINCRBY', P .. 'stats', 'orchestrations:' .. o[2], -1)
+      for i = 0, tonumber(o[3]) - 1 do redis.call('DEL', key .. ':check:' .. i) end
+      redis.call('DEL', key, key .. ':specs', key .. ':conds', key .. ':state')
+    end
+  end
+end
+return #items
 """

@@ -34,6 +34,7 @@ class Settings:
     lease_s: float = c.DEFAULT_LEASE_S
     max_in_flight: int = c.DEFAULT_MAX_IN_FLIGHT
     shutdown_grace_s: float = 30.0
+    retention_s: float = c.DEFAULT_RETENTION_S
     token_ttl_s: int = c.DEFAULT_TOKEN_TTL_S
     log_format: str = "json"
     log_level: str = "info"
@@ -63,6 +64,7 @@ class Settings:
             lease_s=r.number("TASKORCH_LEASE_S", c.DEFAULT_LEASE_S, lo=1.0),
             max_in_flight=r.whole("TASKORCH_MAX_IN_FLIGHT", c.DEFAULT_MAX_IN_FLIGHT, lo=1),
             shutdown_grace_s=r.number("TASKORCH_SHUTDOWN_GRACE_S", 30.0, lo=0.0),
+            retention_s=r.number("TASKORCH_RETENTION_S", c.DEFAULT_RETENTION_S, lo=0.0),
             token_ttl_s=r.whole("TASKORCH_TOKEN_TTL_S", c.DEFAULT_TOKEN_TTL_S, lo=1),
             log_format=r.choice("TASKORCH_LOG_FORMAT", "json", ("json", "console")),
             log_level=r.choice("TASKORCH_LOG_LEVEL", "info", ("debug", "info", "warning", "error")),

@@ -167,6 +167,7 @@ class Store:
         self._reap = reg(lua.PRELUDE + lua.REAP)
         self._release = reg(lua.PRELUDE + lua.RELEASE)
         self._done = reg(lua.PRELUDE + lua.DONE)
+        self._purge = reg(lua.PRELUDE + lua.PURGE)
 
     # -- tasks, for the API ----------------------------------------------------------------
 
@@ -330,6 +331,10 @@ class Store:
 
     async def done(self, job: str, worker: str) -> None:
         await self._done(args=[job, worker, "done"])
+
+    async def purge(self, *, older_than_ms: int, limit: int = 200) -> int:
+        """Delete up to ``limit`` records that finished before ``older_than_ms``."""
+        return int(await self._purge(args=[older_than_ms, limit]))
 
     async def heartbeat(self, worker: str) -> None:
         async with self.redis.pipeline(transaction=False) as pipe:

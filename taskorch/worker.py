@@ -69,6 +69,8 @@ class Worker:
         lease_s: how long a dead worker's jobs wait before another worker recovers them.
         shutdown_grace_s: on SIGTERM, how long calls in flight may finish before the worker
             exits anyway (their leases then lapse and another worker retries them).
+        retention_s: finished tasks and orchestrations are deleted this long after they
+            finished (0 keeps them for ever).
         handlers: coroutines for non-task jobs by function name (orchestration events).
     """
 
@@ -84,6 +86,7 @@ class Worker:
         handlers: dict[str, JobHandler] | None = None,
         worker_id: str | None = None,
         shutdown_grace_s: float = 30.0,
+        retention_s: float = c.DEFAULT_RETENTION_S,
     ) -> None:
         self.store = store
         self.session = session
@@ -93,6 +96,7 @@ class Worker:
         self.poll_s = poll_s
         self.handlers = handlers or {}
         self.shutdown_grace_s = shutdown_grace_s
+        self.retention_s = retention_s
         self.id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{random.randrange(16**6):06x}"
         self._held: dict[str, Claimed] = {}  # job -> claim, from claim until outcome recorded
         self._slots: dict[int, list[Claimed]] = {}  # due ms -> claims waiting for it
@@ -117,6 +121,8 @@ class Worker:
             asyncio.create_task(self._keep_leases(), name="leases"),
             asyncio.create_task(self._reap(), name="reaper"),
         ]
+        if self.retention_s > 0:
+            self._background.append(asyncio.create_task(self._purge(), name="janitor"))
         try:
             await self._claim_loop()
         finally:
@@ -409,6 +415,22 @@ class Worker:
             except _REDIS_DOWN as exc:
                 log.warning("worker.redis_unavailable", error=str(exc), during="renew")
 
+    async def _purge(self) -> None:
+        """Delete what finished longer than ``retention_s`` ago, so Redis (run with noeviction)
+        never fills up with history and starts refusing new work."""
+        every_s = min(60.0, max(0.5, self.retention_s / 4))
+        while True:
+            try:
+                cutoff = now_ms() - int(self.retention_s * 1000)
+                total = 0
+                while (n := await self.store.purge(older_than_ms=cutoff)) > 0:
+                    total += n
+                if total:
+                    log.info("worker.purged", records=total, retention_s=self.retention_s)
+            except _REDIS_DOWN as exc:
+                log.warning("worker.redis_unavailable", error=str(exc), during="purge")
+            await asyncio.sleep(every_s)
+
     async def _reap(self) -> None:
         while True:
             await asyncio.sleep(c.REAP_INTERVAL_S)
@@ -448,6 +470,7 @@ def run_worker(settings: Settings) -> None:
                 max_in_flight=settings.max_in_flight,
                 handlers=handlers(store, session),
                 shutdown_grace_s=settings.shutdown_grace_s,
+                retention_s=settings.retention_s,
             )
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGTERM, signal.SIGINT):

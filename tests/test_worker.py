@@ -288,3 +288,47 @@ async def test_a_slow_target_never_delays_other_due_tasks(
     assert done["attempts"][0]["lateness_ms"] < 50
     statuses = [(await api.get(t["id"]))["status"] for t in slow]
     assert statuses == ["running"] * 50  # still in flight, and they held nothing up
+
+
+async def test_finished_records_are_purged_after_the_retention(
+    api: Api, target: Target, workers: WorkerProcs
+) -> None:
+    workers.start(TASKORCH_RETENTION_S="1")
+    done = await api.create({"url": target.url("/ok")})
+    cancelled = await api.create({"url": target.url("/never"), "delay": 60})
+    waiting = await api.create({"url": target.url("/later"), "delay": 60})
+    r = await api.http.post(
+        "/v1/orchestrations",
+        headers=api.auth(),
+        json={
+            "steps": [{"url": target.url("/s0")}, {"url": target.url("/s1")}],
+            "condition": {"url": target.url("/check")},
+        },
+    )
+    orc = r.json()
+    await api.http.post(f"/v1/tasks/{cancelled['id']}/cancel", headers=api.auth())
+    await api.wait_status(done["id"], "succeeded")
+    finished = await api.wait_status(orc["id"], "succeeded", kind="orchestrations")
+
+    async def gone(path: str) -> bool:
+        return (await api.http.get(path, headers=api.auth())).status_code == 404
+
+    for path in (
+        f"/v1/tasks/{done['id']}",
+        f"/v1/tasks/{cancelled['id']}",
+        f"/v1/orchestrations/{orc['id']}",
+        f"/v1/tasks/{finished['steps'][0]['task_id']}",
+    ):
+        await until(lambda path=path: gone(path), timeout_s=10)
+    listed = (await api.http.get("/v1/tasks", headers=api.auth())).json()["items"]
+    assert [t["id"] for t in listed] == [waiting["id"]]  # unfinished work is never purged
+    stats = (await api.http.get("/v1/stats", headers=api.auth())).json()
+    assert stats["tasks"]["scheduled"] == 1 and stats["tasks"]["succeeded"] == 0
+    assert stats["orchestrations"]["succeeded"] == 0
+    leftovers = [
+        k
+        async for k in api.http._transport.app.state["redis"].scan_iter(
+            f"taskorch:orc:{orc['id']}*"
+        )
+    ]  # type: ignore[attr-defined]
+    assert leftovers == []
