@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> None:
 
         sys.exit(run_dev())
     try:
-        settings = Settings.from_env()
+        settings = Settings.from_env(verify_tokens=args.command in ("serve", "token"))
     except ConfigError as exc:
         print(f"taskorch: {exc}", file=sys.stderr)
         sys.exit(2)

@@ -42,8 +42,18 @@ class Settings:
     aws_lambda_role: str | None = None
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
-        """Read ``TASKORCH_*`` from ``env`` (default ``os.environ``) and validate everything."""
+    def from_env(
+        cls,
+        env: Mapping[str, str] | None = None,
+        *,
+        verify_tokens: bool = True,
+        **overrides: object,
+    ) -> Settings:
+        """Read ``TASKORCH_*`` from ``env`` (default ``os.environ``) and validate everything.
+
+        ``verify_tokens=False`` (a worker, ``user add``) does not insist on a JWT secret or JWKS:
+        such processes never see a token. A secret that is set is still checked.
+        """
         env = os.environ if env is None else env
         r = _Reader(env)
         host = r.text("TASKORCH_HOST", "127.0.0.1")
@@ -72,10 +82,10 @@ class Settings:
             aws_lambda_role=r.opt("TASKORCH_AWS_LAMBDA_ROLE"),
         )
         settings = replace(settings, **overrides)  # type: ignore[arg-type]
-        settings.validate()
+        settings.validate(verify_tokens=verify_tokens)
         return settings
 
-    def validate(self) -> None:
+    def validate(self, *, verify_tokens: bool = True) -> None:
         """Raise :class:`ConfigError` naming the first variable that is wrong."""
         scheme = urlparse(self.redis_url).scheme
         if scheme not in ("redis", "rediss", "unix", "redis+sentinel", "sentinel"):
@@ -83,7 +93,7 @@ class Settings:
                 "TASKORCH_REDIS_URL must start with redis://, rediss://, unix:// or "
                 f"redis+sentinel://, got {self.redis_url!r}"
             )
-        if self.jwt_secret is None and self.jwt_jwks_url is None:
+        if verify_tokens and self.jwt_secret is None and self.jwt_jwks_url is None:
             raise ConfigError(
                 "TASKORCH_JWT_SECRET is not set: set it to a random string of at least "
                 f"{c.MIN_JWT_SECRET_BYTES} bytes (or set TASKORCH_JWT_JWKS_URL)"

@@ -202,3 +202,24 @@ async def test_status_page_headers_and_openapi_lists_every_route(api: Api) -> No
     for path, _, method in ROUTES:
         if path not in ("/", "/openapi.json") and method != "OPTIONS":
             assert (path, method.lower()) in documented, (path, method)
+
+
+def test_worker_needs_no_token_settings(redis_url: str) -> None:
+    """A worker verifies no tokens, so it starts without TASKORCH_JWT_SECRET; serve does not."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("TASKORCH_")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "taskorch", "worker"],
+        env={**clean, "TASKORCH_REDIS_URL": redis_url},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        assert "worker.started" in proc.stdout.readline()
+    finally:
+        proc.terminate()
+        proc.wait(30)
+        if proc.stdout:
+            proc.stdout.close()
+    assert proc.returncode == 0
