@@ -41,6 +41,14 @@ local function publish(owner, kind, id, status)
   redis.call('PUBLISH', '{c.EVENTS_CHANNEL_PREFIX}' .. owner,
     cjson.encode({{type = kind, id = id, status = status}}))
 end
+-- An Idempotency-Key: the id already created under it, or nil after claiming it for ``id``.
+local function idempotent(key, id, ttl)
+  if key == '' then return nil end
+  local existing = redis.call('GET', key)
+  if existing then return existing end
+  redis.call('SET', key, id, 'EX', ttl)
+  return nil
+end
 -- Finished records, scored by when they finished, for the retention janitor (PURGE).
 local function finished(kind, id, now)
   redis.call('ZADD', P .. 'finished', now, kind .. ':' .. id)
@@ -75,11 +83,8 @@ end
 # ARGV: id, owner, spec, name, due, now, idem_key|'', idem_ttl_s, orchestration_id|'', wake_ms
 CREATE_TASK = """
 local id, owner, due, now = ARGV[1], ARGV[2], tonumber(ARGV[5]), tonumber(ARGV[6])
-if ARGV[7] ~= '' then
-  local existing = redis.call('GET', ARGV[7])
-  if existing then return {0, existing} end
-  redis.call('SET', ARGV[7], id, 'EX', ARGV[8])
-end
+local existing = idempotent(ARGV[7], id, ARGV[8])
+if existing then return {0, existing} end
 new_task(id, owner, ARGV[3], ARGV[4], due, now, ARGV[9], tonumber(ARGV[10]))
 return {1, id}
 """
@@ -352,11 +357,8 @@ end
 #       then n step specs, then n step conditions ('' where the step has none).
 ORC_CREATE = """
 local id, owner, due, now = ARGV[1], ARGV[2], tonumber(ARGV[4]), tonumber(ARGV[5])
-if ARGV[8] ~= '' then
-  local existing = redis.call('GET', ARGV[8])
-  if existing then return {0, existing} end
-  redis.call('SET', ARGV[8], id, 'EX', ARGV[9])
-end
+local existing = idempotent(ARGV[8], id, ARGV[9])
+if existing then return {0, existing} end
 local n = tonumber(ARGV[11])
 local key = okey(id)
 redis.call('HSET', key, 'id', id, 'owner', owner, 'status', 'scheduled', 'name', ARGV[3],

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -362,3 +363,50 @@ async def live_server(settings: Settings) -> AsyncIterator[LiveServer]:
     yield LiveServer(f"http://127.0.0.1:{port}", settings)
     server.should_exit = True
     await task
+
+
+# -- AWS, mocked by moto (shared by the provider's tests and the API's) --------------------------
+
+AWS_REGION = "us-east-1"
+
+
+@pytest.fixture
+def aws_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Fake credentials, so that nothing here can reach a real account.
+    for key, value in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_SECURITY_TOKEN": "testing",
+        "AWS_SESSION_TOKEN": "testing",
+        "AWS_DEFAULT_REGION": AWS_REGION,
+    }.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+
+
+@pytest.fixture
+def aws(aws_env: None) -> Iterator[None]:
+    from moto import mock_aws
+
+    with mock_aws():
+        yield
+
+
+@pytest.fixture
+def role_arn(aws: None) -> str:
+    import boto3
+
+    trust = {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Effect": "Allow",
+                "Principal": {"Service": "lambda.amazonaws.com"},
+                "Action": "sts:AssumeRole",
+            }
+        ],
+    }
+    role = boto3.client("iam").create_role(
+        RoleName="taskorch-lambda", AssumeRolePolicyDocument=json.dumps(trust)
+    )
+    return str(role["Role"]["Arn"])

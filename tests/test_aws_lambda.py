@@ -8,7 +8,6 @@ import re
 import subprocess
 import sys
 import zipfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,11 +16,10 @@ import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError
 from botocore.stub import Stubber
-from moto import mock_aws
 
 from taskorch.aws_lambda import AwsProviderError, AwsSettings, LambdaProvider, package
+from tests.conftest import AWS_REGION as REGION
 
-REGION = "us-east-1"
 PY_CODE = "def handler(event, context):\n    return {'echo': event}\n"
 NODE_CODE = "exports.handler = async (event, context) => ({ echo: event });\n"
 JAVA_CODE = """\
@@ -45,44 +43,6 @@ def _names(zip_bytes: bytes) -> list[str]:
 def _read(zip_bytes: bytes, name: str) -> bytes:
     with zipfile.ZipFile(io.BytesIO(zip_bytes)) as archive:
         return archive.read(name)
-
-
-@pytest.fixture
-def aws_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    # Fake credentials, so that nothing here can reach a real account.
-    for key, value in {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_SECURITY_TOKEN": "testing",
-        "AWS_SESSION_TOKEN": "testing",
-        "AWS_DEFAULT_REGION": REGION,
-    }.items():
-        monkeypatch.setenv(key, value)
-    monkeypatch.delenv("AWS_PROFILE", raising=False)
-
-
-@pytest.fixture
-def aws(aws_env: None) -> Iterator[None]:
-    with mock_aws():
-        yield
-
-
-@pytest.fixture
-def role_arn(aws: None) -> str:
-    trust = {
-        "Version": "2012-10-17",
-        "Statement": [
-            {
-                "Effect": "Allow",
-                "Principal": {"Service": "lambda.amazonaws.com"},
-                "Action": "sts:AssumeRole",
-            }
-        ],
-    }
-    role = boto3.client("iam").create_role(
-        RoleName="taskorch-lambda", AssumeRolePolicyDocument=json.dumps(trust)
-    )
-    return str(role["Role"]["Arn"])
 
 
 @pytest.fixture

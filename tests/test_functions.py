@@ -262,62 +262,39 @@ async def test_validation(live: Live) -> None:
     assert r.status_code == 422 and r.json()["error"]["details"][0]["field"] == "provider"
 
 
-async def test_aws_provider_through_the_api_with_moto(
-    redis_url: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_aws_provider_through_the_api_with_moto(redis_url: str, role_arn: str) -> None:
     """provider=aws deploys to Lambda (moto) and returns its function URL; DELETE removes both."""
-    import json
-
     import boto3
-    from moto import mock_aws
 
     from tests.conftest import Api, _WithState
 
-    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
-        monkeypatch.setenv(key, "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    monkeypatch.delenv("AWS_PROFILE", raising=False)
-    with mock_aws():
-        trust = {
-            "Version": "2012-10-17",
-            "Statement": [
-                {
-                    "Effect": "Allow",
-                    "Principal": {"Service": "lambda.amazonaws.com"},
-                    "Action": "sts:AssumeRole",
-                }
-            ],
-        }
-        role = boto3.client("iam").create_role(
-            RoleName="taskorch", AssumeRolePolicyDocument=json.dumps(trust)
-        )["Role"]["Arn"]
-        settings = make_settings(redis_url, aws_region="us-east-1", aws_lambda_role=role)
-        app = create_app(settings)
-        async with app.router.lifespan_context(app) as state:
-            transport = httpx.ASGITransport(app=_WithState(app, state))  # type: ignore[arg-type]
-            async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
-                api = Api(http, settings)
-                r = await http.post(
-                    "/v1/functions",
-                    headers=api.auth(),
-                    json={"name": "lam", "runtime": "python", "code": PY, "provider": "aws"},
-                )
-                assert r.status_code == 201 and r.json()["provider"] == "aws"
-                fid = r.json()["id"]
-                for _ in range(200):
-                    fn = (await http.get(f"/v1/functions/{fid}", headers=api.auth())).json()
-                    if fn["status"] != "building":
-                        break
-                    await asyncio.sleep(0.05)
-                assert fn["status"] == "ready", fn
-                assert fn["url"].startswith("https://") and ".lambda-url.us-east-1.on." in fn["url"]
-                lam = boto3.client("lambda", region_name="us-east-1")
-                name = lam.list_functions()["Functions"][0]["FunctionName"]
-                assert lam.get_function_url_config(FunctionName=name)["FunctionUrl"] == fn["url"]
-                assert (
-                    await http.delete(f"/v1/functions/{fid}", headers=api.auth())
-                ).status_code == 204
-                assert lam.list_functions()["Functions"] == []
+    settings = make_settings(redis_url, aws_region="us-east-1", aws_lambda_role=role_arn)
+    app = create_app(settings)
+    async with app.router.lifespan_context(app) as state:
+        transport = httpx.ASGITransport(app=_WithState(app, state))  # type: ignore[arg-type]
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
+            api = Api(http, settings)
+            r = await http.post(
+                "/v1/functions",
+                headers=api.auth(),
+                json={"name": "lam", "runtime": "python", "code": PY, "provider": "aws"},
+            )
+            assert r.status_code == 201 and r.json()["provider"] == "aws"
+            fid = r.json()["id"]
+            for _ in range(200):
+                fn = (await http.get(f"/v1/functions/{fid}", headers=api.auth())).json()
+                if fn["status"] != "building":
+                    break
+                await asyncio.sleep(0.05)
+            assert fn["status"] == "ready", fn
+            assert fn["url"].startswith("https://") and ".lambda-url.us-east-1.on." in fn["url"]
+            lam = boto3.client("lambda", region_name="us-east-1")
+            name = lam.list_functions()["Functions"][0]["FunctionName"]
+            assert lam.get_function_url_config(FunctionName=name)["FunctionUrl"] == fn["url"]
+            assert (
+                await http.delete(f"/v1/functions/{fid}", headers=api.auth())
+            ).status_code == 204
+            assert lam.list_functions()["Functions"] == []
 
 
 HOSTILE = {
