@@ -8,6 +8,7 @@ import signal
 import time
 
 import msgspec
+import pytest
 
 from taskorch.models import TaskCreate, TaskStatus
 from taskorch.store import Store, connect
@@ -332,3 +333,64 @@ async def test_finished_records_are_purged_after_the_retention(
         )
     ]  # type: ignore[attr-defined]
     assert leftovers == []
+
+
+async def _outage(redis_server: RedisServer, how: str, seconds: float) -> None:
+    """Take Redis away for ``seconds``: killed then restarted on the same data, or frozen."""
+    assert redis_server.proc is not None
+    if how == "kill":
+        redis_server.stop(signal.SIGKILL)
+        await asyncio.sleep(seconds)
+        redis_server.start()
+    else:
+        redis_server.proc.send_signal(signal.SIGSTOP)
+        try:
+            await asyncio.sleep(seconds)
+        finally:
+            redis_server.proc.send_signal(signal.SIGCONT)
+
+
+@pytest.mark.parametrize("how", ["kill", "freeze"])
+async def test_an_outage_of_twice_the_lease_loses_nothing_and_repeats_nothing(
+    api: Api, target: Target, workers: WorkerProcs, redis_server: RedisServer, how: str
+) -> None:
+    """Redis away for 2x TASKORCH_LEASE_S (3 s): calls in flight when it went complete during
+    the outage and are recorded, not made again; tasks claimed before it and due during it
+    fire once it is back; nothing gets a made-up "worker lost" attempt."""
+    workers.start()
+    lease_s = 3.0
+    t0 = time.time() + 2.0  # time to create the tasks on a loaded machine
+    in_flight = [
+        await api.create({"url": target.url("/slow/1.5"), "run_at": _at(t0), "retries": 0})
+        for _ in range(10)
+    ]
+    # claimed (1 s ahead) before the outage and due during it, then due later in the outage
+    due_during = [
+        await api.create({"url": target.url("/during"), "run_at": _at(t0 + 1.2 + i * 0.3)})
+        for i in range(10)
+    ]
+    await until(lambda: len(target.calls_to("/slow/1.5")) == 10)  # all ten in flight
+    await asyncio.sleep(max(0.0, t0 + 0.6 - time.time()))
+    assert time.time() < t0 + 1.1 and target.calls_to("/during") == [], "started too late"
+    await _outage(redis_server, how, 2 * lease_s)
+    after = await api.create({"url": target.url("/after"), "delay": 0.2})
+    everything = [*in_flight, *due_during, after]
+    for task in everything:
+        await api.wait_status(task["id"], {"succeeded", "failed"}, timeout_s=30)
+    await asyncio.sleep(1.0)  # room for a repeat to show up
+    counts = target.by_task()
+    assert {t["id"]: counts[t["id"]] for t in everything} == {t["id"]: 1 for t in everything}
+    for task in everything:
+        done = await api.get(task["id"])
+        assert done["status"] == "succeeded", done
+        assert [(a["number"], a["status_code"], a["error"]) for a in done["attempts"]] == [
+            (1, 200, None)
+        ], done["attempts"]
+    for task in due_during:  # fired after the outage, not lost and not early
+        [call] = [c for c in target.calls if c.headers["X-Taskorch-Task-Id"] == task["id"]]
+        assert call.at >= _ts(task["run_at"])
+        assert call.headers["X-Taskorch-Attempt"] == "1"
+
+
+def _at(epoch_s: float) -> str:
+    return dt.datetime.fromtimestamp(epoch_s, dt.UTC).isoformat()
