@@ -54,7 +54,7 @@ async def test_orchestrations_finish_under_worker_kills(
     slots = [procs.start_worker(), procs.start_worker()]
     for p in slots:
         procs.ready(p, r)
-    span_s = rounds * ROUND_S
+    span_s = rounds * (LEASE_S + 3.0)  # about how long the kill rounds last
     orc_ids: list[str] = []
 
     async with api_client(base, timeout_s=10) as http:

@@ -54,20 +54,29 @@ async def test_redis_out_for_twice_the_lease(
         procs.ready(p, r)
     pids = [p.pid for p in workers]
 
-    # Due times from 1.5 s before the outage to 2 s after it; calls take 0.3-1.5 s, so some are
-    # in flight when Redis goes, some finish during the outage, some are claimed and not yet
-    # started, some fall due while Redis is out.
-    create_s = n / 50 + 1.0
+    # 40 % of the tasks fall due in the 1.5 s before the outage and take 0.5-2 s at the target
+    # (every fifth one outlasts the outage): in flight when Redis goes, finishing during it or
+    # after it. The rest fall due from the outage's start to 2 s after its end: claimed and not
+    # started, or due while Redis is out.
+    create_s = n / 30 + 2.0
     out_at = time.time() + create_s + 1.5
-    first_due, last_due = out_at - 1.5, out_at + outage_s + 2.0
     due: dict[str, float] = {}
+
+    def plan(i: int) -> tuple[float, float]:
+        """(due time, seconds the target takes) of task i."""
+        before = int(n * 0.4)
+        if i < before:
+            sleep_s = outage_s + 1 if i % 5 == 4 else 0.5 + (i % 4) * 0.5
+            return out_at - 1.5 + 1.5 * i / before, sleep_s
+        return out_at + (outage_s + 2) * (i - before) / (n - before), 0.3 + (i % 5) * 0.3
+
     async with api_client(base, timeout_s=10) as http:
         sem = asyncio.Semaphore(16)
 
         async def one(i: int) -> None:
-            at = first_due + (last_due - first_due) * i / n
+            at, sleep_s = plan(i)
             body = {
-                "url": recorder.url(f"/o?sleep={0.3 + (i % 5) * 0.3:.1f}"),
+                "url": recorder.url(f"/o?sleep={sleep_s:.1f}"),
                 "run_at": _iso(at),
                 "retries": 3,
                 "retry_delay": 0.2,
@@ -149,6 +158,9 @@ async def test_redis_out_for_twice_the_lease(
     hits = recorder.by_task("/o")
     not_done = [t for t in ids if statuses[t] != "succeeded" or not hits.get(t)]
     repeated = [t for t, hs in hits.items() if _repeated_after_outage(hs, out_at, back_at)]
+    # No worker died and the target answered every call 200: any second call is a repeat of a
+    # call whose worker was alive and had its answer (in flight across the outage, say).
+    called_twice = [t for t, hs in hits.items() if len(hs) > 1]
     completed_in_outage = sum(
         1 for hs in hits.values() for h in hs if h.finished and out_at <= h.finished <= back_at
     )
@@ -167,6 +179,13 @@ async def test_redis_out_for_twice_the_lease(
         "all_succeeded_within_s_of_return": round(done_after_s, 2) if not not_done else None,
         "completed_during_outage": completed_in_outage,
         "completed_during_outage_then_called_again": len(repeated),
+        "in_flight_across_outage": sum(
+            1
+            for hs in hits.values()
+            for h in hs
+            if h.arrived < out_at and (h.finished or 0) > back_at
+        ),
+        "tasks_called_more_than_once": len(called_twice),
         "same_attempt_duplicates": len(duplicates),
         "probes": len(probes),
         "probes_not_503_within_2s": len(bad_probes),
@@ -179,6 +198,13 @@ async def test_redis_out_for_twice_the_lease(
         "create_after_outage": create_after,
     }
     report(f"redis_{how}_2x_lease", **figures)
+    for t in called_twice[:3]:
+        print(f"task {t} (outage {0:+.3f}..{back_at - out_at:+.3f} s):")
+        for h in hits[t]:
+            fin = f"{h.finished - out_at:+.3f}" if h.finished else "never"
+            print(f"  call attempt {h.attempt}: arrived {h.arrived - out_at:+.3f} finished {fin}")
+        for a in r.lrange(f"taskorch:task:{t}:attempts", 0, -1):
+            print(f"  recorded {a}")
     problems = []
     if not_done:
         problems.append(
@@ -189,6 +215,11 @@ async def test_redis_out_for_twice_the_lease(
         problems.append(f"calls completed during the outage made again: {repeated[:5]}")
     if duplicates:
         problems.append(f"same attempt called twice: {duplicates[:5]}")
+    if called_twice:
+        problems.append(
+            f"{len(called_twice)} tasks called more than once with no worker lost, e.g. "
+            f"{[(t, [h.attempt for h in hits[t]]) for t in called_twice[:5]]}"
+        )
     if bad_probes:
         problems.append(f"answers while Redis was out that were not a 503 within 2 s: {bad_probes}")
     if dead or restarted:
