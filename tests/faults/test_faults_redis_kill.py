@@ -23,8 +23,8 @@ from faultkit import (
     wait_until,
 )
 
-RATE = 200  # creates per second asked for, from up to CLIENTS concurrent clients
-CLIENTS = 32
+RATE = 200  # new creates per second
+MAX_PENDING = 100  # creates under way at once (each retrying until acknowledged), at most
 UP_S = 1.5  # Redis runs this long between kills
 DOWN_S = 0.3  # and stays dead this long before it is restarted on the same files
 LEASE_S = 3.0
@@ -78,7 +78,7 @@ async def test_redis_kill9_rounds_lose_no_acknowledged_create(
     creates: list[Create] = []
     stop = asyncio.Event()
     give_up_at = [float("inf")]
-    pace = [0.0]  # monotonic time of the next create slot
+    peak = [0]  # most creates under way at once
 
     async def create(http: aiohttp.ClientSession, c: Create) -> None:
         """Create one task, retrying with the same Idempotency-Key until it is acknowledged."""
@@ -101,7 +101,7 @@ async def test_redis_kill9_rounds_lose_no_acknowledged_create(
                 continue
             except aiohttp.ClientError as exc:
                 c.answers.append(type(exc).__name__)
-                await asyncio.sleep(0.1)
+                await asyncio.sleep(0.05)
                 continue
             c.answers.append(str(status))
             if answer is not None:
@@ -109,39 +109,43 @@ async def test_redis_kill9_rounds_lose_no_acknowledged_create(
                 return
             if status == 503:
                 c.latencies_503.append(time.monotonic() - t0)
-            await asyncio.sleep(0.2)
-
-    async def client(http: aiohttp.ClientSession) -> None:
-        """One of CLIENTS clients: takes the next slot of the RATE-per-second schedule."""
-        while not stop.is_set():
-            slot = pace[0]
-            pace[0] += 1 / RATE
-            await asyncio.sleep(max(0.0, slot - time.monotonic()))
-            c = Create(seq=len(creates))
-            creates.append(c)
-            await create(http, c)
+            await asyncio.sleep(0.05)
 
     async def load() -> None:
+        """Open loop: a new create every 1/RATE s whatever the earlier ones are doing (each
+        retries on its own), as independent clients would; at most MAX_PENDING at once."""
         async with aiohttp.ClientSession(
             base,
             headers={"Authorization": f"Bearer {token()}"},
             timeout=aiohttp.ClientTimeout(total=10),
+            connector=aiohttp.TCPConnector(limit=MAX_PENDING),
         ) as http:
-            pace[0] = time.monotonic()
-            clients = [asyncio.create_task(client(http)) for _ in range(CLIENTS)]
-            await stop.wait()
+            pending: set[asyncio.Task[None]] = set()
+            t0 = time.monotonic()
+            while not stop.is_set():
+                if len(pending) < MAX_PENDING:
+                    c = Create(seq=len(creates))
+                    creates.append(c)
+                    task = asyncio.create_task(create(http, c))
+                    pending.add(task)
+                    task.add_done_callback(pending.discard)
+                    peak[0] = max(peak[0], len(pending))
+                await asyncio.sleep(max(0.0, t0 + len(creates) / RATE - time.monotonic()))
             give_up_at[0] = time.monotonic() + 30
-            await asyncio.gather(*clients)
+            await asyncio.gather(*pending)
 
     loading = asyncio.create_task(load())
     started = time.monotonic()
     kills = 0
+    restarts: list[float] = []  # seconds from restart to the first PONG (append-only file read)
     for _ in range(rounds):
         await asyncio.sleep(UP_S)
         await asyncio.to_thread(fault_redis.kill)
         kills += 1
         await asyncio.sleep(DOWN_S)
+        t0 = time.monotonic()
         await asyncio.to_thread(fault_redis.start)
+        restarts.append(time.monotonic() - t0)
     await asyncio.sleep(UP_S)
     stop.set()
     load_s = time.monotonic() - started
@@ -173,6 +177,8 @@ async def test_redis_kill9_rounds_lose_no_acknowledged_create(
         "appendfsync": fault_redis.fsync,
         "creates": len(creates),
         "creates_per_s": round(len(creates) / load_s, 1),
+        "creates_under_way_peak": peak[0],
+        "redis_restart_max_s": round(max(restarts), 3),
         "acknowledged": len(acked),
         "acknowledged_lost": len(lost),
         "answers_503": n503,
