@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
 import statistics
 import time
 from typing import Any
@@ -137,6 +138,18 @@ async def test_worker_sigkill_rounds_lose_nothing_and_repeat_no_attempt(
                 if redelivery[-1] > LEASE_S:
                     story = _timeline(r, task_id, hits.get(task_id, []), kills, due[task_id])
                     slow.append((redelivery[-1], story))
+    # A call repeats only after its worker was lost: every call but a task's last must be an
+    # attempt recorded as "worker lost".
+    unexplained = []
+    for task_id, hs in hits.items():
+        if len(hs) > 1:
+            errors = {
+                a["n"]: a.get("err") or ""
+                for a in map(json.loads, r.lrange(f"taskorch:task:{task_id}:attempts", 0, -1))
+            }
+            for h in sorted(hs, key=lambda h: h.arrived)[:-1]:
+                if "worker lost" not in errors.get(h.attempt, ""):
+                    unexplained.append((task_id, h.attempt, errors.get(h.attempt)))
     first_late = [min(h.arrived for h in hits[t]) - due[t] for t in ids if hits.get(t)]
     figures = {
         "rounds": rounds,
@@ -145,6 +158,8 @@ async def test_worker_sigkill_rounds_lose_nothing_and_repeat_no_attempt(
         "calls": sum(len(v) for v in hits.values()),
         "lost": len(lost),
         "same_attempt_duplicates": len(duplicates),
+        "tasks_called_again": sum(len(hs) > 1 for hs in hits.values()),
+        "repeats_without_a_lost_attempt": len(unexplained),
         "jobs_held_by_killed_workers": sum(len(h) for _, _, h in kills),
         "tasks_redelivered": redelivered_tasks,
         "redelivery_max_s": round(max(redelivery), 3) if redelivery else None,
@@ -157,6 +172,7 @@ async def test_worker_sigkill_rounds_lose_nothing_and_repeat_no_attempt(
         print(f"redelivered after {wait_s:.3f} s:\n{story}")
     assert not lost, f"{len(lost)} tasks lost, e.g. {[(t, statuses[t]) for t in lost[:5]]}"
     assert not duplicates, f"same attempt called twice: {duplicates[:10]}"
+    assert not unexplained, f"called again with no worker lost: {unexplained[:10]}"
     assert redelivered_tasks > 0, "no kill caught a task in hand: the test proved nothing"
     assert max(redelivery) <= LEASE_S, (
         f"a dead worker's task waited {max(redelivery):.2f} s, more than the lease "
