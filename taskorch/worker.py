@@ -61,6 +61,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
+import redis.exceptions
 import structlog
 
 from taskorch import constants as c
@@ -371,7 +372,7 @@ class Worker:
             async with asyncio.timeout(self.times.socket_timeout_s * 2):
                 n = await self.store.release(self.id, [(cl.job, cl.due_ms) for cl in claims])
             log.info("worker.released", worker=self.id, jobs=n, reason=reason)
-        except REDIS_DOWN as exc:
+        except (*REDIS_DOWN, redis.exceptions.RedisError) as exc:
             log.warning(
                 "worker.release_failed",
                 jobs=len(claims),
