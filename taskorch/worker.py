@@ -619,10 +619,10 @@ class _LeaseKeeper:
                 elif not stalled:
                     stalled = True
                     log.error("worker.loop_stalled", worker=self.worker.id, leases="lapsing")
-                for _ in range(max(1, round(wait / 0.1))):  # stop within 0.1 s
+                for _ in range(max(1, round(wait / 0.25))):  # stop within 0.25 s
                     if self._stop.is_set():
                         break
-                    await asyncio.sleep(min(0.1, wait))
+                    await asyncio.sleep(min(0.25, wait))
         finally:
             await redis.aclose()
 
