@@ -18,7 +18,9 @@ consumer:
   worker's reaper hands a lapsed job back: unstarted ones to the queue, running ones as a
   "worker lost" attempt and an immediate retry. The sums (:class:`LeaseTimes`) make a dead
   worker's task go out again within ``lease_s``: the claim lapses ``lease_s`` minus one reaper
-  round minus some slack after it was last renewed, and reapers look every round.
+  round minus some slack after it was last renewed, and reapers look every round. Leases are
+  renewed from a thread of their own (:class:`_LeaseKeeper`): a worker whose event loop runs
+  seconds behind under a burst of calls is busy, not dead, and keeps them.
 * **Unique job ids.** A job id is ``<task id>.<generation>``; every reschedule takes a new
   generation, so no id is ever reused.
 
@@ -43,6 +45,10 @@ Redis outages (killed, restarting, frozen) are waited out, and work done meanwhi
   their leases lapse and a reaper hands them back.
 * **A frozen Redis is noticed**: every command has a socket timeout
   (:attr:`LeaseTimes.socket_timeout_s`), so a SIGSTOPped Redis reads as an outage, not a hang.
+
+What still repeats (at-least-once): a call whose worker died, or could not reach Redis while
+other workers could, for longer than the lease before its outcome was recorded. The repeat is a
+new attempt with the same ``Idempotency-Key``.
 """
 
 from __future__ import annotations

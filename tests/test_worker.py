@@ -519,3 +519,78 @@ async def test_a_dead_workers_task_goes_out_again_within_the_lease(
 
 async def _changed(redis: Any, job: str, score: float | None) -> bool:
     return bool(await redis.zscore(c.LEASES_KEY, job) != score)
+
+
+class _ReplyCutter:
+    """A TCP proxy in front of Redis that, while ``cut`` is set, lets every command through but
+    closes the connection instead of passing on the reply to a script call naming one of the
+    ``watched`` tasks: the script ran, its reply was lost (as when Redis dies right after)."""
+
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream_port = upstream_port
+        self.cut = False
+        self.watched: list[bytes] = []
+        self.port = 0
+        self._conns: list[asyncio.StreamWriter] = []
+
+    async def handle(self, creader: asyncio.StreamReader, cwriter: asyncio.StreamWriter) -> None:
+        sreader, swriter = await asyncio.open_connection("127.0.0.1", self.upstream_port)
+        self._conns += [cwriter, swriter]
+        doomed = False
+
+        async def up() -> None:
+            nonlocal doomed
+            while data := await creader.read(65536):
+                if self.cut and b"EVALSHA" in data and any(w in data for w in self.watched):
+                    doomed = True
+                swriter.write(data)
+                await swriter.drain()
+
+        async def down() -> None:
+            while data := await sreader.read(65536):
+                if doomed:
+                    break
+                cwriter.write(data)
+                await cwriter.drain()
+            cwriter.close()
+            swriter.close()
+
+        await asyncio.gather(up(), down(), return_exceptions=True)
+
+    def close(self) -> None:
+        for w in self._conns:
+            w.close()
+
+
+async def test_a_start_whose_reply_was_lost_fires_once_with_no_made_up_attempt(
+    api: Api, target: Target, workers: WorkerProcs, redis_server: RedisServer
+) -> None:
+    cutter = _ReplyCutter(redis_server.port)
+    server = await asyncio.start_server(cutter.handle, "127.0.0.1", 0)
+    cutter.port = server.sockets[0].getsockname()[1]
+    try:
+        workers.start(TASKORCH_REDIS_URL=f"redis://127.0.0.1:{cutter.port}/0")
+        warm_up = await api.create({"url": target.url("/warm-up")})  # scripts get loaded
+        await api.wait_status(warm_up["id"], "succeeded")
+        t0 = time.time() + 2.0
+        tasks = [
+            await api.create({"url": target.url("/once"), "run_at": _at(t0), "retries": 0})
+            for _ in range(10)
+        ]
+        cutter.watched = [t["id"].encode() for t in tasks]
+        cutter.cut = True  # their starts run in Redis, the replies are lost
+        await asyncio.sleep(t0 + 1.0 - time.time())
+        assert {(await api.get(t["id"]))["status"] for t in tasks} == {"running"}
+        cutter.cut = False
+        for task in tasks:
+            done = await api.wait_status(task["id"], {"succeeded", "failed"}, timeout_s=20)
+            assert [(a["number"], a["status_code"], a["error"]) for a in done["attempts"]] == [
+                (1, 200, None)
+            ], done["attempts"]
+        await asyncio.sleep(0.5)
+        counts = target.by_task()
+        assert [counts[t["id"]] for t in tasks] == [1] * len(tasks)
+    finally:
+        server.close()
+        cutter.close()
+        await server.wait_closed()
