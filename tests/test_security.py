@@ -575,3 +575,26 @@ def test_trigger_keys_never_reach_the_log(own_redis: RedisServer, tmp_path: Path
     assert {"http.request", "api.client_disconnected", "api.redis_unavailable"} <= names, log
     assert key not in log, "a trigger key reached the log:\n" + log
     assert f"/fn/{fid}/[redacted]" in log
+
+
+def test_error_handlers_and_tracebacks_are_redacted_too() -> None:
+    """The internal-error handler logs the path and a traceback; uvicorn logs its own; both go
+    through the redaction (one structlog processor, one logging filter) as `taskorch serve`
+    configures them."""
+    code = """
+import logging, structlog
+from taskorch.logs import configure
+configure(fmt="json", level="info")
+log = structlog.get_logger("taskorch.api")
+try:
+    raise ValueError("bad request for /fn/fn_1/KEYKEY1 in a message")
+except ValueError:
+    log.exception("api.unexpected_error", path="/fn/fn_1/KEYKEY2", nested={"u": ["/fn/fn_1/KEYKEY3"]})
+    logging.getLogger("uvicorn.error").error("Exception in ASGI application for %s", "/fn/fn_1/KEYKEY4", exc_info=True)
+"""
+    p = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT
+    )
+    assert p.returncode == 0, p.stderr
+    assert "KEYKEY" not in p.stderr, p.stderr
+    assert p.stderr.count("/fn/fn_1/[redacted]") == 5, p.stderr
