@@ -46,6 +46,9 @@ def _declared_length(scope: Scope) -> int | None:
     return None
 
 
+_PROBES = frozenset({"/healthz", "/readyz", "/metrics"})
+
+
 class Edge:
     """ASGI middleware: body caps while streaming, and the access log.
 
@@ -107,8 +110,13 @@ class Edge:
             )
             body = msgspec.json.encode(exc.body())
             await watched_send({"type": "http.response.body", "body": body})
+        except Exception:
+            status = status or 500  # answered by Starlette's last-resort handler, outside us
+            raise
         finally:
-            log.info(
+            # Probes come every few seconds: at debug, so that they do not drown the rest.
+            emit = log.debug if scope["path"] in _PROBES else log.info
+            emit(
                 "http.request",
                 method=scope["method"],
                 path=scope["path"],
