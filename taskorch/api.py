@@ -38,7 +38,7 @@ from taskorch.errors import (
     Unavailable,
 )
 from taskorch.functions import Functions
-from taskorch.limits import Edge, StreamSlots, http_protocol
+from taskorch.limits import DeadlineHTTPProtocol, Edge, StreamSlots, set_read_timeout
 from taskorch.models import (
     FunctionCreate,
     OrchestrationCreate,
@@ -633,7 +633,12 @@ def create_app(
     settings: Settings, *, redis_client: Any = None, extra_routes: list[Any] | None = None
 ) -> Starlette:
     """Build the API. ``redis_client`` lets tests inject one; otherwise one is made at startup,
-    with every call bounded by TASKORCH_REDIS_TIMEOUT_S so a frozen Redis answers 503."""
+    with every call bounded by TASKORCH_REDIS_TIMEOUT_S so a frozen Redis answers 503.
+
+    Also sets this process's read deadline for uvicorn's protocol (TASKORCH_READ_TIMEOUT_S), so
+    that every process that builds the app from settings, a uvicorn worker included, has it.
+    """
+    set_read_timeout(settings.read_timeout_s)
     aws = lambda_provider(settings)
 
     @contextlib.asynccontextmanager
@@ -704,6 +709,6 @@ def serve(settings: Settings) -> None:
         log_config=None,  # uvicorn's lines go through logs.configure's handler, which redacts
         proxy_headers=True,
         access_log=False,  # the Edge middleware logs each request as http.request
-        http=http_protocol(read_timeout_s=settings.read_timeout_s),
+        http=DeadlineHTTPProtocol,  # read deadlines: see taskorch/limits.py
         timeout_keep_alive=settings.keep_alive_s,
     )
