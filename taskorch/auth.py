@@ -135,7 +135,10 @@ def _number(value: Any) -> float | None:
     """A JSON number claim as a float; None for anything else (strings, true, NaN)."""
     if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
         return None
-    return float(value)
+    try:
+        return float(value)
+    except OverflowError:  # an integer of hundreds of digits
+        return None
 
 
 def _invalid(reason: str) -> Unauthorized:

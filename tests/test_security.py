@@ -89,7 +89,13 @@ async def test_tokens_need_iat_and_a_lifetime_within_the_cap(api: Api) -> None:
     no_iat = jwt.encode({"sub": "alice", "exp": now + 60}, SECRET, "HS256")
     too_long = _token(iat=now, exp=now + c.DEFAULT_TOKEN_MAX_TTL_S + 1)
     text_iat = _token(iat=str(now))
-    for what, token in [("no iat", no_iat), ("too long", too_long), ("text iat", text_iat)]:
+    huge = _token(iat=now, exp=10**400)  # a JSON integer no float holds
+    for what, token in [
+        ("no iat", no_iat),
+        ("too long", too_long),
+        ("text iat", text_iat),
+        ("huge exp", huge),
+    ]:
         r = await api.http.get("/v1/tasks", headers=_bearer(token))
         assert r.status_code == 401, (what, r.text)
         assert r.json()["error"]["code"] == "invalid_token", what
