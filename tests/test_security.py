@@ -282,7 +282,8 @@ def test_taskorch_serve_stops_reading_a_chunked_upload_at_the_cap(
             pass
         sock.close()
     assert answer.startswith(b"HTTP/1.1 413"), (sent, answer[:300])
-    assert sent < 4 * c.MAX_BODY_BYTES, f"the server read {sent} bytes before answering"
+    # Margin for socket buffers and a loaded machine; without the cap all 16 MiB go in.
+    assert sent < 8 * c.MAX_BODY_BYTES, f"the server read {sent} bytes before answering"
     assert b"connection: close" in answer.lower()
 
 
@@ -471,7 +472,7 @@ async def test_event_streams_are_capped_per_owner(live_server: LiveServer) -> No
             assert other.status_code == 200  # the cap is per owner
             await other.aclose()
             await streams.pop().aclose()
-            for _ in range(50):  # the server notices the hang-up and frees the slot
+            for _ in range(200):  # the server notices the hang-up and frees the slot
                 again = await http.send(http.build_request("GET", url("alice")), stream=True)
                 if again.status_code == 200:
                     streams.append(again)
