@@ -507,12 +507,16 @@ _PATH_IDS = {
     "orc_id": ("orc", "orchestration"),
     "fn_id": ("fn", "function"),
 }
-# A Redis that is down, frozen (the client's timeout), loading its data or read-only (a replica
-# after a failover): the request can succeed a moment later, so 503 with Retry-After.
+# A Redis that is down, frozen (the client's timeout), loading its data, read-only (a replica
+# after a failover), full (noeviction refuses writes) or a cluster mid-failover: the request can
+# succeed later, so 503 with Retry-After rather than a 500.
 _REDIS_OUTAGE = (
     redis.exceptions.ConnectionError,
     redis.exceptions.TimeoutError,
     redis.exceptions.ReadOnlyError,
+    redis.exceptions.OutOfMemoryError,
+    redis.exceptions.TryAgainError,
+    redis.exceptions.ClusterDownError,
 )
 
 
@@ -540,12 +544,13 @@ def _wrap(
             return Response(status_code=400)
         except _REDIS_OUTAGE as exc:
             log.error("api.redis_unavailable", error=str(exc), path=request.url.path)
-            return error_response(
-                Unavailable(
-                    "Redis is unreachable; try again shortly.",
-                    retry_after_s=c.UNAVAILABLE_RETRY_AFTER_S,
-                )
+            full = isinstance(exc, redis.exceptions.OutOfMemoryError)
+            message = (
+                "Redis is full (maxmemory reached); try again later."
+                if full
+                else "Redis is unreachable; try again shortly."
             )
+            return error_response(Unavailable(message, retry_after_s=c.UNAVAILABLE_RETRY_AFTER_S))
 
     return handler
 
