@@ -4,7 +4,7 @@
   it declares (a chunked body declares none): past the route's cap the app's next read raises
   :class:`BodyTooLarge`, the answer is 413 with ``Connection: close``, and nothing more is read,
   spooled or buffered. It also writes the access log, one ``http.request`` event per request.
-* :func:`http_protocol` is uvicorn's HTTP protocol with read deadlines: the request line and
+* :class:`DeadlineHTTPProtocol` is uvicorn's HTTP protocol with read deadlines: the request line and
   headers must arrive within ``read_timeout_s`` of the request's first byte (or of the connection
   opening), the body within ``read_timeout_s`` plus one second per ``MIN_BODY_RATE_BPS`` bytes. A
   client that drips a byte at a time gets 408 and a closed connection.
@@ -20,6 +20,7 @@ from typing import Any
 
 import msgspec
 import structlog
+from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
 from taskorch import constants as c
 from taskorch.errors import PayloadTooLarge, TooManyRequests
@@ -44,6 +45,9 @@ def _declared_length(scope: Scope) -> int | None:
         if name == b"content-length":
             return int(value) if value.isdigit() and len(value) < 20 else None
     return None
+
+
+_PROBES = frozenset({"/healthz", "/readyz", "/metrics"})
 
 
 class Edge:
@@ -107,8 +111,13 @@ class Edge:
             )
             body = msgspec.json.encode(exc.body())
             await watched_send({"type": "http.response.body", "body": body})
+        except Exception:
+            status = status or 500  # answered by Starlette's last-resort handler, outside us
+            raise
         finally:
-            log.info(
+            # Probes come every few seconds: at debug, so that they do not drown the rest.
+            emit = log.debug if scope["path"] in _PROBES else log.info
+            emit(
                 "http.request",
                 method=scope["method"],
                 path=scope["path"],
@@ -193,15 +202,18 @@ class _ReadDeadline:
         self.transport.close()
 
 
-def http_protocol(*, read_timeout_s: float) -> type[asyncio.Protocol]:
-    """uvicorn's HTTP protocol (httptools when installed, else h11) with read deadlines."""
-    from uvicorn.protocols.http.auto import AutoHTTPProtocol
+class DeadlineHTTPProtocol(_ReadDeadline, AutoHTTPProtocol):  # type: ignore[misc,valid-type]
+    """uvicorn's HTTP protocol (httptools when installed, else h11) with read deadlines.
 
-    return type(
-        "DeadlineHTTPProtocol",
-        (_ReadDeadline, AutoHTTPProtocol),
-        {"read_timeout_s": read_timeout_s},
-    )
+    A module-level class, so that uvicorn's worker processes can import it by name; its deadline
+    is set per process by :func:`set_read_timeout`.
+    """
+
+
+def set_read_timeout(read_timeout_s: float) -> type[asyncio.Protocol]:
+    """Set this process's read deadline (TASKORCH_READ_TIMEOUT_S); returns the protocol class."""
+    DeadlineHTTPProtocol.read_timeout_s = read_timeout_s
+    return DeadlineHTTPProtocol
 
 
 class StreamSlots:

@@ -18,7 +18,9 @@ consumer:
   worker's reaper hands a lapsed job back: unstarted ones to the queue, running ones as a
   "worker lost" attempt and an immediate retry. The sums (:class:`LeaseTimes`) make a dead
   worker's task go out again within ``lease_s``: the claim lapses ``lease_s`` minus one reaper
-  round minus some slack after it was last renewed, and reapers look every round.
+  round minus some slack after it was last renewed, and reapers look every round. Leases are
+  renewed from a thread of their own (:class:`_LeaseKeeper`): a worker whose event loop runs
+  seconds behind under a burst of calls is busy, not dead, and keeps them.
 * **Unique job ids.** A job id is ``<task id>.<generation>``; every reschedule takes a new
   generation, so no id is ever reused.
 
@@ -43,6 +45,10 @@ Redis outages (killed, restarting, frozen) are waited out, and work done meanwhi
   their leases lapse and a reaper hands them back.
 * **A frozen Redis is noticed**: every command has a socket timeout
   (:attr:`LeaseTimes.socket_timeout_s`), so a SIGSTOPped Redis reads as an outage, not a hang.
+
+What still repeats (at-least-once): a call whose worker died, or could not reach Redis while
+other workers could, for longer than the lease before its outcome was recorded. The repeat is a
+new attempt with the same ``Idempotency-Key``.
 """
 
 from __future__ import annotations
@@ -61,6 +67,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
+import redis.exceptions
 import structlog
 
 from taskorch import constants as c
@@ -371,7 +378,7 @@ class Worker:
             async with asyncio.timeout(self.times.socket_timeout_s * 2):
                 n = await self.store.release(self.id, [(cl.job, cl.due_ms) for cl in claims])
             log.info("worker.released", worker=self.id, jobs=n, reason=reason)
-        except REDIS_DOWN as exc:
+        except (*REDIS_DOWN, redis.exceptions.RedisError) as exc:
             log.warning(
                 "worker.release_failed",
                 jobs=len(claims),
@@ -618,10 +625,10 @@ class _LeaseKeeper:
                 elif not stalled:
                     stalled = True
                     log.error("worker.loop_stalled", worker=self.worker.id, leases="lapsing")
-                for _ in range(max(1, round(wait / 0.1))):  # stop within 0.1 s
+                for _ in range(max(1, round(wait / 0.25))):  # stop within 0.25 s
                     if self._stop.is_set():
                         break
-                    await asyncio.sleep(min(0.1, wait))
+                    await asyncio.sleep(min(0.25, wait))
         finally:
             await redis.aclose()
 

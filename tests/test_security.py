@@ -89,14 +89,20 @@ async def test_tokens_need_iat_and_a_lifetime_within_the_cap(api: Api) -> None:
     no_iat = jwt.encode({"sub": "alice", "exp": now + 60}, SECRET, "HS256")
     too_long = _token(iat=now, exp=now + c.DEFAULT_TOKEN_MAX_TTL_S + 1)
     text_iat = _token(iat=str(now))
-    for what, token in [("no iat", no_iat), ("too long", too_long), ("text iat", text_iat)]:
+    huge = _token(iat=now, exp=10**400)  # a JSON integer no float holds
+    for what, token in [
+        ("no iat", no_iat),
+        ("too long", too_long),
+        ("text iat", text_iat),
+        ("huge exp", huge),
+    ]:
         r = await api.http.get("/v1/tasks", headers=_bearer(token))
         assert r.status_code == 401, (what, r.text)
         assert r.json()["error"]["code"] == "invalid_token", what
     at_cap = _token(iat=now, exp=now + c.DEFAULT_TOKEN_MAX_TTL_S)
     assert (await api.http.get("/v1/tasks", headers=_bearer(at_cap))).status_code == 200
     minted = jwt.decode(api.token(), SECRET, algorithms=["HS256"])
-    assert isinstance(minted["iat"], int | float) and minted["iat"] <= time.time()
+    assert isinstance(minted["iat"], int | float) and minted["iat"] <= time.time() + 0.001
 
 
 def test_the_lifetime_cap_is_configurable_and_checked_at_start() -> None:
@@ -160,7 +166,11 @@ async def test_repeated_failed_sign_ins_answer_429_without_slowing_others(
         return real_check(password, stored)
 
     monkeypatch.setattr(auth, "check_password", counting)
-    flood = await asyncio.gather(*(_sign_in(api, "victim", f"guess {i}") for i in range(40)))
+    *flood, during = await asyncio.gather(
+        *(_sign_in(api, "victim", f"guess {i}") for i in range(40)),
+        _sign_in(api, "bystander", "another password"),
+    )
+    assert during.status_code == 200, during.text  # another user signs in during the flood
     codes = sorted(r.status_code for r in flood)
     assert (
         codes.count(401) == c.SIGNIN_MAX_ATTEMPTS and codes.count(429) == 40 - c.SIGNIN_MAX_ATTEMPTS
@@ -168,7 +178,8 @@ async def test_repeated_failed_sign_ins_answer_429_without_slowing_others(
     limited = next(r for r in flood if r.status_code == 429)
     assert 1 <= int(limited.headers["retry-after"]) <= c.SIGNIN_WINDOW_S
     assert limited.json()["error"]["code"] == "too_many_requests"
-    assert len(checks) == c.SIGNIN_MAX_ATTEMPTS  # the flood cost five scrypt runs, not forty
+    # The flood cost five scrypt runs, not forty (plus the bystander's one).
+    assert len(checks) == c.SIGNIN_MAX_ATTEMPTS + 1
     # Even the right password waits out the window: a guesser cannot tell it was right.
     assert (await _sign_in(api, "victim", "the real password")).status_code == 429
     r = await _sign_in(api, "bystander", "another password")
@@ -271,7 +282,8 @@ def test_taskorch_serve_stops_reading_a_chunked_upload_at_the_cap(
             pass
         sock.close()
     assert answer.startswith(b"HTTP/1.1 413"), (sent, answer[:300])
-    assert sent < 4 * c.MAX_BODY_BYTES, f"the server read {sent} bytes before answering"
+    # Margin for socket buffers and a loaded machine; without the cap all 16 MiB go in.
+    assert sent < 8 * c.MAX_BODY_BYTES, f"the server read {sent} bytes before answering"
     assert b"connection: close" in answer.lower()
 
 
@@ -460,7 +472,7 @@ async def test_event_streams_are_capped_per_owner(live_server: LiveServer) -> No
             assert other.status_code == 200  # the cap is per owner
             await other.aclose()
             await streams.pop().aclose()
-            for _ in range(50):  # the server notices the hang-up and frees the slot
+            for _ in range(200):  # the server notices the hang-up and frees the slot
                 again = await http.send(http.build_request("GET", url("alice")), stream=True)
                 if again.status_code == 200:
                     streams.append(again)
@@ -575,3 +587,26 @@ def test_trigger_keys_never_reach_the_log(own_redis: RedisServer, tmp_path: Path
     assert {"http.request", "api.client_disconnected", "api.redis_unavailable"} <= names, log
     assert key not in log, "a trigger key reached the log:\n" + log
     assert f"/fn/{fid}/[redacted]" in log
+
+
+def test_error_handlers_and_tracebacks_are_redacted_too() -> None:
+    """The internal-error handler logs the path and a traceback; uvicorn logs its own; both go
+    through the redaction (one structlog processor, one logging filter) as `taskorch serve`
+    configures them."""
+    code = """
+import logging, structlog
+from taskorch.logs import configure
+configure(fmt="json", level="info")
+log = structlog.get_logger("taskorch.api")
+try:
+    raise ValueError("bad request for /fn/fn_1/KEYKEY1 in a message")
+except ValueError:
+    log.exception("api.unexpected_error", path="/fn/fn_1/KEYKEY2", nested={"u": ["/fn/fn_1/KEYKEY3"]})
+    logging.getLogger("uvicorn.error").error("Exception in ASGI application for %s", "/fn/fn_1/KEYKEY4", exc_info=True)
+"""
+    p = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT
+    )
+    assert p.returncode == 0, p.stderr
+    assert "KEYKEY" not in p.stderr, p.stderr
+    assert p.stderr.count("/fn/fn_1/[redacted]") == 5, p.stderr
