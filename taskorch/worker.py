@@ -502,14 +502,16 @@ class Worker:
 
     async def _listen(self) -> None:
         """Wake the claim loop when new work is due before the next poll."""
-        while True:
+        while not self._stopping.is_set():
             try:
                 pubsub = self.store.redis.pubsub(ignore_subscribe_messages=True)
                 async with pubsub:
                     await pubsub.subscribe(c.WAKE_CHANNEL)
-                    while True:
-                        # A timeout of our own: the client's socket timeout must not end a quiet
-                        # subscription (get_message returns None when it passes).
+                    # A timeout of our own (get_message returns None when it passes), so that
+                    # the client's socket timeout does not end a quiet subscription. redis-py's
+                    # timed read can swallow a task's cancellation, so the loop also ends on
+                    # the stop flag.
+                    while not self._stopping.is_set():
                         if await pubsub.get_message(timeout=1.0) is not None:
                             self._wake.set()
             except asyncio.CancelledError:

@@ -496,7 +496,7 @@ async def test_a_dead_workers_task_goes_out_again_within_the_lease(
 ) -> None:
     """SIGKILL a worker mid-call just after it renewed its lease (the worst case) and measure
     when another, running worker calls the task again: within TASKORCH_LEASE_S."""
-    lease_s = 4.0
+    lease_s = 6.0
     doomed = workers.start(TASKORCH_LEASE_S=str(lease_s))
     task = await api.create({"url": target.url("/slow-once/60"), "retries": 0})
     await until(lambda: target.calls)  # in flight at the doomed worker
