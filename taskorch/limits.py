@@ -3,7 +3,8 @@
 * :class:`Edge` (ASGI middleware) caps every request body while it streams in, whatever length
   it declares (a chunked body declares none): past the route's cap the app's next read raises
   :class:`BodyTooLarge`, the answer is 413 with ``Connection: close``, and nothing more is read,
-  spooled or buffered. It also writes the access log, one ``http.request`` event per request.
+  spooled or buffered. Any answer given before its request's body was read to the end closes
+  the connection too, so a route that takes no body cannot be fed one for ever. It also writes the access log, one ``http.request`` event per request.
 * :class:`DeadlineHTTPProtocol` is uvicorn's HTTP protocol with read deadlines: the request line and
   headers must arrive within ``read_timeout_s`` of the request's first byte (or of the connection
   opening), the body within ``read_timeout_s`` plus one second per ``MIN_BODY_RATE_BPS`` bytes. A
@@ -47,6 +48,13 @@ def _declared_length(scope: Scope) -> int | None:
     return None
 
 
+def _is_chunked(scope: Scope) -> bool:
+    return any(
+        name == b"transfer-encoding" and b"chunked" in value.lower()
+        for name, value in scope.get("headers", [])
+    )
+
+
 _PROBES = frozenset({"/healthz", "/readyz", "/metrics"})
 
 
@@ -68,12 +76,13 @@ class Edge:
             return
         limit = self.limit_for(scope["method"], scope["path"])
         declared = _declared_length(scope)
+        body_done = not (declared or _is_chunked(scope))
         received = 0
         tripped = False
         status = 0
 
         async def capped_receive() -> Message:
-            nonlocal received, tripped
+            nonlocal received, tripped, body_done
             if declared is not None and declared > limit:
                 tripped = True
                 raise BodyTooLarge(limit)
@@ -83,13 +92,16 @@ class Edge:
                 if received > limit:
                     tripped = True
                     raise BodyTooLarge(limit)
+                body_done = not message.get("more_body", False)
             return message
 
         async def watched_send(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                if tripped:  # the rest of the body is never read: do not keep the connection
+                # A body the route did not read to its end (past the cap, or a route that takes
+                # none) is never read: close instead of draining it for the next request.
+                if tripped or not body_done:
                     message = {
                         **message,
                         "headers": [*message["headers"], (b"connection", b"close")],
