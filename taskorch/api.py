@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import hmac
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -57,7 +58,7 @@ from taskorch.store import Store, connect
 E = TypeVar("E", bound=enum.Enum)
 
 log = structlog.get_logger("taskorch.api")
-WEB_DIR = Path(__file__).resolve().parent.parent / "web"
+WEB_DIR = Path(__file__).resolve().parent / "web"  # package data: every install serves the page
 _enc = msgspec.json.Encoder()
 
 
@@ -65,7 +66,7 @@ class JSON(Response):
     media_type = "application/json"
 
     def render(self, content: Any) -> bytes:
-        return _enc.encode(content)
+        return _enc.encode(content) + b"\n"  # a shell prompt after curl starts on its own line
 
 
 def error_response(exc: ApiError) -> Response:
@@ -134,6 +135,12 @@ def _limit_param(request: Request) -> int:
     if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= c.MAX_LIST_LIMIT:
         raise _invalid_param("limit", f"must be a whole number from 1 to {c.MAX_LIST_LIMIT}")
     return int(raw)
+
+
+def _invalid_param_body(name: str, message: str) -> ApiError:
+    from taskorch.errors import ValidationFailed
+
+    return ValidationFailed(f"{name}: {message}.", details=[{"field": name, "message": message}])
 
 
 def _invalid_param(name: str, message: str) -> ApiError:
@@ -259,6 +266,14 @@ async def create_function(request: Request) -> Response:
         body = convert(await _function_form(request), FunctionCreate)
     else:
         body = decode_body(await read_body(request), FunctionCreate)
+    settings: Settings = request.state.settings
+    if not settings.local_functions and (body.provider or settings.function_provider) == "local":
+        # An API run without the sandbox's privileges (compose's `api`) must not run code.
+        message = (
+            "local functions are off on this server (TASKORCH_LOCAL_FUNCTIONS=0): "
+            "use the aws provider, or the server that runs the local runtime"
+        )
+        raise _invalid_param_body("provider", message)
     fn = await fns.create(p.sub, body)
     return JSON(fn, status_code=201, headers={"Location": f"/v1/functions/{fn.id}"})
 
@@ -434,8 +449,19 @@ async def readyz(request: Request) -> Response:
 
 
 async def metrics_route(request: Request) -> Response:
+    settings: Settings = request.state.settings
+    if settings.metrics_token is not None:
+        kind, _, token = request.headers.get("authorization", "").partition(" ")
+        given = token.strip().encode()
+        if kind.lower() != "bearer" or not hmac.compare_digest(
+            given, settings.metrics_token.encode()
+        ):
+            raise Unauthorized(
+                "Send the metrics token: Authorization: Bearer <TASKORCH_METRICS_TOKEN>.",
+                code="missing_token" if not given else "invalid_token",
+            )
     text = await metrics.render(request.state.redis)
-    return Response(text, media_type="text/plain; version=0.0.4; charset=utf-8")
+    return Response(text, media_type=metrics.CONTENT_TYPE)
 
 
 async def openapi_route(request: Request) -> Response:
@@ -606,19 +632,40 @@ def create_app(
     )
 
 
+def app_from_env() -> Starlette:
+    """The app factory each API process calls when ``taskorch serve`` runs several of them."""
+    from taskorch.logs import configure
+
+    settings = Settings.from_env()
+    configure(fmt=settings.log_format, level=settings.log_level)
+    return create_app(settings)
+
+
 def serve(settings: Settings) -> None:
-    """Entry point of ``taskorch serve``."""
+    """Entry point of ``taskorch serve``: ``TASKORCH_WEB_CONCURRENCY`` processes on one port.
+
+    One process runs the app in place. Several are uvicorn's workers: each child builds its own
+    app (its own Redis pool and lifespan) from the same environment through
+    :func:`app_from_env`, and the kernel spreads connections over them.
+    """
     import uvicorn
 
     from taskorch.logs import configure
+    from taskorch.store import check_redis
 
     configure(fmt=settings.log_format, level=settings.log_level)
-    app = create_app(settings)
-    uvicorn.run(
-        app,
-        host=settings.host,
-        port=settings.port,
-        log_level="warning",
-        proxy_headers=True,
-        access_log=False,
-    )
+    check_redis(settings)
+    app = create_app(settings)  # built here too, so that bad settings stop the parent at once
+    common: dict[str, Any] = {
+        "host": settings.host,
+        "port": settings.port,
+        "log_level": "warning",
+        "proxy_headers": True,
+        "access_log": False,
+    }
+    if settings.web_concurrency == 1:
+        uvicorn.run(app, **common)
+    else:
+        uvicorn.run(
+            "taskorch.api:app_from_env", factory=True, workers=settings.web_concurrency, **common
+        )

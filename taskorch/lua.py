@@ -187,7 +187,11 @@ local id, job, outcome = ARGV[1], ARGV[2], ARGV[3]
 local now = tonumber(ARGV[6])
 local key = P .. 'task:' .. id
 local t = redis.call('HMGET', key, 'status', 'job', 'owner', 'gen', 'orchestration_id')
-for i = 8, #ARGV do redis.call('HINCRBY', P .. 'metrics', ARGV[i], 1) end
+for i = 8, #ARGV do
+  local f, by = string.match(ARGV[i], '^(.+)=(.+)$')  -- "name=x" adds x, a bare name adds 1
+  if f then redis.call('HINCRBYFLOAT', P .. 'metrics', f, by)
+  else redis.call('HINCRBY', P .. 'metrics', ARGV[i], 1) end
+end
 if t[1] ~= 'running' or t[2] ~= job then return 0 end
 redis.call('RPUSH', key .. ':attempts', ARGV[4])
 drop_job(job)

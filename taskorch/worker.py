@@ -342,6 +342,7 @@ class Worker:
             self.claim_ahead_ms,
             f"attempts_total:{outcome}",
             lateness_bucket(lateness),
+            f"lateness_sum_ms={max(lateness, 0.0):.3f}",  # the histogram's _sum for /metrics
         ]
         self._outcomes.append((cl, row))
         if not self._flushing:
