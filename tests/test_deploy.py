@@ -18,9 +18,19 @@ import httpx
 import pytest
 import redis
 
+from taskorch.api import create_app
 from taskorch.errors import ConfigError
 from taskorch.settings import Settings
-from tests.conftest import ROOT, SECRET, free_port
+from tests.conftest import (
+    ROOT,
+    SECRET,
+    Api,
+    Target,
+    WorkerProcs,
+    _WithState,
+    free_port,
+    make_settings,
+)
 
 # -- platform variables ------------------------------------------------------------------------
 
@@ -383,3 +393,58 @@ def test_procfile_and_lock_file_for_heroku() -> None:
     names = {p.split("==")[0].lower().replace("_", "-") for p in deps}
     assert {"starlette", "redis", "uvicorn", "prometheus-client"} <= names
     assert "arq" not in names
+
+
+# -- /metrics ----------------------------------------------------------------------------------
+
+
+async def test_metrics_follow_prometheus_conventions_and_name_no_owner(
+    api: Api, target: Target, workers: WorkerProcs
+) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    workers.start()
+    owner = "owner-with-a-secret-name"
+    ids = [
+        (await api.create({"url": target.url("/ok"), "delay": 0.2}, sub=owner))["id"]
+        for _ in range(3)
+    ]
+    for task_id in ids:
+        await api.wait_status(task_id, "succeeded", sub=owner)
+    r = await api.http.get("/metrics")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
+    assert owner not in r.text and "owner" not in r.text
+    families = {f.name: f for f in text_string_to_metric_families(r.text)}
+    lateness = families["taskorch_lateness_seconds"]
+    assert lateness.type == "histogram"
+    samples = {(s.name, s.labels.get("le")): s.value for s in lateness.samples}
+    assert samples[("taskorch_lateness_seconds_count", None)] == 3
+    assert samples[("taskorch_lateness_seconds_bucket", "+Inf")] == 3
+    assert ("taskorch_lateness_seconds_bucket", "0.001") in samples  # seconds, not ms
+    assert 0 <= samples[("taskorch_lateness_seconds_sum", None)] < 3 * 5.0
+    attempts = {s.labels["outcome"]: s.value for s in families["taskorch_attempts"].samples}
+    assert attempts["succeeded"] == 3
+    tasks = {s.labels["status"]: s.value for s in families["taskorch_tasks"].samples}
+    assert tasks["succeeded"] == 3
+
+
+async def test_metrics_token_protects_the_page(redis_url: str) -> None:
+    settings = make_settings(redis_url, metrics_token="scrape-me-0123456789")
+    app = create_app(settings)
+    async with app.router.lifespan_context(app) as state:
+        transport = httpx.ASGITransport(app=_WithState(app, state))  # type: ignore[arg-type]
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
+            missing = await http.get("/metrics")
+            assert missing.status_code == 401
+            assert missing.headers["www-authenticate"] == "Bearer"
+            assert missing.json()["error"]["code"] == "missing_token"
+            wrong = await http.get("/metrics", headers={"Authorization": "Bearer nope"})
+            assert wrong.status_code == 401
+            ok = await http.get(
+                "/metrics", headers={"Authorization": "Bearer scrape-me-0123456789"}
+            )
+            assert ok.status_code == 200 and "taskorch_workers" in ok.text
+    assert (
+        Settings.from_env({"TASKORCH_METRICS_TOKEN": "t0k3n"}, verify_tokens=False).metrics_token
+        == "t0k3n"
+    )
