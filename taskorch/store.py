@@ -70,7 +70,18 @@ def connect(url: str, **kwargs: Any) -> Redis:
         db = int(path[1]) if len(path) > 1 else int(query.get("db", ["0"])[0])
         password = unquote(parts.password) if parts.password else None
         sentinel = Sentinel(hosts, password=password, **kwargs)
-        return sentinel.master_for(service, db=db, password=password, **kwargs)
+        master = sentinel.master_for(service, db=db, password=password, **kwargs)
+        close_master = master.aclose
+
+        async def aclose(*args: Any, **kw: Any) -> None:
+            # Closing the client closes its pool only; the sentinels' own connections, which
+            # found the master, would otherwise stay open for the life of the process.
+            await close_master(*args, **kw)
+            for client in sentinel.sentinels:
+                await client.aclose()
+
+        master.aclose = aclose
+        return master
     return aioredis.from_url(url, **kwargs)
 
 
