@@ -7,17 +7,20 @@
 
 FROM python:3.11-slim AS build
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md requirements.txt ./
 COPY taskorch ./taskorch
-RUN pip wheel --no-cache-dir --wheel-dir /wheels .
+# Wheels of exactly what requirements.txt (the lock file) pins, and of taskorch itself.
+RUN pip wheel --no-cache-dir --wheel-dir /wheels --requirement requirements.txt \
+    && { grep -v '^\.$' requirements.txt; echo taskorch; } > /wheels/install.txt
 
 FROM python:3.11-slim AS runtime
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 \
     TASKORCH_HOST=0.0.0.0 TASKORCH_PORT=3000 \
     TASKORCH_FUNCTIONS_DIR=/var/lib/taskorch/functions
-RUN useradd --system --uid 10001 --user-group --home-dir /var/lib/taskorch --create-home taskorch
+RUN groupadd --system --gid 10001 taskorch \
+    && useradd --system --uid 10001 --gid 10001 --home-dir /var/lib/taskorch --create-home taskorch
 RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
-    pip install --no-cache-dir --no-index --find-links=/wheels taskorch
+    pip install --no-cache-dir --no-index --find-links=/wheels --requirement /wheels/install.txt
 WORKDIR /var/lib/taskorch
 EXPOSE 3000
 # /healthz, not /readyz: a Redis outage is not cured by restarting the API.
@@ -34,7 +37,7 @@ RUN apt-get update \
     && apt-get install -y --no-install-recommends default-jdk-headless nodejs util-linux bubblewrap \
     && rm -rf /var/lib/apt/lists/*
 # hadolint ignore=DL3002
-USER root
+USER 0
 
 FROM runtime AS api
-USER taskorch
+USER 10001:10001

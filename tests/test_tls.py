@@ -98,4 +98,3 @@ async def test_tasks_fire_through_redis_over_tls(
                 assert task["attempts"][0]["status_code"] == 200
     await client.aclose()
     assert sorted(target.by_task()) == sorted(ids)
-
