@@ -12,6 +12,8 @@ import contextlib
 import enum
 import hmac
 import os
+import socket
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -21,6 +23,7 @@ import redis.exceptions
 import structlog
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import FileResponse, Response, StreamingResponse
 from starlette.routing import Mount, Route
@@ -35,8 +38,10 @@ from taskorch.errors import (
     NotFound,
     PayloadTooLarge,
     Unauthorized,
+    Unavailable,
 )
 from taskorch.functions import Functions
+from taskorch.limits import Edge, StreamSlots, http_protocol
 from taskorch.models import (
     FunctionCreate,
     OrchestrationCreate,
@@ -53,7 +58,7 @@ from taskorch.models import (
 )
 from taskorch.orchestrations import Orchestrations
 from taskorch.settings import Settings
-from taskorch.store import Store, connect
+from taskorch.store import Store, connect, is_id
 
 E = TypeVar("E", bound=enum.Enum)
 
@@ -74,7 +79,11 @@ def error_response(exc: ApiError) -> Response:
 
 
 async def read_body(request: Request, limit: int = c.MAX_BODY_BYTES) -> bytes:
-    """The request body, refusing more than ``limit`` bytes before reading it all."""
+    """The request body, refusing more than ``limit`` bytes before reading it all.
+
+    :class:`taskorch.limits.Edge` enforces the same caps (:func:`body_limit`) for every route
+    while the body streams, multipart included; this check keeps a route's own cap explicit.
+    """
     declared = request.headers.get("content-length")
     too_big = PayloadTooLarge(f"The body is larger than {limit} bytes.")
     if declared and declared.isascii() and declared.isdigit() and int(declared) > limit:
@@ -116,7 +125,7 @@ def _status_param(request: Request, kind: type[E]) -> E | None:
 
 def _cursor_param(request: Request, prefix: str) -> str | None:
     cursor = request.query_params.get("cursor") or None
-    if cursor is not None and not cursor.startswith(prefix):
+    if cursor is not None and not is_id(cursor, prefix):
         raise _invalid_param("cursor", "is not a cursor this service handed out")
     return cursor
 
@@ -132,7 +141,9 @@ def _limit_param(request: Request) -> int:
     raw = request.query_params.get("limit")
     if raw is None:
         return c.DEFAULT_LIST_LIMIT
-    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= c.MAX_LIST_LIMIT:
+    # The length first: int() refuses strings of more than 4,300 digits with a ValueError.
+    ok = raw.isascii() and raw.isdigit() and len(raw) <= len(str(c.MAX_LIST_LIMIT))
+    if not ok or not 1 <= int(raw) <= c.MAX_LIST_LIMIT:
         raise _invalid_param("limit", f"must be a whole number from 1 to {c.MAX_LIST_LIMIT}")
     return int(raw)
 
@@ -176,7 +187,7 @@ async def list_tasks(request: Request) -> Response:
         p.sub,
         status=_status_param(request, TaskStatus),
         limit=_limit_param(request),
-        cursor=_cursor_param(request, "tsk_"),
+        cursor=_cursor_param(request, "tsk"),
     )
     return JSON(page)
 
@@ -229,7 +240,7 @@ async def list_orchestrations(request: Request) -> Response:
         p.sub,
         status=_status_param(request, OrchestrationStatus),
         limit=_limit_param(request),
-        cursor=_cursor_param(request, "orc_"),
+        cursor=_cursor_param(request, "orc"),
     )
     return JSON(page)
 
@@ -286,6 +297,8 @@ async def _function_form(request: Request) -> dict[str, Any]:
     data: dict[str, Any] = {}
     try:
         form = await request.form(max_files=1, max_fields=20)
+    except (ApiError, ClientDisconnect):  # the body passed its cap while streaming, or hung up
+        raise
     except Exception as exc:  # python-multipart's parse errors
         raise BadRequest(f"The multipart body could not be read: {exc}.") from None
     try:
@@ -312,7 +325,7 @@ async def _function_form(request: Request) -> dict[str, Any]:
 async def list_functions(request: Request) -> Response:
     p = await principal(request, "read")
     fns: Functions = request.state.functions
-    page = await fns.list(p.sub, limit=_limit_param(request), cursor=_cursor_param(request, "fn_"))
+    page = await fns.list(p.sub, limit=_limit_param(request), cursor=_cursor_param(request, "fn"))
     return JSON(page)
 
 
@@ -397,7 +410,8 @@ async def stats(request: Request) -> Response:
 
 async def issue_token(request: Request) -> Response:
     body = decode_body(await read_body(request), TokenRequest)
-    if not await auth.authenticate(request.state.redis, body.username, body.password):
+    signin: auth.SignIn = request.state.signin
+    if not await signin.authenticate(body.username, body.password):
         raise Unauthorized("Wrong username or password.", code="invalid_credentials")
     settings: Settings = request.state.settings
     token = auth.mint_token(settings, body.username)
@@ -409,29 +423,53 @@ async def issue_token(request: Request) -> Response:
 async def events(request: Request) -> Response:
     """Server-sent events of the owner's changes; EventSource may pass ?access_token=."""
     p = await principal(request, "read")
+    slots: StreamSlots = request.state.streams
+    free = slots.take(p.sub)
     pubsub = request.state.redis.pubsub(ignore_subscribe_messages=True)
-    await pubsub.subscribe(c.EVENTS_CHANNEL_PREFIX + p.sub)
+    try:
+        await pubsub.subscribe(c.EVENTS_CHANNEL_PREFIX + p.sub)
+    except BaseException:
+        free()
+        with contextlib.suppress(Exception):
+            await pubsub.aclose()
+        raise
 
     async def stream() -> AsyncIterator[bytes]:
-        try:
-            yield b"retry: 2000\n: connected\n\n"
-            while True:
-                msg = await pubsub.get_message(timeout=15.0)
-                if msg is None:
-                    yield b": ping\n\n"
-                    continue
-                data = msg["data"]
-                kind = msgspec.json.decode(data).get("type", "message")
-                yield f"event: {kind}\ndata: {data}\n\n".encode()
-        finally:
-            with contextlib.suppress(Exception):
-                await pubsub.aclose()
+        yield b"retry: 2000\n: connected\n\n"
+        while True:
+            msg = await pubsub.get_message(timeout=15.0)
+            if msg is None:
+                yield b": ping\n\n"
+                continue
+            data = msg["data"]
+            kind = msgspec.json.decode(data).get("type", "message")
+            yield f"event: {kind}\ndata: {data}\n\n".encode()
 
-    return StreamingResponse(
-        stream(),
-        media_type="text/event-stream",
-        headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
-    )
+    async def close() -> None:
+        free()
+        with contextlib.suppress(Exception):
+            await pubsub.aclose()
+
+    return _EventStream(stream(), close)
+
+
+class _EventStream(StreamingResponse):
+    """A stream whose slot and pub/sub connection are given back however it ends, even when the
+    client hangs up before the first byte (when the generator's own ``finally`` never runs)."""
+
+    def __init__(self, content: AsyncIterator[bytes], close: Callable[[], Awaitable[None]]) -> None:
+        super().__init__(
+            content,
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+        )
+        self._close = close
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self._close()
 
 
 async def healthz(request: Request) -> Response:
@@ -490,6 +528,28 @@ async def index(request: Request) -> Response:
 # -- the app -----------------------------------------------------------------------------------
 
 
+# Path ids must have the exact form the service hands out: anything else names nothing (404)
+# and never reaches Redis, where ``tsk_x:attempts`` would name another key.
+_PATH_IDS = {
+    "task_id": ("tsk", "task"),
+    "orc_id": ("orc", "orchestration"),
+    "fn_id": ("fn", "function"),
+}
+# A Redis that is down, frozen (the client's timeout), loading its data or read-only (a replica
+# after a failover): the request can succeed a moment later, so 503 with Retry-After.
+_REDIS_OUTAGE = (
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+    redis.exceptions.ReadOnlyError,
+)
+
+
+def _check_path_ids(request: Request) -> None:
+    for name, value in request.path_params.items():
+        if name in _PATH_IDS and not is_id(value, _PATH_IDS[name][0]):
+            raise NotFound(f"No {_PATH_IDS[name][1]} {value[:64]!r} exists for this account.")
+
+
 def _wrap(
     endpoint: Callable[[Request], Awaitable[Response]],
 ) -> Callable[[Request], Awaitable[Response]]:
@@ -497,6 +557,8 @@ def _wrap(
 
     async def handler(request: Request) -> Response:
         try:
+            if request.url.path.startswith("/v1/"):
+                _check_path_ids(request)
             return await endpoint(request)
         except ApiError as exc:
             return error_response(exc)
@@ -504,10 +566,14 @@ def _wrap(
             # The client hung up mid-body: nobody is left to answer, and it is not our error.
             log.info("api.client_disconnected", path=request.url.path)
             return Response(status_code=400)
-        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+        except _REDIS_OUTAGE as exc:
             log.error("api.redis_unavailable", error=str(exc), path=request.url.path)
-            unavailable = ApiError("Redis is unreachable; try again shortly.", code="unavailable")
-            return JSON(unavailable.body(), status_code=503, headers={"Retry-After": "1"})
+            return error_response(
+                Unavailable(
+                    "Redis is unreachable; try again shortly.",
+                    retry_after_s=c.UNAVAILABLE_RETRY_AFTER_S,
+                )
+            )
 
     return handler
 
@@ -538,6 +604,13 @@ ROUTES: list[tuple[str, Callable[[Request], Awaitable[Response]], str]] = [
     ("/v1/stats", stats, "GET"),
     ("/v1/events", events, "GET"),
 ]
+
+
+def body_limit(method: str, path: str) -> int:
+    """The body cap of a route: orchestrations carry up to 10,000 steps, the rest 1 MiB."""
+    if path == "/v1/orchestrations" or path.startswith("/v1/orchestrations/"):
+        return c.MAX_ORCHESTRATION_BODY_BYTES
+    return c.MAX_BODY_BYTES
 
 
 def _routes(extra: list[Any]) -> list[Any]:
@@ -587,16 +660,23 @@ def lambda_provider(settings: Settings) -> Any | None:
 def create_app(
     settings: Settings, *, redis_client: Any = None, extra_routes: list[Any] | None = None
 ) -> Starlette:
-    """Build the API. ``redis_client`` lets tests inject one; otherwise one is made at startup."""
-    verifier = auth.TokenVerifier(settings)
+    """Build the API. ``redis_client`` lets tests inject one; otherwise one is made at startup,
+    with every call bounded by TASKORCH_REDIS_TIMEOUT_S so a frozen Redis answers 503."""
     aws = lambda_provider(settings)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
         from taskorch.sandbox import LocalRuntime, SandboxLimits
 
-        client = redis_client if redis_client is not None else connect(settings.redis_url)
+        client = redis_client
+        if client is None:
+            client = connect(
+                settings.redis_url,
+                socket_timeout=settings.redis_timeout_s,
+                socket_connect_timeout=settings.redis_timeout_s,
+            )
         store = Store(client)
+        signin = auth.SignIn(client)
         runtime = LocalRuntime(
             Path(settings.functions_dir),
             limits=SandboxLimits(timeout_s=settings.function_timeout_s),
@@ -617,9 +697,12 @@ def create_app(
                 "store": store,
                 "orchestrations": Orchestrations(client),
                 "functions": functions,
-                "verifier": verifier,
+                "verifier": auth.TokenVerifier(settings, redis=client),
+                "signin": signin,
+                "streams": StreamSlots(),
             }
         finally:
+            signin.close()
             await functions.close()
             await runtime.close()
             if redis_client is None:
@@ -629,24 +712,21 @@ def create_app(
         routes=_routes(extra_routes or []),
         lifespan=lifespan,
         exception_handlers={HTTPException: _http_error, Exception: _unexpected},
+        middleware=[Middleware(Edge, limit_for=body_limit)],
     )
 
 
-def app_from_env() -> Starlette:
-    """The app factory each API process calls when ``taskorch serve`` runs several of them."""
-    from taskorch.logs import configure
-
-    settings = Settings.from_env()
-    configure(fmt=settings.log_format, level=settings.log_level)
-    return create_app(settings)
+_CHILD_ENV = "TASKORCH_SERVE_CHILD"  # set by serve() in the API processes it starts
 
 
 def serve(settings: Settings) -> None:
     """Entry point of ``taskorch serve``: ``TASKORCH_WEB_CONCURRENCY`` processes on one port.
 
-    One process runs the app in place. Several are uvicorn's workers: each child builds its own
-    app (its own Redis pool and lifespan) from the same environment through
-    :func:`app_from_env`, and the kernel spreads connections over them.
+    One process serves in place. For several, this process starts that many ``taskorch serve``
+    children, each with its own app, lifespan and Redis pool, listening on the same port with
+    ``SO_REUSEPORT`` (the kernel spreads connections over them), and stays as their supervisor:
+    SIGTERM or SIGINT is passed on to all, and if one dies the rest are stopped, so that the
+    platform's restart policy sees a failed process rather than a quietly smaller one.
     """
     import uvicorn
 
@@ -654,18 +734,67 @@ def serve(settings: Settings) -> None:
     from taskorch.store import check_redis
 
     configure(fmt=settings.log_format, level=settings.log_level)
-    check_redis(settings)
+    child = os.environ.get(_CHILD_ENV) == "1"
+    if not child:
+        check_redis(settings)
     app = create_app(settings)  # built here too, so that bad settings stop the parent at once
-    common: dict[str, Any] = {
-        "host": settings.host,
-        "port": settings.port,
-        "log_level": "warning",
-        "proxy_headers": True,
-        "access_log": False,
-    }
-    if settings.web_concurrency == 1:
-        uvicorn.run(app, **common)
+    if settings.web_concurrency > 1 and not child:
+        sys.exit(_supervise(settings))
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level="warning",
+        log_config=None,  # uvicorn's lines go through logs.configure's handler, which redacts
+        proxy_headers=True,
+        access_log=False,  # the Edge middleware logs each request as http.request
+        http=http_protocol(read_timeout_s=settings.read_timeout_s),
+        timeout_keep_alive=settings.keep_alive_s,
+    )
+    server = uvicorn.Server(config)
+    if child:
+        server.run(sockets=[_reuseport_socket(settings.host, settings.port)])
     else:
-        uvicorn.run(
-            "taskorch.api:app_from_env", factory=True, workers=settings.web_concurrency, **common
-        )
+        server.run()
+
+
+def _reuseport_socket(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    sock.set_inheritable(True)
+    return sock
+
+
+def _supervise(settings: Settings) -> int:
+    import signal
+    import subprocess
+    import time
+
+    env = {**os.environ, _CHILD_ENV: "1"}
+    children = [
+        subprocess.Popen([sys.executable, "-m", "taskorch", "serve"], env=env)
+        for _ in range(settings.web_concurrency)
+    ]
+    log.info("api.processes", count=len(children), port=settings.port)
+    stopping = False
+
+    def stop(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+        for p in children:
+            if p.poll() is None:
+                p.send_signal(signum)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    while not stopping and all(p.poll() is None for p in children):
+        time.sleep(0.2)
+    if not stopping:
+        log.error("api.process_exited", codes=[p.poll() for p in children])
+        stop(signal.SIGTERM, None)
+    for p in children:
+        p.wait()
+    return 0 if stopping else 1

@@ -1,7 +1,9 @@
 """Bearer tokens and accounts: verifying JWTs, minting them, and scrypt-hashed passwords.
 
-Algorithms are pinned: HS256 with the shared secret, or RS256/ES256 keys from a JWKS URL; a
-token's own ``alg`` header never chooses the key type. ``exp`` and ``sub`` are required.
+Algorithms are pinned: HS256 with the shared secret, or from a JWKS URL RS256 for an RSA key and
+ES256 for an EC key; a token's own ``alg`` header never chooses the key type. ``exp``, ``iat`` and
+``sub`` are required, ``exp - iat`` is capped, and a user's tokens issued before their last
+password change or removal are refused.
 """
 
 from __future__ import annotations
@@ -11,13 +13,14 @@ import hashlib
 import hmac
 import secrets
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 import jwt
 
 from taskorch import constants as c
-from taskorch.errors import Forbidden, Unauthorized
+from taskorch.errors import Forbidden, TooManyRequests, Unauthorized
 from taskorch.settings import Settings
 from taskorch.store import Redis
 
@@ -37,26 +40,61 @@ class Principal:
 
 
 class TokenVerifier:
-    """Checks bearer tokens against the configured secret or JWKS."""
+    """Checks bearer tokens against the configured secret or JWKS, and against revocations.
 
-    def __init__(self, settings: Settings) -> None:
+    Args:
+        settings: the secret or JWKS, issuer, audience and the lifetime cap.
+        redis: where ``taskorch user passwd|remove`` record revocations; None checks none (tests
+            of the token format alone).
+    """
+
+    def __init__(self, settings: Settings, *, redis: Redis | None = None) -> None:
         self.settings = settings
+        self.redis = redis
         self._jwks = jwt.PyJWKClient(settings.jwt_jwks_url) if settings.jwt_jwks_url else None
+        self._not_before: dict[str, tuple[float, float]] = {}  # sub -> (not before, read at)
 
     async def verify(self, token: str) -> Principal:
-        options: Any = {"require": ["exp", "sub"]}
+        claims = await self._decode(token)
+        sub = claims.get("sub")
+        if isinstance(sub, str):
+            try:
+                sub.encode("utf-8")
+            except UnicodeEncodeError:  # a lone surrogate: valid JSON, not storable text
+                sub = None
+        if not isinstance(sub, str) or not sub or ":" in sub:
+            raise _invalid("the sub claim must be a non-empty string without ':'")
+        iat, exp = _number(claims.get("iat")), _number(claims.get("exp"))
+        if iat is None or exp is None:
+            raise _invalid("iat and exp must be numbers")
+        if exp - iat > self.settings.token_max_ttl_s:
+            raise _invalid(
+                f"it lives longer than TASKORCH_TOKEN_MAX_TTL_S ({self.settings.token_max_ttl_s} s)"
+            )
+        scope = claims.get("scope", _ABSENT)
+        if scope is not _ABSENT and not isinstance(scope, str):
+            raise _invalid("the scope claim must be a space-separated string")
+        if iat < await self._not_before_s(sub):
+            raise Unauthorized(
+                "The token was revoked (password changed or user removed); sign in again.",
+                code="token_revoked",
+            )
+        scopes = frozenset(scope.split()) if isinstance(scope, str) else None
+        return Principal(sub=sub, scopes=scopes)
+
+    async def _decode(self, token: str) -> dict[str, Any]:
+        options: Any = {"require": ["exp", "sub", "iat"]}
         try:
-            if self._jwks is not None and self.settings.jwt_secret is None:
-                key: Any = (await asyncio.to_thread(self._jwks.get_signing_key_from_jwt, token)).key
-                algorithms = ["RS256", "ES256"]
+            header = jwt.get_unverified_header(token)
+            if self._jwks is not None and (
+                self.settings.jwt_secret is None or header.get("alg") != "HS256"
+            ):
+                jwk = await asyncio.to_thread(self._jwks.get_signing_key_from_jwt, token)
+                key: Any = jwk.key
+                algorithms = _algorithms_for(key)
             else:
-                header = jwt.get_unverified_header(token)
-                if header.get("alg") != "HS256" and self._jwks is not None:
-                    key = (await asyncio.to_thread(self._jwks.get_signing_key_from_jwt, token)).key
-                    algorithms = ["RS256", "ES256"]
-                else:
-                    key, algorithms = self.settings.jwt_secret, ["HS256"]
-            claims = jwt.decode(
+                key, algorithms = self.settings.jwt_secret, ["HS256"]
+            claims: dict[str, Any] = jwt.decode(
                 token,
                 key,
                 algorithms=algorithms,
@@ -68,22 +106,50 @@ class TokenVerifier:
             raise Unauthorized(
                 "The token has expired; get a new one.", code="token_expired"
             ) from None
-        except (jwt.PyJWTError, ValueError) as exc:
-            raise Unauthorized(f"The token is not valid: {exc}.", code="invalid_token") from None
-        sub = claims.get("sub")
-        if isinstance(sub, str):
-            try:
-                sub.encode("utf-8")
-            except UnicodeEncodeError:  # a lone surrogate: valid JSON, not storable text
-                sub = None
-        if not isinstance(sub, str) or not sub or ":" in sub:
-            raise Unauthorized(
-                "The token's sub claim must be a non-empty string without ':'.",
-                code="invalid_token",
-            )
-        scope = claims.get("scope")
-        scopes = frozenset(scope.split()) if isinstance(scope, str) else None
-        return Principal(sub=sub, scopes=scopes)
+        except (jwt.PyJWTError, ValueError, TypeError, AttributeError) as exc:
+            # TypeError/AttributeError: a key of one type handed an algorithm of another.
+            raise _invalid(str(exc)) from None
+        return claims
+
+    async def _not_before_s(self, sub: str) -> float:
+        """When ``sub``'s tokens start to count (0: never revoked), cached NOT_BEFORE_CACHE_S."""
+        if self.redis is None:
+            return 0.0
+        now = time.monotonic()
+        cached = self._not_before.get(sub)
+        if cached is not None and now - cached[1] < c.NOT_BEFORE_CACHE_S:
+            return cached[0]
+        raw = await self.redis.get(c.USER_NOT_BEFORE_KEY_PREFIX + sub)
+        value = float(raw) if raw else 0.0
+        if len(self._not_before) > 10_000:  # bounded: many owners, or a flood of made-up subs
+            self._not_before.clear()
+        self._not_before[sub] = (value, now)
+        return value
+
+
+_ABSENT = object()
+
+
+def _number(value: Any) -> float | None:
+    """A JSON number claim as a float; None for anything else (strings, true, NaN)."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
+        return None
+    return float(value)
+
+
+def _invalid(reason: str) -> Unauthorized:
+    return Unauthorized(f"The token is not valid: {reason}.", code="invalid_token")
+
+
+def _algorithms_for(key: Any) -> list[str]:
+    """The one algorithm a JWKS key may verify: the key's type decides, never the token."""
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+    if isinstance(key, rsa.RSAPublicKey):
+        return ["RS256"]
+    if isinstance(key, ec.EllipticCurvePublicKey):
+        return ["ES256"]
+    raise jwt.InvalidKeyError("the JWKS key for this kid is neither RSA nor EC")
 
 
 def mint_token(
@@ -92,8 +158,15 @@ def mint_token(
     """Sign an HS256 token for ``sub`` (needs TASKORCH_JWT_SECRET)."""
     if not settings.jwt_secret:
         raise Unauthorized("Tokens can only be issued with TASKORCH_JWT_SECRET set.")
-    now = int(time.time())
-    claims: dict[str, Any] = {"sub": sub, "iat": now, "exp": now + (ttl_s or settings.token_ttl_s)}
+    ttl_s = ttl_s or settings.token_ttl_s
+    if ttl_s > settings.token_max_ttl_s:
+        raise ValueError(
+            f"a token may live at most TASKORCH_TOKEN_MAX_TTL_S ({settings.token_max_ttl_s} s)"
+        )
+    # iat in milliseconds (JWT NumericDate allows fractions): a token signed in the same second
+    # as a password change, but after it, must not count as issued before it.
+    now = round(time.time(), 3)
+    claims: dict[str, Any] = {"sub": sub, "iat": now, "exp": int(now) + ttl_s}
     if settings.jwt_issuer:
         claims["iss"] = settings.jwt_issuer
     if settings.jwt_audience:
@@ -123,13 +196,89 @@ def check_password(password: str, stored: str) -> bool:
 _DUMMY = hash_password(secrets.token_hex(8))
 
 
-async def add_user(redis: Redis, name: str, password: str) -> None:
+def _check_name(name: str) -> None:
     if not name or ":" in name:
         raise ValueError("a user name must be non-empty and contain no ':'")
-    await redis.hset(c.USER_KEY_PREFIX + name, mapping={"password": hash_password(password)})
 
 
-async def authenticate(redis: Redis, name: str, password: str) -> bool:
-    stored = await redis.hget(c.USER_KEY_PREFIX + name, "password")
-    ok = await asyncio.to_thread(check_password, password, stored or _DUMMY)
-    return ok and stored is not None
+async def add_user(redis: Redis, name: str, password: str) -> bool:
+    """Add ``name`` or reset their password; returns True when the user already existed.
+
+    Resetting an existing user's password revokes their earlier tokens, as ``passwd`` does.
+    """
+    _check_name(name)
+    existed = bool(await redis.exists(c.USER_KEY_PREFIX + name))
+    if existed:
+        await set_password(redis, name, password)
+    else:
+        await redis.hset(c.USER_KEY_PREFIX + name, mapping={"password": hash_password(password)})
+    return existed
+
+
+async def set_password(redis: Redis, name: str, password: str) -> None:
+    """Change an existing user's password and revoke every token issued to them before."""
+    _check_name(name)
+    if not await redis.exists(c.USER_KEY_PREFIX + name):
+        raise LookupError(f"no user {name!r}: add it with taskorch user add")
+    digest = hash_password(password)
+    async with redis.pipeline(transaction=True) as pipe:
+        pipe.hset(c.USER_KEY_PREFIX + name, mapping={"password": digest})
+        pipe.set(c.USER_NOT_BEFORE_KEY_PREFIX + name, repr(time.time()))
+        pipe.delete(c.SIGNIN_ATTEMPTS_KEY_PREFIX + name)
+        await pipe.execute()
+
+
+async def remove_user(redis: Redis, name: str) -> None:
+    """Delete ``name`` and revoke every token issued to them (also ``taskorch token`` ones)."""
+    _check_name(name)
+    async with redis.pipeline(transaction=True) as pipe:
+        pipe.delete(c.USER_KEY_PREFIX + name)
+        pipe.set(c.USER_NOT_BEFORE_KEY_PREFIX + name, repr(time.time()))
+        pipe.delete(c.SIGNIN_ATTEMPTS_KEY_PREFIX + name)
+        deleted, *_ = await pipe.execute()
+    if not deleted:
+        raise LookupError(f"no user {name!r}")
+
+
+class SignIn:
+    """Password sign-in with per-name throttling and scrypt on threads of its own.
+
+    Each attempt is counted before the password is checked (one INCR), so concurrent guesses
+    cannot slip past the limit; a success clears the count. scrypt runs on SCRYPT_THREADS
+    threads with at most SIGNIN_MAX_WAITING checks queued, so a flood neither blocks the event
+    loop nor takes the default executor's threads.
+    """
+
+    def __init__(self, redis: Redis) -> None:
+        self.redis = redis
+        self._pool = ThreadPoolExecutor(c.SCRYPT_THREADS, thread_name_prefix="taskorch-scrypt")
+        self._waiting = 0
+
+    async def authenticate(self, name: str, password: str) -> bool:
+        key = c.SIGNIN_ATTEMPTS_KEY_PREFIX + name
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.set(key, 0, ex=c.SIGNIN_WINDOW_S, nx=True)  # the window starts with the first
+            pipe.incr(key)
+            pipe.ttl(key)
+            pipe.hget(c.USER_KEY_PREFIX + name, "password")
+            _, attempts, ttl, stored = await pipe.execute()
+        if attempts > c.SIGNIN_MAX_ATTEMPTS:
+            raise TooManyRequests(
+                "Too many sign-in attempts for this user; try again later.",
+                retry_after_s=ttl if ttl > 0 else c.SIGNIN_WINDOW_S,
+            )
+        if self._waiting >= c.SIGNIN_MAX_WAITING:
+            raise TooManyRequests("Too many sign-ins at once; try again shortly.", retry_after_s=1)
+        self._waiting += 1
+        try:
+            loop = asyncio.get_running_loop()
+            ok = await loop.run_in_executor(self._pool, check_password, password, stored or _DUMMY)
+        finally:
+            self._waiting -= 1
+        ok = ok and stored is not None
+        if ok:
+            await self.redis.delete(key)
+        return ok
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)

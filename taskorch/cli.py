@@ -29,6 +29,12 @@ def _parser() -> argparse.ArgumentParser:
     usub = u.add_subparsers(dest="user_command", required=True)
     add = usub.add_parser("add", help="add or reset a user (password from a prompt or stdin)")
     add.add_argument("name")
+    pw = usub.add_parser(
+        "passwd", help="change a user's password and revoke every token issued to them before"
+    )
+    pw.add_argument("name")
+    rm = usub.add_parser("remove", help="remove a user and revoke every token issued to them")
+    rm.add_argument("name")
     return p
 
 
@@ -71,15 +77,16 @@ def _run(args: argparse.Namespace, settings: Settings) -> None:
             print("taskorch: token needs TASKORCH_JWT_SECRET", file=sys.stderr)
             sys.exit(2)
         scope = " ".join(args.scope) if args.scope else None
-        print(mint_token(settings, args.sub, ttl_s=args.ttl, scope=scope))
+        try:
+            print(mint_token(settings, args.sub, ttl_s=args.ttl, scope=scope))
+        except ValueError as exc:
+            print(f"taskorch: --ttl: {exc}", file=sys.stderr)
+            sys.exit(2)
     elif args.command == "user":
-        _user_add(settings, args.name)
+        _user(settings, args.user_command, args.name)
 
 
-def _user_add(settings: Settings, name: str) -> None:
-    from taskorch.auth import add_user
-    from taskorch.store import connect
-
+def _read_password(name: str) -> str:
     if sys.stdin.isatty():
         password = getpass.getpass(f"Password for {name}: ")
         if getpass.getpass("Again: ") != password:
@@ -90,20 +97,36 @@ def _user_add(settings: Settings, name: str) -> None:
     if len(password) < 8:
         print("taskorch: a password needs at least 8 characters", file=sys.stderr)
         sys.exit(1)
+    return password
 
-    async def go() -> None:
+
+def _user(settings: Settings, verb: str, name: str) -> None:
+    """``taskorch user add|passwd|remove NAME``; passwd and remove revoke the user's tokens."""
+    from taskorch import auth
+    from taskorch.store import connect
+
+    password = _read_password(name) if verb in ("add", "passwd") else ""
+
+    async def go() -> str:
         redis = connect(settings.redis_url)
         try:
-            await add_user(redis, name, password)
+            if verb == "add":
+                existed = await auth.add_user(redis, name, password)
+                return "password changed, earlier tokens revoked" if existed else "saved"
+            if verb == "passwd":
+                await auth.set_password(redis, name, password)
+                return "password changed, earlier tokens revoked"
+            await auth.remove_user(redis, name)
+            return "removed, its tokens revoked"
         finally:
             await redis.aclose()
 
     try:
-        asyncio.run(go())
-    except (OSError, ValueError) as exc:
+        outcome = asyncio.run(go())
+    except (OSError, ValueError, LookupError) as exc:
         print(f"taskorch: {exc}", file=sys.stderr)
         sys.exit(1)
     except Exception as exc:  # redis errors, e.g. unreachable
         print(f"taskorch: could not reach Redis at TASKORCH_REDIS_URL: {exc}", file=sys.stderr)
         sys.exit(1)
-    print(f"user {name} saved")
+    print(f"user {name} {outcome}")

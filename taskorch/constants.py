@@ -25,6 +25,11 @@ ORCH_KEY_PREFIX = KEY_PREFIX + "orc:"  # hash per orchestration; :specs, :conds,
 OWNER_KEY_PREFIX = KEY_PREFIX + "owner:"  # per-owner indexes: owner:{sub}:tasks[:{status}]
 IDEMPOTENCY_KEY_PREFIX = KEY_PREFIX + "idem:"
 USER_KEY_PREFIX = KEY_PREFIX + "user:"
+# Per user: the time (epoch seconds, a float) before which every token issued to them is revoked.
+# `taskorch user passwd|remove` sets it; the API refuses a token whose iat is earlier.
+USER_NOT_BEFORE_KEY_PREFIX = KEY_PREFIX + "user-nbf:"
+# Per user name: sign-in attempts in the current window (a counter that expires with it).
+SIGNIN_ATTEMPTS_KEY_PREFIX = KEY_PREFIX + "signin:"
 EVENTS_CHANNEL_PREFIX = KEY_PREFIX + "events:"  # pub/sub channel per owner, for /v1/events
 WAKE_CHANNEL = KEY_PREFIX + "wake"  # published when work becomes due sooner than a worker's poll
 METRICS_KEY = KEY_PREFIX + "metrics"  # hash of counters shared by all workers
@@ -53,6 +58,38 @@ MAX_LIST_LIMIT = 500
 DEFAULT_LIST_LIMIT = 50
 DEFAULT_TOKEN_TTL_S = 3600
 MIN_JWT_SECRET_BYTES = 32
+
+# -- The API's edges: outages, hostile clients, tokens -----------------------------------------
+# How long one Redis call from the API may take before the request answers 503 `unavailable`
+# (TASKORCH_REDIS_TIMEOUT_S). A frozen Redis accepts connections but never answers; without a
+# bound every request would hang with it. Local Redis answers in well under a millisecond.
+DEFAULT_REDIS_TIMEOUT_S = 1.0
+UNAVAILABLE_RETRY_AFTER_S = 1  # Retry-After on a 503: Redis usually comes back within seconds
+# No token lives longer than this (TASKORCH_TOKEN_MAX_TTL_S): exp - iat above it is refused, so a
+# leaked long-lived token cannot outlast a month, and revocation records need not live longer.
+DEFAULT_TOKEN_MAX_TTL_S = 30 * 24 * 3600
+# A user's revocation time is cached this long per API process: revocation takes effect within it.
+NOT_BEFORE_CACHE_S = 1.0
+# Sign-in throttling: at most this many attempts per user name per window; beyond it 429 with
+# Retry-After until the window ends. Attempts are counted before the password is checked, so a
+# flood of concurrent guesses costs at most this many scrypt runs; a success clears the count.
+SIGNIN_MAX_ATTEMPTS = 5
+SIGNIN_WINDOW_S = 300
+# scrypt (16 MiB, ~50 ms) runs on its own threads, this many at once, so a flood of sign-ins for
+# many names cannot take the threads the rest of the API uses; beyond SIGNIN_MAX_WAITING queued
+# checks a sign-in answers 429 at once instead of waiting behind the flood.
+SCRYPT_THREADS = 2
+SIGNIN_MAX_WAITING = 32
+# Slow clients (TASKORCH_READ_TIMEOUT_S, default below): a request's line and headers must arrive
+# within the timeout of its first byte (or of the connection opening); its body within the
+# timeout plus one second per MIN_BODY_RATE_BPS bytes received. A client that drips a byte at a
+# time is cut off with 408 instead of holding a connection for ever.
+DEFAULT_READ_TIMEOUT_S = 10.0
+MIN_BODY_RATE_BPS = 32 * 1024
+DEFAULT_KEEP_ALIVE_S = 5  # an idle keep-alive connection is closed after this (uvicorn's default)
+# Live event streams (GET /v1/events) one owner may hold open per API process; beyond it 429.
+# Each holds a Redis pub/sub connection; a dashboard needs one per open tab.
+MAX_EVENT_STREAMS_PER_OWNER = 10
 
 # -- Scheduler tuning --------------------------------------------------------------------------
 # How far ahead of its due time a worker claims a job. Claiming early is what lets a job fire

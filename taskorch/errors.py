@@ -9,7 +9,9 @@ TaskorchError
 │   ├── NotFound           404 (also for another owner's resource)
 │   ├── Conflict           409 (state forbids the change; message names the status)
 │   ├── PayloadTooLarge    413
-│   └── ValidationFailed   422 with one detail per field
+│   ├── ValidationFailed   422 with one detail per field
+│   ├── TooManyRequests    429 with Retry-After (sign-in throttling, stream cap)
+│   └── Unavailable        503 with Retry-After (Redis unreachable or too slow)
 └── TargetError            an outbound call failed (stored on the attempt, never raised to clients)
     ├── TargetBlocked      the address is private/loopback and private targets are not allowed
     ├── TargetTimeout
@@ -91,6 +93,24 @@ class PayloadTooLarge(ApiError):
 class ValidationFailed(ApiError):
     status_code = 422
     code = "validation_failed"
+
+
+class TooManyRequests(ApiError):
+    status_code = 429
+    code = "too_many_requests"
+
+    def __init__(self, message: str, *, retry_after_s: int, **kwargs: Any) -> None:
+        kwargs.setdefault("headers", {"Retry-After": str(max(1, retry_after_s))})
+        super().__init__(message, **kwargs)
+
+
+class Unavailable(ApiError):
+    status_code = 503
+    code = "unavailable"
+
+    def __init__(self, message: str, *, retry_after_s: int = 1, **kwargs: Any) -> None:
+        kwargs.setdefault("headers", {"Retry-After": str(max(1, retry_after_s))})
+        super().__init__(message, **kwargs)
 
 
 class TargetError(TaskorchError):

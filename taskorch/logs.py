@@ -1,11 +1,56 @@
-"""structlog set-up: JSON lines in production, readable lines in development."""
+"""structlog set-up: JSON lines in production, readable lines in development.
+
+A function's trigger URL is a credential (``/fn/<id>/<key>``), so every line that leaves the
+process, ours through structlog or uvicorn's and the standard library's through ``logging``, goes
+through :func:`redact` first: whatever route, handler or traceback mentions a path, the key never
+reaches the log.
+"""
 
 from __future__ import annotations
 
 import logging
+import re
 import sys
+from typing import Any
 
 import structlog
+
+# /fn/<id>/<key>: the key is the path's third segment; keep the id, which identifies nothing secret.
+_TRIGGER_KEY = re.compile(r"(/fn/[^/\s?#\"'\\]+/)[^/\s?#\"'\\]+")
+REDACTED = "[redacted]"
+
+
+def redact(text: str) -> str:
+    """``text`` with the key of every trigger URL in it replaced by ``[redacted]``."""
+    return _TRIGGER_KEY.sub(r"\1" + REDACTED, text) if "/fn/" in text else text
+
+
+def _redact_value(value: Any) -> Any:
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, dict):
+        return {k: _redact_value(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_redact_value(v) for v in value]
+    return value
+
+
+def redact_processor(
+    logger: Any, method_name: str, event_dict: structlog.typing.EventDict
+) -> structlog.typing.EventDict:
+    """structlog processor: trigger keys out of every value, tracebacks included."""
+    return {k: _redact_value(v) for k, v in event_dict.items()}
+
+
+class RedactFilter(logging.Filter):
+    """A ``logging`` filter doing what :func:`redact_processor` does, for uvicorn's loggers."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg = redact(record.getMessage())
+        record.args = None
+        if record.exc_info:
+            record.exc_text = redact(logging.Formatter().formatException(record.exc_info))
+        return True
 
 
 def configure(*, fmt: str = "json", level: str = "info") -> None:
@@ -21,6 +66,7 @@ def configure(*, fmt: str = "json", level: str = "info") -> None:
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
+            redact_processor,
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(lvl),
@@ -32,3 +78,6 @@ def configure(*, fmt: str = "json", level: str = "info") -> None:
         stream=sys.stderr,
         format="%(name)s %(levelname)s %(message)s",
     )
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, RedactFilter) for f in handler.filters):
+            handler.addFilter(RedactFilter())

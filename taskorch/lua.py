@@ -42,12 +42,20 @@ local function publish(owner, kind, id, status)
     cjson.encode({{type = kind, id = id, status = status}}))
 end
 -- An Idempotency-Key: the id already created under it, or nil after claiming it for ``id``.
-local function idempotent(key, id, ttl)
+-- The key lives only as long as the record it names: once retention has deleted that record
+-- (``record`` is its key prefix), a repeat claims the key afresh and creates anew.
+local function idempotent(key, id, ttl, record)
   if key == '' then return nil end
   local existing = redis.call('GET', key)
-  if existing then return existing end
+  if existing and redis.call('EXISTS', record .. existing) == 1 then return existing end
   redis.call('SET', key, id, 'EX', ttl)
   return nil
+end
+-- What the API answers for a task, read in the script that wrote it: a create, cancel or modify
+-- that Redis applied is never answered with a 503 from a second round trip.
+local function task_view(id)
+  local key = P .. 'task:' .. id
+  return {{redis.call('HGETALL', key), redis.call('LRANGE', key .. ':attempts', 0, -1)}}
 end
 -- Finished records, scored by when they finished, for the retention janitor (PURGE).
 local function finished(kind, id, now)
@@ -81,15 +89,21 @@ end
 """
 
 # ARGV: id, owner, spec, name, due, now, idem_key|'', idem_ttl_s, orchestration_id|'', wake_ms
+# Returns {created (1/0), task hash as a flat list, attempts}.
 CREATE_TASK = """
 local id, owner, due, now = ARGV[1], ARGV[2], tonumber(ARGV[5]), tonumber(ARGV[6])
-local existing = idempotent(ARGV[7], id, ARGV[8])
-if existing then return {0, existing} end
+local existing = idempotent(ARGV[7], id, ARGV[8], P .. 'task:')
+if existing then
+  local view = task_view(existing)
+  return {0, view[1], view[2]}
+end
 new_task(id, owner, ARGV[3], ARGV[4], due, now, ARGV[9], tonumber(ARGV[10]))
-return {1, id}
+local view = task_view(id)
+return {1, view[1], view[2]}
 """
 
-# ARGV: id, owner, now. Returns {'ok'} | {'not_found'} | {'conflict', status}
+# ARGV: id, owner, now.
+# Returns {'ok', hash, attempts} | {'not_found'} | {'conflict', status} | {'in_orchestration', id}
 CANCEL_TASK = """
 local id, owner, now = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local key = P .. 'task:' .. id
@@ -98,11 +112,12 @@ if not t[2] or t[2] ~= owner then return {'not_found'} end
 if t[4] and t[4] ~= '' then return {'in_orchestration', t[4]} end
 if t[1] ~= 'scheduled' and t[1] ~= 'retrying' then return {'conflict', t[1]} end
 cancel_task(id, now)
-return {'ok'}
+local view = task_view(id)
+return {'ok', view[1], view[2]}
 """
 
-# ARGV: id, owner, now, expected_gen, spec, name, due, wake_ms.
-# Returns {'ok'} | {'not_found'} | {'conflict', status} | {'stale'} (re-read and try again)
+# ARGV: id, owner, now, expected_gen, spec, name, due, wake_ms. Returns {'ok', hash, attempts}
+# | {'not_found'} | {'conflict', status} | {'in_orchestration', id} | {'stale'} (re-read, retry)
 MODIFY_TASK = """
 local id, owner, now = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local key = P .. 'task:' .. id
@@ -120,7 +135,8 @@ redis.call('HSET', key, 'spec', ARGV[5], 'name', ARGV[6], 'run_at', due, 'gen', 
 enqueue(job, 'fire_task', id, due, now, gen)
 publish(owner, 'task', id, t[1])
 wake(due, now, tonumber(ARGV[8]))
-return {'ok'}
+local view = task_view(id)
+return {'ok', view[1], view[2]}
 """
 
 # ARGV: horizon_ms, now_ms, lease_ms, worker_id, limit.
@@ -342,6 +358,12 @@ local function run_fallback(id, owner, fallback, fid, now, ahead)
     redis.call('HSET', okey(id), 'fallback_task', fid, 'fallback_status', 'scheduled')
   end
 end
+-- What the API needs to answer for an orchestration, read in the script that wrote it: its hash,
+-- its :state and which steps have a condition of their own.
+local function orc_view(id)
+  return {redis.call('HGETALL', okey(id)), redis.call('HGETALL', okey(id) .. ':state'),
+    redis.call('HKEYS', okey(id) .. ':conds')}
+end
 local function condition_for(id, i, shared)
   local own = redis.call('HGET', okey(id) .. ':conds', i)
   if own then return own end
@@ -359,10 +381,14 @@ end
 
 # ARGV: id, owner, name, due, now, condition|'', fallback|'', idem_key|'', idem_ttl, wake_ms, n,
 #       then n step specs, then n step conditions ('' where the step has none).
+# Returns {created (1/0), hash, state, own-condition step indexes} (see orc_view).
 ORC_CREATE = """
 local id, owner, due, now = ARGV[1], ARGV[2], tonumber(ARGV[4]), tonumber(ARGV[5])
-local existing = idempotent(ARGV[8], id, ARGV[9])
-if existing then return {0, existing} end
+local existing = idempotent(ARGV[8], id, ARGV[9], P .. 'orc:')
+if existing then
+  local view = orc_view(existing)
+  return {0, view[1], view[2], view[3]}
+end
 local n = tonumber(ARGV[11])
 local key = okey(id)
 redis.call('HSET', key, 'id', id, 'owner', owner, 'status', 'scheduled', 'name', ARGV[3],
@@ -378,11 +404,13 @@ move_status(owner, 'orchestrations', id, nil, 'scheduled')
 enqueue(id .. '.s1', 'orc', 'start|' .. id .. '|1', due, now, 1)
 publish(owner, 'orchestration', id, 'scheduled')
 wake(due, now, tonumber(ARGV[10]))
-return {1, id}
+local view = orc_view(id)
+return {1, view[1], view[2], view[3]}
 """
 
 # ARGV: id, owner, now, expected_gen, name, due, condition, fallback, n (-1: steps unchanged),
-#       wake_ms, then n specs and n conditions. Returns as MODIFY_TASK does.
+#       wake_ms, then n specs and n conditions. Returns as MODIFY_TASK does, with orc_view's
+#       three parts after 'ok'.
 ORC_MODIFY = """
 local id, owner, now = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local key = okey(id)
@@ -408,10 +436,12 @@ redis.call('HSET', key, 'name', ARGV[5], 'run_at', due, 'condition', ARGV[7], 'f
 enqueue(job, 'orc', 'start|' .. id .. '|' .. gen, due, now, 1)
 publish(owner, 'orchestration', id, 'scheduled')
 wake(due, now, tonumber(ARGV[10]))
-return {'ok'}
+local view = orc_view(id)
+return {'ok', view[1], view[2], view[3]}
 """
 
 # ARGV: id, owner, now. Cancels the pending start or check job and a step task not yet called.
+# Returns as ORC_MODIFY does.
 ORC_CANCEL = """
 local id, owner, now = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local key = okey(id)
@@ -428,7 +458,8 @@ if o[4] == 'step' then
   end
 end
 finish_orc(id, owner, o[1], 'cancelled', now)
-return {'ok'}
+local view = orc_view(id)
+return {'ok', view[1], view[2], view[3]}
 """
 
 # ARGV: id, gen, now, first_task_id, wake_ms. The start event: run step 0.

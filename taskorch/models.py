@@ -338,13 +338,28 @@ def _url_rule(value: Any) -> list[tuple[str, str]]:
     return [("", msg)] if msg else []
 
 
+# Headers that frame the message or belong to one connection: the HTTP client sets them from the
+# request itself, and a task that set them could smuggle a second request or confuse a proxy.
+_RESERVED_HEADERS = frozenset(
+    {"host", "content-length", "transfer-encoding", "connection", "keep-alive", "te", "trailer"}
+    | {"upgrade"}
+)
+# A header value: visible characters, spaces and tabs (RFC 9110 field-value), Latin-1 at most.
+_HEADER_VALUE = re.compile(r"[\t\x20-\x7e\x80-\xff]*")
+
+
 def _headers_rule(value: Any) -> list[tuple[str, str]]:
     problems = []
     for name, text in (value or {}).items():
+        lower = name.lower()
         if not _HEADER_NAME.fullmatch(name):
             problems.append((name, "is not a valid HTTP header name"))
+        elif lower in _RESERVED_HEADERS or lower.startswith("proxy-"):
+            problems.append((name, "is set by the service itself and cannot be given"))
         elif "\r" in text or "\n" in text:
             problems.append((name, "must not contain line breaks"))
+        elif not _HEADER_VALUE.fullmatch(text):
+            problems.append((name, "must hold only visible characters, spaces and tabs"))
     return problems
 
 

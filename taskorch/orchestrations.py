@@ -28,7 +28,7 @@ from taskorch.models import (
     due_ms,
     fmt_ms,
 )
-from taskorch.store import Redis, new_id, now_ms, page_ids
+from taskorch.store import Redis, from_flat, idempotency_redis_key, new_id, now_ms, page_ids
 
 _enc = msgspec.json.Encoder()
 
@@ -76,8 +76,8 @@ class Orchestrations:
     ) -> tuple[Orchestration, bool]:
         now = now_ms()
         oid = new_id("orc")
-        idem = f"{c.IDEMPOTENCY_KEY_PREFIX}{owner}:orc:{idempotency_key}" if idempotency_key else ""
-        created, got = await self._create(
+        idem = idempotency_redis_key(owner, "orc", idempotency_key)
+        created, h, state, own = await self._create(
             args=[
                 oid,
                 owner,
@@ -93,7 +93,8 @@ class Orchestrations:
                 *_step_args(body.steps),
             ]
         )
-        return await self.get(owner, got), bool(created)
+        # Answered from what the script read back: a stored orchestration is never a 503.
+        return await self._view(from_flat(h), from_flat(state), set(own)), bool(created)
 
     async def get(self, owner: str, oid: str) -> Orchestration:
         key = c.ORCH_KEY_PREFIX + oid
@@ -164,7 +165,7 @@ class Orchestrations:
     async def cancel(self, owner: str, oid: str) -> Orchestration:
         res = await self._cancel(args=[oid, owner, now_ms()])
         _raise_for(res, oid, "cancelled", "scheduled or running")
-        return await self.get(owner, oid)
+        return await self._view(from_flat(res[1]), from_flat(res[2]), set(res[3]))
 
     async def modify(self, owner: str, oid: str, patch: OrchestrationPatch) -> Orchestration:
         for _ in range(10):
@@ -197,7 +198,7 @@ class Orchestrations:
             )
             if res[0] != "stale":
                 _raise_for(res, oid, "modified", "scheduled")
-                return await self.get(owner, oid)
+                return await self._view(from_flat(res[1]), from_flat(res[2]), set(res[3]))
         raise Conflict("The orchestration is being changed by another request; try again.")
 
 

@@ -45,6 +45,11 @@ class Settings:
     metrics_token: str | None = None
     redis_policy_check: str = "refuse"
     local_functions: bool = True
+    # -- the API's edges: Redis outages, slow clients, token lifetime --
+    redis_timeout_s: float = c.DEFAULT_REDIS_TIMEOUT_S
+    read_timeout_s: float = c.DEFAULT_READ_TIMEOUT_S
+    keep_alive_s: int = c.DEFAULT_KEEP_ALIVE_S
+    token_max_ttl_s: int = c.DEFAULT_TOKEN_MAX_TTL_S
 
     @classmethod
     def from_env(
@@ -102,6 +107,13 @@ class Settings:
                 "TASKORCH_REDIS_POLICY_CHECK", "refuse", ("refuse", "warn", "off")
             ),
             local_functions=r.flag("TASKORCH_LOCAL_FUNCTIONS", True),
+            # -- the API's edges: Redis outages, slow clients, token lifetime --
+            redis_timeout_s=r.number(
+                "TASKORCH_REDIS_TIMEOUT_S", c.DEFAULT_REDIS_TIMEOUT_S, lo=0.01
+            ),
+            read_timeout_s=r.number("TASKORCH_READ_TIMEOUT_S", c.DEFAULT_READ_TIMEOUT_S, lo=0.1),
+            keep_alive_s=r.whole("TASKORCH_KEEP_ALIVE_S", c.DEFAULT_KEEP_ALIVE_S, lo=1),
+            token_max_ttl_s=r.whole("TASKORCH_TOKEN_MAX_TTL_S", c.DEFAULT_TOKEN_MAX_TTL_S, lo=1),
         )
         settings = replace(settings, **overrides)  # type: ignore[arg-type]
         settings.validate(verify_tokens=verify_tokens)
@@ -132,6 +144,11 @@ class Settings:
             raise ConfigError("TASKORCH_JWT_JWKS_URL must be an http(s) URL")
         if urlparse(self.public_url).scheme not in ("http", "https"):
             raise ConfigError("TASKORCH_PUBLIC_URL must be an http(s) URL")
+        if self.token_ttl_s > self.token_max_ttl_s:
+            raise ConfigError(
+                f"TASKORCH_TOKEN_TTL_S is {self.token_ttl_s}: it must not exceed "
+                f"TASKORCH_TOKEN_MAX_TTL_S ({self.token_max_ttl_s}), or no token would be accepted"
+            )
 
 
 def _default_functions_dir() -> str:

@@ -8,6 +8,7 @@ decided by one compare-and-set on the task's current job id.
 
 from __future__ import annotations
 
+import re
 import secrets
 import time
 from collections.abc import Iterable, Sequence
@@ -45,6 +46,15 @@ def now_ms() -> int:
 def new_id(prefix: str) -> str:
     """A type-prefixed id that sorts by creation time (for newest-first pages) and is unguessable."""
     return f"{prefix}_{now_ms():012x}{secrets.token_hex(6)}"
+
+
+_ID_BODY = re.compile(r"[0-9a-f]{24}")
+
+
+def is_id(value: str, prefix: str) -> bool:
+    """Whether ``value`` has the exact form :func:`new_id` gives ids of ``prefix``."""
+    head, sep, body = value.partition("_")
+    return head == prefix and sep == "_" and _ID_BODY.fullmatch(body) is not None
 
 
 def connect(url: str, **kwargs: Any) -> Redis:
@@ -251,14 +261,20 @@ class Store:
         body: TaskCreate,
         *,
         idempotency_key: str | None = None,
+        idempotency_kind: str = "tsk",
         orchestration_id: str = "",
     ) -> tuple[Task, bool]:
-        """Store a new task and enqueue its first attempt. Returns (task, created)."""
+        """Store a new task and enqueue its first attempt. Returns (task, created).
+
+        Idempotency keys are per owner and per ``idempotency_kind``: a task's key never meets an
+        orchestration's (``orc``) or one the service uses itself. The answer comes from the
+        script that stored the task, so a stored task is never answered with a 503.
+        """
         now = now_ms()
         task_id = new_id("tsk")
         spec = _spec_json(body)
-        idem = f"{c.IDEMPOTENCY_KEY_PREFIX}{owner}:{idempotency_key}" if idempotency_key else ""
-        created, tid = await self._create(
+        idem = idempotency_redis_key(owner, idempotency_kind, idempotency_key)
+        created, h, attempts = await self._create(
             args=[
                 task_id,
                 owner,
@@ -272,7 +288,7 @@ class Store:
                 c.CLAIM_AHEAD_MS,
             ]
         )
-        return await self.get_task(owner, tid), bool(created)
+        return _task_view(from_flat(h), attempts), bool(created)
 
     async def get_task(self, owner: str, task_id: str) -> Task:
         async with self.redis.pipeline(transaction=False) as pipe:
@@ -300,7 +316,7 @@ class Store:
     async def cancel_task(self, owner: str, task_id: str) -> Task:
         res = await self._cancel(args=[task_id, owner, now_ms()])
         _raise_for(res, task_id, "cancelled")
-        return await self.get_task(owner, task_id)
+        return _task_view(from_flat(res[1]), res[2])
 
     async def modify_task(self, owner: str, task_id: str, patch: TaskPatch) -> Task:
         """Apply ``patch``; the old version's job is removed in the same script that adds the new."""
@@ -348,7 +364,7 @@ class Store:
             )
             if res[0] != "stale":
                 _raise_for(res, task_id, "modified")
-                return await self.get_task(owner, task_id)
+                return _task_view(from_flat(res[1]), res[2])
         raise Conflict("The task is being changed by another request; try again.")
 
     # -- the worker's side -----------------------------------------------------------------
@@ -415,6 +431,16 @@ class Store:
             pipe.zadd(c.WORKERS_KEY, {worker: now_ms()})
             pipe.zremrangebyscore(c.WORKERS_KEY, "-inf", now_ms() - 60_000)
             await pipe.execute()
+
+
+def idempotency_redis_key(owner: str, kind: str, key: str | None) -> str:
+    """The Redis key of an owner's Idempotency-Key for one kind of record ('' for none)."""
+    return f"{c.IDEMPOTENCY_KEY_PREFIX}{owner}:{kind}:{key}" if key else ""
+
+
+def from_flat(flat: list[str]) -> dict[str, str]:
+    """A hash as Lua's HGETALL hands it over (a flat list), as a dict."""
+    return dict(zip(flat[::2], flat[1::2], strict=True))
 
 
 def _spec_json(body: TaskSpec) -> str:

@@ -205,7 +205,8 @@ async def test_auth_errors_401_with_www_authenticate_and_403_for_scope(api: Api)
     )
     r = await api.http.get("/v1/tasks", headers={"Authorization": f"Bearer {bad}"})
     assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
-    expired = jwt.encode({"sub": "x", "exp": int(time.time()) - 10}, SECRET, algorithm="HS256")
+    now = int(time.time())
+    expired = jwt.encode({"sub": "x", "iat": now - 70, "exp": now - 10}, SECRET, algorithm="HS256")
     r = await api.http.get("/v1/tasks", headers={"Authorization": f"Bearer {expired}"})
     assert r.status_code == 401 and r.json()["error"]["code"] == "token_expired"
     no_sub = jwt.encode({"exp": int(time.time()) + 60}, SECRET, algorithm="HS256")

@@ -98,6 +98,7 @@ async def test_jwks_tokens_with_issuer_and_audience() -> None:
         verifier = TokenVerifier(settings)
         claims = {
             "sub": "rita",
+            "iat": int(time.time()),
             "exp": int(time.time()) + 60,
             "iss": "https://issuer.example",
             "aud": "taskorch",

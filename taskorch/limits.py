@@ -1,0 +1,235 @@
+"""Bounds on what one client can hold of the API: body size, read time, event streams.
+
+* :class:`Edge` (ASGI middleware) caps every request body while it streams in, whatever length
+  it declares (a chunked body declares none): past the route's cap the app's next read raises
+  :class:`BodyTooLarge`, the answer is 413 with ``Connection: close``, and nothing more is read,
+  spooled or buffered. It also writes the access log, one ``http.request`` event per request.
+* :func:`http_protocol` is uvicorn's HTTP protocol with read deadlines: the request line and
+  headers must arrive within ``read_timeout_s`` of the request's first byte (or of the connection
+  opening), the body within ``read_timeout_s`` plus one second per ``MIN_BODY_RATE_BPS`` bytes. A
+  client that drips a byte at a time gets 408 and a closed connection.
+* :class:`StreamSlots` counts an owner's open event streams.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Any
+
+import msgspec
+import structlog
+
+from taskorch import constants as c
+from taskorch.errors import PayloadTooLarge, TooManyRequests
+
+log = structlog.get_logger("taskorch.api")
+
+Scope = dict[str, Any]
+Message = dict[str, Any]
+Receive = Callable[[], Any]
+Send = Callable[[Message], Any]
+
+
+class BodyTooLarge(PayloadTooLarge):
+    """Raised from ``receive`` once a body passes its cap; answered 413."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"The body is larger than {limit} bytes.")
+
+
+def _declared_length(scope: Scope) -> int | None:
+    for name, value in scope.get("headers", []):
+        if name == b"content-length":
+            return int(value) if value.isdigit() and len(value) < 20 else None
+    return None
+
+
+class Edge:
+    """ASGI middleware: body caps while streaming, and the access log.
+
+    Args:
+        app: the Starlette app.
+        limit_for: the body cap in bytes for a request's (method, path).
+    """
+
+    def __init__(self, app: Any, *, limit_for: Callable[[str, str], int]) -> None:
+        self.app = app
+        self.limit_for = limit_for
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit = self.limit_for(scope["method"], scope["path"])
+        declared = _declared_length(scope)
+        received = 0
+        tripped = False
+        status = 0
+
+        async def capped_receive() -> Message:
+            nonlocal received, tripped
+            if declared is not None and declared > limit:
+                tripped = True
+                raise BodyTooLarge(limit)
+            message: Message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    tripped = True
+                    raise BodyTooLarge(limit)
+            return message
+
+        async def watched_send(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                if tripped:  # the rest of the body is never read: do not keep the connection
+                    message = {
+                        **message,
+                        "headers": [*message["headers"], (b"connection", b"close")],
+                    }
+            await send(message)
+
+        started = time.perf_counter()
+        try:
+            await self.app(scope, capped_receive, watched_send)
+        except BodyTooLarge as exc:  # a route that did not catch it
+            if status:
+                raise
+            await watched_send(
+                {
+                    "type": "http.response.start",
+                    "status": exc.status_code,
+                    "headers": [(b"content-type", b"application/json")],
+                }
+            )
+            body = msgspec.json.encode(exc.body())
+            await watched_send({"type": "http.response.body", "body": body})
+        finally:
+            log.info(
+                "http.request",
+                method=scope["method"],
+                path=scope["path"],
+                status=status,
+                duration_ms=round((time.perf_counter() - started) * 1000, 3),
+            )
+
+
+_408_BODY = (
+    b'{"error":{"code":"request_timeout","message":"The request did not arrive in time; '
+    b'send it again.","details":[]}}'
+)
+_408 = (
+    b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\nconnection: close\r\n"
+    b"content-length: %d\r\n\r\n%s" % (len(_408_BODY), _408_BODY)
+)
+
+
+class _ReadDeadline:
+    """Mixed into uvicorn's HTTP protocol: the read deadlines described in the module docstring."""
+
+    read_timeout_s: float = c.DEFAULT_READ_TIMEOUT_S
+    # uvicorn's protocol sets these; declared for the type checker.
+    transport: asyncio.Transport
+    loop: asyncio.AbstractEventLoop
+    cycle: Any
+    _deadline: asyncio.TimerHandle | None = None
+    _deadline_at = 0.0
+    _request_of: Any = None  # the cycle current when this request began (the previous one)
+    _in_body = False
+
+    def connection_made(self, transport: asyncio.Transport) -> None:
+        super().connection_made(transport)  # type: ignore[misc]
+        self._begin_request()
+
+    def data_received(self, data: bytes) -> None:
+        if self._deadline is None and (self.cycle is None or self.cycle.response_complete):
+            self._begin_request()
+        super().data_received(data)  # type: ignore[misc]
+        self._progress(len(data))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)  # type: ignore[misc]
+
+    def _begin_request(self) -> None:
+        self._request_of = self.cycle
+        self._in_body = False
+        self._arm(self.loop.time() + self.read_timeout_s)
+
+    def _progress(self, n: int) -> None:
+        cycle = self.cycle
+        if self._deadline is None or cycle is None or cycle is self._request_of:
+            return  # no request being read, or still its line and headers
+        if not cycle.more_body:
+            self._disarm()  # the whole request is in
+        elif not self._in_body:
+            self._in_body = True
+            self._arm(self.loop.time() + self.read_timeout_s)
+        else:
+            self._arm(self._deadline_at + n / c.MIN_BODY_RATE_BPS)
+
+    def _arm(self, at: float) -> None:
+        self._disarm()
+        self._deadline_at = at
+        self._deadline = self.loop.call_at(at, self._timed_out)
+
+    def _disarm(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def _timed_out(self) -> None:
+        self._deadline = None
+        if self.transport.is_closing():
+            return
+        cycle = self.cycle
+        if cycle is None or cycle is self._request_of or not cycle.response_started:
+            # The app, if it runs, is waiting for the body: closing marks its cycle disconnected
+            # before it can wake, so its own answer is never written after this one.
+            self.transport.write(_408)
+        self.transport.close()
+
+
+def http_protocol(*, read_timeout_s: float) -> type[asyncio.Protocol]:
+    """uvicorn's HTTP protocol (httptools when installed, else h11) with read deadlines."""
+    from uvicorn.protocols.http.auto import AutoHTTPProtocol
+
+    return type(
+        "DeadlineHTTPProtocol",
+        (_ReadDeadline, AutoHTTPProtocol),
+        {"read_timeout_s": read_timeout_s},
+    )
+
+
+class StreamSlots:
+    """Open event streams per owner in this process, at most MAX_EVENT_STREAMS_PER_OWNER each."""
+
+    def __init__(self, limit: int = c.MAX_EVENT_STREAMS_PER_OWNER) -> None:
+        self.limit = limit
+        self._open: dict[str, int] = {}
+
+    def take(self, owner: str) -> Callable[[], None]:
+        """Reserve a slot for ``owner`` or raise 429; returns the function that frees it."""
+        n = self._open.get(owner, 0)
+        if n >= self.limit:
+            raise TooManyRequests(
+                f"This account already has {n} live event streams open; close one first.",
+                retry_after_s=5,
+            )
+        self._open[owner] = n + 1
+        freed = False
+
+        def free() -> None:
+            nonlocal freed
+            if not freed:
+                freed = True
+                left = self._open.get(owner, 1) - 1
+                if left > 0:
+                    self._open[owner] = left
+                else:
+                    self._open.pop(owner, None)
+
+        return free
