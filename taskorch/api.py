@@ -26,7 +26,7 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import FileResponse, Response, StreamingResponse
-from starlette.routing import Mount, Route
+from starlette.routing import Match, Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from taskorch import auth, metrics, openapi
@@ -631,7 +631,18 @@ async def _http_error(request: Request, exc: Exception) -> Response:
             exc.detail or "Not found.", code="not_found" if exc.status_code == 404 else "error"
         )
     err.status_code = exc.status_code
+    if exc.status_code == 405:
+        err.headers = {**err.headers, "Allow": _allowed(request)}
     return error_response(err)
+
+
+def _allowed(request: Request) -> str:
+    """Every method some route serves at this path (Starlette's own Allow names one route's)."""
+    methods: set[str] = set()
+    for route in request.app.routes:
+        if isinstance(route, Route) and route.matches(request.scope)[0] != Match.NONE:
+            methods |= route.methods or set()
+    return ", ".join(sorted(methods))
 
 
 async def _unexpected(request: Request, exc: Exception) -> Response:
