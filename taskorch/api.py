@@ -10,7 +10,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import hmac
 import os
+import socket
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -23,7 +26,7 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import FileResponse, Response, StreamingResponse
-from starlette.routing import Mount, Route
+from starlette.routing import Match, Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from taskorch import auth, metrics, openapi
@@ -60,7 +63,7 @@ from taskorch.store import Store, connect, is_id
 E = TypeVar("E", bound=enum.Enum)
 
 log = structlog.get_logger("taskorch.api")
-WEB_DIR = Path(__file__).resolve().parent.parent / "web"
+WEB_DIR = Path(__file__).resolve().parent / "web"  # package data: every install serves the page
 _enc = msgspec.json.Encoder()
 
 
@@ -68,7 +71,7 @@ class JSON(Response):
     media_type = "application/json"
 
     def render(self, content: Any) -> bytes:
-        return _enc.encode(content)
+        return _enc.encode(content) + b"\n"  # a shell prompt after curl starts on its own line
 
 
 def error_response(exc: ApiError) -> Response:
@@ -143,6 +146,12 @@ def _limit_param(request: Request) -> int:
     if not ok or not 1 <= int(raw) <= c.MAX_LIST_LIMIT:
         raise _invalid_param("limit", f"must be a whole number from 1 to {c.MAX_LIST_LIMIT}")
     return int(raw)
+
+
+def _invalid_param_body(name: str, message: str) -> ApiError:
+    from taskorch.errors import ValidationFailed
+
+    return ValidationFailed(f"{name}: {message}.", details=[{"field": name, "message": message}])
 
 
 def _invalid_param(name: str, message: str) -> ApiError:
@@ -268,6 +277,14 @@ async def create_function(request: Request) -> Response:
         body = convert(await _function_form(request), FunctionCreate)
     else:
         body = decode_body(await read_body(request), FunctionCreate)
+    settings: Settings = request.state.settings
+    if not settings.local_functions and (body.provider or settings.function_provider) == "local":
+        # An API run without the sandbox's privileges (compose's `api`) must not run code.
+        message = (
+            "local functions are off on this server (TASKORCH_LOCAL_FUNCTIONS=0): "
+            "use the aws provider, or the server that runs the local runtime"
+        )
+        raise _invalid_param_body("provider", message)
     fn = await fns.create(p.sub, body)
     return JSON(fn, status_code=201, headers={"Location": f"/v1/functions/{fn.id}"})
 
@@ -470,8 +487,19 @@ async def readyz(request: Request) -> Response:
 
 
 async def metrics_route(request: Request) -> Response:
+    settings: Settings = request.state.settings
+    if settings.metrics_token is not None:
+        kind, _, token = request.headers.get("authorization", "").partition(" ")
+        given = token.strip().encode()
+        if kind.lower() != "bearer" or not hmac.compare_digest(
+            given, settings.metrics_token.encode()
+        ):
+            raise Unauthorized(
+                "Send the metrics token: Authorization: Bearer <TASKORCH_METRICS_TOKEN>.",
+                code="missing_token" if not given else "invalid_token",
+            )
     text = await metrics.render(request.state.redis)
-    return Response(text, media_type="text/plain; version=0.0.4; charset=utf-8")
+    return Response(text, media_type=metrics.CONTENT_TYPE)
 
 
 async def openapi_route(request: Request) -> Response:
@@ -608,7 +636,18 @@ async def _http_error(request: Request, exc: Exception) -> Response:
             exc.detail or "Not found.", code="not_found" if exc.status_code == 404 else "error"
         )
     err.status_code = exc.status_code
+    if exc.status_code == 405:
+        err.headers = {**err.headers, "Allow": _allowed(request)}
     return error_response(err)
+
+
+def _allowed(request: Request) -> str:
+    """Every method some route serves at this path (Starlette's own Allow names one route's)."""
+    methods: set[str] = set()
+    for route in request.app.routes:
+        if isinstance(route, Route) and route.matches(request.scope)[0] != Match.NONE:
+            methods |= route.methods or set()
+    return ", ".join(sorted(methods))
 
 
 async def _unexpected(request: Request, exc: Exception) -> Response:
@@ -698,15 +737,31 @@ def create_app(
     )
 
 
+_CHILD_ENV = "TASKORCH_SERVE_CHILD"  # set by serve() in the API processes it starts
+
+
 def serve(settings: Settings) -> None:
-    """Entry point of ``taskorch serve``."""
+    """Entry point of ``taskorch serve``: ``TASKORCH_WEB_CONCURRENCY`` processes on one port.
+
+    One process serves in place. For several, this process starts that many ``taskorch serve``
+    children, each with its own app, lifespan and Redis pool, listening on the same port with
+    ``SO_REUSEPORT`` (the kernel spreads connections over them), and stays as their supervisor:
+    SIGTERM or SIGINT is passed on to all, and if one dies the rest are stopped, so that the
+    platform's restart policy sees a failed process rather than a quietly smaller one.
+    """
     import uvicorn
 
     from taskorch.logs import configure
+    from taskorch.store import check_redis
 
     configure(fmt=settings.log_format, level=settings.log_level)
-    app = create_app(settings)
-    uvicorn.run(
+    child = os.environ.get(_CHILD_ENV) == "1"
+    if not child:
+        check_redis(settings)
+    app = create_app(settings)  # built here too, so that bad settings stop the parent at once
+    if settings.web_concurrency > 1 and not child:
+        sys.exit(_supervise(settings))
+    config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
@@ -717,3 +772,50 @@ def serve(settings: Settings) -> None:
         http=DeadlineHTTPProtocol,  # read deadlines: see taskorch/limits.py
         timeout_keep_alive=settings.keep_alive_s,
     )
+    server = uvicorn.Server(config)
+    if child:
+        server.run(sockets=[_reuseport_socket(settings.host, settings.port)])
+    else:
+        server.run()
+
+
+def _reuseport_socket(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    sock.set_inheritable(True)
+    return sock
+
+
+def _supervise(settings: Settings) -> int:
+    import signal
+    import subprocess
+    import time
+
+    env = {**os.environ, _CHILD_ENV: "1"}
+    children = [
+        subprocess.Popen([sys.executable, "-m", "taskorch", "serve"], env=env)
+        for _ in range(settings.web_concurrency)
+    ]
+    log.info("api.processes", count=len(children), port=settings.port)
+    stopping = False
+
+    def stop(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+        for p in children:
+            if p.poll() is None:
+                p.send_signal(signum)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    while not stopping and all(p.poll() is None for p in children):
+        time.sleep(0.2)
+    if not stopping:
+        log.error("api.process_exited", codes=[p.poll() for p in children])
+        stop(signal.SIGTERM, None)
+    for p in children:
+        p.wait()
+    return 0 if stopping else 1

@@ -17,6 +17,10 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("dev", help="run Redis, the API and a worker on this machine, for trying out")
     sub.add_parser("serve", help="run the API (TASKORCH_HOST:TASKORCH_PORT)")
     sub.add_parser("worker", help="run a worker; run as many as you like")
+    sub.add_parser(
+        "check",
+        help="check the settings and Redis's eviction policy (a release step); exit 2 if wrong",
+    )
     t = sub.add_parser("token", help="print a signed token")
     t.add_argument("--sub", required=True, help="the owner the token acts for")
     t.add_argument("--ttl", type=int, default=None, help="seconds until it expires")
@@ -41,7 +45,7 @@ def main(argv: list[str] | None = None) -> None:
 
         sys.exit(run_dev())
     try:
-        settings = Settings.from_env(verify_tokens=args.command in ("serve", "token"))
+        settings = Settings.from_env(verify_tokens=args.command in ("serve", "token", "check"))
     except ConfigError as exc:
         print(f"taskorch: {exc}", file=sys.stderr)
         sys.exit(2)
@@ -57,6 +61,11 @@ def _run(args: argparse.Namespace, settings: Settings) -> None:
         from taskorch.api import serve
 
         serve(settings)
+    elif args.command == "check":
+        from taskorch.store import check_redis
+
+        check_redis(settings, require_reachable=True)
+        print("taskorch: settings and Redis look right")
     elif args.command == "worker":
         from taskorch.worker import run_worker
 

@@ -9,10 +9,10 @@ from __future__ import annotations
 KEY_PREFIX = "taskorch:"
 
 # -- Redis keys --------------------------------------------------------------------------------
-# The deferred work: an arq-format queue. Members are job ids, scores the due time in epoch ms,
-# and each job's arq-serialised definition lives at JOB_KEY_PREFIX + job_id. We use arq's layout
-# (and ``arq.jobs.serialize_job``) so arq's tooling can read it, but not arq's Worker: see
-# taskorch/worker.py for the traps that made us claim jobs ourselves.
+# The deferred work, laid out as arq lays out its queue: members are job ids, scores the due time
+# in epoch ms, and each job's definition ({"t", "f", "a", "k", "et"}, as JSON) lives at
+# JOB_KEY_PREFIX + job_id. arq's own tools cannot read it (they read pickles under "arq:job:"),
+# and we do not use arq: see taskorch/worker.py for why we claim jobs ourselves.
 QUEUE_KEY = KEY_PREFIX + "queue"
 JOB_KEY_PREFIX = KEY_PREFIX + "job:"
 # Jobs claimed by a worker: member job id, score the epoch ms at which the claim lapses unless the

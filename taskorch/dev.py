@@ -42,14 +42,55 @@ def _wait_port(port: int, timeout_s: float = 10.0) -> bool:
     return False
 
 
+def _private_dir(path: Path) -> None:
+    """A folder only this user can enter (0700), however it was made before."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path.chmod(0o700)
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write ``text`` to a file only this user can read (0600) from the moment it exists."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)  # an older file may have been made with wider bits
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+
+
 def _secret() -> str:
     if os.environ.get("TASKORCH_JWT_SECRET"):
         return os.environ["TASKORCH_JWT_SECRET"]
     path = DATA / "dev-secret"
     if not path.exists():
-        path.write_text(secrets.token_hex(32))
-        path.chmod(0o600)
+        _write_private(path, secrets.token_hex(32))
+    path.chmod(0o600)
     return path.read_text().strip()
+
+
+def _port_taken(port: int) -> bool:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return True
+    return False
+
+
+def _api_port() -> int:
+    """TASKORCH_PORT when given (refused if taken), else 3000, else any free port."""
+    given = os.environ.get("TASKORCH_PORT", "").strip()
+    if given:
+        if given.isdigit() and _port_taken(int(given)):
+            raise SystemExit(
+                f"taskorch dev: port {given} (TASKORCH_PORT) is already in use by another "
+                "program; stop it or choose another port"
+            )
+        return int(given) if given.isdigit() else 0
+    if not _port_taken(3000):
+        return 3000
+    port = _free_port(0)
+    print(f"taskorch dev: port 3000 is in use by another program; the API uses {port} instead")
+    return port
 
 
 def _start_redis() -> tuple[str, subprocess.Popen[bytes] | None, object | None]:
@@ -59,7 +100,7 @@ def _start_redis() -> tuple[str, subprocess.Popen[bytes] | None, object | None]:
     port = _free_port(6390)
     if server:
         folder = DATA / "redis"
-        folder.mkdir(parents=True, exist_ok=True)
+        _private_dir(folder)  # the data and log hold every token's tasks
         proc = subprocess.Popen(
             [
                 server,
@@ -100,8 +141,11 @@ def _start_redis() -> tuple[str, subprocess.Popen[bytes] | None, object | None]:
 
 
 def run_dev() -> int:
-    DATA.mkdir(exist_ok=True)
+    _private_dir(DATA)
+    port = _api_port()
     env = dict(os.environ)
+    if port:
+        env["TASKORCH_PORT"] = str(port)
     env.setdefault("TASKORCH_ALLOW_PRIVATE_TARGETS", "1")  # dev targets are usually local
     env.setdefault("TASKORCH_LOG_FORMAT", "console")
     env["TASKORCH_JWT_SECRET"] = _secret()
@@ -119,7 +163,12 @@ def run_dev() -> int:
         print(f"taskorch: {exc}", file=sys.stderr)
         return 2
     token = mint_token(settings, "dev", ttl_s=30 * 24 * 3600)
-    (DATA / "dev-token").write_text(token + "\n")
+    _write_private(DATA / "dev-token", token + "\n")
+    # What another shell needs to reach this Redis and sign tokens: `set -a; . .taskorch/dev.env`
+    _write_private(
+        DATA / "dev.env",
+        f"TASKORCH_REDIS_URL={redis_url}\nTASKORCH_JWT_SECRET={env['TASKORCH_JWT_SECRET']}\n",
+    )
 
     def _stop(signum: int, frame: object) -> None:
         raise KeyboardInterrupt
@@ -129,11 +178,12 @@ def run_dev() -> int:
     worker = subprocess.Popen([sys.executable, "-m", "taskorch", "worker"], env=env)
     api = subprocess.Popen([sys.executable, "-m", "taskorch", "serve"], env=env)
     try:
-        if not _wait_port(settings.port, 15):
+        if not _wait_port(settings.port, 15) or api.poll() is not None:
             print("taskorch dev: the API did not start", file=sys.stderr)
             return 1
         print(
             f"\ntaskorch is running at {settings.public_url}  (status page: {settings.public_url}/)\n"
+            f"Redis: {redis_url}  (settings for another shell: set -a; . .taskorch/dev.env)\n"
             f"token for owner 'dev' (also in .taskorch/dev-token):\n\n{token}\n\n"
             f"  export TOKEN=$(cat .taskorch/dev-token)\n"
             f'  curl -H "Authorization: Bearer $TOKEN" {settings.public_url}/v1/tasks\n\n'

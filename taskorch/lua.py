@@ -214,7 +214,11 @@ local now = tonumber(ARGV[6])
 local key = P .. 'task:' .. id
 local t = redis.call('HMGET', key, 'status', 'job', 'owner', 'gen', 'orchestration_id',
   'lost_job', 'retry_job', 'lost')
-for i = 8, #ARGV do redis.call('HINCRBY', P .. 'metrics', ARGV[i], 1) end
+for i = 8, #ARGV do
+  local f, by = string.match(ARGV[i], '^(.+)=(.+)$')  -- "name=x" adds x, a bare name adds 1
+  if f then redis.call('HINCRBYFLOAT', P .. 'metrics', f, by)
+  else redis.call('HINCRBY', P .. 'metrics', ARGV[i], 1) end
+end
 if t[2] ~= job then
   -- A reaper took this attempt for lost although its worker was alive and held the outcome; the
   -- retry it enqueued has not started yet (START clears lost_job), so the real outcome wins:

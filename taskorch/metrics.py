@@ -1,18 +1,85 @@
 """Prometheus text for ``GET /metrics``, read from the counters every worker keeps in Redis.
 
 Workers count in Redis (in the same script that records an attempt), so the figures cover the
-whole fleet however many API and worker processes there are.
+whole fleet however many API and worker processes there are. ``prometheus_client`` renders them,
+so names, units (seconds) and histograms (``_bucket``, ``_sum``, ``_count``) follow Prometheus's
+conventions. Nothing here names or counts by owner: the page may be scraped by anyone who can
+reach it (``TASKORCH_METRICS_TOKEN`` closes it), and owners are the users' business.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 
 from taskorch import constants as c
 from taskorch.store import now_ms
 
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
-async def render(redis: Any) -> str:
+
+class _Snapshot:
+    """One read of Redis, offered to prometheus_client as a collector."""
+
+    def __init__(self, stats: dict[str, str], counters: dict[str, str], gauges: list[int]) -> None:
+        self.stats, self.counters, self.gauges = stats, counters, gauges
+
+    def collect(self) -> Iterator[Metric]:
+        for kind in ("tasks", "orchestrations"):
+            fam = GaugeMetricFamily(
+                f"taskorch_{kind}", f"{kind.capitalize()} by status.", labels=["status"]
+            )
+            for field, value in sorted(self.stats.items()):
+                k, _, status = field.partition(":")
+                if k == kind:
+                    fam.add_metric([status], int(value))
+            yield fam
+        attempts = CounterMetricFamily(
+            "taskorch_attempts", "Attempts finished, by outcome.", labels=["outcome"]
+        )
+        for field, value in sorted(self.counters.items()):
+            if field.startswith("attempts_total:"):
+                attempts.add_metric([field.split(":", 1)[1]], int(value))
+        yield attempts
+        yield self._lateness()
+        queued, leased, workers = self.gauges
+        yield GaugeMetricFamily(
+            "taskorch_queue_jobs", "Jobs waiting in the deferred queue.", value=queued
+        )
+        yield GaugeMetricFamily(
+            "taskorch_leased_jobs",
+            "Jobs claimed by workers (waiting on a timer or in flight).",
+            value=leased,
+        )
+        yield GaugeMetricFamily(
+            "taskorch_workers", "Workers that sent a heartbeat in the last minute.", value=workers
+        )
+
+    def _lateness(self) -> Metric:
+        from taskorch.worker import LATENESS_BUCKETS_MS
+
+        buckets: list[tuple[str, float]] = []
+        total = 0
+        for b in [*(str(ms) for ms in LATENESS_BUCKETS_MS), "+Inf"]:
+            total += int(self.counters.get(f"lateness_le:{b}", 0))
+            buckets.append((b if b == "+Inf" else str(int(b) / 1000), total))
+        return HistogramMetricFamily(
+            "taskorch_lateness_seconds",
+            "How late attempts started after their due time.",
+            buckets=buckets,
+            sum_value=float(self.counters.get("lateness_sum_ms", 0)) / 1000,
+        )
+
+
+async def render(redis: Any) -> bytes:
     async with redis.pipeline(transaction=False) as pipe:
         pipe.hgetall(c.KEY_PREFIX + "stats")
         pipe.hgetall(c.METRICS_KEY)
@@ -20,50 +87,6 @@ async def render(redis: Any) -> str:
         pipe.zcard(c.LEASES_KEY)
         pipe.zcount(c.WORKERS_KEY, now_ms() - 60_000, "+inf")
         stats, counters, queued, leased, workers = await pipe.execute()
-    lines = [
-        "# HELP taskorch_tasks Tasks by status (all owners).",
-        "# TYPE taskorch_tasks gauge",
-    ]
-    for field, value in sorted(stats.items()):
-        kind, _, status = field.partition(":")
-        if kind == "tasks":
-            lines.append(f'taskorch_tasks{{status="{status}"}} {int(value)}')
-    lines += [
-        "# HELP taskorch_orchestrations Orchestrations by status (all owners).",
-        "# TYPE taskorch_orchestrations gauge",
-    ]
-    for field, value in sorted(stats.items()):
-        kind, _, status = field.partition(":")
-        if kind == "orchestrations":
-            lines.append(f'taskorch_orchestrations{{status="{status}"}} {int(value)}')
-    lines += [
-        "# HELP taskorch_attempts_total Attempts finished, by outcome.",
-        "# TYPE taskorch_attempts_total counter",
-    ]
-    for field, value in sorted(counters.items()):
-        if field.startswith("attempts_total:"):
-            outcome = field.split(":", 1)[1]
-            lines.append(f'taskorch_attempts_total{{outcome="{outcome}"}} {int(value)}')
-    lines += [
-        "# HELP taskorch_lateness_ms How late attempts started after their due time.",
-        "# TYPE taskorch_lateness_ms histogram",
-    ]
-    from taskorch.worker import LATENESS_BUCKETS_MS
-
-    total = 0
-    for b in [*LATENESS_BUCKETS_MS, "+Inf"]:
-        total += int(counters.get(f"lateness_le:{b}", 0))
-        lines.append(f'taskorch_lateness_ms_bucket{{le="{b}"}} {total}')
-    lines.append(f"taskorch_lateness_ms_count {total}")
-    lines += [
-        "# HELP taskorch_queue_jobs Jobs waiting in the deferred queue.",
-        "# TYPE taskorch_queue_jobs gauge",
-        f"taskorch_queue_jobs {queued}",
-        "# HELP taskorch_leased_jobs Jobs claimed by workers (waiting on a timer or in flight).",
-        "# TYPE taskorch_leased_jobs gauge",
-        f"taskorch_leased_jobs {leased}",
-        "# HELP taskorch_workers Workers that sent a heartbeat in the last minute.",
-        "# TYPE taskorch_workers gauge",
-        f"taskorch_workers {workers}",
-    ]
-    return "\n".join(lines) + "\n"
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Snapshot(stats, counters, [queued, leased, workers]))
+    return generate_latest(registry)

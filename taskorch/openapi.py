@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import enum
 from functools import lru_cache
 from typing import Any
@@ -22,30 +23,53 @@ def _json(name: str, description: str) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": _ref(name)}}}
 
 
+def _header(description: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {"description": description, "schema": schema}
+
+
+_RETRY_AFTER = {"Retry-After": _header("Seconds to wait before trying again", {"type": "string"})}
 _ERRORS = {
     "400": _json("Error", "Malformed JSON (invalid_json) or a bad header"),
-    "401": _json("Error", "Missing or invalid token"),
+    "401": {
+        **_json("Error", "Missing or invalid token (missing_token, invalid_token)"),
+        "headers": {"WWW-Authenticate": _header("Always Bearer", {"type": "string"})},
+    },
     "403": _json("Error", "The token lacks the needed scope"),
+    "404": _json("Error", "Not found (or another owner's)"),
+    "409": _json("Error", "The status forbids the change; the message names it"),
     "413": _json("Error", "The body is too large"),
     "422": _json("Error", "Validation failed; one detail per field"),
+    "429": {
+        **_json("Error", "Too many requests (sign-ins for one user, open event streams)"),
+        "headers": _RETRY_AFTER,
+    },
+    "503": {
+        **_json("Error", "Redis is unreachable or too slow (unavailable); try again"),
+        "headers": _RETRY_AFTER,
+    },
 }
+# An id as the service makes them: a type prefix, then 24 hex digits (time, then randomness).
+ID_PATTERN = "^{prefix}_[0-9a-f]{{24}}$"
+_ID_PREFIX = {"task_id": "tsk", "orc_id": "orc", "fn_id": "fn"}
 
 
 def _op(
     summary: str,
     ok: dict[str, Any],
     *,
+    op_id: str,
     body: str | None = None,
     codes: tuple[str, ...] = (),
     params: list[dict[str, Any]] | None = None,
     auth: bool = True,
+    links: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    op: dict[str, Any] = {"summary": summary, "responses": {**ok}}
-    for code in codes:
-        op["responses"][code] = _ERRORS.get(code) or _json(
-            "Error",
-            {"404": "Not found (or another owner's)", "409": "The status forbids the change"}[code],
-        )
+    """One operation. With ``auth``, 401 and 403 are added; every operation that reads Redis may
+    answer 503 when Redis is out."""
+    op: dict[str, Any] = {"operationId": op_id, "summary": summary, "responses": {**ok}}
+    extra = ("401", "403") if auth else ()
+    for code in sorted({*codes, *extra, "503"}):
+        op["responses"][code] = _ERRORS[code]
     if body:
         op["requestBody"] = {
             "required": True,
@@ -55,21 +79,41 @@ def _op(
         op["parameters"] = params
     if not auth:
         op["security"] = []
+    if links:
+        for response in ok.values():
+            response["links"] = links
     return op
 
 
 def _path_id(name: str) -> list[dict[str, Any]]:
-    return [{"name": name, "in": "path", "required": True, "schema": {"type": "string"}}]
+    schema: dict[str, Any] = {"type": "string"}
+    if name in _ID_PREFIX:
+        schema["pattern"] = ID_PATTERN.format(prefix=_ID_PREFIX[name])
+    return [{"name": name, "in": "path", "required": True, "schema": schema}]
 
 
-def _list_params(statuses: type[enum.Enum] | None) -> list[dict[str, Any]]:
+def _links(id_name: str, **operations: str) -> dict[str, Any]:
+    """Links from a create's answer to the operations that take its id (for stateful tests)."""
+    return {
+        name: {"operationId": op, "parameters": {id_name: "$response.body#/id"}}
+        for name, op in operations.items()
+    }
+
+
+def _list_params(statuses: type[enum.Enum] | None, prefix: str) -> list[dict[str, Any]]:
     params: list[dict[str, Any]] = [
         {
             "name": "limit",
             "in": "query",
-            "schema": {"type": "integer", "minimum": 1, "maximum": 500},
+            "schema": {"type": "integer", "minimum": 1, "maximum": 500, "default": 50},
         },
-        {"name": "cursor", "in": "query", "schema": {"type": "string"}},
+        {
+            "name": "cursor",
+            "in": "query",
+            "description": "next_cursor from the previous page",
+            # Empty means the first page, like no cursor at all.
+            "schema": {"type": "string", "pattern": f"^({prefix}_[0-9a-f]{{24}})?$"},
+        },
     ]
     if statuses is not None:
         enum_values = [s.value for s in statuses]
@@ -83,7 +127,12 @@ _IDEMPOTENCY = {
     "name": "Idempotency-Key",
     "in": "header",
     "required": False,
-    "schema": {"type": "string", "maxLength": 255},
+    "description": "A repeat from the same owner within 24 h answers the first resource (200)",
+    "schema": {
+        "type": "string",
+        "minLength": 1,
+        "maxLength": 255,
+    },
 }
 
 
@@ -100,37 +149,50 @@ def _steerable(
     """The five routes tasks and orchestrations share: create, list, get, modify, cancel."""
     model = noun.capitalize()
     ids = _path_id(id_name)
+    links = _links(
+        id_name,
+        **{
+            f"Get{model}": f"get{model}",
+            f"Modify{model}": f"modify{model}",
+            f"Cancel{model}": f"cancel{model}",
+        },
+    )
     return {
         prefix: {
             "post": _op(
                 create_summary,
                 {
-                    "201": _json(model, "Created"),
+                    "201": _json(model, "Created; Location names it"),
                     "200": _json(model, "An Idempotency-Key repeat: the first one"),
                 },
+                op_id=f"create{model}",
                 body=f"{model}Create",
-                codes=("400", "401", "403", "413", "422"),
+                codes=("400", "413", "422"),
                 params=[_IDEMPOTENCY],
+                links=links,
             ),
             "get": _op(
                 f"List {noun}s, newest first",
                 {"200": _json(f"{model}Page", "A page")},
-                codes=("401", "403", "422"),
-                params=_list_params(statuses),
+                op_id=f"list{model}s",
+                codes=("422",),
+                params=_list_params(statuses, _ID_PREFIX[id_name]),
             ),
         },
         f"{prefix}/{{{id_name}}}": {
             "get": _op(
                 f"Get a {noun}",
                 {"200": _json(model, "It")},
-                codes=("401", "403", "404"),
+                op_id=f"get{model}",
+                codes=("404",),
                 params=ids,
             ),
             "patch": _op(
                 f"Modify a {noun} while {patch_when}",
                 {"200": _json(model, "It")},
+                op_id=f"modify{model}",
                 body=f"{model}Patch",
-                codes=("400", "401", "403", "404", "409", "413", "422"),
+                codes=("400", "404", "409", "413", "422"),
                 params=ids,
             ),
         },
@@ -138,11 +200,123 @@ def _steerable(
             "post": _op(
                 f"Cancel a {noun} while {cancel_when}",
                 {"200": _json(model, "It")},
-                codes=("401", "403", "404", "409"),
+                op_id=f"cancel{model}",
+                codes=("404", "409"),
                 params=ids,
             ),
         },
     }
+
+
+# What the API accepts beyond each field's type, written into the generated schemas so that a
+# client (or a fuzzer) that follows them is never refused: http(s) URLs with a host, header names
+# and values as HTTP allows (minus those the service sets itself), and times with an offset.
+_URL = {
+    "type": "string",
+    "minLength": 1,
+    "maxLength": 8192,
+    "description": "http or https URL with a host",
+    "pattern": r"^[Hh][Tt][Tt][Pp][Ss]?://[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)*(:[1-9][0-9]{0,3})?(/[A-Za-z0-9._~!$&'()*+,;=:@%-]*)*$",
+}
+
+
+def _ci(word: str) -> str:
+    return "".join(f"[{ch.upper()}{ch.lower()}]" if ch.isalpha() else ch for ch in word)
+
+
+_SET_BY_US = ("host", "content-length", "transfer-encoding", "connection", "keep-alive", "te")
+_RESERVED = "|".join(_ci(w) for w in (*_SET_BY_US, "trailer", "upgrade"))
+_HEADERS = {
+    "type": "object",
+    "description": "Sent as given. Not Host, Content-Length, Transfer-Encoding, Connection, "
+    "Keep-Alive, TE, Trailer, Upgrade or Proxy-*: the service sets those.",
+    "propertyNames": {
+        "pattern": r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$",
+        "not": {"pattern": f"^(({_RESERVED})$|{_ci('proxy-')})"},
+    },
+    # Visible characters, spaces and tabs, Latin-1 at most (RFC 9110 field values).
+    "additionalProperties": {"type": "string", "pattern": "^[\t\u0020-\u007e\u0080-\u00ff]*$"},
+    "default": {},
+}
+_RUN_AT = {
+    "type": "string",
+    "description": "RFC 3339 with an offset, before the year 9999",
+    "pattern": r"^(19[7-9][0-9]|[2-8][0-9]{3})-(0[1-9]|1[0-2])-(0[1-9]|1[0-9]|2[0-8])[Tt ]([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\.[0-9]{1,6})?([Zz]|[+-](0[0-9]|1[0-3]):[0-5][0-9])$",
+}
+# A number is read as unix seconds.
+_UNIX_TIME = {
+    "type": "number",
+    "minimum": -62135596800,  # 0001-01-01: a time in the past means now
+    "maximum": 253370764799,
+    "description": "unix seconds",
+}
+_HANDLER = r"^[A-Za-z_$][A-Za-z0-9_$]*$"
+_JAVA_HANDLER = r"^[A-Za-z_$][A-Za-z0-9_$.]*::[A-Za-z_$][A-Za-z0-9_$]*$"
+
+
+def _tighten(schema: Any) -> None:
+    """Put the API's field rules (above) into the msgspec-generated schemas, in place."""
+    if isinstance(schema, list):
+        for item in schema:
+            _tighten(item)
+        return
+    if not isinstance(schema, dict):
+        return
+    props = schema.get("properties", {})
+    for name, rule in (("url", _URL), ("headers", _HEADERS), ("run_at", _RUN_AT)):
+        if name in props:
+            props[name] = _replace_string(props[name], rule)
+    if "run_at" in props and "delay" in props:
+        schema["not"] = {
+            "description": "run_at or delay, not both",
+            "required": ["run_at", "delay"],
+            "properties": {
+                "run_at": {"type": ["string", "number"]},
+                "delay": {"type": "number"},
+            },
+        }
+    for name, sub in props.items():
+        if name not in ("url", "headers", "run_at"):
+            _tighten(sub)
+    for key in ("anyOf", "allOf", "oneOf", "items", "additionalProperties"):
+        if key in schema:
+            _tighten(schema[key])
+
+
+def _replace_string(prop: dict[str, Any], rule: dict[str, Any]) -> dict[str, Any]:
+    """``rule`` in place of the string or object branch of ``prop`` (keeping null branches)."""
+    if "anyOf" in prop:
+        branches = [b if b.get("type") == "null" else rule for b in prop["anyOf"]]
+        if rule is _RUN_AT:
+            branches.append(_UNIX_TIME)
+        return {**prop, "anyOf": branches}
+    merged = {**rule}
+    if "default" in prop:
+        merged["default"] = prop["default"]
+    elif "default" in merged and rule is not _HEADERS:
+        del merged["default"]
+    return merged
+
+
+# java names Class::method; python and node a function; only python takes requirements.
+_FUNCTION_RULES = [
+    {
+        "if": {"properties": {"runtime": {"const": "java"}}, "required": ["runtime"]},
+        "then": {
+            "required": ["handler"],
+            "properties": {"handler": {"type": "string", "pattern": _JAVA_HANDLER}},
+        },
+        "else": {
+            "properties": {
+                "handler": {"anyOf": [{"type": "string", "pattern": _HANDLER}, {"type": "null"}]}
+            }
+        },
+    },
+    {
+        "if": {"properties": {"runtime": {"const": "python"}}, "required": ["runtime"]},
+        "else": {"properties": {"requirements": {"anyOf": [{"const": ""}, {"type": "null"}]}}},
+    },
+]
 
 
 @lru_cache(maxsize=1)
@@ -166,12 +340,18 @@ def _components() -> dict[str, Any]:
         ],
         ref_template=_REF,
     )
+    for name in ("TaskCreate", "TaskPatch", "OrchestrationCreate", "OrchestrationPatch"):
+        _tighten(components[name])
+    for name in ("StepSpec", "ConditionSpec", "TaskSpec", "FunctionSchedule"):
+        _tighten(components[name])
+    components["FunctionCreate"]["allOf"] = _FUNCTION_RULES
     return components
 
 
-def _simple(summary: str, **responses: str) -> dict[str, Any]:
+def _simple(summary: str, op_id: str, **responses: str) -> dict[str, Any]:
     return {
         "get": {
+            "operationId": op_id,
             "summary": summary,
             "security": [],
             "responses": {code.lstrip("_"): {"description": d} for code, d in responses.items()},
@@ -183,40 +363,71 @@ def _function_upload() -> dict[str, Any]:
     op = _op(
         "Upload a function (JSON, or multipart with the code as a file)",
         {"201": _json("Function", "Created; building")},
+        op_id="createFunction",
         body="FunctionCreate",
-        codes=("400", "401", "403", "413", "422"),
+        codes=("400", "413", "422"),
+        links=_links("fn_id", GetFunction="getFunction", DeleteFunction="deleteFunction"),
     )
-    # The multipart form carries the same fields; `code` may be a file, `schedule` JSON text.
+    # The multipart form carries the same fields; `code` may be a file of UTF-8 text, `schedule`
+    # is the FunctionSchedule object as JSON text (an empty field means none).
     op["requestBody"]["content"]["multipart/form-data"] = {
         "schema": {
             "type": "object",
             "required": ["name", "runtime", "code"],
+            "additionalProperties": False,
             "properties": {
-                "name": {"type": "string"},
+                "name": {"type": "string", "minLength": 1, "maxLength": 200},
                 "runtime": {"type": "string", "enum": ["python", "java", "node"]},
-                "code": {"type": "string", "format": "binary"},
+                "code": {
+                    "type": "string",
+                    "minLength": 1,
+                    "contentMediaType": "text/plain",
+                    "description": "the source, as a file or a text field (UTF-8)",
+                },
                 "handler": {"type": "string"},
-                "requirements": {"type": "string"},
+                "requirements": {"type": "string", "maxLength": 65536},
                 "provider": {"type": "string", "enum": ["local", "aws"]},
-                "schedule": {"type": "string", "description": "FunctionSchedule as JSON text"},
+                "schedule": _ref("FunctionSchedule"),
             },
-        }
+            "allOf": _FUNCTION_RULES,
+        },
+        "encoding": {"schedule": {"contentType": "application/json"}},
     }
     return op
 
 
+def _providers(settings: Settings) -> list[str]:
+    """The function providers this server offers: local unless turned off, aws when set up."""
+    out = ["local"] if settings.local_functions else []
+    if settings.aws_region and settings.aws_lambda_role:
+        out.append("aws")
+    return out
+
+
 def document(settings: Settings) -> dict[str, Any]:
     fn_id = _path_id("fn_id")
+    schemas = copy.deepcopy(_components())
+    providers = _providers(settings)
+    provider: dict[str, Any] = {"anyOf": [{"enum": providers}, {"type": "null"}], "default": None}
+    if not providers:
+        provider = {"type": "null", "default": None}
+    schemas["FunctionCreate"]["properties"]["provider"] = provider
+    upload = _function_upload()
+    upload["requestBody"]["content"]["multipart/form-data"]["schema"]["properties"]["provider"] = {
+        "type": "string",
+        "enum": providers,
+    }
     return {
         "openapi": "3.1.0",
         "info": {
             "title": "taskorch",
             "version": "0.1.0",
-            "description": "Scheduled HTTP tasks, orchestrations and functions on Redis.",
+            "description": "Scheduled HTTP tasks, orchestrations and functions on Redis. "
+            "Every error answers {error: {code, message, details}}.",
         },
         "servers": [{"url": settings.public_url}],
         "components": {
-            "schemas": _components(),
+            "schemas": schemas,
             "securitySchemes": {
                 "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}
             },
@@ -227,8 +438,9 @@ def document(settings: Settings) -> dict[str, Any]:
                 "post": _op(
                     "Exchange a username and password for a token",
                     {"200": _json("TokenResponse", "A bearer token")},
+                    op_id="issueToken",
                     body="TokenRequest",
-                    codes=("400", "401", "422"),
+                    codes=("400", "401", "413", "422", "429"),
                     auth=False,
                 )
             },
@@ -251,38 +463,45 @@ def document(settings: Settings) -> dict[str, Any]:
                 cancel_when="scheduled or running",
             ),
             "/v1/functions": {
-                "post": _function_upload(),
+                "post": upload,
                 "get": _op(
                     "List functions, newest first",
                     {"200": _json("FunctionPage", "A page")},
-                    codes=("401", "403", "422"),
-                    params=_list_params(None),
+                    op_id="listFunctions",
+                    codes=("422",),
+                    params=_list_params(None, "fn"),
                 ),
             },
             "/v1/functions/{fn_id}": {
                 "get": _op(
                     "Get a function",
                     {"200": _json("Function", "It")},
-                    codes=("401", "403", "404"),
+                    op_id="getFunction",
+                    codes=("404",),
                     params=fn_id,
                 ),
                 "delete": _op(
                     "Delete a function (and its Lambda function and URL)",
                     {"204": {"description": "Deleted"}},
-                    codes=("401", "403", "404"),
+                    op_id="deleteFunction",
+                    codes=("404",),
                     params=fn_id,
                 ),
             },
             "/fn/{fn_id}/{key}": {
                 "post": {
+                    "operationId": "triggerFunction",
                     "summary": "A function's trigger URL: the body is the event, the answer the handler's result",
                     "security": [],
                     "parameters": [*fn_id, *_path_id("key")],
                     "requestBody": {"content": {"application/json": {"schema": {}}}},
                     "responses": {
                         "200": {"description": "The handler's return value as JSON"},
+                        "400": _ERRORS["400"],
                         "404": _json("Error", "Wrong id or key"),
+                        "413": _ERRORS["413"],
                         "500": _json("Error", "The handler raised (function_error)"),
+                        "503": _ERRORS["503"],
                         "504": _json(
                             "Error", "The handler ran past its timeout (function_timeout)"
                         ),
@@ -290,26 +509,52 @@ def document(settings: Settings) -> dict[str, Any]:
                 },
             },
             "/v1/stats": {
-                "get": {
-                    "summary": "Counts by status of the caller's tasks and orchestrations",
-                    "responses": {
+                "get": _op(
+                    "Counts by status of the caller's tasks and orchestrations",
+                    {
                         "200": {
-                            "description": "{tasks: {status: n}, orchestrations: {status: n}, functions: n}"
+                            "description": "{tasks: {status: n}, orchestrations: {status: n}, functions: n}",
+                            "content": {"application/json": {"schema": {"type": "object"}}},
                         }
+                    },
+                    op_id="stats",
+                )
+            },
+            "/v1/events": {
+                "get": _op(
+                    "Server-sent events of the owner's changes (event: task, orchestration, "
+                    "function; data: {type, id, status})",
+                    {
+                        "200": {
+                            "description": "An endless text/event-stream",
+                            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+                        }
+                    },
+                    op_id="events",
+                    codes=("429",),
+                    params=[
+                        {
+                            "name": "access_token",
+                            "in": "query",
+                            "description": "the token, for EventSource, which cannot send headers",
+                            "schema": {"type": "string"},
+                        }
+                    ],
+                )
+            },
+            "/healthz": _simple("Process up", "healthz", _200="ok"),
+            "/readyz": _simple("Redis reachable", "readyz", _200="ok", _503="Redis unreachable"),
+            "/metrics": {
+                "get": {
+                    "operationId": "metrics",
+                    "summary": "Prometheus metrics (a Bearer TASKORCH_METRICS_TOKEN when set)",
+                    "security": [],
+                    "responses": {
+                        "200": {"description": "Prometheus text format 0.0.4"},
+                        "401": _ERRORS["401"],
+                        "503": _ERRORS["503"],
                     },
                 }
             },
-            "/v1/events": {
-                "get": {
-                    "summary": "Server-sent events of the owner's changes",
-                    "parameters": [
-                        {"name": "access_token", "in": "query", "schema": {"type": "string"}}
-                    ],
-                    "responses": {"200": {"description": "text/event-stream"}},
-                }
-            },
-            "/healthz": _simple("Process up", _200="ok"),
-            "/readyz": _simple("Redis reachable", _200="ok", _503="Redis unreachable"),
-            "/metrics": _simple("Prometheus metrics", _200="text/plain"),
         },
     }

@@ -40,6 +40,11 @@ class Settings:
     log_level: str = "info"
     aws_region: str | None = None
     aws_lambda_role: str | None = None
+    # -- deployment: platform conventions (PORT, REDIS_URL, WEB_CONCURRENCY) and /metrics access
+    web_concurrency: int = 1
+    metrics_token: str | None = None
+    redis_policy_check: str = "refuse"
+    local_functions: bool = True
     # -- the API's edges: Redis outages, slow clients, token lifetime --
     redis_timeout_s: float = c.DEFAULT_REDIS_TIMEOUT_S
     read_timeout_s: float = c.DEFAULT_READ_TIMEOUT_S
@@ -61,10 +66,15 @@ class Settings:
         """
         env = os.environ if env is None else env
         r = _Reader(env)
-        host = r.text("TASKORCH_HOST", "127.0.0.1")
+        # A platform (Heroku, Render, Cloud Run) hands out the port in PORT and expects the
+        # process to listen on every interface; TASKORCH_HOST/TASKORCH_PORT still win.
+        platform_port = r.opt("PORT")
+        host = r.text("TASKORCH_HOST", "0.0.0.0" if platform_port else "127.0.0.1")
         port = r.whole("TASKORCH_PORT", 3000, lo=1, hi=65535)
+        if platform_port and r.opt("TASKORCH_PORT") is None:
+            port = r.whole("PORT", 3000, lo=1, hi=65535)
         settings = cls(
-            redis_url=r.text("TASKORCH_REDIS_URL", "redis://localhost:6379/0"),
+            redis_url=r.text("TASKORCH_REDIS_URL", r.text("REDIS_URL", "redis://localhost:6379/0")),
             host=host,
             port=port,
             jwt_secret=r.opt("TASKORCH_JWT_SECRET"),
@@ -85,6 +95,18 @@ class Settings:
             log_level=r.choice("TASKORCH_LOG_LEVEL", "info", ("debug", "info", "warning", "error")),
             aws_region=r.opt("TASKORCH_AWS_REGION") or env.get("AWS_DEFAULT_REGION") or None,
             aws_lambda_role=r.opt("TASKORCH_AWS_LAMBDA_ROLE"),
+            # -- deployment
+            web_concurrency=r.whole(
+                "TASKORCH_WEB_CONCURRENCY",
+                r.whole("WEB_CONCURRENCY", 1, lo=1, hi=256),
+                lo=1,
+                hi=256,
+            ),
+            metrics_token=r.opt("TASKORCH_METRICS_TOKEN"),
+            redis_policy_check=r.choice(
+                "TASKORCH_REDIS_POLICY_CHECK", "refuse", ("refuse", "warn", "off")
+            ),
+            local_functions=r.flag("TASKORCH_LOCAL_FUNCTIONS", True),
             # -- the API's edges: Redis outages, slow clients, token lifetime --
             redis_timeout_s=r.number(
                 "TASKORCH_REDIS_TIMEOUT_S", c.DEFAULT_REDIS_TIMEOUT_S, lo=0.01

@@ -73,6 +73,11 @@ def connect(url: str, **kwargs: Any) -> Redis:
     kwargs.setdefault("decode_responses", True)
     kwargs.setdefault("health_check_interval", 10)
     parts = urlparse(url)
+    query = parse_qs(parts.query)
+    if parts.scheme == "rediss" and query.get("ssl_cert_reqs", [""])[0].lower() == "none":
+        # A provider's self-signed certificate (Heroku Redis): encrypted, not verified. A name
+        # check without verification means nothing, and newer redis-py would refuse the pair.
+        kwargs.setdefault("ssl_check_hostname", False)
     if parts.scheme in ("redis+sentinel", "sentinel"):
         hosts = []
         for hp in parts.netloc.rsplit("@", 1)[-1].split(","):
@@ -80,11 +85,80 @@ def connect(url: str, **kwargs: Any) -> Redis:
             hosts.append((host, int(port or 26379)))
         path = [p for p in parts.path.split("/") if p]
         service = path[0] if path else "mymaster"
-        db = int(path[1]) if len(path) > 1 else int(parse_qs(parts.query).get("db", ["0"])[0])
+        db = int(path[1]) if len(path) > 1 else int(query.get("db", ["0"])[0])
         password = unquote(parts.password) if parts.password else None
         sentinel = Sentinel(hosts, password=password, **kwargs)
-        return sentinel.master_for(service, db=db, password=password, **kwargs)
+        master = sentinel.master_for(service, db=db, password=password, **kwargs)
+        close_master = master.aclose
+
+        async def aclose(*args: Any, **kw: Any) -> None:
+            # Closing the client closes its pool only; the sentinels' own connections, which
+            # found the master, would otherwise stay open for the life of the process.
+            await close_master(*args, **kw)
+            for client in sentinel.sentinels:
+                await client.aclose()
+
+        master.aclose = aclose
+        return master
     return aioredis.from_url(url, **kwargs)
+
+
+async def eviction_policy(redis: Redis) -> str | None:
+    """Redis's ``maxmemory-policy``, or None where the provider forbids ``CONFIG GET``."""
+    try:
+        got = await redis.config_get("maxmemory-policy")
+    except aioredis.ResponseError:
+        return None
+    return str(got.get("maxmemory-policy")) if got.get("maxmemory-policy") else None
+
+
+def check_redis(settings: Any, *, require_reachable: bool = False) -> None:
+    """At start (``taskorch serve``, ``taskorch check``): Redis must keep what it is given.
+
+    A queue needs ``maxmemory-policy noeviction``: any other policy lets Redis delete scheduled
+    tasks when memory fills, silently. ``TASKORCH_REDIS_POLICY_CHECK`` says what to do about
+    it: ``refuse`` (the default: stop with one line saying how to fix it), ``warn`` or ``off``.
+    An unreachable Redis is refused only with ``require_reachable`` (``taskorch check``); at
+    start the API answers 503 and /readyz says so until it is back.
+    """
+    import asyncio
+
+    import structlog
+
+    from taskorch.errors import ConfigError
+
+    log = structlog.get_logger("taskorch.redis")
+
+    async def read() -> str | None:
+        client = connect(settings.redis_url, socket_connect_timeout=5, socket_timeout=5)
+        try:
+            return await eviction_policy(client)
+        finally:
+            await client.aclose()
+
+    if settings.redis_policy_check == "off" and not require_reachable:
+        return
+    try:
+        policy = asyncio.run(read())
+    except Exception as exc:  # unreachable, auth, TLS
+        if require_reachable:
+            raise ConfigError(f"Redis at TASKORCH_REDIS_URL is unreachable: {exc}") from None
+        log.warning("redis.unreachable_at_start", error=str(exc) or type(exc).__name__)
+        return
+    if settings.redis_policy_check == "off":
+        return
+    if policy is None:
+        log.warning("redis.policy_unknown", reason="CONFIG GET maxmemory-policy is not allowed")
+    elif policy != "noeviction":
+        message = (
+            f"Redis's maxmemory-policy is {policy}: Redis may delete scheduled tasks when its "
+            "memory fills. Set it to noeviction (redis-cli CONFIG SET maxmemory-policy "
+            "noeviction, or your provider's setting), or set TASKORCH_REDIS_POLICY_CHECK=warn "
+            "to run anyway"
+        )
+        if settings.redis_policy_check == "refuse":
+            raise ConfigError(message)
+        log.warning("redis.eviction_policy", policy=policy, message=message)
 
 
 async def page_ids(

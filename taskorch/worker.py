@@ -3,9 +3,9 @@
 Why not arq's ``Worker``: it polls every 0.5 s (far from millisecond firing), it keeps a crashed
 worker's job behind an "in-progress" key for ``job_timeout + 10`` s (15 minutes for a 900 s
 target), its abort is a best-effort poll, a finished job's id cannot be enqueued again while its
-result is kept, and it stops when Redis restarts. We keep arq's queue layout (a sorted set of job
-ids scored by due ms, definitions written by the same ``serialize_job`` format) and replace the
-consumer:
+result is kept, and it stops when Redis restarts. We keep the shape of arq's queue (a sorted set of job
+ids scored by due ms, a definition per job; ours are JSON under our prefix, so arq's tools do not
+read them) and replace the consumer:
 
 * **Claim ahead.** Every ``poll_s`` (or at once, when a publisher says something is due soon) a
   worker moves the jobs due within ``claim_ahead_ms`` from the queue to a leases set it owns, in
@@ -451,6 +451,7 @@ class Worker:
             self.claim_ahead_ms,
             f"attempts_total:{outcome}",
             lateness_bucket(lateness),
+            f"lateness_sum_ms={max(lateness, 0.0):.3f}",  # the histogram's _sum for /metrics
         ]
         self._outcomes.append((cl, row))
         if not self._flushing:
