@@ -29,7 +29,7 @@ import structlog
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from taskorch.sandbox import LocalRuntime, SandboxLimits  # noqa: E402
+from taskorch.functions import LocalRuntime, SandboxLimits  # noqa: E402
 
 # What one small, realistic event looks like on its way in and out.
 EVENT = {"order_id": "ord_123", "items": [{"sku": "A-1", "qty": 2}], "note": "bench"}

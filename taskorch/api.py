@@ -36,6 +36,7 @@ from taskorch.errors import (
     Unauthorized,
 )
 from taskorch.functions import Functions
+from taskorch.functions.runtime import local_runtime
 from taskorch.models import (
     FunctionCreate,
     OrchestrationCreate,
@@ -316,7 +317,7 @@ async def delete_function(request: Request) -> Response:
 
 async def trigger_function(request: Request) -> Response:
     """A function's trigger URL: the key in the path is the credential; the body is the event."""
-    from taskorch.sandbox import FunctionError, FunctionTimeout
+    from taskorch.functions import FunctionError, FunctionTimeout
 
     fns: Functions = request.state.functions
     try:
@@ -543,7 +544,7 @@ async def _unexpected(request: Request, exc: Exception) -> Response:
 
 def lambda_provider(settings: Settings) -> Any | None:
     """The AWS provider when AWS is configured; required when it is the default provider."""
-    from taskorch.aws_lambda import AwsProviderError, AwsSettings, LambdaProvider
+    from taskorch.functions.aws import AwsProviderError, AwsSettings, LambdaProvider
 
     env = dict(os.environ)
     if settings.aws_region:
@@ -564,17 +565,12 @@ def create_app(
     """Build the API. ``redis_client`` lets tests inject one; otherwise one is made at startup."""
     verifier = auth.TokenVerifier(settings)
     aws = lambda_provider(settings)
+    runtime = local_runtime(settings)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
-        from taskorch.sandbox import LocalRuntime, SandboxLimits
-
         client = redis_client if redis_client is not None else connect(settings.redis_url)
         store = Store(client)
-        runtime = LocalRuntime(
-            Path(settings.functions_dir),
-            limits=SandboxLimits(timeout_s=settings.function_timeout_s),
-        )
         functions = Functions(
             client,
             store,
@@ -595,7 +591,8 @@ def create_app(
             }
         finally:
             await functions.close()
-            await runtime.close()
+            if runtime is not None:
+                await runtime.close()
             if redis_client is None:
                 await client.aclose()
 

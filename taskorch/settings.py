@@ -40,6 +40,8 @@ class Settings:
     log_level: str = "info"
     aws_region: str | None = None
     aws_lambda_role: str | None = None
+    # Function sandbox (sandbox helper): run local functions unisolated when no sandbox can be made.
+    unsafe_functions: bool = False
 
     @classmethod
     def from_env(
@@ -80,6 +82,8 @@ class Settings:
             log_level=r.choice("TASKORCH_LOG_LEVEL", "info", ("debug", "info", "warning", "error")),
             aws_region=r.opt("TASKORCH_AWS_REGION") or env.get("AWS_DEFAULT_REGION") or None,
             aws_lambda_role=r.opt("TASKORCH_AWS_LAMBDA_ROLE"),
+            # Function sandbox (sandbox helper).
+            unsafe_functions=r.flag("TASKORCH_UNSAFE_FUNCTIONS", False),
         )
         settings = replace(settings, **overrides)  # type: ignore[arg-type]
         settings.validate(verify_tokens=verify_tokens)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from taskorch.sandbox import (
+from taskorch.functions import (
     BuildError,
     FunctionError,
     FunctionTimeout,
