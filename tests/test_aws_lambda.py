@@ -125,7 +125,9 @@ def test_package_python_reports_pip_failure() -> None:
 )
 def test_package_python_rejects_requirements_beyond_names(line: str) -> None:
     with pytest.raises(AwsProviderError, match="is not allowed"):
-        package(runtime="python", code=PY_CODE, handler="handler", requirements=f"six==1.16.0\n{line}\n")
+        package(
+            runtime="python", code=PY_CODE, handler="handler", requirements=f"six==1.16.0\n{line}\n"
+        )
 
 
 def test_package_node_commonjs_and_esm() -> None:

@@ -153,7 +153,7 @@ class LocalRuntime:
                 jail=self._jail,
                 fn_dir=self._base / function_id,
                 uid=uid,
-                limits=self._process_limits(_BUILD_MEMORY_MB, cpu_s=600),
+                limits=self._process_limits(_BUILD_MEMORY_MB, cpu_s=600, processes=256),
                 command=self._command,
                 tools=self._tools,
             )
@@ -236,12 +236,12 @@ class LocalRuntime:
             env=env,
         )
 
-    def _process_limits(self, memory_mb: int, *, cpu_s: int) -> Limits:
+    def _process_limits(self, memory_mb: int, *, cpu_s: int, processes: int = 0) -> Limits:
         limits = self._limits
         return Limits(
             memory_mb=memory_mb,
             disk_mb=limits.disk_mb,
-            max_processes=max(limits.max_processes, 64),
+            max_processes=max(limits.max_processes, processes),
             cpus=limits.cpus,
             cpu_s=cpu_s,
             file_size_mb=limits.file_size_mb,
