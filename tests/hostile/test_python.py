@@ -160,7 +160,7 @@ async def test_signals_reach_no_process_outside(
     await build(rt, "fn_sig", "python", "def handler(event, context):\n    return 1\n")
     uid = uid_of(base_dir, "fn_sig")
     # A host process of the very same uid: the strongest case for kill(-1).
-    sentinel = subprocess.Popen(
+    sentinel = subprocess.Popen(  # noqa: ASYNC220
         ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "sleep", "60"]
     )
     code = """

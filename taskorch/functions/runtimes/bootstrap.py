@@ -1,6 +1,6 @@
 """Bootstrap that runs inside a sandboxed Python function process (stdlib only).
 
-`taskorch.sandbox` copies this file into the function's folder and starts it as
+`taskorch.functions` copies this file into the function's folder and starts it as
 `python -I -u bootstrap.py MODE HANDLER FUNCTION_NAME MEMORY_MB` with the folder as cwd.
 It imports `handler.py`, answers `{"ready": ...}` once, then (MODE "serve") reads one JSON
 request per line from stdin and writes one JSON response per line to the original stdout:
