@@ -2,11 +2,13 @@
 
 Each warm process and each build step of a function gets a cgroup of its own, made before the
 process starts and joined by it before it runs anything else, so every descendant is counted
-and can be found again: killing an instance kills everything in its cgroup (frozen first, so a
-fork bomb cannot outrun the kill), then the cgroup is removed.
+and can be found again: killing an instance kills everything in its cgroup (under v2 frozen
+first; under v1 the kill goes round until none is left, which `pids.max` keeps short), then the
+cgroup is removed. (The v1 freezer is not used: each hierarchy joined costs a cold start about
+10 ms, and killing the PID namespace's first process already takes all the others with it.)
 
 cgroup v2 is used where this process may delegate from its own cgroup; otherwise cgroup v1 with
-the memory, pids and cpu controllers (and the freezer when mounted). `Cgroups.detect()` returns
+the memory, pids and cpu controllers. `Cgroups.detect()` returns
 None with the reason when neither is usable; the runtime then says so at start and falls back to
 rlimits (see docs/functions.md).
 """
@@ -39,7 +41,7 @@ class InstanceCgroup:
     """The cgroup(s) of one instance: one directory per v1 hierarchy, or one under v2."""
 
     dirs: list[Path]
-    freezer: Path | None  # v1 freezer directory, or the v2 directory (cgroup.freeze)
+    freezer: Path | None  # the v2 directory (cgroup.freeze), None under v1
     v2: bool
     _removed: bool = field(default=False, repr=False)
 
@@ -115,10 +117,7 @@ class InstanceCgroup:
         if self.freezer is None:
             return
         with contextlib.suppress(OSError):
-            if self.v2:
-                (self.freezer / "cgroup.freeze").write_text("1" if frozen else "0")
-            else:
-                (self.freezer / "freezer.state").write_text("FROZEN" if frozen else "THAWED")
+            (self.freezer / "cgroup.freeze").write_text("1" if frozen else "0")
 
 
 @dataclass
@@ -154,7 +153,6 @@ class Cgroups:
             _write(d / "cpu.max", f"{int(cpus * _CPU_PERIOD_US)} {_CPU_PERIOD_US}")
             return InstanceCgroup([d], d, v2=True)
         dirs: list[Path] = []
-        freezer = None
         try:
             for controller, parent in self.parents.items():
                 d = parent / name
@@ -170,12 +168,10 @@ class Cgroups:
                 elif controller == "cpu":
                     _write(d / "cpu.cfs_period_us", str(_CPU_PERIOD_US))
                     _write(d / "cpu.cfs_quota_us", str(int(cpus * _CPU_PERIOD_US)))
-                elif controller == "freezer":
-                    freezer = d
         except OSError:
             InstanceCgroup(dirs, None, v2=False).remove()
             raise
-        return InstanceCgroup(dirs, freezer, v2=False)
+        return InstanceCgroup(dirs, None, v2=False)
 
     def close(self) -> None:
         """Removes the instance cgroups left and this process's parent cgroups."""
@@ -249,18 +245,14 @@ def _try_v2(own: dict[str, str]) -> tuple[Cgroups | None, str]:
 
 def _try_v1(own: dict[str, str]) -> tuple[Cgroups | None, str]:
     parents: dict[str, Path] = {}
-    for controller in (*_V1_REQUIRED, "freezer"):
+    for controller in _V1_REQUIRED:
         mount = _ROOT / controller
         if controller not in own or not (mount / "cgroup.procs").exists():
-            if controller == "freezer":
-                continue
             return None, f"no cgroup v1 {controller} controller at {mount}"
         parent = mount / own[controller].lstrip("/") / f"{_PARENT_NAME}-{os.getpid()}"
         try:
             parent.mkdir(exist_ok=True)
         except OSError as exc:
-            if controller == "freezer":
-                continue
             return None, f"cannot make a cgroup under {parent.parent}: {exc.strerror}"
         parents[controller] = parent
     return Cgroups(1, parents), ""
