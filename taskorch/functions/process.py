@@ -242,7 +242,10 @@ class Instance:
         try:
             frame = msgspec.json.decode(line)
         except (msgspec.DecodeError, RecursionError):
-            raise Gone("function process wrote something that is not a JSON response") from None
+            raise Gone(
+                "function process wrote something that is not a JSON response "
+                "(or one nested too deeply)"
+            ) from None
         if not isinstance(frame, dict):
             raise Gone("function process wrote something that is not a JSON response")
         return frame

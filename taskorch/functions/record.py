@@ -243,6 +243,8 @@ class Functions:
         )
 
     async def _build_local(self, fid: str, h: dict[str, str]) -> None:
+        if self.runtime is None:
+            raise RuntimeError("local functions are unavailable: this host cannot sandbox them")
         lock = _build_locks.setdefault(fid, asyncio.Lock())
         async with lock:
             await self.runtime.build(
