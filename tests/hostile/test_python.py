@@ -299,6 +299,35 @@ def handler(event, context):
     await assert_healthy(rt, base_dir, "fn_mem", ipc_before, redis_server.port)
 
 
+async def test_cpu_is_bounded_for_the_whole_instance(
+    rt: LocalRuntime, base_dir: Path, redis_server: Any
+) -> None:
+    # Two children spin for a second of wall time: without the instance's CPU quota they would
+    # burn up to two CPU seconds on two free cores; the quota allows `cpus` (0.5) per second.
+    code = """
+import os, time
+def handler(event, context):
+    children = []
+    for _ in range(2):
+        pid = os.fork()
+        if pid == 0:
+            end = time.monotonic() + 1.0
+            while time.monotonic() < end:
+                pass
+            os._exit(0)
+        children.append(pid)
+    for pid in children:
+        os.waitpid(pid, 0)
+    times = os.times()
+    return times.children_user + times.children_system
+"""
+    ipc_before = ipc_objects()
+    await build(rt, "fn_cpu", "python", code)
+    cpu_s = await rt.invoke("fn_cpu", None)
+    assert isinstance(cpu_s, float) and cpu_s <= LIMITS.cpus * 1.0 * 1.5, cpu_s
+    await assert_healthy(rt, base_dir, "fn_cpu", ipc_before, redis_server.port)
+
+
 async def test_socket_buffers_count_against_the_instance(
     rt: LocalRuntime, base_dir: Path, redis_server: Any
 ) -> None:
