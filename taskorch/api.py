@@ -41,6 +41,7 @@ from taskorch.errors import (
     Unavailable,
 )
 from taskorch.functions import Functions
+from taskorch.functions.runtime import local_runtime
 from taskorch.limits import DeadlineHTTPProtocol, Edge, StreamSlots, set_read_timeout
 from taskorch.models import (
     FunctionCreate,
@@ -344,7 +345,7 @@ async def delete_function(request: Request) -> Response:
 
 async def trigger_function(request: Request) -> Response:
     """A function's trigger URL: the key in the path is the credential; the body is the event."""
-    from taskorch.sandbox import FunctionError, FunctionTimeout
+    from taskorch.functions import FunctionError, FunctionTimeout
 
     fns: Functions = request.state.functions
     try:
@@ -658,7 +659,7 @@ async def _unexpected(request: Request, exc: Exception) -> Response:
 
 def lambda_provider(settings: Settings) -> Any | None:
     """The AWS provider when AWS is configured; required when it is the default provider."""
-    from taskorch.aws_lambda import AwsProviderError, AwsSettings, LambdaProvider
+    from taskorch.functions.aws import AwsProviderError, AwsSettings, LambdaProvider
 
     env = dict(os.environ)
     if settings.aws_region:
@@ -684,11 +685,10 @@ def create_app(
     """
     set_read_timeout(settings.read_timeout_s)
     aws = lambda_provider(settings)
+    runtime = local_runtime(settings) if settings.local_functions else None
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
-        from taskorch.sandbox import LocalRuntime, SandboxLimits
-
         client = redis_client
         if client is None:
             client = connect(
@@ -698,10 +698,6 @@ def create_app(
             )
         store = Store(client)
         signin = auth.SignIn(client)
-        runtime = LocalRuntime(
-            Path(settings.functions_dir),
-            limits=SandboxLimits(timeout_s=settings.function_timeout_s),
-        )
         functions = Functions(
             client,
             store,
@@ -725,7 +721,8 @@ def create_app(
         finally:
             signin.close()
             await functions.close()
-            await runtime.close()
+            if runtime is not None:
+                await runtime.close()
             if redis_client is None:
                 await client.aclose()
 

@@ -140,6 +140,25 @@ def _start_redis() -> tuple[str, subprocess.Popen[bytes] | None, object | None]:
     return f"redis://127.0.0.1:{port}/0", None, fake
 
 
+def _allow_unsafe_functions(env: dict[str, str]) -> None:
+    """Without a sandbox here, local functions run unisolated in dev, and we say so loudly."""
+    if env.get("TASKORCH_UNSAFE_FUNCTIONS"):
+        return
+    from taskorch.functions.errors import SandboxUnavailable
+    from taskorch.functions.jail import Jail, default_python
+
+    try:
+        Jail.probe(python=default_python())
+    except SandboxUnavailable as exc:
+        env["TASKORCH_UNSAFE_FUNCTIONS"] = "1"
+        bar = "!" * 78
+        print(
+            f"{bar}\n!! Functions cannot be sandboxed here ({exc}).\n"
+            "!! taskorch dev runs them UNISOLATED (TASKORCH_UNSAFE_FUNCTIONS=1): your own code only.\n"
+            f"{bar}"
+        )
+
+
 def run_dev() -> int:
     _private_dir(DATA)
     port = _api_port()
@@ -151,6 +170,7 @@ def run_dev() -> int:
     env["TASKORCH_JWT_SECRET"] = _secret()
     redis_url, redis_proc, fake = _start_redis()
     env["TASKORCH_REDIS_URL"] = redis_url
+    _allow_unsafe_functions(env)
     os.environ.update(env)
 
     from taskorch.auth import mint_token

@@ -50,6 +50,8 @@ class Settings:
     read_timeout_s: float = c.DEFAULT_READ_TIMEOUT_S
     keep_alive_s: int = c.DEFAULT_KEEP_ALIVE_S
     token_max_ttl_s: int = c.DEFAULT_TOKEN_MAX_TTL_S
+    # Function sandbox (sandbox helper): run local functions unisolated when no sandbox can be made.
+    unsafe_functions: bool = False
 
     @classmethod
     def from_env(
@@ -114,6 +116,8 @@ class Settings:
             read_timeout_s=r.number("TASKORCH_READ_TIMEOUT_S", c.DEFAULT_READ_TIMEOUT_S, lo=0.1),
             keep_alive_s=r.whole("TASKORCH_KEEP_ALIVE_S", c.DEFAULT_KEEP_ALIVE_S, lo=1),
             token_max_ttl_s=r.whole("TASKORCH_TOKEN_MAX_TTL_S", c.DEFAULT_TOKEN_MAX_TTL_S, lo=1),
+            # Function sandbox (sandbox helper).
+            unsafe_functions=r.flag("TASKORCH_UNSAFE_FUNCTIONS", False),
         )
         settings = replace(settings, **overrides)  # type: ignore[arg-type]
         settings.validate(verify_tokens=verify_tokens)

@@ -17,7 +17,7 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 from botocore.stub import Stubber
 
-from taskorch.aws_lambda import AwsProviderError, AwsSettings, LambdaProvider, package
+from taskorch.functions.aws import AwsProviderError, AwsSettings, LambdaProvider, package
 from tests.conftest import AWS_REGION as REGION
 
 PY_CODE = "def handler(event, context):\n    return {'echo': event}\n"
@@ -100,7 +100,7 @@ def test_package_python_reports_pip_failure() -> None:
             runtime="python",
             code=PY_CODE,
             handler="handler",
-            requirements="taskorch-no-such-package-xyz\n",
+            requirements="taskorch-no-such-package-xyz==1.0\n",
         )
 
     message = str(caught.value)
@@ -118,11 +118,16 @@ def test_package_python_reports_pip_failure() -> None:
         "./local-package",
         "/srv/package",
         "git+https://example.com/repo.git",
+        "tmp/../../fn_other/evil",
+        "evil",
+        "six==1.16; python_version > '3'",
     ],
 )
 def test_package_python_rejects_requirements_beyond_names(line: str) -> None:
     with pytest.raises(AwsProviderError, match="is not allowed"):
-        package(runtime="python", code=PY_CODE, handler="handler", requirements=f"six\n{line}\n")
+        package(
+            runtime="python", code=PY_CODE, handler="handler", requirements=f"six==1.16.0\n{line}\n"
+        )
 
 
 def test_package_node_commonjs_and_esm() -> None:
@@ -181,10 +186,10 @@ def test_package_java_handler_class_must_exist() -> None:
     ("runtime", "handler", "match"),
     [
         ("ruby", "handler", "runtime 'ruby' is not supported"),
-        ("python", "handler.main", "must be the name of a function"),
-        ("python", "$handler", "must be the name of a function"),
-        ("node", "", "must be the name of a function"),
-        ("java", "Hello.handle", "not of the form Class::method"),
+        ("python", "handler.main", "must be a Python function name"),
+        ("python", "$handler", "must be a Python function name"),
+        ("node", "", "must be the name of an export"),
+        ("java", "Hello.handle", "must look like Class::method"),
     ],
 )
 def test_package_rejects_bad_input(runtime: str, handler: str, match: str) -> None:
@@ -194,7 +199,7 @@ def test_package_rejects_bad_input(runtime: str, handler: str, match: str) -> No
 
 def test_package_requirements_are_python_only() -> None:
     with pytest.raises(AwsProviderError, match="python functions only"):
-        package(runtime="node", code=NODE_CODE, handler="handler", requirements="six")
+        package(runtime="node", code=NODE_CODE, handler="handler", requirements="six==1.16.0")
 
 
 # --- settings and names ----------------------------------------------------------------------

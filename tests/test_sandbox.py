@@ -6,7 +6,6 @@ The hostile cases need root (per-function uids, namespaces) and are skipped with
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import shutil
 import tempfile
@@ -16,13 +15,19 @@ from pathlib import Path
 
 import pytest
 
-from taskorch.sandbox import (
+from taskorch.api import create_app
+from taskorch.errors import ConfigError
+from taskorch.functions import (
     BuildError,
     FunctionError,
     FunctionTimeout,
     LocalRuntime,
     SandboxLimits,
+    jail,
+    local_runtime,
+    source,
 )
+from taskorch.settings import Settings
 
 SECRET = "topsecret-0123456789abcdef0123456789abcdef"
 FAST = SandboxLimits(timeout_s=1.0, cpu_s=20, idle_s=60.0)
@@ -310,13 +315,13 @@ async def test_python_build_errors_carry_the_useful_message(runtime: LocalRuntim
 
 
 async def test_requirements_with_pip_options_are_refused(runtime: LocalRuntime) -> None:
-    with pytest.raises(BuildError, match="only package requirements"):
+    with pytest.raises(BuildError, match=r"requirements line 2 \('--index-url.*is not allowed"):
         await runtime.build(
             "fn_req",
             runtime="python",
             code=ECHO_PY,
             handler="handler",
-            requirements="six\n--index-url http://127.0.0.1:6379/\n",
+            requirements="six==1.16.0\n--index-url http://127.0.0.1:6379/\n",
         )
 
 
@@ -324,7 +329,7 @@ async def test_requirements_are_installed_for_the_function(runtime: LocalRuntime
     code = "import six\ndef handler(event, context):\n    return six.__file__\n"
     try:
         await runtime.build(
-            "fn_six", runtime="python", code=code, handler="handler", requirements="six\n"
+            "fn_six", runtime="python", code=code, handler="handler", requirements="six>=1.16\n"
         )
     except BuildError as exc:
         if "No matching distribution" in exc.message or "connection" in exc.message.lower():
@@ -333,7 +338,7 @@ async def test_requirements_are_installed_for_the_function(runtime: LocalRuntime
 
     result = await runtime.invoke("fn_six", None)
 
-    assert isinstance(result, str) and result.endswith("deps/six.py")
+    assert result == "/var/task/deps/six.py"
 
 
 async def test_unknown_function_is_a_key_error(runtime: LocalRuntime) -> None:
@@ -501,198 +506,119 @@ async def test_endless_loop_is_stopped_at_the_timeout(
     await assert_contained(runtime, base_dir, "fn_loop")
 
 
-@needs_root
-async def test_huge_allocation_fails_inside_the_function(
-    runtime: LocalRuntime, base_dir: Path
+# -- source rules, written once for the local runtime and AWS -------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("requests==2.32.3", ["requests==2.32.3"]),
+        ("# tools\n\nPyYAML >= 6.0 , < 7  # pinned below 7\n", ["PyYAML>=6.0,<7"]),
+        ("pydantic[email]~=2.7\nsix===1.16.0", ["pydantic[email]~=2.7", "six===1.16.0"]),
+        ("", []),
+    ],
+)
+def test_requirements_are_names_with_versions(text: str, expected: list[str]) -> None:
+    assert source.parse_requirements("python", text) == expected
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "tmp/../../fn_other/evil",
+        "fn_other/evil==1.0",
+        "./pkg",
+        "six",
+        "six==1.0 ; python_version > '3'",
+        "six @ https://example.com/six.whl",
+        "-r /etc/passwd",
+        "six==1.0 --hash=sha256:00",
+        "six==1.0+local",
+        "six==../1",
+    ],
+)
+def test_requirements_beyond_names_and_versions_are_refused(line: str) -> None:
+    with pytest.raises(BuildError, match=r"requirements line 2 .* is not allowed"):
+        source.parse_requirements("python", f"six==1.16.0\n{line}\n")
+
+
+@pytest.mark.parametrize(
+    ("code", "entry"),
+    [
+        ("exports.handler = async () => 1;", "index.js"),
+        ("const x = await import('./y.js');\nmodule.exports.handler = x;", "index.js"),
+        ("export const handler = async () => 1;", "index.mjs"),
+        ("export default function () {}", "index.mjs"),
+        ("import fs from 'fs';\nexports.handler = () => fs;", "index.mjs"),
+        ("import { readFileSync } from 'fs';", "index.mjs"),
+        ("import 'side-effect';", "index.mjs"),
+        ("// export const handler = 1\nexports.handler = () => 1;", "index.js"),
+    ],
+)
+def test_es_modules_are_told_from_commonjs(code: str, entry: str) -> None:
+    assert source.node_entry(code) == entry
+
+
+def test_java_layout_follows_the_public_type_and_package() -> None:
+    code = "// public class Decoy {}\npackage a.b;\n\npublic final class Main { }\nclass H {}\n"
+    assert source.java_layout(code, "H::run") == source.JavaLayout("Main", "a.b.H", "run")
+    with pytest.raises(BuildError, match="must look like Class::method"):
+        source.java_layout(code, "H.run")
+
+
+# -- refusing to run unsafe -------------------------------------------------------------------
+
+
+@pytest.fixture
+def no_bwrap(monkeypatch: pytest.MonkeyPatch) -> None:
+    real_which = shutil.which
+
+    def which(name: str, *args: object, **kw: object) -> str | None:
+        return None if name == "bwrap" else real_which(name, *args, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(jail.shutil, "which", which)
+    monkeypatch.setattr(jail, "_probed", {})
+
+
+def test_without_a_sandbox_provider_local_is_refused_at_start(
+    no_bwrap: None, base_dir: Path
 ) -> None:
-    code = "def handler(event, context):\n    return len(bytearray(4 * 1024 ** 3))\n"
-    await build_py(runtime, "fn_mem", code)
-
-    with pytest.raises(FunctionError, match=r"^MemoryError"):
-        await runtime.invoke("fn_mem", None)
-
-    await assert_contained(runtime, base_dir, "fn_mem")
-
-
-@needs_root
-async def test_fork_bomb_is_contained(runtime: LocalRuntime, base_dir: Path) -> None:
-    code = "import os\ndef handler(event, context):\n    while True:\n        try:\n"
-    code += "            os.fork()\n        except OSError:\n            pass\n"
-    await build_py(runtime, "fn_bomb", code)
-    uid = (base_dir / "fn_bomb").stat().st_uid
-
-    with pytest.raises((FunctionTimeout, FunctionError)):
-        await runtime.invoke("fn_bomb", None)
-
-    assert await no_processes_left(uid)
-    await assert_contained(runtime, base_dir, "fn_bomb")
-
-
-@needs_root
-async def test_huge_file_write_fails(runtime: LocalRuntime, base_dir: Path) -> None:
-    code = "def handler(event, context):\n    chunk = b'x' * (16 * 1024 * 1024)\n"
-    code += "    with open('big.bin', 'wb') as f:\n        for _ in range(128):\n"
-    code += "            f.write(chunk)\n"
-    await build_py(runtime, "fn_file", code)
-
-    with pytest.raises(FunctionError, match=r"^OSError: \[Errno 27\] File too large"):
-        await runtime.invoke("fn_file", None)
-
-    assert (base_dir / "fn_file" / "big.bin").stat().st_size <= FAST.file_size_mb * 1024 * 1024
-    await assert_contained(runtime, base_dir, "fn_file")
-
-
-@needs_root
-async def test_no_secret_reaches_the_function(
-    runtime: LocalRuntime, base_dir: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("TASKORCH_JWT_SECRET", SECRET)
-    monkeypatch.setenv("REDIS_PASSWORD", SECRET)
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
-    code = """
-import os
-
-def read(path):
-    try:
-        with open(path, "rb") as f:
-            return f.read().decode(errors="replace")
-    except OSError as exc:
-        return type(exc).__name__
-
-def handler(event, context):
-    pids = [name for name in os.listdir("/proc") if name.isdigit()]
-    return {
-        "env": dict(os.environ),
-        "pid1": read("/proc/1/environ"),
-        "host": read(f"/proc/{event['host_pid']}/environ"),
-        "all": [read(f"/proc/{pid}/environ") for pid in pids],
-        "pids": pids,
-    }
-"""
-    await build_py(runtime, "fn_env", code)
-
-    result = await runtime.invoke("fn_env", {"host_pid": os.getpid()})
-
-    assert isinstance(result, dict)
-    assert SECRET not in json.dumps(result)
-    assert set(result["env"]) <= {"PATH", "HOME", "LANG", "TMPDIR", "LC_CTYPE"}
-    # In its own PID namespace the function is PID 1: its /proc/1 is itself, and the host's
-    # processes (this test's included) are not there to read at all.
-    assert result["pids"] == ["1"]
-    assert result["host"] == "FileNotFoundError"
-    await assert_contained(runtime, base_dir, "fn_env")
-
-
-@needs_root
-async def test_host_network_is_unreachable(runtime: LocalRuntime, base_dir: Path) -> None:
-    connections = 0
-
-    async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        nonlocal connections
-        connections += 1
-        writer.close()
-
-    server = await asyncio.start_server(on_connect, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    code = """
-import socket
-
-def handler(event, context):
-    outcomes = []
-    for host in ("127.0.0.1", "1.1.1.1"):
-        try:
-            socket.create_connection((host, event["port"]), timeout=0.5).close()
-            outcomes.append("connected")
-        except OSError as exc:
-            outcomes.append(f"{type(exc).__name__}: {exc}")
-    return outcomes
-"""
-    try:
-        await build_py(runtime, "fn_net", code)
-        outcomes = await runtime.invoke("fn_net", {"port": port})
-    finally:
-        server.close()
-        await server.wait_closed()
-
-    assert isinstance(outcomes, list)
-    assert "connected" not in outcomes
-    assert all("unreachable" in outcome or "refused" in outcome for outcome in outcomes)
-    assert connections == 0
-    await assert_contained(runtime, base_dir, "fn_net")
-
-
-@needs_root
-async def test_another_functions_files_are_unreadable(
-    runtime: LocalRuntime, base_dir: Path
-) -> None:
-    victim = f"SECRET = {SECRET!r}\n" + ECHO_PY + "\n_h = handler\ndef handler(event, context):\n"
-    victim += "    for folder in ('/var/tmp', '/dev/shm', '/tmp'):\n"
-    victim += (
-        "        with open(folder + '/victim-secret', 'w') as f:\n            f.write(SECRET)\n"
+    settings = Settings.from_env(
+        {"TASKORCH_JWT_SECRET": SECRET, "TASKORCH_FUNCTIONS_DIR": str(base_dir)}
     )
-    victim += "    return _h(event, context)\n"
-    await build_py(runtime, "fn_victim", victim)
-    await runtime.invoke("fn_victim", None)  # leaves its secret in the temporary folders
-    code = """
-import os
 
-def attempt(action):
-    try:
-        return repr(action())
-    except OSError as exc:
-        return type(exc).__name__
+    with pytest.raises(ConfigError) as caught:
+        create_app(settings)
 
-def handler(event, context):
-    victim = os.path.join(event["base"], "fn_victim")
-    return {
-        "list": attempt(lambda: os.listdir(victim)),
-        "read": attempt(lambda: open(os.path.join(victim, "handler.py")).read()),
-        "base": attempt(lambda: os.listdir(event["base"])),
-        "own": attempt(lambda: os.listdir(".")),
-        "var_tmp": attempt(lambda: open("/var/tmp/victim-secret").read()),
-        "dev_shm": attempt(lambda: open("/dev/shm/victim-secret").read()),
-        # The test's base_dir lies in /tmp, so there /tmp is shared: umask 077 guards it.
-        "tmp": attempt(lambda: open("/tmp/victim-secret").read()),
-    }
-"""
-    await build_py(runtime, "fn_thief", code)
-
-    result = await runtime.invoke("fn_thief", {"base": str(base_dir)})
-
-    assert isinstance(result, dict)
-    assert result["list"] == result["read"] == result["base"] == "PermissionError"
-    os.unlink("/tmp/victim-secret")
-    # /var/tmp and /dev/shm are each function's own tmp/ folder, not the host's shared ones.
-    assert result["var_tmp"] == result["dev_shm"] == "FileNotFoundError"
-    assert (base_dir / "fn_victim" / "tmp" / "victim-secret").read_text() == SECRET
-    assert not await asyncio.to_thread(os.path.exists, "/var/tmp/victim-secret")
-    assert result["tmp"] == "PermissionError"
-    assert "handler.py" in result["own"]
-    assert SECRET not in json.dumps(result)
-    assert (base_dir / "fn_victim").stat().st_uid != (base_dir / "fn_thief").stat().st_uid
-    await assert_contained(runtime, base_dir, "fn_thief")
+    message = str(caught.value)
+    assert "\n" not in message
+    assert "bwrap not found: install bubblewrap" in message
+    assert "TASKORCH_UNSAFE_FUNCTIONS=1" in message
 
 
-@needs_root
-async def test_without_namespaces_the_uid_still_catches_escaped_processes(
-    base_dir: Path, monkeypatch: pytest.MonkeyPatch
+async def test_unsafe_functions_run_unisolated_when_the_operator_says_so(
+    no_bwrap: None, base_dir: Path
 ) -> None:
-    async def no_namespaces(self: LocalRuntime) -> list[str]:
-        return []
-
-    monkeypatch.setattr(LocalRuntime, "_probe_namespaces", no_namespaces)
-    rt = LocalRuntime(base_dir, limits=FAST)
-    code = "import subprocess\ndef handler(event, context):\n"
-    code += "    subprocess.Popen(['sleep', '60'], start_new_session=True)  # leaves our group\n"
-    code += "    while True:\n        pass\n"
+    rt = LocalRuntime(base_dir, limits=FAST, unsafe=True)
     try:
-        await build_py(rt, "fn_escape", code)
-        uid = (base_dir / "fn_escape").stat().st_uid
-
-        with pytest.raises(FunctionTimeout):
-            await rt.invoke("fn_escape", None)
-
-        assert await no_processes_left(uid)
-        await assert_contained(rt, base_dir, "fn_escape")
+        assert not rt.isolated
+        await build_py(rt, "fn_unsafe", ECHO_PY)
+        result = await rt.invoke("fn_unsafe", {"x": 1})
+        assert isinstance(result, dict) and result["event"] == {"x": 1}
     finally:
         await rt.close()
+
+
+def test_with_the_aws_default_a_host_without_sandbox_only_loses_local_functions(
+    no_bwrap: None, base_dir: Path
+) -> None:
+    settings = Settings.from_env(
+        {
+            "TASKORCH_JWT_SECRET": SECRET,
+            "TASKORCH_FUNCTIONS_DIR": str(base_dir),
+            "TASKORCH_FUNCTION_PROVIDER": "aws",
+            "TASKORCH_AWS_REGION": "us-east-1",
+            "TASKORCH_AWS_LAMBDA_ROLE": "arn:aws:iam::123456789012:role/taskorch",
+        }
+    )
+    assert local_runtime(settings) is None

@@ -1,6 +1,6 @@
 // Bootstrap that runs inside a sandboxed Java function process (JDK only, no jars).
 //
-// taskorch.sandbox compiles this file next to the user's class and starts it as
+// taskorch.functions compiles this file next to the user's class and starts it as
 // `java ... TaskorchBootstrap MODE Class::method FUNCTION_NAME MEMORY_MB` with the function's
 // folder as cwd. It resolves the handler, answers {"ready": ...} once, then (MODE "serve") reads
 // one JSON request per line from stdin and writes one JSON response per line to stdout:

@@ -14,6 +14,7 @@ source kept in Redis first.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import hmac
 import secrets
 from typing import Any
@@ -50,7 +51,8 @@ class Functions:
         store: the task store, for schedule-on-create.
         public_url: base of trigger URLs.
         default_provider: ``local`` or ``aws``.
-        runtime: the local sandboxed runtime (:class:`taskorch.sandbox.LocalRuntime`).
+        runtime: the local sandboxed runtime (:class:`LocalRuntime`), None when the host
+            cannot sandbox functions.
         aws: the Lambda provider, or None when AWS is not configured.
     """
 
@@ -78,6 +80,11 @@ class Functions:
         provider = body.provider or self.default_provider
         if provider == "aws" and self.aws is None:
             message = "the aws provider is not configured: set TASKORCH_AWS_REGION and TASKORCH_AWS_LAMBDA_ROLE"
+            raise ValidationFailed(
+                f"provider: {message}.", details=[{"field": "provider", "message": message}]
+            )
+        if provider == "local" and self.runtime is None:
+            message = "local functions are unavailable: this host cannot sandbox them"
             raise ValidationFailed(
                 f"provider: {message}.", details=[{"field": "provider", "message": message}]
             )
@@ -149,7 +156,10 @@ class Functions:
         if h["provider"] == "aws" and self.aws is not None:
             await self.aws.remove(fid)
         elif self.runtime is not None:
-            await self.runtime.remove(fid)
+            try:
+                await self.runtime.remove(fid)
+            except Exception:  # the record is gone; what is left on disk is logged, not answered
+                log.exception("function.remove_failed", function_id=fid)
         await self._publish(owner, fid, "deleted")
         log.info("function.deleted", function_id=fid, owner=owner)
 
@@ -158,7 +168,11 @@ class Functions:
         h = await self.redis.hgetall(c.FUNCTION_KEY_PREFIX + fid)
         if not h or not hmac.compare_digest(h.get("key", "").encode(), key.encode()):
             raise NotFound("No function answers at this URL.")
-        if h["status"] != FunctionStatus.ready.value or h["provider"] != "local":
+        if (
+            h["status"] != FunctionStatus.ready.value
+            or h["provider"] != "local"
+            or self.runtime is None
+        ):
             from taskorch.errors import Conflict
 
             raise Conflict(f"The function is {h['status']}: it can be called once it is ready.")
@@ -229,6 +243,8 @@ class Functions:
         )
 
     async def _build_local(self, fid: str, h: dict[str, str]) -> None:
+        if self.runtime is None:
+            raise RuntimeError("local functions are unavailable: this host cannot sandbox them")
         lock = _build_locks.setdefault(fid, asyncio.Lock())
         async with lock:
             await self.runtime.build(
@@ -243,9 +259,12 @@ class Functions:
         sched = _schedule_dec.decode(h["schedule"])
         fields = {f: getattr(sched, f) for f in FunctionSchedule.__struct_fields__}
         body = TaskCreate(url=url, **fields)
-        # The idempotency key makes a resumed build schedule the same task, not a second one.
+        # The idempotency key makes a resumed build schedule the same task, not a second one. It
+        # is derived from the trigger key, which the owner learns only once the function is
+        # ready, so no one can claim it first with an Idempotency-Key of their own.
+        digest = hashlib.sha256(f"schedule:{h['key']}".encode()).hexdigest()
         task, _ = await self.store.create_task(
-            h["owner"], body, idempotency_key=f"function:{h['id']}"
+            h["owner"], body, idempotency_key=f"function:{h['id']}:{digest}"
         )
         return task.id
 

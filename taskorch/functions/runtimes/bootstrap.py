@@ -1,6 +1,6 @@
 """Bootstrap that runs inside a sandboxed Python function process (stdlib only).
 
-`taskorch.sandbox` copies this file into the function's folder and starts it as
+`taskorch.functions` copies this file into the function's folder and starts it as
 `python -I -u bootstrap.py MODE HANDLER FUNCTION_NAME MEMORY_MB` with the folder as cwd.
 It imports `handler.py`, answers `{"ready": ...}` once, then (MODE "serve") reads one JSON
 request per line from stdin and writes one JSON response per line to the original stdout:
@@ -10,15 +10,14 @@ request per line from stdin and writes one JSON response per line to the origina
 
 from __future__ import annotations
 
-import asyncio
-import importlib
-import inspect
 import json
 import os
 import sys
 import time
-import traceback
 from typing import IO, Any
+
+# asyncio, inspect and traceback are imported when first needed: together they are most of
+# a cold start's import time, and most handlers are plain functions that never fail.
 
 _MAX_TRACE_CHARS = 8000
 
@@ -49,6 +48,8 @@ def _describe(exc: BaseException) -> str:
 def _trace(exc: BaseException) -> str:
     # Only the user's own frames, with paths relative to the function's folder: the bootstrap
     # and importlib frames are noise to the user, and the server's paths are none of its business.
+    import traceback
+
     folder = os.getcwd() + os.sep
     summary = traceback.TracebackException.from_exception(exc)
     summary.stack = traceback.StackSummary.from_list(
@@ -76,7 +77,7 @@ def _load(handler_name: str) -> Any:
     cwd = os.getcwd()
     # The function's own folder first, then its pip --target folder, then the stdlib.
     sys.path[:0] = [cwd, os.path.join(cwd, "deps")]
-    module = importlib.import_module("handler")
+    module = __import__("handler")
     fn = getattr(module, handler_name, None)
     if fn is None:
         raise AttributeError(f"handler.py defines no {handler_name!r}")
@@ -87,13 +88,15 @@ def _load(handler_name: str) -> Any:
 
 def _serve(fn: Any, requests: IO[bytes], out: int, function_name: str, memory_mb: int) -> None:
     main_pid = os.getpid()
-    loop: asyncio.AbstractEventLoop | None = None
+    loop: Any = None
     for line in requests:
         request = json.loads(line)
         context = Context(function_name, memory_mb, request["request_id"], request["deadline_ms"])
         try:
             result = fn(request["event"], context)
-            if inspect.isawaitable(result):
+            if hasattr(result, "__await__"):
+                import asyncio
+
                 # One loop for the life of the process, so async handlers can keep
                 # loop-bound clients (aiohttp sessions, ...) warm between calls.
                 loop = loop or asyncio.new_event_loop()

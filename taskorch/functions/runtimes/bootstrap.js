@@ -1,6 +1,6 @@
 // Bootstrap that runs inside a sandboxed Node.js function process (no dependencies).
 //
-// taskorch.sandbox copies this file into the function's folder and starts it as
+// taskorch.functions copies this file into the function's folder and starts it as
 // `node bootstrap.js MODE HANDLER FUNCTION_NAME MEMORY_MB ENTRY` with the folder as cwd.
 // It loads ENTRY (index.js as CommonJS, index.mjs as an ES module), answers {"ready": ...}
 // once, then (MODE "serve") reads one JSON request per line from stdin and writes one JSON

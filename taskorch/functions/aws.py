@@ -1,25 +1,18 @@
 """Deploy user functions to AWS Lambda: one source file in, a public function URL out.
 
-`package` turns the uploaded source into the zip Lambda expects for its runtime (installing
-Python requirements, compiling Java); `LambdaProvider` creates the function, gives it a function
-URL and removes both again. boto3 blocks, so every AWS call runs in a worker thread.
+`aws_package.package` turns the uploaded source into the zip Lambda expects for its runtime;
+`LambdaProvider` creates the function, gives it a function URL and removes both again. boto3 blocks, so every AWS call runs in a worker thread.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
-import io
 import json
 import os
 import re
-import subprocess
-import sys
-import tempfile
-import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import boto3
@@ -35,37 +28,16 @@ from botocore.exceptions import (
     WaiterError,
 )
 
+from taskorch.functions.aws_package import ARCHITECTURE, package
+from taskorch.functions.errors import AwsProviderError
+
 __all__ = ["AwsProviderError", "AwsSettings", "LambdaProvider", "package"]
 
 log = structlog.get_logger(__name__)
 
-# Lambda runtime per taskorch runtime: runtimes on Amazon Linux 2023 whose deprecation is years
-# away. python3.11 and nodejs20.x are deprecated in 2026 and java17 sits on Amazon Linux 2; once a
-# runtime is deprecated Lambda refuses to create functions on it. Java is compiled with
-# --release 17 (below), which java21 also loads.
-LAMBDA_RUNTIMES: Mapping[str, str] = {
-    "python": "python3.12",
-    "node": "nodejs22.x",
-    "java": "java21",
-}
-
-# pip resolves wheels for what Lambda runs (CPython 3.12 on x86_64 Amazon Linux 2023, glibc 2.34)
-# rather than for this host, so binary packages built here also import there. Several tags
-# because wheels carry either the legacy manylinux2014 name or a newer manylinux_2_28 one.
-_PIP_PYTHON_VERSION = "3.12"
-_PIP_PLATFORMS = ("manylinux_2_28_x86_64", "manylinux2014_x86_64")
-_ARCHITECTURE = "x86_64"
-_JAVA_RELEASE = "17"
-
-# pip may download; javac is quick. Generous, but a hung build must not hold a worker forever.
-_PIP_TIMEOUT_S = 300.0
-_JAVAC_TIMEOUT_S = 120.0
 # The CreateFunction request carries the zip inline; Lambda rejects inline zips above 50 MB
 # (bigger packages need S3, which taskorch does not use). Checking first gives a clear message.
 _DIRECT_UPLOAD_LIMIT_BYTES = 50 * 1024 * 1024
-# Keep the tail of compiler/pip output: the actual error is at the end, and it ends up in the
-# function's `error` field shown to the user.
-_BUILD_OUTPUT_LIMIT = 4000
 # Polling period while waiting for a function to become Active or finish an update.
 _WAIT_DELAY_S = 2
 # Lambda function names: letters, digits, hyphens and underscores, at most 64 characters.
@@ -75,29 +47,6 @@ _NAME_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
 # lambda:InvokeFunction too, which InvokedViaFunctionUrl limits to calls through the URL.
 _URL_STATEMENT_ID = "taskorch-public-url"
 _INVOKE_STATEMENT_ID = "taskorch-public-url-invoke"
-
-# A JavaScript identifier (ASCII subset); Python handlers use str.isidentifier instead.
-_IDENTIFIER = re.compile(r"[A-Za-z_$][A-Za-z0-9_$]*")
-_JAVA_HANDLER = re.compile(
-    r"(?P<cls>[A-Za-z_$][\w$]*(?:\.[A-Za-z_$][\w$]*)*)::(?P<method>[A-Za-z_$][\w$]*)"
-)
-_JAVA_COMMENT = re.compile(r"/\*.*?\*/|//[^\n]*", re.DOTALL)
-_JAVA_PACKAGE = re.compile(r"^\s*package\s+([\w.]+)\s*;", re.MULTILINE)
-_JAVA_PUBLIC_TYPE = re.compile(
-    r"\bpublic\s+(?:(?:final|abstract|strictfp|sealed|non-sealed)\s+)*"
-    r"(?:class|record|enum|interface)\s+([A-Za-z_$][\w$]*)"
-)
-# ES module syntax needs the .mjs extension on Lambda; CommonJS (the contract's
-# `exports.handler = ...`) stays index.js.
-_NODE_ESM = re.compile(
-    r"^\s*export\s+(?:default\b|async\b|function\b|const\b|let\b|var\b|\{)", re.M
-)
-# A requirements line may name a package, extras, version specifiers and markers, nothing else:
-# options (-r, -e, --index-url, --no-binary), paths and direct URLs would let an API caller read
-# files on this host or run a package's build script here.
-_REQUIREMENT = re.compile(
-    r"[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?\s*(?:\[[A-Za-z0-9._,\s-]*\])?\s*(?:[<>=!~;(].*)?"
-)
 _CREDENTIAL_CODES = frozenset(
     {
         "UnrecognizedClientException",
@@ -113,23 +62,6 @@ _CREDENTIALS_HINT = (
     "check the AWS credentials taskorch runs with (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, "
     "AWS_PROFILE, or an instance/task role)"
 )
-
-
-class AwsProviderError(Exception):
-    """Building or deploying a function for AWS Lambda failed; the message says what to check.
-
-    Args:
-        message: what failed and what to check.
-        function_id: the taskorch function concerned, when there is one.
-        aws_code: the AWS error code (`ResourceConflictException`, ...), when AWS answered.
-    """
-
-    def __init__(
-        self, message: str, *, function_id: str | None = None, aws_code: str | None = None
-    ) -> None:
-        super().__init__(message)
-        self.function_id = function_id
-        self.aws_code = aws_code
 
 
 @dataclass(frozen=True)
@@ -181,187 +113,6 @@ class AwsSettings:
             function_prefix=env.get("TASKORCH_AWS_FUNCTION_PREFIX", "taskorch-"),
             endpoint_url=env.get("TASKORCH_AWS_ENDPOINT_URL") or None,
         )
-
-
-def package(
-    *, runtime: str, code: str, handler: str, requirements: str | None = None
-) -> tuple[bytes, str, str]:
-    """Build the deployment zip; return (zip_bytes, lambda_runtime, lambda_handler).
-
-    Runs pip or javac in a subprocess, so call it from a thread in async code.
-
-    Args:
-        runtime: `python`, `node` or `java`.
-        code: the one source file.
-        handler: function name (python, node) or `Class::method` (java).
-        requirements: requirements.txt text (python only).
-
-    Raises:
-        AwsProviderError: unknown runtime, bad handler or requirements, or a failed build (the
-            message carries pip's or javac's output).
-    """
-    if runtime not in LAMBDA_RUNTIMES:
-        raise AwsProviderError(
-            f"runtime {runtime!r} is not supported; use one of {', '.join(LAMBDA_RUNTIMES)}"
-        )
-    if requirements and requirements.strip() and runtime != "python":
-        raise AwsProviderError(f"requirements are for python functions only, not {runtime}")
-    with tempfile.TemporaryDirectory(prefix="taskorch-build-") as tmp:
-        build = Path(tmp)
-        root = build / "zip"
-        root.mkdir()
-        if runtime == "python":
-            lambda_handler = _build_python(root, build, code, handler, requirements)
-        elif runtime == "node":
-            lambda_handler = _build_node(root, code, handler)
-        else:
-            lambda_handler = _build_java(root, build, code, handler)
-        return _zip_dir(root), LAMBDA_RUNTIMES[runtime], lambda_handler
-
-
-def _build_python(
-    root: Path, build: Path, code: str, handler: str, requirements: str | None
-) -> str:
-    _check_identifier(handler, "python")
-    (root / "handler.py").write_text(code, encoding="utf-8")
-    lines = _requirement_lines(requirements)
-    if lines:
-        req_file = build / "requirements.txt"  # outside the zip root: not shipped
-        req_file.write_text("\n".join(lines) + "\n", encoding="utf-8")
-        platforms = [arg for p in _PIP_PLATFORMS for arg in ("--platform", p)]
-        _run(
-            [
-                sys.executable,
-                "-m",
-                "pip",
-                "install",
-                "--target",
-                str(root),
-                *platforms,
-                "--python-version",
-                _PIP_PYTHON_VERSION,
-                "--implementation",
-                "cp",
-                # Wheels only: required with --platform, and it means no package's setup.py ever
-                # runs on this host.
-                "--only-binary=:all:",
-                # .pyc files made here suit this interpreter, not Lambda's: dead weight.
-                "--no-compile",
-                "--no-input",
-                "--disable-pip-version-check",
-                "--quiet",
-                "-r",
-                str(req_file),
-            ],
-            what="pip install of the requirements",
-            build=build,
-            timeout_s=_PIP_TIMEOUT_S,
-        )
-    return f"handler.{handler}"
-
-
-def _requirement_lines(requirements: str | None) -> list[str]:
-    lines = []
-    for raw in (requirements or "").splitlines():
-        line = raw.split(" #", 1)[0].strip()
-        if not line or line.startswith("#"):
-            continue
-        if not _REQUIREMENT.fullmatch(line):
-            raise AwsProviderError(
-                f"requirements line {line!r} is not allowed: list package names with optional "
-                "extras and version specifiers (such as 'requests>=2.31'); pip options, paths "
-                "and URLs are not accepted"
-            )
-        lines.append(line)
-    return lines
-
-
-def _build_node(root: Path, code: str, handler: str) -> str:
-    _check_identifier(handler, "node")
-    filename = "index.mjs" if _NODE_ESM.search(code) else "index.js"
-    (root / filename).write_text(code, encoding="utf-8")
-    return f"index.{handler}"
-
-
-def _build_java(root: Path, build: Path, code: str, handler: str) -> str:
-    match = _JAVA_HANDLER.fullmatch(handler.strip())
-    if match is None:
-        raise AwsProviderError(
-            f"java handler {handler!r} is not of the form Class::method (or package.Class::method)"
-        )
-    cls, method = match["cls"], match["method"]
-    # Comments may mention `package` or `public class`; look for declarations only in code.
-    declarations = _JAVA_COMMENT.sub("", code)
-    package_match = _JAVA_PACKAGE.search(declarations)
-    java_package = package_match[1] if package_match else ""
-    if "." not in cls and java_package:
-        cls = f"{java_package}.{cls}"
-    public_type = _JAVA_PUBLIC_TYPE.search(declarations)
-    # javac insists that a public class lives in a file of its name.
-    source_name = public_type[1] if public_type else cls.rsplit(".", 1)[-1]
-    source = build / f"{source_name}.java"
-    source.write_text(code, encoding="utf-8")
-    _run(
-        ["javac", "--release", _JAVA_RELEASE, "-encoding", "UTF-8", "-d", str(root), str(source)],
-        what="javac",
-        build=build,
-        timeout_s=_JAVAC_TIMEOUT_S,
-    )
-    # The zip root is Lambda's classpath, and javac -d already laid classes out by package.
-    if not (root / (cls.replace(".", "/") + ".class")).is_file():
-        compiled = sorted(p.relative_to(root).as_posix() for p in root.rglob("*.class"))
-        raise AwsProviderError(
-            f"java handler class {cls} is not in the source (compiled: {', '.join(compiled)}); "
-            "name the class that holds the handler method"
-        )
-    return f"{cls}::{method}"
-
-
-def _check_identifier(handler: str, runtime: str) -> None:
-    valid = handler.isidentifier() if runtime == "python" else _IDENTIFIER.fullmatch(handler)
-    if not valid:
-        raise AwsProviderError(
-            f"{runtime} handler {handler!r} must be the name of a function in the source, "
-            "such as 'handler'"
-        )
-
-
-def _run(cmd: list[str], *, what: str, build: Path, timeout_s: float) -> None:
-    """Run a build step; raise AwsProviderError with its output when it fails."""
-    try:
-        done = subprocess.run(
-            cmd, cwd=build, capture_output=True, text=True, timeout=timeout_s, check=False
-        )
-    except FileNotFoundError as exc:
-        raise AwsProviderError(
-            f"{what} failed: {cmd[0]} is not installed on the taskorch host"
-            + (" (install a JDK 17 or newer)" if cmd[0] == "javac" else "")
-        ) from exc
-    except subprocess.TimeoutExpired as exc:
-        raise AwsProviderError(f"{what} did not finish within {timeout_s:.0f} s") from exc
-    if done.returncode != 0:
-        output = (done.stderr.strip() or done.stdout.strip() or "no output").replace(
-            f"{build}{os.sep}", ""
-        )  # the temporary path means nothing to the user and hides the file name
-        if len(output) > _BUILD_OUTPUT_LIMIT:
-            output = "..." + output[-_BUILD_OUTPUT_LIMIT:]
-        raise AwsProviderError(f"{what} failed (exit {done.returncode}):\n{output}")
-
-
-def _zip_dir(root: Path) -> bytes:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
-        for path in sorted(root.rglob("*")):
-            if not path.is_file() or "__pycache__" in path.parts:
-                continue
-            info = zipfile.ZipInfo(
-                path.relative_to(root).as_posix(), date_time=(1980, 1, 1, 0, 0, 0)
-            )
-            # Lambda runs code as another user than the one that owns the files: world-readable.
-            info.external_attr = 0o644 << 16
-            info.compress_type = zipfile.ZIP_DEFLATED
-            archive.writestr(info, path.read_bytes())
-    return buffer.getvalue()
 
 
 class LambdaProvider:
@@ -481,7 +232,7 @@ class LambdaProvider:
             self._client.create_function(
                 **config,
                 Code={"ZipFile": zip_bytes},
-                Architectures=[_ARCHITECTURE],
+                Architectures=[ARCHITECTURE],
                 Description=f"taskorch function {function_id}",
                 # Lets an operator find what taskorch made: tag:taskorch:function-id in the console.
                 Tags={"taskorch:function-id": function_id},

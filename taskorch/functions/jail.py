@@ -1,0 +1,342 @@
+"""The sandbox around every function process and build step: bubblewrap, seccomp, a uid, cgroups.
+
+A process is started as
+
+    sh -c <join the instance's cgroups>  prlimit <rlimits>  setpriv <the function's uid>
+        bwrap <namespaces, mounts, seccomp>  <runtime> <bootstrap>
+
+- `sh` (root, our own fixed script) writes its pid into the instance's `cgroup.procs` files
+  before anything else runs, so the function and all its descendants are counted and killable;
+- `prlimit`: no core files, bounded file size and open files, CPU seconds per process (and,
+  without cgroups, address space and process count as the fallback);
+- `setpriv`: the function's own uid and gid (when the service is root), no supplementary
+  groups, no capabilities, no_new_privs;
+- `bwrap` (bubblewrap): new user, PID, IPC, UTS, network, mount and cgroup namespaces; a root
+  made of read-only binds of the runtime only (`/usr`, a few files of `/etc`, the interpreter's
+  prefix) plus the function's code at `/var/task` (read-only except while building), a fresh
+  size-limited tmpfs on `/tmp` and `/dev/shm`, its own `/proc` and a minimal `/dev`; no nested
+  user namespaces; `--die-with-parent` and `--new-session`; and a seccomp filter (built with
+  libseccomp) that refuses what a function never needs.
+
+`Jail.probe()` checks all of this once at start and raises SandboxUnavailable saying why.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import structlog
+
+from taskorch.functions.cgroups import Cgroups, InstanceCgroup
+from taskorch.functions.errors import SandboxUnavailable
+
+log = structlog.get_logger(__name__)
+
+# Where the function's code is inside the sandbox (as on AWS Lambda).
+TASK_DIR = "/var/task"
+SAFE_PATH = "/usr/local/bin:/usr/bin:/bin"
+_MIB = 1024 * 1024
+# Function uids: above the usual range of real accounts; no /etc/passwd entry is needed.
+UID_BASE = 100_000
+UID_COUNT = 65_000
+# Files of /etc the runtimes read: the loader cache, `alternatives` (java, node symlinks), the
+# JDK's configuration, certificates for outbound TLS, the time zone. Nothing else of /etc.
+_ETC = (
+    "ld.so.cache",
+    "ld.so.conf",
+    "ld.so.conf.d",
+    "alternatives",
+    "ssl",
+    "ca-certificates",
+    "localtime",
+    "java-17-openjdk",
+    "java-21-openjdk",
+    "nsswitch.conf",
+)
+_JOIN_SCRIPT = (
+    'while [ "$1" != "--" ]; do echo $$ > "$1" || exit 125; shift; done; shift; exec "$@"'
+)
+# Syscalls a function never needs. Refused with EPERM (a clear error), not a kill, so runtimes
+# that probe for features (the JVM, glibc) carry on.
+_DENIED = (
+    "mount umount2 pivot_root chroot move_mount open_tree fsopen fsconfig fsmount fspick "
+    "mount_setattr setns unshare ptrace process_vm_readv process_vm_writev kcmp keyctl add_key "
+    "request_key bpf perf_event_open userfaultfd kexec_load kexec_file_load init_module "
+    "finit_module delete_module reboot swapon swapoff acct quotactl syslog iopl ioperm "
+    "open_by_handle_at name_to_handle_at lookup_dcookie vhangup settimeofday clock_settime "
+    "clock_adjtime adjtimex personality"
+).split()
+_CLONE_NEW_FLAGS = (
+    0x00020000,  # CLONE_NEWNS
+    0x02000000,  # CLONE_NEWCGROUP
+    0x04000000,  # CLONE_NEWUTS
+    0x08000000,  # CLONE_NEWIPC
+    0x10000000,  # CLONE_NEWUSER
+    0x20000000,  # CLONE_NEWPID
+    0x40000000,  # CLONE_NEWNET
+    0x00000080,  # CLONE_NEWTIME
+)
+
+
+def seccomp_filter() -> bytes:
+    """The BPF program bwrap loads: allow by default, refuse `_DENIED` and new namespaces."""
+    import pyseccomp as seccomp
+
+    flt = seccomp.SyscallFilter(seccomp.ALLOW)
+    for name in _DENIED:
+        try:
+            flt.add_rule(seccomp.ERRNO(errno.EPERM), name)
+        except (OSError, ValueError, RuntimeError):  # unknown to this libseccomp: not callable
+            continue
+    for flag in _CLONE_NEW_FLAGS:
+        flt.add_rule(
+            seccomp.ERRNO(errno.EPERM), "clone", seccomp.Arg(0, seccomp.MASKED_EQ, flag, flag)
+        )
+    # clone3 passes its flags in memory, where a filter cannot look: make libc fall back to
+    # clone(2), which the rules above can judge.
+    flt.add_rule(seccomp.ERRNO(errno.ENOSYS), "clone3")
+    # TIOCSTI pushes input into a terminal; --new-session already detaches, this is belt and braces.
+    flt.add_rule(
+        seccomp.ERRNO(errno.EPERM), "ioctl", seccomp.Arg(1, seccomp.MASKED_EQ, 0xFFFFFFFF, 0x5412)
+    )
+    with tempfile.TemporaryFile() as f:
+        flt.export_bpf(f)
+        f.seek(0)
+        return f.read()
+
+
+@dataclass(frozen=True)
+class Mount:
+    """A folder of the host bound into the sandbox."""
+
+    source: Path
+    target: str
+    writable: bool = False
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one process or instance may use (see `SandboxLimits` for the meaning)."""
+
+    memory_mb: int
+    disk_mb: int
+    max_processes: int
+    cpus: float
+    cpu_s: int
+    file_size_mb: int
+    address_space_mb: int  # the rlimit fallback without cgroups only
+
+
+class Jail:
+    """Builds the command line that runs a program inside the sandbox.
+
+    Args:
+        bwrap, setpriv, prlimit: the tools' paths.
+        cgroups: per-instance cgroups, or None (then rlimits bound each process instead).
+        runtime_dirs: folders outside /usr the runtimes live in (an interpreter's prefix).
+    """
+
+    def __init__(
+        self,
+        *,
+        bwrap: str,
+        setpriv: str,
+        prlimit: str,
+        cgroups: Cgroups | None,
+        runtime_dirs: Sequence[Path] = (),
+    ) -> None:
+        self.bwrap = bwrap
+        self.setpriv = setpriv
+        self.prlimit = prlimit
+        self.cgroups = cgroups
+        self.root = os.geteuid() == 0
+        self._runtime_dirs = [d for d in runtime_dirs if not d.is_relative_to("/usr")]
+        self._seccomp = seccomp_filter()
+        self._merged_usr = Path("/bin").is_symlink()
+
+    @classmethod
+    def probe(cls, *, python: str) -> Jail:
+        """A working jail for this host, or SandboxUnavailable naming what is missing.
+
+        The answer is kept for the life of the process: the host does not change under us.
+        """
+        found = _probed.get(python)
+        if isinstance(found, SandboxUnavailable):
+            raise found
+        if found is not None:
+            return found
+        try:
+            _probed[python] = cls._probe(python=python)
+        except SandboxUnavailable as exc:
+            _probed[python] = exc
+            raise
+        return cls.probe(python=python)
+
+    @classmethod
+    def _probe(cls, *, python: str) -> Jail:
+        tools = {
+            name: shutil.which(name, path=SAFE_PATH) for name in ("bwrap", "setpriv", "prlimit")
+        }
+        missing = [name for name, path in tools.items() if path is None]
+        if missing:
+            package = "bubblewrap" if "bwrap" in missing else "util-linux"
+            raise SandboxUnavailable(
+                f"{' and '.join(missing)} not found: install {package} "
+                f"(apt-get install -y {package})"
+            )
+        try:
+            import pyseccomp  # noqa: F401
+        except (ImportError, OSError) as exc:
+            raise SandboxUnavailable(
+                f"libseccomp cannot be loaded ({exc}): install libseccomp2 and pyseccomp"
+            ) from None
+        cgroups, reason = Cgroups.detect()
+        if cgroups is None:
+            log.warning(
+                "function.sandbox.no_cgroups",
+                reason=reason,
+                effect="each process is bounded by rlimits instead of the whole instance",
+            )
+        prefix = Path(os.path.realpath(python)).parent.parent
+        jail = cls(
+            bwrap=str(tools["bwrap"]),
+            setpriv=str(tools["setpriv"]),
+            prlimit=str(tools["prlimit"]),
+            cgroups=cgroups,
+            runtime_dirs=[prefix],
+        )
+        jail._check()
+        return jail
+
+    def _check(self) -> None:
+        with tempfile.TemporaryDirectory(prefix="taskorch-probe-") as tmp:
+            task = Path(tmp)
+            if self.root:
+                os.chown(task, UID_BASE, UID_BASE)
+            limits = Limits(64, 1, 16, 1.0, 10, 1, 1024)
+            argv, fds = self.command(
+                ["/bin/sh", "-c", "echo ok"],
+                task_dir=task,
+                uid=UID_BASE if self.root else None,
+                limits=limits,
+                cgroup=None,
+                env={"PATH": SAFE_PATH},
+            )
+            try:
+                done = subprocess.run(
+                    argv, capture_output=True, pass_fds=fds, timeout=30, check=False
+                )
+            finally:
+                for fd in fds:
+                    os.close(fd)
+        if done.stdout.strip() != b"ok":
+            reason = done.stderr.decode(errors="replace").strip().splitlines()[-1:] or ["?"]
+            raise SandboxUnavailable(
+                f"bubblewrap cannot make the sandbox here ({reason[0]}): the host must allow "
+                "user namespaces (sysctl user.max_user_namespaces > 0; in a container: "
+                "seccomp and AppArmor profiles that permit unshare and mount, see "
+                "docs/functions.md)"
+            )
+
+    def command(
+        self,
+        argv: Sequence[str],
+        *,
+        task_dir: Path,
+        uid: int | None,
+        limits: Limits,
+        cgroup: InstanceCgroup | None,
+        env: dict[str, str],
+        writable_task: bool = False,
+        network: bool = False,
+        extra: Sequence[Mount] = (),
+    ) -> tuple[list[str], list[int]]:
+        """The full command line and the file descriptors it must inherit (the caller closes)."""
+        command: list[str] = []
+        if cgroup is not None:
+            command += ["/bin/sh", "-c", _JOIN_SCRIPT, "sh", *cgroup.procs_files, "--"]
+        command += [self.prlimit, "--core=0", "--nofile=1024"]
+        command += [f"--fsize={limits.file_size_mb * _MIB}", f"--cpu={limits.cpu_s}"]
+        if self.cgroups is None:
+            command.append(f"--as={limits.address_space_mb * _MIB}")
+            if uid is not None:  # counted per uid: only meaningful for a uid of its own
+                command.append(f"--nproc={limits.max_processes}")
+        command.append("--")
+        if uid is not None:
+            command += [self.setpriv, f"--reuid={uid}", f"--regid={uid}", "--clear-groups"]
+            command += ["--inh-caps=-all", "--no-new-privs", "--"]
+        read_fd, write_fd = os.pipe()
+        try:
+            os.write(write_fd, self._seccomp)
+        finally:
+            os.close(write_fd)
+        command += [self.bwrap, *self._namespaces(network), "--seccomp", str(read_fd)]
+        command += self._mounts(task_dir, limits, writable_task=writable_task, extra=extra)
+        command += ["--chdir", TASK_DIR, "--clearenv"]
+        for key, value in env.items():
+            command += ["--setenv", key, value]
+        command += ["--", *argv]
+        return command, [read_fd]
+
+    @staticmethod
+    def _namespaces(network: bool) -> list[str]:
+        args = ["--unshare-user", "--unshare-pid", "--unshare-ipc", "--unshare-uts"]
+        args += ["--unshare-cgroup-try", "--disable-userns", "--hostname", "sandbox"]
+        # --as-pid-1: bwrap waits for the command itself. With its own reaper as PID 1, that
+        # reaper outlives bwrap for a moment and is left a zombie to the host's init.
+        args += ["--die-with-parent", "--new-session", "--cap-drop", "ALL", "--as-pid-1"]
+        if not network:
+            args.append("--unshare-net")
+        return args
+
+    def _mounts(
+        self, task_dir: Path, limits: Limits, *, writable_task: bool, extra: Sequence[Mount]
+    ) -> list[str]:
+        args = ["--ro-bind", "/usr", "/usr"]
+        for name in ("bin", "sbin", "lib", "lib64", "lib32", "libx32"):
+            if Path(f"/{name}").is_symlink():
+                args += ["--symlink", os.readlink(f"/{name}"), f"/{name}"]
+            elif Path(f"/{name}").is_dir():
+                args += ["--ro-bind", f"/{name}", f"/{name}"]
+        for name in _ETC:
+            args += ["--ro-bind-try", f"/etc/{name}", f"/etc/{name}"]
+        for folder in self._runtime_dirs:
+            args += ["--ro-bind", str(folder), str(folder)]
+        args += ["--proc", "/proc", "--dev", "/dev"]
+        size = str(limits.disk_mb * _MIB)
+        args += ["--size", size, "--perms", "1777", "--tmpfs", "/tmp"]
+        args += ["--size", size, "--perms", "1777", "--tmpfs", "/dev/shm"]
+        args += ["--bind" if writable_task else "--ro-bind", str(task_dir), TASK_DIR]
+        for mount in extra:
+            args += ["--bind" if mount.writable else "--ro-bind", str(mount.source), mount.target]
+        args += ["--remount-ro", "/"]
+        return args
+
+
+_probed: dict[str, Jail | SandboxUnavailable] = {}
+
+
+def default_python() -> str:
+    """An interpreter function uids can run: the service's own, else the system's python3."""
+    for candidate in (sys.executable, "/usr/bin/python3", "/usr/local/bin/python3"):
+        real = Path(os.path.realpath(candidate))
+        if real.is_file() and _world_readable(real):
+            return str(real)
+    return sys.executable
+
+
+def _world_readable(path: Path) -> bool:
+    try:
+        return bool(path.stat().st_mode & 0o005) and all(
+            parent.stat().st_mode & 0o001 for parent in path.parents
+        )
+    except OSError:
+        return False
