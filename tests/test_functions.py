@@ -15,7 +15,10 @@ import uvicorn
 
 from taskorch.api import create_app
 from taskorch.auth import mint_token
+from taskorch.functions import Functions, local_runtime
+from taskorch.models import FunctionCreate
 from taskorch.settings import Settings
+from taskorch.store import Store, connect
 from tests.conftest import WorkerProcs, free_port, make_settings
 
 PY = """
@@ -332,3 +335,45 @@ async def test_trigger_urls_answer_cross_origin_calls(live: Live) -> None:
     assert ok.headers["access-control-allow-origin"] == "*"
     bad = await live.call(fn["url"] + "x", {})
     assert bad.status_code == 404 and bad.headers["access-control-allow-origin"] == "*"
+
+
+async def test_a_resume_at_start_does_not_build_a_new_function_twice(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The resume that a starting API runs must not pick up a function created a moment later
+    and build (for AWS: deploy) it a second time."""
+    folder = Path(tempfile.mkdtemp(prefix="taskorch-fn-resume-", dir="/tmp"))
+    settings = make_settings(redis_url, functions_dir=str(folder))
+    runtime = local_runtime(settings)
+    assert runtime is not None
+    builds: list[str] = []
+    real_build = runtime.build
+
+    async def counting_build(function_id: str, **kw: Any) -> None:
+        builds.append(function_id)
+        await real_build(function_id, **kw)
+
+    monkeypatch.setattr(runtime, "build", counting_build)
+    client = connect(redis_url)
+    fns = Functions(
+        client,
+        Store(client),
+        public_url="http://x",
+        default_provider="local",
+        runtime=runtime,
+        aws=None,
+    )
+    try:
+        fn = await fns.create("alice", FunctionCreate(name="f", runtime="python", code=PY))
+        fns.resume()  # as a second API process starting now would, in the same process
+        for _ in range(400):
+            if (await fns.get("alice", fn.id)).status != "building":
+                break
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.3)
+        assert builds == [fn.id]
+    finally:
+        await fns.close()
+        await runtime.close()
+        await client.aclose()
+        shutil.rmtree(folder, ignore_errors=True)

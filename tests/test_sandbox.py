@@ -1,6 +1,5 @@
-"""Tests of the local function runtime: real builds, real sandboxed child processes.
-
-The hostile cases need root (per-function uids, namespaces) and are skipped without it.
+"""Tests of the local function runtime: real builds, real sandboxed instances, the source rules
+and the refusal to run without a sandbox. Attacks on the sandbox live in tests/hostile/.
 """
 
 from __future__ import annotations

@@ -214,6 +214,12 @@ class Jail:
             runtime_dirs=[prefix],
         )
         jail._check()
+        log.info(
+            "function.sandbox.ready",
+            bwrap=jail.bwrap,
+            cgroups=f"v{cgroups.version}" if cgroups else "none: rlimits per process",
+            function_uids=jail.root,
+        )
         return jail
 
     def _check(self) -> None:

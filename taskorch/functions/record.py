@@ -73,6 +73,9 @@ class Functions:
         self.runtime = runtime
         self.aws = aws
         self._tasks: set[asyncio.Task[None]] = set()
+        # Builds running in this process: a resume at start must not build a second time what
+        # a create made a moment later (two deploys, two URLs).
+        self._active: set[str] = set()
 
     # -- API -------------------------------------------------------------------------------
 
@@ -208,6 +211,15 @@ class Functions:
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
     async def _build(self, fid: str) -> None:
+        if fid in self._active:
+            return
+        self._active.add(fid)
+        try:
+            await self._build_once(fid)
+        finally:
+            self._active.discard(fid)
+
+    async def _build_once(self, fid: str) -> None:
         h = await self.redis.hgetall(c.FUNCTION_KEY_PREFIX + fid)
         if not h or h["status"] != FunctionStatus.building.value:
             await self.redis.srem(c.FUNCTION_BUILDING_KEY, fid)

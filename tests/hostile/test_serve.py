@@ -249,3 +249,30 @@ async def test_hostile_functions_through_taskorch_serve(serve: Serve, redis_serv
     assert redis.Redis(port=redis_server.port).ping()
     r = await serve.http.post(victim["url"], json={"still": "here"})
     assert r.json() == {"victim": {"still": "here"}}
+
+
+LEAVE_BEHIND = """
+import os, subprocess, time
+def handler(event, context):
+    subprocess.Popen(["sleep", "600"], start_new_session=True)
+    if os.fork() == 0:
+        os.setsid()
+        if os.fork() == 0:
+            while True:
+                time.sleep(0.01)
+        os._exit(0)
+    return "left"
+"""
+
+
+async def test_a_killed_server_takes_its_functions_processes_with_it(serve: Serve) -> None:
+    fn = await serve.create("mallory", {"name": "stay", "runtime": "python", "code": LEAVE_BEHIND})
+    uid = serve.uid(fn["id"])
+    r = await serve.http.post(fn["url"], json={})
+    assert r.json() == "left", r.text
+    assert len(processes_of(uid)) >= 3
+
+    serve.proc.kill()  # no shutdown: the processes go because their parent died
+    serve.proc.wait()
+
+    assert await nothing_left(uid) == [], "processes outlived the server that started them (ps)"
