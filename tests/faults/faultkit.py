@@ -220,10 +220,8 @@ class Recorder:
             # Cancel a handler whose caller hung up (a killed worker): its call never finished.
             self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
             await self._runner.setup()
-            site = web.TCPSite(self._runner, "127.0.0.1", 0)
-            await site.start()
-            sockets = site._server.sockets if site._server else []  # type: ignore[union-attr]
-            self.port = sockets[0].getsockname()[1]
+            await web.TCPSite(self._runner, "127.0.0.1", 0).start()
+            self.port = self._runner.addresses[0][1]
 
         def run() -> None:
             assert self._loop is not None
