@@ -6,6 +6,7 @@ completed during the outage is made again."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import time
 from typing import Any
@@ -153,6 +154,13 @@ async def test_redis_out_for_twice_the_lease(
         t0 = time.monotonic()
         after = await http.post("/v1/tasks", json={"url": recorder.url("/after")})
         create_after = (after.status_code, round(time.monotonic() - t0, 3))
+        # The same workers take new work after the outage, with no restart.
+        t0 = time.monotonic()
+        with contextlib.suppress(AssertionError):
+            await wait_until(
+                lambda: recorder.by_task("/after"), timeout_s=lease_s + 5, what="new task called"
+            )
+        new_task_called_s = round(time.monotonic() - t0, 2) if recorder.by_task("/after") else None
 
     statuses = task_statuses(r, ids)
     hits = recorder.by_task("/o")
@@ -196,6 +204,7 @@ async def test_redis_out_for_twice_the_lease(
         "workers_restarted": len(restarted),
         "workers_died": len(dead),
         "create_after_outage": create_after,
+        "new_task_called_after_s": new_task_called_s,
     }
     report(f"redis_{how}_2x_lease", **figures)
     for t in called_twice[:3]:
@@ -226,5 +235,7 @@ async def test_redis_out_for_twice_the_lease(
         problems.append(f"workers died: {dead}")
     if create_after[0] != 201:
         problems.append(f"create after the outage answered {create_after}")
+    if new_task_called_s is None:
+        problems.append("a task created after the outage was not called")
     assert not problems, "\n".join(problems) + f"\n{figures}"
     assert completed_in_outage > 0, "no call completed during the outage: the test proved nothing"
