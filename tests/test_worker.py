@@ -30,6 +30,8 @@ async def test_fires_on_time_with_lateness_and_contract_headers(
     api: Api, target: Target, workers: WorkerProcs
 ) -> None:
     workers.start()
+    # up first: on a loaded machine the interpreter alone can take longer than the delay
+    await until(lambda: "worker.started" in workers.logs(), timeout_s=60)
     task = await api.create(
         {
             "url": target.url("/hook"),
