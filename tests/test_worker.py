@@ -362,6 +362,7 @@ async def test_an_outage_of_twice_the_lease_loses_nothing_and_repeats_nothing(
     the outage and are recorded, not made again; tasks claimed before it and due during it
     fire once it is back; nothing gets a made-up "worker lost" attempt."""
     workers.start()
+    await until(lambda: "worker.started" in workers.logs(), timeout_s=60)
     lease_s = 3.0
     t0 = time.time() + 2.0  # time to create the tasks on a loaded machine
     in_flight = [
