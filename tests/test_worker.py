@@ -514,6 +514,7 @@ async def test_a_dead_workers_task_goes_out_again_within_the_lease(
     doomed.wait()
     await until(lambda: len(target.calls) == 2, timeout_s=3 * lease_s)
     again = target.calls[1]
+    print(f"called again {again.at - killed_at:.2f} s after the kill (lease {lease_s:g} s)")
     assert again.headers["Idempotency-Key"] == task["id"]
     assert again.at - killed_at <= lease_s, f"called again {again.at - killed_at:.2f} s after"
     done = await api.wait_status(task["id"], "succeeded")
