@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import structlog
 
 from taskorch import constants as c
-from taskorch.store import REDIS_DOWN, Claimed, Redis, Store, now_ms
+from taskorch.store import REDIS_DOWN, Claimed, Redis, Store
 
 log = structlog.get_logger("taskorch.worker")
 
@@ -45,6 +45,10 @@ class LeaseTimes:
     def expiry_s(self) -> float:
         """How long a claim outlives its last renewal (or its due time)."""
         return self.lease_s - self.reap_s - self.slack_s
+
+    @property
+    def expiry_ms(self) -> int:
+        return int(self.expiry_s * 1000)
 
     @property
     def renew_s(self) -> float:
@@ -75,11 +79,8 @@ async def renew_once(
     """Push every held claim's lease forward and beat the heart; returns when to renew next."""
     if held is None:
         return 0.05
-    now = now_ms()
-    expiry_ms = int(times.expiry_s * 1000)
-    leases = {cl.job: max(cl.due_ms, now) + expiry_ms for cl in held}
     try:
-        await store.renew(leases)
+        await store.renew([(cl.job, cl.due_ms) for cl in held], expiry_ms=times.expiry_ms)
         await store.heartbeat(worker)
     except REDIS_DOWN as exc:
         # Try again soon: after an outage, reapers wait only a little for live workers.

@@ -174,6 +174,7 @@ class Store:
         self._finish = reg(lua.PRELUDE + lua.FINISH)
         self._reap = reg(lua.PRELUDE + lua.REAP)
         self._release = reg(lua.PRELUDE + lua.RELEASE)
+        self._renew = reg(lua.RENEW)
         self._done = reg(lua.PRELUDE + lua.DONE)
         self._purge = reg(lua.PRELUDE + lua.PURGE)
 
@@ -333,10 +334,14 @@ class Store:
         """Recover lapsed claims; -1 while reapers hold back after an outage (see lua.REAP)."""
         return int(await self._reap(args=[now_ms(), limit, c.MAX_LOST_ATTEMPTS, gap_ms, grace_ms]))
 
-    async def renew(self, leases: dict[str, int]) -> None:
-        """Push the claims this worker still holds forward; lapsed ones are not revived (XX)."""
-        if leases:
-            await self.redis.zadd(c.LEASES_KEY, leases, xx=True)
+    async def renew(self, claims: Sequence[tuple[str, int]], *, expiry_ms: int) -> None:
+        """Push the (job, due ms) claims this worker holds forward to ``expiry_ms`` after their
+        due time or now (Redis's clock), whichever is later; lapsed ones are not revived."""
+        if claims:
+            args: list[Any] = [expiry_ms]
+            for job, due in claims:
+                args += [job, due]
+            await self._renew(args=args)
 
     async def release(self, worker: str, jobs: Sequence[tuple[str, int]]) -> int:
         args: list[Any] = [worker]
