@@ -38,7 +38,7 @@ from taskorch.errors import (
     Unavailable,
 )
 from taskorch.functions import Functions
-from taskorch.limits import DeadlineHTTPProtocol, Edge, StreamSlots, set_read_timeout
+from taskorch.limits import Edge, StreamSlots, set_read_timeout
 from taskorch.models import (
     FunctionCreate,
     OrchestrationCreate,
@@ -702,6 +702,7 @@ def serve(settings: Settings) -> None:
     """Entry point of ``taskorch serve``."""
     import uvicorn
 
+    from taskorch.limits import DeadlineHTTPProtocol
     from taskorch.logs import configure
 
     configure(fmt=settings.log_format, level=settings.log_level)

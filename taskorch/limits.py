@@ -5,7 +5,7 @@
   :class:`BodyTooLarge`, the answer is 413 with ``Connection: close``, and nothing more is read,
   spooled or buffered. Any answer given before its request's body was read to the end closes
   the connection too, so a route that takes no body cannot be fed one for ever. It also writes the access log, one ``http.request`` event per request.
-* :class:`DeadlineHTTPProtocol` is uvicorn's HTTP protocol with read deadlines: the request line and
+* ``DeadlineHTTPProtocol`` is uvicorn's HTTP protocol with read deadlines: the request line and
   headers must arrive within ``read_timeout_s`` of the request's first byte (or of the connection
   opening), the body within ``read_timeout_s`` plus one second per ``MIN_BODY_RATE_BPS`` bytes. A
   client that drips a byte at a time gets 408 and a closed connection.
@@ -21,7 +21,6 @@ from typing import Any
 
 import msgspec
 import structlog
-from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
 from taskorch import constants as c
 from taskorch.errors import PayloadTooLarge, TooManyRequests
@@ -214,18 +213,22 @@ class _ReadDeadline:
         self.transport.close()
 
 
-class DeadlineHTTPProtocol(_ReadDeadline, AutoHTTPProtocol):  # type: ignore[misc,valid-type]
-    """uvicorn's HTTP protocol (httptools when installed, else h11) with read deadlines.
-
-    A module-level class, so that uvicorn's worker processes can import it by name; its deadline
-    is set per process by :func:`set_read_timeout`.
-    """
+def set_read_timeout(read_timeout_s: float) -> None:
+    """Set this process's read deadline (TASKORCH_READ_TIMEOUT_S) for DeadlineHTTPProtocol."""
+    _ReadDeadline.read_timeout_s = read_timeout_s
 
 
-def set_read_timeout(read_timeout_s: float) -> type[asyncio.Protocol]:
-    """Set this process's read deadline (TASKORCH_READ_TIMEOUT_S); returns the protocol class."""
-    DeadlineHTTPProtocol.read_timeout_s = read_timeout_s
-    return DeadlineHTTPProtocol
+def __getattr__(name: str) -> Any:
+    """``DeadlineHTTPProtocol``: uvicorn's HTTP protocol (httptools when installed, else h11) with
+    the read deadlines. Built on first use, so that a worker importing this package does not
+    import uvicorn; reachable by name, so that uvicorn's worker processes can unpickle it."""
+    if name != "DeadlineHTTPProtocol":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from uvicorn.protocols.http.auto import AutoHTTPProtocol
+
+    cls = type(name, (_ReadDeadline, AutoHTTPProtocol), {"__module__": __name__})
+    globals()[name] = cls
+    return cls
 
 
 class StreamSlots:
