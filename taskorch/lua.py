@@ -88,9 +88,24 @@ local function cancel_task(id, now)
 end
 """
 
-# ARGV: id, owner, spec, name, due, now, idem_key|'', idem_ttl_s, orchestration_id|'', wake_ms
-# Returns {created (1/0), task hash as a flat list, attempts}.
-CREATE_TASK = """
+# A create's deadline (Unix ms, '' for none): past it by Redis's clock the create writes nothing
+# and returns {-1}, because the API has answered 503 by then (a frozen Redis that resumes runs
+# what it had received). TIME before any write is allowed: scripts replicate their effects.
+PAST_DEADLINE = """
+local function past_deadline(deadline)
+  if not deadline or deadline == '' then return false end
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) > tonumber(deadline)
+end
+"""
+
+# ARGV: id, owner, spec, name, due, now, idem_key|'', idem_ttl_s, orchestration_id|'', wake_ms,
+#       deadline_ms|''.
+# Returns {created (1/0), task hash as a flat list, attempts}, or {-1} past the deadline.
+CREATE_TASK = (
+    PAST_DEADLINE
+    + """
+if past_deadline(ARGV[11]) then return {-1} end
 local id, owner, due, now = ARGV[1], ARGV[2], tonumber(ARGV[5]), tonumber(ARGV[6])
 local existing = idempotent(ARGV[7], id, ARGV[8], P .. 'task:')
 if existing then
@@ -101,6 +116,7 @@ new_task(id, owner, ARGV[3], ARGV[4], due, now, ARGV[9], tonumber(ARGV[10]))
 local view = task_view(id)
 return {1, view[1], view[2]}
 """
+)
 
 # ARGV: id, owner, now.
 # Returns {'ok', hash, attempts} | {'not_found'} | {'conflict', status} | {'in_orchestration', id}
@@ -376,9 +392,13 @@ end
 """
 
 # ARGV: id, owner, name, due, now, condition|'', fallback|'', idem_key|'', idem_ttl, wake_ms, n,
-#       then n step specs, then n step conditions ('' where the step has none).
-# Returns {created (1/0), hash, state, own-condition step indexes} (see orc_view).
-ORC_CREATE = """
+#       then n step specs, then n step conditions ('' where the step has none), then
+#       deadline_ms|'' (see PAST_DEADLINE).
+# Returns {created (1/0), hash, state, own-condition step indexes} (see orc_view), or {-1}.
+ORC_CREATE = (
+    PAST_DEADLINE
+    + """
+if past_deadline(ARGV[12 + 2 * tonumber(ARGV[11])]) then return {-1} end
 local id, owner, due, now = ARGV[1], ARGV[2], tonumber(ARGV[4]), tonumber(ARGV[5])
 local existing = idempotent(ARGV[8], id, ARGV[9], P .. 'orc:')
 if existing then
@@ -403,6 +423,7 @@ wake(due, now, tonumber(ARGV[10]))
 local view = orc_view(id)
 return {1, view[1], view[2], view[3]}
 """
+)
 
 # ARGV: id, owner, now, expected_gen, name, due, condition, fallback, n (-1: steps unchanged),
 #       wake_ms, then n specs and n conditions. Returns as MODIFY_TASK does, with orc_view's

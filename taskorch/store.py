@@ -17,11 +17,12 @@ from urllib.parse import parse_qs, unquote, urlparse
 
 import msgspec
 import redis.asyncio as aioredis
+import redis.exceptions
 from redis.asyncio.sentinel import Sentinel
 
 from taskorch import constants as c
 from taskorch import lua
-from taskorch.errors import Conflict, NotFound
+from taskorch.errors import NOT_STORED, Conflict, CreateOutcomeUnknown, NotFound, Unavailable
 from taskorch.models import (
     Attempt,
     Task,
@@ -162,6 +163,29 @@ class Claimed(msgspec.Struct):
     spec: TaskSpec | None
 
 
+async def run_create(client: Redis, script: Any, args: list[Any]) -> list[Any]:
+    """Run a create's script and say, when it fails, whether it may have been stored.
+
+    The connection is taken (connected, health-checked) before the script is sent: a failure
+    there is an outage like any other (nothing sent, nothing stored). A connection lost once the
+    script was sent raises :class:`CreateOutcomeUnknown`. A timeout is not "unknown": the script
+    carries the request's deadline and writes nothing past it. ``{-1}`` is that refusal.
+    """
+    async with client.client() as conn:
+        try:
+            res: list[Any] = await script(args=args, client=conn)
+        except redis.exceptions.BusyLoadingError:
+            raise
+        except redis.exceptions.ConnectionError as exc:
+            raise CreateOutcomeUnknown() from exc
+    if res[0] == -1:
+        raise Unavailable(
+            "Redis did not run this create before its deadline, so it stored nothing.",
+            details=[dict(NOT_STORED)],
+        )
+    return res
+
+
 class Store:
     """All Redis access. One per process, built around an injected client."""
 
@@ -189,8 +213,11 @@ class Store:
         idempotency_key: str | None = None,
         idempotency_kind: str = "tsk",
         orchestration_id: str = "",
+        deadline_ms: int | None = None,
     ) -> tuple[Task, bool]:
         """Store a new task and enqueue its first attempt. Returns (task, created).
+
+        ``deadline_ms`` (Unix ms): past it by Redis's clock nothing is written (503 not_stored).
 
         Idempotency keys are per owner and per ``idempotency_kind``: a task's key never meets an
         orchestration's (``orc``) or one the service uses itself. The answer comes from the
@@ -200,8 +227,10 @@ class Store:
         task_id = new_id("tsk")
         spec = _spec_json(body)
         idem = idempotency_redis_key(owner, idempotency_kind, idempotency_key)
-        created, h, attempts = await self._create(
-            args=[
+        created, h, attempts = await run_create(
+            self.redis,
+            self._create,
+            [
                 task_id,
                 owner,
                 spec,
@@ -212,7 +241,8 @@ class Store:
                 c.IDEMPOTENCY_TTL_S,
                 orchestration_id,
                 c.CLAIM_AHEAD_MS,
-            ]
+                "" if deadline_ms is None else deadline_ms,
+            ],
         )
         return _task_view(from_flat(h), attempts), bool(created)
 
