@@ -34,6 +34,9 @@ EVENTS_CHANNEL_PREFIX = KEY_PREFIX + "events:"  # pub/sub channel per owner, for
 WAKE_CHANNEL = KEY_PREFIX + "wake"  # published when work becomes due sooner than a worker's poll
 METRICS_KEY = KEY_PREFIX + "metrics"  # hash of counters shared by all workers
 WORKERS_KEY = KEY_PREFIX + "workers"  # zset worker id -> last heartbeat ms, for /metrics
+# Hash with the time of the last reap by any worker ("last") and the end of the pause reapers take
+# after an outage ("grace_until"): see lua.REAP.
+REAPER_KEY = KEY_PREFIX + "reaper"
 
 # -- Defaults (the contract's) -----------------------------------------------------------------
 DEFAULT_RETRIES = 3
@@ -108,13 +111,25 @@ CLAIM_BATCH = 1000  # jobs per claim round trip
 # round trip is over when the call is due. From then on a cancel or modify answers 409: the call
 # is committed and goes out at the due time, never before.
 START_LEAD_MS = 2
-# A claim lapses this long after its due time unless renewed: the bound on how long a task whose
-# worker died waits before another worker retries it. Configurable with TASKORCH_LEASE_S.
+# The bound on how long a task whose worker died waits before another worker calls it again.
+# Configurable with TASKORCH_LEASE_S. A claim lapses sooner than that, so that lapse + the
+# reaper's round + the claim and start that follow fit inside it (worker.LeaseTimes does the
+# sums).
 DEFAULT_LEASE_S = 30.0
+# Reapers look for lapsed claims at most this often (more often for short leases: a tenth).
+REAP_INTERVAL_S = 1.0
+# Room kept inside the lease for what follows a reap: the wake-up, claim and start of the retry,
+# and a loaded event loop (at most this, or a tenth of a short lease).
+LEASE_SLACK_S = 1.0
+# A worker waits at most this long for one Redis reply (less for short leases) before it treats
+# Redis as unreachable: a frozen Redis (SIGSTOP, a stalled host) otherwise hangs it for ever.
+REDIS_SOCKET_TIMEOUT_S = 5.0
+# A worker's leases are renewed from a thread of their own, so that a busy event loop cannot let
+# them lapse; if the loop has not turned for this long it is wedged, and they are let lapse.
+LOOP_STALL_S = 30.0
 # A worker whose calls keep failing with "worker lost" (it died mid-call again and again) would
 # never finish; after this many lost attempts the task fails instead of looping forever.
 MAX_LOST_ATTEMPTS = 5
-REAP_INTERVAL_S = 1.0
 FINISH_BATCH = 500  # outcome writes per pipeline
 # Finished tasks and orchestrations are kept this long, then deleted by the workers' janitor:
 # Redis runs with noeviction, so unbounded history would end in refused writes. A week, like

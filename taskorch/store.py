@@ -8,16 +8,18 @@ decided by one compare-and-set on the task's current job id.
 
 from __future__ import annotations
 
+import asyncio
 import re
 import secrets
 import time
-from collections.abc import Iterable, Sequence
-from typing import Any, TypeAlias
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import Any, TypeAlias, TypeVar
 from urllib.parse import parse_qs, unquote, urlparse
 
 import msgspec
 import redis.asyncio as aioredis
 import redis.exceptions
+import structlog
 from redis.asyncio.sentinel import Sentinel
 
 from taskorch import constants as c
@@ -37,6 +39,11 @@ from taskorch.models import (
 
 # redis-py is untyped for mypy here (see pyproject): name the client type for readers anyway.
 Redis: TypeAlias = Any
+# What an unreachable Redis raises: killed (connection refused or reset), frozen (the socket
+# timeout), loading its data after a restart (BusyLoadingError is a ConnectionError).
+REDIS_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
+T = TypeVar("T")
+log = structlog.get_logger("taskorch.store")
 _spec_decoder = msgspec.json.Decoder(TaskSpec)
 
 
@@ -343,9 +350,15 @@ class Store:
             )
         return out
 
-    async def start(self, pairs: Sequence[tuple[str, str]]) -> list[int]:
-        """Compare-and-set each (task_id, job) to running; 0 where it was cancelled or changed."""
-        args: list[Any] = [now_ms()]
+    async def start(
+        self, pairs: Sequence[tuple[str, str]], *, worker: str, lease_ms: int
+    ) -> list[int]:
+        """Compare-and-set each (task_id, job) to running; 0 where it was cancelled or changed.
+
+        Safe to repeat: the same worker starting the same job again gets the same attempt
+        number (what to do when the reply to the first was lost).
+        """
+        args: list[Any] = [now_ms(), worker, lease_ms]
         for task_id, job in pairs:
             args += [task_id, job]
         return [int(x) for x in await self._start(args=args)]
@@ -361,8 +374,9 @@ class Store:
                 return []
             return [int(x) for x in await pipe.execute()]
 
-    async def reap(self, *, limit: int = 200) -> int:
-        return int(await self._reap(args=[now_ms(), limit, c.MAX_LOST_ATTEMPTS]))
+    async def reap(self, *, gap_ms: int, grace_ms: int, limit: int = 200) -> int:
+        """Recover lapsed claims; -1 while reapers hold back after an outage (see lua.REAP)."""
+        return int(await self._reap(args=[now_ms(), limit, c.MAX_LOST_ATTEMPTS, gap_ms, grace_ms]))
 
     async def renew(self, leases: dict[str, int]) -> None:
         """Push the claims this worker still holds forward; lapsed ones are not revived (XX)."""
@@ -397,6 +411,22 @@ def idempotency_redis_key(owner: str, kind: str, key: str | None) -> str:
 def from_flat(flat: list[str]) -> dict[str, str]:
     """A hash as Lua's HGETALL hands it over (a flat list), as a dict."""
     return dict(zip(flat[::2], flat[1::2], strict=True))
+
+
+async def until_reachable(op: Callable[[], Awaitable[T]], *, what: str) -> T:
+    """Run ``op`` until Redis answers it, waiting out outages with a capped backoff.
+
+    For worker steps whose work must not be thrown away (an outcome in hand, a start whose
+    reply may have been lost): each is a script that is safe to run again.
+    """
+    delay = 0.05
+    while True:
+        try:
+            return await op()
+        except REDIS_DOWN as exc:
+            log.warning("worker.redis_unavailable", error=str(exc), during=what, retry_in_s=delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 1.0)
 
 
 def _spec_json(body: TaskSpec) -> str:
