@@ -492,3 +492,21 @@ async def test_a_create_refused_before_it_was_sent_says_not_stored(
         own_redis.start()
     assert r.status_code == 503, r.text
     assert r.json()["error"]["details"][0]["outcome"] == "not_stored", r.text
+
+
+async def test_the_redis_deadline_does_not_count_a_slow_upload(redis_url: str) -> None:
+    """The bound is on Redis work: a client that takes longer than it to send its body (within
+    the read deadlines) is answered normally."""
+    settings = make_settings(redis_url)
+    body = b'{"url": "http://127.0.0.1:9/", "delay": 60}'
+
+    async def slowly() -> AsyncIterator[bytes]:
+        for piece in (body[:10], body[10:]):
+            yield piece
+            await asyncio.sleep(settings.redis_timeout_s + 0.2)
+
+    async with app_client(settings) as http:
+        r = await http.post(
+            "/v1/tasks", content=slowly(), headers={"Content-Type": "application/json"}
+        )
+        assert r.status_code == 201, r.text
