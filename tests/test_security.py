@@ -287,6 +287,47 @@ def test_taskorch_serve_stops_reading_a_chunked_upload_at_the_cap(
     assert b"connection: close" in answer.lower()
 
 
+def test_taskorch_serve_does_not_drain_a_body_no_route_reads(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """A cancel takes no body: one sent anyway, chunked and endless, is not read for ever to keep
+    the connection; the answer says Connection: close and the connection ends."""
+    with serving(redis_url, tmp_path / "serve.log") as srv:
+        h = _bearer(mint_token(make_settings(redis_url), "alice"))
+        task = httpx.post(
+            srv.url + "/v1/tasks", json={"url": TARGET, "delay": 60}, headers=h
+        ).json()
+        sock = raw_socket(srv.url)
+        sock.sendall(
+            (
+                f"POST /v1/tasks/{task['id']}/cancel HTTP/1.1\r\nHost: x\r\n"
+                f"Authorization: {h['Authorization']}\r\nTransfer-Encoding: chunked\r\n\r\n"
+            ).encode()
+        )
+        chunk = b"z" * 4096
+        answer = b""
+        sock.settimeout(0.05)
+        for _ in range(2000):
+            try:
+                sock.sendall(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+                answer = sock.recv(65536)
+            except TimeoutError:
+                continue
+            except (BrokenPipeError, ConnectionResetError):
+                break
+            if answer:
+                break
+        sock.settimeout(10)
+        try:
+            while more := sock.recv(65536):
+                answer += more
+        except ConnectionResetError:
+            pass
+        sock.close()
+    assert answer.startswith(b"HTTP/1.1 200"), answer[:300]
+    assert b"connection: close" in answer.lower(), answer[:300]
+
+
 # -- item 12: no 500 from ids, limits or keys --------------------------------------------------
 
 
