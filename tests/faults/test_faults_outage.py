@@ -99,7 +99,8 @@ async def test_redis_out_for_twice_the_lease(
         else:
             await asyncio.to_thread(fault_redis.kill)
         probes: list[tuple[str, int | str, float, float]] = []  # (what, status, s, answered at)
-        create_answers: dict[int, int | str] = {}  # probe create k -> its answer
+        # probe create k -> its answer; a 503 with the outcome its details name
+        create_answers: dict[int, int | str] = {}
 
         async def probe(what: str, method: str, path: str, body: Any = None) -> None:
             t0 = time.monotonic()
@@ -110,7 +111,11 @@ async def test_redis_out_for_twice_the_lease(
                 status = type(exc).__name__
             probes.append((what, status, time.monotonic() - t0, time.time()))
             if what == "create":
-                create_answers[body["payload"]["k"]] = status
+                answer: int | str = status
+                if status == 503:
+                    with contextlib.suppress(ValueError, KeyError, IndexError, TypeError):
+                        answer = f"503 {resp.json()['error']['details'][0]['outcome']}"
+                create_answers[body["payload"]["k"]] = answer
 
         # Probes every 0.5 s, each on its own: one that hangs must not stretch the outage.
         rounds: list[asyncio.Future[Any]] = []
@@ -181,6 +186,7 @@ async def test_redis_out_for_twice_the_lease(
         if p[2] > ANSWER_WITHIN_S or not (p[1] == 503 or (p[3] >= back_at and p[1] in (200, 201)))
     ]
     stored_probes = {h.body["k"] for h in recorder.snapshot() if h.path == "/probe"}
+    false_not_stored = [k for k in stored_probes if create_answers[k] == "503 not_stored"]
     restarted = [p for p in procs.workers if p.pid not in pids]
     dead = [p.pid for p in workers if p.poll() is not None]
     figures = {
@@ -206,7 +212,10 @@ async def test_redis_out_for_twice_the_lease(
         "probe_max_s": round(max(p[2] for p in probes), 3) if probes else None,
         "probe_creates": len(create_answers),
         "probe_creates_stored": len(stored_probes),
-        "probe_creates_stored_despite_503": sum(create_answers[k] == 503 for k in stored_probes),
+        "probe_creates_stored_despite_503": sum(
+            str(create_answers[k]).startswith("503") for k in stored_probes
+        ),
+        "probe_creates_stored_despite_503_not_stored": len(false_not_stored),
         "workers_restarted": len(restarted),
         "workers_died": len(dead),
         "create_after_outage": create_after,
@@ -239,6 +248,8 @@ async def test_redis_out_for_twice_the_lease(
         problems.append(f"answers while Redis was out that were not a 503 within 2 s: {bad_probes}")
     if dead or restarted:
         problems.append(f"workers died: {dead}")
+    if false_not_stored:
+        problems.append(f"probe creates answered 503 not_stored, yet stored: {false_not_stored}")
     if create_after[0] != 201:
         problems.append(f"create after the outage answered {create_after}")
     if new_task_called_s is None:
