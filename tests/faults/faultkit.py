@@ -376,6 +376,24 @@ def api_client(base: str, *, timeout_s: float = 10.0) -> httpx.AsyncClient:
     )
 
 
+async def post_until_stored(
+    http: httpx.AsyncClient, path: str, body: Any, *, key: str, tries: int = 10
+) -> httpx.Response:
+    """POST a create as a careful client does: with an Idempotency-Key, repeated after a 503
+    (a loaded Redis may miss the API's deadline) or a dropped connection (a keep-alive
+    connection the server closed as it was reused) until it is acknowledged."""
+    for _ in range(tries - 1):
+        try:
+            resp = await http.post(path, json=body, headers={"Idempotency-Key": key})
+        except httpx.TransportError:
+            await asyncio.sleep(0.2)
+            continue
+        if resp.status_code != 503:
+            return resp
+        await asyncio.sleep(0.2)
+    return await http.post(path, json=body, headers={"Idempotency-Key": key})
+
+
 def task_statuses(r: redis.Redis, ids: list[str]) -> dict[str, str | None]:
     """Each task's status straight from Redis (cheap enough to poll thousands of tasks)."""
     out: dict[str, str | None] = {}
