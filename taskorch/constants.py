@@ -63,10 +63,14 @@ DEFAULT_TOKEN_TTL_S = 3600
 MIN_JWT_SECRET_BYTES = 32
 
 # -- The API's edges: outages, hostile clients, tokens -----------------------------------------
-# How long one Redis call from the API may take before the request answers 503 `unavailable`
-# (TASKORCH_REDIS_TIMEOUT_S). A frozen Redis accepts connections but never answers; without a
+# How long one request's Redis work may take in total, each call included, before the request
+# answers 503 `unavailable` (TASKORCH_REDIS_TIMEOUT_S). A frozen Redis accepts connections but never answers; without a
 # bound every request would hang with it. Local Redis answers in well under a millisecond.
 DEFAULT_REDIS_TIMEOUT_S = 1.0
+# A create carries the request's Redis deadline (wall clock, this much early) to its script, which
+# writes nothing once Redis's clock has passed it: a create the API answered 503 because Redis
+# did not answer in time does not take effect when a frozen Redis resumes.
+CREATE_REPLY_MARGIN_MS = 200
 UNAVAILABLE_RETRY_AFTER_S = 1  # Retry-After on a 503: Redis usually comes back within seconds
 # No token lives longer than this (TASKORCH_TOKEN_MAX_TTL_S): exp - iat above it is refused, so a
 # leaked long-lived token cannot outlast a month, and revocation records need not live longer.

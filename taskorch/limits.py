@@ -5,23 +5,25 @@
   :class:`BodyTooLarge`, the answer is 413 with ``Connection: close``, and nothing more is read,
   spooled or buffered. Any answer given before its request's body was read to the end closes
   the connection too, so a route that takes no body cannot be fed one for ever. It also writes the access log, one ``http.request`` event per request.
-* :class:`DeadlineHTTPProtocol` is uvicorn's HTTP protocol with read deadlines: the request line and
+* ``DeadlineHTTPProtocol`` is uvicorn's HTTP protocol with read deadlines: the request line and
   headers must arrive within ``read_timeout_s`` of the request's first byte (or of the connection
   opening), the body within ``read_timeout_s`` plus one second per ``MIN_BODY_RATE_BPS`` bytes. A
   client that drips a byte at a time gets 408 and a closed connection.
 * :class:`StreamSlots` counts an owner's open event streams.
+* :class:`RedisDeadline` bounds the time one request may spend on Redis in total.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import contextvars
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import msgspec
 import structlog
-from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
 from taskorch import constants as c
 from taskorch.errors import PayloadTooLarge, TooManyRequests
@@ -214,18 +216,22 @@ class _ReadDeadline:
         self.transport.close()
 
 
-class DeadlineHTTPProtocol(_ReadDeadline, AutoHTTPProtocol):  # type: ignore[misc,valid-type]
-    """uvicorn's HTTP protocol (httptools when installed, else h11) with read deadlines.
-
-    A module-level class, so that uvicorn's worker processes can import it by name; its deadline
-    is set per process by :func:`set_read_timeout`.
-    """
+def set_read_timeout(read_timeout_s: float) -> None:
+    """Set this process's read deadline (TASKORCH_READ_TIMEOUT_S) for DeadlineHTTPProtocol."""
+    _ReadDeadline.read_timeout_s = read_timeout_s
 
 
-def set_read_timeout(read_timeout_s: float) -> type[asyncio.Protocol]:
-    """Set this process's read deadline (TASKORCH_READ_TIMEOUT_S); returns the protocol class."""
-    DeadlineHTTPProtocol.read_timeout_s = read_timeout_s
-    return DeadlineHTTPProtocol
+def __getattr__(name: str) -> Any:
+    """``DeadlineHTTPProtocol``: uvicorn's HTTP protocol (httptools when installed, else h11) with
+    the read deadlines. Built on first use, so that a worker importing this package does not
+    import uvicorn; reachable by name, so that uvicorn's worker processes can unpickle it."""
+    if name != "DeadlineHTTPProtocol":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from uvicorn.protocols.http.auto import AutoHTTPProtocol
+
+    cls = type(name, (_ReadDeadline, AutoHTTPProtocol), {"__module__": __name__})
+    globals()[name] = cls
+    return cls
 
 
 class StreamSlots:
@@ -257,3 +263,87 @@ class StreamSlots:
                     self._open.pop(owner, None)
 
         return free
+
+
+class RedisDeadline:
+    """The bound on one request's Redis work in total (TASKORCH_REDIS_TIMEOUT_S).
+
+    redis-py's pool connects and health-checks under one pool-wide lock, so with Redis frozen N
+    concurrent requests would wait N times the per-call timeout; a bound per request holds
+    whatever the pool does. The clock runs while the route runs, and stops while the route
+    waits for its client (:meth:`paused`: a slow upload is the read deadlines' business) or for
+    a password check. :meth:`wall_ms` is the same deadline on the wall clock, for a create's
+    script to refuse to write once the API has given up on it.
+
+    Cancelling a Redis call is safe: redis-py disconnects a connection whose send or read was
+    interrupted, so no reply is left pending on a pooled connection.
+    """
+
+    def __init__(self, budget_s: float) -> None:
+        self.budget_s = budget_s
+        self._timeout: asyncio.Timeout | None = None
+        self._left_s: float | None = None  # while paused
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> Any:
+        """Run the route under the deadline; yields the ``asyncio.Timeout``."""
+        async with asyncio.timeout(self.budget_s) as t:
+            self._timeout = t
+            token = _CURRENT.set(self)
+            try:
+                yield t
+            finally:
+                _CURRENT.reset(token)
+
+    def expired(self) -> bool:
+        return self._timeout is not None and self._timeout.expired()
+
+    def left_s(self) -> float:
+        if self._left_s is not None:
+            return self._left_s
+        when = self._timeout.when() if self._timeout is not None else None
+        if when is None:
+            return self.budget_s
+        return max(0.0, when - asyncio.get_running_loop().time())
+
+    def wall_ms(self) -> int:
+        """The deadline as Unix ms, made early by CREATE_REPLY_MARGIN_MS (at most a quarter of
+        what is left) so that a reply can still come back before the API gives up."""
+        left_ms = self.left_s() * 1000
+        return int(time.time() * 1000 + left_ms - min(c.CREATE_REPLY_MARGIN_MS, left_ms / 4))
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        t = self._timeout
+        if t is None or t.expired() or self._left_s is not None:
+            yield
+            return
+        self._left_s = self.left_s()
+        t.reschedule(None)
+        try:
+            yield
+        finally:
+            left, self._left_s = self._left_s, None
+            if not t.expired():
+                t.reschedule(asyncio.get_running_loop().time() + left)
+
+
+_CURRENT: contextvars.ContextVar[RedisDeadline | None] = contextvars.ContextVar(
+    "redis_deadline", default=None
+)
+
+
+def redis_deadline() -> RedisDeadline | None:
+    """The running request's deadline, if it has one."""
+    return _CURRENT.get()
+
+
+@contextlib.contextmanager
+def off_the_redis_clock() -> Iterator[None]:
+    """Stop the running request's Redis clock meanwhile (no-op outside a request)."""
+    d = _CURRENT.get()
+    if d is None:
+        yield
+        return
+    with d.paused():
+        yield

@@ -88,9 +88,24 @@ local function cancel_task(id, now)
 end
 """
 
-# ARGV: id, owner, spec, name, due, now, idem_key|'', idem_ttl_s, orchestration_id|'', wake_ms
-# Returns {created (1/0), task hash as a flat list, attempts}.
-CREATE_TASK = """
+# A create's deadline (Unix ms, '' for none): past it by Redis's clock the create writes nothing
+# and returns {-1}, because the API has answered 503 by then (a frozen Redis that resumes runs
+# what it had received). TIME before any write is allowed: scripts replicate their effects.
+PAST_DEADLINE = """
+local function past_deadline(deadline)
+  if not deadline or deadline == '' then return false end
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) > tonumber(deadline)
+end
+"""
+
+# ARGV: id, owner, spec, name, due, now, idem_key|'', idem_ttl_s, orchestration_id|'', wake_ms,
+#       deadline_ms|''.
+# Returns {created (1/0), task hash as a flat list, attempts}, or {-1} past the deadline.
+CREATE_TASK = (
+    PAST_DEADLINE
+    + """
+if past_deadline(ARGV[11]) then return {-1} end
 local id, owner, due, now = ARGV[1], ARGV[2], tonumber(ARGV[5]), tonumber(ARGV[6])
 local existing = idempotent(ARGV[7], id, ARGV[8], P .. 'task:')
 if existing then
@@ -101,6 +116,7 @@ new_task(id, owner, ARGV[3], ARGV[4], due, now, ARGV[9], tonumber(ARGV[10]))
 local view = task_view(id)
 return {1, view[1], view[2]}
 """
+)
 
 # ARGV: id, owner, now.
 # Returns {'ok', hash, attempts} | {'not_found'} | {'conflict', status} | {'in_orchestration', id}
@@ -139,11 +155,24 @@ local view = task_view(id)
 return {'ok', view[1], view[2]}
 """
 
+# Leases are scored on Redis's own clock: a worker that computed "now" and ran its script seconds
+# later (a busy loop, a slow connect) must not hand Redis a lease that has already lapsed, and
+# workers on different hosts then agree on when one lapses.
+LEASE_CLOCK = """
+local function clock()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+"""
+
 # ARGV: horizon_ms, now_ms, lease_ms, worker_id, limit.
 # Moves due jobs from the queue to the leases set, owned by this worker, and returns for each
 # {job, due, data, spec} (spec: the task's spec for fire_task jobs, '' otherwise).
-CLAIM = """
-local horizon, now, lease = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+CLAIM = (
+    LEASE_CLOCK
+    + """
+local horizon, lease = tonumber(ARGV[1]), tonumber(ARGV[3])
+local now = clock()
 local items = redis.call('ZRANGEBYSCORE', QUEUE, '-inf', horizon, 'WITHSCORES', 'LIMIT', 0, ARGV[5])
 local out = {}
 for i = 1, #items, 2 do
@@ -169,6 +198,7 @@ for i = 1, #items, 2 do
 end
 return out
 """
+)
 
 # ARGV: now, worker_id, lease_ms, then pairs task_id, job. Returns per pair the attempt number,
 # or 0 when the task was cancelled or modified since it was claimed (the compare-and-set that
@@ -177,7 +207,9 @@ return out
 # so the worker calls once instead of leaving the task running with no call. The starting worker
 # also takes the job's lease, wherever a reaper put it while this worker was out of reach: the
 # one that starts a job is the one whose outcome counts.
-START = """
+START = (
+    LEASE_CLOCK
+    + """
 local now, worker, lease = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3])
 local out = {}
 for i = 4, #ARGV, 2 do
@@ -190,7 +222,7 @@ for i = 4, #ARGV, 2 do
       'scheduled_for', t[5], 'updated_at', now, 'started_by', worker, 'lost_job', '',
       'retry_job', '')
     redis.call('ZREM', QUEUE, job)
-    redis.call('ZADD', LEASES, math.max(tonumber(t[5]), now) + lease, job)
+    redis.call('ZADD', LEASES, math.max(tonumber(t[5]), clock()) + lease, job)
     redis.call('HSET', LEASE_OWNER, job, worker)
     move_status(t[3], 'tasks', id, t[1], 'running')
     publish(t[3], 'task', id, 'running')
@@ -204,6 +236,7 @@ for i = 4, #ARGV, 2 do
 end
 return out
 """
+)
 
 # ARGV: id, job, outcome (succeeded|failed|retry), attempt_json, next_due, now, wake_ms,
 #       metric fields... Returns 1 when recorded, 0 when the attempt no longer owned the task
@@ -259,7 +292,7 @@ publish(t[3], 'task', id, status)
 return 1
 """
 
-# ARGV: now, limit, max_lost, gap_ms, grace_ms. Recovers jobs whose claim lapsed: a worker died
+# ARGV: now (unused: Redis's clock decides), limit, max_lost, gap_ms, grace_ms. Recovers jobs whose claim lapsed: a worker died
 # holding them. A claimed job that never started goes back to the queue; a task that was running
 # gets a "worker lost" attempt and is retried at once. Returns the number of jobs recovered, or
 # -1 while it holds back after an outage.
@@ -271,8 +304,9 @@ return 1
 # and no reaper recovers anything for grace_ms: long enough for every live worker to renew what
 # it still holds. What has lapsed after that belonged to a dead worker, or was handed back.
 REAP = (
-    """
-local now, max_lost = tonumber(ARGV[1]), tonumber(ARGV[3])
+    LEASE_CLOCK
+    + """
+local now, max_lost = clock(), tonumber(ARGV[3])
 local gap, grace = tonumber(ARGV[4]), tonumber(ARGV[5])
 local r = redis.call('HMGET', '"""
     + c.REAPER_KEY
@@ -342,6 +376,21 @@ if n > 0 then redis.call('PUBLISH', '"""
     + c.WAKE_CHANNEL
     + """', now) end
 return n
+"""
+)
+
+# ARGV: expiry_ms, then pairs job, due. Pushes held claims' leases forward; a lease that has
+# already lapsed and been recovered is not revived (XX).
+RENEW = (
+    LEASE_CLOCK
+    + """
+local now, expiry = clock(), tonumber(ARGV[1])
+for i = 2, #ARGV, 2 do
+  redis.call('ZADD', '"""
+    + c.LEASES_KEY
+    + """', 'XX', math.max(tonumber(ARGV[i + 1]), now) + expiry, ARGV[i])
+end
+return 0
 """
 )
 
@@ -427,9 +476,13 @@ end
 """
 
 # ARGV: id, owner, name, due, now, condition|'', fallback|'', idem_key|'', idem_ttl, wake_ms, n,
-#       then n step specs, then n step conditions ('' where the step has none).
-# Returns {created (1/0), hash, state, own-condition step indexes} (see orc_view).
-ORC_CREATE = """
+#       then n step specs, then n step conditions ('' where the step has none), then
+#       deadline_ms|'' (see PAST_DEADLINE).
+# Returns {created (1/0), hash, state, own-condition step indexes} (see orc_view), or {-1}.
+ORC_CREATE = (
+    PAST_DEADLINE
+    + """
+if past_deadline(ARGV[12 + 2 * tonumber(ARGV[11])]) then return {-1} end
 local id, owner, due, now = ARGV[1], ARGV[2], tonumber(ARGV[4]), tonumber(ARGV[5])
 local existing = idempotent(ARGV[8], id, ARGV[9], P .. 'orc:')
 if existing then
@@ -454,6 +507,7 @@ wake(due, now, tonumber(ARGV[10]))
 local view = orc_view(id)
 return {1, view[1], view[2], view[3]}
 """
+)
 
 # ARGV: id, owner, now, expected_gen, name, due, condition, fallback, n (-1: steps unchanged),
 #       wake_ms, then n specs and n conditions. Returns as MODIFY_TASK does, with orc_view's

@@ -24,7 +24,7 @@ from redis.asyncio.sentinel import Sentinel
 
 from taskorch import constants as c
 from taskorch import lua
-from taskorch.errors import Conflict, NotFound
+from taskorch.errors import NOT_STORED, Conflict, CreateOutcomeUnknown, NotFound, Unavailable
 from taskorch.models import (
     Attempt,
     Task,
@@ -244,6 +244,29 @@ class Claimed(msgspec.Struct):
     spec: TaskSpec | None
 
 
+async def run_create(client: Redis, script: Any, args: list[Any]) -> list[Any]:
+    """Run a create's script and say, when it fails, whether it may have been stored.
+
+    The connection is taken (connected, health-checked) before the script is sent: a failure
+    there is an outage like any other (nothing sent, nothing stored). A connection lost once the
+    script was sent raises :class:`CreateOutcomeUnknown`. A timeout is not "unknown": the script
+    carries the request's deadline and writes nothing past it. ``{-1}`` is that refusal.
+    """
+    async with client.client() as conn:
+        try:
+            res: list[Any] = await script(args=args, client=conn)
+        except redis.exceptions.BusyLoadingError:
+            raise
+        except redis.exceptions.ConnectionError as exc:
+            raise CreateOutcomeUnknown() from exc
+    if res[0] == -1:
+        raise Unavailable(
+            "Redis did not run this create before its deadline, so it stored nothing.",
+            details=[dict(NOT_STORED)],
+        )
+    return res
+
+
 class Store:
     """All Redis access. One per process, built around an injected client."""
 
@@ -258,6 +281,7 @@ class Store:
         self._finish = reg(lua.PRELUDE + lua.FINISH)
         self._reap = reg(lua.PRELUDE + lua.REAP)
         self._release = reg(lua.PRELUDE + lua.RELEASE)
+        self._renew = reg(lua.RENEW)
         self._done = reg(lua.PRELUDE + lua.DONE)
         self._purge = reg(lua.PRELUDE + lua.PURGE)
 
@@ -271,8 +295,11 @@ class Store:
         idempotency_key: str | None = None,
         idempotency_kind: str = "tsk",
         orchestration_id: str = "",
+        deadline_ms: int | None = None,
     ) -> tuple[Task, bool]:
         """Store a new task and enqueue its first attempt. Returns (task, created).
+
+        ``deadline_ms`` (Unix ms): past it by Redis's clock nothing is written (503 not_stored).
 
         Idempotency keys are per owner and per ``idempotency_kind``: a task's key never meets an
         orchestration's (``orc``) or one the service uses itself. The answer comes from the
@@ -282,8 +309,10 @@ class Store:
         task_id = new_id("tsk")
         spec = _spec_json(body)
         idem = idempotency_redis_key(owner, idempotency_kind, idempotency_key)
-        created, h, attempts = await self._create(
-            args=[
+        created, h, attempts = await run_create(
+            self.redis,
+            self._create,
+            [
                 task_id,
                 owner,
                 spec,
@@ -294,7 +323,8 @@ class Store:
                 c.IDEMPOTENCY_TTL_S,
                 orchestration_id,
                 c.CLAIM_AHEAD_MS,
-            ]
+                "" if deadline_ms is None else deadline_ms,
+            ],
         )
         return _task_view(from_flat(h), attempts), bool(created)
 
@@ -423,10 +453,14 @@ class Store:
         """Recover lapsed claims; -1 while reapers hold back after an outage (see lua.REAP)."""
         return int(await self._reap(args=[now_ms(), limit, c.MAX_LOST_ATTEMPTS, gap_ms, grace_ms]))
 
-    async def renew(self, leases: dict[str, int]) -> None:
-        """Push the claims this worker still holds forward; lapsed ones are not revived (XX)."""
-        if leases:
-            await self.redis.zadd(c.LEASES_KEY, leases, xx=True)
+    async def renew(self, claims: Sequence[tuple[str, int]], *, expiry_ms: int) -> None:
+        """Push the (job, due ms) claims this worker holds forward to ``expiry_ms`` after their
+        due time or now (Redis's clock), whichever is later; lapsed ones are not revived."""
+        if claims:
+            args: list[Any] = [expiry_ms]
+            for job, due in claims:
+                args += [job, due]
+            await self._renew(args=args)
 
     async def release(self, worker: str, jobs: Sequence[tuple[str, int]]) -> int:
         args: list[Any] = [worker]

@@ -16,10 +16,10 @@ read them) and replace the consumer:
   replaces that id, so an old version can never fire; whichever script runs first wins.
 * **Leases instead of in-progress keys.** A claim lapses unless the worker renews it. Any
   worker's reaper hands a lapsed job back: unstarted ones to the queue, running ones as a
-  "worker lost" attempt and an immediate retry. The sums (:class:`LeaseTimes`) make a dead
+  "worker lost" attempt and an immediate retry. The sums (:class:`~taskorch.leases.LeaseTimes`) make a dead
   worker's task go out again within ``lease_s``: the claim lapses ``lease_s`` minus one reaper
   round minus some slack after it was last renewed, and reapers look every round. Leases are
-  renewed from a thread of their own (:class:`_LeaseKeeper`): a worker whose event loop runs
+  renewed from a thread of their own (:class:`~taskorch.leases.LeaseKeeper`): a worker whose event loop runs
   seconds behind under a burst of calls is busy, not dead, and keeps them.
 * **Unique job ids.** A job id is ``<task id>.<generation>``; every reschedule takes a new
   generation, so no id is ever reused.
@@ -44,7 +44,7 @@ Redis outages (killed, restarting, frozen) are waited out, and work done meanwhi
   ours are released to the queue, or, when Redis cannot be reached, simply no longer renewed, so
   their leases lapse and a reaper hands them back.
 * **A frozen Redis is noticed**: every command has a socket timeout
-  (:attr:`LeaseTimes.socket_timeout_s`), so a SIGSTOPped Redis reads as an outage, not a hang.
+  (:attr:`~taskorch.leases.LeaseTimes.socket_timeout_s`), so a SIGSTOPped Redis reads as an outage, not a hang.
 
 What still repeats (at-least-once): a call whose worker died, or could not reach Redis while
 other workers could, for longer than the lease before its outcome was recorded. The repeat is a
@@ -60,10 +60,8 @@ import math
 import os
 import random
 import socket
-import threading
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -72,6 +70,7 @@ import structlog
 
 from taskorch import constants as c
 from taskorch import outbound
+from taskorch.leases import LeaseKeeper, LeaseTimes, renew_once
 from taskorch.models import fmt_ms, retry_wait_s
 from taskorch.settings import Settings
 from taskorch.store import (
@@ -89,53 +88,6 @@ log = structlog.get_logger("taskorch.worker")
 LATENESS_BUCKETS_MS = (1, 2, 5, 10, 20, 50, 100, 500, 1000, 5000)
 
 JobHandler = Callable[[str], Awaitable[None]]
-
-
-@dataclass(frozen=True, slots=True)
-class LeaseTimes:
-    """The sums behind "a dead worker's task goes out again within ``lease_s``".
-
-    A worker that dies right after renewing leaves claims that lapse ``expiry_s`` later; a reaper
-    sees them at most ``reap_s`` after that and enqueues them due now, announced at once, so the
-    retry starts within ``expiry_s + reap_s`` plus a claim and a start, which ``slack_s`` covers.
-    """
-
-    lease_s: float
-
-    @property
-    def reap_s(self) -> float:
-        return min(c.REAP_INTERVAL_S, self.lease_s / 10)
-
-    @property
-    def slack_s(self) -> float:
-        return min(c.LEASE_SLACK_S, self.lease_s / 10)
-
-    @property
-    def expiry_s(self) -> float:
-        """How long a claim outlives its last renewal (or its due time)."""
-        return self.lease_s - self.reap_s - self.slack_s
-
-    @property
-    def renew_s(self) -> float:
-        """Renewal round: four chances to renew before a claim lapses."""
-        return self.expiry_s / 4
-
-    @property
-    def gap_s(self) -> float:
-        """No reap for this long means an outage: shorter than any outage that lapses a claim
-        (``expiry_s - renew_s``), longer than a reaper's round on a busy loop."""
-        return self.expiry_s / 2
-
-    @property
-    def grace_s(self) -> float:
-        """After an outage, reapers wait this long: two renewal rounds for live workers."""
-        return self.expiry_s / 2
-
-    @property
-    def socket_timeout_s(self) -> float:
-        # Not below 2 s: a busy worker reads a large reply late, and a CLAIM whose reply is
-        # given up leaves its jobs waiting for a reaper.
-        return min(c.REDIS_SOCKET_TIMEOUT_S, max(2.0, self.lease_s / 4))
 
 
 def lateness_bucket(lateness_ms: float) -> str:
@@ -158,7 +110,7 @@ class Worker:
             finished (0 keeps them for ever).
         handlers: coroutines for non-task jobs by function name (orchestration events).
         lease_redis: makes a Redis client of its own for the lease keeper, which then renews
-            leases from a thread (see :class:`_LeaseKeeper`); without it they are renewed on
+            leases from a thread (see :class:`~taskorch.leases.LeaseKeeper`); without it they are renewed on
             this event loop.
     """
 
@@ -200,7 +152,13 @@ class Worker:
         self._background: list[asyncio.Task[None]] = []
         self._start_scheduled = False
         self._flushing = False  # one _flush_finish at a time
-        self._keeper = _LeaseKeeper(self, lease_redis) if lease_redis else None
+        self._keeper = (
+            LeaseKeeper(
+                worker=self.id, times=self.times, held=self._held_now, make_redis=lease_redis
+            )
+            if lease_redis
+            else None
+        )
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -534,26 +492,17 @@ class Worker:
             await asyncio.sleep(0.5)
 
     async def _renew_once(self, store: Store) -> float:
-        """Push every held claim's lease forward and beat the heart; returns when to renew next.
-        Runs on the worker's loop or on the lease keeper's thread (``store`` is then its own)."""
+        return await renew_once(store, worker=self.id, held=self._held_now(), times=self.times)
+
+    def _held_now(self) -> list[Claimed] | None:
+        """A copy of the held claims, taken from another thread too (None when it kept
+        changing under the copy)."""
         for _ in range(10):
             try:
-                held = list(self._held.values())  # may run beside the loop that changes it
-                break
-            except RuntimeError:
+                return list(self._held.values())
+            except RuntimeError:  # changed during the copy
                 continue
-        else:
-            return 0.05
-        now = now_ms()
-        leases = {cl.job: max(cl.due_ms, now) + self.expiry_ms for cl in held}
-        try:
-            await store.renew(leases)
-            await store.heartbeat(self.id)
-        except REDIS_DOWN as exc:
-            # Try again soon: after an outage, reapers wait only a little for live workers.
-            log.warning("worker.redis_unavailable", error=str(exc), during="renew")
-            return min(self.times.renew_s, 0.2)
-        return self.times.renew_s
+        return None
 
     async def _purge(self) -> None:
         """Delete what finished longer than ``retention_s`` ago, so Redis (run with noeviction)
@@ -587,53 +536,6 @@ class Worker:
             elif n > 0:
                 log.warning("worker.recovered_jobs", jobs=n)
             holding_back = n < 0
-
-
-class _LeaseKeeper:
-    """Renews a worker's leases from a thread with its own event loop and Redis client.
-
-    A worker firing thousands of calls at once can run seconds behind on its own loop (more on a
-    crowded machine); its leases must not lapse for that, or a reaper would take calls still in
-    hand for lost and make them again. A loop that stops turning for ``LOOP_STALL_S`` is another
-    matter: the keeper stops renewing, and the leases lapse as if the worker had died.
-    """
-
-    def __init__(self, worker: Worker, make_redis: Callable[[], Redis]) -> None:
-        self.worker = worker
-        self.make_redis = make_redis
-        self.tick = time.monotonic()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="taskorch-leases", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10)
-
-    def _run(self) -> None:
-        asyncio.run(self._main())
-
-    async def _main(self) -> None:
-        redis = self.make_redis()
-        store = Store(redis)
-        stalled = False
-        try:
-            while not self._stop.is_set():
-                wait = self.worker.times.renew_s
-                if time.monotonic() - self.tick < c.LOOP_STALL_S:
-                    stalled = False
-                    wait = await self.worker._renew_once(store)
-                elif not stalled:
-                    stalled = True
-                    log.error("worker.loop_stalled", worker=self.worker.id, leases="lapsing")
-                for _ in range(max(1, round(wait / 0.25))):  # stop within 0.25 s
-                    if self._stop.is_set():
-                        break
-                    await asyncio.sleep(min(0.25, wait))
-        finally:
-            await redis.aclose()
 
 
 def run_worker(settings: Settings) -> None:

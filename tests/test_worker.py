@@ -30,6 +30,8 @@ async def test_fires_on_time_with_lateness_and_contract_headers(
     api: Api, target: Target, workers: WorkerProcs
 ) -> None:
     workers.start()
+    # up first: on a loaded machine the interpreter alone can take longer than the delay
+    await until(lambda: "worker.started" in workers.logs(), timeout_s=60)
     task = await api.create(
         {
             "url": target.url("/hook"),
@@ -360,6 +362,7 @@ async def test_an_outage_of_twice_the_lease_loses_nothing_and_repeats_nothing(
     the outage and are recorded, not made again; tasks claimed before it and due during it
     fire once it is back; nothing gets a made-up "worker lost" attempt."""
     workers.start()
+    await until(lambda: "worker.started" in workers.logs(), timeout_s=60)
     lease_s = 3.0
     t0 = time.time() + 2.0  # time to create the tasks on a loaded machine
     in_flight = [
@@ -511,6 +514,7 @@ async def test_a_dead_workers_task_goes_out_again_within_the_lease(
     doomed.wait()
     await until(lambda: len(target.calls) == 2, timeout_s=3 * lease_s)
     again = target.calls[1]
+    print(f"called again {again.at - killed_at:.2f} s after the kill (lease {lease_s:g} s)")
     assert again.headers["Idempotency-Key"] == task["id"]
     assert again.at - killed_at <= lease_s, f"called again {again.at - killed_at:.2f} s after"
     done = await api.wait_status(task["id"], "succeeded")

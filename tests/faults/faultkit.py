@@ -220,10 +220,8 @@ class Recorder:
             # Cancel a handler whose caller hung up (a killed worker): its call never finished.
             self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
             await self._runner.setup()
-            site = web.TCPSite(self._runner, "127.0.0.1", 0)
-            await site.start()
-            sockets = site._server.sockets if site._server else []  # type: ignore[union-attr]
-            self.port = sockets[0].getsockname()[1]
+            await web.TCPSite(self._runner, "127.0.0.1", 0).start()
+            self.port = self._runner.addresses[0][1]
 
         def run() -> None:
             assert self._loop is not None
@@ -376,6 +374,24 @@ def api_client(base: str, *, timeout_s: float = 10.0) -> httpx.AsyncClient:
         timeout=timeout_s,
         limits=httpx.Limits(max_connections=64, max_keepalive_connections=64),
     )
+
+
+async def post_until_stored(
+    http: httpx.AsyncClient, path: str, body: Any, *, key: str, tries: int = 10
+) -> httpx.Response:
+    """POST a create as a careful client does: with an Idempotency-Key, repeated after a 503
+    (a loaded Redis may miss the API's deadline) or a dropped connection (a keep-alive
+    connection the server closed as it was reused) until it is acknowledged."""
+    for _ in range(tries - 1):
+        try:
+            resp = await http.post(path, json=body, headers={"Idempotency-Key": key})
+        except httpx.TransportError:
+            await asyncio.sleep(0.2)
+            continue
+        if resp.status_code != 503:
+            return resp
+        await asyncio.sleep(0.2)
+    return await http.post(path, json=body, headers={"Idempotency-Key": key})
 
 
 def task_statuses(r: redis.Redis, ids: list[str]) -> dict[str, str | None]:

@@ -16,6 +16,7 @@ from faultkit import (
     Recorder,
     api_client,
     count,
+    post_until_stored,
     report,
     task_statuses,
     wait_until,
@@ -77,8 +78,8 @@ async def test_worker_sigkill_rounds_lose_nothing_and_repeat_no_attempt(
                     "retries": 3,
                     "retry_delay": 0.2,
                 }
-                resp = await http.post("/v1/tasks", json=body)
-                if resp.status_code != 201:
+                resp = await post_until_stored(http, "/v1/tasks", body, key=f"w-{i}")
+                if resp.status_code not in (200, 201):
                     failures.append(f"create {i}: {resp.status_code} {resp.text[:200]}")
                     return
                 task = resp.json()
