@@ -9,6 +9,7 @@ behind is not taken for dead.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 from collections.abc import Callable
@@ -118,6 +119,8 @@ class LeaseKeeper:
         self.make_redis = make_redis
         self.tick = time.monotonic()  # the worker's loop sets this while it turns
         self._stop = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._woken = asyncio.Event()  # set (from the worker's thread) to stop at once
         self._thread = threading.Thread(target=self._run, name="taskorch-leases", daemon=True)
 
     def start(self) -> None:
@@ -125,12 +128,16 @@ class LeaseKeeper:
 
     def stop(self) -> None:
         self._stop.set()
+        if self._loop is not None:
+            with contextlib.suppress(RuntimeError):  # its loop has closed already
+                self._loop.call_soon_threadsafe(self._woken.set)
         self._thread.join(timeout=10)
 
     def _run(self) -> None:
         asyncio.run(self._main())
 
     async def _main(self) -> None:
+        self._loop = asyncio.get_running_loop()
         redis = self.make_redis()
         store = Store(redis)
         stalled = False
@@ -145,9 +152,9 @@ class LeaseKeeper:
                 elif not stalled:
                     stalled = True
                     log.error("worker.loop_stalled", worker=self.worker, leases="lapsing")
-                for _ in range(max(1, round(wait / 0.25))):  # stop within 0.25 s
-                    if self._stop.is_set():
-                        break
-                    await asyncio.sleep(min(0.25, wait))
+                # Asleep between rounds (no wake-ups to contend for the GIL with the worker's
+                # timers), until the next round or stop().
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._woken.wait(), wait)
         finally:
             await redis.aclose()

@@ -19,8 +19,10 @@ read them) and replace the consumer:
   "worker lost" attempt and an immediate retry. The sums (:class:`~taskorch.leases.LeaseTimes`) make a dead
   worker's task go out again within ``lease_s``: the claim lapses ``lease_s`` minus one reaper
   round minus some slack after it was last renewed, and reapers look every round. Leases are
-  renewed from a thread of their own (:class:`~taskorch.leases.LeaseKeeper`): a worker whose event loop runs
-  seconds behind under a burst of calls is busy, not dead, and keeps them.
+  renewed from a thread of their own (:class:`~taskorch.leases.LeaseKeeper`): a worker whose
+  event loop runs seconds behind under a burst of calls is busy, not dead, and keeps them. Lease
+  times are Redis's clock (``TIME`` in the scripts), so a script that runs late cannot set a
+  lease that has already lapsed.
 * **Unique job ids.** A job id is ``<task id>.<generation>``; every reschedule takes a new
   generation, so no id is ever reused.
 
