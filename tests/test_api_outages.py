@@ -512,3 +512,41 @@ async def test_the_redis_deadline_does_not_count_a_slow_upload(redis_url: str) -
             "/v1/tasks", content=slowly(), headers={"Content-Type": "application/json"}
         )
         assert r.status_code == 201, r.text
+
+
+async def test_the_redis_deadline_holds_when_a_cancellation_is_swallowed() -> None:
+    """redis-py sends each command under asyncio.wait_for, which on Python 3.11 swallows a
+    cancellation that lands as the send completes; the request must still end at its deadline
+    rather than wait out the next call's socket timeout (seen: 2 s answers under load)."""
+    from taskorch.limits import RedisDeadline
+
+    async def swallows_one_cancellation() -> None:
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            pass  # what wait_for does when its inner future is done as the cancel arrives
+        await asyncio.sleep(30)  # the next call
+
+    async def bounded() -> int:
+        try:
+            async with RedisDeadline(0.1):
+                await swallows_one_cancellation()
+        except TimeoutError:
+            task = asyncio.current_task()
+            assert task is not None
+            return task.cancelling()  # none of the deadline's cancellations left counted
+        raise AssertionError("the block ended without the deadline")
+
+    ended = asyncio.ensure_future(bounded())
+    done, _ = await asyncio.wait({ended}, timeout=10)
+    if not done:
+        ended.cancel()
+    assert done, "the request outlived its deadline by the next call's whole wait"
+    assert ended.result() == 0
+
+    # A cancellation from outside (a client gone, a shutdown) stays a cancellation.
+    inner = asyncio.ensure_future(bounded())
+    await asyncio.sleep(0.01)
+    inner.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await inner
