@@ -7,7 +7,6 @@ lifespan and reached through ``request.state``.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import enum
 import hmac
@@ -501,7 +500,7 @@ async def readyz(request: Request) -> Response:
     """Ready when Redis answers a PING within TASKORCH_REDIS_TIMEOUT_S, all waits included."""
     settings: Settings = request.state.settings
     try:
-        async with asyncio.timeout(settings.redis_timeout_s):
+        async with RedisDeadline(settings.redis_timeout_s):
             await request.state.redis.ping()
     except (redis.exceptions.RedisError, OSError, TimeoutError) as exc:
         return JSON(
@@ -639,10 +638,12 @@ def _wrap(
     return handler
 
 
-# Routes whose time is more than Redis work (a function's upload and build, a trigger's run of
-# the function) or that bound themselves (/readyz): no request-wide Redis deadline.
+# Routes whose time is more than Redis work (a function's upload and build, its removal from
+# the runtime or AWS, a trigger's run of the function) or that bound themselves (/readyz): no
+# request-wide Redis deadline; each Redis call still has TASKORCH_REDIS_TIMEOUT_S.
 _OWN_BOUNDS: set[Callable[[Request], Awaitable[Response]]] = {
     create_function,
+    delete_function,
     trigger_function,
     readyz,
 }

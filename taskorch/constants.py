@@ -71,6 +71,9 @@ DEFAULT_REDIS_TIMEOUT_S = 1.0
 # writes nothing once Redis's clock has passed it: a create the API answered 503 because Redis
 # did not answer in time does not take effect when a frozen Redis resumes.
 CREATE_REPLY_MARGIN_MS = 200
+# Past a request's Redis deadline it is cancelled again this often until it ends (see
+# limits.RedisDeadline: redis-py's asyncio.wait_for can swallow one cancellation).
+DEADLINE_RECANCEL_S = 0.05
 UNAVAILABLE_RETRY_AFTER_S = 1  # Retry-After on a 503: Redis usually comes back within seconds
 # No token lives longer than this (TASKORCH_TOKEN_MAX_TTL_S): exp - iat above it is refused, so a
 # leaked long-lived token cannot outlast a month, and revocation records need not live longer.

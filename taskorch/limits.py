@@ -270,41 +270,73 @@ class RedisDeadline:
 
     redis-py's pool connects and health-checks under one pool-wide lock, so with Redis frozen N
     concurrent requests would wait N times the per-call timeout; a bound per request holds
-    whatever the pool does. The clock runs while the route runs, and stops while the route
-    waits for its client (:meth:`paused`: a slow upload is the read deadlines' business) or for
-    a password check. :meth:`wall_ms` is the same deadline on the wall clock, for a create's
-    script to refuse to write once the API has given up on it.
+    whatever the pool does. Use as ``async with RedisDeadline(s):``; past the deadline the block
+    raises ``TimeoutError``. The clock runs while the route runs, and stops while the route waits
+    for its client (:meth:`paused`: a slow upload is the read deadlines' business) or for a
+    password check. :meth:`wall_ms` is the same deadline on the wall clock, for a create's script
+    to refuse to write once the API has given up on it.
 
-    Cancelling a Redis call is safe: redis-py disconnects a connection whose send or read was
-    interrupted, so no reply is left pending on a pooled connection.
+    Unlike ``asyncio.timeout`` it cancels again every DEADLINE_RECANCEL_S until the block ends:
+    redis-py sends each command under ``asyncio.wait_for``, which on Python 3.11 swallows a
+    cancellation that arrives as the send completes, and the request would then wait out the
+    next call's socket timeout. Cancelling a Redis call is safe: redis-py disconnects a
+    connection whose send or read was interrupted, so no reply is left pending in the pool.
     """
 
     def __init__(self, budget_s: float) -> None:
         self.budget_s = budget_s
-        self._timeout: asyncio.Timeout | None = None
+        self._task: asyncio.Task[Any] | None = None
+        self._when = 0.0  # loop time
+        self._handle: asyncio.TimerHandle | None = None
         self._left_s: float | None = None  # while paused
+        self._cancels = 0
+        self._expired = False
+        self._token: contextvars.Token[RedisDeadline | None] | None = None
 
-    @contextlib.asynccontextmanager
-    async def running(self) -> Any:
-        """Run the route under the deadline; yields the ``asyncio.Timeout``."""
-        async with asyncio.timeout(self.budget_s) as t:
-            self._timeout = t
-            token = _CURRENT.set(self)
-            try:
-                yield t
-            finally:
-                _CURRENT.reset(token)
+    def running(self) -> RedisDeadline:
+        return self
+
+    async def __aenter__(self) -> RedisDeadline:
+        loop = asyncio.get_running_loop()
+        self._task = asyncio.current_task()
+        self._when = loop.time() + self.budget_s
+        self._handle = loop.call_at(self._when, self._fire)
+        self._token = _CURRENT.set(self)
+        return self
+
+    async def __aexit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if self._token is not None:
+            _CURRENT.reset(self._token)
+            self._token = None
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+        if not self._cancels:
+            return
+        assert self._task is not None
+        for _ in range(self._cancels):
+            self._task.uncancel()
+        self._cancels = 0
+        if exc_type is asyncio.CancelledError and self._task.cancelling() == 0:
+            raise TimeoutError("the request's Redis deadline passed") from exc
+
+    def _fire(self) -> None:
+        assert self._task is not None
+        self._expired = True
+        self._cancels += 1
+        self._task.cancel()
+        loop = asyncio.get_running_loop()
+        self._handle = loop.call_later(c.DEADLINE_RECANCEL_S, self._fire)
 
     def expired(self) -> bool:
-        return self._timeout is not None and self._timeout.expired()
+        return self._expired
 
     def left_s(self) -> float:
         if self._left_s is not None:
             return self._left_s
-        when = self._timeout.when() if self._timeout is not None else None
-        if when is None:
+        if self._task is None:
             return self.budget_s
-        return max(0.0, when - asyncio.get_running_loop().time())
+        return max(0.0, self._when - asyncio.get_running_loop().time())
 
     def wall_ms(self) -> int:
         """The deadline as Unix ms, made early by CREATE_REPLY_MARGIN_MS (at most a quarter of
@@ -314,18 +346,20 @@ class RedisDeadline:
 
     @contextlib.contextmanager
     def paused(self) -> Iterator[None]:
-        t = self._timeout
-        if t is None or t.expired() or self._left_s is not None:
+        if self._handle is None or self._expired or self._left_s is not None:
             yield
             return
         self._left_s = self.left_s()
-        t.reschedule(None)
+        self._handle.cancel()
+        self._handle = None
         try:
             yield
         finally:
             left, self._left_s = self._left_s, None
-            if not t.expired():
-                t.reschedule(asyncio.get_running_loop().time() + left)
+            if self._token is not None and not self._expired:  # still inside the block
+                loop = asyncio.get_running_loop()
+                self._when = loop.time() + left
+                self._handle = loop.call_at(self._when, self._fire)
 
 
 _CURRENT: contextvars.ContextVar[RedisDeadline | None] = contextvars.ContextVar(

@@ -247,18 +247,33 @@ class Claimed(msgspec.Struct):
 async def run_create(client: Redis, script: Any, args: list[Any]) -> list[Any]:
     """Run a create's script and say, when it fails, whether it may have been stored.
 
-    The connection is taken (connected, health-checked) before the script is sent: a failure
-    there is an outage like any other (nothing sent, nothing stored). A connection lost once the
-    script was sent raises :class:`CreateOutcomeUnknown`. A timeout is not "unknown": the script
-    carries the request's deadline and writes nothing past it. ``{-1}`` is that refusal.
+    The connection is taken from the pool (connected, health-checked) before the script is sent:
+    a failure there is an outage like any other (nothing sent, nothing stored). A connection
+    lost once the script was sent raises :class:`CreateOutcomeUnknown`. A timeout is not
+    "unknown": the script carries the request's deadline and writes nothing past it, which it
+    answers with ``{-1}``. redis-py closes a connection whose send or read was interrupted
+    (timeout, cancellation), so none goes back to the pool with a reply pending.
     """
-    async with client.client() as conn:
+    pool = client.connection_pool
+    conn = await pool.get_connection()
+    try:
         try:
-            res: list[Any] = await script(args=args, client=conn)
+            await conn.send_command("EVALSHA", script.sha, 0, *args)
+            try:
+                res: list[Any] = await conn.read_response()
+            except redis.exceptions.NoScriptError:  # a restarted Redis: EVAL caches it again
+                await conn.send_command("EVAL", script.script, 0, *args)
+                res = await conn.read_response()
         except redis.exceptions.BusyLoadingError:
             raise
         except redis.exceptions.ConnectionError as exc:
+            await conn.disconnect(nowait=True)
             raise CreateOutcomeUnknown() from exc
+        except redis.exceptions.TimeoutError:
+            await conn.disconnect(nowait=True)
+            raise
+    finally:
+        await pool.release(conn)
     if res[0] == -1:
         raise Unavailable(
             "Redis did not run this create before its deadline, so it stored nothing.",
