@@ -41,7 +41,7 @@ from taskorch.errors import (
     Unavailable,
 )
 from taskorch.functions import Functions
-from taskorch.limits import Edge, StreamSlots, http_protocol
+from taskorch.limits import Edge, StreamSlots, set_read_timeout
 from taskorch.models import (
     FunctionCreate,
     OrchestrationCreate,
@@ -535,12 +535,16 @@ _PATH_IDS = {
     "orc_id": ("orc", "orchestration"),
     "fn_id": ("fn", "function"),
 }
-# A Redis that is down, frozen (the client's timeout), loading its data or read-only (a replica
-# after a failover): the request can succeed a moment later, so 503 with Retry-After.
+# A Redis that is down, frozen (the client's timeout), loading its data, read-only (a replica
+# after a failover), full (noeviction refuses writes) or a cluster mid-failover: the request can
+# succeed later, so 503 with Retry-After rather than a 500.
 _REDIS_OUTAGE = (
     redis.exceptions.ConnectionError,
     redis.exceptions.TimeoutError,
     redis.exceptions.ReadOnlyError,
+    redis.exceptions.OutOfMemoryError,
+    redis.exceptions.TryAgainError,
+    redis.exceptions.ClusterDownError,
 )
 
 
@@ -568,12 +572,13 @@ def _wrap(
             return Response(status_code=400)
         except _REDIS_OUTAGE as exc:
             log.error("api.redis_unavailable", error=str(exc), path=request.url.path)
-            return error_response(
-                Unavailable(
-                    "Redis is unreachable; try again shortly.",
-                    retry_after_s=c.UNAVAILABLE_RETRY_AFTER_S,
-                )
+            full = isinstance(exc, redis.exceptions.OutOfMemoryError)
+            message = (
+                "Redis is full (maxmemory reached); try again later."
+                if full
+                else "Redis is unreachable; try again shortly."
             )
+            return error_response(Unavailable(message, retry_after_s=c.UNAVAILABLE_RETRY_AFTER_S))
 
     return handler
 
@@ -672,7 +677,12 @@ def create_app(
     settings: Settings, *, redis_client: Any = None, extra_routes: list[Any] | None = None
 ) -> Starlette:
     """Build the API. ``redis_client`` lets tests inject one; otherwise one is made at startup,
-    with every call bounded by TASKORCH_REDIS_TIMEOUT_S so a frozen Redis answers 503."""
+    with every call bounded by TASKORCH_REDIS_TIMEOUT_S so a frozen Redis answers 503.
+
+    Also sets this process's read deadline for uvicorn's protocol (TASKORCH_READ_TIMEOUT_S), so
+    that every process that builds the app from settings, a uvicorn worker included, has it.
+    """
+    set_read_timeout(settings.read_timeout_s)
     aws = lambda_provider(settings)
 
     @contextlib.asynccontextmanager
@@ -741,6 +751,7 @@ def serve(settings: Settings) -> None:
     """
     import uvicorn
 
+    from taskorch.limits import DeadlineHTTPProtocol
     from taskorch.logs import configure
     from taskorch.store import check_redis
 
@@ -759,7 +770,7 @@ def serve(settings: Settings) -> None:
         log_config=None,  # uvicorn's lines go through logs.configure's handler, which redacts
         proxy_headers=True,
         access_log=False,  # the Edge middleware logs each request as http.request
-        http=http_protocol(read_timeout_s=settings.read_timeout_s),
+        http=DeadlineHTTPProtocol,  # read deadlines: see taskorch/limits.py
         timeout_keep_alive=settings.keep_alive_s,
     )
     server = uvicorn.Server(config)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import math
 import secrets
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -134,7 +135,10 @@ def _number(value: Any) -> float | None:
     """A JSON number claim as a float; None for anything else (strings, true, NaN)."""
     if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
         return None
-    return float(value)
+    try:
+        return float(value)
+    except OverflowError:  # an integer of hundreds of digits
+        return None
 
 
 def _invalid(reason: str) -> Unauthorized:
@@ -163,9 +167,9 @@ def mint_token(
         raise ValueError(
             f"a token may live at most TASKORCH_TOKEN_MAX_TTL_S ({settings.token_max_ttl_s} s)"
         )
-    # iat in milliseconds (JWT NumericDate allows fractions): a token signed in the same second
-    # as a password change, but after it, must not count as issued before it.
-    now = round(time.time(), 3)
+    # iat in milliseconds (JWT NumericDate allows fractions), rounded up: a token signed in the
+    # same second as a password change, but after it, must not count as issued before it.
+    now = math.ceil(time.time() * 1000) / 1000
     claims: dict[str, Any] = {"sub": sub, "iat": now, "exp": int(now) + ttl_s}
     if settings.jwt_issuer:
         claims["iss"] = settings.jwt_issuer
@@ -231,13 +235,13 @@ async def set_password(redis: Redis, name: str, password: str) -> None:
 async def remove_user(redis: Redis, name: str) -> None:
     """Delete ``name`` and revoke every token issued to them (also ``taskorch token`` ones)."""
     _check_name(name)
+    if not await redis.exists(c.USER_KEY_PREFIX + name):
+        raise LookupError(f"no user {name!r}")
     async with redis.pipeline(transaction=True) as pipe:
         pipe.delete(c.USER_KEY_PREFIX + name)
         pipe.set(c.USER_NOT_BEFORE_KEY_PREFIX + name, repr(time.time()))
         pipe.delete(c.SIGNIN_ATTEMPTS_KEY_PREFIX + name)
-        deleted, *_ = await pipe.execute()
-    if not deleted:
-        raise LookupError(f"no user {name!r}")
+        await pipe.execute()
 
 
 class SignIn:

@@ -3,8 +3,9 @@
 * :class:`Edge` (ASGI middleware) caps every request body while it streams in, whatever length
   it declares (a chunked body declares none): past the route's cap the app's next read raises
   :class:`BodyTooLarge`, the answer is 413 with ``Connection: close``, and nothing more is read,
-  spooled or buffered. It also writes the access log, one ``http.request`` event per request.
-* :func:`http_protocol` is uvicorn's HTTP protocol with read deadlines: the request line and
+  spooled or buffered. Any answer given before its request's body was read to the end closes
+  the connection too, so a route that takes no body cannot be fed one for ever. It also writes the access log, one ``http.request`` event per request.
+* ``DeadlineHTTPProtocol`` is uvicorn's HTTP protocol with read deadlines: the request line and
   headers must arrive within ``read_timeout_s`` of the request's first byte (or of the connection
   opening), the body within ``read_timeout_s`` plus one second per ``MIN_BODY_RATE_BPS`` bytes. A
   client that drips a byte at a time gets 408 and a closed connection.
@@ -46,6 +47,16 @@ def _declared_length(scope: Scope) -> int | None:
     return None
 
 
+def _is_chunked(scope: Scope) -> bool:
+    return any(
+        name == b"transfer-encoding" and b"chunked" in value.lower()
+        for name, value in scope.get("headers", [])
+    )
+
+
+_PROBES = frozenset({"/healthz", "/readyz", "/metrics"})
+
+
 class Edge:
     """ASGI middleware: body caps while streaming, and the access log.
 
@@ -64,12 +75,13 @@ class Edge:
             return
         limit = self.limit_for(scope["method"], scope["path"])
         declared = _declared_length(scope)
+        body_done = not (declared or _is_chunked(scope))
         received = 0
         tripped = False
         status = 0
 
         async def capped_receive() -> Message:
-            nonlocal received, tripped
+            nonlocal received, tripped, body_done
             if declared is not None and declared > limit:
                 tripped = True
                 raise BodyTooLarge(limit)
@@ -79,13 +91,16 @@ class Edge:
                 if received > limit:
                     tripped = True
                     raise BodyTooLarge(limit)
+                body_done = not message.get("more_body", False)
             return message
 
         async def watched_send(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                if tripped:  # the rest of the body is never read: do not keep the connection
+                # A body the route did not read to its end (past the cap, or a route that takes
+                # none) is never read: close instead of draining it for the next request.
+                if tripped or not body_done:
                     message = {
                         **message,
                         "headers": [*message["headers"], (b"connection", b"close")],
@@ -107,8 +122,13 @@ class Edge:
             )
             body = msgspec.json.encode(exc.body())
             await watched_send({"type": "http.response.body", "body": body})
+        except Exception:
+            status = status or 500  # answered by Starlette's last-resort handler, outside us
+            raise
         finally:
-            log.info(
+            # Probes come every few seconds: at debug, so that they do not drown the rest.
+            emit = log.debug if scope["path"] in _PROBES else log.info
+            emit(
                 "http.request",
                 method=scope["method"],
                 path=scope["path"],
@@ -193,15 +213,22 @@ class _ReadDeadline:
         self.transport.close()
 
 
-def http_protocol(*, read_timeout_s: float) -> type[asyncio.Protocol]:
-    """uvicorn's HTTP protocol (httptools when installed, else h11) with read deadlines."""
+def set_read_timeout(read_timeout_s: float) -> None:
+    """Set this process's read deadline (TASKORCH_READ_TIMEOUT_S) for DeadlineHTTPProtocol."""
+    _ReadDeadline.read_timeout_s = read_timeout_s
+
+
+def __getattr__(name: str) -> Any:
+    """``DeadlineHTTPProtocol``: uvicorn's HTTP protocol (httptools when installed, else h11) with
+    the read deadlines. Built on first use, so that a worker importing this package does not
+    import uvicorn; reachable by name, so that uvicorn's worker processes can unpickle it."""
+    if name != "DeadlineHTTPProtocol":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
-    return type(
-        "DeadlineHTTPProtocol",
-        (_ReadDeadline, AutoHTTPProtocol),
-        {"read_timeout_s": read_timeout_s},
-    )
+    cls = type(name, (_ReadDeadline, AutoHTTPProtocol), {"__module__": __name__})
+    globals()[name] = cls
+    return cls
 
 
 class StreamSlots:

@@ -293,6 +293,15 @@ async def test_health_ready_metrics_openapi(api: Api) -> None:
             {"TASKORCH_JWT_SECRET": SECRET, "TASKORCH_ALLOW_PRIVATE_TARGETS": "maybe"},
             "TASKORCH_ALLOW_PRIVATE_TARGETS",
         ),
+        (
+            {"TASKORCH_JWT_SECRET": SECRET, "TASKORCH_REDIS_TIMEOUT_S": "0"},
+            "TASKORCH_REDIS_TIMEOUT_S",
+        ),
+        (
+            {"TASKORCH_JWT_SECRET": SECRET, "TASKORCH_READ_TIMEOUT_S": "x"},
+            "TASKORCH_READ_TIMEOUT_S",
+        ),
+        ({"TASKORCH_JWT_SECRET": SECRET, "TASKORCH_KEEP_ALIVE_S": "0.5"}, "TASKORCH_KEEP_ALIVE_S"),
     ],
 )
 def test_bad_configuration_stops_with_the_variable_named(env: dict[str, str], needle: str) -> None:

@@ -133,6 +133,24 @@ def test_taskorch_serve_answers_503_while_redis_is_frozen(
             assert len(http.get("/v1/tasks").json()["items"]) == 2
 
 
+async def test_a_full_redis_answers_503_not_500(own_redis: RedisServer) -> None:
+    """Redis runs with noeviction: at maxmemory it refuses writes, which is an outage too."""
+    settings = make_settings(own_redis.url)
+    async with app_client(settings) as http:
+        assert (await http.get("/v1/tasks")).status_code == 200
+        admin = redis.Redis(port=own_redis.port)
+        admin.config_set("maxmemory", 1)
+        try:
+            r = await http.post("/v1/tasks", json={"url": "http://127.0.0.1:9/"})
+            assert r.status_code == 503, r.text
+            assert "full" in r.json()["error"]["message"] and r.headers["retry-after"]
+            assert (await http.get("/v1/tasks")).status_code == 200  # reads still work
+        finally:
+            admin.config_set("maxmemory", 0)
+        r = await http.post("/v1/tasks", json={"url": "http://127.0.0.1:9/", "delay": 60})
+        assert r.status_code == 201, r.text
+
+
 # -- a reply lost after the script ran ----------------------------------------------------------
 
 
