@@ -29,12 +29,13 @@ HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \
 CMD ["taskorch", "serve"]
 
 FROM runtime AS functions
-# The local runtime builds java and node functions and sandboxes every call in namespaces, which
-# needs root in the container (and CAP_SYS_ADMIN from compose): docs/deploy.md says when to use it.
+# The local runtime builds java and node functions and runs every call under bubblewrap (its own
+# namespaces, uid and seccomp filter), which needs root in the container and Docker's seccomp and
+# AppArmor profiles lifted (docker-compose.yml's `functions` service); docs/deploy.md says when.
 # Debian's packages track security updates; pinning their versions would only freeze them.
 # hadolint ignore=DL3008
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends default-jdk-headless nodejs util-linux bubblewrap \
+    && apt-get install -y --no-install-recommends default-jdk-headless nodejs util-linux bubblewrap libseccomp2 \
     && rm -rf /var/lib/apt/lists/*
 # hadolint ignore=DL3002
 USER 0

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
+import functools
 import re
 from typing import Annotated, Any, Literal, TypeVar, Union, get_args, get_origin
 
@@ -468,7 +469,7 @@ def _problems(data: Any, kind: Any, path: str) -> list[tuple[str, str]]:
     if not isinstance(data, dict):
         return [(path, "must be a JSON object")]
     problems: list[tuple[str, str]] = []
-    fields = {f.encode_name: f for f in msgspec.structs.fields(kind)}
+    fields = _fields(kind)
     for key in data:
         if key not in fields:
             problems.append((_join(path, key), "is not a known field"))
@@ -492,6 +493,13 @@ def _problems(data: Any, kind: Any, path: str) -> list[tuple[str, str]]:
             return [_from_msgspec(exc, path)]
         problems += [(_join(path, f), m) for f, m in value.check()]
     return problems
+
+
+@functools.cache
+def _fields(kind: type[Any]) -> dict[str, msgspec.structs.FieldInfo]:
+    # msgspec.structs.fields evaluates the annotations on every call: once per struct is enough
+    # (for a 10,000-step orchestration it was 9 s of a 10 s request).
+    return {f.encode_name: f for f in msgspec.structs.fields(kind)}
 
 
 def _field_problems(value: Any, typ: Any, path: str) -> list[tuple[str, str]]:

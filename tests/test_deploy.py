@@ -165,6 +165,9 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return venv
 
 
+# Building the wheel and installing it with its dependencies into an empty venv takes minutes
+# on a busy machine; the default 120 s covers the fixture too.
+@pytest.mark.timeout(900)
 def test_installed_wheel_runs_as_the_procfile_says(
     installed: Path, redis_url: str, tmp_path: Path
 ) -> None:
