@@ -587,7 +587,7 @@ def test_taskorch_serve_closes_connections_that_send_nothing(
         got = b""
         while chunk := kept.recv(65536):  # closed after TASKORCH_KEEP_ALIVE_S idle
             got += chunk
-        assert got.startswith(b"HTTP/1.1 200") and got.endswith(b'{"status":"ok"}'), got
+        assert got.startswith(b"HTTP/1.1 200") and got.endswith(b'{"status":"ok"}\n'), got
         kept.close()
 
 
