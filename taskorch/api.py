@@ -7,7 +7,6 @@ lifespan and reached through ``request.state``.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import enum
 import hmac
@@ -32,6 +31,7 @@ from starlette.staticfiles import StaticFiles
 from taskorch import auth, metrics, openapi
 from taskorch import constants as c
 from taskorch.errors import (
+    NOT_STORED,
     ApiError,
     BadRequest,
     ConfigError,
@@ -41,7 +41,14 @@ from taskorch.errors import (
     Unavailable,
 )
 from taskorch.functions import Functions
-from taskorch.limits import Edge, StreamSlots, set_read_timeout
+from taskorch.limits import (
+    Edge,
+    RedisDeadline,
+    StreamSlots,
+    off_the_redis_clock,
+    redis_deadline,
+    set_read_timeout,
+)
 from taskorch.models import (
     FunctionCreate,
     OrchestrationCreate,
@@ -89,12 +96,18 @@ async def read_body(request: Request, limit: int = c.MAX_BODY_BYTES) -> bytes:
     if declared and declared.isascii() and declared.isdigit() and int(declared) > limit:
         raise too_big
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise too_big
-        chunks.append(chunk)
+    with off_the_redis_clock():  # the client's pace is the read deadlines' business
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise too_big
+            chunks.append(chunk)
     return b"".join(chunks)
+
+
+def _deadline_ms() -> int | None:
+    d = redis_deadline()
+    return d.wall_ms() if d is not None else None
 
 
 async def principal(request: Request, scope: str) -> auth.Principal:
@@ -167,9 +180,13 @@ def _invalid_param(name: str, message: str) -> ApiError:
 
 async def create_task(request: Request) -> Response:
     p = await principal(request, "write")
-    body = decode_body(await read_body(request), TaskCreate)
+    raw = await read_body(request)
+    with off_the_redis_clock():
+        body = decode_body(raw, TaskCreate)
     store: Store = request.state.store
-    task, created = await store.create_task(p.sub, body, idempotency_key=_idempotency_key(request))
+    task, created = await store.create_task(
+        p.sub, body, idempotency_key=_idempotency_key(request), deadline_ms=_deadline_ms()
+    )
     log.info(
         "task.created" if created else "task.idempotent_repeat",
         task_id=task.id,
@@ -214,11 +231,13 @@ async def cancel_task(request: Request) -> Response:
 
 async def create_orchestration(request: Request) -> Response:
     p = await principal(request, "write")
-    body = decode_body(
-        await read_body(request, c.MAX_ORCHESTRATION_BODY_BYTES), OrchestrationCreate
-    )
+    raw = await read_body(request, c.MAX_ORCHESTRATION_BODY_BYTES)
+    with off_the_redis_clock():  # up to 10,000 steps to validate
+        body = decode_body(raw, OrchestrationCreate)
     orcs: Orchestrations = request.state.orchestrations
-    orc, created = await orcs.create(p.sub, body, idempotency_key=_idempotency_key(request))
+    orc, created = await orcs.create(
+        p.sub, body, idempotency_key=_idempotency_key(request), deadline_ms=_deadline_ms()
+    )
     log.info(
         "orchestration.created" if created else "orchestration.idempotent_repeat",
         orchestration_id=orc.id,
@@ -477,11 +496,16 @@ async def healthz(request: Request) -> Response:
 
 
 async def readyz(request: Request) -> Response:
+    """Ready when Redis answers a PING within TASKORCH_REDIS_TIMEOUT_S, all waits included."""
+    settings: Settings = request.state.settings
     try:
-        await asyncio.wait_for(request.state.redis.ping(), 2.0)
+        async with RedisDeadline(settings.redis_timeout_s):
+            await request.state.redis.ping()
     except (redis.exceptions.RedisError, OSError, TimeoutError) as exc:
         return JSON(
-            {"status": "unavailable", "redis": str(exc) or type(exc).__name__}, status_code=503
+            {"status": "unavailable", "redis": str(exc) or type(exc).__name__},
+            status_code=503,
+            headers={"Retry-After": str(c.UNAVAILABLE_RETRY_AFTER_S)},
         )
     return JSON({"status": "ok", "redis": "ok"})
 
@@ -557,13 +581,35 @@ def _check_path_ids(request: Request) -> None:
 def _wrap(
     endpoint: Callable[[Request], Awaitable[Response]],
 ) -> Callable[[Request], Awaitable[Response]]:
-    """Turn our errors into contract bodies and a lost Redis into 503, never a 500."""
+    """Turn our errors into contract bodies and a lost Redis into 503, never a 500.
+
+    Each route's Redis work is bounded in total by TASKORCH_REDIS_TIMEOUT_S (RedisDeadline),
+    except where the route does more than Redis work (a function's upload, a trigger's run) or
+    bounds itself (/readyz). Past it the answer is 503, whatever redis-py's pool was waiting on.
+    """
+    bounded = endpoint not in _OWN_BOUNDS
+    create = endpoint in _CREATES
 
     async def handler(request: Request) -> Response:
+        deadline = RedisDeadline(request.state.settings.redis_timeout_s) if bounded else None
         try:
             if request.url.path.startswith("/v1/"):
                 _check_path_ids(request)
-            return await endpoint(request)
+            if deadline is None:
+                return await endpoint(request)
+            async with deadline.running():
+                return await endpoint(request)
+        except TimeoutError:
+            if deadline is None or not deadline.expired():
+                raise
+            log.error("api.redis_unavailable", error="request deadline", path=request.url.path)
+            return error_response(
+                Unavailable(
+                    "Redis did not answer in time; try again shortly.",
+                    retry_after_s=c.UNAVAILABLE_RETRY_AFTER_S,
+                    details=[dict(NOT_STORED)] if create else None,
+                )
+            )
         except ApiError as exc:
             return error_response(exc)
         except ClientDisconnect:
@@ -578,10 +624,29 @@ def _wrap(
                 if full
                 else "Redis is unreachable; try again shortly."
             )
-            return error_response(Unavailable(message, retry_after_s=c.UNAVAILABLE_RETRY_AFTER_S))
+            return error_response(
+                Unavailable(
+                    message,
+                    retry_after_s=c.UNAVAILABLE_RETRY_AFTER_S,
+                    # Refused, unreachable, or no answer by the deadline the script carries;
+                    # a connection lost after sending is CreateOutcomeUnknown, an ApiError.
+                    details=[dict(NOT_STORED)] if create else None,
+                )
+            )
 
     return handler
 
+
+# Routes whose time is more than Redis work (a function's upload and build, its removal from
+# the runtime or AWS, a trigger's run of the function) or that bound themselves (/readyz): no
+# request-wide Redis deadline; each Redis call still has TASKORCH_REDIS_TIMEOUT_S.
+_OWN_BOUNDS: set[Callable[[Request], Awaitable[Response]]] = {
+    create_function,
+    delete_function,
+    trigger_function,
+    readyz,
+}
+_CREATES: set[Callable[[Request], Awaitable[Response]]] = {create_task, create_orchestration}
 
 ROUTES: list[tuple[str, Callable[[Request], Awaitable[Response]], str]] = [
     ("/", index, "GET"),

@@ -34,6 +34,9 @@ EVENTS_CHANNEL_PREFIX = KEY_PREFIX + "events:"  # pub/sub channel per owner, for
 WAKE_CHANNEL = KEY_PREFIX + "wake"  # published when work becomes due sooner than a worker's poll
 METRICS_KEY = KEY_PREFIX + "metrics"  # hash of counters shared by all workers
 WORKERS_KEY = KEY_PREFIX + "workers"  # zset worker id -> last heartbeat ms, for /metrics
+# Hash with the time of the last reap by any worker ("last") and the end of the pause reapers take
+# after an outage ("grace_until"): see lua.REAP.
+REAPER_KEY = KEY_PREFIX + "reaper"
 
 # -- Defaults (the contract's) -----------------------------------------------------------------
 DEFAULT_RETRIES = 3
@@ -60,10 +63,17 @@ DEFAULT_TOKEN_TTL_S = 3600
 MIN_JWT_SECRET_BYTES = 32
 
 # -- The API's edges: outages, hostile clients, tokens -----------------------------------------
-# How long one Redis call from the API may take before the request answers 503 `unavailable`
-# (TASKORCH_REDIS_TIMEOUT_S). A frozen Redis accepts connections but never answers; without a
+# How long one request's Redis work may take in total, each call included, before the request
+# answers 503 `unavailable` (TASKORCH_REDIS_TIMEOUT_S). A frozen Redis accepts connections but never answers; without a
 # bound every request would hang with it. Local Redis answers in well under a millisecond.
 DEFAULT_REDIS_TIMEOUT_S = 1.0
+# A create carries the request's Redis deadline (wall clock, this much early) to its script, which
+# writes nothing once Redis's clock has passed it: a create the API answered 503 because Redis
+# did not answer in time does not take effect when a frozen Redis resumes.
+CREATE_REPLY_MARGIN_MS = 200
+# Past a request's Redis deadline it is cancelled again this often until it ends (see
+# limits.RedisDeadline: redis-py's asyncio.wait_for can swallow one cancellation).
+DEADLINE_RECANCEL_S = 0.05
 UNAVAILABLE_RETRY_AFTER_S = 1  # Retry-After on a 503: Redis usually comes back within seconds
 # No token lives longer than this (TASKORCH_TOKEN_MAX_TTL_S): exp - iat above it is refused, so a
 # leaked long-lived token cannot outlast a month, and revocation records need not live longer.
@@ -104,13 +114,25 @@ CLAIM_BATCH = 1000  # jobs per claim round trip
 # round trip is over when the call is due. From then on a cancel or modify answers 409: the call
 # is committed and goes out at the due time, never before.
 START_LEAD_MS = 2
-# A claim lapses this long after its due time unless renewed: the bound on how long a task whose
-# worker died waits before another worker retries it. Configurable with TASKORCH_LEASE_S.
+# The bound on how long a task whose worker died waits before another worker calls it again.
+# Configurable with TASKORCH_LEASE_S. A claim lapses sooner than that, so that lapse + the
+# reaper's round + the claim and start that follow fit inside it (worker.LeaseTimes does the
+# sums).
 DEFAULT_LEASE_S = 30.0
+# Reapers look for lapsed claims at most this often (more often for short leases: a tenth).
+REAP_INTERVAL_S = 1.0
+# Room kept inside the lease for what follows a reap: the wake-up, claim and start of the retry,
+# and a loaded event loop (at most this, or a tenth of a short lease).
+LEASE_SLACK_S = 1.0
+# A worker waits at most this long for one Redis reply (less for short leases) before it treats
+# Redis as unreachable: a frozen Redis (SIGSTOP, a stalled host) otherwise hangs it for ever.
+REDIS_SOCKET_TIMEOUT_S = 5.0
+# A worker's leases are renewed from a thread of their own, so that a busy event loop cannot let
+# them lapse; if the loop has not turned for this long it is wedged, and they are let lapse.
+LOOP_STALL_S = 30.0
 # A worker whose calls keep failing with "worker lost" (it died mid-call again and again) would
 # never finish; after this many lost attempts the task fails instead of looping forever.
 MAX_LOST_ATTEMPTS = 5
-REAP_INTERVAL_S = 1.0
 FINISH_BATCH = 500  # outcome writes per pipeline
 # Finished tasks and orchestrations are kept this long, then deleted by the workers' janitor:
 # Redis runs with noeviction, so unbounded history would end in refused writes. A week, like

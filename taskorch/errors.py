@@ -12,6 +12,7 @@ TaskorchError
 │   ├── ValidationFailed   422 with one detail per field
 │   ├── TooManyRequests    429 with Retry-After (sign-in throttling, stream cap)
 │   └── Unavailable        503 with Retry-After (Redis unreachable or too slow)
+│       └── CreateOutcomeUnknown  a create's connection was lost after it was sent
 └── TargetError            an outbound call failed (stored on the attempt, never raised to clients)
     ├── TargetBlocked      the address is private/loopback and private targets are not allowed
     ├── TargetTimeout
@@ -111,6 +112,30 @@ class Unavailable(ApiError):
     def __init__(self, message: str, *, retry_after_s: int = 1, **kwargs: Any) -> None:
         kwargs.setdefault("headers", {"Retry-After": str(max(1, retry_after_s))})
         super().__init__(message, **kwargs)
+
+
+# The one detail of a 503 on a create: whether it was stored.
+NOT_STORED = {
+    "outcome": "not_stored",
+    "message": "Nothing was stored: Redis refused or could not be reached before the create was "
+    "sent, or did not run it before its deadline (it then writes nothing). Send it again.",
+}
+OUTCOME_UNKNOWN = {
+    "outcome": "unknown",
+    "message": "The connection to Redis was lost after the create was sent: it may have been "
+    "stored. Repeating it with the same Idempotency-Key is safe: it is stored at most once.",
+}
+
+
+class CreateOutcomeUnknown(Unavailable):
+    """A create's connection to Redis was lost after the create was sent (e.g. Redis killed
+    between storing it and replying): it may have been stored."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "Redis went away while storing this; it may have been stored.",
+            details=[dict(OUTCOME_UNKNOWN)],
+        )
 
 
 class TargetError(TaskorchError):

@@ -10,13 +10,16 @@
   opening), the body within ``read_timeout_s`` plus one second per ``MIN_BODY_RATE_BPS`` bytes. A
   client that drips a byte at a time gets 408 and a closed connection.
 * :class:`StreamSlots` counts an owner's open event streams.
+* :class:`RedisDeadline` bounds the time one request may spend on Redis in total.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import contextvars
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import msgspec
@@ -260,3 +263,121 @@ class StreamSlots:
                     self._open.pop(owner, None)
 
         return free
+
+
+class RedisDeadline:
+    """The bound on one request's Redis work in total (TASKORCH_REDIS_TIMEOUT_S).
+
+    redis-py's pool connects and health-checks under one pool-wide lock, so with Redis frozen N
+    concurrent requests would wait N times the per-call timeout; a bound per request holds
+    whatever the pool does. Use as ``async with RedisDeadline(s):``; past the deadline the block
+    raises ``TimeoutError``. The clock runs while the route runs, and stops while the route waits
+    for its client (:meth:`paused`: a slow upload is the read deadlines' business) or for a
+    password check. :meth:`wall_ms` is the same deadline on the wall clock, for a create's script
+    to refuse to write once the API has given up on it.
+
+    Unlike ``asyncio.timeout`` it cancels again every DEADLINE_RECANCEL_S until the block ends:
+    redis-py sends each command under ``asyncio.wait_for``, which on Python 3.11 swallows a
+    cancellation that arrives as the send completes, and the request would then wait out the
+    next call's socket timeout. Cancelling a Redis call is safe: redis-py disconnects a
+    connection whose send or read was interrupted, so no reply is left pending in the pool.
+    """
+
+    def __init__(self, budget_s: float) -> None:
+        self.budget_s = budget_s
+        self._task: asyncio.Task[Any] | None = None
+        self._when = 0.0  # loop time
+        self._handle: asyncio.TimerHandle | None = None
+        self._left_s: float | None = None  # while paused
+        self._cancels = 0
+        self._expired = False
+        self._token: contextvars.Token[RedisDeadline | None] | None = None
+
+    def running(self) -> RedisDeadline:
+        return self
+
+    async def __aenter__(self) -> RedisDeadline:
+        loop = asyncio.get_running_loop()
+        self._task = asyncio.current_task()
+        self._when = loop.time() + self.budget_s
+        self._handle = loop.call_at(self._when, self._fire)
+        self._token = _CURRENT.set(self)
+        return self
+
+    async def __aexit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if self._token is not None:
+            _CURRENT.reset(self._token)
+            self._token = None
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+        if not self._cancels:
+            return
+        assert self._task is not None
+        for _ in range(self._cancels):
+            self._task.uncancel()
+        self._cancels = 0
+        if exc_type is asyncio.CancelledError and self._task.cancelling() == 0:
+            raise TimeoutError("the request's Redis deadline passed") from exc
+
+    def _fire(self) -> None:
+        assert self._task is not None
+        self._expired = True
+        self._cancels += 1
+        self._task.cancel()
+        loop = asyncio.get_running_loop()
+        self._handle = loop.call_later(c.DEADLINE_RECANCEL_S, self._fire)
+
+    def expired(self) -> bool:
+        return self._expired
+
+    def left_s(self) -> float:
+        if self._left_s is not None:
+            return self._left_s
+        if self._task is None:
+            return self.budget_s
+        return max(0.0, self._when - asyncio.get_running_loop().time())
+
+    def wall_ms(self) -> int:
+        """The deadline as Unix ms, made early by CREATE_REPLY_MARGIN_MS (at most a quarter of
+        what is left) so that a reply can still come back before the API gives up."""
+        left_ms = self.left_s() * 1000
+        return int(time.time() * 1000 + left_ms - min(c.CREATE_REPLY_MARGIN_MS, left_ms / 4))
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        if self._handle is None or self._expired or self._left_s is not None:
+            yield
+            return
+        self._left_s = self.left_s()
+        self._handle.cancel()
+        self._handle = None
+        try:
+            yield
+        finally:
+            left, self._left_s = self._left_s, None
+            if self._token is not None and not self._expired:  # still inside the block
+                loop = asyncio.get_running_loop()
+                self._when = loop.time() + left
+                self._handle = loop.call_at(self._when, self._fire)
+
+
+_CURRENT: contextvars.ContextVar[RedisDeadline | None] = contextvars.ContextVar(
+    "redis_deadline", default=None
+)
+
+
+def redis_deadline() -> RedisDeadline | None:
+    """The running request's deadline, if it has one."""
+    return _CURRENT.get()
+
+
+@contextlib.contextmanager
+def off_the_redis_clock() -> Iterator[None]:
+    """Stop the running request's Redis clock meanwhile (no-op outside a request)."""
+    d = _CURRENT.get()
+    if d is None:
+        yield
+        return
+    with d.paused():
+        yield

@@ -88,9 +88,24 @@ local function cancel_task(id, now)
 end
 """
 
-# ARGV: id, owner, spec, name, due, now, idem_key|'', idem_ttl_s, orchestration_id|'', wake_ms
-# Returns {created (1/0), task hash as a flat list, attempts}.
-CREATE_TASK = """
+# A create's deadline (Unix ms, '' for none): past it by Redis's clock the create writes nothing
+# and returns {-1}, because the API has answered 503 by then (a frozen Redis that resumes runs
+# what it had received). TIME before any write is allowed: scripts replicate their effects.
+PAST_DEADLINE = """
+local function past_deadline(deadline)
+  if not deadline or deadline == '' then return false end
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) > tonumber(deadline)
+end
+"""
+
+# ARGV: id, owner, spec, name, due, now, idem_key|'', idem_ttl_s, orchestration_id|'', wake_ms,
+#       deadline_ms|''.
+# Returns {created (1/0), task hash as a flat list, attempts}, or {-1} past the deadline.
+CREATE_TASK = (
+    PAST_DEADLINE
+    + """
+if past_deadline(ARGV[11]) then return {-1} end
 local id, owner, due, now = ARGV[1], ARGV[2], tonumber(ARGV[5]), tonumber(ARGV[6])
 local existing = idempotent(ARGV[7], id, ARGV[8], P .. 'task:')
 if existing then
@@ -101,6 +116,7 @@ new_task(id, owner, ARGV[3], ARGV[4], due, now, ARGV[9], tonumber(ARGV[10]))
 local view = task_view(id)
 return {1, view[1], view[2]}
 """
+)
 
 # ARGV: id, owner, now.
 # Returns {'ok', hash, attempts} | {'not_found'} | {'conflict', status} | {'in_orchestration', id}
@@ -170,23 +186,33 @@ end
 return out
 """
 
-# ARGV: now, then pairs task_id, job. Returns per pair the attempt number, or 0 when the task
-# was cancelled or modified since it was claimed (the compare-and-set that keeps old versions
-# from ever firing).
+# ARGV: now, worker_id, lease_ms, then pairs task_id, job. Returns per pair the attempt number,
+# or 0 when the task was cancelled or modified since it was claimed (the compare-and-set that
+# keeps old versions from ever firing). Idempotent per job and worker: a START repeated by the
+# worker that made it (its reply was lost: Redis crashed or froze) answers the same number again,
+# so the worker calls once instead of leaving the task running with no call. The starting worker
+# also takes the job's lease, wherever a reaper put it while this worker was out of reach: the
+# one that starts a job is the one whose outcome counts.
 START = """
-local now = tonumber(ARGV[1])
+local now, worker, lease = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3])
 local out = {}
-for i = 2, #ARGV, 2 do
+for i = 4, #ARGV, 2 do
   local id, job = ARGV[i], ARGV[i + 1]
   local key = P .. 'task:' .. id
-  local t = redis.call('HMGET', key, 'status', 'job', 'owner', 'attempt', 'run_at')
+  local t = redis.call('HMGET', key, 'status', 'job', 'owner', 'attempt', 'run_at', 'started_by')
   if (t[1] == 'scheduled' or t[1] == 'retrying') and t[2] == job then
     local n = tonumber(t[4]) + 1
     redis.call('HSET', key, 'status', 'running', 'attempt', n, 'started_at', now,
-      'scheduled_for', t[5], 'updated_at', now)
+      'scheduled_for', t[5], 'updated_at', now, 'started_by', worker, 'lost_job', '',
+      'retry_job', '')
+    redis.call('ZREM', QUEUE, job)
+    redis.call('ZADD', LEASES, math.max(tonumber(t[5]), now) + lease, job)
+    redis.call('HSET', LEASE_OWNER, job, worker)
     move_status(t[3], 'tasks', id, t[1], 'running')
     publish(t[3], 'task', id, 'running')
     out[#out + 1] = n
+  elseif t[1] == 'running' and t[2] == job and t[6] == worker then
+    out[#out + 1] = tonumber(t[4])
   else
     if t[2] ~= job then drop_job(job) end
     out[#out + 1] = 0
@@ -202,13 +228,26 @@ FINISH = """
 local id, job, outcome = ARGV[1], ARGV[2], ARGV[3]
 local now = tonumber(ARGV[6])
 local key = P .. 'task:' .. id
-local t = redis.call('HMGET', key, 'status', 'job', 'owner', 'gen', 'orchestration_id')
+local t = redis.call('HMGET', key, 'status', 'job', 'owner', 'gen', 'orchestration_id',
+  'lost_job', 'retry_job', 'lost')
 for i = 8, #ARGV do
   local f, by = string.match(ARGV[i], '^(.+)=(.+)$')  -- "name=x" adds x, a bare name adds 1
   if f then redis.call('HINCRBYFLOAT', P .. 'metrics', f, by)
   else redis.call('HINCRBY', P .. 'metrics', ARGV[i], 1) end
 end
-if t[1] ~= 'running' or t[2] ~= job then return 0 end
+if t[2] ~= job then
+  -- A reaper took this attempt for lost although its worker was alive and held the outcome; the
+  -- retry it enqueued has not started yet (START clears lost_job), so the real outcome wins:
+  -- take back the "worker lost" record and the retry, and record what the call got.
+  if t[1] ~= 'retrying' or t[6] ~= job or t[2] ~= t[7] then return 0 end
+  redis.call('RPOP', key .. ':attempts')
+  drop_job(t[2])
+  redis.call('HINCRBY', P .. 'metrics', 'attempts_total:lost', -1)
+  redis.call('HSET', key, 'lost', tonumber(t[8]) - 1, 'lost_job', '', 'retry_job', '')
+  move_status(t[3], 'tasks', id, 'retrying', 'running')
+  t[1] = 'running'
+end
+if t[1] ~= 'running' then return 0 end
 redis.call('RPUSH', key .. ':attempts', ARGV[4])
 drop_job(job)
 local status = outcome
@@ -236,12 +275,35 @@ publish(t[3], 'task', id, status)
 return 1
 """
 
-# ARGV: now, limit, max_lost. Recovers jobs whose claim lapsed: a worker died holding them.
-# A claimed job that never started goes back to the queue; a task that was running gets a
-# "worker lost" attempt and is retried at once. Returns the number of jobs recovered.
+# ARGV: now, limit, max_lost, gap_ms, grace_ms. Recovers jobs whose claim lapsed: a worker died
+# holding them. A claimed job that never started goes back to the queue; a task that was running
+# gets a "worker lost" attempt and is retried at once. Returns the number of jobs recovered, or
+# -1 while it holds back after an outage.
+#
+# An outage is not a death: while Redis was out of reach (killed, frozen, cut off) no worker
+# could renew its leases, so every lease may have lapsed by the time Redis is back, yet the
+# workers holding them are alive, some with a call's outcome in hand. Reapers run every second
+# or so; when the last reap is more than gap_ms old, nobody could reach Redis (or no worker ran),
+# and no reaper recovers anything for grace_ms: long enough for every live worker to renew what
+# it still holds. What has lapsed after that belonged to a dead worker, or was handed back.
 REAP = (
     """
 local now, max_lost = tonumber(ARGV[1]), tonumber(ARGV[3])
+local gap, grace = tonumber(ARGV[4]), tonumber(ARGV[5])
+local r = redis.call('HMGET', '"""
+    + c.REAPER_KEY
+    + """', 'last', 'grace_until')
+local last, grace_until = tonumber(r[1]), tonumber(r[2] or '0')
+if last and now - last > gap and now + grace > grace_until then
+  grace_until = now + grace
+  redis.call('HSET', '"""
+    + c.REAPER_KEY
+    + """', 'grace_until', grace_until)
+end
+if not last or now > last then redis.call('HSET', '"""
+    + c.REAPER_KEY
+    + """', 'last', now) end
+if now < grace_until then return -1 end
 local items = redis.call('ZRANGEBYSCORE', LEASES, '-inf', now, 'LIMIT', 0, ARGV[2])
 local n = 0
 for _, job in ipairs(items) do
@@ -283,7 +345,7 @@ for _, job in ipairs(items) do
           local gen = tonumber(t[4]) + 1
           local nj = id .. '.' .. gen
           redis.call('HSET', key, 'status', 'retrying', 'gen', gen, 'job', nj, 'run_at', now,
-            'updated_at', now, 'lost', lost)
+            'updated_at', now, 'lost', lost, 'lost_job', job, 'retry_job', nj)
           enqueue(nj, 'fire_task', id, now, now, gen)
           move_status(t[3], 'tasks', id, 'running', 'retrying')
           publish(t[3], 'task', id, 'retrying')
@@ -299,7 +361,8 @@ return n
 """
 )
 
-# ARGV: worker_id, then pairs job, due. Hands claimed-but-unstarted jobs back on shutdown.
+# ARGV: worker_id, then pairs job, due. Hands claimed-but-unstarted jobs back to the queue: on
+# shutdown, and when the worker gives up on them. Only the lease's owner can hand a job back.
 RELEASE = (
     """
 local n = 0
@@ -380,9 +443,13 @@ end
 """
 
 # ARGV: id, owner, name, due, now, condition|'', fallback|'', idem_key|'', idem_ttl, wake_ms, n,
-#       then n step specs, then n step conditions ('' where the step has none).
-# Returns {created (1/0), hash, state, own-condition step indexes} (see orc_view).
-ORC_CREATE = """
+#       then n step specs, then n step conditions ('' where the step has none), then
+#       deadline_ms|'' (see PAST_DEADLINE).
+# Returns {created (1/0), hash, state, own-condition step indexes} (see orc_view), or {-1}.
+ORC_CREATE = (
+    PAST_DEADLINE
+    + """
+if past_deadline(ARGV[12 + 2 * tonumber(ARGV[11])]) then return {-1} end
 local id, owner, due, now = ARGV[1], ARGV[2], tonumber(ARGV[4]), tonumber(ARGV[5])
 local existing = idempotent(ARGV[8], id, ARGV[9], P .. 'orc:')
 if existing then
@@ -407,6 +474,7 @@ wake(due, now, tonumber(ARGV[10]))
 local view = orc_view(id)
 return {1, view[1], view[2], view[3]}
 """
+)
 
 # ARGV: id, owner, now, expected_gen, name, due, condition, fallback, n (-1: steps unchanged),
 #       wake_ms, then n specs and n conditions. Returns as MODIFY_TASK does, with orc_view's

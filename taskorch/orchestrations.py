@@ -28,7 +28,15 @@ from taskorch.models import (
     due_ms,
     fmt_ms,
 )
-from taskorch.store import Redis, from_flat, idempotency_redis_key, new_id, now_ms, page_ids
+from taskorch.store import (
+    Redis,
+    from_flat,
+    idempotency_redis_key,
+    new_id,
+    now_ms,
+    page_ids,
+    run_create,
+)
 
 _enc = msgspec.json.Encoder()
 
@@ -72,13 +80,21 @@ class Orchestrations:
         self._cancel = redis.register_script(pre + lua.ORC_CANCEL)
 
     async def create(
-        self, owner: str, body: OrchestrationCreate, *, idempotency_key: str | None = None
+        self,
+        owner: str,
+        body: OrchestrationCreate,
+        *,
+        idempotency_key: str | None = None,
+        deadline_ms: int | None = None,
     ) -> tuple[Orchestration, bool]:
+        """Store a new orchestration; ``deadline_ms`` as for :meth:`Store.create_task`."""
         now = now_ms()
         oid = new_id("orc")
         idem = idempotency_redis_key(owner, "orc", idempotency_key)
-        created, h, state, own = await self._create(
-            args=[
+        created, h, state, own = await run_create(
+            self.redis,
+            self._create,
+            [
                 oid,
                 owner,
                 body.name or "",
@@ -91,7 +107,8 @@ class Orchestrations:
                 c.CLAIM_AHEAD_MS,
                 len(body.steps),
                 *_step_args(body.steps),
-            ]
+                "" if deadline_ms is None else deadline_ms,
+            ],
         )
         # Answered from what the script read back: a stored orchestration is never a 503.
         return await self._view(from_flat(h), from_flat(state), set(own)), bool(created)

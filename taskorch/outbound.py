@@ -2,7 +2,10 @@
 
 The guard checks the addresses a host resolves to and the connector then connects to exactly
 those addresses (it is the same list), so a DNS answer cannot change between check and connect.
-Redirects are never followed: a 3xx is an answer like any other non-2xx.
+Only globally routable addresses pass, and an IPv6 address that carries an IPv4 one (mapped,
+6to4, NAT64, Teredo) is judged by the IPv4 inside. Redirects are never followed: a 3xx is an
+answer like any other non-2xx. The session keeps no cookies: it serves every owner's tasks, and
+a cookie one target sets must never go out with another owner's call.
 """
 
 from __future__ import annotations
@@ -21,29 +24,69 @@ import msgspec
 from taskorch import constants as c
 from taskorch.errors import TargetBlocked, TargetConnectionError, TargetError, TargetTimeout
 
-# Cloud metadata endpoints that are not covered by the private/link-local ranges.
+# Cloud metadata endpoints (also inside the ranges below; named so a change there cannot drop them).
 _METADATA = {ipaddress.ip_address("fd00:ec2::254"), ipaddress.ip_address("100.100.100.200")}
+# Ranges refused besides what ``ipaddress`` says is not global (its tables differ between Python
+# releases, and it counts multicast and some special-purpose blocks as global).
+_V4_REFUSED = [
+    ipaddress.IPv4Network(n)
+    for n in (
+        "0.0.0.0/8",
+        "100.64.0.0/10",  # carrier-grade NAT
+        "192.0.0.0/24",  # IETF protocol assignments
+        "192.88.99.0/24",  # 6to4 relay anycast
+        "198.18.0.0/15",  # benchmarking
+        "224.0.0.0/4",  # multicast
+        "240.0.0.0/4",
+    )
+]
+_V6_REFUSED = [
+    ipaddress.IPv6Network(n)
+    for n in (
+        "::/8",  # unspecified, loopback, IPv4-compatible
+        "64:ff9b:1::/48",  # NAT64 for local use: what it translates to is the network's choice
+        "100::/64",  # discard
+        "2001::/23",  # IETF protocol assignments (Teredo is decoded before this applies)
+        "2001:db8::/32",  # documentation
+        "3fff::/20",  # documentation
+        "5f00::/16",  # segment routing
+        "fc00::/7",  # unique local
+        "fe80::/10",  # link-local
+        "fec0::/10",  # site-local (deprecated, still routed inside sites)
+        "ff00::/8",  # multicast
+    )
+]
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
 _json = msgspec.json.Encoder()
 
 
+def _embedded_ipv4(addr: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address] | None:
+    """The IPv4 addresses an IPv6 address leads to (mapped, 6to4, Teredo, NAT64), if any."""
+    if addr.ipv4_mapped is not None:
+        return [addr.ipv4_mapped]
+    if addr.sixtofour is not None:
+        return [addr.sixtofour]
+    if addr.teredo is not None:
+        return list(addr.teredo)  # the Teredo server and the client's public address
+    if addr in _NAT64:
+        return [ipaddress.IPv4Address(int(addr) & 0xFFFFFFFF)]
+    return None
+
+
+def _ipv4_forbidden(addr: ipaddress.IPv4Address) -> bool:
+    return not addr.is_global or addr in _METADATA or any(addr in n for n in _V4_REFUSED)
+
+
 def address_forbidden(ip: str) -> bool:
-    """True for loopback, private, link-local, multicast, reserved and metadata addresses."""
+    """True for anything but a globally routable address (loopback, private, link-local,
+    multicast, reserved, documentation, metadata, ...), judging tunnels by the IPv4 inside."""
     addr = ipaddress.ip_address(ip.split("%", 1)[0])
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-        addr = addr.ipv4_mapped
-    return (
-        addr.is_private
-        or addr.is_loopback
-        or addr.is_link_local
-        or addr.is_multicast
-        or addr.is_reserved
-        or addr.is_unspecified
-        or addr in _METADATA
-        or (
-            isinstance(addr, ipaddress.IPv4Address)
-            and addr in ipaddress.ip_network("100.64.0.0/10")
-        )
-    )
+    if isinstance(addr, ipaddress.IPv4Address):
+        return _ipv4_forbidden(addr)
+    inner = _embedded_ipv4(addr)
+    if inner is not None:
+        return any(_ipv4_forbidden(a) for a in inner)
+    return not addr.is_global or addr in _METADATA or any(addr in n for n in _V6_REFUSED)
 
 
 class GuardedConnector(aiohttp.TCPConnector):
@@ -86,6 +129,7 @@ def make_session(*, allow_private: bool, trusted_url: str | None = None) -> aioh
         connector = GuardedConnector(limit=0, ttl_dns_cache=10, trusted=trusted)
     return aiohttp.ClientSession(
         connector=connector,
+        cookie_jar=aiohttp.DummyCookieJar(),  # one session for every owner: keep no cookies
         auto_decompress=True,
         skip_auto_headers=("User-Agent",),
         headers={"User-Agent": "taskorch/0.1"},
@@ -126,6 +170,20 @@ def _retry_after(value: str | None) -> float | None:
         return None
 
 
+async def _read_up_to(stream: aiohttp.StreamReader, n: int) -> bytes:
+    """Read ``n`` bytes or to the end, whichever comes first. One ``read(n)`` returns whatever
+    is buffered, which is a fraction of an answer that arrives in several TCP pieces."""
+    parts: list[bytes] = []
+    left = n
+    while left > 0:
+        part = await stream.read(left)
+        if not part:
+            break
+        parts.append(part)
+        left -= len(part)
+    return b"".join(parts)
+
+
 async def call(
     session: aiohttp.ClientSession,
     *,
@@ -149,7 +207,7 @@ async def call(
             async with session.request(
                 method, url, headers=all_headers, data=data, allow_redirects=False
             ) as resp:
-                body = await resp.content.read(keep_body)
+                body = await _read_up_to(resp.content, keep_body)
                 if not resp.content.at_eof():
                     resp.close()  # too long to keep reading; don't reuse the connection
                 retry_after = None

@@ -7,6 +7,12 @@ between events: it makes at most one HTTP call (a condition check) and then runs
 checks the orchestration is still where the event expects and moves it on, creating the next
 step's task or job in the same script. A worker that dies mid-event leaves the job to be replayed
 by another worker; the replay either finds the move already made (a no-op) or makes it.
+Because every script is safe to replay, each is retried until Redis answers: a check's answer
+obtained while Redis was away is recorded when it is back, not thrown away and asked again.
+
+A check call carries ``Idempotency-Key: <orchestration id>.check.<step>.<attempt>``,
+``X-Taskorch-Orchestration-Id``, ``X-Taskorch-Step`` and ``X-Taskorch-Attempt``: a check sent
+again after a worker was lost mid-check carries the same key, so a target can recognise it.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ from taskorch import constants as c
 from taskorch import lua, outbound
 from taskorch.models import ConditionSpec
 from taskorch.orchestrations import StoredCheck
-from taskorch.store import Redis, Store, new_id, now_ms
+from taskorch.store import Redis, Store, new_id, now_ms, until_reachable
 
 log = structlog.get_logger("taskorch.steps")
 _enc = msgspec.json.Encoder()
@@ -66,25 +72,17 @@ class StepMachine:
     async def handle(self, arg: str) -> None:
         kind, oid, *rest = arg.split("|")
         if kind == "start":
-            moved = await self._start(
-                args=[oid, rest[0], now_ms(), new_id("tsk"), c.CLAIM_AHEAD_MS]
-            )
+            args = [oid, rest[0], now_ms(), new_id("tsk"), c.CLAIM_AHEAD_MS]
+            moved = await until_reachable(lambda: self._start(args=args), what="orc_start")
             log.info(
                 "orchestration.started" if moved else "orchestration.start_skipped",
                 orchestration_id=oid,
             )
         elif kind == "done":
             task_id, status = rest
-            outcome = await self._step_done(
-                args=[
-                    oid,
-                    task_id,
-                    status,
-                    now_ms(),
-                    new_id("tsk"),
-                    new_id("tsk"),
-                    c.CLAIM_AHEAD_MS,
-                ]
+            args = [oid, task_id, status, now_ms(), new_id("tsk"), new_id("tsk"), c.CLAIM_AHEAD_MS]
+            outcome = await until_reachable(
+                lambda: self._step_done(args=args), what="orc_step_done"
             )
             log.info(
                 "orchestration.step_done",
@@ -100,18 +98,27 @@ class StepMachine:
 
     async def _check(self, oid: str, step: int, attempt: int) -> None:
         key = c.ORCH_KEY_PREFIX + oid
-        async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.hmget(key, "status", "phase", "current_step", "check_n", "condition")
-            pipe.hget(key + ":conds", str(step))
-            pipe.hget(key + ":state", f"t{step}")
-            (status, phase, current, check_n, shared), own, task_id = await pipe.execute()
+
+        async def read() -> list[Any]:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.hmget(key, "status", "phase", "current_step", "check_n", "condition")
+                pipe.hget(key + ":conds", str(step))
+                pipe.hget(key + ":state", f"t{step}")
+                return list(await pipe.execute())
+
+        (status, phase, current, check_n, shared), own, task_id = await until_reachable(
+            read, what="orc_check_read"
+        )
         if (status, phase, current, check_n) != ("running", "check", str(step), str(attempt - 1)):
             log.info(
                 "orchestration.check_skipped", orchestration_id=oid, step=step, attempt=attempt
             )
             return
         cond = _cond_dec.decode(own or shared)
-        last = await self.redis.lindex(c.TASK_KEY_PREFIX + task_id + ":attempts", -1)
+        last = await until_reachable(
+            lambda: self.redis.lindex(c.TASK_KEY_PREFIX + task_id + ":attempts", -1),
+            what="orc_check_read",
+        )
         answer = msgspec.json.decode(last) if last else {}
         envelope = {
             "orchestration_id": oid,
@@ -143,19 +150,18 @@ class StepMachine:
             err=result.error,
             body=result.excerpt(),
         )
-        outcome = await self._check_done(
-            args=[
-                oid,
-                step,
-                attempt,
-                "1" if passed else "0",
-                _enc.encode(record).decode(),
-                now_ms(),
-                new_id("tsk"),
-                new_id("tsk"),
-                c.CLAIM_AHEAD_MS,
-            ]
-        )
+        args = [
+            oid,
+            step,
+            attempt,
+            "1" if passed else "0",
+            _enc.encode(record).decode(),
+            now_ms(),
+            new_id("tsk"),
+            new_id("tsk"),
+            c.CLAIM_AHEAD_MS,
+        ]
+        outcome = await until_reachable(lambda: self._check_done(args=args), what="orc_check_done")
         log.info(
             "orchestration.checked",
             orchestration_id=oid,

@@ -8,20 +8,23 @@ decided by one compare-and-set on the task's current job id.
 
 from __future__ import annotations
 
+import asyncio
 import re
 import secrets
 import time
-from collections.abc import Iterable, Sequence
-from typing import Any, TypeAlias
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import Any, TypeAlias, TypeVar
 from urllib.parse import parse_qs, unquote, urlparse
 
 import msgspec
 import redis.asyncio as aioredis
+import redis.exceptions
+import structlog
 from redis.asyncio.sentinel import Sentinel
 
 from taskorch import constants as c
 from taskorch import lua
-from taskorch.errors import Conflict, NotFound
+from taskorch.errors import NOT_STORED, Conflict, CreateOutcomeUnknown, NotFound, Unavailable
 from taskorch.models import (
     Attempt,
     Task,
@@ -36,6 +39,11 @@ from taskorch.models import (
 
 # redis-py is untyped for mypy here (see pyproject): name the client type for readers anyway.
 Redis: TypeAlias = Any
+# What an unreachable Redis raises: killed (connection refused or reset), frozen (the socket
+# timeout), loading its data after a restart (BusyLoadingError is a ConnectionError).
+REDIS_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
+T = TypeVar("T")
+log = structlog.get_logger("taskorch.store")
 _spec_decoder = msgspec.json.Decoder(TaskSpec)
 
 
@@ -236,6 +244,44 @@ class Claimed(msgspec.Struct):
     spec: TaskSpec | None
 
 
+async def run_create(client: Redis, script: Any, args: list[Any]) -> list[Any]:
+    """Run a create's script and say, when it fails, whether it may have been stored.
+
+    The connection is taken from the pool (connected, health-checked) before the script is sent:
+    a failure there is an outage like any other (nothing sent, nothing stored). A connection
+    lost once the script was sent raises :class:`CreateOutcomeUnknown`. A timeout is not
+    "unknown": the script carries the request's deadline and writes nothing past it, which it
+    answers with ``{-1}``. redis-py closes a connection whose send or read was interrupted
+    (timeout, cancellation), so none goes back to the pool with a reply pending.
+    """
+    pool = client.connection_pool
+    conn = await pool.get_connection()
+    try:
+        try:
+            await conn.send_command("EVALSHA", script.sha, 0, *args)
+            try:
+                res: list[Any] = await conn.read_response()
+            except redis.exceptions.NoScriptError:  # a restarted Redis: EVAL caches it again
+                await conn.send_command("EVAL", script.script, 0, *args)
+                res = await conn.read_response()
+        except redis.exceptions.BusyLoadingError:
+            raise
+        except redis.exceptions.ConnectionError as exc:
+            await conn.disconnect(nowait=True)
+            raise CreateOutcomeUnknown() from exc
+        except redis.exceptions.TimeoutError:
+            await conn.disconnect(nowait=True)
+            raise
+    finally:
+        await pool.release(conn)
+    if res[0] == -1:
+        raise Unavailable(
+            "Redis did not run this create before its deadline, so it stored nothing.",
+            details=[dict(NOT_STORED)],
+        )
+    return res
+
+
 class Store:
     """All Redis access. One per process, built around an injected client."""
 
@@ -263,8 +309,11 @@ class Store:
         idempotency_key: str | None = None,
         idempotency_kind: str = "tsk",
         orchestration_id: str = "",
+        deadline_ms: int | None = None,
     ) -> tuple[Task, bool]:
         """Store a new task and enqueue its first attempt. Returns (task, created).
+
+        ``deadline_ms`` (Unix ms): past it by Redis's clock nothing is written (503 not_stored).
 
         Idempotency keys are per owner and per ``idempotency_kind``: a task's key never meets an
         orchestration's (``orc``) or one the service uses itself. The answer comes from the
@@ -274,8 +323,10 @@ class Store:
         task_id = new_id("tsk")
         spec = _spec_json(body)
         idem = idempotency_redis_key(owner, idempotency_kind, idempotency_key)
-        created, h, attempts = await self._create(
-            args=[
+        created, h, attempts = await run_create(
+            self.redis,
+            self._create,
+            [
                 task_id,
                 owner,
                 spec,
@@ -286,7 +337,8 @@ class Store:
                 c.IDEMPOTENCY_TTL_S,
                 orchestration_id,
                 c.CLAIM_AHEAD_MS,
-            ]
+                "" if deadline_ms is None else deadline_ms,
+            ],
         )
         return _task_view(from_flat(h), attempts), bool(created)
 
@@ -387,9 +439,15 @@ class Store:
             )
         return out
 
-    async def start(self, pairs: Sequence[tuple[str, str]]) -> list[int]:
-        """Compare-and-set each (task_id, job) to running; 0 where it was cancelled or changed."""
-        args: list[Any] = [now_ms()]
+    async def start(
+        self, pairs: Sequence[tuple[str, str]], *, worker: str, lease_ms: int
+    ) -> list[int]:
+        """Compare-and-set each (task_id, job) to running; 0 where it was cancelled or changed.
+
+        Safe to repeat: the same worker starting the same job again gets the same attempt
+        number (what to do when the reply to the first was lost).
+        """
+        args: list[Any] = [now_ms(), worker, lease_ms]
         for task_id, job in pairs:
             args += [task_id, job]
         return [int(x) for x in await self._start(args=args)]
@@ -405,8 +463,9 @@ class Store:
                 return []
             return [int(x) for x in await pipe.execute()]
 
-    async def reap(self, *, limit: int = 200) -> int:
-        return int(await self._reap(args=[now_ms(), limit, c.MAX_LOST_ATTEMPTS]))
+    async def reap(self, *, gap_ms: int, grace_ms: int, limit: int = 200) -> int:
+        """Recover lapsed claims; -1 while reapers hold back after an outage (see lua.REAP)."""
+        return int(await self._reap(args=[now_ms(), limit, c.MAX_LOST_ATTEMPTS, gap_ms, grace_ms]))
 
     async def renew(self, leases: dict[str, int]) -> None:
         """Push the claims this worker still holds forward; lapsed ones are not revived (XX)."""
@@ -441,6 +500,22 @@ def idempotency_redis_key(owner: str, kind: str, key: str | None) -> str:
 def from_flat(flat: list[str]) -> dict[str, str]:
     """A hash as Lua's HGETALL hands it over (a flat list), as a dict."""
     return dict(zip(flat[::2], flat[1::2], strict=True))
+
+
+async def until_reachable(op: Callable[[], Awaitable[T]], *, what: str) -> T:
+    """Run ``op`` until Redis answers it, waiting out outages with a capped backoff.
+
+    For worker steps whose work must not be thrown away (an outcome in hand, a start whose
+    reply may have been lost): each is a script that is safe to run again.
+    """
+    delay = 0.05
+    while True:
+        try:
+            return await op()
+        except REDIS_DOWN as exc:
+            log.warning("worker.redis_unavailable", error=str(exc), during=what, retry_in_s=delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 1.0)
 
 
 def _spec_json(body: TaskSpec) -> str:

@@ -14,12 +14,41 @@ read them) and replace the consumer:
 * **Compare-and-set before calling.** When timers fire, one script moves every due task to
   ``running`` only if it still has the job id that was claimed. A cancel or modify removes or
   replaces that id, so an old version can never fire; whichever script runs first wins.
-* **Leases instead of in-progress keys.** A claim lapses ``lease_s`` after its due time unless the
-  worker renews it. Any worker's reaper hands a lapsed job back: unstarted ones to the queue,
-  running ones as a "worker lost" attempt and an immediate retry.
+* **Leases instead of in-progress keys.** A claim lapses unless the worker renews it. Any
+  worker's reaper hands a lapsed job back: unstarted ones to the queue, running ones as a
+  "worker lost" attempt and an immediate retry. The sums (:class:`LeaseTimes`) make a dead
+  worker's task go out again within ``lease_s``: the claim lapses ``lease_s`` minus one reaper
+  round minus some slack after it was last renewed, and reapers look every round. Leases are
+  renewed from a thread of their own (:class:`_LeaseKeeper`): a worker whose event loop runs
+  seconds behind under a burst of calls is busy, not dead, and keeps them.
 * **Unique job ids.** A job id is ``<task id>.<generation>``; every reschedule takes a new
   generation, so no id is ever reused.
-* **Redis restarts** are waited out: every loop retries with backoff instead of exiting.
+
+Redis outages (killed, restarting, frozen) are waited out, and work done meanwhile is kept:
+
+* **Nothing is given up while the worker lives.** A start and an outcome are retried until Redis
+  answers, however long it is away; the claims stay held (and renewed once Redis is back). Each
+  retried step is a script that is safe to repeat: ``START`` answers the same attempt number to
+  the same worker for the same job (its first reply may have been lost with the connection:
+  the task is then already ``running``, and without that the worker would skip it and a reaper
+  would later invent a "worker lost" attempt for a call that was never made), and ``FINISH``
+  records an outcome once. The worker that starts a job takes its lease, wherever a reaper put
+  it meanwhile, so exactly one worker calls it.
+* **An outage is not a death.** While Redis is away nobody can renew, so every lease may have
+  lapsed when it is back. Reapers notice that nobody reaped for a while and hold back for a
+  grace period in which every live worker renews what it holds (see ``lua.REAP``): a call that
+  completed during the outage is then recorded by its worker, not repeated. Should a reaper
+  still take a live worker's attempt for lost (a worker stalled past its lease), the worker's
+  outcome wins as long as the retry has not started (``lua.FINISH``).
+* **Whatever is given up is handed back**: claims not started on shutdown or after a crash of
+  ours are released to the queue, or, when Redis cannot be reached, simply no longer renewed, so
+  their leases lapse and a reaper hands them back.
+* **A frozen Redis is noticed**: every command has a socket timeout
+  (:attr:`LeaseTimes.socket_timeout_s`), so a SIGSTOPped Redis reads as an outage, not a hang.
+
+What still repeats (at-least-once): a call whose worker died, or could not reach Redis while
+other workers could, for longer than the lease before its outcome was recorded. The repeat is a
+new attempt with the same ``Idempotency-Key``.
 """
 
 from __future__ import annotations
@@ -31,8 +60,10 @@ import math
 import os
 import random
 import socket
+import threading
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -43,14 +74,68 @@ from taskorch import constants as c
 from taskorch import outbound
 from taskorch.models import fmt_ms, retry_wait_s
 from taskorch.settings import Settings
-from taskorch.store import Claimed, Store, encode_attempt, now_ms
+from taskorch.store import (
+    REDIS_DOWN,
+    Claimed,
+    Redis,
+    Store,
+    encode_attempt,
+    now_ms,
+    until_reachable,
+)
 
 log = structlog.get_logger("taskorch.worker")
 
 LATENESS_BUCKETS_MS = (1, 2, 5, 10, 20, 50, 100, 500, 1000, 5000)
-_REDIS_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
 
 JobHandler = Callable[[str], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseTimes:
+    """The sums behind "a dead worker's task goes out again within ``lease_s``".
+
+    A worker that dies right after renewing leaves claims that lapse ``expiry_s`` later; a reaper
+    sees them at most ``reap_s`` after that and enqueues them due now, announced at once, so the
+    retry starts within ``expiry_s + reap_s`` plus a claim and a start, which ``slack_s`` covers.
+    """
+
+    lease_s: float
+
+    @property
+    def reap_s(self) -> float:
+        return min(c.REAP_INTERVAL_S, self.lease_s / 10)
+
+    @property
+    def slack_s(self) -> float:
+        return min(c.LEASE_SLACK_S, self.lease_s / 10)
+
+    @property
+    def expiry_s(self) -> float:
+        """How long a claim outlives its last renewal (or its due time)."""
+        return self.lease_s - self.reap_s - self.slack_s
+
+    @property
+    def renew_s(self) -> float:
+        """Renewal round: four chances to renew before a claim lapses."""
+        return self.expiry_s / 4
+
+    @property
+    def gap_s(self) -> float:
+        """No reap for this long means an outage: shorter than any outage that lapses a claim
+        (``expiry_s - renew_s``), longer than a reaper's round on a busy loop."""
+        return self.expiry_s / 2
+
+    @property
+    def grace_s(self) -> float:
+        """After an outage, reapers wait this long: two renewal rounds for live workers."""
+        return self.expiry_s / 2
+
+    @property
+    def socket_timeout_s(self) -> float:
+        # Not below 2 s: a busy worker reads a large reply late, and a CLAIM whose reply is
+        # given up leaves its jobs waiting for a reaper.
+        return min(c.REDIS_SOCKET_TIMEOUT_S, max(2.0, self.lease_s / 4))
 
 
 def lateness_bucket(lateness_ms: float) -> str:
@@ -72,6 +157,9 @@ class Worker:
         retention_s: finished tasks and orchestrations are deleted this long after they
             finished (0 keeps them for ever).
         handlers: coroutines for non-task jobs by function name (orchestration events).
+        lease_redis: makes a Redis client of its own for the lease keeper, which then renews
+            leases from a thread (see :class:`_LeaseKeeper`); without it they are renewed on
+            this event loop.
     """
 
     def __init__(
@@ -87,10 +175,12 @@ class Worker:
         worker_id: str | None = None,
         shutdown_grace_s: float = 30.0,
         retention_s: float = c.DEFAULT_RETENTION_S,
+        lease_redis: Callable[[], Redis] | None = None,
     ) -> None:
         self.store = store
         self.session = session
-        self.lease_ms = int(lease_s * 1000)
+        self.times = LeaseTimes(lease_s)
+        self.expiry_ms = int(self.times.expiry_s * 1000)
         self.max_in_flight = max_in_flight
         self.claim_ahead_ms = claim_ahead_ms
         self.poll_s = poll_s
@@ -110,17 +200,22 @@ class Worker:
         self._background: list[asyncio.Task[None]] = []
         self._start_scheduled = False
         self._flushing = False  # one _flush_finish at a time
+        self._keeper = _LeaseKeeper(self, lease_redis) if lease_redis else None
 
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def run(self) -> None:
         """Run until :meth:`stop` is called, then hand back what was not started."""
-        log.info("worker.started", worker=self.id, lease_s=self.lease_ms / 1000)
+        log.info("worker.started", worker=self.id, lease_s=self.times.lease_s)
         self._background = [
             asyncio.create_task(self._listen(), name="wake-listener"),
-            asyncio.create_task(self._keep_leases(), name="leases"),
             asyncio.create_task(self._reap(), name="reaper"),
         ]
+        if self._keeper is None:
+            self._background.append(asyncio.create_task(self._keep_leases(), name="leases"))
+        else:
+            self._keeper.start()
+            self._background.append(asyncio.create_task(self._tick(), name="tick"))
         if self.retention_s > 0:
             self._background.append(asyncio.create_task(self._purge(), name="janitor"))
         try:
@@ -139,11 +234,7 @@ class Worker:
         self._timers.clear()
         self._slots.clear()
         if unstarted:
-            with contextlib.suppress(*_REDIS_DOWN):
-                n = await self.store.release(self.id, [(cl.job, cl.due_ms) for cl in unstarted])
-                log.info("worker.released", worker=self.id, jobs=n)
-            for cl in unstarted:
-                self._held.pop(cl.job, None)
+            await self._hand_back(unstarted, reason="shutdown")
         if self._calls:
             log.info("worker.draining", worker=self.id, in_flight=len(self._calls))
             _, pending = await asyncio.wait(self._calls, timeout=self.shutdown_grace_s)
@@ -162,6 +253,8 @@ class Worker:
         for t in self._background:
             t.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
+        if self._keeper is not None:
+            await asyncio.to_thread(self._keeper.stop)
         log.info("worker.stopped", worker=self.id)
 
     # -- claiming ----------------------------------------------------------------------------
@@ -177,7 +270,7 @@ class Worker:
                     claimed = await self.store.claim(
                         worker=self.id,
                         horizon_ms=now_ms() + self.claim_ahead_ms,
-                        lease_ms=self.lease_ms,
+                        lease_ms=self.expiry_ms,
                         limit=min(c.CLAIM_BATCH, room),
                     )
                     for cl in claimed:
@@ -185,10 +278,10 @@ class Worker:
                 backoff = 0.1
                 if len(claimed) == min(c.CLAIM_BATCH, room) and room > 0:
                     continue  # more may be waiting
-            except _REDIS_DOWN as exc:
+            except REDIS_DOWN as exc:
                 log.warning("worker.redis_unavailable", error=str(exc), retry_in_s=backoff)
                 await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
+                backoff = min(backoff * 2, 1.0)
                 continue
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.poll_s)
@@ -253,10 +346,22 @@ class Worker:
         self._start_scheduled = False
         for i in range(0, len(batch), 500):
             chunk = batch[i : i + 500]
-            pairs = [(cl.arg, cl.job) for cl in chunk]
-            numbers = await self._retrying(functools.partial(self.store.start, pairs))
-            if numbers is None:
-                continue  # Redis stayed down past the lease: another worker will take these
+            start = functools.partial(
+                self.store.start,
+                [(cl.arg, cl.job) for cl in chunk],
+                worker=self.id,
+                lease_ms=self.expiry_ms,
+            )
+            try:
+                # However long Redis is away: START is safe to repeat, and the claims stay ours.
+                numbers = await until_reachable(start, what="start")
+            except asyncio.CancelledError:
+                await self._hand_back(batch[i:], reason="cancelled")
+                raise
+            except Exception:
+                log.exception("worker.start_crashed", jobs=len(batch) - i)
+                await self._hand_back(batch[i:], reason="start_crashed")
+                return
             for cl, n in zip(chunk, numbers, strict=True):
                 if n:
                     self._spawn(self._fire(cl, n))
@@ -264,18 +369,22 @@ class Worker:
                     self._held.pop(cl.job, None)
                     log.info("task.skipped", task_id=cl.arg, job=cl.job, reason="changed")
 
-    async def _retrying(self, op: Callable[[], Awaitable[Any]]) -> Any:
-        deadline = time.monotonic() + self.lease_ms / 1000
-        delay = 0.05
-        while True:
-            try:
-                return await op()
-            except _REDIS_DOWN as exc:
-                if time.monotonic() > deadline:
-                    log.error("worker.redis_unavailable", error=str(exc), gave_up=True)
-                    return None
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 2.0)
+    async def _hand_back(self, claims: list[Claimed], *, reason: str) -> None:
+        """Give claims up: stop renewing them and release them to the queue. When Redis cannot
+        be reached their leases lapse instead, and a reaper hands them back."""
+        for cl in claims:
+            self._held.pop(cl.job, None)
+        try:
+            async with asyncio.timeout(self.times.socket_timeout_s * 2):
+                n = await self.store.release(self.id, [(cl.job, cl.due_ms) for cl in claims])
+            log.info("worker.released", worker=self.id, jobs=n, reason=reason)
+        except (*REDIS_DOWN, redis.exceptions.RedisError) as exc:
+            log.warning(
+                "worker.release_failed",
+                jobs=len(claims),
+                reason=reason,
+                error=str(exc) or "timeout",
+            )
 
     # -- firing ------------------------------------------------------------------------------
 
@@ -357,7 +466,7 @@ class Worker:
                 batch = self._outcomes[: c.FINISH_BATCH]
                 try:
                     results = await self.store.finish(row for _, row in batch)
-                except _REDIS_DOWN as exc:
+                except REDIS_DOWN as exc:
                     # Keep the outcomes: we still hold the leases and retry until Redis is back.
                     log.warning(
                         "worker.redis_unavailable", error=str(exc), pending=len(self._outcomes)
@@ -381,9 +490,11 @@ class Worker:
                 log.error("job.unknown_function", job=cl.job, function=cl.function)
             else:
                 await handler(cl.arg)
-            await self._retrying(lambda: self.store.done(cl.job, self.id))
+            await until_reachable(lambda: self.store.done(cl.job, self.id), what="done")
         except Exception:
-            # The lease lapses and the reaper hands the job to a worker again.
+            # Handed back: no longer held, so no longer renewed; the lease lapses and a reaper
+            # hands the job to a worker again (a lapse, not a release: a failing handler should
+            # not be retried in a tight loop).
             log.exception("job.failed", job=cl.job, function=cl.function)
         finally:
             self._held.pop(cl.job, None)
@@ -397,8 +508,11 @@ class Worker:
                 pubsub = self.store.redis.pubsub(ignore_subscribe_messages=True)
                 async with pubsub:
                     await pubsub.subscribe(c.WAKE_CHANNEL)
-                    async for _ in pubsub.listen():
-                        self._wake.set()
+                    while True:
+                        # A timeout of our own: the client's socket timeout must not end a quiet
+                        # subscription (get_message returns None when it passes).
+                        if await pubsub.get_message(timeout=1.0) is not None:
+                            self._wake.set()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -407,14 +521,37 @@ class Worker:
 
     async def _keep_leases(self) -> None:
         while True:
-            await asyncio.sleep(self.lease_ms / 3000)
-            now = now_ms()
-            leases = {j: max(cl.due_ms, now) + self.lease_ms for j, cl in self._held.items()}
+            wait = await self._renew_once(self.store)
+            await asyncio.sleep(wait)
+
+    async def _tick(self) -> None:
+        """Tell the lease keeper this loop still turns."""
+        assert self._keeper is not None
+        while True:
+            self._keeper.tick = time.monotonic()
+            await asyncio.sleep(0.5)
+
+    async def _renew_once(self, store: Store) -> float:
+        """Push every held claim's lease forward and beat the heart; returns when to renew next.
+        Runs on the worker's loop or on the lease keeper's thread (``store`` is then its own)."""
+        for _ in range(10):
             try:
-                await self.store.renew(leases)
-                await self.store.heartbeat(self.id)
-            except _REDIS_DOWN as exc:
-                log.warning("worker.redis_unavailable", error=str(exc), during="renew")
+                held = list(self._held.values())  # may run beside the loop that changes it
+                break
+            except RuntimeError:
+                continue
+        else:
+            return 0.05
+        now = now_ms()
+        leases = {cl.job: max(cl.due_ms, now) + self.expiry_ms for cl in held}
+        try:
+            await store.renew(leases)
+            await store.heartbeat(self.id)
+        except REDIS_DOWN as exc:
+            # Try again soon: after an outage, reapers wait only a little for live workers.
+            log.warning("worker.redis_unavailable", error=str(exc), during="renew")
+            return min(self.times.renew_s, 0.2)
+        return self.times.renew_s
 
     async def _purge(self) -> None:
         """Delete what finished longer than ``retention_s`` ago, so Redis (run with noeviction)
@@ -428,19 +565,73 @@ class Worker:
                     total += n
                 if total:
                     log.info("worker.purged", records=total, retention_s=self.retention_s)
-            except _REDIS_DOWN as exc:
+            except REDIS_DOWN as exc:
                 log.warning("worker.redis_unavailable", error=str(exc), during="purge")
             await asyncio.sleep(every_s)
 
     async def _reap(self) -> None:
+        holding_back = False
         while True:
-            await asyncio.sleep(c.REAP_INTERVAL_S)
+            await asyncio.sleep(self.times.reap_s)
             try:
-                n = await self.store.reap()
-                if n:
-                    log.warning("worker.recovered_jobs", jobs=n)
-            except _REDIS_DOWN as exc:
+                n = await self.store.reap(
+                    gap_ms=int(self.times.gap_s * 1000), grace_ms=int(self.times.grace_s * 1000)
+                )
+            except REDIS_DOWN as exc:
                 log.warning("worker.redis_unavailable", error=str(exc), during="reap")
+                continue
+            if n < 0 and not holding_back:
+                log.info("worker.reap_held_back", reason="outage", grace_s=self.times.grace_s)
+            elif n > 0:
+                log.warning("worker.recovered_jobs", jobs=n)
+            holding_back = n < 0
+
+
+class _LeaseKeeper:
+    """Renews a worker's leases from a thread with its own event loop and Redis client.
+
+    A worker firing thousands of calls at once can run seconds behind on its own loop (more on a
+    crowded machine); its leases must not lapse for that, or a reaper would take calls still in
+    hand for lost and make them again. A loop that stops turning for ``LOOP_STALL_S`` is another
+    matter: the keeper stops renewing, and the leases lapse as if the worker had died.
+    """
+
+    def __init__(self, worker: Worker, make_redis: Callable[[], Redis]) -> None:
+        self.worker = worker
+        self.make_redis = make_redis
+        self.tick = time.monotonic()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="taskorch-leases", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        asyncio.run(self._main())
+
+    async def _main(self) -> None:
+        redis = self.make_redis()
+        store = Store(redis)
+        stalled = False
+        try:
+            while not self._stop.is_set():
+                wait = self.worker.times.renew_s
+                if time.monotonic() - self.tick < c.LOOP_STALL_S:
+                    stalled = False
+                    wait = await self.worker._renew_once(store)
+                elif not stalled:
+                    stalled = True
+                    log.error("worker.loop_stalled", worker=self.worker.id, leases="lapsing")
+                for _ in range(max(1, round(wait / 0.25))):  # stop within 0.25 s
+                    if self._stop.is_set():
+                        break
+                    await asyncio.sleep(min(0.25, wait))
+        finally:
+            await redis.aclose()
 
 
 def run_worker(settings: Settings) -> None:
@@ -457,7 +648,14 @@ def run_worker(settings: Settings) -> None:
         uvloop.install()
 
     async def main() -> None:
-        redis = connect(settings.redis_url)
+        timeout_s = LeaseTimes(settings.lease_s).socket_timeout_s
+
+        def make_redis() -> Redis:
+            return connect(
+                settings.redis_url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s
+            )
+
+        redis = make_redis()
         store = Store(redis)
         async with outbound.make_session(
             allow_private=settings.allow_private_targets, trusted_url=settings.public_url
@@ -472,6 +670,7 @@ def run_worker(settings: Settings) -> None:
                 handlers=handlers(store, session),
                 shutdown_grace_s=settings.shutdown_grace_s,
                 retention_s=settings.retention_s,
+                lease_redis=make_redis,
             )
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGTERM, signal.SIGINT):

@@ -190,7 +190,7 @@ class CutAfterScript:
         async def upstream() -> None:
             nonlocal script_sent
             while data := await reader.read(65536):
-                if b"EVALSHA" in data.upper():
+                if b"EVAL" in data.upper():  # EVALSHA, or EVAL after a NOSCRIPT
                     script_sent = True
                 up_writer.write(data)
                 await up_writer.drain()
@@ -293,3 +293,260 @@ async def test_a_repeat_after_retention_deleted_the_record_creates_afresh(redis_
         assert again.json()["id"] != tid and again.json()["status"] == "scheduled"
         repeat = await http.post("/v1/tasks", json={"url": "http://127.0.0.1:9/"}, headers=h)
         assert repeat.status_code == 200 and repeat.json()["id"] == again.json()["id"]
+
+
+# -- many requests at once while Redis is frozen ------------------------------------------------
+
+PROBES_PER_ROUTE = 3  # 12 concurrent requests: enough to queue behind one pool-wide lock
+
+
+def _probes(task_id: str) -> list[tuple[str, str, str, dict[str, Any] | None]]:
+    one = [
+        ("create", "POST", "/v1/tasks", {"url": "http://127.0.0.1:9/"}),
+        ("get", "GET", f"/v1/tasks/{task_id}", None),
+        ("list", "GET", "/v1/tasks?limit=5", None),
+        ("readyz", "GET", "/readyz", None),
+    ]
+    return one * PROBES_PER_ROUTE
+
+
+async def _probe_all(
+    http: httpx.AsyncClient, probes: list[tuple[str, str, str, dict[str, Any] | None]]
+) -> list[tuple[str, httpx.Response, float]]:
+    async def one(
+        what: str, method: str, path: str, body: Any
+    ) -> tuple[str, httpx.Response, float]:
+        r, took = await _timed(http.request(method, path, json=body))
+        return what, r, took
+
+    return await asyncio.gather(*(one(*p) for p in probes))
+
+
+def _assert_all_unavailable(results: list[tuple[str, httpx.Response, float]]) -> None:
+    slow = [
+        (w, r.status_code, round(t, 2))
+        for w, r, t in results
+        if r.status_code != 503 or t >= OUTAGE_ANSWER_S
+    ]
+    assert not slow, f"not 503 within {OUTAGE_ANSWER_S} s while Redis was frozen: {slow}"
+    for what, r, took in results:
+        assert int(r.headers["retry-after"]) >= 1, what
+        if what != "readyz":
+            _assert_unavailable(r, took, what)
+
+
+async def _assert_each_gets_its_own(http: httpx.AsyncClient, ids: list[str]) -> None:
+    """No connection came back to the pool with a reply still pending: every answer after the
+    thaw is the answer to its own request."""
+    got = await asyncio.gather(*(http.get(f"/v1/tasks/{i}") for i in ids * 3))
+    assert [r.status_code for r in got] == [200] * len(got), [r.text for r in got]
+    assert [r.json()["id"] for r in got] == ids * 3
+
+
+async def test_concurrent_requests_each_answer_503_quickly_while_redis_is_frozen(
+    own_redis: RedisServer,
+) -> None:
+    settings = make_settings(own_redis.url)
+    async with app_client(settings) as http:
+        ids = []
+        for _ in range(4):
+            r = await http.post("/v1/tasks", json={"url": "http://127.0.0.1:9/", "delay": 60})
+            ids.append(r.json()["id"])
+        with frozen(own_redis):
+            results = await _probe_all(http, _probes(ids[0]))
+            again = await _probe_all(http, _probes(ids[0]))  # with the pool's connections dead
+        _assert_all_unavailable(results + again)
+        await _assert_each_gets_its_own(http, ids)
+
+
+async def test_taskorch_serve_answers_concurrent_requests_503_while_redis_is_frozen(
+    own_redis: RedisServer, tmp_path: Path
+) -> None:
+    settings = make_settings(own_redis.url)
+    with serving(own_redis.url, tmp_path / "serve.log") as srv:
+        h = {"Authorization": f"Bearer {mint_token(settings, 'alice')}"}
+        async with httpx.AsyncClient(base_url=srv.url, headers=h, timeout=30) as http:
+            ids = []
+            for _ in range(4):
+                r = await http.post("/v1/tasks", json={"url": "http://127.0.0.1:9/", "delay": 60})
+                ids.append(r.json()["id"])
+            with frozen(own_redis):
+                results = await _probe_all(http, _probes(ids[0]))
+            _assert_all_unavailable(results)
+            await _assert_each_gets_its_own(http, ids)
+
+
+# -- what a 503 on a create means ----------------------------------------------------------------
+
+
+def _records(port: int, prefix: str) -> list[str]:
+    keys = redis.Redis(port=port, decode_responses=True).keys(prefix + "*")
+    return sorted(k for k in keys if k.count(":") == 2)  # the record, not its :specs or :attempts
+
+
+CREATES = pytest.mark.parametrize(
+    ("path", "body", "key_prefix"),
+    [
+        ("/v1/tasks", {"url": "http://127.0.0.1:9/", "delay": 60}, "taskorch:task:"),
+        (
+            "/v1/orchestrations",
+            {"steps": [{"url": "http://127.0.0.1:9/"}], "delay": 60},
+            "taskorch:orc:",
+        ),
+    ],
+    ids=["task", "orchestration"],
+)
+
+
+@CREATES
+async def test_a_create_answered_503_while_frozen_is_not_stored_when_redis_resumes(
+    own_redis: RedisServer, path: str, body: dict[str, Any], key_prefix: str
+) -> None:
+    settings = make_settings(own_redis.url)
+    async with app_client(settings) as http:
+        # Redis knows the script (else the first send is NOSCRIPT, which writes nothing), and
+        # the pool holds a connected connection: the next create reaches the frozen Redis.
+        assert (await http.post(path, json=body)).status_code == 201
+        before = _records(own_redis.port, key_prefix)
+        keys = [{"Idempotency-Key": f"frozen-{i}"} for i in range(6)]
+        with frozen(own_redis):
+            answers = await asyncio.gather(*(http.post(path, json=body, headers=k) for k in keys))
+        assert [r.status_code for r in answers] == [503] * len(keys), [r.text for r in answers]
+        for r in answers:
+            assert r.json()["error"]["details"][0]["outcome"] == "not_stored", r.text
+        # Redis resumed and ran whatever had reached it: nothing of it took effect.
+        assert (await http.get("/v1/tasks")).status_code == 200
+        await asyncio.sleep(0.2)
+        assert _records(own_redis.port, key_prefix) == before
+        again = await http.post(path, json=body, headers=keys[0])
+        assert again.status_code == 201, again.text  # the key was never claimed either
+
+
+class CutBeforeReply(CutAfterScript):
+    """Forwards a create's script to Redis, waits for Redis's reply (it ran), then drops the
+    connection without forwarding it: Redis stored the create and the API cannot know (Redis
+    killed between fsync and reply)."""
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.cut:
+            writer.close()
+            return
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.redis_port)
+        self._writers += [writer, up_writer]
+        script_sent = False
+
+        async def upstream() -> None:
+            nonlocal script_sent
+            while data := await reader.read(65536):
+                if b"EVAL" in data.upper():
+                    script_sent = True
+                up_writer.write(data)
+                await up_writer.drain()
+
+        async def downstream() -> None:
+            nonlocal script_sent
+            while data := await up_reader.read(65536):
+                if script_sent:
+                    if not data.startswith(b"-NOSCRIPT"):
+                        self.cut = True
+                        self._close_all()
+                        return
+                    script_sent = False  # not run: redis-py sends it again
+                writer.write(data)
+                await writer.drain()
+
+        with contextlib.suppress(Exception):
+            await asyncio.gather(upstream(), downstream())
+        writer.close()
+        up_writer.close()
+
+
+@CREATES
+async def test_a_create_whose_reply_was_lost_says_the_outcome_is_unknown(
+    redis_server: RedisServer, path: str, body: dict[str, Any], key_prefix: str
+) -> None:
+    before = _records(redis_server.port, key_prefix)
+    key = {"Idempotency-Key": f"lost-reply-{path}"}
+    async with CutBeforeReply(redis_server.port) as proxy:
+        settings = make_settings(f"redis://127.0.0.1:{proxy.port}/0")
+        async with app_client(settings) as http:
+            r = await http.post(path, json=body, headers=key)
+    assert proxy.cut, "the proxy never saw the create's script"
+    assert r.status_code == 503, r.text
+    detail = r.json()["error"]["details"][0]
+    assert detail["outcome"] == "unknown" and "Idempotency-Key" in detail["message"], r.text
+    stored = [k for k in _records(redis_server.port, key_prefix) if k not in before]
+    assert len(stored) == 1, stored
+    # The repeat the answer recommends finds the stored one and makes no second.
+    async with app_client(make_settings(f"redis://127.0.0.1:{redis_server.port}/0")) as http:
+        again = await http.post(path, json=body, headers=key)
+    assert again.status_code == 200 and key_prefix + again.json()["id"] == stored[0], again.text
+
+
+@CREATES
+async def test_a_create_refused_before_it_was_sent_says_not_stored(
+    own_redis: RedisServer, path: str, body: dict[str, Any], key_prefix: str
+) -> None:
+    settings = make_settings(own_redis.url)
+    async with app_client(settings) as http:
+        own_redis.stop(9)
+        r = await http.post(path, json=body)
+        own_redis.start()
+    assert r.status_code == 503, r.text
+    assert r.json()["error"]["details"][0]["outcome"] == "not_stored", r.text
+
+
+async def test_the_redis_deadline_does_not_count_a_slow_upload(redis_url: str) -> None:
+    """The bound is on Redis work: a client that takes longer than it to send its body (within
+    the read deadlines) is answered normally."""
+    settings = make_settings(redis_url)
+    body = b'{"url": "http://127.0.0.1:9/", "delay": 60}'
+
+    async def slowly() -> AsyncIterator[bytes]:
+        for piece in (body[:10], body[10:]):
+            yield piece
+            await asyncio.sleep(settings.redis_timeout_s + 0.2)
+
+    async with app_client(settings) as http:
+        r = await http.post(
+            "/v1/tasks", content=slowly(), headers={"Content-Type": "application/json"}
+        )
+        assert r.status_code == 201, r.text
+
+
+async def test_the_redis_deadline_holds_when_a_cancellation_is_swallowed() -> None:
+    """redis-py sends each command under asyncio.wait_for, which on Python 3.11 swallows a
+    cancellation that lands as the send completes; the request must still end at its deadline
+    rather than wait out the next call's socket timeout (seen: 2 s answers under load)."""
+    from taskorch.limits import RedisDeadline
+
+    async def swallows_one_cancellation() -> None:
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            pass  # what wait_for does when its inner future is done as the cancel arrives
+        await asyncio.sleep(30)  # the next call
+
+    async def bounded() -> int:
+        try:
+            async with RedisDeadline(0.1):
+                await swallows_one_cancellation()
+        except TimeoutError:
+            task = asyncio.current_task()
+            assert task is not None
+            return task.cancelling()  # none of the deadline's cancellations left counted
+        raise AssertionError("the block ended without the deadline")
+
+    ended = asyncio.ensure_future(bounded())
+    done, _ = await asyncio.wait({ended}, timeout=10)
+    if not done:
+        ended.cancel()
+    assert done, "the request outlived its deadline by the next call's whole wait"
+    assert ended.result() == 0
+
+    # A cancellation from outside (a client gone, a shutdown) stays a cancellation.
+    inner = asyncio.ensure_future(bounded())
+    await asyncio.sleep(0.01)
+    inner.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await inner

@@ -10,6 +10,7 @@ from typing import Any
 import msgspec
 
 from tests.conftest import Api, Target, WorkerProcs, until
+from tests.test_outbound import pieces_server
 
 
 def _ts(s: str) -> float:
@@ -351,3 +352,48 @@ async def test_worker_killed_at_every_step_boundary_still_succeeds(
 
 def _step_of(call: Any) -> int:
     return int(call.query.get("step", -1))
+
+
+async def test_a_check_answering_stop_in_two_pieces_stops(
+    api: Api, target: Target, workers: WorkerProcs
+) -> None:
+    async with pieces_server({"/check": b'{"continue": false}'}, pieces=2) as check:
+        workers.start()
+        orc = await create(
+            api,
+            {
+                "steps": [{"url": target.url("/first")}, {"url": target.url("/second")}],
+                "condition": {"url": check.url("/check")},
+            },
+        )
+        done = await wait(api, orc["id"], "stopped")
+    assert target.calls_to("/second") == []
+    [attempt] = done["steps"][0]["condition"]["attempts"]
+    assert attempt["passed"] is False and attempt["response_body"] == '{"continue": false}'
+
+
+async def test_a_check_sent_again_after_a_lost_worker_carries_the_same_key(
+    api: Api, target: Target, workers: WorkerProcs
+) -> None:
+    proc = workers.start()
+    orc = await create(
+        api,
+        {
+            "steps": [{"url": target.url("/step0")}, {"url": target.url("/step1")}],
+            "condition": {"url": target.url("/slow-once/60"), "timeout": 120},
+        },
+    )
+    await until(lambda: target.calls_to("/slow-once/60"))  # the check is in flight
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    workers.start()
+    await wait(api, orc["id"], "succeeded")
+    first, again = target.calls_to("/slow-once/60")
+    ids = (
+        "Idempotency-Key",
+        "X-Taskorch-Orchestration-Id",
+        "X-Taskorch-Step",
+        "X-Taskorch-Attempt",
+    )
+    assert [first.headers[h] for h in ids] == [f"{orc['id']}.check.0.1", orc["id"], "0", "1"]
+    assert [again.headers[h] for h in ids] == [first.headers[h] for h in ids]

@@ -1,0 +1,180 @@
+"""Workers SIGKILLed again and again while tasks keep coming: none lost, no attempt made twice,
+and a dead worker's tasks redelivered within TASKORCH_LEASE_S."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import statistics
+import time
+from typing import Any
+
+from faultkit import (
+    FaultRedis,
+    Procs,
+    Recorder,
+    api_client,
+    count,
+    report,
+    task_statuses,
+    wait_until,
+)
+
+LEASE_S = 3.0
+# One kill every ROUND_S; a killed worker is restarted RESTART_S later, as a supervisor would.
+# Kills are further apart than the lease, so that a live worker is there to redeliver: the
+# guarantee is about a dead worker's tasks while others run, not about no worker at all.
+ROUND_S = LEASE_S + 2.0
+RESTART_S = 0.5
+
+
+def _epoch(ts: str) -> float:
+    return dt.datetime.fromisoformat(ts.replace("Z", "+00:00")).timestamp()
+
+
+def _held_by(r: Any, pid: int) -> list[str]:
+    """Task jobs a worker holds right now (its id is host:pid:random)."""
+    owners = r.hgetall("taskorch:lease-owner")
+    return [job for job, w in owners.items() if f":{pid}:" in w and job.startswith("tsk_")]
+
+
+def _timeline(r: Any, task_id: str, hs: list[Any], kills: list[Any], due_s: float) -> str:
+    """One task's story relative to its due time: kills, calls, recorded attempts."""
+    out = [f"task {task_id} due {due_s:.3f}"]
+    out += [f"  kill pid {pid} at {at - due_s:+.3f}" for at, pid, _ in kills]
+    for h in hs:
+        fin = f"{h.finished - due_s:+.3f}" if h.finished else "never"
+        out.append(f"  call attempt {h.attempt} arrived {h.arrived - due_s:+.3f} finished {fin}")
+    for a in r.lrange(f"taskorch:task:{task_id}:attempts", 0, -1):
+        out.append(f"  attempt {a}")
+    return "\n".join(out)
+
+
+async def test_worker_sigkill_rounds_lose_nothing_and_repeat_no_attempt(
+    fault_redis: FaultRedis, recorder: Recorder, procs: Procs
+) -> None:
+    rounds, n_tasks = count(3, 12), count(300, 2000)
+    procs.lease_s = LEASE_S
+    base = procs.start_api()
+    slots = [procs.start_worker(), procs.start_worker()]
+    r = fault_redis.client()
+    for p in slots:
+        procs.ready(p, r)
+    span_s = rounds * ROUND_S
+    due: dict[str, float] = {}  # task id -> due time (epoch s)
+    failures: list[str] = []
+
+    async def create_all() -> None:
+        """n_tasks creates spread evenly over the rounds, each due 1-3 s later; every call
+        takes 0.1-0.8 s at the target, so kills land mid-call and before calls."""
+        async with api_client(base) as http:
+
+            async def one(i: int) -> None:
+                body = {
+                    "url": recorder.url(f"/w?sleep={0.1 + (i % 8) * 0.1:.1f}"),
+                    "delay": 1 + (i % 21) / 10,
+                    "retries": 3,
+                    "retry_delay": 0.2,
+                }
+                resp = await http.post("/v1/tasks", json=body)
+                if resp.status_code != 201:
+                    failures.append(f"create {i}: {resp.status_code} {resp.text[:200]}")
+                    return
+                task = resp.json()
+                due[task["id"]] = _epoch(task["run_at"])
+
+            t0 = time.monotonic()
+            pending = []
+            for i in range(n_tasks):
+                await asyncio.sleep(max(0.0, t0 + span_s * i / n_tasks - time.monotonic()))
+                pending.append(asyncio.create_task(one(i)))
+            await asyncio.gather(*pending)
+
+    creating = asyncio.create_task(create_all())
+    kills: list[tuple[float, int, list[str]]] = []  # (time, pid, task jobs it held)
+    for k in range(rounds):
+        await asyncio.sleep(ROUND_S - RESTART_S)
+        victim = slots[k % 2]
+        held = _held_by(r, victim.pid)
+        at = procs.kill_worker(victim)
+        kills.append((at, victim.pid, held))
+        await asyncio.sleep(RESTART_S)
+        slots[k % 2] = procs.start_worker()
+        await asyncio.to_thread(procs.ready, slots[k % 2], r)
+    await creating
+    assert not failures, failures[:5]
+    ids = list(due)
+
+    def all_done() -> bool:
+        return all(s == "succeeded" for s in task_statuses(r, ids).values())
+
+    try:
+        await wait_until(all_done, timeout_s=3 * LEASE_S + 30, what="every task succeeded")
+    except AssertionError:
+        pass  # counted below, with the figures
+    statuses = task_statuses(r, ids)
+    hits = recorder.by_task("/w")
+    lost = [t for t in ids if statuses[t] != "succeeded" or not hits.get(t)]
+    duplicates = recorder.same_attempt_duplicates("/w")
+
+    # Redelivery: for every task a killed worker held (or had a call in flight for), the first
+    # call after the kill, counted from the kill or from the task's due time, whichever is later.
+    redelivery: list[float] = []
+    redelivered_tasks = 0
+    slow: list[tuple[float, str]] = []
+    for at, _pid, held in kills:
+        in_flight = {
+            t
+            for t, hs in hits.items()
+            if any(h.arrived < at and (h.finished is None or h.finished > at) for h in hs)
+            and any(h.arrived >= at for h in hs)
+        }
+        for task_id in {j.rsplit(".", 1)[0] for j in held} | in_flight:
+            after = [h.arrived for h in hits.get(task_id, []) if h.arrived >= at]
+            if after and task_id in due:
+                redelivery.append(min(after) - max(due[task_id], at))
+                redelivered_tasks += 1
+                if redelivery[-1] > LEASE_S:
+                    story = _timeline(r, task_id, hits.get(task_id, []), kills, due[task_id])
+                    slow.append((redelivery[-1], story))
+    # A call repeats only after its worker was lost: every call but a task's last must be an
+    # attempt recorded as "worker lost".
+    unexplained = []
+    for task_id, hs in hits.items():
+        if len(hs) > 1:
+            errors = {
+                a["n"]: a.get("err") or ""
+                for a in map(json.loads, r.lrange(f"taskorch:task:{task_id}:attempts", 0, -1))
+            }
+            for h in sorted(hs, key=lambda h: h.arrived)[:-1]:
+                if "worker lost" not in errors.get(h.attempt, ""):
+                    unexplained.append((task_id, h.attempt, errors.get(h.attempt)))
+    first_late = [min(h.arrived for h in hits[t]) - due[t] for t in ids if hits.get(t)]
+    figures = {
+        "rounds": rounds,
+        "workers": 2,
+        "tasks": len(ids),
+        "calls": sum(len(v) for v in hits.values()),
+        "lost": len(lost),
+        "same_attempt_duplicates": len(duplicates),
+        "tasks_called_again": sum(len(hs) > 1 for hs in hits.values()),
+        "repeats_without_a_lost_attempt": len(unexplained),
+        "jobs_held_by_killed_workers": sum(len(h) for _, _, h in kills),
+        "tasks_redelivered": redelivered_tasks,
+        "redelivery_max_s": round(max(redelivery), 3) if redelivery else None,
+        "redelivery_median_s": round(statistics.median(redelivery), 3) if redelivery else None,
+        "first_call_lateness_max_s": round(max(first_late), 3) if first_late else None,
+        "lease_s": LEASE_S,
+    }
+    report("worker_sigkill_rounds", **figures)
+    for wait_s, story in sorted(slow, reverse=True)[:3]:
+        print(f"redelivered after {wait_s:.3f} s:\n{story}")
+    assert not lost, f"{len(lost)} tasks lost, e.g. {[(t, statuses[t]) for t in lost[:5]]}"
+    assert not duplicates, f"same attempt called twice: {duplicates[:10]}"
+    assert not unexplained, f"called again with no worker lost: {unexplained[:10]}"
+    assert redelivered_tasks > 0, "no kill caught a task in hand: the test proved nothing"
+    assert max(redelivery) <= LEASE_S, (
+        f"a dead worker's task waited {max(redelivery):.2f} s, more than the lease "
+        f"({LEASE_S} s): {figures}"
+    )
