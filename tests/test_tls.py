@@ -46,7 +46,8 @@ def tls_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
         deadline = time.monotonic() + 10
         while True:
             try:
-                redis.Redis(port=port, ssl=True, ssl_cert_reqs="none").ping()
+                with redis.Redis(port=port, ssl=True, ssl_cert_reqs="none") as probe:
+                    probe.ping()
                 break
             except redis.ConnectionError:
                 assert time.monotonic() < deadline, (folder / "redis.log").read_text()
@@ -94,7 +95,7 @@ async def test_tasks_fire_through_redis_over_tls(
                 (await api.create({"url": target.url("/ok"), "delay": 0.3}))["id"] for _ in range(5)
             ]
             for task_id in ids:
-                task = await api.wait_status(task_id, "succeeded")
+                task = await api.wait_status(task_id, "succeeded", timeout_s=60)
                 assert task["attempts"][0]["status_code"] == 200
     await client.aclose()
     assert sorted(target.by_task()) == sorted(ids)
