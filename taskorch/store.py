@@ -20,7 +20,9 @@ import msgspec
 import redis.asyncio as aioredis
 import redis.exceptions
 import structlog
+from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
+from redis.backoff import NoBackoff
 
 from taskorch import constants as c
 from taskorch import lua
@@ -72,6 +74,12 @@ def connect(url: str, **kwargs: Any) -> Redis:
     """
     kwargs.setdefault("decode_responses", True)
     kwargs.setdefault("health_check_interval", 10)
+    # One immediate retry on a broken connection: after a Redis restart every pooled connection
+    # is stale, and without it the first command on each fails (redis-py's connections retry
+    # nothing unless told). Timeouts are not retried: a frozen Redis must fail within its bound.
+    kwargs.setdefault(
+        "retry", Retry(NoBackoff(), 1, supported_errors=(redis.exceptions.ConnectionError,))
+    )
     parts = urlparse(url)
     query = parse_qs(parts.query)
     if parts.scheme == "rediss" and query.get("ssl_cert_reqs", [""])[0].lower() == "none":
