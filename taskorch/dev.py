@@ -182,7 +182,7 @@ def run_dev() -> int:
     except ConfigError as exc:
         print(f"taskorch: {exc}", file=sys.stderr)
         return 2
-    token = mint_token(settings, "dev", ttl_s=30 * 24 * 3600)
+    token = mint_token(settings, "dev", ttl_s=min(30 * 24 * 3600, settings.token_max_ttl_s))
     _write_private(DATA / "dev-token", token + "\n")
     # What another shell needs to reach this Redis and sign tokens: `set -a; . .taskorch/dev.env`
     _write_private(
