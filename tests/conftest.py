@@ -48,6 +48,7 @@ class RedisServer:
     port: int
     folder: Path
     proc: subprocess.Popen[bytes] | None = None
+    fsync: str = "no"  # appendfsync: the fault tests kill -9 it with "always"
 
     @property
     def url(self) -> str:
@@ -69,7 +70,7 @@ class RedisServer:
                 "--appendonly",
                 "yes",
                 "--appendfsync",
-                "no",
+                self.fsync,
                 "--save",
                 "",
                 "--maxmemory-policy",
@@ -80,13 +81,14 @@ class RedisServer:
                 str(self.folder / "redis.log"),
             ],
         )
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
             with contextlib.suppress(Exception):
-                if redis.Redis(port=self.port).ping():
+                # LOADING answers an error until the append-only file is read back.
+                if redis.Redis(port=self.port, socket_timeout=1).ping():
                     return
-            time.sleep(0.05)
-        raise RuntimeError("redis-server did not start")
+            time.sleep(0.02)
+        raise RuntimeError(f"redis-server on {self.port} did not start")
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         if self.proc and self.proc.poll() is None:

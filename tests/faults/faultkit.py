@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -27,6 +26,8 @@ from typing import Any
 import httpx
 import redis
 from aiohttp import web
+
+from tests.conftest import RedisServer
 
 SECRET = "faults-secret-0123456789abcdef0123456789abcdef"
 ROOT = Path(__file__).resolve().parents[2]
@@ -67,61 +68,21 @@ def _base_env() -> dict[str, str]:
 
 
 @dataclass
-class FaultRedis:
+class FaultRedis(RedisServer):
     """One redis-server of a test's own (its own port and folder), to kill, freeze and restart.
 
     ``fsync`` is the ``appendfsync`` setting: ``always`` unless a test says otherwise.
     """
 
-    port: int
-    folder: Path
     fsync: str = "always"
-    proc: subprocess.Popen[bytes] | None = None
     frozen: bool = False
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
 
     def client(self) -> redis.Redis:
         return redis.Redis(port=self.port, decode_responses=True, socket_timeout=5)
 
     def start(self) -> None:
-        exe = shutil.which("redis-server")
-        assert exe, "redis-server is not installed: scripts/test installs it"
-        # Started as the test's child, never daemonized: self.proc.pid is the server.
-        self.proc = subprocess.Popen(
-            [
-                exe,
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--dir",
-                str(self.folder),
-                "--appendonly",
-                "yes",
-                "--appendfsync",
-                self.fsync,
-                "--save",
-                "",
-                "--maxmemory-policy",
-                "noeviction",
-                "--daemonize",
-                "no",
-                "--logfile",
-                str(self.folder / "redis.log"),
-            ],
-        )
+        super().start()
         self.frozen = False
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
-            with contextlib.suppress(Exception):
-                # LOADING answers an error until the append-only file is read back.
-                if redis.Redis(port=self.port, socket_timeout=1).ping():
-                    return
-            time.sleep(0.02)
-        raise RuntimeError(f"redis-server on {self.port} did not start")
 
     def kill(self) -> None:
         """``kill -9`` the server: no shutdown, only what reached the append-only file stays."""
