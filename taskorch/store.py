@@ -134,7 +134,8 @@ async def eviction_policy(redis: Redis) -> str | None:
 
 
 def check_redis(settings: Any, *, require_reachable: bool = False) -> None:
-    """At start (``taskorch serve``, ``taskorch check``): Redis must keep what it is given.
+    """At start (``taskorch serve``, ``taskorch check``): Redis must keep what it is given, and
+    must not hold the old single-node layout (``taskorch migrate`` rewrites it first).
 
     A queue needs ``maxmemory-policy noeviction``: any other policy lets Redis delete scheduled
     tasks when memory fills, silently. ``TASKORCH_REDIS_POLICY_CHECK`` says what to do about
@@ -150,22 +151,26 @@ def check_redis(settings: Any, *, require_reachable: bool = False) -> None:
 
     log = structlog.get_logger("taskorch.redis")
 
-    async def read() -> str | None:
+    async def read() -> tuple[str | None, bool]:
+        from taskorch.migrate import old_layout_present
+
         client = connect(settings.redis_url, socket_connect_timeout=5, socket_timeout=5)
         try:
-            return await eviction_policy(client)
+            return await eviction_policy(client), await old_layout_present(client)
         finally:
             await client.aclose()
 
-    if settings.redis_policy_check == "off" and not require_reachable:
-        return
     try:
-        policy = asyncio.run(read())
+        policy, old_layout = asyncio.run(read())
     except Exception as exc:  # unreachable, auth, TLS
         if require_reachable:
             raise ConfigError(f"Redis at TASKORCH_REDIS_URL is unreachable: {exc}") from None
         log.warning("redis.unreachable_at_start", error=str(exc) or type(exc).__name__)
         return
+    if old_layout:  # its tasks would never fire: see taskorch/migrate.py
+        from taskorch.migrate import MESSAGE
+
+        raise ConfigError(MESSAGE)
     if settings.redis_policy_check == "off":
         return
     if policy is None:
