@@ -49,6 +49,7 @@ class RedisServer:
     folder: Path
     proc: subprocess.Popen[bytes] | None = None
     fsync: str = "no"  # appendfsync: the fault tests kill -9 it with "always"
+    args: list[str] = field(default_factory=list)  # more redis-server options (a cluster node's)
 
     @property
     def url(self) -> str:
@@ -79,6 +80,7 @@ class RedisServer:
                 "no",
                 "--logfile",
                 str(self.folder / "redis.log"),
+                *self.args,
             ],
         )
         deadline = time.monotonic() + 15
