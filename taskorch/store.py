@@ -24,8 +24,8 @@ from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
 
+from taskorch import cluster, lua
 from taskorch import constants as c
-from taskorch import lua
 from taskorch.errors import NOT_STORED, Conflict, CreateOutcomeUnknown, NotFound, Unavailable
 from taskorch.models import (
     Attempt,
@@ -68,9 +68,10 @@ def is_id(value: str, prefix: str) -> bool:
 
 
 def connect(url: str, **kwargs: Any) -> Redis:
-    """A Redis client for ``redis://``, ``rediss://``, ``unix://`` or a Sentinel URL.
+    """A Redis client for ``redis://``, ``rediss://``, ``unix://``, a Sentinel or a Cluster URL.
 
     Sentinel: ``redis+sentinel://[:password@]host:port[,host:port]/service_name[/db]``.
+    Cluster: ``redis+cluster://[:password@]host:port[,host:port...]`` (:mod:`taskorch.cluster`).
     """
     kwargs.setdefault("decode_responses", True)
     kwargs.setdefault("health_check_interval", 10)
@@ -80,6 +81,8 @@ def connect(url: str, **kwargs: Any) -> Redis:
     kwargs.setdefault(
         "retry", Retry(NoBackoff(), 1, supported_errors=(redis.exceptions.ConnectionError,))
     )
+    if cluster.is_cluster_url(url):
+        return cluster.connect_cluster(url, **kwargs)
     parts = urlparse(url)
     query = parse_qs(parts.query)
     if parts.scheme == "rediss" and query.get("ssl_cert_reqs", [""])[0].lower() == "none":
