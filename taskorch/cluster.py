@@ -160,6 +160,12 @@ class ClusterClient(RedisCluster):  # type: ignore[misc]
         random.shuffle(known)
         return known + [s for s in self._seeds if s not in known]
 
+    def subscriber_addresses(self) -> list[tuple[str, int]]:
+        """The nodes this client's open subscribers are connected to (host, port)."""
+        pool = self._pubsub_pool
+        conns = list(getattr(pool, "_in_use_connections", ())) if pool is not None else []
+        return [(conn.host, int(conn.port)) for conn in conns if conn.is_connected]
+
     async def aclose(self) -> None:
         """Close every node's connections and the subscribers' pool."""
         if self._pubsub_pool is not None:

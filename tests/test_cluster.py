@@ -12,17 +12,20 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from collections import Counter
 from collections.abc import AsyncIterator
 from typing import Any
 
+import aiohttp
 import pytest
 import redis
 
 from taskorch.cluster import ClusterClient, connect_cluster, parse_seeds, run_script
 from taskorch.errors import ConfigError
-from taskorch.store import connect
+from taskorch.store import Store, connect
+from taskorch.worker import Worker
 from tests.cluster import RedisClusterServers
-from tests.conftest import make_settings
+from tests.conftest import Api, Target, WorkerProcs, make_settings
 
 FULL = os.environ.get("TASKORCH_CLUSTER_FULL", "") == "1"
 
@@ -203,3 +206,152 @@ async def _messages(
     if strict and len(out) < n:
         raise AssertionError(f"heard {len(out)} of {n} messages: {out}")
     return out
+
+
+# -- tasks through the real worker and API ---------------------------------------------------
+
+
+async def _layout(cluster: RedisClusterServers) -> Any:
+    from taskorch import partitions
+
+    c = connect(cluster.url)
+    try:
+        return await partitions.load(c)
+    finally:
+        await c.aclose()
+
+
+def master_port_of(cluster: RedisClusterServers, layout: Any, task_id: str) -> int:
+    """The port of the master serving ``task_id``'s partition now."""
+    return cluster.master_of(layout.queue(layout.partition_of(task_id))).port
+
+
+def attempts_reached(target: Target) -> Counter[tuple[str, str]]:
+    return Counter(
+        (c.headers["X-Taskorch-Task-Id"], c.headers["X-Taskorch-Attempt"]) for c in target.calls
+    )
+
+
+async def test_tasks_on_every_master_fire_through_the_worker(
+    cluster: RedisClusterServers, api: Api, target: Target, workers: WorkerProcs
+) -> None:
+    workers.start()
+    ids: list[str] = []
+    layout = None
+    masters: set[int] = set()
+    while len(ids) < 24 or masters != set(cluster.master_ports()):
+        assert len(ids) < 200, f"200 tasks and still not on every master: {masters}"
+        task = await api.create({"url": target.url(f"/ok/{len(ids)}"), "delay": 0.3})
+        ids.append(task["id"])
+        layout = layout or await _layout(cluster)
+        masters.add(master_port_of(cluster, layout, task["id"]))
+    for task_id in ids:
+        await api.wait_status(task_id, "succeeded", timeout_s=30)
+    reached = attempts_reached(target)
+    assert {task for task, _ in reached} == set(ids)
+    assert set(reached.values()) == {1}, "an attempt reached its target twice"
+
+
+def wait_replicated(cluster: RedisClusterServers) -> None:
+    """Until every replica has all its master wrote (what the test created is on both)."""
+    for port in cluster.master_ports():
+        with node_client(port) as master:
+            assert master.wait(1, 5000) >= 0
+            deadline = time.monotonic() + 10
+            while True:
+                info = master.info("replication")
+                offsets = [v["offset"] for k, v in info.items() if k.startswith("slave")]
+                if offsets and min(offsets) >= info["master_repl_offset"]:
+                    break
+                assert time.monotonic() < deadline, f"{port}'s replica did not catch up"
+                time.sleep(0.02)
+
+
+async def test_a_master_killed_mid_run_loses_no_task_and_fires_no_attempt_twice(
+    cluster: RedisClusterServers, api: Api, target: Target, workers: WorkerProcs
+) -> None:
+    """Tasks due before, during and after a failover: every one succeeds, each attempt reaches
+    its target once (counted by X-Taskorch-Task-Id and X-Taskorch-Attempt)."""
+    n, span_s = (400, 30.0) if FULL else (48, 8.0)
+    workers.start()
+    if FULL:
+        workers.start()
+    start = time.time() + 1.0
+    due: dict[str, float] = {}
+    for i in range(n):
+        at = start + i * span_s / n
+        task = await api.create({"url": target.url(f"/ok/{i}"), "delay": at - time.time()})
+        due[task["id"]] = at
+    layout = await _layout(cluster)
+    victim = cluster.node(master_port_of(cluster, layout, list(due)[n // 2]))
+    on_victim = {t for t in due if master_port_of(cluster, layout, t) == victim.port}
+    wait_replicated(cluster)  # what was acknowledged before the kill is on the replicas
+    while time.time() < start + span_s / 4:  # a quarter of the span has fired
+        await asyncio.sleep(0.02)
+    killed_at = time.time()
+    replica = cluster.kill_master(victim)
+    await asyncio.to_thread(cluster.wait_failover, replica)
+    settled_at = time.time()
+
+    statuses: dict[str, str] = {}
+    deadline = time.monotonic() + span_s + 60
+    while len(statuses) < n:
+        assert time.monotonic() < deadline, f"{n - len(statuses)} tasks never finished"
+        for task_id in due:
+            if task_id in statuses:
+                continue
+            r = await api.http.get(f"/v1/tasks/{task_id}", headers=api.auth())
+            if r.status_code == 503:  # a command met the dead master before the client moved
+                break
+            assert r.status_code == 200, r.text
+            if r.json()["status"] in ("succeeded", "failed", "cancelled"):
+                statuses[task_id] = r.json()["status"]
+        await asyncio.sleep(0.1)
+
+    phases = Counter(
+        "before" if due[t] < killed_at else "during" if due[t] < settled_at else "after"
+        for t in on_victim
+    )
+    assert phases["before"] and phases["during"] and phases["after"], phases
+    assert Counter(statuses.values()) == Counter({"succeeded": n})
+    reached = attempts_reached(target)
+    assert {task for task, _ in reached} == set(due), "every task reached its target"
+    twice = {k: v for k, v in reached.items() if v > 1}
+    assert not twice, f"attempts that reached the target twice: {twice}"
+
+
+async def test_a_wake_up_reaches_an_idle_worker_on_a_cluster(
+    cluster: RedisClusterServers, api: Api, target: Target
+) -> None:
+    """With a 30 s poll, a task due in 50 ms fires within seconds only if the create's wake-up
+    (published on its partition's master) reaches the worker's subscriber on whatever node it
+    is; and again once that node has died."""
+    client = connect(cluster.url, socket_timeout=3, socket_connect_timeout=3)
+    store = Store(client)
+    async with aiohttp.ClientSession() as session:
+        worker = Worker(store, session, poll_s=30.0, lease_s=3.0)
+        running = asyncio.create_task(worker.run())
+        try:
+            await asyncio.sleep(1.0)  # idle: subscribed, nothing due
+            for round_ in range(2):
+                ids = [
+                    (await api.create({"url": target.url(f"/wake/{round_}/{i}"), "delay": 0.05}))[
+                        "id"
+                    ]
+                    for i in range(6)
+                ]
+                for task_id in ids:
+                    await api.wait_status(task_id, "succeeded", timeout_s=10)
+                if round_ == 0:
+                    # Kill the node the worker subscribed on (failing over a master first).
+                    ((_, port),) = client.subscriber_addresses()
+                    dead = cluster.node(port)
+                    if dead.port in cluster.master_ports():
+                        await asyncio.to_thread(cluster.wait_failover, cluster.kill_master(dead))
+                    else:
+                        dead.stop()
+                    await asyncio.sleep(2.0)  # the listener notices, moves and subscribes
+        finally:
+            worker.stop()
+            await asyncio.wait_for(running, 30)
+            await client.aclose()
