@@ -170,6 +170,11 @@ class ClusterClient(RedisCluster):  # type: ignore[misc]
         """Close every node's connections and the subscribers' pool."""
         if self._pubsub_pool is not None:
             await self._pubsub_pool.disconnect()
+        if self._initialize:
+            # Marked to read the slot map again (after a broken connection) but not yet done:
+            # redis-py's aclose then closes nothing, and the nodes' connections would leak.
+            await self.nodes_manager.aclose()
+            await self.nodes_manager.aclose("startup_nodes")
         await super().aclose()
 
 

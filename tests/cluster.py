@@ -133,7 +133,19 @@ class RedisClusterServers:
                 views.add(tuple(sorted(self._master_ports(c))))
             finally:
                 c.close()
-        return len(views) == 1 and len(next(iter(views))) == self.masters
+        if len(views) != 1 or len(masters := next(iter(views))) != self.masters:
+            return False
+        for port in masters:  # and each master's replica is in sync (a restarted node syncs)
+            c = _client(port)
+            try:
+                info = c.info("replication")
+            finally:
+                c.close()
+            if len(self.alive()) == 2 * self.masters and info.get("slave0", {}).get("state") != (
+                "online"
+            ):
+                return False
+        return True
 
     @staticmethod
     def _master_ports(c: redis.Redis) -> list[int]:
@@ -172,19 +184,23 @@ class RedisClusterServers:
         raise RuntimeError(f"no live node knows who serves {key!r}")
 
     def replica_of(self, master: RedisServer) -> RedisServer:
-        """The node replicating ``master`` now."""
-        c = _client(master.port)
-        try:
-            for line in c.execute_command("CLUSTER", "NODES").splitlines():
-                parts = line.split()
-                if "myself" in parts[2]:
-                    me = parts[0]
-            for line in c.execute_command("CLUSTER", "NODES").splitlines():
-                parts = line.split()
-                if parts[3] == me and "fail" not in parts[2]:
-                    return self.node(int(parts[1].split("@")[0].rsplit(":", 1)[1]))
-        finally:
-            c.close()
+        """The node replicating ``master`` now (asked of the other nodes: ``master`` may be
+        busy, running a script)."""
+        for node in self.alive():
+            if node is master:
+                continue
+            c = _client(node.port)
+            try:
+                rows = [line.split() for line in c.execute_command("CLUSTER", "NODES").splitlines()]
+            except redis.RedisError:
+                continue
+            finally:
+                c.close()
+            port_of = {r[0]: int(r[1].split("@")[0].rsplit(":", 1)[1]) for r in rows}
+            ids = [i for i, p in port_of.items() if p == master.port]
+            for r in rows:
+                if ids and r[3] == ids[0] and "fail" not in r[2]:
+                    return self.node(port_of[r[0]])
         raise RuntimeError(f"{master.port} has no replica")
 
     def kill_master(self, master: RedisServer) -> RedisServer:

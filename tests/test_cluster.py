@@ -20,6 +20,8 @@ from typing import Any
 import aiohttp
 import pytest
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from taskorch.cluster import ClusterClient, connect_cluster, parse_seeds, run_script
 from taskorch.errors import ConfigError
@@ -191,6 +193,35 @@ async def test_the_client_follows_a_failover(
             await asyncio.sleep(0.1)
     assert got == 2
     assert await client.get(key) == "2"
+
+
+class Lost(Exception):
+    pass
+
+
+async def test_a_script_whose_master_dies_while_it_runs_is_reported_lost(
+    cluster: RedisClusterServers, client: ClusterClient
+) -> None:
+    """Sent, then the connection broke: the script may have run, and the caller is told so
+    (a create answers "may have been stored") rather than the script being sent again."""
+    # Seconds of work (TIME stands still inside a script, so count instead).
+    busy = client.register_script("local n = 0 for i = 1, 3e8 do n = n + 1 end return n")
+    port, key = next(iter(keys_on_every_master(cluster).items()))
+    await run_script(client, client.register_script("return 1"), [key], [])  # connected
+    running = asyncio.create_task(run_script(client, busy, [key], [], lost=Lost))
+    # A node running a script answers nobody else: once a PING goes unanswered, it runs.
+    with redis.Redis(port=port, socket_timeout=0.2, retry=Retry(NoBackoff(), 0)) as node:
+        for _ in range(500):
+            try:
+                await asyncio.to_thread(node.ping)
+            except (redis.TimeoutError, redis.ResponseError):  # ResponseError: BUSY
+                break
+            await asyncio.sleep(0.01)
+        else:
+            raise AssertionError("the script never ran")
+    cluster.kill_master(cluster.node(port))
+    with pytest.raises(Lost):
+        await running
 
 
 async def _messages(
