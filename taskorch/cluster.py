@@ -88,7 +88,7 @@ def connect_cluster(url: str, **kwargs: Any) -> ClusterClient:
     if _REDIS_MAJOR < 6:
         # redis-py 5 retries a cluster command 3 times more besides; 6+ takes the count from
         # ``retry`` (and warns that this argument is deprecated).
-        kwargs.setdefault("cluster_error_retry_attempts", kwargs["retry"].get_retries())
+        kwargs.setdefault("cluster_error_retry_attempts", 1)
     # A plain client's pool opens connections without limit; a cluster node's refuses past
     # max_connections (MaxConnectionsError) instead of waiting, so leave room for bursts.
     kwargs.setdefault("max_connections", 10_000)
@@ -129,6 +129,9 @@ class ClusterClient(RedisCluster):  # type: ignore[misc]
             )
             or k.startswith("ssl_")
         }
+        # A subscriber whose node died reconnects once (to another node) and subscribes again;
+        # redis-py 5 does so only for the errors named here.
+        self._pubsub_kwargs["retry_on_error"] = [rex.ConnectionError]
         self._pubsub_ssl = bool(kwargs.get("ssl"))
         self._pubsub_pool: ConnectionPool | None = None
         super().__init__(**kwargs)
