@@ -326,6 +326,107 @@ async def _run_on_cluster(
     raise rex.ClusterError(f"slot {slot} kept moving: gave up after {_REDIRECTS} redirects")
 
 
+async def run_many(
+    client: Any, script: Script, calls: Sequence[tuple[Sequence[str], Sequence[Any]]]
+) -> list[Any]:
+    """Run ``script`` once per ``(keys, args)``: one round trip per node, answers in order.
+
+    A plain client sends every call in one pipeline; a cluster sends each node the calls whose
+    ``keys[0]`` it serves, pipelined on one connection (redis-py's cluster pipeline refuses
+    EVALSHA). A node lacking the script gets EVAL of the calls it refused with NOSCRIPT (which
+    ran nothing); a call redirected (a slot moved in a failover) is run again where it lives now.
+    The first error any call answered is raised, after every call was answered. A connection
+    broken on the way is raised as ``ConnectionError``: calls may have run (as with a pipeline).
+    """
+    if not calls:
+        return []
+    if not isinstance(client, RedisCluster):
+        return await _run_many_plain(client, script, calls)
+    await client.initialize()
+    groups: dict[str, tuple[ClusterNode, list[int]]] = {}
+    for i, (keys, _) in enumerate(calls):
+        if not keys:
+            raise ValueError("a script on a Redis Cluster is routed by its first key: pass KEYS")
+        node = client.nodes_manager.get_node_from_slot(client.keyslot(keys[0]))
+        groups.setdefault(node.name, (node, []))[1].append(i)
+    out: list[Any] = [None] * len(calls)
+    await asyncio.gather(
+        *(_many_on_node(client, node, script, calls, idx, out) for node, idx in groups.values())
+    )
+    for i, res in enumerate(out):
+        if isinstance(res, (rex.MovedError, rex.AskError, rex.ClusterDownError, rex.TryAgainError)):
+            out[i] = await run_script(client, script, calls[i][0], calls[i][1])
+    for res in out:
+        if isinstance(res, Exception):
+            raise res
+    return out
+
+
+async def _many_on_node(
+    client: RedisCluster,
+    node: ClusterNode,
+    script: Script,
+    calls: Sequence[tuple[Sequence[str], Sequence[Any]]],
+    idx: list[int],
+    out: list[Any],
+) -> None:
+    conn = node.acquire_connection()
+    try:
+        await conn.connect()
+        answers = await _pipelined(conn, "EVALSHA", script.sha, calls, idx)
+        again = [i for i, a in zip(idx, answers, strict=True) if isinstance(a, rex.NoScriptError)]
+        for i, a in zip(idx, answers, strict=True):
+            out[i] = a
+        if again:  # a restarted node, a promoted replica: EVAL caches the script there
+            evals = await _pipelined(conn, "EVAL", script.script, calls, again)
+            for i, a in zip(again, evals, strict=True):
+                out[i] = a
+    except (rex.ConnectionError, rex.TimeoutError):
+        await conn.disconnect(nowait=True)
+        client._initialize = True  # private: the node may have failed over
+        raise
+    finally:
+        _release(node, conn)
+
+
+async def _pipelined(
+    conn: Any,
+    command: str,
+    body: str | bytes,
+    calls: Sequence[tuple[Sequence[str], Sequence[Any]]],
+    idx: list[int],
+) -> list[Any]:
+    packed = conn.pack_commands(
+        [(command, body, len(calls[i][0]), *calls[i][0], *calls[i][1]) for i in idx]
+    )
+    await conn.send_packed_command(packed)
+    answers: list[Any] = []
+    for _ in idx:
+        try:
+            answers.append(await conn.read_response())
+        except rex.ResponseError as exc:  # an error reply: the connection is still in step
+            answers.append(exc)
+    return answers
+
+
+async def _run_many_plain(
+    client: Any, script: Script, calls: Sequence[tuple[Sequence[str], Sequence[Any]]]
+) -> list[Any]:
+    for attempt in (0, 1):
+        async with client.pipeline(transaction=False) as pipe:
+            for keys, args in calls:
+                pipe.evalsha(script.sha, len(keys), *keys, *args)
+            out = list(await pipe.execute(raise_on_error=False))
+        errors = [r for r in out if isinstance(r, Exception)]
+        if attempt == 0 and errors and all(isinstance(e, rex.NoScriptError) for e in errors):
+            await client.script_load(script.script)  # NOSCRIPT ran nothing: run them again
+            continue
+        if errors:
+            raise errors[0]
+        return out
+    raise AssertionError("unreachable")
+
+
 def _release(node: ClusterNode, conn: Any) -> None:
     release = getattr(node, "release", None)
     if release is not None:  # redis-py 6+

@@ -23,12 +23,12 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from taskorch.cluster import ClusterClient, connect_cluster, parse_seeds, run_script
+from taskorch.cluster import ClusterClient, connect_cluster, parse_seeds, run_many, run_script
 from taskorch.errors import ConfigError
 from taskorch.store import Store, connect
 from taskorch.worker import Worker
 from tests.cluster import RedisClusterServers
-from tests.conftest import Api, Target, WorkerProcs, make_settings
+from tests.conftest import Api, RedisServer, Target, WorkerProcs, make_settings
 
 FULL = os.environ.get("TASKORCH_CLUSTER_FULL", "") == "1"
 
@@ -193,6 +193,42 @@ async def test_the_client_follows_a_failover(
             await asyncio.sleep(0.1)
     assert got == 2
     assert await client.get(key) == "2"
+
+
+async def test_many_calls_run_each_on_its_master_in_one_round_trip_per_node(
+    cluster: RedisClusterServers, client: ClusterClient
+) -> None:
+    """What a claim over every partition does: redis-py's cluster pipeline refuses EVALSHA."""
+    script = client.register_script(INCR + " -- many")
+    keys = [f"{{k{i}}}:n" for i in range(24)]
+    flushed = next(iter(keys_on_every_master(cluster)))
+    with node_client(flushed) as node:  # one master lacks the script: EVAL there only
+        node.script_flush()
+    assert await run_many(client, script, [([k], []) for k in keys]) == [1] * len(keys)
+    assert await run_many(client, script, [([k], []) for k in keys]) == [2] * len(keys)
+    for key in keys:
+        with node_client(cluster.master_of(key).port) as node:
+            assert node.get(key) == "2"
+    with pytest.raises(redis.ResponseError, match="boom"):
+        await run_many(
+            client,
+            client.register_script("if ARGV[1] == 'x' then error('boom') end return 1"),
+            [([k], ["x" if k == keys[3] else "y"]) for k in keys],
+        )
+
+
+async def test_many_calls_on_one_redis_share_the_code_path(redis_server: RedisServer) -> None:
+    plain = connect(redis_server.url)
+    try:
+        script = plain.register_script(INCR + " -- plain")
+        await plain.script_flush()
+        calls = [([f"{{k{i}}}:p"], []) for i in range(5)]
+        await plain.delete(*(keys[0] for keys, _ in calls))
+        assert await run_many(plain, script, calls) == [1] * 5
+        await plain.script_flush()
+        assert await run_script(plain, script, calls[0][0], []) == 2
+    finally:
+        await plain.aclose()
 
 
 class Lost(Exception):
