@@ -296,7 +296,7 @@ async def _run_on_cluster(
         sent = False
         try:
             try:
-                await conn.connect()
+                await _ready(conn)
                 sent = True
                 return await _evalsha(conn, script, keys, args, asking=ask is not None)
             finally:
@@ -372,7 +372,7 @@ async def _many_on_node(
 ) -> None:
     conn = node.acquire_connection()
     try:
-        await conn.connect()
+        await _ready(conn)
         answers = await _pipelined(conn, "EVALSHA", script.sha, calls, idx)
         again = [i for i, a in zip(idx, answers, strict=True) if isinstance(a, rex.NoScriptError)]
         for i, a in zip(idx, answers, strict=True):
@@ -425,6 +425,23 @@ async def _run_many_plain(
             raise errors[0]
         return out
     raise AssertionError("unreachable")
+
+
+async def _ready(conn: Any) -> None:
+    """Connect ``conn`` and make sure it is fit to send on, as a plain client's pool does: a
+    pooled connection to a node that died since reads as closed, and is opened again (to
+    whatever answers at that address) before anything is sent."""
+    # redis-py 8 renamed can_read_destructive (and deprecated the old name).
+    can_read = getattr(conn, "can_read", None) or conn.can_read_destructive
+    await conn.connect()
+    try:
+        if await can_read():
+            raise rex.ConnectionError("the connection has data nobody asked for")
+    except (rex.ConnectionError, rex.TimeoutError, OSError):
+        await conn.disconnect()
+        await conn.connect()
+        if await can_read():
+            raise rex.ConnectionError("the connection is not ready") from None
 
 
 def _release(node: ClusterNode, conn: Any) -> None:
