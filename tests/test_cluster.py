@@ -24,7 +24,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from taskorch.cluster import ClusterClient, connect_cluster, parse_seeds, run_many, run_script
-from taskorch.errors import ConfigError
+from taskorch.errors import ConfigError, TooManyRequests
 from taskorch.store import Store, connect
 from taskorch.worker import Worker
 from tests.cluster import RedisClusterServers
@@ -272,6 +272,28 @@ async def _messages(
     if strict and len(out) < n:
         raise AssertionError(f"heard {len(out)} of {n} messages: {out}")
     return out
+
+
+async def test_users_sign_in_and_are_revoked_on_a_cluster(client: ClusterClient) -> None:
+    """A user's record, token revocation time and sign-in count lie in different slots."""
+    from taskorch import auth
+    from taskorch import constants as c
+
+    signin = auth.SignIn(client)
+    try:
+        assert await auth.add_user(client, "dora", "correct horse") is False
+        assert await signin.authenticate("dora", "correct horse")
+        assert not await signin.authenticate("dora", "wrong horse")
+        await auth.set_password(client, "dora", "battery staple")
+        assert await signin.authenticate("dora", "battery staple")
+        for _ in range(c.SIGNIN_MAX_ATTEMPTS):
+            await signin.authenticate("dora", "wrong")
+        with pytest.raises(TooManyRequests):
+            await signin.authenticate("dora", "battery staple")
+        await auth.remove_user(client, "dora")
+        assert not await client.exists(c.USER_KEY_PREFIX + "dora")
+    finally:
+        signin.close()
 
 
 # -- tasks through the real worker and API ---------------------------------------------------
