@@ -18,6 +18,7 @@ from urllib.parse import parse_qs, unquote, urlparse
 import redis
 import redis.asyncio as aioredis
 import redis.exceptions as rex
+import structlog
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.connection import Connection, ConnectionPool, SSLConnection
 from redis.asyncio.retry import Retry
@@ -30,6 +31,7 @@ DEFAULT_PORT = 6379
 _REDIRECTS = 5
 _CLUSTER_DOWN_WAIT_S = 0.25
 _REDIS_MAJOR = int(redis.__version__.split(".", 1)[0])
+log = structlog.get_logger("taskorch.cluster")
 
 
 class Script(Protocol):
@@ -98,6 +100,20 @@ def connect_cluster(url: str, **kwargs: Any) -> ClusterClient:
         seeds=seeds,
         **kwargs,
     )
+
+
+async def warm_up(client: Any, *, timeout_s: float = 10.0) -> None:
+    """Read a cluster client's slot map and command table now (a no-op for any other client).
+
+    redis-py does it on a cluster client's first command: ~0.1 s of parsing on an idle machine,
+    several times that on a busy one, which would count against the first request's Redis
+    deadline. A cluster that does not answer is left for that first request to report.
+    """
+    if isinstance(client, RedisCluster):
+        try:
+            await asyncio.wait_for(client.initialize(), timeout_s)
+        except (rex.RedisError, OSError, TimeoutError) as exc:
+            log.warning("redis.cluster_unreachable_at_start", error=str(exc) or type(exc).__name__)
 
 
 class ClusterClient(RedisCluster):  # type: ignore[misc]

@@ -23,6 +23,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from taskorch.api import create_app
 from taskorch.cluster import ClusterClient, connect_cluster, parse_seeds, run_many, run_script
 from taskorch.errors import ConfigError, TooManyRequests
 from taskorch.store import Store, connect
@@ -294,6 +295,17 @@ async def test_users_sign_in_and_are_revoked_on_a_cluster(client: ClusterClient)
         assert not await client.exists(c.USER_KEY_PREFIX + "dora")
     finally:
         signin.close()
+
+
+async def test_the_api_reads_the_slot_map_at_start(cluster: RedisClusterServers) -> None:
+    """Not in its first request, whose Redis time is bounded (TASKORCH_REDIS_TIMEOUT_S): on a
+    busy machine reading the command table alone can take longer than that."""
+    client = connect(cluster.url)
+    app = create_app(make_settings(cluster.url), redis_client=client)
+    assert client.get_nodes() == []
+    async with app.router.lifespan_context(app):
+        assert len(client.get_primaries()) == 3
+    await client.aclose()
 
 
 # -- tasks through the real worker and API ---------------------------------------------------
