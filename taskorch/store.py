@@ -19,16 +19,14 @@ from urllib.parse import parse_qs, unquote, urlparse
 import msgspec
 import redis.asyncio as aioredis
 import redis.exceptions
-import redis.exceptions as redis_errors
 import structlog
-from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
 
 from taskorch import cluster, lua, partitions
 from taskorch import constants as c
-from taskorch.cluster import run_script
+from taskorch.cluster import run_many, run_script
 from taskorch.errors import (
     NOT_STORED,
     Conflict,
@@ -205,31 +203,6 @@ async def page_ids(
     more = len(ids) > limit
     ids = ids[:limit]
     return ids, (ids[-1] if more and ids else None)
-
-
-async def run_many(
-    redis: Redis, script: Any, calls: Sequence[tuple[list[str], list[Any]]]
-) -> list[Any]:
-    """Run ``script`` once per (keys, args), each routed by its ``keys[0]``: on a single Redis in
-    one non-transactional pipeline (one round trip), on a cluster one call per partition at once,
-    each on its node (:func:`taskorch.cluster.run_script`). A Redis that lost its script cache
-    (restarted) answers NOSCRIPT: the script is loaded again and the calls repeated, which is
-    safe since a NOSCRIPT call ran nothing."""
-    if isinstance(redis, RedisCluster):
-        return list(await asyncio.gather(*(run_script(redis, script, k, a) for k, a in calls)))
-    for attempt in range(2):
-        async with redis.pipeline(transaction=False) as pipe:
-            for keys, args in calls:
-                pipe.evalsha(script.sha, len(keys), *keys, *args)
-            out = await pipe.execute(raise_on_error=False)
-        errors = [r for r in out if isinstance(r, Exception)]
-        if not errors:
-            return list(out)
-        if attempt == 0 and all(isinstance(e, redis_errors.NoScriptError) for e in errors):
-            await redis.script_load(script.script)
-            continue
-        raise errors[0]
-    raise AssertionError("unreachable")
 
 
 async def list_ids(
@@ -515,9 +488,7 @@ class Store:
         for tid in ids:
             groups.setdefault(layout.partition_of(tid), []).append(tid)
         ps = list(groups)
-        rows = await asyncio.gather(
-            *(run_script(self.redis, self._view, [layout.queue(p)], groups[p]) for p in ps)
-        )
+        rows = await run_many(self.redis, self._view, [([layout.queue(p)], groups[p]) for p in ps])
         out: dict[str, Task] = {}
         for p, row in zip(ps, rows, strict=True):
             for tid, (h, attempts) in zip(groups[p], row, strict=True):
