@@ -385,12 +385,17 @@ async def test_a_master_killed_mid_run_loses_no_task_and_fires_no_attempt_twice(
     workers.start()
     if FULL:
         workers.start()
+    # One token for the test: each minted one has a 1-in-1000 chance (iat rounded up to the ms,
+    # across a second) of being refused as "not yet valid" if used within that millisecond.
+    auth = api.auth()
     start = time.time() + 1.0
     due: dict[str, float] = {}
     for i in range(n):
         at = start + i * span_s / n
-        task = await api.create({"url": target.url(f"/ok/{i}"), "delay": at - time.time()})
-        due[task["id"]] = at
+        body = {"url": target.url(f"/ok/{i}"), "delay": at - time.time()}
+        r = await api.http.post("/v1/tasks", json=body, headers=auth)
+        assert r.status_code == 201, r.text
+        due[r.json()["id"]] = at
     layout = await _layout(cluster)
     victim = cluster.node(master_port_of(cluster, layout, list(due)[n // 2]))
     on_victim = {t for t in due if master_port_of(cluster, layout, t) == victim.port}
@@ -409,7 +414,7 @@ async def test_a_master_killed_mid_run_loses_no_task_and_fires_no_attempt_twice(
         for task_id in due:
             if task_id in statuses:
                 continue
-            r = await api.http.get(f"/v1/tasks/{task_id}", headers=api.auth())
+            r = await api.http.get(f"/v1/tasks/{task_id}", headers=auth)
             if r.status_code == 503:  # a command met the dead master before the client moved
                 break
             assert r.status_code == 200, r.text
