@@ -26,6 +26,7 @@ from redis.backoff import NoBackoff
 
 from taskorch import cluster, lua, partitions
 from taskorch import constants as c
+from taskorch.cluster import run_many, run_script
 from taskorch.errors import (
     NOT_STORED,
     Conflict,
@@ -204,16 +205,6 @@ async def page_ids(
     return ids, (ids[-1] if more and ids else None)
 
 
-async def run_many(
-    redis: Redis, script: Any, calls: Sequence[tuple[list[str], list[Any]]]
-) -> list[Any]:
-    """Run ``script`` once per (keys, args): one round trip on a single Redis, one per node on a
-    cluster (see :func:`taskorch.cluster.run_many`; redis-py's cluster pipeline refuses EVALSHA).
-    A node that lost its script cache (restarted, promoted) runs the refused calls again with
-    the script, which is safe since a NOSCRIPT call ran nothing."""
-    return await cluster.run_many(redis, script, calls)
-
-
 async def list_ids(
     redis: Redis,
     layout: Layout,
@@ -318,15 +309,13 @@ class BatchItem(msgspec.Struct):
 async def run_create(client: Redis, script: Any, keys: list[str], args: list[Any]) -> list[Any]:
     """Run a create's script and say, when it fails, whether it may have been stored.
 
-    The connection is taken from the pool (connected, health-checked) before the script is sent:
-    a failure there is an outage like any other (nothing sent, nothing stored). A connection
-    lost once the script was sent raises :class:`CreateOutcomeUnknown`. A timeout is not
-    "unknown": the script carries the request's deadline and writes nothing past it, which it
-    answers with ``{-1}``. redis-py closes a connection whose send or read was interrupted
-    (timeout, cancellation), so none goes back to the pool with a reply pending. On a Redis
-    Cluster the same holds on the node of ``keys[0]`` (:func:`taskorch.cluster.run_script`).
+    The connection is taken (connected, health-checked) before the script is sent: a failure
+    there is an outage like any other (nothing sent, nothing stored). A connection lost once the
+    script was sent raises :class:`CreateOutcomeUnknown` (:func:`taskorch.cluster.run_script`,
+    on a single Redis and a cluster alike). A timeout is not "unknown": the script carries the
+    request's deadline and writes nothing past it, which it answers with ``{-1}``.
     """
-    res: list[Any] = await cluster.run_script(client, script, keys, args, lost=CreateOutcomeUnknown)
+    res: list[Any] = await run_script(client, script, keys, args, lost=CreateOutcomeUnknown)
     if res and res[0] == -1:
         raise Unavailable(
             "Redis did not run this create before its deadline, so it stored nothing.",
@@ -499,9 +488,7 @@ class Store:
         for tid in ids:
             groups.setdefault(layout.partition_of(tid), []).append(tid)
         ps = list(groups)
-        rows = await asyncio.gather(
-            *(self._view(keys=[layout.queue(p)], args=groups[p]) for p in ps)
-        )
+        rows = await run_many(self.redis, self._view, [([layout.queue(p)], groups[p]) for p in ps])
         out: dict[str, Task] = {}
         for p, row in zip(ps, rows, strict=True):
             for tid, (h, attempts) in zip(groups[p], row, strict=True):
@@ -512,15 +499,15 @@ class Store:
     async def read_task(self, task_id: str) -> dict[str, str] | None:
         """A task's fields as the scripts answer them (any owner), or None."""
         layout = await self.layout()
-        [(h, _)] = await self._view(
-            keys=[layout.queue(layout.partition_of(task_id))], args=[task_id]
+        [(h, _)] = await run_script(
+            self.redis, self._view, [layout.queue(layout.partition_of(task_id))], [task_id]
         )
         return from_flat(h) if h else None
 
     async def get_task(self, owner: str, task_id: str) -> Task:
         layout = await self.layout()
         p = layout.partition_of(task_id)
-        [(h, attempts)] = await self._view(keys=[layout.queue(p)], args=[task_id])
+        [(h, attempts)] = await run_script(self.redis, self._view, [layout.queue(p)], [task_id])
         view = from_flat(h)
         if not view or view.get("owner") != owner:
             raise NotFound(f"No task {task_id!r} exists for this account.")
@@ -546,8 +533,11 @@ class Store:
 
     async def cancel_task(self, owner: str, task_id: str) -> Task:
         layout = await self.layout()
-        res = await self._cancel(
-            keys=[layout.queue(layout.partition_of(task_id))], args=[task_id, owner, now_ms()]
+        res = await run_script(
+            self.redis,
+            self._cancel,
+            [layout.queue(layout.partition_of(task_id))],
+            [task_id, owner, now_ms()],
         )
         _raise_for(res, task_id, "cancelled")
         return _task_view(from_flat(res[1]), res[2])
@@ -595,9 +585,11 @@ class Store:
             due = int(h["run_at"])
             if changes.get("run_at") is not None or changes.get("delay") is not None:
                 due = due_ms(changes.get("run_at"), changes.get("delay"), now)
-            res = await self._modify(
-                keys=[q],
-                args=[
+            res = await run_script(
+                self.redis,
+                self._modify,
+                [q],
+                [
                     task_id,
                     owner,
                     now,
@@ -744,7 +736,9 @@ class Store:
 
     async def done(self, job: str, worker: str) -> None:
         layout = await self.layout()
-        await self._done(keys=[layout.queue(layout.partition_of(job))], args=[job, worker, "done"])
+        await run_script(
+            self.redis, self._done, [layout.queue(layout.partition_of(job))], [job, worker, "done"]
+        )
 
     async def purge(self, *, older_than_ms: int, limit: int = 200) -> int:
         """Delete up to ``limit`` records per partition that finished before ``older_than_ms``."""
