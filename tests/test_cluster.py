@@ -10,7 +10,6 @@ mid-run loses no task and fires no attempt twice, and a wake-up reaches the work
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import os
 import time
 from collections import Counter
@@ -23,6 +22,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from taskorch import partitions
 from taskorch.api import create_app
 from taskorch.cluster import ClusterClient, connect_cluster, parse_seeds, run_many, run_script
 from taskorch.errors import ConfigError, TooManyRequests
@@ -311,16 +311,7 @@ async def test_the_api_reads_the_slot_map_at_start(cluster: RedisClusterServers)
 # -- tasks through the real worker and API ---------------------------------------------------
 
 
-# The partitioned layout (issue #10, the `layout` branch) is what lets scripts run on a cluster.
-needs_layout = pytest.mark.skipif(
-    importlib.util.find_spec("taskorch.partitions") is None,
-    reason="needs the partitioned layout (taskorch.partitions)",
-)
-
-
 async def _layout(cluster: RedisClusterServers) -> Any:
-    from taskorch import partitions
-
     c = connect(cluster.url)
     try:
         return await partitions.load(c)
@@ -339,7 +330,6 @@ def attempts_reached(target: Target) -> Counter[tuple[str, str]]:
     )
 
 
-@needs_layout
 async def test_tasks_on_every_master_fire_through_the_worker(
     cluster: RedisClusterServers, api: Api, target: Target, workers: WorkerProcs
 ) -> None:
@@ -375,7 +365,6 @@ def wait_replicated(cluster: RedisClusterServers) -> None:
                 time.sleep(0.02)
 
 
-@needs_layout
 async def test_a_master_killed_mid_run_loses_no_task_and_fires_no_attempt_twice(
     cluster: RedisClusterServers, api: Api, target: Target, workers: WorkerProcs
 ) -> None:
@@ -434,7 +423,6 @@ async def test_a_master_killed_mid_run_loses_no_task_and_fires_no_attempt_twice(
     assert not twice, f"attempts that reached the target twice: {twice}"
 
 
-@needs_layout
 async def test_a_wake_up_reaches_an_idle_worker_on_a_cluster(
     cluster: RedisClusterServers, api: Api, target: Target
 ) -> None:
