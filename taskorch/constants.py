@@ -139,3 +139,30 @@ FINISH_BATCH = 500  # outcome writes per pipeline
 # the history most schedulers keep; TASKORCH_RETENTION_S=0 keeps everything.
 DEFAULT_RETENTION_S = 7 * 24 * 3600.0
 DEFAULT_MAX_IN_FLIGHT = 20_000  # calls one worker runs at once before it stops claiming
+
+# -- Bursts ------------------------------------------------------------------------------------
+# A millisecond with k tasks due starts them (the compare-and-set to running) this much earlier
+# per task, up to START_LEAD_MAX_MS: 10,000 due at one instant are started about half a second
+# ahead, so that at the instant only the calls are left to make. From then on, as for
+# START_LEAD_MS, a cancel or modify answers 409: the call is committed.
+START_LEAD_PER_TASK_MS = 0.05
+START_LEAD_MAX_MS = 500
+START_BATCH = 500  # compare-and-sets per START round trip
+START_IN_FLIGHT = 4  # START round trips a worker has under way at once
+# Calls leave in due order through a queue. One worker makes at most WORKER_CALLS at once and at
+# most HOST_CALLS to one host (scheme, host, port): a burst to one host then reuses that many
+# keep-alive connections instead of opening one per call, and its first calls go out at once
+# instead of after ten thousand others have been set up. When calls wait for room and the host
+# holding it (or, for the worker's room, every host) has not answered anything for
+# CALL_STALL_S, its calls in flight stop counting and the next ones go: a slow or hung host
+# never holds up another host's calls, and its own later calls wait at most CALL_STALL_S per
+# HOST_CALLS calls ahead of them. A host that answers, however busy the worker, keeps its room.
+WORKER_CALLS = 256
+LAUNCH_BATCH = 32  # calls set up per loop iteration, so that the first ones are sent at once
+HOST_CALLS = 100
+CALL_STALL_S = 0.1
+# A worker claims no more than it can call within CLAIM_BACKLOG_S, at the rate it has shown
+# while busy (at least WORKER_RATE_FLOOR calls/s, what a worker makes on a slow machine): in a
+# burst, what it could not call on time stays in the queue for the workers that have room.
+CLAIM_BACKLOG_S = 2.0
+WORKER_RATE_FLOOR = 2000
