@@ -165,4 +165,7 @@ CALL_STALL_S = 0.1
 # while busy (at least WORKER_RATE_FLOOR calls/s, what a worker makes on a slow machine): in a
 # burst, what it could not call on time stays in the queue for the workers that have room.
 CLAIM_BACKLOG_S = 2.0
+# Jobs one claim takes when more are due: a burst is claimed in slices, and the first worker to
+# see it wakes the others (WAKE_CHANNEL), so that their slices interleave and it spreads.
+CLAIM_SLICE = 250
 WORKER_RATE_FLOOR = 2000

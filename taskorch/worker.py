@@ -170,6 +170,7 @@ class Worker:
         self._window_calls = 0
         self._window_waiting = False
         self._over_budget = False
+        self._shared_at = 0.0
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
         self._background: list[asyncio.Task[None]] = []
@@ -263,18 +264,20 @@ class Worker:
             self._wake.clear()
             try:
                 room = self._claim_room()
+                limit = min(c.CLAIM_SLICE, room)
                 claimed: list[Claimed] = []
                 if room > 0:
                     claimed = await self.store.claim(
                         worker=self.id,
                         horizon_ms=now_ms() + self.claim_ahead_ms,
                         lease_ms=self.expiry_ms,
-                        limit=min(c.CLAIM_BATCH, room),
+                        limit=limit,
                     )
                     for cl in claimed:
                         self._arm(cl)
                 backoff = 0.1
-                if len(claimed) == min(c.CLAIM_BATCH, room) and room > 0:
+                if room > 0 and len(claimed) == limit:
+                    await self._share()
                     continue  # more may be waiting
             except REDIS_DOWN as exc:
                 log.warning("worker.redis_unavailable", error=str(exc), retry_in_s=backoff)
@@ -308,6 +311,15 @@ class Worker:
 
     def _busy(self) -> bool:
         return bool(self._calls or self._ready or self._waiting)
+
+    async def _share(self) -> None:
+        """More is due than one slice: wake every worker, so that they all claim slices of it
+        (and none takes a whole burst while the others wait for their next poll)."""
+        now = time.monotonic()
+        if now - self._shared_at > c.POLL_INTERVAL_S / 2:
+            self._shared_at = now
+            await self.store.redis.publish(c.WAKE_CHANNEL, now_ms())
+        await asyncio.sleep(0)  # the calls and starts under way go on between slices
 
     def _arm(self, cl: Claimed) -> None:
         """Wait for ``cl`` on the timer of its due millisecond (one timer per distinct ms)."""
