@@ -161,11 +161,12 @@ WORKER_CALLS = 256
 LAUNCH_BATCH = 32  # calls set up per loop iteration, so that the first ones are sent at once
 HOST_CALLS = 100
 CALL_STALL_S = 0.1
-# A worker claims no more than it can call within CLAIM_BACKLOG_S, at the rate it has shown
-# while busy (at least WORKER_RATE_FLOOR calls/s, what a worker makes on a slow machine): in a
-# burst, what it could not call on time stays in the queue for the workers that have room.
-CLAIM_BACKLOG_S = 2.0
+# A worker holds no more claims than it can call within CLAIM_BACKLOG_S at the rate it has
+# shown while busy (assumed WORKER_RATE_FLOOR calls/s until it has shown more): what it could
+# not call on time stays in the queue for the workers that have room. Claims made during a
+# burst cost the calls under way a round trip each, so the bound is generous: 12,000 at first.
+CLAIM_BACKLOG_S = 3.0
+WORKER_RATE_FLOOR = 4000
 # Jobs one claim takes when more are due: a burst is claimed in slices, and the first worker to
 # see it wakes the others (WAKE_CHANNEL), so that their slices interleave and it spreads.
 CLAIM_SLICE = 250
-WORKER_RATE_FLOOR = 2000
