@@ -65,7 +65,7 @@ import os
 import random
 import socket
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import urlsplit
@@ -264,19 +264,22 @@ class Worker:
             self._wake.clear()
             try:
                 room = self._claim_room()
-                limit = min(c.CLAIM_SLICE, room)
-                claimed: list[Claimed] = []
+                more = False
                 if room > 0:
+                    layout = await self.store.layout()
+                    per = -(-min(c.CLAIM_SLICE, room) // layout.n)  # from each partition
                     claimed = await self.store.claim(
                         worker=self.id,
                         horizon_ms=now_ms() + self.claim_ahead_ms,
                         lease_ms=self.expiry_ms,
-                        limit=limit,
+                        limit=per,
                     )
                     for cl in claimed:
                         self._arm(cl)
+                    taken = Counter(layout.partition_of(cl.job) for cl in claimed)
+                    more = any(k >= per for k in taken.values())
                 backoff = 0.1
-                if room > 0 and len(claimed) == limit:
+                if more:
                     await self._share()
                     continue  # more may be waiting
             except REDIS_DOWN as exc:
