@@ -10,10 +10,20 @@ read them) and replace the consumer:
 * **Claim ahead.** Every ``poll_s`` (or at once, when a publisher says something is due soon) a
   worker moves the jobs due within ``claim_ahead_ms`` from the queue to a leases set it owns, in
   one script. Each job then waits on an in-process timer, so it fires within a millisecond of its
-  due time however the poll is tuned.
+  due time however the poll is tuned. A burst is claimed in slices (``CLAIM_SLICE``), and the
+  first worker to see more than a slice wakes the others, so that several workers share it; no
+  worker holds more than it can call within ``CLAIM_BACKLOG_S`` at the rate it has shown.
 * **Compare-and-set before calling.** When timers fire, one script moves every due task to
   ``running`` only if it still has the job id that was claimed. A cancel or modify removes or
-  replaces that id, so an old version can never fire; whichever script runs first wins.
+  replaces that id, so an old version can never fire; whichever script runs first wins. A
+  crowded millisecond is started earlier (``START_LEAD_PER_TASK_MS``, at most
+  ``START_LEAD_MAX_MS``), a few round trips at once, so that at its due time only calls are left.
+* **Calls leave through a queue, in due order** (:meth:`Worker._pump`): at most
+  ``WORKER_CALLS`` at once and ``HOST_CALLS`` per host, set up ``LAUNCH_BATCH`` per loop
+  iteration. A burst to one host reuses that many keep-alive connections instead of opening one
+  per call (10,000 at once before), and its first calls go out before the rest are set up. A
+  host that has not answered for ``CALL_STALL_S`` while calls wait loses its room to them, so a
+  slow or hung host never holds up another host's calls.
 * **Leases instead of in-progress keys.** A claim lapses unless the worker renews it. Any
   worker's reaper hands a lapsed job back: unstarted ones to the queue, running ones as a
   "worker lost" attempt and an immediate retry. The sums (:class:`~taskorch.leases.LeaseTimes`) make a dead
