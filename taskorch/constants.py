@@ -166,9 +166,10 @@ START_IN_FLIGHT = 4  # START round trips a worker has under way at once
 # keep-alive connections instead of opening one per call, and its first calls go out at once
 # instead of after ten thousand others have been set up. When calls wait for room and the host
 # holding it (or, for the worker's room, every host) has not answered anything for
-# CALL_STALL_S, its calls in flight stop counting and the next ones go: a slow or hung host
-# never holds up another host's calls, and its own later calls wait at most CALL_STALL_S per
-# HOST_CALLS calls ahead of them. A host that answers, however busy the worker, keeps its room.
+# CALL_STALL_S at two looks in a row, its calls in flight stop counting and the next ones go: a
+# slow or hung host never holds up another host's calls, and its own later calls wait about
+# 2 x CALL_STALL_S per HOST_CALLS calls ahead of them. A host that answers, however busy the
+# worker, keeps its room.
 WORKER_CALLS = 256
 LAUNCH_BATCH = 32  # calls set up per loop iteration, so that the first ones are sent at once
 HOST_CALLS = 100

@@ -546,7 +546,8 @@ class Worker:
 
     def _on_watchdog(self) -> None:
         """Calls wait for room: where the calls holding it have had no answer for
-        CALL_STALL_S (a slow or hung host), they stop counting and the next ones go."""
+        CALL_STALL_S at two looks in a row (a slow or hung host, not a pause of this process),
+        they stop counting and the next ones go."""
         self._watchdog = None
         now = time.monotonic()
         if now - self._watchdog_at > c.CALL_STALL_S / 4:
@@ -555,12 +556,19 @@ class Worker:
             self._watch()
             return
         stalled = now - c.CALL_STALL_S
-        if len(self._all.counted) >= c.WORKER_CALLS and self._all.progress <= stalled:
+        looked = [self._all] if len(self._all.counted) >= c.WORKER_CALLS else []
+        looked += [r for h in self._waiting if (r := self._hosts.get(h))]
+        rooms = []
+        for room in looked:
+            if room.progress > stalled:
+                room.suspect = False
+            elif room.suspect:
+                room.suspect = False
+                rooms.append(room)
+            else:
+                room.suspect = True
+        if self._all in rooms:
             rooms = [self._all, *self._hosts.values()]
-        else:
-            rooms = [
-                r for h in self._waiting if (r := self._hosts.get(h)) and r.progress <= stalled
-            ]
         for room in rooms:
             for call in room.counted:
                 if room is not self._all:
@@ -773,12 +781,13 @@ class _Room:
     """The calls in flight that count against one host's room (or, host "", the worker's),
     and when that host last answered."""
 
-    __slots__ = ("counted", "host", "progress")
+    __slots__ = ("counted", "host", "progress", "suspect")
 
     def __init__(self, host: str) -> None:
         self.host = host
         self.counted: set[_Call] = set()
         self.progress = time.monotonic()
+        self.suspect = False  # no answer for CALL_STALL_S at the last look
 
 
 class _Call:
