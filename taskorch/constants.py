@@ -160,7 +160,6 @@ DEFAULT_MAX_IN_FLIGHT = 20_000  # calls one worker runs at once before it stops 
 START_LEAD_PER_TASK_MS = 0.05
 START_LEAD_MAX_MS = 500
 START_BATCH = 500  # compare-and-sets per START round trip
-START_IN_FLIGHT = 4  # START round trips a worker has under way at once
 # Calls leave in due order through a queue. One worker makes at most WORKER_CALLS at once and at
 # most HOST_CALLS to one host (scheme, host, port): a burst to one host then reuses that many
 # keep-alive connections instead of opening one per call, and its first calls go out at once

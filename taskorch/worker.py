@@ -17,7 +17,8 @@ read them) and replace the consumer:
   ``running`` only if it still has the job id that was claimed. A cancel or modify removes or
   replaces that id, so an old version can never fire; whichever script runs first wins. A
   crowded millisecond is started earlier (``START_LEAD_PER_TASK_MS``, at most
-  ``START_LEAD_MAX_MS``), a few round trips at once, so that at its due time only calls are left.
+  ``START_LEAD_MAX_MS``), its round trips all sent at once, so that at its due time only calls
+  are left.
 * **Calls leave through a queue, in due order** (:meth:`Worker._pump`): at most
   ``WORKER_CALLS`` at once and ``HOST_CALLS`` per host, set up ``LAUNCH_BATCH`` per loop
   iteration. A burst to one host reuses that many keep-alive connections instead of opening one
@@ -174,7 +175,6 @@ class Worker:
         self._watchdog_at = 0.0
         self._pump_timer: tuple[int, asyncio.TimerHandle] | None = None
         self._pump_soon = False
-        self._starting = asyncio.Semaphore(c.START_IN_FLIGHT)
         self._rate = float(c.WORKER_RATE_FLOOR)  # calls/s this worker has shown it can make
         self._window_t0 = time.monotonic()
         self._window_calls = 0
@@ -395,8 +395,8 @@ class Worker:
         t.add_done_callback(self._calls.discard)
 
     async def _flush_start(self) -> None:
-        """Compare-and-set every task due now to running, START_BATCH per round trip, a few
-        round trips at once (Redis runs them one after the other while replies are read)."""
+        """Compare-and-set every task due now to running, START_BATCH per round trip, all sent
+        at once (Redis runs them one after the other; each reply lets its calls go)."""
         await asyncio.sleep(0)  # let timers due in this same loop iteration join the batch
         batch, self._due = self._due, []
         self._start_scheduled = False
@@ -411,9 +411,8 @@ class Worker:
             lease_ms=self.expiry_ms,
         )
         try:
-            async with self._starting:  # FIFO: chunks start in the order they were claimed
-                # However long Redis is away: START is safe to repeat, and the claims stay ours.
-                numbers = await until_reachable(start, what="start")
+            # However long Redis is away: START is safe to repeat, and the claims stay ours.
+            numbers = await until_reachable(start, what="start")
         except asyncio.CancelledError:
             await self._hand_back(chunk, reason="cancelled")
             raise
