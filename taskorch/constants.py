@@ -151,3 +151,34 @@ FINISH_BATCH = 500  # outcome writes per pipeline
 # the history most schedulers keep; TASKORCH_RETENTION_S=0 keeps everything.
 DEFAULT_RETENTION_S = 7 * 24 * 3600.0
 DEFAULT_MAX_IN_FLIGHT = 20_000  # calls one worker runs at once before it stops claiming
+
+# -- Bursts ------------------------------------------------------------------------------------
+# A millisecond with k tasks due starts them (the compare-and-set to running) this much earlier
+# per task, up to START_LEAD_MAX_MS: 10,000 due at one instant are started about half a second
+# ahead, so that at the instant only the calls are left to make. From then on, as for
+# START_LEAD_MS, a cancel or modify answers 409: the call is committed.
+START_LEAD_PER_TASK_MS = 0.05
+START_LEAD_MAX_MS = 500
+START_BATCH = 500  # compare-and-sets per START round trip
+# Calls leave in due order through a queue. One worker makes at most WORKER_CALLS at once and at
+# most HOST_CALLS to one host (scheme, host, port): a burst to one host then reuses that many
+# keep-alive connections instead of opening one per call, and its first calls go out at once
+# instead of after ten thousand others have been set up. When calls wait for room and the host
+# holding it (or, for the worker's room, every host) has not answered anything for
+# CALL_STALL_S at two looks in a row, its calls in flight stop counting and the next ones go: a
+# slow or hung host never holds up another host's calls, and its own later calls wait about
+# 2 x CALL_STALL_S per HOST_CALLS calls ahead of them. A host that answers, however busy the
+# worker, keeps its room.
+WORKER_CALLS = 256
+LAUNCH_BATCH = 32  # calls set up per loop iteration, so that the first ones are sent at once
+HOST_CALLS = 100
+CALL_STALL_S = 0.1
+# A worker holds no more claims than it can call within CLAIM_BACKLOG_S at the rate it has
+# shown while busy (assumed WORKER_RATE_FLOOR calls/s until it has shown more): what it could
+# not call on time stays in the queue for the workers that have room. Claims made during a
+# burst cost the calls under way a round trip each, so the bound is generous: 12,000 at first.
+CLAIM_BACKLOG_S = 3.0
+WORKER_RATE_FLOOR = 4000
+# Jobs one claim takes when more are due: a burst is claimed in slices, and the first worker to
+# see it wakes the others (WAKE_CHANNEL), so that their slices interleave and it spreads.
+CLAIM_SLICE = 250

@@ -116,7 +116,11 @@ class GuardedConnector(aiohttp.TCPConnector):
 
 
 def make_session(*, allow_private: bool, trusted_url: str | None = None) -> aiohttp.ClientSession:
-    """The one session a worker uses for every call (connection reuse is most of the speed)."""
+    """The one session a worker uses for every call (connection reuse is most of the speed).
+
+    The connector has no limit of its own: the worker sends at most ``HOST_CALLS`` calls to a
+    host at once, so a burst reuses that many keep-alive connections, and a host that stalls
+    loses its room instead of holding up others (see :meth:`~taskorch.worker.Worker._pump`)."""
     connector: aiohttp.TCPConnector
     if allow_private:
         connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=10)
@@ -129,6 +133,9 @@ def make_session(*, allow_private: bool, trusted_url: str | None = None) -> aioh
         connector = GuardedConnector(limit=0, ttl_dns_cache=10, trusted=trusted)
     return aiohttp.ClientSession(
         connector=connector,
+        # Each call's own timeout (asyncio.timeout in ``call``) bounds everything; aiohttp's
+        # default 5-minute one would only add a timer per call.
+        timeout=aiohttp.ClientTimeout(total=None),
         cookie_jar=aiohttp.DummyCookieJar(),  # one session for every owner: keep no cookies
         auto_decompress=True,
         skip_auto_headers=("User-Agent",),

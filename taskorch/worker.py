@@ -10,10 +10,21 @@ read them) and replace the consumer:
 * **Claim ahead.** Every ``poll_s`` (or at once, when a publisher says something is due soon) a
   worker moves the jobs due within ``claim_ahead_ms`` from the queue to a leases set it owns, in
   one script. Each job then waits on an in-process timer, so it fires within a millisecond of its
-  due time however the poll is tuned.
+  due time however the poll is tuned. A burst is claimed in slices (``CLAIM_SLICE``), and the
+  first worker to see more than a slice wakes the others, so that several workers share it; no
+  worker holds more than it can call within ``CLAIM_BACKLOG_S`` at the rate it has shown.
 * **Compare-and-set before calling.** When timers fire, one script moves every due task to
   ``running`` only if it still has the job id that was claimed. A cancel or modify removes or
-  replaces that id, so an old version can never fire; whichever script runs first wins.
+  replaces that id, so an old version can never fire; whichever script runs first wins. A
+  crowded millisecond is started earlier (``START_LEAD_PER_TASK_MS``, at most
+  ``START_LEAD_MAX_MS``), its round trips all sent at once, so that at its due time only calls
+  are left.
+* **Calls leave through a queue, in due order** (:meth:`Worker._pump`): at most
+  ``WORKER_CALLS`` at once and ``HOST_CALLS`` per host, set up ``LAUNCH_BATCH`` per loop
+  iteration. A burst to one host reuses that many keep-alive connections instead of opening one
+  per call (10,000 at once before), and its first calls go out before the rest are set up. A
+  host that has not answered for ``CALL_STALL_S`` while calls wait loses its room to them, so a
+  slow or hung host never holds up another host's calls.
 * **Leases instead of in-progress keys.** A claim lapses unless the worker renews it. Any
   worker's reaper hands a lapsed job back: unstarted ones to the queue, running ones as a
   "worker lost" attempt and an immediate retry. The sums (:class:`~taskorch.leases.LeaseTimes`) make a dead
@@ -58,13 +69,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import heapq
+import itertools
 import math
 import os
 import random
 import socket
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 import redis.exceptions
@@ -144,11 +159,28 @@ class Worker:
         self.id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{random.randrange(16**6):06x}"
         self._held: dict[str, Claimed] = {}  # job -> claim, from claim until outcome recorded
         self._slots: dict[int, list[Claimed]] = {}  # due ms -> claims waiting for it
-        self._timers: dict[int, asyncio.TimerHandle] = {}  # due ms -> its timer
+        self._timers: dict[int, tuple[float, asyncio.TimerHandle]] = {}  # due ms -> (at, timer)
         self._gates: dict[int, asyncio.Future[None]] = {}  # due ms -> opens at that time
         self._due: list[Claimed] = []
         self._outcomes: list[tuple[Claimed, list[Any]]] = []
         self._calls: set[asyncio.Task[None]] = set()
+        # Started calls waiting for their due time or for room: (due ms, seq, host, claim, n).
+        self._ready: list[tuple[int, int, str, Claimed, int]] = []
+        self._seq = itertools.count()
+        self._waiting: dict[str, deque[tuple[Claimed, int]]] = {}  # host -> calls due, host full
+        # Calls in flight that count against WORKER_CALLS (all hosts) and HOST_CALLS (per host).
+        self._all = _Room("")
+        self._hosts: dict[str, _Room] = {}
+        self._watchdog: asyncio.TimerHandle | None = None
+        self._watchdog_at = 0.0
+        self._pump_timer: tuple[int, asyncio.TimerHandle] | None = None
+        self._pump_soon = False
+        self._rate = float(c.WORKER_RATE_FLOOR)  # calls/s this worker has shown it can make
+        self._window_t0 = time.monotonic()
+        self._window_calls = 0
+        self._window_waiting = False
+        self._over_budget = False
+        self._shared_at = 0.0
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
         self._background: list[asyncio.Task[None]] = []
@@ -189,18 +221,35 @@ class Worker:
 
     async def _shutdown(self) -> None:
         unstarted = [cl for slot in self._slots.values() for cl in slot]
-        for handle in self._timers.values():
+        for _, handle in self._timers.values():
             handle.cancel()
         self._timers.clear()
         self._slots.clear()
         if unstarted:
             await self._hand_back(unstarted, reason="shutdown")
-        if self._calls:
+        if self._busy():
+            # Started calls still go out at their due time; calls in flight may finish.
             log.info("worker.draining", worker=self.id, in_flight=len(self._calls))
-            _, pending = await asyncio.wait(self._calls, timeout=self.shutdown_grace_s)
-            if pending:
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + self.shutdown_grace_s
+            while self._busy() and (left := deadline - loop.time()) > 0:
+                if self._calls:
+                    await asyncio.wait(
+                        set(self._calls),
+                        timeout=min(left, 0.1),
+                        return_when=asyncio.FIRST_COMPLETED,
+                    )
+                else:
+                    await asyncio.sleep(min(left, 0.01))
+            pending = set(self._calls)
+            unsent = len(self._ready) + sum(len(w) for w in self._waiting.values())
+            self._ready.clear()
+            self._waiting.clear()
+            if pending or unsent:
                 # Their leases lapse and any other worker retries them within lease_s.
-                log.warning("worker.abandoned_calls", worker=self.id, calls=len(pending))
+                log.warning(
+                    "worker.abandoned_calls", worker=self.id, calls=len(pending), unsent=unsent
+                )
                 for t in pending:
                     t.cancel()
                 await asyncio.gather(*pending, return_exceptions=True)
@@ -224,19 +273,23 @@ class Worker:
         while not self._stopping.is_set():
             self._wake.clear()
             try:
-                room = self.max_in_flight - len(self._held)
-                claimed: list[Claimed] = []
+                room = self._claim_room()
+                more = False
                 if room > 0:
+                    # The store shares the slice over the partitions; more_due says whether a
+                    # partition gave its whole share, so that more may be waiting now.
                     claimed = await self.store.claim(
                         worker=self.id,
                         horizon_ms=now_ms() + self.claim_ahead_ms,
                         lease_ms=self.expiry_ms,
-                        limit=min(c.CLAIM_BATCH, room),
+                        limit=min(c.CLAIM_SLICE, room),
                     )
                     for cl in claimed:
                         self._arm(cl)
+                    more = bool(claimed) and self.store.more_due
                 backoff = 0.1
-                if claimed and self.store.more_due:
+                if more:
+                    await self._share()
                     continue  # more may be waiting
             except REDIS_DOWN as exc:
                 log.warning("worker.redis_unavailable", error=str(exc), retry_in_s=backoff)
@@ -246,22 +299,63 @@ class Worker:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.poll_s)
 
+    def _claim_room(self) -> int:
+        """How many more jobs this worker claims: no more than it can call within
+        CLAIM_BACKLOG_S at the rate it has shown, so that in a burst the jobs it could not
+        start on time stay in the queue for workers with room."""
+        budget = int(self._rate * c.CLAIM_BACKLOG_S)
+        room = min(self.max_in_flight, budget) - len(self._held)
+        self._over_budget = room <= 0
+        return room
+
+    def _count_call(self) -> None:
+        """Measure the calls per second this worker makes while calls wait for room."""
+        self._window_calls += 1
+        now = time.monotonic()
+        elapsed = now - self._window_t0
+        if elapsed < 0.5:
+            return
+        waiting = bool(self._waiting) or len(self._all.counted) >= c.WORKER_CALLS
+        if waiting and self._window_waiting:  # busy all along: this is what it can do
+            rate = self._window_calls / elapsed
+            self._rate = max(c.WORKER_RATE_FLOOR, 0.5 * self._rate + 0.5 * rate)
+        self._window_t0, self._window_calls, self._window_waiting = now, 0, waiting
+
+    def _busy(self) -> bool:
+        return bool(self._calls or self._ready or self._waiting)
+
+    async def _share(self) -> None:
+        """More is due than one slice: wake every worker, so that they all claim slices of it
+        (and none takes a whole burst while the others wait for their next poll)."""
+        now = time.monotonic()
+        if now - self._shared_at > c.POLL_INTERVAL_S / 2:
+            self._shared_at = now
+            await self.store.redis.publish(c.WAKE_CHANNEL, now_ms())
+        await asyncio.sleep(0)  # the calls and starts under way go on between slices
+
     def _arm(self, cl: Claimed) -> None:
         """Wait for ``cl`` on the timer of its due millisecond (one timer per distinct ms)."""
         self._held[cl.job] = cl
         slot = self._slots.get(cl.due_ms)
-        if slot is not None:
-            slot.append(cl)
-            return
-        self._slots[cl.due_ms] = [cl]
-        self._set_timer(cl.due_ms)
+        if slot is None:
+            slot = self._slots[cl.due_ms] = []
+        slot.append(cl)
+        self._set_timer(cl.due_ms, len(slot))
 
-    def _set_timer(self, due_ms: int) -> None:
-        # Slots wake START_LEAD_MS early: the compare-and-set round trip happens before the due
-        # time, so that at the due time only the call itself is left to do.
+    def _set_timer(self, due_ms: int, tasks: int) -> None:
+        # Slots wake early, START_LEAD_MS and more for a crowded one (START_LEAD_PER_TASK_MS):
+        # the compare-and-set round trips happen before the due time, so that at the due time
+        # only the calls are left to make. A slot that grows moves its timer earlier.
+        lead_ms = min(c.START_LEAD_MAX_MS, c.START_LEAD_MS + tasks * c.START_LEAD_PER_TASK_MS)
+        at = (due_ms - lead_ms) / 1000
+        timer = self._timers.get(due_ms)
+        if timer is not None:
+            if timer[0] <= at + 0.001:
+                return
+            timer[1].cancel()
         loop = asyncio.get_running_loop()
-        delay = max(0.0, (due_ms - c.START_LEAD_MS) / 1000 - time.time())
-        self._timers[due_ms] = loop.call_at(loop.time() + delay, self._on_due, due_ms)
+        delay = max(0.0, at - time.time())
+        self._timers[due_ms] = (at, loop.call_at(loop.time() + delay, self._on_due, due_ms))
 
     def _on_due(self, due_ms: int) -> None:
         self._timers.pop(due_ms, None)
@@ -300,34 +394,40 @@ class Worker:
         t.add_done_callback(self._calls.discard)
 
     async def _flush_start(self) -> None:
-        """Compare-and-set every task due now to running, in one round trip, then call them."""
+        """Compare-and-set every task due now to running, START_BATCH per round trip, all sent
+        at once (Redis runs them one after the other; each reply lets its calls go)."""
         await asyncio.sleep(0)  # let timers due in this same loop iteration join the batch
         batch, self._due = self._due, []
         self._start_scheduled = False
-        for i in range(0, len(batch), 500):
-            chunk = batch[i : i + 500]
-            start = functools.partial(
-                self.store.start,
-                [(cl.arg, cl.job) for cl in chunk],
-                worker=self.id,
-                lease_ms=self.expiry_ms,
-            )
-            try:
-                # However long Redis is away: START is safe to repeat, and the claims stay ours.
-                numbers = await until_reachable(start, what="start")
-            except asyncio.CancelledError:
-                await self._hand_back(batch[i:], reason="cancelled")
-                raise
-            except Exception:
-                log.exception("worker.start_crashed", jobs=len(batch) - i)
-                await self._hand_back(batch[i:], reason="start_crashed")
-                return
-            for cl, n in zip(chunk, numbers, strict=True):
-                if n:
-                    self._spawn(self._fire(cl, n))
-                else:
-                    self._held.pop(cl.job, None)
-                    log.info("task.skipped", task_id=cl.arg, job=cl.job, reason="changed")
+        for i in range(0, len(batch), c.START_BATCH):
+            self._spawn(self._start_chunk(batch[i : i + c.START_BATCH]))
+
+    async def _start_chunk(self, chunk: list[Claimed]) -> None:
+        start = functools.partial(
+            self.store.start,
+            [(cl.arg, cl.job) for cl in chunk],
+            worker=self.id,
+            lease_ms=self.expiry_ms,
+        )
+        try:
+            # However long Redis is away: START is safe to repeat, and the claims stay ours.
+            numbers = await until_reachable(start, what="start")
+        except asyncio.CancelledError:
+            await self._hand_back(chunk, reason="cancelled")
+            raise
+        except Exception:
+            log.exception("worker.start_crashed", jobs=len(chunk))
+            await self._hand_back(chunk, reason="start_crashed")
+            return
+        for cl, n in zip(chunk, numbers, strict=True):
+            if n:
+                assert cl.spec is not None
+                entry = (cl.due_ms, next(self._seq), _host(cl.spec.url), cl, n)
+                heapq.heappush(self._ready, entry)
+            else:
+                self._held.pop(cl.job, None)
+                log.info("task.skipped", task_id=cl.arg, job=cl.job, reason="changed")
+        self._pump()
 
     async def _hand_back(self, claims: list[Claimed], *, reason: str) -> None:
         """Give claims up: stop renewing them and release them to the queue. When Redis cannot
@@ -348,7 +448,137 @@ class Worker:
 
     # -- firing ------------------------------------------------------------------------------
 
-    async def _fire(self, cl: Claimed, attempt: int) -> None:
+    def _pump(self) -> None:
+        """Send started calls that are due, oldest due first, while there is room: at most
+        WORKER_CALLS young calls in all and HOST_CALLS per host. A call whose host is full waits
+        in that host's line, so the calls behind it for other hosts go on."""
+        if self._waiting:
+            for host in list(self._waiting):
+                line = self._waiting[host]
+                while line and self._room(host):
+                    cl, n = line.popleft()
+                    self._launch(cl, n, host)
+                if not line:
+                    del self._waiting[host]
+        ready = self._ready
+        if not ready:
+            return
+        now = time.time() * 1000
+        launched = 0
+        while ready and len(self._all.counted) < c.WORKER_CALLS:
+            if launched == c.LAUNCH_BATCH:
+                # Let the calls just launched connect and send before setting up more: the
+                # first calls of a burst go out at once, not after thousands are set up.
+                if not self._pump_soon:
+                    self._pump_soon = True
+                    asyncio.get_running_loop().call_soon(self._on_pump_soon)
+                return
+            due = ready[0][0]
+            if due > now:
+                # Never early: timers may fire up to a millisecond early, so the clock decides.
+                self._pump_at(due)
+                return
+            _, _, host, cl, n = heapq.heappop(ready)
+            if self._room(host):
+                self._launch(cl, n, host)
+                launched += 1
+            else:
+                self._waiting.setdefault(host, deque()).append((cl, n))
+                self._watch()
+        if ready and ready[0][0] <= now:
+            self._watch()  # due calls wait for room
+
+    def _pump_at(self, due_ms: int) -> None:
+        if self._pump_timer is not None:
+            if self._pump_timer[0] <= due_ms:
+                return
+            self._pump_timer[1].cancel()
+        loop = asyncio.get_running_loop()
+        delay = max(0.0, due_ms / 1000 - time.time())
+        self._pump_timer = (due_ms, loop.call_at(loop.time() + delay, self._on_pump))
+
+    def _on_pump(self) -> None:
+        self._pump_timer = None
+        self._pump()
+
+    def _on_pump_soon(self) -> None:
+        self._pump_soon = False
+        self._pump()
+
+    def _room(self, host: str) -> bool:
+        room = self._hosts.get(host)
+        return len(self._all.counted) < c.WORKER_CALLS and (
+            room is None or len(room.counted) < c.HOST_CALLS
+        )
+
+    def _launch(self, cl: Claimed, attempt: int, host: str) -> None:
+        room = self._hosts.get(host)
+        now = time.monotonic()
+        if room is None:
+            room = self._hosts[host] = _Room(host)
+        call = _Call(room)
+        for r in (room, self._all):
+            if not r.counted:
+                r.progress = now  # nothing in flight: the clock for "no answer since" starts
+            r.counted.add(call)
+        self._spawn(self._fire(cl, attempt, call))
+
+    def _ended(self, call: _Call) -> None:
+        """A call ended: its host answers, and its room goes to the next call."""
+        now = time.monotonic()
+        room = call.room
+        room.progress = self._all.progress = now
+        self._count_call()
+        if call in room.counted:
+            room.counted.discard(call)
+            self._all.counted.discard(call)
+        if not room.counted and room.host not in self._waiting:
+            self._hosts.pop(room.host, None)
+        self._pump()
+
+    def _watch(self) -> None:
+        if self._watchdog is None:
+            loop = asyncio.get_running_loop()
+            self._watchdog_at = time.monotonic() + c.CALL_STALL_S
+            self._watchdog = loop.call_later(c.CALL_STALL_S, self._on_watchdog)
+
+    def _on_watchdog(self) -> None:
+        """Calls wait for room: where the calls holding it have had no answer for
+        CALL_STALL_S at two looks in a row (a slow or hung host, not a pause of this process),
+        they stop counting and the next ones go."""
+        self._watchdog = None
+        now = time.monotonic()
+        if now - self._watchdog_at > c.CALL_STALL_S / 4:
+            # This process did not run for a while (a busy machine): answers may be waiting
+            # unread, so "no answer" means nothing yet. Look again once they are read.
+            self._watch()
+            return
+        stalled = now - c.CALL_STALL_S
+        looked = [self._all] if len(self._all.counted) >= c.WORKER_CALLS else []
+        looked += [r for h in self._waiting if (r := self._hosts.get(h))]
+        rooms = []
+        for room in looked:
+            if room.progress > stalled:
+                room.suspect = False
+            elif room.suspect:
+                room.suspect = False
+                rooms.append(room)
+            else:
+                room.suspect = True
+        if self._all in rooms:
+            rooms = [self._all, *self._hosts.values()]
+        for room in rooms:
+            for call in room.counted:
+                if room is not self._all:
+                    self._all.counted.discard(call)
+                elif call.room is not room:
+                    call.room.counted.discard(call)
+            room.counted.clear()
+        self._pump()
+        if self._waiting or (self._ready and self._ready[0][0] <= time.time() * 1000):
+            self._watch()
+
+    async def _fire(self, cl: Claimed, attempt: int, call: _Call | None = None) -> None:
         spec = cl.spec
         assert spec is not None
         if time.time() * 1000 < cl.due_ms:
@@ -365,7 +595,7 @@ class Worker:
                     "Idempotency-Key": cl.arg,
                     "X-Taskorch-Task-Id": cl.arg,
                     "X-Taskorch-Attempt": str(attempt),
-                    "X-Taskorch-Scheduled-For": fmt_ms(cl.due_ms) or "",
+                    "X-Taskorch-Scheduled-For": _scheduled_for(cl.due_ms),
                 },
             )
         except Exception as exc:
@@ -374,6 +604,9 @@ class Worker:
             log.exception("task.call_crashed", task_id=cl.arg, attempt=attempt)
             t = time.time() * 1000
             result = outbound.CallResult(t, t, error=f"internal error: {type(exc).__name__}: {exc}")
+        finally:
+            if call is not None:
+                self._ended(call)
         lateness = result.started_ms - cl.due_ms
         next_due = 0
         if result.ok:
@@ -438,6 +671,8 @@ class Worker:
                     self._held.pop(cl.job, None)
                     if not ok:
                         log.warning("task.outcome_stale", task_id=cl.arg, job=cl.job)
+                if self._over_budget and self._claim_room() > 0:
+                    self._wake.set()  # room again: claim at once, not at the next poll
         finally:
             self._flushing = False
 
@@ -538,6 +773,38 @@ class Worker:
             elif n > 0:
                 log.warning("worker.recovered_jobs", jobs=n)
             holding_back = n < 0
+
+
+class _Room:
+    """The calls in flight that count against one host's room (or, host "", the worker's),
+    and when that host last answered."""
+
+    __slots__ = ("counted", "host", "progress", "suspect")
+
+    def __init__(self, host: str) -> None:
+        self.host = host
+        self.counted: set[_Call] = set()
+        self.progress = time.monotonic()
+        self.suspect = False  # no answer for CALL_STALL_S at the last look
+
+
+class _Call:
+    __slots__ = ("room",)
+
+    def __init__(self, room: _Room) -> None:
+        self.room = room
+
+
+@functools.lru_cache(maxsize=1024)
+def _scheduled_for(due_ms: int) -> str:
+    return fmt_ms(due_ms) or ""  # the same for every call of a burst: formatted once
+
+
+@functools.lru_cache(maxsize=4096)
+def _host(url: str) -> str:
+    """What shares a connection pool: scheme, host and port."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc.rpartition('@')[2].lower()}"
 
 
 def run_worker(settings: Settings) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
@@ -11,8 +12,11 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
+from taskorch import constants as c
 from taskorch import outbound
-from tests.conftest import Api, WorkerProcs
+from taskorch.models import Task, TaskCreate, TaskStatus
+from taskorch.store import Store, connect
+from tests.conftest import Api, Target, WorkerProcs, until
 
 
 @dataclass
@@ -214,3 +218,121 @@ async def test_one_owners_cookies_never_reach_another_owners_task(
     finally:
         await server.close()
     assert seen == [("/a", None), ("/b", None), ("/a2", None)]
+
+
+@contextlib.asynccontextmanager
+async def hung_server() -> AsyncIterator[str]:
+    """A target that accepts connections, reads the request and never answers."""
+    handlers: list[asyncio.Task[None]] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        handlers.append(task)
+        with contextlib.suppress(ConnectionError, asyncio.CancelledError):
+            await reader.readuntil(b"\r\n\r\n")
+            await asyncio.sleep(3600)
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.close()
+        for t in handlers:
+            t.cancel()
+        await asyncio.gather(*handlers, return_exceptions=True)
+        await server.wait_closed()
+
+
+async def _create_due(
+    store: Store, urls: list[str], due: dt.datetime, call_timeout_s: float
+) -> list[str]:
+    """Tasks due at one instant, created in this order (which is the order they are started)."""
+    ids = []
+    for url in urls:
+        task, _ = await store.create_task(
+            "alice", TaskCreate(url=url, retries=0, timeout=call_timeout_s, run_at=due)
+        )
+        ids.append(task.id)
+    return ids
+
+
+async def test_hung_and_slow_hosts_never_hold_up_a_fast_hosts_calls(
+    redis_url: str, target: Target, workers: WorkerProcs
+) -> None:
+    """A burst to hosts that never answer or answer slowly in pieces (more calls than one host
+    or one worker makes at once) leaves the calls to a fast host due with them, and after
+    them, going out on time; the slow answers are still read whole."""
+    slow_body = b'{"slow": "' + b"y" * 4_000 + b'"}'
+    store = Store(connect(redis_url))
+    workers.start()
+    await until(lambda: "worker.started" in workers.logs(), timeout_s=60)
+    async with (
+        hung_server() as hung_a,
+        hung_server() as hung_b,
+        hung_server() as hung_c,
+        pieces_server({"/slow": slow_body}, pieces=4, pause_s=0.5) as slow,
+    ):
+        due = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=8)
+        later = due + dt.timedelta(seconds=1)
+        # Started in this order: 3 x (HOST_CALLS + 20) hung calls, more than WORKER_CALLS
+        # in all, then slow ones, then the fast host's, due at the same instant.
+        stuck = [f"{h}/hang" for h in (hung_a, hung_b, hung_c) for _ in range(c.HOST_CALLS + 20)]
+        assert len(stuck) > c.WORKER_CALLS
+        await _create_due(store, stuck, due, call_timeout_s=20)
+        slow_ids = await _create_due(store, [slow.url("/slow")] * 30, due, call_timeout_s=20)
+        fast_now = await _create_due(store, [target.url("/fast")] * 30, due, call_timeout_s=20)
+        fast_later = await _create_due(store, [target.url("/later")] * 30, later, call_timeout_s=20)
+        assert dt.datetime.now(dt.UTC) < due - dt.timedelta(seconds=1.5), "created too late"
+
+        await until(lambda: len(target.calls) >= 60, timeout_s=30)
+        arrived = {call.headers["X-Taskorch-Task-Id"]: call.at for call in target.calls}
+        for ids, at in ((fast_now, due), (fast_later, later)):
+            lateness = [arrived[i] - at.timestamp() for i in ids]
+            assert min(lateness) >= 0  # never early
+            # On time by a wide margin for a busy machine, and long before any stuck call
+            # ends (20 s): none waited for the hung or slow hosts.
+            assert max(lateness) < 1.5, lateness
+        for task_id in slow_ids:
+
+            async def ended(task_id: str = task_id) -> Task | None:
+                task = await store.get_task("alice", task_id)
+                return task if task.status != TaskStatus.running else None
+
+            task = await until(ended, timeout_s=30)
+            assert task.status == TaskStatus.succeeded
+            assert task.attempts[0].response_body == slow_body.decode()
+    await store.redis.aclose()
+
+
+async def test_two_workers_share_a_burst(
+    redis_url: str, target: Target, workers: WorkerProcs
+) -> None:
+    """Two real worker processes: a burst due at one instant is called once per task, and both
+    workers make part of the calls."""
+    store = Store(connect(redis_url))
+    workers.start()
+    workers.start()
+    await until(lambda: workers.logs().count("worker.started") == 2, timeout_s=60)
+    n = 1000
+    due = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=8)
+    ids: list[str] = []
+    for _ in range(0, n, 50):
+        batch = await asyncio.gather(
+            *(_create_due(store, [target.url("/burst")], due, call_timeout_s=10) for _ in range(50))
+        )
+        ids += [i for b in batch for i in b]
+    assert dt.datetime.now(dt.UTC) < due - dt.timedelta(seconds=1.5), "created too late"
+    await until(lambda: len(target.calls) >= n, timeout_s=60)
+    await asyncio.sleep(0.5)
+    assert sorted(target.by_task()) == sorted(ids)
+    assert set(target.by_task().values()) == {1}
+    assert min(call.at for call in target.calls) >= due.timestamp()
+    await until(lambda: workers.logs().count('"task.attempt"') >= n, timeout_s=30)
+    shares = [
+        (workers.log_dir / f"worker-{i}.log").read_text().count('"task.attempt"') for i in (0, 1)
+    ]
+    assert sum(shares) == n and min(shares) > 0, shares
+    await store.redis.aclose()
