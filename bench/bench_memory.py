@@ -1,0 +1,212 @@
+"""Memory benchmark: Redis bytes per pending task, and precision with a million of them pending.
+
+    python bench/bench_memory.py                  # 1,000,000 bench tasks + 100,000 with 1 KB
+    python bench/bench_memory.py --tasks 100000   # a quicker look
+
+One command, everything real and local: a redis-server started here (noeviction; no persistence
+while filling, so that the fill measures Redis and not the disk), the real ``taskorch worker``
+process and bench/target.py. In order:
+
+1. ``--tasks`` pending tasks of the benchmark's task (a URL, ``{"n": 123, "kind": "bench"}``,
+   every other field left to its default, due in a year) are created through the store as fast
+   as it takes them; Redis's ``used_memory`` before and after gives bytes per pending task, and
+   ``DBSIZE`` the keys per task. A sample of keys (``RANDOMKEY`` + ``MEMORY USAGE``) shows which
+   kinds of key the bytes are in.
+2. ``--big-tasks`` more, each with a 1 KB payload (100,000 suffice for a per-task figure).
+3. With all of them pending, bench_tasks's scenario (a): 1,000 tasks due over 10 s, one worker,
+   lateness at the target (p50/p99/max), then the in-memory floor (bench/floor.py) on the same
+   due times in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import os
+import re
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+BENCH = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH))
+
+import floor  # noqa: E402
+from bench_tasks import Rig, create, pct, report_calls  # noqa: E402
+
+from taskorch.models import TaskCreate  # noqa: E402
+from taskorch.store import Store, connect  # noqa: E402
+
+OWNER = "bench"
+PAYLOAD = {"n": 123, "kind": "bench"}
+BIG_PAYLOAD = {"n": 123, "kind": "bench", "data": "x" * 990}  # 1,024 bytes as JSON
+IN_FLIGHT = 256  # creates in flight at once on the one-task path
+BATCH = 1000  # tasks per call on the batch path (Store.create_tasks), where the store has it
+
+
+def layout_name() -> str:
+    """Which record layout the checked-out code writes, for the report."""
+    try:
+        import taskorch.partitions  # noqa: F401
+    except ImportError:
+        return "single-node layout (one hash per task + job key)"
+    return "partitioned layout"
+
+
+async def fill(store: Store, n: int, payload: Any, *, due: dt.datetime, label: str) -> float:
+    """Create ``n`` pending tasks as fast as the store takes them; returns creates per second."""
+    url = "http://127.0.0.1:9/bench"  # never called: due in a year
+    body = TaskCreate(url=url, payload=payload, run_at=due)
+    done = 0
+    t0 = last = time.perf_counter()
+
+    tty = sys.stdout.isatty()
+
+    def progress(final: bool = False) -> None:
+        nonlocal last
+        now = time.perf_counter()
+        if final or now - last >= (1.0 if tty else 10.0):  # one line per 10 s into a log
+            last = now
+            line = f"  {label}: {done:,} / {n:,} created ({done / max(now - t0, 1e-9):,.0f}/s)"
+            print(f"\r{line}   " if tty else line, end="\n" if final or not tty else "", flush=True)
+
+    batch = getattr(store, "create_tasks", None)
+    if batch is not None:
+        for i in range(0, n, BATCH * 4):
+            sizes = [min(BATCH, n - j) for j in range(i, min(n, i + BATCH * 4), BATCH)]
+            await asyncio.gather(*(batch(OWNER, [body] * k) for k in sizes))
+            done += sum(sizes)
+            progress()
+    else:
+        queue = iter(range(n))
+
+        async def lane() -> None:
+            nonlocal done
+            for _ in queue:
+                await store.create_task(OWNER, body)
+                done += 1
+                progress()
+
+        await asyncio.gather(*(lane() for _ in range(IN_FLIGHT)))
+    progress(final=True)
+    return n / (time.perf_counter() - t0)
+
+
+async def memory(redis: Any) -> tuple[int, int]:
+    info = await redis.info("memory")
+    return int(info["used_memory"]), int(await redis.dbsize())
+
+
+_ID = re.compile(r"(tsk|orc)_[0-9a-f]{24}")
+
+
+async def sample_keys(redis: Any, n: int = 400) -> dict[str, tuple[int, float]]:
+    """Key kinds (ids replaced by <id>) among ``n`` random keys: count and mean MEMORY USAGE."""
+    sizes: dict[str, list[int]] = defaultdict(list)
+    for _ in range(n):
+        key = await redis.randomkey()
+        if key is None:
+            break
+        usage = await redis.memory_usage(key, samples=0)
+        sizes[_ID.sub("<id>", key)].append(int(usage or 0))
+    return {k: (len(v), sum(v) / len(v)) for k, v in sizes.items()}
+
+
+Row = tuple[str, int, int, int, float]  # label, tasks, bytes, keys, creates/s
+
+
+async def measure_fill(
+    rig: Rig, tasks: int, big_tasks: int
+) -> tuple[list[Row], dict[str, tuple[int, float]], str]:
+    """Fill Redis with pending tasks; the memory rows, the key sample and Redis's version."""
+    redis = connect(rig.redis_url, max_connections=IN_FLIGHT + 8)
+    version = str((await redis.info("server"))["redis_version"])
+    # Nothing is written to disk while filling: the figure is Redis's memory, not the disk's pace.
+    await redis.config_set("appendonly", "no")
+    await redis.config_set("save", "")
+    await redis.config_set("maxmemory-policy", "noeviction")
+    store = Store(redis)
+    due = dt.datetime.now(dt.UTC) + dt.timedelta(days=365)
+    await fill(store, 1, PAYLOAD, due=due, label="warm-up")  # scripts cached, indexes exist
+    rows = []
+    samples: dict[str, tuple[int, float]] = {}
+    for label, n, payload in (
+        ("bench task", tasks, PAYLOAD),
+        ("1 KB payload", big_tasks, BIG_PAYLOAD),
+    ):
+        if not n:
+            continue
+        mem0, keys0 = await memory(redis)
+        rate = await fill(store, n, payload, due=due, label=label)
+        mem1, keys1 = await memory(redis)
+        rows.append((label, n, mem1 - mem0, keys1 - keys0, rate))
+        if label == "bench task":
+            samples = await sample_keys(redis)
+    await redis.aclose()
+    return rows, samples, version
+
+
+def accuracy(rig: Rig, n: int = 1000, spread_s: float = 10.0) -> tuple[list[float], int, int]:
+    """bench_tasks scenario (a) on this rig: ``n`` tasks due over ``spread_s``, one worker."""
+    start = time.time() + 3.0
+    tasks = asyncio.run(create(rig, [start + spread_s * i / n for i in range(n)]))
+    time.sleep(max(0.0, start + spread_s + 2.0 - time.time()))
+    return report_calls(tasks, rig.calls())
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--tasks", type=int, default=1_000_000, help="pending bench tasks")
+    ap.add_argument("--big-tasks", type=int, default=100_000, help="pending tasks with 1 KB")
+    args = ap.parse_args()
+    command = " ".join(["python bench/bench_memory.py", *sys.argv[1:]])
+    print(f"taskorch memory benchmark, {os.cpu_count()} cores, Python {sys.version.split()[0]}")
+    with tempfile.TemporaryDirectory() as d, Rig(Path(d)) as rig:
+        layout = layout_name()
+        print(f"code: {layout}")
+        rows, samples, version = asyncio.run(measure_fill(rig, args.tasks, args.big_tasks))
+        pending = sum(r[1] for r in rows)
+        print(f"accuracy: 1,000 tasks over 10 s with {pending:,} pending, one worker ...")
+        lateness, misses, dups = accuracy(rig)
+    print("accuracy: the in-memory floor on the same due times ...")
+    floor_lat, floor_misses, floor_dups = floor.measure([10.0 * i / 1000 for i in range(1000)])
+
+    print()
+    print(f"$ {command}")
+    print(f"code: {layout}; redis-server {version}")
+    print()
+    print("| pending tasks | Redis per task | keys per task | created/s |")
+    print("|---|---:|---:|---:|")
+    for label, n, mem, keys, rate in rows:
+        print(f"| {n:,} x {label} | {mem / n:,.0f} B | {keys / n:.2f} | {rate:,.0f} |")
+    if samples:
+        print()
+        print(
+            f"where a bench task's bytes are ({sum(k for k, _ in samples.values())} random keys):"
+        )
+        print("| key | share of keys | mean MEMORY USAGE |")
+        print("|---|---:|---:|")
+        total = sum(k for k, _ in samples.values())
+        for key, (k, mean) in sorted(samples.items(), key=lambda kv: -kv[1][0])[:8]:
+            print(f"| `{key}` | {100 * k / total:.0f} % | {mean:,.0f} B |")
+    print()
+    print(f"| 1,000 over 10 s, {pending:,} pending | p50 | p99 | max | misses | duplicates |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for name, lat, m, dd in (
+        ("taskorch, one worker", lateness, misses, dups),
+        ("in-memory floor", floor_lat, floor_misses, floor_dups),
+    ):
+        print(
+            f"| {name} | {pct(lat, 50):.2f} ms | {pct(lat, 99):.2f} ms | {max(lat):.2f} ms "
+            f"| {m} | {dd} |"
+        )
+
+
+if __name__ == "__main__":
+    main()
