@@ -75,10 +75,16 @@ async def fill(store: Store, n: int, payload: Any, *, due: dt.datetime, label: s
             print(f"\r{line}   " if tty else line, end="\n" if final or not tty else "", flush=True)
 
     batch = getattr(store, "create_tasks", None)
-    if batch is not None:
+    if batch is not None:  # the partitioned layout: one script per partition a batch touches
+        from taskorch.store import BatchItem  # type: ignore[attr-defined]
+
+        item = BatchItem(body=body)
         for i in range(0, n, BATCH * 4):
             sizes = [min(BATCH, n - j) for j in range(i, min(n, i + BATCH * 4), BATCH)]
-            await asyncio.gather(*(batch(OWNER, [body] * k) for k in sizes))
+            for results in await asyncio.gather(*(batch(OWNER, [item] * k) for k in sizes)):
+                errors = [r for r in results if isinstance(r, Exception)]
+                if errors:
+                    raise errors[0]
             done += sum(sizes)
             progress()
     else:
@@ -102,6 +108,7 @@ async def memory(redis: Any) -> tuple[int, int]:
 
 
 _ID = re.compile(r"(tsk|orc)_[0-9a-f]{24}")
+_TAG = re.compile(r"\{[^}]*\}")  # a partition's hash tag
 
 
 async def sample_keys(redis: Any, n: int = 400) -> dict[str, tuple[int, float]]:
@@ -112,7 +119,7 @@ async def sample_keys(redis: Any, n: int = 400) -> dict[str, tuple[int, float]]:
         if key is None:
             break
         usage = await redis.memory_usage(key, samples=0)
-        sizes[_ID.sub("<id>", key)].append(int(usage or 0))
+        sizes[_TAG.sub("{p}", _ID.sub("<id>", key))].append(int(usage or 0))
     return {k: (len(v), sum(v) / len(v)) for k, v in sizes.items()}
 
 
