@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
+import multiprocessing
 import os
 import re
 import sys
@@ -57,23 +58,12 @@ def layout_name() -> str:
     return "partitioned layout"
 
 
-async def fill(store: Store, n: int, payload: Any, *, due: dt.datetime, label: str) -> float:
-    """Create ``n`` pending tasks as fast as the store takes them; returns creates per second."""
+async def _create(redis_url: str, n: int, payload: Any, due: dt.datetime, done: Any) -> None:
+    """Create ``n`` pending tasks through the store, counting them in the shared ``done``."""
+    redis = connect(redis_url, max_connections=IN_FLIGHT + 8)
+    store = Store(redis)
     url = "http://127.0.0.1:9/bench"  # never called: due in a year
     body = TaskCreate(url=url, payload=payload, run_at=due)
-    done = 0
-    t0 = last = time.perf_counter()
-
-    tty = sys.stdout.isatty()
-
-    def progress(final: bool = False) -> None:
-        nonlocal last
-        now = time.perf_counter()
-        if final or now - last >= (1.0 if tty else 10.0):  # one line per 10 s into a log
-            last = now
-            line = f"  {label}: {done:,} / {n:,} created ({done / max(now - t0, 1e-9):,.0f}/s)"
-            print(f"\r{line}   " if tty else line, end="\n" if final or not tty else "", flush=True)
-
     batch = getattr(store, "create_tasks", None)
     if batch is not None:  # the partitioned layout: one script per partition a batch touches
         from taskorch.store import BatchItem  # type: ignore[attr-defined]
@@ -85,40 +75,77 @@ async def fill(store: Store, n: int, payload: Any, *, due: dt.datetime, label: s
                 errors = [r for r in results if isinstance(r, Exception)]
                 if errors:
                     raise errors[0]
-            done += sum(sizes)
-            progress()
+            with done.get_lock():
+                done.value += sum(sizes)
     else:
         queue = iter(range(n))
 
         async def lane() -> None:
-            nonlocal done
             for _ in queue:
                 await store.create_task(OWNER, body)
-                done += 1
-                progress()
+                with done.get_lock():
+                    done.value += 1
 
         await asyncio.gather(*(lane() for _ in range(IN_FLIGHT)))
-    progress(final=True)
+    await redis.aclose()
+
+
+def _create_part(redis_url: str, n: int, payload: Any, due: dt.datetime, done: Any) -> None:
+    asyncio.run(_create(redis_url, n, payload, due, done))
+
+
+def fill(
+    redis_url: str, n: int, payload: Any, *, due: dt.datetime, label: str, procs: int
+) -> float:
+    """Create ``n`` pending tasks from ``procs`` processes at once; returns creates per second.
+
+    One Python process parses Redis's replies slower than Redis runs the scripts, so the fill
+    uses several, each with its own connections.
+    """
+    done = multiprocessing.Value("q", 0)
+    parts = [n // procs + (1 if i < n % procs else 0) for i in range(procs)]
+    workers = [
+        multiprocessing.Process(target=_create_part, args=(redis_url, k, payload, due, done))
+        for k in parts
+        if k
+    ]
+    tty = sys.stdout.isatty()
+    t0 = time.perf_counter()
+    for w in workers:
+        w.start()
+    while True:
+        alive = any(w.is_alive() for w in workers)
+        elapsed = time.perf_counter() - t0
+        line = f"  {label}: {done.value:,} / {n:,} created ({done.value / elapsed:,.0f}/s)"
+        print(f"\r{line}   " if tty else line, end="" if tty and alive else "\n", flush=True)
+        if not alive:
+            break
+        deadline = time.perf_counter() + (1.0 if tty else 10.0)  # one line per 10 s into a log
+        while time.perf_counter() < deadline and any(w.is_alive() for w in workers):
+            time.sleep(0.1)
+    for w in workers:
+        w.join()
+    if any(w.exitcode for w in workers) or done.value != n:
+        sys.exit(f"creating the tasks failed: {done.value:,} of {n:,} created")
     return n / (time.perf_counter() - t0)
 
 
-async def memory(redis: Any) -> tuple[int, int]:
-    info = await redis.info("memory")
-    return int(info["used_memory"]), int(await redis.dbsize())
+def memory(redis: Any) -> tuple[int, int]:
+    return int(redis.info("memory")["used_memory"]), int(redis.dbsize())
 
 
 _ID = re.compile(r"(tsk|orc)_[0-9a-f]{24}")
 _TAG = re.compile(r"\{[^}]*\}")  # a partition's hash tag
 
 
-async def sample_keys(redis: Any, n: int = 400) -> dict[str, tuple[int, float]]:
-    """Key kinds (ids replaced by <id>) among ``n`` random keys: count and mean MEMORY USAGE."""
+def sample_keys(redis: Any, n: int = 400) -> dict[str, tuple[int, float]]:
+    """Key kinds (ids and hash tags replaced) among ``n`` random keys: count, mean MEMORY USAGE."""
     sizes: dict[str, list[int]] = defaultdict(list)
     for _ in range(n):
-        key = await redis.randomkey()
+        key = redis.randomkey()
         if key is None:
             break
-        usage = await redis.memory_usage(key, samples=0)
+        usage = redis.memory_usage(key, samples=0)
         sizes[_TAG.sub("{p}", _ID.sub("<id>", key))].append(int(usage or 0))
     return {k: (len(v), sum(v) / len(v)) for k, v in sizes.items()}
 
@@ -126,19 +153,21 @@ async def sample_keys(redis: Any, n: int = 400) -> dict[str, tuple[int, float]]:
 Row = tuple[str, int, int, int, float]  # label, tasks, bytes, keys, creates/s
 
 
-async def measure_fill(
-    rig: Rig, tasks: int, big_tasks: int
+def measure_fill(
+    rig: Rig, tasks: int, big_tasks: int, procs: int
 ) -> tuple[list[Row], dict[str, tuple[int, float]], str]:
     """Fill Redis with pending tasks; the memory rows, the key sample and Redis's version."""
-    redis = connect(rig.redis_url, max_connections=IN_FLIGHT + 8)
-    version = str((await redis.info("server"))["redis_version"])
+    import redis as redis_py
+
+    redis = redis_py.Redis(port=rig.redis_port, decode_responses=True)
+    version = str(redis.info("server")["redis_version"])
     # Nothing is written to disk while filling: the figure is Redis's memory, not the disk's pace.
-    await redis.config_set("appendonly", "no")
-    await redis.config_set("save", "")
-    await redis.config_set("maxmemory-policy", "noeviction")
-    store = Store(redis)
+    redis.config_set("appendonly", "no")
+    redis.config_set("save", "")
+    redis.config_set("maxmemory-policy", "noeviction")
     due = dt.datetime.now(dt.UTC) + dt.timedelta(days=365)
-    await fill(store, 1, PAYLOAD, due=due, label="warm-up")  # scripts cached, indexes exist
+    # The scripts cached, the partitions recorded, the indexes made: not counted per task.
+    fill(rig.redis_url, 1, PAYLOAD, due=due, label="warm-up", procs=1)
     rows = []
     samples: dict[str, tuple[int, float]] = {}
     for label, n, payload in (
@@ -147,13 +176,13 @@ async def measure_fill(
     ):
         if not n:
             continue
-        mem0, keys0 = await memory(redis)
-        rate = await fill(store, n, payload, due=due, label=label)
-        mem1, keys1 = await memory(redis)
+        mem0, keys0 = memory(redis)
+        rate = fill(rig.redis_url, n, payload, due=due, label=label, procs=procs)
+        mem1, keys1 = memory(redis)
         rows.append((label, n, mem1 - mem0, keys1 - keys0, rate))
         if label == "bench task":
-            samples = await sample_keys(redis)
-    await redis.aclose()
+            samples = sample_keys(redis)
+    redis.close()
     return rows, samples, version
 
 
@@ -171,13 +200,14 @@ def main() -> None:
     )
     ap.add_argument("--tasks", type=int, default=1_000_000, help="pending bench tasks")
     ap.add_argument("--big-tasks", type=int, default=100_000, help="pending tasks with 1 KB")
+    ap.add_argument("--procs", type=int, default=2, help="processes creating the tasks")
     args = ap.parse_args()
     command = " ".join(["python bench/bench_memory.py", *sys.argv[1:]])
     print(f"taskorch memory benchmark, {os.cpu_count()} cores, Python {sys.version.split()[0]}")
     with tempfile.TemporaryDirectory() as d, Rig(Path(d)) as rig:
         layout = layout_name()
         print(f"code: {layout}")
-        rows, samples, version = asyncio.run(measure_fill(rig, args.tasks, args.big_tasks))
+        rows, samples, version = measure_fill(rig, args.tasks, args.big_tasks, args.procs)
         pending = sum(r[1] for r in rows)
         print(f"accuracy: 1,000 tasks over 10 s with {pending:,} pending, one worker ...")
         lateness, misses, dups = accuracy(rig)
