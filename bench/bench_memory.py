@@ -49,6 +49,13 @@ IN_FLIGHT = 256  # creates in flight at once on the one-task path
 BATCH = 1000  # tasks per call on the batch path (Store.create_tasks), where the store has it
 
 
+def fill_path() -> str:
+    """How the fill creates tasks: the store's batch create where it has one."""
+    if hasattr(Store, "create_tasks"):
+        return f"Store.create_tasks, {BATCH:,} a call"
+    return f"Store.create_task, {IN_FLIGHT} in flight"
+
+
 def layout_name() -> str:
     """Which record layout the checked-out code writes, for the report."""
     try:
@@ -134,6 +141,17 @@ def memory(redis: Any) -> tuple[int, int]:
     return int(redis.info("memory")["used_memory"]), int(redis.dbsize())
 
 
+def redis_work(redis: Any) -> tuple[float, int, int]:
+    """Redis's CPU seconds, scripts run and commands run (those inside scripts too) so far."""
+    cpu = redis.info("cpu")
+    stats = redis.info("commandstats")
+    scripts = sum(
+        int(v["calls"]) for k, v in stats.items() if k in ("cmdstat_evalsha", "cmdstat_eval")
+    )
+    commands = sum(int(v["calls"]) for v in stats.values()) - scripts
+    return float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"]), scripts, commands
+
+
 _ID = re.compile(r"(tsk|orc)_[0-9a-f]{24}")
 _TAG = re.compile(r"\{[^}]*\}")  # a partition's hash tag
 
@@ -150,7 +168,8 @@ def sample_keys(redis: Any, n: int = 400) -> dict[str, tuple[int, float]]:
     return {k: (len(v), sum(v) / len(v)) for k, v in sizes.items()}
 
 
-Row = tuple[str, int, int, int, float]  # label, tasks, bytes, keys, creates/s
+# label, tasks, bytes, keys, creates/s, Redis CPU us, scripts and commands per task
+Row = tuple[str, int, int, int, float, float, float, float]
 
 
 def measure_fill(
@@ -177,9 +196,22 @@ def measure_fill(
         if not n:
             continue
         mem0, keys0 = memory(redis)
+        cpu0, scripts0, commands0 = redis_work(redis)
         rate = fill(rig.redis_url, n, payload, due=due, label=label, procs=procs)
+        cpu1, scripts1, commands1 = redis_work(redis)
         mem1, keys1 = memory(redis)
-        rows.append((label, n, mem1 - mem0, keys1 - keys0, rate))
+        rows.append(
+            (
+                label,
+                n,
+                mem1 - mem0,
+                keys1 - keys0,
+                rate,
+                (cpu1 - cpu0) / n * 1e6,
+                (scripts1 - scripts0) / n,
+                (commands1 - commands0) / n,
+            )
+        )
         if label == "bench task":
             samples = sample_keys(redis)
     redis.close()
@@ -218,10 +250,17 @@ def main() -> None:
     print(f"$ {command}")
     print(f"code: {layout}; redis-server {version}")
     print()
-    print("| pending tasks | Redis per task | keys per task | created/s |")
-    print("|---|---:|---:|---:|")
-    for label, n, mem, keys, rate in rows:
-        print(f"| {n:,} x {label} | {mem / n:,.0f} B | {keys / n:.2f} | {rate:,.0f} |")
+    print(
+        "| pending tasks | Redis per task | keys per task | created/s "
+        "| Redis CPU per create | scripts per create | commands per create |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for label, n, mem, keys, rate, cpu_us, scripts, commands in rows:
+        print(
+            f"| {n:,} x {label} | {mem / n:,.0f} B | {keys / n:.2f} | {rate:,.0f} "
+            f"| {cpu_us:.1f} us | {scripts:.3f} | {commands:.2f} |"
+        )
+    print(f"(created through {fill_path()}, from {args.procs} processes)")
     if samples:
         print()
         print(
