@@ -256,7 +256,9 @@ def listed_tasks(rig: SoakRig) -> dict[str, float]:
     while True:
         page = rig.get(f"/v1/tasks?limit=200{'&cursor=' + cursor if cursor else ''}")
         for t in page["items"]:
-            out[t["id"]] = dt.datetime.fromisoformat(t["run_at"]).timestamp()
+            # The first attempt's due time; run_at where the task was never attempted.
+            due = t["attempts"][0]["scheduled_for"] if t["attempts"] else t["run_at"]
+            out[t["id"]] = dt.datetime.fromisoformat(due).timestamp() if due else 0.0
         cursor = page.get("next_cursor") or ""
         if not cursor:
             return out
