@@ -290,7 +290,8 @@ def main() -> None:
             calls = rig.calls()
         lateness, missing, dups = report_calls(tasks, calls)
         unknown = sum(1 for t, _, _ in calls if t not in tasks)
-        first = min(tasks.values(), default=0.0)
+        dues = [due for due in tasks.values() if due]
+        first = min(dues, default=0.0)
         print(f"the in-memory floor on the same {len(tasks):,} due times ...", flush=True)
         floor_lat, floor_missing, floor_dups = floor.measure(
             [due - first for due in tasks.values()]
