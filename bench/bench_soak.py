@@ -50,10 +50,13 @@ DELAY_S = (2.0, 5.0)  # each task is due this long after its creation, uniformly
 WRK_SCRIPT = """
 -- Creates the benchmark's task, due 2-5 s after creation; counts the answers by status.
 local threads = {}
-function setup(thread) table.insert(threads, thread) end
+function setup(thread)
+  table.insert(threads, thread)
+  thread:set("id", #threads)
+end
 function init(args)
   created, answers = 0, {}
-  math.randomseed(tonumber(args[1]) or os.time())
+  math.randomseed((tonumber(args[1]) or os.time()) + id)  -- each thread its own delays
 end
 local headers = {["Content-Type"] = "application/json", ["Authorization"] = "Bearer %(token)s"}
 function request()
