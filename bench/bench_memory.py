@@ -67,7 +67,9 @@ def layout_name() -> str:
 
 async def _create(redis_url: str, n: int, payload: Any, due: dt.datetime, done: Any) -> None:
     """Create ``n`` pending tasks through the store, counting them in the shared ``done``."""
-    redis = connect(redis_url, max_connections=IN_FLIGHT + 8)
+    # No read timeout: parsing a 1,000-task reply without hiredis takes a loaded process about a
+    # second, and the replies of the batches in flight are read one after another.
+    redis = connect(redis_url, max_connections=IN_FLIGHT + 8, socket_timeout=None)
     store = Store(redis)
     url = "http://127.0.0.1:9/bench"  # never called: due in a year
     body = TaskCreate(url=url, payload=payload, run_at=due)
@@ -76,8 +78,8 @@ async def _create(redis_url: str, n: int, payload: Any, due: dt.datetime, done: 
         from taskorch.store import BatchItem  # type: ignore[attr-defined]
 
         item = BatchItem(body=body)
-        for i in range(0, n, BATCH * 4):
-            sizes = [min(BATCH, n - j) for j in range(i, min(n, i + BATCH * 4), BATCH)]
+        for i in range(0, n, BATCH * 2):
+            sizes = [min(BATCH, n - j) for j in range(i, min(n, i + BATCH * 2), BATCH)]
             for results in await asyncio.gather(*(batch(OWNER, [item] * k) for k in sizes)):
                 errors = [r for r in results if isinstance(r, Exception)]
                 if errors:
