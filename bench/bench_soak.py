@@ -19,7 +19,10 @@ page), which gives each created task's due time; the target gives each call. Rep
   (duplicates), calls of ids nobody created, and 201s versus the tasks the API lists;
 * lateness (arrival at the target minus the due time) p50/p99/max, beside the in-memory floor
   (bench/floor.py) replaying the same due times, alone, right after the run;
-* the CPU seconds the load generator itself used, so that a saturated generator shows.
+* the CPU seconds the load generator itself used, so that a saturated generator shows;
+* per task: the CPU Redis, the API and the workers used, Redis's scripts and commands (from
+  ``INFO commandstats``: commands inside scripts count), and Redis's memory per finished task.
+  Idle work (polls, heartbeats, lease renewals) over the run is included: it is part of the cost.
 """
 
 from __future__ import annotations
