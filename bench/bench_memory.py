@@ -8,12 +8,13 @@ while filling, so that the fill measures Redis and not the disk), the real ``tas
 process and bench/target.py. In order:
 
 1. ``--tasks`` pending tasks of the benchmark's task (a URL, ``{"n": 123, "kind": "bench"}``,
-   every other field left to its default, due in a year) are created through the store as fast
-   as it takes them; Redis's ``used_memory`` before and after gives bytes per pending task, and
-   ``DBSIZE`` the keys per task. A sample of keys (``RANDOMKEY`` + ``MEMORY USAGE``) shows which
-   kinds of key the bytes are in.
-2. ``--big-tasks`` more, each with a 1 KB payload (100,000 suffice for a per-task figure).
-3. With all of them pending, bench_tasks's scenario (a): 1,000 tasks due over 10 s, one worker,
+   every other field left to its default) and, in a Redis of their own, ``--big-tasks`` with a
+   1 KB payload (100,000 suffice for a per-task figure), all due in a year, created through the
+   store as fast as it takes them. Redis's ``used_memory`` before and after gives bytes per
+   pending task, ``DBSIZE`` the keys per task, ``INFO cpu``/``commandstats`` Redis's work per
+   create. A sample of keys (``RANDOMKEY`` + ``MEMORY USAGE``) shows which kinds of key the
+   bench task's bytes are in.
+2. With the bench tasks pending, bench_tasks's scenario (a): 1,000 tasks due over 10 s, one worker,
    lateness at the target (p50/p99/max), then the in-memory floor (bench/floor.py) on the same
    due times in the same run.
 """
@@ -175,9 +176,9 @@ Row = tuple[str, int, int, int, float, float, float, float]
 
 
 def measure_fill(
-    rig: Rig, tasks: int, big_tasks: int, procs: int
-) -> tuple[list[Row], dict[str, tuple[int, float]], str]:
-    """Fill Redis with pending tasks; the memory rows, the key sample and Redis's version."""
+    rig: Rig, label: str, n: int, payload: Any, procs: int
+) -> tuple[Row, dict[str, tuple[int, float]], str]:
+    """Fill the rig's Redis with ``n`` pending tasks: the memory row, a key sample, the version."""
     import redis as redis_py
 
     redis = redis_py.Redis(port=rig.redis_port, decode_responses=True)
@@ -189,35 +190,24 @@ def measure_fill(
     due = dt.datetime.now(dt.UTC) + dt.timedelta(days=365)
     # The scripts cached, the partitions recorded, the indexes made: not counted per task.
     fill(rig.redis_url, 1, PAYLOAD, due=due, label="warm-up", procs=1)
-    rows = []
-    samples: dict[str, tuple[int, float]] = {}
-    for label, n, payload in (
-        ("bench task", tasks, PAYLOAD),
-        ("1 KB payload", big_tasks, BIG_PAYLOAD),
-    ):
-        if not n:
-            continue
-        mem0, keys0 = memory(redis)
-        cpu0, scripts0, commands0 = redis_work(redis)
-        rate = fill(rig.redis_url, n, payload, due=due, label=label, procs=procs)
-        cpu1, scripts1, commands1 = redis_work(redis)
-        mem1, keys1 = memory(redis)
-        rows.append(
-            (
-                label,
-                n,
-                mem1 - mem0,
-                keys1 - keys0,
-                rate,
-                (cpu1 - cpu0) / n * 1e6,
-                (scripts1 - scripts0) / n,
-                (commands1 - commands0) / n,
-            )
-        )
-        if label == "bench task":
-            samples = sample_keys(redis)
+    mem0, keys0 = memory(redis)
+    cpu0, scripts0, commands0 = redis_work(redis)
+    rate = fill(rig.redis_url, n, payload, due=due, label=label, procs=procs)
+    cpu1, scripts1, commands1 = redis_work(redis)
+    mem1, keys1 = memory(redis)
+    row = (
+        label,
+        n,
+        mem1 - mem0,
+        keys1 - keys0,
+        rate,
+        (cpu1 - cpu0) / n * 1e6,
+        (scripts1 - scripts0) / n,
+        (commands1 - commands0) / n,
+    )
+    samples = sample_keys(redis)
     redis.close()
-    return rows, samples, version
+    return row, samples, version
 
 
 def accuracy(rig: Rig, n: int = 1000, spread_s: float = 10.0) -> tuple[list[float], int, int]:
@@ -236,13 +226,21 @@ def main() -> None:
     ap.add_argument("--big-tasks", type=int, default=100_000, help="pending tasks with 1 KB")
     ap.add_argument("--procs", type=int, default=2, help="processes creating the tasks")
     args = ap.parse_args()
+    if args.tasks < 1 or args.big_tasks < 0 or args.procs < 1:
+        ap.error("--tasks and --procs must be at least 1, --big-tasks at least 0")
     command = " ".join(["python bench/bench_memory.py", *sys.argv[1:]])
     print(f"taskorch memory benchmark, {os.cpu_count()} cores, Python {sys.version.split()[0]}")
+    layout = layout_name()
+    print(f"code: {layout}")
+    rows = []
+    if args.big_tasks:  # in a Redis of their own, so that each figure is of one kind of task
+        with tempfile.TemporaryDirectory() as d, Rig(Path(d)) as rig:
+            row, _, _ = measure_fill(rig, "1 KB payload", args.big_tasks, BIG_PAYLOAD, args.procs)
+            rows.append(row)
     with tempfile.TemporaryDirectory() as d, Rig(Path(d)) as rig:
-        layout = layout_name()
-        print(f"code: {layout}")
-        rows, samples, version = measure_fill(rig, args.tasks, args.big_tasks, args.procs)
-        pending = sum(r[1] for r in rows)
+        row, samples, version = measure_fill(rig, "bench task", args.tasks, PAYLOAD, args.procs)
+        rows.insert(0, row)
+        pending = args.tasks
         print(f"accuracy: 1,000 tasks over 10 s with {pending:,} pending, one worker ...")
         lateness, misses, dups = accuracy(rig)
     print("accuracy: the in-memory floor on the same due times ...")
