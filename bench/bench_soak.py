@@ -68,8 +68,15 @@ function request()
   return wrk.format("POST", "/v1/tasks", headers, body)
 end
 function response(status, headers, body)
-  if status == 201 then created = created + 1 end
-  answers[status] = (answers[status] or 0) + 1
+  local kind = tostring(status)
+  if status == 201 then
+    created = created + 1
+  else  -- an error's code too: a 503 "not_stored" promises that nothing was stored
+    kind = kind .. " " .. (string.match(body, '"code":%%s*"([^"]+)"') or "")
+    local outcome = string.match(body, '"outcome":%%s*"([^"]+)"')
+    if outcome then kind = kind .. "/" .. outcome end
+  end
+  answers[kind] = (answers[kind] or 0) + 1
 end
 function done(summary, latency, requests)
   local c, by = 0, {}
@@ -78,7 +85,7 @@ function done(summary, latency, requests)
     for status, n in pairs(t:get("answers")) do by[status] = (by[status] or 0) + n end
   end
   local e = summary.errors
-  for status, n in pairs(by) do io.write(string.format("STATUS %%d %%d\\n", status, n)) end
+  for kind, n in pairs(by) do io.write(string.format("STATUS %%d %%s\\n", n, kind)) end
   io.write(string.format(
     "RESULT {\\"created\\": %%d, \\"requests\\": %%d, \\"duration_us\\": %%d, "
     .. "\\"connect\\": %%d, \\"read\\": %%d, \\"write\\": %%d, \\"timeout\\": %%d, "
@@ -250,7 +257,9 @@ def run_wrk(rig: SoakRig, *, clients: int, duration_s: int) -> tuple[dict[str, A
     line = next(x for x in out.splitlines() if x.startswith("RESULT "))
     result: dict[str, Any] = json.loads(line.removeprefix("RESULT "))
     result["answers"] = {
-        int(x.split()[1]): int(x.split()[2]) for x in out.splitlines() if x.startswith("STATUS ")
+        x.split(" ", 2)[2].strip(): int(x.split()[1])
+        for x in out.splitlines()
+        if x.startswith("STATUS ")
     }
     return result, cpu_s
 
@@ -313,7 +322,7 @@ def main() -> None:
     print("| creates | |")
     print("|---|---:|")
     print(f"| created (201) | {created:,} in {seconds:.1f} s: {created / seconds:,.0f}/s |")
-    others = {k: v for k, v in sorted(wrk["answers"].items()) if k != 201}
+    others = {k: v for k, v in sorted(wrk["answers"].items()) if k != "201"}
     print(f"| other answers | {others or 0} |")
     errs = {k: wrk[k] for k in ("connect", "read", "write", "timeout") if wrk[k]}
     print(f"| socket errors | {errs or 0} |")
@@ -327,10 +336,18 @@ def main() -> None:
     print("| exactly once | missing | duplicates | unknown ids | tasks listed - 201s |")
     print("|---|---:|---:|---:|---:|")
     print(f"| taskorch | {missing} | {dups} | {unknown} | {len(tasks) - created} |")
+    unknown_503 = sum(v for k, v in wrk["answers"].items() if k.endswith("/unknown"))
+    beyond = len(tasks) - created - args.clients - wrk["timeout"] - unknown_503
     print(
         f"(tasks listed - 201s: wrk drops the answers to the up to {args.clients} requests in "
-        "flight when it stops, and a 503 may come after its task was stored; a negative figure "
-        "would be a task answered 201 and lost)"
+        "flight when it stops and to those it timed out, and a 503 `unknown` may have stored its "
+        "task; a negative figure would be a task answered 201 and lost"
+        + (
+            f"; {beyond} more tasks are stored than those explain: 503s `not_stored` that stored"
+            if beyond > 0
+            else ""
+        )
+        + ")"
     )
     print()
     print("| lateness | calls | p50 | p99 | max |")
