@@ -260,7 +260,10 @@ def main() -> None:
             f"| {n:,} x {label} | {mem / n:,.0f} B | {keys / n:.2f} | {rate:,.0f} "
             f"| {cpu_us:.1f} us | {scripts:.3f} | {commands:.2f} |"
         )
-    print(f"(created through {fill_path()}, from {args.procs} processes)")
+    print(
+        f"(created through {fill_path()}, from {args.procs} processes; the 1 KB tasks in a Redis "
+        "of their own, fewer of them: the figure per task does not depend on the count)"
+    )
     if samples:
         print()
         print(
