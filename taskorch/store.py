@@ -19,14 +19,14 @@ from urllib.parse import parse_qs, unquote, urlparse
 import msgspec
 import redis.asyncio as aioredis
 import redis.exceptions
-import redis.exceptions as redis_errors
 import structlog
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
 
+from taskorch import cluster, lua, partitions
 from taskorch import constants as c
-from taskorch import lua, partitions
+from taskorch.cluster import run_many, run_script
 from taskorch.errors import (
     NOT_STORED,
     Conflict,
@@ -81,9 +81,10 @@ def is_id(value: str, prefix: str) -> bool:
 
 
 def connect(url: str, **kwargs: Any) -> Redis:
-    """A Redis client for ``redis://``, ``rediss://``, ``unix://`` or a Sentinel URL.
+    """A Redis client for ``redis://``, ``rediss://``, ``unix://``, a Sentinel or a Cluster URL.
 
     Sentinel: ``redis+sentinel://[:password@]host:port[,host:port]/service_name[/db]``.
+    Cluster: ``redis+cluster://[:password@]host:port[,host:port...]`` (:mod:`taskorch.cluster`).
     """
     kwargs.setdefault("decode_responses", True)
     kwargs.setdefault("health_check_interval", 10)
@@ -93,6 +94,8 @@ def connect(url: str, **kwargs: Any) -> Redis:
     kwargs.setdefault(
         "retry", Retry(NoBackoff(), 1, supported_errors=(redis.exceptions.ConnectionError,))
     )
+    if cluster.is_cluster_url(url):
+        return cluster.connect_cluster(url, **kwargs)
     parts = urlparse(url)
     query = parse_qs(parts.query)
     if parts.scheme == "rediss" and query.get("ssl_cert_reqs", [""])[0].lower() == "none":
@@ -202,29 +205,6 @@ async def page_ids(
     return ids, (ids[-1] if more and ids else None)
 
 
-async def run_many(
-    redis: Redis, script: Any, calls: Sequence[tuple[list[str], list[Any]]]
-) -> list[Any]:
-    """Run ``script`` once per (keys, args) in one non-transactional pipeline: one round trip on
-    a single Redis, one per node on a cluster (redis-py splits a cluster pipeline by node; each
-    EVALSHA goes where its ``KEYS[1]`` lives). A Redis that lost its script cache (restarted)
-    answers NOSCRIPT: the script is loaded again and the calls repeated, which is safe since
-    a NOSCRIPT call ran nothing."""
-    for attempt in range(2):
-        async with redis.pipeline(transaction=False) as pipe:
-            for keys, args in calls:
-                pipe.evalsha(script.sha, len(keys), *keys, *args)
-            out = await pipe.execute(raise_on_error=False)
-        errors = [r for r in out if isinstance(r, Exception)]
-        if not errors:
-            return list(out)
-        if attempt == 0 and all(isinstance(e, redis_errors.NoScriptError) for e in errors):
-            await redis.script_load(script.script)
-            continue
-        raise errors[0]
-    raise AssertionError("unreachable")
-
-
 async def list_ids(
     redis: Redis,
     layout: Layout,
@@ -329,42 +309,13 @@ class BatchItem(msgspec.Struct):
 async def run_create(client: Redis, script: Any, keys: list[str], args: list[Any]) -> list[Any]:
     """Run a create's script and say, when it fails, whether it may have been stored.
 
-    The connection is taken from the pool (connected, health-checked) before the script is sent:
-    a failure there is an outage like any other (nothing sent, nothing stored). A connection
-    lost once the script was sent raises :class:`CreateOutcomeUnknown`. A timeout is not
-    "unknown": the script carries the request's deadline and writes nothing past it, which it
-    answers with ``{-1}``. redis-py closes a connection whose send or read was interrupted
-    (timeout, cancellation), so none goes back to the pool with a reply pending. A client without
-    one pool (Redis Cluster) runs the script through its own routing (by ``keys[0]``).
+    The connection is taken (connected, health-checked) before the script is sent: a failure
+    there is an outage like any other (nothing sent, nothing stored). A connection lost once the
+    script was sent raises :class:`CreateOutcomeUnknown` (:func:`taskorch.cluster.run_script`,
+    on a single Redis and a cluster alike). A timeout is not "unknown": the script carries the
+    request's deadline and writes nothing past it, which it answers with ``{-1}``.
     """
-    pool = getattr(client, "connection_pool", None)
-    if pool is None:
-        try:
-            res: list[Any] = await script(keys=keys, args=args)
-        except redis.exceptions.BusyLoadingError:
-            raise
-        except redis.exceptions.ConnectionError as exc:
-            raise CreateOutcomeUnknown() from exc
-    else:
-        conn = await pool.get_connection()
-        try:
-            try:
-                await conn.send_command("EVALSHA", script.sha, len(keys), *keys, *args)
-                try:
-                    res = await conn.read_response()
-                except redis.exceptions.NoScriptError:  # a restarted Redis: EVAL caches it again
-                    await conn.send_command("EVAL", script.script, len(keys), *keys, *args)
-                    res = await conn.read_response()
-            except redis.exceptions.BusyLoadingError:
-                raise
-            except redis.exceptions.ConnectionError as exc:
-                await conn.disconnect(nowait=True)
-                raise CreateOutcomeUnknown() from exc
-            except redis.exceptions.TimeoutError:
-                await conn.disconnect(nowait=True)
-                raise
-        finally:
-            await pool.release(conn)
+    res: list[Any] = await run_script(client, script, keys, args, lost=CreateOutcomeUnknown)
     if res and res[0] == -1:
         raise Unavailable(
             "Redis did not run this create before its deadline, so it stored nothing.",
@@ -383,6 +334,8 @@ class Store:
 
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
+        self.more_due = False  # see claim
+        self._claim_turn = 0
         reg = redis.register_script
         self._create = reg(lua.PRELUDE + lua.CREATE_TASKS)
         self._view = reg(lua.PRELUDE + lua.VIEW_TASKS)
@@ -537,9 +490,7 @@ class Store:
         for tid in ids:
             groups.setdefault(layout.partition_of(tid), []).append(tid)
         ps = list(groups)
-        rows = await asyncio.gather(
-            *(self._view(keys=[layout.queue(p)], args=groups[p]) for p in ps)
-        )
+        rows = await run_many(self.redis, self._view, [([layout.queue(p)], groups[p]) for p in ps])
         out: dict[str, Task] = {}
         for p, row in zip(ps, rows, strict=True):
             for tid, (h, attempts) in zip(groups[p], row, strict=True):
@@ -550,15 +501,15 @@ class Store:
     async def read_task(self, task_id: str) -> dict[str, str] | None:
         """A task's fields as the scripts answer them (any owner), or None."""
         layout = await self.layout()
-        [(h, _)] = await self._view(
-            keys=[layout.queue(layout.partition_of(task_id))], args=[task_id]
+        [(h, _)] = await run_script(
+            self.redis, self._view, [layout.queue(layout.partition_of(task_id))], [task_id]
         )
         return from_flat(h) if h else None
 
     async def get_task(self, owner: str, task_id: str) -> Task:
         layout = await self.layout()
         p = layout.partition_of(task_id)
-        [(h, attempts)] = await self._view(keys=[layout.queue(p)], args=[task_id])
+        [(h, attempts)] = await run_script(self.redis, self._view, [layout.queue(p)], [task_id])
         view = from_flat(h)
         if not view or view.get("owner") != owner:
             raise NotFound(f"No task {task_id!r} exists for this account.")
@@ -584,8 +535,11 @@ class Store:
 
     async def cancel_task(self, owner: str, task_id: str) -> Task:
         layout = await self.layout()
-        res = await self._cancel(
-            keys=[layout.queue(layout.partition_of(task_id))], args=[task_id, owner, now_ms()]
+        res = await run_script(
+            self.redis,
+            self._cancel,
+            [layout.queue(layout.partition_of(task_id))],
+            [task_id, owner, now_ms()],
         )
         _raise_for(res, task_id, "cancelled")
         return _task_view(from_flat(res[1]), res[2])
@@ -633,9 +587,11 @@ class Store:
             due = int(h["run_at"])
             if changes.get("run_at") is not None or changes.get("delay") is not None:
                 due = due_ms(changes.get("run_at"), changes.get("delay"), now)
-            res = await self._modify(
-                keys=[q],
-                args=[
+            res = await run_script(
+                self.redis,
+                self._modify,
+                [q],
+                [
                     task_id,
                     owner,
                     now,
@@ -656,17 +612,42 @@ class Store:
     async def claim(
         self, *, worker: str, horizon_ms: int, lease_ms: int, limit: int
     ) -> list[Claimed]:
-        """Claim due jobs from every partition at once (up to ``limit`` from each)."""
+        """Claim due jobs from every partition at once, at most ``limit`` in all.
+
+        The partitions share ``limit`` (the worker's room: it never holds more than it can
+        start), the remainder going to each in turn. Afterwards ``more_due`` says whether a
+        partition answered its whole share, so that more may be waiting there now.
+        """
         layout = await self.layout()
-        now = now_ms()
-        rows = await run_many(
-            self.redis,
-            self._claim,
-            [
-                ([layout.queue(p)], [horizon_ms, now, lease_ms, worker, limit])
-                for p in range(layout.n)
-            ],
-        )
+        n, now = layout.n, now_ms()
+        first = self._claim_turn % n
+        self._claim_turn += 1
+        rows: list[Any] = []
+        if limit < n:
+            # Too little room to share: partitions in turn until it is taken (a worker this
+            # full is rare; the common case below is one round trip).
+            left = limit
+            for i in range(n):
+                if left <= 0:
+                    break
+                q = layout.queue((first + i) % n)
+                row = await run_script(
+                    self.redis, self._claim, [q], [horizon_ms, now, lease_ms, worker, left]
+                )
+                rows.append(row)
+                left -= len(row)
+            self.more_due = left <= 0
+        else:
+            shares = [limit // n + ((p - first) % n < limit % n) for p in range(n)]
+            rows = await run_many(
+                self.redis,
+                self._claim,
+                [
+                    ([layout.queue(p)], [horizon_ms, now, lease_ms, worker, share])
+                    for p, share in enumerate(shares)
+                ],
+            )
+            self.more_due = any(len(r) == share for share, r in zip(shares, rows, strict=True))
         out = []
         for part in rows:
             for job, due, fn, arg, url, spec in part:
@@ -782,7 +763,9 @@ class Store:
 
     async def done(self, job: str, worker: str) -> None:
         layout = await self.layout()
-        await self._done(keys=[layout.queue(layout.partition_of(job))], args=[job, worker, "done"])
+        await run_script(
+            self.redis, self._done, [layout.queue(layout.partition_of(job))], [job, worker, "done"]
+        )
 
     async def purge(self, *, older_than_ms: int, limit: int = 200) -> int:
         """Delete up to ``limit`` records per partition that finished before ``older_than_ms``."""
