@@ -80,6 +80,11 @@ UNAVAILABLE_RETRY_AFTER_S = 1  # Retry-After on a 503: Redis usually comes back 
 DEFAULT_TOKEN_MAX_TTL_S = 30 * 24 * 3600
 # A user's revocation time is cached this long per API process: revocation takes effect within it.
 NOT_BEFORE_CACHE_S = 1.0
+# A verified token's signature and claims are remembered by its exact text this long per API
+# process (never past its exp), at most this many tokens: verifying an HS256 token cost a create
+# more than its Redis script did. Revocation is still checked on every request (above).
+VERIFIED_TOKEN_CACHE_S = 60.0
+VERIFIED_TOKEN_CACHE_SIZE = 10_000
 # Sign-in throttling: at most this many attempts per user name per window; beyond it 429 with
 # Retry-After until the window ends. Attempts are counted before the password is checked, so a
 # flood of concurrent guesses costs at most this many scrypt runs; a success clears the count.
