@@ -286,9 +286,10 @@ class RedisDeadline:
     def __init__(self, budget_s: float) -> None:
         self.budget_s = budget_s
         self._task: asyncio.Task[Any] | None = None
-        self._when = 0.0  # loop time
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._when = 0.0  # loop time of the deadline, moved on by the time spent paused
         self._handle: asyncio.TimerHandle | None = None
-        self._left_s: float | None = None  # while paused
+        self._paused_at: float | None = None  # loop time, while paused
         self._cancels = 0
         self._expired = False
         self._token: contextvars.Token[RedisDeadline | None] | None = None
@@ -297,7 +298,7 @@ class RedisDeadline:
         return self
 
     async def __aenter__(self) -> RedisDeadline:
-        loop = asyncio.get_running_loop()
+        loop = self._loop = asyncio.get_running_loop()
         self._task = asyncio.current_task()
         self._when = loop.time() + self.budget_s
         self._handle = loop.call_at(self._when, self._fire)
@@ -321,22 +322,29 @@ class RedisDeadline:
             raise TimeoutError("the request's Redis deadline passed") from exc
 
     def _fire(self) -> None:
-        assert self._task is not None
+        # A pause does not move the timer (that cost a create two timer handles per pause): the
+        # timer checks on firing whether the deadline has really passed, and waits on if not.
+        assert self._task is not None and self._loop is not None
+        now = self._loop.time()
+        if self._paused_at is not None and not self._expired:
+            self._handle = self._loop.call_at(now + self._when - self._paused_at, self._fire)
+            return
+        if now < self._when and not self._expired:
+            self._handle = self._loop.call_at(self._when, self._fire)
+            return
         self._expired = True
         self._cancels += 1
         self._task.cancel()
-        loop = asyncio.get_running_loop()
-        self._handle = loop.call_later(c.DEADLINE_RECANCEL_S, self._fire)
+        self._handle = self._loop.call_later(c.DEADLINE_RECANCEL_S, self._fire)
 
     def expired(self) -> bool:
         return self._expired
 
     def left_s(self) -> float:
-        if self._left_s is not None:
-            return self._left_s
-        if self._task is None:
+        if self._loop is None:
             return self.budget_s
-        return max(0.0, self._when - asyncio.get_running_loop().time())
+        now = self._paused_at if self._paused_at is not None else self._loop.time()
+        return max(0.0, self._when - now)
 
     def wall_ms(self) -> int:
         """The deadline as Unix ms, made early by CREATE_REPLY_MARGIN_MS (at most a quarter of
@@ -346,20 +354,16 @@ class RedisDeadline:
 
     @contextlib.contextmanager
     def paused(self) -> Iterator[None]:
-        if self._handle is None or self._expired or self._left_s is not None:
+        if self._handle is None or self._expired or self._paused_at is not None:
             yield
             return
-        self._left_s = self.left_s()
-        self._handle.cancel()
-        self._handle = None
+        assert self._loop is not None
+        self._paused_at = self._loop.time()
         try:
             yield
         finally:
-            left, self._left_s = self._left_s, None
-            if self._token is not None and not self._expired:  # still inside the block
-                loop = asyncio.get_running_loop()
-                self._when = loop.time() + left
-                self._handle = loop.call_at(self._when, self._fire)
+            self._when += self._loop.time() - self._paused_at
+            self._paused_at = None
 
 
 _CURRENT: contextvars.ContextVar[RedisDeadline | None] = contextvars.ContextVar(
