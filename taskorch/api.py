@@ -7,6 +7,7 @@ lifespan and reached through ``request.state``.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import enum
 import hmac
@@ -21,6 +22,7 @@ import msgspec
 import redis.exceptions
 import structlog
 from starlette.applications import Starlette
+from starlette.convertors import StringConvertor, register_url_convertor
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import ClientDisconnect, Request
@@ -35,6 +37,7 @@ from taskorch.errors import (
     ApiError,
     BadRequest,
     ConfigError,
+    CreateOutcomeUnknown,
     NotFound,
     PayloadTooLarge,
     Unauthorized,
@@ -55,12 +58,15 @@ from taskorch.models import (
     OrchestrationCreate,
     OrchestrationPatch,
     OrchestrationStatus,
+    Task,
+    TaskBatchItem,
     TaskCreate,
     TaskPatch,
     TaskStatus,
     TokenRequest,
     TokenResponse,
     convert,
+    decode_batch,
     decode_body,
     parse_json,
 )
@@ -196,6 +202,85 @@ async def create_task(request: Request) -> Response:
     )
     return JSON(
         task, status_code=201 if created else 200, headers={"Location": f"/v1/tasks/{task.id}"}
+    )
+
+
+async def create_tasks(request: Request) -> Response:
+    """``POST /v1/tasks/batch``: up to MAX_BATCH_TASKS creates, each answered in its place."""
+    p = await principal(request, "write")
+    raw = await read_body(request, c.MAX_BATCH_BODY_BYTES)
+    with off_the_redis_clock():  # up to 1,000 tasks to validate
+        parsed = decode_batch(raw)
+    valid = [i for i, item in enumerate(parsed) if isinstance(item, TaskBatchItem)]
+    items = [item for item in parsed if isinstance(item, TaskBatchItem)]
+    results = await _store_each(request.state.store, p.sub, items, deadline_ms=_deadline_ms())
+    if items and all(isinstance(r, Unavailable) for r in results):
+        # Redis stored none of it: the whole batch is answered as a single create would be.
+        raise _outage_of(results)
+    answers: list[Any] = [None] * len(parsed)
+    created = 0
+    for i, result in zip(valid, results, strict=True):
+        if isinstance(result, ApiError):
+            answers[i] = result.body()
+        else:
+            answers[i] = {"task": result[0]}
+            created += result[1]
+    for i, item in enumerate(parsed):
+        if isinstance(item, ApiError):
+            answers[i] = item.body()
+    log.info(
+        "tasks.created",
+        owner=p.sub,
+        created=created,
+        refused=sum(1 for a in answers if "error" in a),
+        repeats=len(valid) - created - sum(1 for r in results if isinstance(r, ApiError)),
+    )
+    return JSON({"items": answers})
+
+
+async def _store_each(
+    store: Store, owner: str, items: list[TaskBatchItem], *, deadline_ms: int | None
+) -> list[tuple[Task, bool] | ApiError]:
+    """Store each item as a single create would, BATCH_CONCURRENCY at a time.
+
+    Interim until ``Store.create_tasks`` (one script per partition) lands. An outage on one
+    item is that item's answer (``not_stored`` or ``unknown``, as for a single create), and so
+    is the request's Redis deadline: items stored before it keep their answers.
+    """
+    gate = asyncio.Semaphore(c.BATCH_CONCURRENCY)
+    done: list[tuple[Task, bool] | ApiError | None] = [None] * len(items)
+
+    async def one(k: int, item: TaskBatchItem) -> None:
+        async with gate:
+            try:
+                done[k] = await store.create_task(
+                    owner, item, idempotency_key=item.idempotency_key, deadline_ms=deadline_ms
+                )
+            except Unavailable as exc:
+                done[k] = exc
+            except _REDIS_OUTAGE:
+                done[k] = _not_stored("Redis is unreachable; try again shortly.")
+
+    deadline = redis_deadline()
+    try:
+        await asyncio.gather(*(one(k, item) for k, item in enumerate(items)))
+    except asyncio.CancelledError:
+        if deadline is None or not deadline.expired():
+            raise
+        # Past the deadline: each script still unanswered carried it, so wrote nothing.
+    late = _not_stored("Redis did not answer in time; try again shortly.")
+    return [late if r is None else r for r in done]
+
+
+def _outage_of(results: list[Any]) -> Unavailable:
+    """The 503 for a batch none of which was stored: ``unknown`` if any item's outcome is."""
+    unknown = [r for r in results if isinstance(r, CreateOutcomeUnknown)]
+    return unknown[0] if unknown else results[0]
+
+
+def _not_stored(message: str) -> Unavailable:
+    return Unavailable(
+        message, retry_after_s=c.UNAVAILABLE_RETRY_AFTER_S, details=[dict(NOT_STORED)]
     )
 
 
@@ -647,7 +732,11 @@ _OWN_BOUNDS: set[Callable[[Request], Awaitable[Response]]] = {
     trigger_function,
     readyz,
 }
-_CREATES: set[Callable[[Request], Awaitable[Response]]] = {create_task, create_orchestration}
+_CREATES: set[Callable[[Request], Awaitable[Response]]] = {
+    create_task,
+    create_tasks,
+    create_orchestration,
+}
 
 ROUTES: list[tuple[str, Callable[[Request], Awaitable[Response]], str]] = [
     ("/", index, "GET"),
@@ -657,6 +746,7 @@ ROUTES: list[tuple[str, Callable[[Request], Awaitable[Response]], str]] = [
     ("/openapi.json", openapi_route, "GET"),
     ("/v1/auth/token", issue_token, "POST"),
     ("/v1/tasks", create_task, "POST"),
+    ("/v1/tasks/batch", create_tasks, "POST"),
     ("/v1/tasks", list_tasks, "GET"),
     ("/v1/tasks/{task_id}", get_task, "GET"),
     ("/v1/tasks/{task_id}", modify_task, "PATCH"),
@@ -678,14 +768,30 @@ ROUTES: list[tuple[str, Callable[[Request], Awaitable[Response]], str]] = [
 
 
 def body_limit(method: str, path: str) -> int:
-    """The body cap of a route: orchestrations carry up to 10,000 steps, the rest 1 MiB."""
+    """The body cap of a route: orchestrations carry up to 10,000 steps, a batch up to 1,000
+    tasks, the rest 1 MiB."""
     if path == "/v1/orchestrations" or path.startswith("/v1/orchestrations/"):
         return c.MAX_ORCHESTRATION_BODY_BYTES
+    if path == "/v1/tasks/batch":
+        return c.MAX_BATCH_BODY_BYTES
     return c.MAX_BODY_BYTES
 
 
+class _TaskIdConvertor(StringConvertor):
+    """A task id in a path: any segment but ``batch``, so that ``/v1/tasks/batch`` is its own
+    route and a GET or PATCH there answers 405 rather than "no task 'batch'"."""
+
+    regex = "(?!batch(?:/|$))[^/]+"
+
+
+register_url_convertor("task", _TaskIdConvertor())
+
+
 def _routes(extra: list[Any]) -> list[Any]:
-    out: list[Any] = [Route(p, _wrap(fn), methods=[m]) for p, fn, m in ROUTES] + extra
+    out: list[Any] = [
+        Route(p.replace("{task_id}", "{task_id:task}"), _wrap(fn), methods=[m])
+        for p, fn, m in ROUTES
+    ] + extra
     if (WEB_DIR / "static").is_dir():
         out.append(Mount("/static", StaticFiles(directory=WEB_DIR / "static"), name="static"))
     return out

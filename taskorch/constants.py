@@ -54,6 +54,11 @@ MAX_BODY_BYTES = 1024 * 1024  # request bodies above this answer 413
 # An orchestration of 10,000 steps is a few MB of JSON; its route alone accepts this much.
 MAX_ORCHESTRATION_BODY_BYTES = 32 * 1024 * 1024
 MAX_STEPS = 10_000
+# POST /v1/tasks/batch: at most this many tasks per request, each within MAX_BODY_BYTES as a
+# single create is, and the whole body within MAX_BATCH_BODY_BYTES (1,000 tasks of 16 KiB).
+MAX_BATCH_TASKS = 1000
+MAX_BATCH_BODY_BYTES = 16 * 1024 * 1024
+BATCH_CONCURRENCY = 32  # a batch's creates in flight at once, each on its own Redis connection
 MAX_FUNCTION_CODE_BYTES = 512 * 1024  # one source file
 FUNCTION_KEY_PREFIX = KEY_PREFIX + "fn:"  # hash per function
 FUNCTION_BUILDING_KEY = KEY_PREFIX + "fn-building"  # set of functions whose build must finish

@@ -17,7 +17,7 @@ import msgspec
 from msgspec import UNSET, Meta, Struct, UnsetType
 
 from taskorch import constants as c
-from taskorch.errors import BadRequest, ValidationFailed
+from taskorch.errors import ApiError, BadRequest, PayloadTooLarge, ValidationFailed
 
 Method = Literal["GET", "POST", "PUT", "PATCH", "DELETE"]
 # Capped so that no duration overflows a timestamp (about 300 years; JSON's 1e400 is infinity).
@@ -69,6 +69,18 @@ class TaskCreate(TaskSpec):
     run_at: dt.datetime | None = None
     delay: Seconds | None = None
     name: Annotated[str, Meta(max_length=200)] | None = None
+
+
+class TaskBatchItem(TaskCreate):
+    """One task of ``POST /v1/tasks/batch``: a task body, with its Idempotency-Key if any."""
+
+    idempotency_key: Annotated[str, Meta(min_length=1, max_length=255)] | None = None
+
+
+class TaskBatch(_Input):
+    """Body of ``POST /v1/tasks/batch``. Each task is validated on its own (see decode_batch)."""
+
+    tasks: Annotated[list[TaskBatchItem], Meta(min_length=1, max_length=c.MAX_BATCH_TASKS)]
 
 
 class TaskPatch(_Input):
@@ -314,6 +326,20 @@ class Error(Struct):
     error: ErrorBody
 
 
+class TaskBatchOutcome(Struct, omit_defaults=True):
+    """One task of a batch: ``task`` when stored (or the first task of a repeated
+    ``idempotency_key``), else ``error`` as a single create of it would have answered."""
+
+    task: Task | None = None
+    error: ErrorBody | None = None
+
+
+class TaskBatchResult(Struct):
+    """Answer of ``POST /v1/tasks/batch``: one item per task sent, in the same order."""
+
+    items: list[TaskBatchOutcome]
+
+
 # -- helpers -----------------------------------------------------------------------------------
 
 _HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
@@ -457,7 +483,60 @@ def decode_body(raw: bytes, kind: type[T]) -> T:
 
 
 # Bodies whose fields hold no nested request struct: a valid one decodes in one typed pass.
-_FLAT: frozenset[type[_Input]] = frozenset({TaskCreate, TaskPatch, TokenRequest})
+_FLAT: frozenset[type[_Input]] = frozenset({TaskCreate, TaskBatchItem, TaskPatch, TokenRequest})
+
+
+class _BatchEnvelope(Struct, forbid_unknown_fields=True):
+    tasks: list[msgspec.Raw]
+
+
+_envelope = msgspec.json.Decoder(_BatchEnvelope)
+
+
+def decode_batch(raw: bytes) -> list[TaskBatchItem | ApiError]:
+    """A batch body: each task as :func:`decode_body` would give it, or the error it would raise.
+
+    The envelope (``{"tasks": [...]}`` with 1..MAX_BATCH_TASKS entries) must be right, or the
+    whole request fails (400/422) as any body would; a bad task fails alone, in its place, with
+    the field paths a single create of it would name, and a task larger than a single create may
+    be (MAX_BODY_BYTES) is refused as 413 would refuse it.
+    """
+    try:
+        tasks = _envelope.decode(raw).tasks
+    except Exception:  # malformed, or not the envelope: say why as for any body
+        tasks = _envelope_problems(parse_json(raw))
+    n = len(tasks)
+    if not 1 <= n <= c.MAX_BATCH_TASKS:
+        message = f"must hold 1 to {c.MAX_BATCH_TASKS} tasks, not {n}"
+        raise ValidationFailed(
+            f"The request has 1 invalid field: tasks {message}.",
+            details=[{"field": "tasks", "message": message}],
+        )
+    out: list[TaskBatchItem | ApiError] = []
+    for item in tasks:
+        body = bytes(item)
+        if len(body) > c.MAX_BODY_BYTES:
+            out.append(PayloadTooLarge(f"The task is larger than {c.MAX_BODY_BYTES} bytes."))
+            continue
+        try:
+            out.append(decode_body(body, TaskBatchItem))
+        except ApiError as exc:
+            out.append(exc)
+    return out
+
+
+def _envelope_problems(data: Any) -> list[msgspec.Raw]:
+    """Raise the 422 for a batch body that parsed but is not ``{"tasks": [...]}``."""
+    problems: list[tuple[str, str]] = []
+    if not isinstance(data, dict):
+        problems.append(("", "must be a JSON object"))
+    else:
+        problems += [(k, "is not a known field") for k in data if k != "tasks"]
+        if "tasks" not in data:
+            problems.append(("tasks", "is required"))
+        elif not isinstance(data["tasks"], list):
+            problems.append(("tasks", "must be an array of tasks"))
+    raise _failed(problems or [("", "is invalid")])
 
 
 @functools.cache
@@ -504,8 +583,12 @@ def convert(data: Any, kind: type[T]) -> T:
             return msgspec.convert(data, kind, strict=False)
         except msgspec.ValidationError as exc:  # a rule the walk above did not foresee
             problems = [_from_msgspec(exc, "")]
+    raise _failed(problems)
+
+
+def _failed(problems: list[tuple[str, str]]) -> ValidationFailed:
     n = len(problems)
-    raise ValidationFailed(
+    return ValidationFailed(
         f"The request has {n} invalid field{'s' if n > 1 else ''}: "
         + "; ".join(f"{f or 'body'} {m}" for f, m in problems[:5])
         + ".",
