@@ -345,6 +345,7 @@ class TaskBatchResult(Struct):
 _HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 
 
+@functools.lru_cache(maxsize=4096)  # a client's tasks mostly call a few URLs
 def url_problem(url: str) -> str | None:
     """Why ``url`` cannot be a target, or None when it can."""
     from urllib.parse import urlsplit
@@ -556,12 +557,17 @@ def _decode_valid(raw: bytes | str, kind: type[T]) -> T | None:
         value = _decoder(kind).decode(raw)
     except Exception:  # malformed, invalid, too deep: the walk below reports it
         return None
-    for name, rule in _TYPED_RULES.items():
-        if name in kind.__struct_fields__ and rule(getattr(value, name)):
+    for name, rule in _typed_rules(kind):
+        if rule(getattr(value, name)):
             return None
     if _given(getattr(value, "run_at", None)) and _given(getattr(value, "delay", None)):
         return None
     return None if value.check() else value
+
+
+@functools.cache
+def _typed_rules(kind: type[_Input]) -> list[tuple[str, Callable[[Any], list[tuple[str, str]]]]]:
+    return [(name, rule) for name, rule in _TYPED_RULES.items() if name in kind.__struct_fields__]
 
 
 def _given(value: Any) -> bool:
