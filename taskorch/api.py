@@ -679,7 +679,7 @@ def _wrap(
     async def handler(request: Request) -> Response:
         deadline = RedisDeadline(request.state.settings.redis_timeout_s) if bounded else None
         try:
-            if request.url.path.startswith("/v1/"):
+            if request.scope["path"].startswith("/v1/"):  # not .url, which builds a URL
                 _check_path_ids(request)
             if deadline is None:
                 return await endpoint(request)
@@ -785,6 +785,28 @@ class _TaskIdConvertor(StringConvertor):
 
 
 register_url_convertor("task", _TaskIdConvertor())
+
+
+def _direct_routes() -> dict[tuple[str, str], Any]:
+    """The create routes as plain ASGI apps, for :class:`Edge` to call past Starlette's routing.
+
+    What Starlette's ``request_response`` does, less its exception wrapper: ``_wrap`` answers
+    every error of ours, and nothing here raises HTTPException.
+    """
+
+    def asgi(endpoint: Callable[[Request], Awaitable[Response]]) -> Any:
+        handler = _wrap(endpoint)
+
+        async def app(scope: Any, receive: Any, send: Any) -> None:
+            response = await handler(Request(scope, receive, send))
+            await response(scope, receive, send)
+
+        return app
+
+    return {
+        ("POST", "/v1/tasks"): asgi(create_task),
+        ("POST", "/v1/tasks/batch"): asgi(create_tasks),
+    }
 
 
 def _routes(extra: list[Any]) -> list[Any]:
@@ -901,7 +923,7 @@ def create_app(
         routes=_routes(extra_routes or []),
         lifespan=lifespan,
         exception_handlers={HTTPException: _http_error, Exception: _unexpected},
-        middleware=[Middleware(Edge, limit_for=body_limit)],
+        middleware=[Middleware(Edge, limit_for=body_limit, direct=_direct_routes())],
     )
 
 

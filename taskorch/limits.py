@@ -19,7 +19,7 @@ import asyncio
 import contextlib
 import contextvars
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -43,18 +43,18 @@ class BodyTooLarge(PayloadTooLarge):
         super().__init__(f"The body is larger than {limit} bytes.")
 
 
-def _declared_length(scope: Scope) -> int | None:
+def _framing(scope: Scope) -> tuple[int | None, bool]:
+    """The declared Content-Length (None if absent or not a plain number) and whether the
+    body is chunked, in one pass over the headers."""
+    declared: int | None = None
+    length_seen = chunked = False
     for name, value in scope.get("headers", []):
-        if name == b"content-length":
-            return int(value) if value.isdigit() and len(value) < 20 else None
-    return None
-
-
-def _is_chunked(scope: Scope) -> bool:
-    return any(
-        name == b"transfer-encoding" and b"chunked" in value.lower()
-        for name, value in scope.get("headers", [])
-    )
+        if name == b"content-length" and not length_seen:
+            length_seen = True
+            declared = int(value) if value.isdigit() and len(value) < 20 else None
+        elif name == b"transfer-encoding" and b"chunked" in value.lower():
+            chunked = True
+    return declared, chunked
 
 
 _PROBES = frozenset({"/healthz", "/readyz", "/metrics"})
@@ -66,19 +66,32 @@ class Edge:
     Args:
         app: the Starlette app.
         limit_for: the body cap in bytes for a request's (method, path).
+        direct: ASGI apps by exact (method, path) that take the request straight from here,
+            past Starlette's routing and exception middleware (the create routes: those layers
+            were a sixth of a create's CPU). They must answer every error themselves; anything
+            they raise still reaches the app's last-resort 500 handler, outside this one.
     """
 
-    def __init__(self, app: Any, *, limit_for: Callable[[str, str], int]) -> None:
+    def __init__(
+        self,
+        app: Any,
+        *,
+        limit_for: Callable[[str, str], int],
+        direct: dict[tuple[str, str], Any] | None = None,
+    ) -> None:
         self.app = app
         self.limit_for = limit_for
+        self.direct = direct or {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        limit = self.limit_for(scope["method"], scope["path"])
-        declared = _declared_length(scope)
-        body_done = not (declared or _is_chunked(scope))
+        method, path = scope["method"], scope["path"]
+        limit = self.limit_for(method, path)
+        declared, chunked = _framing(scope)
+        body_done = not (declared or chunked)
+        app = self.direct.get((method, path), self.app)
         received = 0
         tripped = False
         status = 0
@@ -112,7 +125,7 @@ class Edge:
 
         started = time.perf_counter()
         try:
-            await self.app(scope, capped_receive, watched_send)
+            await app(scope, capped_receive, watched_send)
         except BodyTooLarge as exc:  # a route that did not catch it
             if status:
                 raise
@@ -130,11 +143,11 @@ class Edge:
             raise
         finally:
             # Probes come every few seconds: at debug, so that they do not drown the rest.
-            emit = log.debug if scope["path"] in _PROBES else log.info
+            emit = log.debug if path in _PROBES else log.info
             emit(
                 "http.request",
-                method=scope["method"],
-                path=scope["path"],
+                method=method,
+                path=path,
                 status=status,
                 duration_ms=round((time.perf_counter() - started) * 1000, 3),
             )
@@ -352,18 +365,34 @@ class RedisDeadline:
         left_ms = self.left_s() * 1000
         return int(time.time() * 1000 + left_ms - min(c.CREATE_REPLY_MARGIN_MS, left_ms / 4))
 
-    @contextlib.contextmanager
-    def paused(self) -> Iterator[None]:
-        if self._handle is None or self._expired or self._paused_at is not None:
-            yield
+    def paused(self) -> contextlib.AbstractContextManager[None]:
+        """The clock stopped for the block (no-op outside the deadline's block, or nested)."""
+        return _Paused(self)
+
+
+class _Paused:
+    """:meth:`RedisDeadline.paused` as a plain class: a create pauses twice, and generator-based
+    context managers cost it more than the pausing itself."""
+
+    __slots__ = ("_active", "_deadline")
+
+    def __init__(self, deadline: RedisDeadline) -> None:
+        self._deadline = deadline
+        self._active = False
+
+    def __enter__(self) -> None:
+        d = self._deadline
+        if d._handle is None or d._expired or d._paused_at is not None:
             return
-        assert self._loop is not None
-        self._paused_at = self._loop.time()
-        try:
-            yield
-        finally:
-            self._when += self._loop.time() - self._paused_at
-            self._paused_at = None
+        assert d._loop is not None
+        d._paused_at = d._loop.time()
+        self._active = True
+
+    def __exit__(self, *exc: object) -> None:
+        d = self._deadline
+        if self._active and d._loop is not None and d._paused_at is not None:
+            d._when += d._loop.time() - d._paused_at
+            d._paused_at = None
 
 
 _CURRENT: contextvars.ContextVar[RedisDeadline | None] = contextvars.ContextVar(
@@ -376,12 +405,10 @@ def redis_deadline() -> RedisDeadline | None:
     return _CURRENT.get()
 
 
-@contextlib.contextmanager
-def off_the_redis_clock() -> Iterator[None]:
+def off_the_redis_clock() -> contextlib.AbstractContextManager[None]:
     """Stop the running request's Redis clock meanwhile (no-op outside a request)."""
     d = _CURRENT.get()
-    if d is None:
-        yield
-        return
-    with d.paused():
-        yield
+    return _NO_DEADLINE if d is None else _Paused(d)
+
+
+_NO_DEADLINE = contextlib.nullcontext()
