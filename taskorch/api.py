@@ -49,6 +49,7 @@ from taskorch.limits import (
     Edge,
     RedisDeadline,
     StreamSlots,
+    note_request,
     off_the_redis_clock,
     redis_deadline,
     set_read_timeout,
@@ -194,12 +195,8 @@ async def create_task(request: Request) -> Response:
     task, created = await store.create_task(
         p.sub, body, idempotency_key=_idempotency_key(request), deadline_ms=_deadline_ms()
     )
-    log.info(
-        "task.created" if created else "task.idempotent_repeat",
-        task_id=task.id,
-        owner=p.sub,
-        run_at=task.run_at,
-    )
+    # On the request's http.request line (status 201 created, 200 an idempotent repeat).
+    note_request(task_id=task.id, owner=p.sub, run_at=task.run_at)
     return JSON(
         task, status_code=201 if created else 200, headers={"Location": f"/v1/tasks/{task.id}"}
     )
@@ -228,8 +225,7 @@ async def create_tasks(request: Request) -> Response:
     for i, item in enumerate(parsed):
         if isinstance(item, ApiError):
             answers[i] = item.body()
-    log.info(
-        "tasks.created",
+    note_request(
         owner=p.sub,
         created=created,
         refused=sum(1 for a in answers if "error" in a),

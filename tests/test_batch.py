@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -199,3 +200,24 @@ def test_a_batch_while_redis_is_frozen_is_503_not_stored_and_stays_unstored(
             r = http.post("/v1/tasks/batch", json=_batch(tasks))
             assert r.status_code == 200
             assert all("task" in item for item in r.json()["items"])
+
+
+def test_each_create_logs_one_line_with_what_it_made(redis_url: str, tmp_path: Path) -> None:
+    """The access log line of a create names the task (one line per request, not two)."""
+    token = mint_token(make_settings(redis_url), "alice")
+    url = "http://127.0.0.1:9/x"
+    with serving(redis_url, tmp_path / "serve.log") as serve:
+        headers = {"Authorization": f"Bearer {token}"}
+        with httpx.Client(base_url=serve.url, headers=headers, timeout=30) as http:
+            task = http.post("/v1/tasks", json={"url": url, "delay": FAR}).json()
+            body = _batch([{"url": url, "delay": FAR}, {"url": "ftp://x"}])
+            assert http.post("/v1/tasks/batch", json=body).status_code == 200
+        time.sleep(0.3)
+        lines = [json.loads(x) for x in serve.log().splitlines() if x.startswith("{")]
+    posts = [e for e in lines if e.get("event") == "http.request" and e["method"] == "POST"]
+    single = next(e for e in posts if e["path"] == "/v1/tasks")
+    assert single["status"] == 201 and single["task_id"] == task["id"]
+    assert single["owner"] == "alice" and single["run_at"] == task["run_at"]
+    batch = next(e for e in posts if e["path"] == "/v1/tasks/batch")
+    assert (batch["created"], batch["refused"], batch["owner"]) == (1, 1, "alice")
+    assert not [e for e in lines if str(e.get("event", "")).startswith("task")]
