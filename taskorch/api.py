@@ -30,7 +30,7 @@ from starlette.responses import FileResponse, Response, StreamingResponse
 from starlette.routing import Match, Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from taskorch import auth, metrics, openapi
+from taskorch import auth, metrics, openapi, partitions
 from taskorch import constants as c
 from taskorch.errors import (
     NOT_STORED,
@@ -491,14 +491,19 @@ async def stats(request: Request) -> Response:
     redis = request.state.redis
     task_statuses = [s.value for s in TaskStatus]
     orc_statuses = [s.value for s in OrchestrationStatus]
-    prefix = f"{c.OWNER_KEY_PREFIX}{p.sub}:"
+    layout = await partitions.load(redis)
+    # Summed over every partition's per-owner status indexes (one pipeline, split by node on a
+    # cluster); functions are not partitioned.
     async with redis.pipeline(transaction=False) as pipe:
-        for status in task_statuses:
-            pipe.zcard(f"{prefix}tasks:{status}")
-        for status in orc_statuses:
-            pipe.zcard(f"{prefix}orchestrations:{status}")
-        pipe.zcard(f"{prefix}functions")
-        counts = await pipe.execute()
+        for pre in layout.prefixes:
+            for status in task_statuses:
+                pipe.zcard(f"{pre}{c.TASK_INDEX}{p.sub}:{status}")
+            for status in orc_statuses:
+                pipe.zcard(f"{pre}{c.ORCH_INDEX}{p.sub}:{status}")
+        pipe.zcard(f"{c.OWNER_KEY_PREFIX}{p.sub}:functions")
+        rows = await pipe.execute()
+    width = len(task_statuses) + len(orc_statuses)
+    counts = [sum(rows[i:-1:width]) for i in range(width)] + [rows[-1]]
     n = len(task_statuses)
     return JSON(
         {

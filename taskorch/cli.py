@@ -18,6 +18,11 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("serve", help="run the API (TASKORCH_HOST:TASKORCH_PORT)")
     sub.add_parser("worker", help="run a worker; run as many as you like")
     sub.add_parser(
+        "migrate",
+        help="rewrite an old single-node Redis layout into partitions, in place (stop the old "
+        "workers and API processes first)",
+    )
+    sub.add_parser(
         "check",
         help="check the settings and Redis's eviction policy (a release step); exit 2 if wrong",
     )
@@ -66,6 +71,10 @@ def _run(args: argparse.Namespace, settings: Settings) -> None:
 
         check_redis(settings, require_reachable=True)
         print("taskorch: settings and Redis look right")
+    elif args.command == "migrate":
+        from taskorch.migrate import run_migrate
+
+        run_migrate(settings)
     elif args.command == "worker":
         from taskorch.worker import run_worker
 

@@ -9,21 +9,37 @@ from __future__ import annotations
 KEY_PREFIX = "taskorch:"
 
 # -- Redis keys --------------------------------------------------------------------------------
-# The deferred work, laid out as arq lays out its queue: members are job ids, scores the due time
-# in epoch ms, and each job's definition ({"t", "f", "a", "k", "et"}, as JSON) lives at
-# JOB_KEY_PREFIX + job_id. arq's own tools cannot read it (they read pickles under "arq:job:"),
-# and we do not use arq: see taskorch/worker.py for why we claim jobs ourselves.
-QUEUE_KEY = KEY_PREFIX + "queue"
-JOB_KEY_PREFIX = KEY_PREFIX + "job:"
+# Everything written per task or orchestration lives in one partition, under the partition's
+# prefix ``taskorch:{<tag>}:`` (see taskorch/partitions.py), so Redis Cluster can hold it: the
+# suffixes below follow that prefix. Nothing global is written per task.
+PARTITIONS_KEY = KEY_PREFIX + "partitions"  # the partition count, recorded at first start
+DEFAULT_PARTITIONS = 16  # TASKORCH_PARTITIONS, read only when a deployment first starts
+MAX_PARTITIONS = 1024
+# The deferred work, shaped as arq shapes its queue: members are job ids, scores the due time in
+# epoch ms. A task's job is ``<task id>.<generation>`` and has no definition of its own (the claim
+# reads the task record); an orchestration event's definition ({"f", "a"}, JSON) is at ``j:<job>``.
+QUEUE = "q"
+JOB = "j:"
 # Jobs claimed by a worker: member job id, score the epoch ms at which the claim lapses unless the
 # worker renews it. A lapsed claim means the worker died; any worker's reaper then recovers it.
-LEASES_KEY = KEY_PREFIX + "leases"
-# Hash job id -> worker id, so a worker renews only its own claims.
-LEASE_OWNER_KEY = KEY_PREFIX + "lease-owner"
-TASK_KEY_PREFIX = KEY_PREFIX + "task:"  # hash per task; ":attempts" suffix holds the attempt list
-ORCH_KEY_PREFIX = KEY_PREFIX + "orc:"  # hash per orchestration; :specs, :conds, :state, :check:<i>
-OWNER_KEY_PREFIX = KEY_PREFIX + "owner:"  # per-owner indexes: owner:{sub}:tasks[:{status}]
-IDEMPOTENCY_KEY_PREFIX = KEY_PREFIX + "idem:"
+LEASES = "l"
+LEASE_OWNER = "lo"  # hash job id -> worker id, so a worker renews only its own claims
+# A task record: ONE msgpack string with short field names, defaults left out (see lua.py);
+# ``:a`` holds its attempts list.
+TASK = "t:"
+ORCH = "o:"  # hash per orchestration; :specs, :conds, :state, :check:<i>
+TASK_INDEX = "i:"  # i:<owner>:<status>, zset of task ids (score 0, read by lex range)
+ORCH_INDEX = "oi:"  # oi:<owner>:<status>, likewise for orchestrations
+IDEMPOTENCY = "k:"  # k:<owner>:<kind>:<key> -> the id created under it
+STATS = "s"  # hash "tasks:<status>" / "orchestrations:<status>" -> count
+METRICS = "m"  # hash of attempt counters and the lateness histogram
+FINISHED = "f"  # zset "t:<id>" / "o:<id>" scored by when it finished, for retention
+# Hash with the time of the last reap by any worker ("last") and the end of the pause reapers take
+# after an outage ("grace_until"): see lua.REAP.
+REAPER = "r"
+OWNER_KEY_PREFIX = KEY_PREFIX + "owner:"  # per-owner keys that are not per task (functions)
+# While an old single-node layout is rewritten into partitions (taskorch migrate).
+MIGRATE_LOCK_KEY = KEY_PREFIX + "migrating"
 USER_KEY_PREFIX = KEY_PREFIX + "user:"
 # Per user: the time (epoch seconds, a float) before which every token issued to them is revoked.
 # `taskorch user passwd|remove` sets it; the API refuses a token whose iat is earlier.
@@ -32,11 +48,7 @@ USER_NOT_BEFORE_KEY_PREFIX = KEY_PREFIX + "user-nbf:"
 SIGNIN_ATTEMPTS_KEY_PREFIX = KEY_PREFIX + "signin:"
 EVENTS_CHANNEL_PREFIX = KEY_PREFIX + "events:"  # pub/sub channel per owner, for /v1/events
 WAKE_CHANNEL = KEY_PREFIX + "wake"  # published when work becomes due sooner than a worker's poll
-METRICS_KEY = KEY_PREFIX + "metrics"  # hash of counters shared by all workers
 WORKERS_KEY = KEY_PREFIX + "workers"  # zset worker id -> last heartbeat ms, for /metrics
-# Hash with the time of the last reap by any worker ("last") and the end of the pause reapers take
-# after an outage ("grace_until"): see lua.REAP.
-REAPER_KEY = KEY_PREFIX + "reaper"
 
 # -- Defaults (the contract's) -----------------------------------------------------------------
 DEFAULT_RETRIES = 3

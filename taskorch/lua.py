@@ -1,8 +1,24 @@
 """The Lua scripts that make every state change of a task atomic in Redis.
 
 Each script is the prelude below plus its own body. A status change, its index update, the
-enqueueing of the next arq job and the event for the live view happen in one script, so a crash
-can never leave a task half-changed: that is what "nothing lost" rests on.
+enqueueing of the next job and the event for the live view happen in one script, so a crash can
+never leave a task half-changed: that is what "nothing lost" rests on.
+
+The partitioned layout (issue #10, taskorch/partitions.py): every script runs in ONE partition. It
+is routed by ``KEYS[1]``, the partition's queue ``taskorch:{<tag>}:q``, and every key it derives
+(``P .. 't:' .. id`` and so on) starts with the same prefix, hence carries the same hash tag and
+lies in the same Redis Cluster slot. Nothing a script writes is global.
+
+A task record is ONE string: a msgpack map with short field names, defaults left out, the id not
+stored (it is in the key) and the spec an opaque JSON string that Lua never re-encodes (cjson would
+round numbers). Fields: o owner, s status, h url, p the rest of the spec (JSON, short names: see
+store._StoredSpec; a step's whole spec, url included, when h is absent), n name, r run_at (ms after the id's own time,
+a small number), c created_at (left out when
+it is the id's own time), u updated_at (left out when it equals created_at), g generation,
+a attempt, l lost attempts, oi orchestration id, st/sf/sb started_at, scheduled_for, started_by
+(while running), lj/rj lost_job/retry_job (a reaper's take-back marks), ft finished_at.
+A task's job is ``<id>.<generation>`` while it is scheduled, retrying or running, and has no
+definition of its own.
 """
 
 from __future__ import annotations
@@ -10,32 +26,80 @@ from __future__ import annotations
 from taskorch import constants as c
 
 PRELUDE = f"""
-local P = '{c.KEY_PREFIX}'
-local QUEUE = '{c.QUEUE_KEY}'
-local LEASES = '{c.LEASES_KEY}'
-local LEASE_OWNER = '{c.LEASE_OWNER_KEY}'
-local function idx(owner, kind) return P .. 'owner:' .. owner .. ':' .. kind end
-local function move_status(owner, kind, id, old, new)
-  if old == new then return end
-  if old then redis.call('ZREM', idx(owner, kind .. ':' .. old), id) end
-  redis.call('ZADD', idx(owner, kind .. ':' .. new), 0, id)
-  if old then redis.call('HINCRBY', P .. 'stats', kind .. ':' .. old, -1) end
-  redis.call('HINCRBY', P .. 'stats', kind .. ':' .. new, 1)
+local P = string.sub(KEYS[1], 1, -{len(c.QUEUE) + 1})
+local QUEUE = KEYS[1]
+local LEASES = P .. '{c.LEASES}'
+local LEASE_OWNER = P .. '{c.LEASE_OWNER}'
+local TDEF = {{s = 'scheduled', g = 1, a = 0, l = 0, n = '', oi = '', sb = '', lj = '', rj = '', h = '',
+  p = ''}}
+local function tkey(id) return P .. '{c.TASK}' .. id end
+local function id_ms(id) return tonumber(string.sub(id, 5, 16), 16) end
+local function load(id)
+  local raw = redis.call('GET', tkey(id))
+  if not raw then return nil end
+  local t = cmsgpack.unpack(raw)
+  for k, v in pairs(TDEF) do if t[k] == nil then t[k] = v end end
+  if t.c == nil then t.c = id_ms(id) end
+  if t.u == nil then t.u = t.c end
+  t.r = (t.r or 0) + id_ms(id)
+  return t
 end
--- arq's job layout: the definition at job:<id>, the id in the queue scored by due time in ms.
-local function enqueue(job, fn, arg, due, now, try)
-  local data = cjson.encode({{t = try, f = fn, a = {{arg}}, k = {{}}, et = now}})
+local function save(id, t)
+  local out = {{}}
+  for k, v in pairs(t) do
+    if v ~= TDEF[k] and v ~= '' then out[k] = v end
+  end
+  if out.u == t.c then out.u = nil end
+  if out.c == id_ms(id) then out.c = nil end
+  out.r = t.r - id_ms(id)
+  if out.r == 0 then out.r = nil end
+  redis.call('SET', tkey(id), cmsgpack.pack(out))
+end
+local function active(t) return t.s == 'scheduled' or t.s == 'retrying' or t.s == 'running' end
+local function job_of(id, t)
+  if active(t) then return id .. '.' .. t.g end
+  return ''
+end
+local function left_running(t) t.st = nil; t.sf = nil; t.sb = '' end
+local function move_status(ix, kind, owner, id, old, new)
+  if old == new then return end
+  if old then
+    redis.call('ZREM', P .. ix .. owner .. ':' .. old, id)
+    redis.call('HINCRBY', P .. '{c.STATS}', kind .. ':' .. old, -1)
+  end
+  redis.call('ZADD', P .. ix .. owner .. ':' .. new, 0, id)
+  redis.call('HINCRBY', P .. '{c.STATS}', kind .. ':' .. new, 1)
+end
+local function move_task(owner, id, old, new) move_status('{c.TASK_INDEX}', 'tasks', owner, id, old, new) end
+local function move_orc(owner, id, old, new)
+  move_status('{c.ORCH_INDEX}', 'orchestrations', owner, id, old, new)
+end
+local function is_task_job(job) return string.sub(job, 1, 4) == 'tsk_' end
+local function task_of_job(job) return string.match(job, '^(.*)%.%d+$') end
+-- An orchestration event's job: its definition at j:<job>, the job in the queue by due time.
+local function enqueue(job, fn, arg, due, now)
+  local data = cjson.encode({{f = fn, a = {{arg}}}})
   local ttl = math.max(due - now, 0) + 86400000
-  redis.call('SET', '{c.JOB_KEY_PREFIX}' .. job, data, 'PX', math.floor(ttl))
+  redis.call('SET', P .. '{c.JOB}' .. job, data, 'PX', math.floor(ttl))
   redis.call('ZADD', QUEUE, due, job)
 end
 local function drop_job(job)
   if job and job ~= '' then
     redis.call('ZREM', QUEUE, job)
-    redis.call('DEL', '{c.JOB_KEY_PREFIX}' .. job)
+    if not is_task_job(job) then redis.call('DEL', P .. '{c.JOB}' .. job) end
     redis.call('ZREM', LEASES, job)
     redis.call('HDEL', LEASE_OWNER, job)
   end
+end
+-- Whether a job is still wanted: a task's when it is the task's current job, an event's while
+-- its definition is kept.
+local function job_live(job)
+  if is_task_job(job) then
+    local id = task_of_job(job)
+    local t = id and load(id)
+    return t ~= nil and t ~= false and job_of(id, t) == job
+  end
+  return redis.call('EXISTS', P .. '{c.JOB}' .. job) == 1
 end
 local function publish(owner, kind, id, status)
   redis.call('PUBLISH', '{c.EVENTS_CHANNEL_PREFIX}' .. owner,
@@ -43,47 +107,61 @@ local function publish(owner, kind, id, status)
 end
 -- An Idempotency-Key: the id already created under it, or nil after claiming it for ``id``.
 -- The key lives only as long as the record it names: once retention has deleted that record
--- (``record`` is its key prefix), a repeat claims the key afresh and creates anew.
-local function idempotent(key, id, ttl, record)
+-- (``record`` is its key prefix), a repeat claims the key afresh and creates anew. A key carried
+-- over from the single-node layout (taskorch migrate) may name a record in another partition
+-- (``n`` partitions, this one ``p``), which no script here can read: that answers
+-- (existing, true) and the caller reads the record where it is.
+local function idempotent(key, id, ttl, record, n, p)
   if key == '' then return nil end
   local existing = redis.call('GET', key)
   if existing and redis.call('EXISTS', record .. existing) == 1 then return existing end
+  if existing and n and tonumber(string.sub(existing, -4), 16) % tonumber(n) ~= tonumber(p) then
+    return existing, true
+  end
   redis.call('SET', key, id, 'EX', ttl)
   return nil
 end
--- What the API answers for a task, read in the script that wrote it: a create, cancel or modify
--- that Redis applied is never answered with a 503 from a second round trip.
+-- What the API answers for a task (HGETALL-shaped, the names the models use), read in the script
+-- that wrote it: a create, cancel or modify that Redis applied is never answered with a 503 from
+-- a second round trip.
 local function task_view(id)
-  local key = P .. 'task:' .. id
-  return {{redis.call('HGETALL', key), redis.call('LRANGE', key .. ':attempts', 0, -1)}}
+  local t = load(id)
+  if not t then return {{{{}}, {{}}}} end
+  local h = {{'id', id, 'owner', t.o, 'status', t.s, 'url', t.h, 'spec', t.p, 'name', t.n,
+    'run_at', tostring(t.r), 'created_at', tostring(t.c), 'updated_at', tostring(t.u),
+    'attempt', tostring(t.a), 'gen', tostring(t.g), 'orchestration_id', t.oi}}
+  if t.st then
+    h[#h + 1] = 'started_at'; h[#h + 1] = tostring(t.st)
+    h[#h + 1] = 'scheduled_for'; h[#h + 1] = tostring(t.sf)
+  end
+  if t.ft then h[#h + 1] = 'finished_at'; h[#h + 1] = tostring(t.ft) end
+  return {{h, redis.call('LRANGE', tkey(id) .. ':a', 0, -1)}}
 end
 -- Finished records, scored by when they finished, for the retention janitor (PURGE).
 local function finished(kind, id, now)
-  redis.call('ZADD', P .. 'finished', now, kind .. ':' .. id)
+  redis.call('ZADD', P .. '{c.FINISHED}', now, kind .. ':' .. id)
 end
 local function wake(due, now, ahead)
   if due - now <= ahead then redis.call('PUBLISH', '{c.WAKE_CHANNEL}', due) end
 end
-local function new_task(id, owner, spec, name, due, now, orc, ahead)
-  local job = id .. '.1'
-  redis.call('HSET', P .. 'task:' .. id, 'id', id, 'owner', owner, 'status', 'scheduled',
-    'spec', spec, 'name', name, 'run_at', due, 'created_at', now, 'updated_at', now,
-    'gen', 1, 'job', job, 'attempt', 0, 'lost', 0, 'orchestration_id', orc)
-  redis.call('ZADD', idx(owner, 'tasks'), 0, id)
-  move_status(owner, 'tasks', id, nil, 'scheduled')
-  enqueue(job, 'fire_task', id, due, now, 1)
+local function new_task(id, owner, url, spec, name, due, now, orc, ahead)
+  save(id, {{o = owner, h = url, p = spec, r = due, n = name, oi = orc, c = now, u = now}})
+  move_task(owner, id, nil, 'scheduled')
+  redis.call('ZADD', QUEUE, due, id .. '.1')
   publish(owner, 'task', id, 'scheduled')
   wake(due, now, ahead)
 end
 local function cancel_task(id, now)
-  local key = P .. 'task:' .. id
-  local t = redis.call('HMGET', key, 'status', 'owner', 'job')
-  if t[1] ~= 'scheduled' and t[1] ~= 'retrying' then return t[1] end
-  drop_job(t[3])
-  redis.call('HSET', key, 'status', 'cancelled', 'finished_at', now, 'updated_at', now, 'job', '')
+  local t = load(id)
+  if not t then return nil end
+  if t.s ~= 'scheduled' and t.s ~= 'retrying' then return t.s end
+  local old = t.s
+  drop_job(job_of(id, t))
+  t.s = 'cancelled'; t.ft = now; t.u = now
+  save(id, t)
   finished('t', id, now)
-  move_status(t[2], 'tasks', id, t[1], 'cancelled')
-  publish(t[2], 'task', id, 'cancelled')
+  move_task(t.o, id, old, 'cancelled')
+  publish(t.o, 'task', id, 'cancelled')
   return 'cancelled'
 end
 """
@@ -99,58 +177,91 @@ local function past_deadline(deadline)
 end
 """
 
-# ARGV: id, owner, spec, name, due, now, idem_key|'', idem_ttl_s, orchestration_id|'', wake_ms,
-#       deadline_ms|''.
-# Returns {created (1/0), task hash as a flat list, attempts}, or {-1} past the deadline.
-CREATE_TASK = (
+# ARGV: now, idem_ttl_s, wake_ms, deadline_ms|'', partitions, this partition, then per task 7
+#       fields: id, owner, url, spec (the rest of it, '' when all defaults), name, due,
+#       idempotency key (the full key name in this partition, '' for none).
+# Returns per task {created (1/0), task view, attempts} or {2, id} (a migrated key naming a record
+# in another partition: see idempotent), or {-1} past the deadline (nothing written). A repeat
+# of a key, even within the batch, answers the task created under it.
+CREATE_TASKS = (
     PAST_DEADLINE
     + """
-if past_deadline(ARGV[11]) then return {-1} end
-local id, owner, due, now = ARGV[1], ARGV[2], tonumber(ARGV[5]), tonumber(ARGV[6])
-local existing = idempotent(ARGV[7], id, ARGV[8], P .. 'task:')
-if existing then
-  local view = task_view(existing)
-  return {0, view[1], view[2]}
+if past_deadline(ARGV[4]) then return {-1} end
+local now, ttl, ahead = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3])
+local out = {}
+for i = 7, #ARGV, 7 do
+  local id, owner = ARGV[i], ARGV[i + 1]
+  local existing, elsewhere = idempotent(ARGV[i + 6], id, ttl, P .. 't:', ARGV[5], ARGV[6])
+  if elsewhere then
+    out[#out + 1] = {2, existing}
+  elseif existing then
+    local view = task_view(existing)
+    out[#out + 1] = {0, view[1], view[2]}
+  else
+    new_task(id, owner, ARGV[i + 2], ARGV[i + 3], ARGV[i + 4], tonumber(ARGV[i + 5]), now, '',
+      ahead)
+    local view = task_view(id)
+    out[#out + 1] = {1, view[1], view[2]}
+  end
 end
-new_task(id, owner, ARGV[3], ARGV[4], due, now, ARGV[9], tonumber(ARGV[10]))
-local view = task_view(id)
-return {1, view[1], view[2]}
+return out
 """
 )
 
+# ARGV: task ids. Returns per id {task view, attempts} ({{}, {}} where there is none).
+VIEW_TASKS = """
+local out = {}
+for i = 1, #ARGV do out[i] = task_view(ARGV[i]) end
+return out
+"""
+
+# ARGV: index prefix ('i:<owner>:' or 'oi:<owner>:'), cursor|'', limit, then statuses.
+# One newest-first page of ids of this partition merged over the statuses' indexes: up to
+# limit + 1 ids below the cursor (ids sort by creation time; the cursor is the last id handed out).
+LIST_IDS = """
+local ix, cursor, limit = P .. ARGV[1], ARGV[2], tonumber(ARGV[3])
+local top = '+'
+if cursor ~= '' then top = '(' .. cursor end
+local all = {}
+for i = 4, #ARGV do
+  local ids = redis.call('ZREVRANGEBYLEX', ix .. ARGV[i], top, '-', 'LIMIT', 0, limit + 1)
+  for _, id in ipairs(ids) do all[#all + 1] = id end
+end
+table.sort(all, function(a, b) return a > b end)
+local out = {}
+for i = 1, math.min(#all, limit + 1) do out[i] = all[i] end
+return out
+"""
+
 # ARGV: id, owner, now.
-# Returns {'ok', hash, attempts} | {'not_found'} | {'conflict', status} | {'in_orchestration', id}
+# Returns {'ok', view, attempts} | {'not_found'} | {'conflict', status} | {'in_orchestration', id}
 CANCEL_TASK = """
 local id, owner, now = ARGV[1], ARGV[2], tonumber(ARGV[3])
-local key = P .. 'task:' .. id
-local t = redis.call('HMGET', key, 'status', 'owner', 'job', 'orchestration_id')
-if not t[2] or t[2] ~= owner then return {'not_found'} end
-if t[4] and t[4] ~= '' then return {'in_orchestration', t[4]} end
-if t[1] ~= 'scheduled' and t[1] ~= 'retrying' then return {'conflict', t[1]} end
+local t = load(id)
+if not t or t.o ~= owner then return {'not_found'} end
+if t.oi ~= '' then return {'in_orchestration', t.oi} end
+if t.s ~= 'scheduled' and t.s ~= 'retrying' then return {'conflict', t.s} end
 cancel_task(id, now)
 local view = task_view(id)
 return {'ok', view[1], view[2]}
 """
 
-# ARGV: id, owner, now, expected_gen, spec, name, due, wake_ms. Returns {'ok', hash, attempts}
+# ARGV: id, owner, now, expected_gen, url, spec, name, due, wake_ms. Returns {'ok', view, attempts}
 # | {'not_found'} | {'conflict', status} | {'in_orchestration', id} | {'stale'} (re-read, retry)
 MODIFY_TASK = """
 local id, owner, now = ARGV[1], ARGV[2], tonumber(ARGV[3])
-local key = P .. 'task:' .. id
-local t = redis.call('HMGET', key, 'status', 'owner', 'job', 'gen', 'orchestration_id')
-if not t[2] or t[2] ~= owner then return {'not_found'} end
-if t[5] and t[5] ~= '' then return {'in_orchestration', t[5]} end
-if t[1] ~= 'scheduled' and t[1] ~= 'retrying' then return {'conflict', t[1]} end
-if t[4] ~= ARGV[4] then return {'stale'} end
-drop_job(t[3])
-local gen = tonumber(t[4]) + 1
-local job = id .. '.' .. gen
-local due = tonumber(ARGV[7])
-redis.call('HSET', key, 'spec', ARGV[5], 'name', ARGV[6], 'run_at', due, 'gen', gen,
-  'job', job, 'updated_at', now)
-enqueue(job, 'fire_task', id, due, now, gen)
-publish(owner, 'task', id, t[1])
-wake(due, now, tonumber(ARGV[8]))
+local t = load(id)
+if not t or t.o ~= owner then return {'not_found'} end
+if t.oi ~= '' then return {'in_orchestration', t.oi} end
+if t.s ~= 'scheduled' and t.s ~= 'retrying' then return {'conflict', t.s} end
+if tostring(t.g) ~= ARGV[4] then return {'stale'} end
+drop_job(job_of(id, t))
+local due = tonumber(ARGV[8])
+t.g = t.g + 1; t.h = ARGV[5]; t.p = ARGV[6]; t.n = ARGV[7]; t.r = due; t.u = now
+save(id, t)
+redis.call('ZADD', QUEUE, due, id .. '.' .. t.g)
+publish(owner, 'task', id, t.s)
+wake(due, now, tonumber(ARGV[9]))
 local view = task_view(id)
 return {'ok', view[1], view[2]}
 """
@@ -166,8 +277,9 @@ end
 """
 
 # ARGV: horizon_ms, now_ms, lease_ms, worker_id, limit.
-# Moves due jobs from the queue to the leases set, owned by this worker, and returns for each
-# {job, due, data, spec} (spec: the task's spec for fire_task jobs, '' otherwise).
+# Moves this partition's due jobs from its queue to its leases set, owned by this worker, and
+# returns for each {job, due, function, argument, url, spec} (the task's url and spec for a
+# task's job, '' otherwise). A task's job that is no longer the task's current one is dropped.
 CLAIM = (
     LEASE_CLOCK
     + """
@@ -178,22 +290,22 @@ local out = {}
 for i = 1, #items, 2 do
   local job, due = items[i], tonumber(items[i + 1])
   redis.call('ZREM', QUEUE, job)
-  local data = redis.call('GET', P .. 'job:' .. job)
-  if data then
-    local d = cjson.decode(data)
-    local extra = ''
-    local keep = true
-    if d.f == 'fire_task' then
-      local t = redis.call('HMGET', P .. 'task:' .. d.a[1], 'job', 'spec')
-      if t[1] ~= job then keep = false else extra = t[2] end
+  local fn, arg, url, spec = nil, nil, '', ''
+  if is_task_job(job) then
+    local id = task_of_job(job)
+    local t = id and load(id)
+    if t and job_of(id, t) == job then fn, arg, url, spec = 'fire_task', id, t.h, t.p end
+  else
+    local data = redis.call('GET', P .. 'j:' .. job)
+    if data then
+      local d = cjson.decode(data)
+      fn, arg = d.f, d.a[1]
     end
-    if keep then
-      redis.call('ZADD', LEASES, math.max(due, now) + lease, job)
-      redis.call('HSET', LEASE_OWNER, job, ARGV[4])
-      out[#out + 1] = {job, tostring(due), data, extra}
-    else
-      redis.call('DEL', P .. 'job:' .. job)
-    end
+  end
+  if fn then
+    redis.call('ZADD', LEASES, math.max(due, now) + lease, job)
+    redis.call('HSET', LEASE_OWNER, job, ARGV[4])
+    out[#out + 1] = {job, items[i + 1], fn, arg, url, spec}
   end
 end
 return out
@@ -214,23 +326,22 @@ local now, worker, lease = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3])
 local out = {}
 for i = 4, #ARGV, 2 do
   local id, job = ARGV[i], ARGV[i + 1]
-  local key = P .. 'task:' .. id
-  local t = redis.call('HMGET', key, 'status', 'job', 'owner', 'attempt', 'run_at', 'started_by')
-  if (t[1] == 'scheduled' or t[1] == 'retrying') and t[2] == job then
-    local n = tonumber(t[4]) + 1
-    redis.call('HSET', key, 'status', 'running', 'attempt', n, 'started_at', now,
-      'scheduled_for', t[5], 'updated_at', now, 'started_by', worker, 'lost_job', '',
-      'retry_job', '')
+  local t = load(id)
+  if t and (t.s == 'scheduled' or t.s == 'retrying') and job_of(id, t) == job then
+    local old = t.s
+    t.a = t.a + 1
+    t.s = 'running'; t.st = now; t.sf = t.r; t.u = now; t.sb = worker; t.lj = ''; t.rj = ''
+    save(id, t)
     redis.call('ZREM', QUEUE, job)
-    redis.call('ZADD', LEASES, math.max(tonumber(t[5]), clock()) + lease, job)
+    redis.call('ZADD', LEASES, math.max(t.r, clock()) + lease, job)
     redis.call('HSET', LEASE_OWNER, job, worker)
-    move_status(t[3], 'tasks', id, t[1], 'running')
-    publish(t[3], 'task', id, 'running')
-    out[#out + 1] = n
-  elseif t[1] == 'running' and t[2] == job and t[6] == worker then
-    out[#out + 1] = tonumber(t[4])
+    move_task(t.o, id, old, 'running')
+    publish(t.o, 'task', id, 'running')
+    out[#out + 1] = t.a
+  elseif t and t.s == 'running' and job_of(id, t) == job and t.sb == worker then
+    out[#out + 1] = t.a
   else
-    if t[2] ~= job then drop_job(job) end
+    if not t or job_of(id, t) ~= job then drop_job(job) end
     out[#out + 1] = 0
   end
 end
@@ -238,64 +349,76 @@ return out
 """
 )
 
-# ARGV: id, job, outcome (succeeded|failed|retry), attempt_json, next_due, now, wake_ms,
-#       metric fields... Returns 1 when recorded, 0 when the attempt no longer owned the task
-#       (its lease lapsed and another worker recovered it).
+# ARGV: wake_ms, then rows, each its field count and then: id, job, outcome
+#       (succeeded|failed|retry), attempt_json, next_due, now, metric fields...
+# Returns per row 1 when recorded, 0 when the attempt no longer owned the task (its lease lapsed
+# and another worker recovered it).
 FINISH = """
-local id, job, outcome = ARGV[1], ARGV[2], ARGV[3]
-local now = tonumber(ARGV[6])
-local key = P .. 'task:' .. id
-local t = redis.call('HMGET', key, 'status', 'job', 'owner', 'gen', 'orchestration_id',
-  'lost_job', 'retry_job', 'lost')
-for i = 8, #ARGV do
-  local f, by = string.match(ARGV[i], '^(.+)=(.+)$')  -- "name=x" adds x, a bare name adds 1
-  if f then redis.call('HINCRBYFLOAT', P .. 'metrics', f, by)
-  else redis.call('HINCRBY', P .. 'metrics', ARGV[i], 1) end
-end
-if t[2] ~= job then
-  -- A reaper took this attempt for lost although its worker was alive and held the outcome; the
-  -- retry it enqueued has not started yet (START clears lost_job), so the real outcome wins:
-  -- take back the "worker lost" record and the retry, and record what the call got.
-  if t[1] ~= 'retrying' or t[6] ~= job or t[2] ~= t[7] then return 0 end
-  redis.call('RPOP', key .. ':attempts')
-  drop_job(t[2])
-  redis.call('HINCRBY', P .. 'metrics', 'attempts_total:lost', -1)
-  redis.call('HSET', key, 'lost', tonumber(t[8]) - 1, 'lost_job', '', 'retry_job', '')
-  move_status(t[3], 'tasks', id, 'retrying', 'running')
-  t[1] = 'running'
-end
-if t[1] ~= 'running' then return 0 end
-redis.call('RPUSH', key .. ':attempts', ARGV[4])
-drop_job(job)
-local status = outcome
-if outcome == 'retry' then
-  status = 'retrying'
-  local gen = tonumber(t[4]) + 1
-  local nj = id .. '.' .. gen
-  local due = tonumber(ARGV[5])
-  redis.call('HSET', key, 'status', status, 'gen', gen, 'job', nj, 'run_at', due,
-    'updated_at', now)
-  enqueue(nj, 'fire_task', id, due, now, gen)
-  wake(due, now, tonumber(ARGV[7]))
-else
-  redis.call('HSET', key, 'status', status, 'finished_at', now, 'updated_at', now, 'job', '')
-  finished('t', id, now)
-  if t[5] and t[5] ~= '' then
-    -- an orchestration's step ended: hand it to the step machine through its own job
-    local oj = t[5] .. '.' .. id .. '.' .. status
-    enqueue(oj, 'orc', 'done|' .. t[5] .. '|' .. id .. '|' .. status, now, now, 1)
-    wake(now, now, tonumber(ARGV[7]))
+local ahead = tonumber(ARGV[1])
+local function finish(a)
+  local id, job, outcome, now = a[1], a[2], a[3], tonumber(a[6])
+  for i = 7, #a do
+    local f, by = string.match(a[i], '^(.+)=(.+)$')  -- "name=x" adds x, a bare name adds 1
+    if f then redis.call('HINCRBYFLOAT', P .. 'm', f, by)
+    else redis.call('HINCRBY', P .. 'm', a[i], 1) end
   end
+  local t = load(id)
+  if not t then return 0 end
+  if job_of(id, t) ~= job then
+    -- A reaper took this attempt for lost although its worker was alive and held the outcome;
+    -- the retry it enqueued has not started yet (START clears lj), so the real outcome wins:
+    -- take back the "worker lost" record and the retry, and record what the call got.
+    if t.s ~= 'retrying' or t.lj ~= job or job_of(id, t) ~= t.rj then return 0 end
+    redis.call('RPOP', tkey(id) .. ':a')
+    drop_job(job_of(id, t))
+    redis.call('HINCRBY', P .. 'm', 'attempts_total:lost', -1)
+    t.l = t.l - 1; t.lj = ''; t.rj = ''
+    move_task(t.o, id, 'retrying', 'running')
+    t.s = 'running'
+  end
+  if t.s ~= 'running' then return 0 end
+  redis.call('RPUSH', tkey(id) .. ':a', a[4])
+  drop_job(job)
+  left_running(t)
+  local status = outcome
+  if outcome == 'retry' then
+    status = 'retrying'
+    local due = tonumber(a[5])
+    t.s = status; t.g = t.g + 1; t.r = due; t.u = now
+    save(id, t)
+    redis.call('ZADD', QUEUE, due, id .. '.' .. t.g)
+    wake(due, now, ahead)
+  else
+    t.s = status; t.ft = now; t.u = now
+    save(id, t)
+    finished('t', id, now)
+    if t.oi ~= '' then
+      -- an orchestration's step ended: hand it to the step machine through its own job
+      enqueue(t.oi .. '.' .. id .. '.' .. status, 'orc', 'done|' .. t.oi .. '|' .. id .. '|' .. status,
+        now, now)
+      wake(now, now, ahead)
+    end
+  end
+  move_task(t.o, id, 'running', status)
+  publish(t.o, 'task', id, status)
+  return 1
 end
-move_status(t[3], 'tasks', id, 'running', status)
-publish(t[3], 'task', id, status)
-return 1
+local out = {}
+local i = 2
+while i <= #ARGV do
+  local n = tonumber(ARGV[i])
+  local row = {}
+  for j = 1, n do row[j] = ARGV[i + j] end
+  out[#out + 1] = finish(row)
+  i = i + n + 1
+end
+return out
 """
 
-# ARGV: now (unused: Redis's clock decides), limit, max_lost, gap_ms, grace_ms. Recovers jobs whose claim lapsed: a worker died
-# holding them. A claimed job that never started goes back to the queue; a task that was running
-# gets a "worker lost" attempt and is retried at once. Returns the number of jobs recovered, or
-# -1 while it holds back after an outage.
+# ARGV: now (unused: Redis's clock decides), limit, max_lost, gap_ms, grace_ms. Recovers this
+# partition's jobs whose claim lapsed: a worker died holding them. A claimed job that never started
+# goes back to the queue; a task that was running gets a "worker lost" attempt and is retried at
+# once. Returns the number of jobs recovered, or -1 while it holds back after an outage.
 #
 # An outage is not a death: while Redis was out of reach (killed, frozen, cut off) no worker
 # could renew its leases, so every lease may have lapsed by the time Redis is back, yet the
@@ -308,65 +431,55 @@ REAP = (
     + """
 local now, max_lost = clock(), tonumber(ARGV[3])
 local gap, grace = tonumber(ARGV[4]), tonumber(ARGV[5])
-local r = redis.call('HMGET', '"""
-    + c.REAPER_KEY
-    + """', 'last', 'grace_until')
+local RK = P .. 'r'
+local r = redis.call('HMGET', RK, 'last', 'grace_until')
 local last, grace_until = tonumber(r[1]), tonumber(r[2] or '0')
 if last and now - last > gap and now + grace > grace_until then
   grace_until = now + grace
-  redis.call('HSET', '"""
-    + c.REAPER_KEY
-    + """', 'grace_until', grace_until)
+  redis.call('HSET', RK, 'grace_until', grace_until)
 end
-if not last or now > last then redis.call('HSET', '"""
-    + c.REAPER_KEY
-    + """', 'last', now) end
+if not last or now > last then redis.call('HSET', RK, 'last', now) end
 if now < grace_until then return -1 end
 local items = redis.call('ZRANGEBYSCORE', LEASES, '-inf', now, 'LIMIT', 0, ARGV[2])
 local n = 0
 for _, job in ipairs(items) do
   redis.call('ZREM', LEASES, job)
   redis.call('HDEL', LEASE_OWNER, job)
-  local data = redis.call('GET', P .. 'job:' .. job)
-  if data then
-    n = n + 1
-    local d = cjson.decode(data)
-    if d.f ~= 'fire_task' then
+  if not is_task_job(job) then
+    if redis.call('EXISTS', P .. 'j:' .. job) == 1 then
+      n = n + 1
       redis.call('ZADD', QUEUE, now, job)
-    else
-      local id = d.a[1]
-      local key = P .. 'task:' .. id
-      local t = redis.call('HMGET', key, 'status', 'job', 'owner', 'gen', 'attempt',
-        'started_at', 'scheduled_for', 'lost', 'orchestration_id')
-      if t[2] ~= job then
-        redis.call('DEL', P .. 'job:' .. job)
-      elseif t[1] == 'scheduled' or t[1] == 'retrying' then
+    end
+  else
+    local id = task_of_job(job)
+    local t = id and load(id)
+    if t and job_of(id, t) == job then
+      n = n + 1
+      if t.s == 'scheduled' or t.s == 'retrying' then
         redis.call('ZADD', QUEUE, now, job)
-      elseif t[1] == 'running' then
-        local lost = tonumber(t[8] or '0') + 1
-        local sf, st = tonumber(t[7]), tonumber(t[6])
-        redis.call('RPUSH', key .. ':attempts', cjson.encode({n = tonumber(t[5]), sf = sf,
-          st = st, ft = now, lat = st - sf, err = 'worker lost: no outcome within the lease, retrying'}))
-        redis.call('HINCRBY', P .. 'metrics', 'attempts_total:lost', 1)
-        redis.call('DEL', P .. 'job:' .. job)
-        if lost > max_lost then
-          redis.call('HSET', key, 'status', 'failed', 'finished_at', now, 'updated_at', now,
-            'job', '', 'lost', lost)
+      elseif t.s == 'running' then
+        t.l = t.l + 1
+        redis.call('RPUSH', tkey(id) .. ':a', cjson.encode({n = t.a, sf = t.sf, st = t.st, ft = now,
+          lat = t.st - t.sf, err = 'worker lost: no outcome within the lease, retrying'}))
+        redis.call('HINCRBY', P .. 'm', 'attempts_total:lost', 1)
+        left_running(t)
+        t.u = now
+        if t.l > max_lost then
+          t.s = 'failed'; t.ft = now
+          save(id, t)
           finished('t', id, now)
-          move_status(t[3], 'tasks', id, 'running', 'failed')
-          publish(t[3], 'task', id, 'failed')
-          if t[9] and t[9] ~= '' then
-            enqueue(t[9] .. '.' .. id .. '.failed', 'orc', 'done|' .. t[9] .. '|' .. id .. '|failed',
-              now, now, 1)
+          move_task(t.o, id, 'running', 'failed')
+          publish(t.o, 'task', id, 'failed')
+          if t.oi ~= '' then
+            enqueue(t.oi .. '.' .. id .. '.failed', 'orc', 'done|' .. t.oi .. '|' .. id .. '|failed',
+              now, now)
           end
         else
-          local gen = tonumber(t[4]) + 1
-          local nj = id .. '.' .. gen
-          redis.call('HSET', key, 'status', 'retrying', 'gen', gen, 'job', nj, 'run_at', now,
-            'updated_at', now, 'lost', lost, 'lost_job', job, 'retry_job', nj)
-          enqueue(nj, 'fire_task', id, now, now, gen)
-          move_status(t[3], 'tasks', id, 'running', 'retrying')
-          publish(t[3], 'task', id, 'retrying')
+          t.s = 'retrying'; t.g = t.g + 1; t.r = now; t.lj = job; t.rj = id .. '.' .. t.g
+          save(id, t)
+          redis.call('ZADD', QUEUE, now, t.rj)
+          move_task(t.o, id, 'running', 'retrying')
+          publish(t.o, 'task', id, 'retrying')
         end
       end
     end
@@ -386,9 +499,7 @@ RENEW = (
     + """
 local now, expiry = clock(), tonumber(ARGV[1])
 for i = 2, #ARGV, 2 do
-  redis.call('ZADD', '"""
-    + c.LEASES_KEY
-    + """', 'XX', math.max(tonumber(ARGV[i + 1]), now) + expiry, ARGV[i])
+  redis.call('ZADD', LEASES, 'XX', math.max(tonumber(ARGV[i + 1]), now) + expiry, ARGV[i])
 end
 return 0
 """
@@ -404,7 +515,7 @@ for i = 2, #ARGV, 2 do
   if redis.call('HGET', LEASE_OWNER, job) == ARGV[1] then
     redis.call('ZREM', LEASES, job)
     redis.call('HDEL', LEASE_OWNER, job)
-    if redis.call('EXISTS', P .. 'job:' .. job) == 1 then
+    if job_live(job) then
       redis.call('ZADD', QUEUE, ARGV[i + 1], job)
       n = n + 1
     end
@@ -426,39 +537,40 @@ return 1
 
 
 # -- orchestrations ------------------------------------------------------------------------------
-# An orchestration is a hash (orc:<id>) plus per-step hashes keyed by step index: :specs (the step's
+# An orchestration is a hash (o:<id>) plus per-step hashes keyed by step index: :specs (the step's
 # task spec), :conds (a step's own condition), :state (t<i> task id, s<i> final step status,
 # c<i> check status) and a list :check:<i> of check attempts. Advancing reads and writes only the
 # fields of one index, so step 9,999 costs what step 1 does. Each transition is one script that
 # checks the orchestration is where the event expects it (so a replayed event after a crash is a
-# no-op) and creates the next step's task or job in the same breath.
-ORC_PRELUDE = """
-local function okey(id) return P .. 'orc:' .. id end
+# no-op) and creates the next step's task or job in the same breath. Its step tasks are created in
+# its partition (their ids are made for it), so every transition stays in one slot.
+ORC_PRELUDE = f"""
+local function okey(id) return P .. '{c.ORCH}' .. id end
 local function finish_orc(id, owner, old, status, now)
   redis.call('HSET', okey(id), 'status', status, 'finished_at', now, 'updated_at', now,
     'phase', 'done', 'job', '')
   finished('o', id, now)
-  move_status(owner, 'orchestrations', id, old, status)
+  move_orc(owner, id, old, status)
   publish(owner, 'orchestration', id, status)
 end
 local function start_step(id, owner, i, task_id, now, ahead)
   local spec = redis.call('HGET', okey(id) .. ':specs', i)
-  new_task(task_id, owner, spec, 'step ' .. i, now, now, id, ahead)
+  new_task(task_id, owner, '', spec, 'step ' .. i, now, now, id, ahead)
   redis.call('HSET', okey(id) .. ':state', 't' .. i, task_id)
   redis.call('HSET', okey(id), 'current_step', i, 'phase', 'step', 'updated_at', now, 'job', '')
   publish(owner, 'orchestration', id, 'running')
 end
 local function run_fallback(id, owner, fallback, fid, now, ahead)
   if fallback and fallback ~= '' then
-    new_task(fid, owner, fallback, 'fallback', now, now, id, ahead)
+    new_task(fid, owner, '', fallback, 'fallback', now, now, id, ahead)
     redis.call('HSET', okey(id), 'fallback_task', fid, 'fallback_status', 'scheduled')
   end
 end
 -- What the API needs to answer for an orchestration, read in the script that wrote it: its hash,
 -- its :state and which steps have a condition of their own.
 local function orc_view(id)
-  return {redis.call('HGETALL', okey(id)), redis.call('HGETALL', okey(id) .. ':state'),
-    redis.call('HKEYS', okey(id) .. ':conds')}
+  return {{redis.call('HGETALL', okey(id)), redis.call('HGETALL', okey(id) .. ':state'),
+    redis.call('HKEYS', okey(id) .. ':conds')}}
 end
 local function condition_for(id, i, shared)
   local own = redis.call('HGET', okey(id) .. ':conds', i)
@@ -468,7 +580,7 @@ local function condition_for(id, i, shared)
 end
 local function schedule_check(id, i, n, due, now, ahead)
   local job = id .. '.c' .. i .. '.' .. n
-  enqueue(job, 'orc', 'check|' .. id .. '|' .. i .. '|' .. n, due, now, n)
+  enqueue(job, 'orc', 'check|' .. id .. '|' .. i .. '|' .. n, due, now)
   redis.call('HSET', okey(id), 'job', job)
   redis.call('HSET', okey(id) .. ':state', 'c' .. i, 'waiting')
   wake(due, now, ahead)
@@ -477,14 +589,18 @@ end
 
 # ARGV: id, owner, name, due, now, condition|'', fallback|'', idem_key|'', idem_ttl, wake_ms, n,
 #       then n step specs, then n step conditions ('' where the step has none), then
-#       deadline_ms|'' (see PAST_DEADLINE).
-# Returns {created (1/0), hash, state, own-condition step indexes} (see orc_view), or {-1}.
+#       deadline_ms|'' (see PAST_DEADLINE), partitions, this partition.
+# Returns {created (1/0), hash, state, own-condition step indexes} (see orc_view), {2, id} (see
+# idempotent), or {-1}.
 ORC_CREATE = (
     PAST_DEADLINE
     + """
 if past_deadline(ARGV[12 + 2 * tonumber(ARGV[11])]) then return {-1} end
 local id, owner, due, now = ARGV[1], ARGV[2], tonumber(ARGV[4]), tonumber(ARGV[5])
-local existing = idempotent(ARGV[8], id, ARGV[9], P .. 'orc:')
+local nsteps = tonumber(ARGV[11])
+local existing, elsewhere = idempotent(ARGV[8], id, ARGV[9], P .. 'o:', ARGV[13 + 2 * nsteps],
+  ARGV[14 + 2 * nsteps])
+if elsewhere then return {2, existing} end
 if existing then
   local view = orc_view(existing)
   return {0, view[1], view[2], view[3]}
@@ -499,9 +615,8 @@ for i = 1, n do
   redis.call('HSET', key .. ':specs', i - 1, ARGV[11 + i])
   if ARGV[11 + n + i] ~= '' then redis.call('HSET', key .. ':conds', i - 1, ARGV[11 + n + i]) end
 end
-redis.call('ZADD', idx(owner, 'orchestrations'), 0, id)
-move_status(owner, 'orchestrations', id, nil, 'scheduled')
-enqueue(id .. '.s1', 'orc', 'start|' .. id .. '|1', due, now, 1)
+move_orc(owner, id, nil, 'scheduled')
+enqueue(id .. '.s1', 'orc', 'start|' .. id .. '|1', due, now)
 publish(owner, 'orchestration', id, 'scheduled')
 wake(due, now, tonumber(ARGV[10]))
 local view = orc_view(id)
@@ -534,7 +649,7 @@ end
 local job = id .. '.s' .. gen
 redis.call('HSET', key, 'name', ARGV[5], 'run_at', due, 'condition', ARGV[7], 'fallback', ARGV[8],
   'gen', gen, 'job', job, 'updated_at', now)
-enqueue(job, 'orc', 'start|' .. id .. '|' .. gen, due, now, 1)
+enqueue(job, 'orc', 'start|' .. id .. '|' .. gen, due, now)
 publish(owner, 'orchestration', id, 'scheduled')
 wake(due, now, tonumber(ARGV[10]))
 local view = orc_view(id)
@@ -569,7 +684,7 @@ local id, now = ARGV[1], tonumber(ARGV[3])
 local o = redis.call('HMGET', okey(id), 'status', 'gen', 'owner')
 if o[1] ~= 'scheduled' or o[2] ~= ARGV[2] then return 0 end
 redis.call('HSET', okey(id), 'status', 'running')
-move_status(o[3], 'orchestrations', id, 'scheduled', 'running')
+move_orc(o[3], id, 'scheduled', 'running')
 start_step(id, o[3], 0, ARGV[4], now, tonumber(ARGV[5]))
 return 1
 """
@@ -643,30 +758,27 @@ return 'stopped'
 """
 
 
-# ARGV: cutoff_ms, limit. Deletes records that finished before the cutoff (the retention
-# janitor): a task with its attempts, or an orchestration with its steps' hashes and checks, and
-# their index entries. Step and fallback tasks are tasks and expire on their own.
+# ARGV: cutoff_ms, limit. Deletes this partition's records that finished before the cutoff (the
+# retention janitor): a task with its attempts, or an orchestration with its steps' hashes and
+# checks, and their index entries. Step and fallback tasks are tasks and expire on their own.
 PURGE = """
-local items = redis.call('ZRANGEBYSCORE', P .. 'finished', '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
+local items = redis.call('ZRANGEBYSCORE', P .. 'f', '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
 for _, member in ipairs(items) do
-  redis.call('ZREM', P .. 'finished', member)
+  redis.call('ZREM', P .. 'f', member)
   local kind, id = string.sub(member, 1, 1), string.sub(member, 3)
   if kind == 't' then
-    local key = P .. 'task:' .. id
-    local t = redis.call('HMGET', key, 'owner', 'status')
-    if t[1] then
-      redis.call('ZREM', idx(t[1], 'tasks'), id)
-      redis.call('ZREM', idx(t[1], 'tasks:' .. t[2]), id)
-      redis.call('HINCRBY', P .. 'stats', 'tasks:' .. t[2], -1)
-      redis.call('DEL', key, key .. ':attempts')
+    local t = load(id)
+    if t then
+      redis.call('ZREM', P .. 'i:' .. t.o .. ':' .. t.s, id)
+      redis.call('HINCRBY', P .. 's', 'tasks:' .. t.s, -1)
+      redis.call('DEL', tkey(id), tkey(id) .. ':a')
     end
   else
-    local key = P .. 'orc:' .. id
+    local key = okey(id)
     local o = redis.call('HMGET', key, 'owner', 'status', 'n')
     if o[1] then
-      redis.call('ZREM', idx(o[1], 'orchestrations'), id)
-      redis.call('ZREM', idx(o[1], 'orchestrations:' .. o[2]), id)
-      redis.call('HINCRBY', P .. 'stats', 'orchestrations:' .. o[2], -1)
+      redis.call('ZREM', P .. 'oi:' .. o[1] .. ':' .. o[2], id)
+      redis.call('HINCRBY', P .. 's', 'orchestrations:' .. o[2], -1)
       for i = 0, tonumber(o[3]) - 1 do redis.call('DEL', key .. ':check:' .. i) end
       redis.call('DEL', key, key .. ':specs', key .. ':conds', key .. ':state')
     end

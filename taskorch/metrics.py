@@ -21,6 +21,7 @@ from prometheus_client.core import (
 )
 
 from taskorch import constants as c
+from taskorch import partitions
 from taskorch.store import now_ms
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -29,7 +30,9 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 class _Snapshot:
     """One read of Redis, offered to prometheus_client as a collector."""
 
-    def __init__(self, stats: dict[str, str], counters: dict[str, str], gauges: list[int]) -> None:
+    def __init__(
+        self, stats: dict[str, float], counters: dict[str, float], gauges: list[int]
+    ) -> None:
         self.stats, self.counters, self.gauges = stats, counters, gauges
 
     def collect(self) -> Iterator[Metric]:
@@ -80,13 +83,28 @@ class _Snapshot:
 
 
 async def render(redis: Any) -> bytes:
+    """The page: every partition's counters summed (a non-transactional pipeline, which a
+    cluster client splits by node)."""
+    layout = await partitions.load(redis)
     async with redis.pipeline(transaction=False) as pipe:
-        pipe.hgetall(c.KEY_PREFIX + "stats")
-        pipe.hgetall(c.METRICS_KEY)
-        pipe.zcard(c.QUEUE_KEY)
-        pipe.zcard(c.LEASES_KEY)
+        for pre in layout.prefixes:
+            pipe.hgetall(pre + c.STATS)
+            pipe.hgetall(pre + c.METRICS)
+            pipe.zcard(pre + c.QUEUE)
+            pipe.zcard(pre + c.LEASES)
         pipe.zcount(c.WORKERS_KEY, now_ms() - 60_000, "+inf")
-        stats, counters, queued, leased, workers = await pipe.execute()
+        rows = await pipe.execute()
+    stats: dict[str, float] = {}
+    counters: dict[str, float] = {}
+    queued = leased = 0
+    for i in range(layout.n):
+        s, m, q, held = rows[4 * i : 4 * i + 4]
+        for k, v in s.items():
+            stats[k] = stats.get(k, 0) + int(v)
+        for k, v in m.items():
+            counters[k] = counters.get(k, 0) + float(v)
+        queued += q
+        leased += held
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_Snapshot(stats, counters, [queued, leased, workers]))
+    registry.register(_Snapshot(stats, counters, [queued, leased, rows[-1]]))
     return generate_latest(registry)

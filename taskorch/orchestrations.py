@@ -11,7 +11,7 @@ from typing import Any
 import msgspec
 
 from taskorch import constants as c
-from taskorch import lua
+from taskorch import lua, partitions
 from taskorch.errors import Conflict, NotFound
 from taskorch.models import (
     CheckAttempt,
@@ -30,11 +30,11 @@ from taskorch.models import (
 )
 from taskorch.store import (
     Redis,
+    _spec_json,
     from_flat,
     idempotency_redis_key,
-    new_id,
+    list_ids,
     now_ms,
-    page_ids,
     run_create,
 )
 
@@ -58,7 +58,7 @@ _check_dec = msgspec.json.Decoder(StoredCheck)
 
 def _step_args(steps: list[StepSpec]) -> list[str]:
     specs = [
-        _enc.encode(TaskSpec(**{f: getattr(s, f) for f in TaskSpec.__struct_fields__})).decode()
+        _spec_json(TaskSpec(**{f: getattr(s, f) for f in TaskSpec.__struct_fields__}))
         for s in steps
     ]
     conds = [_enc.encode(s.condition).decode() if s.condition else "" for s in steps]
@@ -78,6 +78,14 @@ class Orchestrations:
         self._create = redis.register_script(pre + lua.ORC_CREATE)
         self._modify = redis.register_script(pre + lua.ORC_MODIFY)
         self._cancel = redis.register_script(pre + lua.ORC_CANCEL)
+        self._list = redis.register_script(lua.PRELUDE + lua.LIST_IDS)
+        self._view_tasks = redis.register_script(lua.PRELUDE + lua.VIEW_TASKS)
+
+    async def _where(self, oid: str) -> tuple[str, str]:
+        """An orchestration's partition prefix and the key its scripts are routed by."""
+        layout = await partitions.load(self.redis)
+        p = layout.partition_of(oid)
+        return layout.prefixes[p], layout.queue(p)
 
     async def create(
         self,
@@ -89,11 +97,14 @@ class Orchestrations:
     ) -> tuple[Orchestration, bool]:
         """Store a new orchestration; ``deadline_ms`` as for :meth:`Store.create_task`."""
         now = now_ms()
-        oid = new_id("orc")
-        idem = idempotency_redis_key(owner, "orc", idempotency_key)
-        created, h, state, own = await run_create(
+        layout = await partitions.load(self.redis)
+        p = layout.pick(owner, idempotency_key)
+        oid = partitions.id_at("orc", p, layout.n, now)
+        idem = idempotency_redis_key(layout.prefixes[p], owner, "orc", idempotency_key)
+        reply = await run_create(
             self.redis,
             self._create,
+            [layout.queue(p)],
             [
                 oid,
                 owner,
@@ -108,13 +119,26 @@ class Orchestrations:
                 len(body.steps),
                 *_step_args(body.steps),
                 "" if deadline_ms is None else deadline_ms,
+                layout.n,
+                p,
             ],
         )
+        if reply[0] == 2:
+            # A key carried over by taskorch migrate names an orchestration in another partition.
+            try:
+                return await self.get(owner, reply[1]), False
+            except NotFound:  # deleted by retention: the key is free again
+                await self.redis.delete(idem)
+                return await self.create(
+                    owner, body, idempotency_key=idempotency_key, deadline_ms=deadline_ms
+                )
+        created, h, state, own = reply
         # Answered from what the script read back: a stored orchestration is never a 503.
         return await self._view(from_flat(h), from_flat(state), set(own)), bool(created)
 
     async def get(self, owner: str, oid: str) -> Orchestration:
-        key = c.ORCH_KEY_PREFIX + oid
+        prefix, _ = await self._where(oid)
+        key = prefix + c.ORCH + oid
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.hgetall(key)
             pipe.hgetall(key + ":state")
@@ -130,16 +154,21 @@ class Orchestrations:
         checked = [i for i in range(n - 1) if f"c{i}" in state]
         live = [i for i in range(n) if f"t{i}" in state and f"s{i}" not in state]
         fallback_task = h.get("fallback_task") or None
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for i in checked:
-                pipe.lrange(f"{c.ORCH_KEY_PREFIX}{oid}:check:{i}", 0, -1)
-            for i in live:
-                pipe.hget(c.TASK_KEY_PREFIX + state[f"t{i}"], "status")
-            if fallback_task:
-                pipe.hget(c.TASK_KEY_PREFIX + fallback_task, "status")
-            rows = await pipe.execute() if checked or live or fallback_task else []
-        checks = dict(zip(checked, rows[: len(checked)], strict=True))
-        live_status = dict(zip(live, rows[len(checked) : len(checked) + len(live)], strict=True))
+        prefix, q = await self._where(oid)
+        checks: dict[int, list[str]] = {}
+        if checked:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for i in checked:
+                    pipe.lrange(f"{prefix}{c.ORCH}{oid}:check:{i}", 0, -1)
+                checks = dict(zip(checked, await pipe.execute(), strict=True))
+        # Its tasks are in its partition: their statuses in one script.
+        tids = [state[f"t{i}"] for i in live] + ([fallback_task] if fallback_task else [])
+        statuses = (
+            [from_flat(h).get("status") for h, _ in await self._view_tasks(keys=[q], args=tids)]
+            if tids
+            else []
+        )
+        live_status = dict(zip(live, statuses[: len(live)], strict=True))
         steps = []
         for i in range(n):
             status = state.get(f"s{i}") or live_status.get(i) or "pending"
@@ -152,7 +181,7 @@ class Orchestrations:
             )
         fallback = None
         if h.get("fallback"):
-            fb_status = rows[-1] if fallback_task else None
+            fb_status = statuses[-1] if fallback_task else None
             fallback = FallbackState(
                 task_id=fallback_task, status=fb_status or h.get("fallback_status") or "pending"
             )
@@ -173,20 +202,30 @@ class Orchestrations:
     async def list(
         self, owner: str, *, status: OrchestrationStatus | None, limit: int, cursor: str | None
     ) -> OrchestrationPage:
-        ids, next_cursor = await page_ids(
-            self.redis, owner, "orchestrations", status and status.value, limit=limit, cursor=cursor
+        layout = await partitions.load(self.redis)
+        statuses = [status.value] if status else [s.value for s in OrchestrationStatus]
+        ids, next_cursor = await list_ids(
+            self.redis,
+            layout,
+            self._list,
+            f"{c.ORCH_INDEX}{owner}:",
+            statuses,
+            limit=limit,
+            cursor=cursor,
         )
         items = [await self.get(owner, oid) for oid in ids]
         return OrchestrationPage(items=items, next_cursor=next_cursor)
 
     async def cancel(self, owner: str, oid: str) -> Orchestration:
-        res = await self._cancel(args=[oid, owner, now_ms()])
+        _, q = await self._where(oid)
+        res = await self._cancel(keys=[q], args=[oid, owner, now_ms()])
         _raise_for(res, oid, "cancelled", "scheduled or running")
         return await self._view(from_flat(res[1]), from_flat(res[2]), set(res[3]))
 
     async def modify(self, owner: str, oid: str, patch: OrchestrationPatch) -> Orchestration:
+        prefix, q = await self._where(oid)
         for _ in range(10):
-            h = await self.redis.hgetall(c.ORCH_KEY_PREFIX + oid)
+            h = await self.redis.hgetall(prefix + c.ORCH + oid)
             if not h or h.get("owner") != owner:
                 raise NotFound(f"No orchestration {oid!r} exists for this account.")
             if h["status"] != "scheduled":
@@ -211,7 +250,8 @@ class Orchestrations:
                 n = len(patch.steps)
                 steps = _step_args(patch.steps)
             res = await self._modify(
-                args=[oid, owner, now, h["gen"], name, due, cond, fb, n, c.CLAIM_AHEAD_MS, *steps]
+                keys=[q],
+                args=[oid, owner, now, h["gen"], name, due, cond, fb, n, c.CLAIM_AHEAD_MS, *steps],
             )
             if res[0] != "stale":
                 _raise_for(res, oid, "modified", "scheduled")

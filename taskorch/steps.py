@@ -17,6 +17,7 @@ again after a worker was lost mid-check carries the same key, so a target can re
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
@@ -24,10 +25,10 @@ import msgspec
 import structlog
 
 from taskorch import constants as c
-from taskorch import lua, outbound
+from taskorch import lua, outbound, partitions
 from taskorch.models import ConditionSpec
 from taskorch.orchestrations import StoredCheck
-from taskorch.store import Redis, Store, new_id, now_ms, until_reachable
+from taskorch.store import Redis, Store, now_ms, until_reachable
 
 log = structlog.get_logger("taskorch.steps")
 _enc = msgspec.json.Encoder()
@@ -71,9 +72,18 @@ class StepMachine:
 
     async def handle(self, arg: str) -> None:
         kind, oid, *rest = arg.split("|")
+        layout = await until_reachable(lambda: partitions.load(self.redis), what="layout")
+        p = layout.partition_of(oid)
+        keys = [layout.queue(p)]
+
+        def new_id(kind: str) -> str:  # step tasks live in their orchestration's partition
+            return layout.new_id(kind, p)
+
         if kind == "start":
             args = [oid, rest[0], now_ms(), new_id("tsk"), c.CLAIM_AHEAD_MS]
-            moved = await until_reachable(lambda: self._start(args=args), what="orc_start")
+            moved = await until_reachable(
+                lambda: self._start(keys=keys, args=args), what="orc_start"
+            )
             log.info(
                 "orchestration.started" if moved else "orchestration.start_skipped",
                 orchestration_id=oid,
@@ -82,7 +92,7 @@ class StepMachine:
             task_id, status = rest
             args = [oid, task_id, status, now_ms(), new_id("tsk"), new_id("tsk"), c.CLAIM_AHEAD_MS]
             outcome = await until_reachable(
-                lambda: self._step_done(args=args), what="orc_step_done"
+                lambda: self._step_done(keys=keys, args=args), what="orc_step_done"
             )
             log.info(
                 "orchestration.step_done",
@@ -92,12 +102,20 @@ class StepMachine:
                 outcome=outcome,
             )
         elif kind == "check":
-            await self._check(oid, int(rest[0]), int(rest[1]))
+            await self._check(oid, int(rest[0]), int(rest[1]), layout.prefixes[p], new_id, keys)
         else:
             log.error("orchestration.unknown_event", event=arg)
 
-    async def _check(self, oid: str, step: int, attempt: int) -> None:
-        key = c.ORCH_KEY_PREFIX + oid
+    async def _check(
+        self,
+        oid: str,
+        step: int,
+        attempt: int,
+        prefix: str,
+        new_id: Callable[[str], str],
+        keys: list[str],
+    ) -> None:
+        key = prefix + c.ORCH + oid
 
         async def read() -> list[Any]:
             async with self.redis.pipeline(transaction=False) as pipe:
@@ -116,7 +134,7 @@ class StepMachine:
             return
         cond = _cond_dec.decode(own or shared)
         last = await until_reachable(
-            lambda: self.redis.lindex(c.TASK_KEY_PREFIX + task_id + ":attempts", -1),
+            lambda: self.redis.lindex(prefix + c.TASK + task_id + ":a", -1),
             what="orc_check_read",
         )
         answer = msgspec.json.decode(last) if last else {}
@@ -161,7 +179,9 @@ class StepMachine:
             new_id("tsk"),
             c.CLAIM_AHEAD_MS,
         ]
-        outcome = await until_reachable(lambda: self._check_done(args=args), what="orc_check_done")
+        outcome = await until_reachable(
+            lambda: self._check_done(keys=keys, args=args), what="orc_check_done"
+        )
         log.info(
             "orchestration.checked",
             orchestration_id=oid,

@@ -19,14 +19,22 @@ from urllib.parse import parse_qs, unquote, urlparse
 import msgspec
 import redis.asyncio as aioredis
 import redis.exceptions
+import redis.exceptions as redis_errors
 import structlog
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
 
 from taskorch import constants as c
-from taskorch import lua
-from taskorch.errors import NOT_STORED, Conflict, CreateOutcomeUnknown, NotFound, Unavailable
+from taskorch import lua, partitions
+from taskorch.errors import (
+    NOT_STORED,
+    Conflict,
+    CreateOutcomeUnknown,
+    NotFound,
+    TaskorchError,
+    Unavailable,
+)
 from taskorch.models import (
     Attempt,
     Task,
@@ -38,6 +46,7 @@ from taskorch.models import (
     due_ms,
     fmt_ms,
 )
+from taskorch.partitions import Layout
 
 # redis-py is untyped for mypy here (see pyproject): name the client type for readers anyway.
 Redis: TypeAlias = Any
@@ -54,7 +63,11 @@ def now_ms() -> int:
 
 
 def new_id(prefix: str) -> str:
-    """A type-prefixed id that sorts by creation time (for newest-first pages) and is unguessable."""
+    """A type-prefixed id that sorts by creation time (for newest-first pages) and is unguessable.
+
+    Tasks and orchestrations take theirs from :func:`taskorch.partitions.new_id`, which also
+    names their partition; this one is for records that are not partitioned.
+    """
     return f"{prefix}_{now_ms():012x}{secrets.token_hex(6)}"
 
 
@@ -121,7 +134,8 @@ async def eviction_policy(redis: Redis) -> str | None:
 
 
 def check_redis(settings: Any, *, require_reachable: bool = False) -> None:
-    """At start (``taskorch serve``, ``taskorch check``): Redis must keep what it is given.
+    """At start (``taskorch serve``, ``taskorch check``): Redis must keep what it is given, and
+    must not hold the old single-node layout (``taskorch migrate`` rewrites it first).
 
     A queue needs ``maxmemory-policy noeviction``: any other policy lets Redis delete scheduled
     tasks when memory fills, silently. ``TASKORCH_REDIS_POLICY_CHECK`` says what to do about
@@ -137,22 +151,26 @@ def check_redis(settings: Any, *, require_reachable: bool = False) -> None:
 
     log = structlog.get_logger("taskorch.redis")
 
-    async def read() -> str | None:
+    async def read() -> tuple[str | None, bool]:
+        from taskorch.migrate import old_layout_present
+
         client = connect(settings.redis_url, socket_connect_timeout=5, socket_timeout=5)
         try:
-            return await eviction_policy(client)
+            return await eviction_policy(client), await old_layout_present(client)
         finally:
             await client.aclose()
 
-    if settings.redis_policy_check == "off" and not require_reachable:
-        return
     try:
-        policy = asyncio.run(read())
+        policy, old_layout = asyncio.run(read())
     except Exception as exc:  # unreachable, auth, TLS
         if require_reachable:
             raise ConfigError(f"Redis at TASKORCH_REDIS_URL is unreachable: {exc}") from None
         log.warning("redis.unreachable_at_start", error=str(exc) or type(exc).__name__)
         return
+    if old_layout:  # its tasks would never fire: see taskorch/migrate.py
+        from taskorch.migrate import MESSAGE
+
+        raise ConfigError(MESSAGE)
     if settings.redis_policy_check == "off":
         return
     if policy is None:
@@ -172,15 +190,64 @@ def check_redis(settings: Any, *, require_reachable: bool = False) -> None:
 async def page_ids(
     redis: Redis, owner: str, kind: str, status: str | None, *, limit: int, cursor: str | None
 ) -> tuple[list[str], str | None]:
-    """One newest-first page of an owner's ids of ``kind`` (optionally with ``status``).
-
-    Ids sort by creation time, so the index is a sorted set of equal scores read by lex range,
-    and the cursor is simply the last id handed out. Returns (ids, next cursor or None).
+    """One newest-first page of an owner's ids of ``kind`` from a global per-owner index (kept for
+    functions, which are not partitioned: see :func:`list_ids` for tasks and orchestrations).
     """
     index = f"{c.OWNER_KEY_PREFIX}{owner}:{kind}" + (f":{status}" if status else "")
     ids = await redis.zrevrangebylex(
         index, f"({cursor}" if cursor else "+", "-", start=0, num=limit + 1
     )
+    more = len(ids) > limit
+    ids = ids[:limit]
+    return ids, (ids[-1] if more and ids else None)
+
+
+async def run_many(
+    redis: Redis, script: Any, calls: Sequence[tuple[list[str], list[Any]]]
+) -> list[Any]:
+    """Run ``script`` once per (keys, args) in one non-transactional pipeline: one round trip on
+    a single Redis, one per node on a cluster (redis-py splits a cluster pipeline by node; each
+    EVALSHA goes where its ``KEYS[1]`` lives). A Redis that lost its script cache (restarted)
+    answers NOSCRIPT: the script is loaded again and the calls repeated, which is safe since
+    a NOSCRIPT call ran nothing."""
+    for attempt in range(2):
+        async with redis.pipeline(transaction=False) as pipe:
+            for keys, args in calls:
+                pipe.evalsha(script.sha, len(keys), *keys, *args)
+            out = await pipe.execute(raise_on_error=False)
+        errors = [r for r in out if isinstance(r, Exception)]
+        if not errors:
+            return list(out)
+        if attempt == 0 and all(isinstance(e, redis_errors.NoScriptError) for e in errors):
+            await redis.script_load(script.script)
+            continue
+        raise errors[0]
+    raise AssertionError("unreachable")
+
+
+async def list_ids(
+    redis: Redis,
+    layout: Layout,
+    script: Any,
+    index: str,
+    statuses: Sequence[str],
+    *,
+    limit: int,
+    cursor: str | None,
+) -> tuple[list[str], str | None]:
+    """One newest-first page of an owner's ids merged over every partition and ``statuses``.
+
+    ``index`` is the owner's index prefix within a partition (``i:<owner>:``). Each partition
+    answers its own newest ``limit + 1`` ids below the cursor in one script (lua.LIST_IDS); they
+    are merged here. Ids sort by creation time and the cursor is the last id handed out, so pages
+    stay stable while tasks change status (a task is listed by its id, whatever index it is in).
+    """
+    rows = await run_many(
+        redis,
+        script,
+        [([layout.queue(p)], [index, cursor or "", limit, *statuses]) for p in range(layout.n)],
+    )
+    ids = sorted((i for row in rows for i in row), reverse=True)
     more = len(ids) > limit
     ids = ids[:limit]
     return ids, (ids[-1] if more and ids else None)
@@ -243,7 +310,7 @@ def _attempt_view(a: _StoredAttempt) -> Attempt:
 
 
 class Claimed(msgspec.Struct):
-    """A job this worker now holds: due at ``due_ms``, its arq definition and task spec."""
+    """A job this worker now holds: due at ``due_ms``, its function, argument and task spec."""
 
     job: str
     due_ms: int
@@ -252,7 +319,14 @@ class Claimed(msgspec.Struct):
     spec: TaskSpec | None
 
 
-async def run_create(client: Redis, script: Any, args: list[Any]) -> list[Any]:
+class BatchItem(msgspec.Struct):
+    """One task of :meth:`Store.create_tasks`: its body and optional Idempotency-Key."""
+
+    body: TaskCreate
+    idempotency_key: str | None = None
+
+
+async def run_create(client: Redis, script: Any, keys: list[str], args: list[Any]) -> list[Any]:
     """Run a create's script and say, when it fails, whether it may have been stored.
 
     The connection is taken from the pool (connected, health-checked) before the script is sent:
@@ -260,29 +334,38 @@ async def run_create(client: Redis, script: Any, args: list[Any]) -> list[Any]:
     lost once the script was sent raises :class:`CreateOutcomeUnknown`. A timeout is not
     "unknown": the script carries the request's deadline and writes nothing past it, which it
     answers with ``{-1}``. redis-py closes a connection whose send or read was interrupted
-    (timeout, cancellation), so none goes back to the pool with a reply pending.
+    (timeout, cancellation), so none goes back to the pool with a reply pending. A client without
+    one pool (Redis Cluster) runs the script through its own routing (by ``keys[0]``).
     """
-    pool = client.connection_pool
-    conn = await pool.get_connection()
-    try:
+    pool = getattr(client, "connection_pool", None)
+    if pool is None:
         try:
-            await conn.send_command("EVALSHA", script.sha, 0, *args)
-            try:
-                res: list[Any] = await conn.read_response()
-            except redis.exceptions.NoScriptError:  # a restarted Redis: EVAL caches it again
-                await conn.send_command("EVAL", script.script, 0, *args)
-                res = await conn.read_response()
+            res: list[Any] = await script(keys=keys, args=args)
         except redis.exceptions.BusyLoadingError:
             raise
         except redis.exceptions.ConnectionError as exc:
-            await conn.disconnect(nowait=True)
             raise CreateOutcomeUnknown() from exc
-        except redis.exceptions.TimeoutError:
-            await conn.disconnect(nowait=True)
-            raise
-    finally:
-        await pool.release(conn)
-    if res[0] == -1:
+    else:
+        conn = await pool.get_connection()
+        try:
+            try:
+                await conn.send_command("EVALSHA", script.sha, len(keys), *keys, *args)
+                try:
+                    res = await conn.read_response()
+                except redis.exceptions.NoScriptError:  # a restarted Redis: EVAL caches it again
+                    await conn.send_command("EVAL", script.script, len(keys), *keys, *args)
+                    res = await conn.read_response()
+            except redis.exceptions.BusyLoadingError:
+                raise
+            except redis.exceptions.ConnectionError as exc:
+                await conn.disconnect(nowait=True)
+                raise CreateOutcomeUnknown() from exc
+            except redis.exceptions.TimeoutError:
+                await conn.disconnect(nowait=True)
+                raise
+        finally:
+            await pool.release(conn)
+    if res and res[0] == -1:
         raise Unavailable(
             "Redis did not run this create before its deadline, so it stored nothing.",
             details=[dict(NOT_STORED)],
@@ -291,12 +374,19 @@ async def run_create(client: Redis, script: Any, args: list[Any]) -> list[Any]:
 
 
 class Store:
-    """All Redis access. One per process, built around an injected client."""
+    """All Redis access. One per process, built around an injected client.
+
+    Every call runs in the partitions it concerns (see :mod:`taskorch.partitions`): one script per
+    partition, routed by that partition's queue key, so the same code serves a single Redis,
+    Sentinel and Redis Cluster.
+    """
 
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
         reg = redis.register_script
-        self._create = reg(lua.PRELUDE + lua.CREATE_TASK)
+        self._create = reg(lua.PRELUDE + lua.CREATE_TASKS)
+        self._view = reg(lua.PRELUDE + lua.VIEW_TASKS)
+        self._list = reg(lua.PRELUDE + lua.LIST_IDS)
         self._cancel = reg(lua.PRELUDE + lua.CANCEL_TASK)
         self._modify = reg(lua.PRELUDE + lua.MODIFY_TASK)
         self._claim = reg(lua.PRELUDE + lua.CLAIM)
@@ -304,9 +394,13 @@ class Store:
         self._finish = reg(lua.PRELUDE + lua.FINISH)
         self._reap = reg(lua.PRELUDE + lua.REAP)
         self._release = reg(lua.PRELUDE + lua.RELEASE)
-        self._renew = reg(lua.RENEW)
+        self._renew = reg(lua.PRELUDE + lua.RENEW)
         self._done = reg(lua.PRELUDE + lua.DONE)
-        self._purge = reg(lua.PRELUDE + lua.PURGE)
+        self._purge = reg(lua.PRELUDE + lua.ORC_PRELUDE + lua.PURGE)
+
+    async def layout(self) -> Layout:
+        """The deployment's partitions (read from Redis once per client)."""
+        return await partitions.load(self.redis)
 
     # -- tasks, for the API ----------------------------------------------------------------
 
@@ -317,7 +411,6 @@ class Store:
         *,
         idempotency_key: str | None = None,
         idempotency_kind: str = "tsk",
-        orchestration_id: str = "",
         deadline_ms: int | None = None,
     ) -> tuple[Task, bool]:
         """Store a new task and enqueue its first attempt. Returns (task, created).
@@ -328,54 +421,172 @@ class Store:
         orchestration's (``orc``) or one the service uses itself. The answer comes from the
         script that stored the task, so a stored task is never answered with a 503.
         """
+        [res] = await self.create_tasks(
+            owner,
+            [BatchItem(body, idempotency_key)],
+            idempotency_kind=idempotency_kind,
+            deadline_ms=deadline_ms,
+        )
+        if isinstance(res, TaskorchError):
+            raise res
+        return res
+
+    async def create_tasks(
+        self,
+        owner: str,
+        items: Sequence[BatchItem],
+        *,
+        idempotency_kind: str = "tsk",
+        deadline_ms: int | None = None,
+    ) -> list[tuple[Task, bool] | TaskorchError]:
+        """Store many tasks of one owner: one script call per partition touched, run at once.
+
+        Returns one result per item, in order: ``(task, created)``, where ``created`` is False
+        for an Idempotency-Key already used (the task answered is the one created under it; a
+        key repeated within the batch answers the first item's task), or the error of that item:
+        :class:`~taskorch.errors.Unavailable` (``not_stored``: its partition's script ran past
+        ``deadline_ms``, nothing of it was written) or
+        :class:`~taskorch.errors.CreateOutcomeUnknown` (the connection to its partition was lost
+        once the script was sent). Outages before anything was sent raise as for one create.
+        Items without a key land in partitions at random; an item with one in the partition its
+        key names, so that a repeat finds it. Deadline semantics are those of
+        :meth:`create_task`, per partition.
+        """
+        layout = await self.layout()
         now = now_ms()
-        task_id = new_id("tsk")
-        spec = _spec_json(body)
-        idem = idempotency_redis_key(owner, idempotency_kind, idempotency_key)
-        created, h, attempts = await run_create(
-            self.redis,
-            self._create,
-            [
-                task_id,
+        groups: dict[int, list[int]] = {}
+        args_by: dict[int, list[Any]] = {}
+        for i, item in enumerate(items):
+            p = layout.pick(owner, item.idempotency_key)
+            groups.setdefault(p, []).append(i)
+            args = args_by.setdefault(
+                p,
+                [
+                    now,
+                    c.IDEMPOTENCY_TTL_S,
+                    c.CLAIM_AHEAD_MS,
+                    "" if deadline_ms is None else deadline_ms,
+                    layout.n,
+                    p,
+                ],
+            )
+            body = item.body
+            args += [
+                partitions.id_at("tsk", p, layout.n, now),
                 owner,
-                spec,
+                *_spec_parts(body),
                 body.name or "",
                 due_ms(body.run_at, body.delay, now),
-                now,
-                idem,
-                c.IDEMPOTENCY_TTL_S,
-                orchestration_id,
-                c.CLAIM_AHEAD_MS,
-                "" if deadline_ms is None else deadline_ms,
-            ],
+                idempotency_redis_key(
+                    layout.prefixes[p], owner, idempotency_kind, item.idempotency_key
+                ),
+            ]
+        ps = list(groups)
+        replies = await asyncio.gather(
+            *(run_create(self.redis, self._create, [layout.queue(p)], args_by[p]) for p in ps),
+            return_exceptions=True,
         )
-        return _task_view(from_flat(h), attempts), bool(created)
+        out: list[tuple[Task, bool] | TaskorchError | None] = [None] * len(items)
+        elsewhere: dict[int, str] = {}
+        for p, reply in zip(ps, replies, strict=True):
+            if isinstance(reply, (Unavailable, CreateOutcomeUnknown)):
+                for i in groups[p]:
+                    out[i] = reply
+                continue
+            if isinstance(reply, BaseException):
+                raise reply
+            for i, row in zip(groups[p], reply, strict=True):
+                if row[0] == 2:
+                    elsewhere[i] = row[1]
+                else:
+                    out[i] = (_task_view(from_flat(row[1]), row[2]), bool(row[0]))
+        if elsewhere:
+            # Keys carried over by taskorch migrate: the record is read where its id says; one
+            # that retention has deleted frees its key, and the item is created afresh.
+            found = await self._views(layout, list(elsewhere.values()))
+            again: list[int] = []
+            for i, tid in elsewhere.items():
+                task = found.get(tid)
+                if task is not None and await self._owned(tid, owner):
+                    out[i] = (task, False)
+                else:
+                    key = items[i].idempotency_key
+                    p = layout.pick(owner, key)
+                    await self.redis.delete(
+                        idempotency_redis_key(layout.prefixes[p], owner, idempotency_kind, key)
+                    )
+                    again.append(i)
+            if again:
+                redo = await self.create_tasks(
+                    owner,
+                    [items[i] for i in again],
+                    idempotency_kind=idempotency_kind,
+                    deadline_ms=deadline_ms,
+                )
+                for i, r in zip(again, redo, strict=True):
+                    out[i] = r
+        return [r for r in out if r is not None]
+
+    async def _owned(self, task_id: str, owner: str) -> bool:
+        h = await self.read_task(task_id)
+        return h is not None and h.get("owner") == owner
+
+    async def _views(self, layout: Layout, ids: Sequence[str]) -> dict[str, Task]:
+        """The tasks of ``ids`` that exist, read by one script per partition."""
+        groups: dict[int, list[str]] = {}
+        for tid in ids:
+            groups.setdefault(layout.partition_of(tid), []).append(tid)
+        ps = list(groups)
+        rows = await asyncio.gather(
+            *(self._view(keys=[layout.queue(p)], args=groups[p]) for p in ps)
+        )
+        out: dict[str, Task] = {}
+        for p, row in zip(ps, rows, strict=True):
+            for tid, (h, attempts) in zip(groups[p], row, strict=True):
+                if h:
+                    out[tid] = _task_view(from_flat(h), attempts)
+        return out
+
+    async def read_task(self, task_id: str) -> dict[str, str] | None:
+        """A task's fields as the scripts answer them (any owner), or None."""
+        layout = await self.layout()
+        [(h, _)] = await self._view(
+            keys=[layout.queue(layout.partition_of(task_id))], args=[task_id]
+        )
+        return from_flat(h) if h else None
 
     async def get_task(self, owner: str, task_id: str) -> Task:
-        async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.hgetall(c.TASK_KEY_PREFIX + task_id)
-            pipe.lrange(c.TASK_KEY_PREFIX + task_id + ":attempts", 0, -1)
-            h, attempts = await pipe.execute()
-        if not h or h.get("owner") != owner:
+        layout = await self.layout()
+        p = layout.partition_of(task_id)
+        [(h, attempts)] = await self._view(keys=[layout.queue(p)], args=[task_id])
+        view = from_flat(h)
+        if not view or view.get("owner") != owner:
             raise NotFound(f"No task {task_id!r} exists for this account.")
-        return _task_view(h, attempts)
+        return _task_view(view, attempts)
 
     async def list_tasks(
         self, owner: str, *, status: TaskStatus | None, limit: int, cursor: str | None
     ) -> TaskPage:
-        ids, next_cursor = await page_ids(
-            self.redis, owner, "tasks", status and status.value, limit=limit, cursor=cursor
+        layout = await self.layout()
+        statuses = [status.value] if status else [s.value for s in TaskStatus]
+        ids, next_cursor = await list_ids(
+            self.redis,
+            layout,
+            self._list,
+            f"{c.TASK_INDEX}{owner}:",
+            statuses,
+            limit=limit,
+            cursor=cursor,
         )
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for tid in ids:
-                pipe.hgetall(c.TASK_KEY_PREFIX + tid)
-                pipe.lrange(c.TASK_KEY_PREFIX + tid + ":attempts", 0, -1)
-            rows = await pipe.execute()
-        items = [_task_view(h, a) for h, a in zip(rows[::2], rows[1::2], strict=True) if h]
+        views = await self._views(layout, ids) if ids else {}
+        items = [views[i] for i in ids if i in views]
         return TaskPage(items=items, next_cursor=next_cursor)
 
     async def cancel_task(self, owner: str, task_id: str) -> Task:
-        res = await self._cancel(args=[task_id, owner, now_ms()])
+        layout = await self.layout()
+        res = await self._cancel(
+            keys=[layout.queue(layout.partition_of(task_id))], args=[task_id, owner, now_ms()]
+        )
         _raise_for(res, task_id, "cancelled")
         return _task_view(from_flat(res[1]), res[2])
 
@@ -383,8 +594,10 @@ class Store:
         """Apply ``patch``; the old version's job is removed in the same script that adds the new."""
         from taskorch.models import convert
 
+        layout = await self.layout()
+        q = layout.queue(layout.partition_of(task_id))
         for _ in range(10):  # only a concurrent modify makes us read again
-            h = await self.redis.hgetall(c.TASK_KEY_PREFIX + task_id)
+            h = await self.read_task(task_id)
             if not h or h.get("owner") != owner:
                 raise NotFound(f"No task {task_id!r} exists for this account.")
             if h.get("orchestration_id"):
@@ -393,7 +606,7 @@ class Store:
                 raise Conflict(
                     f"The task is {h['status']}: only a scheduled or retrying task can be modified."
                 )
-            merged = msgspec.json.decode(h["spec"])
+            merged = msgspec.to_builtins(decode_spec(h["spec"], h.get("url", "")))
             changes = {
                 f: v
                 for f in patch.__struct_fields__
@@ -421,7 +634,17 @@ class Store:
             if changes.get("run_at") is not None or changes.get("delay") is not None:
                 due = due_ms(changes.get("run_at"), changes.get("delay"), now)
             res = await self._modify(
-                args=[task_id, owner, now, h["gen"], _spec_json(spec), name, due, c.CLAIM_AHEAD_MS]
+                keys=[q],
+                args=[
+                    task_id,
+                    owner,
+                    now,
+                    h["gen"],
+                    *_spec_parts(spec),
+                    name,
+                    due,
+                    c.CLAIM_AHEAD_MS,
+                ],
             )
             if res[0] != "stale":
                 _raise_for(res, task_id, "modified")
@@ -433,19 +656,50 @@ class Store:
     async def claim(
         self, *, worker: str, horizon_ms: int, lease_ms: int, limit: int
     ) -> list[Claimed]:
-        rows = await self._claim(args=[horizon_ms, now_ms(), lease_ms, worker, limit])
+        """Claim due jobs from every partition at once (up to ``limit`` from each)."""
+        layout = await self.layout()
+        now = now_ms()
+        rows = await run_many(
+            self.redis,
+            self._claim,
+            [
+                ([layout.queue(p)], [horizon_ms, now, lease_ms, worker, limit])
+                for p in range(layout.n)
+            ],
+        )
         out = []
-        for job, due, data, spec in rows:
-            d = msgspec.json.decode(data)
-            out.append(
-                Claimed(
-                    job=job,
-                    due_ms=int(float(due)),
-                    function=d["f"],
-                    arg=d["a"][0],
-                    spec=_spec_decoder.decode(spec) if spec else None,
+        for part in rows:
+            for job, due, fn, arg, url, spec in part:
+                out.append(
+                    Claimed(
+                        job=job,
+                        due_ms=int(float(due)),
+                        function=fn,
+                        arg=arg,
+                        spec=decode_spec(spec, url) if fn == "fire_task" else None,
+                    )
                 )
-            )
+        return out
+
+    async def _per_partition(
+        self, keys: Sequence[str], script: Any, build: Callable[[list[int]], list[Any]]
+    ) -> list[tuple[list[int], Any]]:
+        """Run ``script`` once per partition of ``keys`` (ids or job ids) with the args
+        ``build(indexes of keys in it)``, all in one pipeline; (indexes, reply) per partition."""
+        layout = await self.layout()
+        groups: dict[int, list[int]] = {}
+        for i, k in enumerate(keys):
+            groups.setdefault(layout.partition_of(k), []).append(i)
+        calls = [([layout.queue(p)], build(idx)) for p, idx in groups.items()]
+        replies = await run_many(self.redis, script, calls)
+        return list(zip(groups.values(), replies, strict=True))
+
+    @staticmethod
+    def _in_order(n: int, parts: list[tuple[list[int], Any]]) -> list[Any]:
+        out: list[Any] = [None] * n
+        for idx, reply in parts:
+            for i, r in zip(idx, reply, strict=True):
+                out[i] = r
         return out
 
     async def start(
@@ -454,60 +708,104 @@ class Store:
         """Compare-and-set each (task_id, job) to running; 0 where it was cancelled or changed.
 
         Safe to repeat: the same worker starting the same job again gets the same attempt
-        number (what to do when the reply to the first was lost).
+        number (what to do when the reply to the first was lost). One script per partition.
         """
-        args: list[Any] = [now_ms(), worker, lease_ms]
-        for task_id, job in pairs:
-            args += [task_id, job]
-        return [int(x) for x in await self._start(args=args)]
+        if not pairs:
+            return []
+        now = now_ms()
+
+        def build(idx: list[int]) -> list[Any]:
+            args: list[Any] = [now, worker, lease_ms]
+            for i in idx:
+                args += list(pairs[i])
+            return args
+
+        parts = await self._per_partition([t for t, _ in pairs], self._start, build)
+        return [int(x) for x in self._in_order(len(pairs), parts)]
 
     async def finish(self, outcomes: Iterable[Sequence[Any]]) -> list[int]:
-        """Record attempts' outcomes in one round trip; each row is FINISH's ARGV."""
-        async with self.redis.pipeline(transaction=False) as pipe:
-            n = 0
-            for row in outcomes:
-                await self._finish(args=list(row), client=pipe)
-                n += 1
-            if not n:
-                return []
-            return [int(x) for x in await pipe.execute()]
+        """Record attempts' outcomes, one script per partition; each row is (task id, job,
+        outcome, attempt JSON, next due, now, wake ms, metric fields...)."""
+        rows = [list(r) for r in outcomes]
+        if not rows:
+            return []
+
+        def build(idx: list[int]) -> list[Any]:
+            args: list[Any] = [rows[idx[0]][6]]
+            for i in idx:
+                row = rows[i][:6] + rows[i][7:]
+                args += [len(row), *row]
+            return args
+
+        parts = await self._per_partition([r[0] for r in rows], self._finish, build)
+        return [int(x) for x in self._in_order(len(rows), parts)]
 
     async def reap(self, *, gap_ms: int, grace_ms: int, limit: int = 200) -> int:
-        """Recover lapsed claims; -1 while reapers hold back after an outage (see lua.REAP)."""
-        return int(await self._reap(args=[now_ms(), limit, c.MAX_LOST_ATTEMPTS, gap_ms, grace_ms]))
+        """Recover lapsed claims in every partition; -1 while reapers hold back after an outage
+        and nothing was recovered (see lua.REAP)."""
+        layout = await self.layout()
+        args = [now_ms(), limit, c.MAX_LOST_ATTEMPTS, gap_ms, grace_ms]
+        got = await run_many(
+            self.redis, self._reap, [([layout.queue(p)], args) for p in range(layout.n)]
+        )
+        ns = [int(n) for n in got]
+        recovered = sum(n for n in ns if n > 0)
+        return recovered if recovered or min(ns) >= 0 else -1
 
     async def renew(self, claims: Sequence[tuple[str, int]], *, expiry_ms: int) -> None:
         """Push the (job, due ms) claims this worker holds forward to ``expiry_ms`` after their
         due time or now (Redis's clock), whichever is later; lapsed ones are not revived."""
-        if claims:
+        if not claims:
+            return
+
+        def build(idx: list[int]) -> list[Any]:
             args: list[Any] = [expiry_ms]
-            for job, due in claims:
-                args += [job, due]
-            await self._renew(args=args)
+            for i in idx:
+                args += list(claims[i])
+            return args
+
+        await self._per_partition([j for j, _ in claims], self._renew, build)
 
     async def release(self, worker: str, jobs: Sequence[tuple[str, int]]) -> int:
-        args: list[Any] = [worker]
-        for job, due in jobs:
-            args += [job, due]
-        return int(await self._release(args=args))
+        """Hand unstarted claims back to their queues; how many went back."""
+        if not jobs:
+            return 0
+
+        def build(idx: list[int]) -> list[Any]:
+            args: list[Any] = [worker]
+            for i in idx:
+                args += list(jobs[i])
+            return args
+
+        parts = await self._per_partition([j for j, _ in jobs], self._release, build)
+        return sum(int(n) for _, n in parts)
 
     async def done(self, job: str, worker: str) -> None:
-        await self._done(args=[job, worker, "done"])
+        layout = await self.layout()
+        await self._done(keys=[layout.queue(layout.partition_of(job))], args=[job, worker, "done"])
 
     async def purge(self, *, older_than_ms: int, limit: int = 200) -> int:
-        """Delete up to ``limit`` records that finished before ``older_than_ms``."""
-        return int(await self._purge(args=[older_than_ms, limit]))
+        """Delete up to ``limit`` records per partition that finished before ``older_than_ms``."""
+        layout = await self.layout()
+        got = await run_many(
+            self.redis,
+            self._purge,
+            [([layout.queue(p)], [older_than_ms, limit]) for p in range(layout.n)],
+        )
+        return sum(int(n) for n in got)
 
     async def heartbeat(self, worker: str) -> None:
+        # One global key, written per worker (not per task): one slot, so a plain pipeline.
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.zadd(c.WORKERS_KEY, {worker: now_ms()})
             pipe.zremrangebyscore(c.WORKERS_KEY, "-inf", now_ms() - 60_000)
             await pipe.execute()
 
 
-def idempotency_redis_key(owner: str, kind: str, key: str | None) -> str:
-    """The Redis key of an owner's Idempotency-Key for one kind of record ('' for none)."""
-    return f"{c.IDEMPOTENCY_KEY_PREFIX}{owner}:{kind}:{key}" if key else ""
+def idempotency_redis_key(prefix: str, owner: str, kind: str, key: str | None) -> str:
+    """The Redis key of an owner's Idempotency-Key for one kind of record in the partition of
+    ``prefix`` ('' for none)."""
+    return f"{prefix}{c.IDEMPOTENCY}{owner}:{kind}:{key}" if key else ""
 
 
 def from_flat(flat: list[str]) -> dict[str, str]:
@@ -531,9 +829,72 @@ async def until_reachable(op: Callable[[], Awaitable[T]], *, what: str) -> T:
             delay = min(delay * 2, 1.0)
 
 
+class _StoredRest(msgspec.Struct, omit_defaults=True, kw_only=True):
+    """A spec but its url, as a task record keeps it: one-letter names, defaults left out (the
+    record is most of what a pending task costs Redis; issue #10)."""
+
+    m: str = "POST"
+    h: dict[str, str] = {}
+    b: Any = None
+    r: int = c.DEFAULT_RETRIES
+    d: float = c.DEFAULT_RETRY_DELAY_S
+    x: float = c.DEFAULT_BACKOFF
+    mx: float = c.DEFAULT_MAX_RETRY_DELAY_S
+    t: float = c.DEFAULT_TIMEOUT_S
+
+
+class _StoredSpec(_StoredRest, omit_defaults=True, kw_only=True):
+    """A whole spec in the same short form: an orchestration's step (its url included)."""
+
+    u: str
+
+
+_REST_NAMES = dict(
+    m="method",
+    h="headers",
+    b="payload",
+    r="retries",
+    d="retry_delay",
+    x="backoff",
+    mx="max_retry_delay",
+    t="timeout",
+)
+_stored_encoder = msgspec.json.Encoder()
+_rest_decoder = msgspec.json.Decoder(_StoredRest)
+_stored_spec_decoder = msgspec.json.Decoder(_StoredSpec)
+
+
+def _spec_parts(body: TaskSpec) -> tuple[str, str]:
+    """A task's (url, rest of its spec) as its record keeps them ('' when the rest is defaults)."""
+    rest = _stored_encoder.encode(
+        _StoredRest(**{short: getattr(body, full) for short, full in _REST_NAMES.items()})
+    ).decode()
+    return body.url, "" if rest == "{}" else rest
+
+
 def _spec_json(body: TaskSpec) -> str:
-    spec = TaskSpec(**{f: getattr(body, f) for f in TaskSpec.__struct_fields__})
-    return msgspec.json.encode(spec).decode()
+    """A whole spec in the record's short form (an orchestration's steps)."""
+    fields = {short: getattr(body, full) for short, full in _REST_NAMES.items()}
+    return _stored_encoder.encode(_StoredSpec(u=body.url, **fields)).decode()
+
+
+def decode_spec(raw: str, url: str = "") -> TaskSpec:
+    """A stored spec: a task's url and rest, a step's whole spec in short form, or (from before
+    the partitioned layout) a whole spec in the API's form."""
+    if url:
+        rest = _rest_decoder.decode(raw) if raw else _StoredRest()
+        return TaskSpec(
+            url=url, **{full: getattr(rest, short) for short, full in _REST_NAMES.items()}
+        )
+    if raw.startswith('{"'):
+        try:
+            stored = _stored_spec_decoder.decode(raw)
+        except msgspec.ValidationError:
+            return _spec_decoder.decode(raw)
+        return TaskSpec(
+            url=stored.u, **{full: getattr(stored, short) for short, full in _REST_NAMES.items()}
+        )
+    return _spec_decoder.decode(raw)
 
 
 def _raise_for(res: list[str], task_id: str, verb: str) -> None:
@@ -548,7 +909,7 @@ def _raise_for(res: list[str], task_id: str, verb: str) -> None:
 
 
 def _task_view(h: dict[str, str], attempts: list[str]) -> Task:
-    spec = _spec_decoder.decode(h["spec"])
+    spec = decode_spec(h["spec"], h.get("url", ""))
     views = [_attempt_view(_attempt_decoder.decode(a)) for a in attempts]
     if h["status"] == "running" and h.get("started_at"):
         started, sf = int(h["started_at"]), int(h["scheduled_for"])

@@ -562,6 +562,14 @@ def run_worker(settings: Settings) -> None:
             )
 
         redis = make_redis()
+        # The old single-node layout's tasks would never fire here: stop, naming the way out.
+        from taskorch.migrate import refuse_old_layout
+
+        try:
+            await until_reachable(lambda: refuse_old_layout(redis), what="layout_check")
+        except BaseException:
+            await redis.aclose()
+            raise
         store = Store(redis)
         async with outbound.make_session(
             allow_private=settings.allow_private_targets, trusted_url=settings.public_url

@@ -217,11 +217,11 @@ class CutAfterScript:
 @pytest.mark.parametrize(
     ("path", "body", "key_prefix"),
     [
-        ("/v1/tasks", {"url": "http://127.0.0.1:9/", "delay": 60}, "taskorch:task:"),
+        ("/v1/tasks", {"url": "http://127.0.0.1:9/", "delay": 60}, "t:"),
         (
             "/v1/orchestrations",
             {"steps": [{"url": "http://127.0.0.1:9/"}], "delay": 60},
-            "taskorch:orc:",
+            "o:",
         ),
     ],
     ids=["task", "orchestration"],
@@ -234,11 +234,10 @@ async def test_a_create_that_redis_stored_is_never_answered_503(
         async with app_client(settings) as http:
             r = await http.post(path, json=body)
             assert proxy.cut, "the proxy never saw the create's script"
-    keys = redis.Redis(port=redis_server.port, decode_responses=True).keys(key_prefix + "*")
-    stored = [k for k in keys if k.count(":") == 2]  # the record, not its :specs or :attempts
+    stored = _records(redis_server.port, key_prefix)
     assert len(stored) == 1, stored
     assert r.status_code == 201, f"stored {stored[0]} but answered {r.status_code}: {r.text}"
-    assert key_prefix + r.json()["id"] == stored[0]
+    assert stored[0].endswith(":" + key_prefix + r.json()["id"])
 
 
 # -- idempotency keys: one namespace per kind, and only as long as the record lives --------------
@@ -379,19 +378,21 @@ async def test_taskorch_serve_answers_concurrent_requests_503_while_redis_is_fro
 # -- what a 503 on a create means ----------------------------------------------------------------
 
 
-def _records(port: int, prefix: str) -> list[str]:
-    keys = redis.Redis(port=port, decode_responses=True).keys(prefix + "*")
-    return sorted(k for k in keys if k.count(":") == 2)  # the record, not its :specs or :attempts
+def _records(port: int, kind: str) -> list[str]:
+    """The record keys of a kind ("t:" tasks, "o:" orchestrations) in every partition
+    (``taskorch:{tag}:t:<id>``), not their :specs or :a parts."""
+    keys = redis.Redis(port=port, decode_responses=True).keys(f"taskorch:{{*}}:{kind}*")
+    return sorted(k for k in keys if k.count(":") == 3)
 
 
 CREATES = pytest.mark.parametrize(
     ("path", "body", "key_prefix"),
     [
-        ("/v1/tasks", {"url": "http://127.0.0.1:9/", "delay": 60}, "taskorch:task:"),
+        ("/v1/tasks", {"url": "http://127.0.0.1:9/", "delay": 60}, "t:"),
         (
             "/v1/orchestrations",
             {"steps": [{"url": "http://127.0.0.1:9/"}], "delay": 60},
-            "taskorch:orc:",
+            "o:",
         ),
     ],
     ids=["task", "orchestration"],
@@ -480,7 +481,9 @@ async def test_a_create_whose_reply_was_lost_says_the_outcome_is_unknown(
     # The repeat the answer recommends finds the stored one and makes no second.
     async with app_client(make_settings(f"redis://127.0.0.1:{redis_server.port}/0")) as http:
         again = await http.post(path, json=body, headers=key)
-    assert again.status_code == 200 and key_prefix + again.json()["id"] == stored[0], again.text
+    assert again.status_code == 200 and stored[0].endswith(":" + key_prefix + again.json()["id"]), (
+        again.text
+    )
 
 
 @CREATES

@@ -12,6 +12,7 @@ import msgspec
 import pytest
 
 from taskorch import constants as c
+from taskorch import partitions
 from taskorch.models import TaskCreate, TaskStatus
 from taskorch.store import Store, connect, encode_attempt, now_ms
 from tests.conftest import Api, RedisServer, Target, WorkerProcs, free_port, until
@@ -257,7 +258,7 @@ async def test_two_workers_share_2000_tasks_none_twice(
     try:
         await until(all_succeeded, timeout_s=10)
     except AssertionError:
-        stats = await store.redis.hgetall("taskorch:stats")
+        stats = [await store.redis.hgetall(p + c.STATS) for p in (await store.layout()).prefixes]
         raise AssertionError(f"not all succeeded: {stats}\n{workers.logs()[-3000:]}") from None
     logs = workers.logs()
     assert logs.count("worker.started") == 2
@@ -330,12 +331,9 @@ async def test_finished_records_are_purged_after_the_retention(
     stats = (await api.http.get("/v1/stats", headers=api.auth())).json()
     assert stats["tasks"]["scheduled"] == 1 and stats["tasks"]["succeeded"] == 0
     assert stats["orchestrations"]["succeeded"] == 0
-    leftovers = [
-        k
-        async for k in api.http._transport.app.state["redis"].scan_iter(
-            f"taskorch:orc:{orc['id']}*"
-        )
-    ]  # type: ignore[attr-defined]
+    redis = api.http._transport.app.state["redis"]  # type: ignore[attr-defined]
+    pre = (await partitions.load(redis)).prefix_of(orc["id"])
+    leftovers = [k async for k in redis.scan_iter(f"{pre}{c.ORCH}{orc['id']}*")]
     assert leftovers == []
 
 
@@ -411,6 +409,11 @@ async def _claimed(store: Store, worker: str, url: str) -> tuple[str, str]:
     return task.id, cl.job
 
 
+async def _key(redis: Any, record_id: str, suffix: str) -> str:
+    """A key of the partition ``record_id`` (a task id or job) lives in."""
+    return (await partitions.load(redis)).prefix_of(record_id) + suffix
+
+
 def _outcome_row(task_id: str, job: str, attempt: int) -> list[object]:
     t = now_ms()
     return [
@@ -444,7 +447,7 @@ async def test_a_repeated_start_answers_the_same_attempt_to_its_worker_only(
     assert await store.start([(task_id, job)], worker="w2", lease_ms=60_000) == [0]
     task = await store.get_task("alice", task_id)
     assert task.status == TaskStatus.running and [a.number for a in task.attempts] == [1]
-    assert await store.redis.hget(c.LEASE_OWNER_KEY, job) == "w1"
+    assert await store.redis.hget(await _key(store.redis, job, c.LEASE_OWNER), job) == "w1"
     await store.redis.aclose()
 
 
@@ -454,7 +457,9 @@ async def test_a_live_workers_outcome_wins_over_a_lost_retry_not_yet_started(
     store = Store(connect(redis_url))
     task_id, job = await _claimed(store, "w1", "http://example.com/x")
     await store.start([(task_id, job)], worker="w1", lease_ms=60_000)
-    await store.redis.zadd(c.LEASES_KEY, {job: 1})  # w1 could not renew: its lease lapsed
+    await store.redis.zadd(
+        await _key(store.redis, job, c.LEASES), {job: 1}
+    )  # w1 could not renew: its lease lapsed
     assert await store.reap(gap_ms=60_000, grace_ms=1_000) == 1
     task = await store.get_task("alice", task_id)
     assert task.status == TaskStatus.retrying and "worker lost" in (task.attempts[0].error or "")
@@ -463,13 +468,18 @@ async def test_a_live_workers_outcome_wins_over_a_lost_retry_not_yet_started(
     task = await store.get_task("alice", task_id)
     assert task.status == TaskStatus.succeeded
     assert [(a.number, a.status_code, a.error) for a in task.attempts] == [(1, 200, None)]
-    assert await store.redis.zcard(c.QUEUE_KEY) == 0  # no retry left to fire
-    assert await store.redis.hget(c.METRICS_KEY, "attempts_total:lost") == "0"
+    assert (
+        await store.redis.zcard(await _key(store.redis, job, c.QUEUE)) == 0
+    )  # no retry left to fire
+    assert (
+        await store.redis.hget(await _key(store.redis, job, c.METRICS), "attempts_total:lost")
+        == "0"
+    )
 
     # once the retry has started, the lost attempt stands and the late outcome is stale
     task_id, job = await _claimed(store, "w1", "http://example.com/y")
     await store.start([(task_id, job)], worker="w1", lease_ms=60_000)
-    await store.redis.zadd(c.LEASES_KEY, {job: 1})
+    await store.redis.zadd(await _key(store.redis, job, c.LEASES), {job: 1})
     assert await store.reap(gap_ms=60_000, grace_ms=1_000) == 1
     [retry] = await store.claim(worker="w2", horizon_ms=now_ms() + 1, lease_ms=60_000, limit=10)
     assert await store.start([(task_id, retry.job)], worker="w2", lease_ms=60_000) == [2]
@@ -482,14 +492,18 @@ async def test_a_live_workers_outcome_wins_over_a_lost_retry_not_yet_started(
 async def test_reapers_hold_back_after_a_gap_in_reaping(redis_url: str) -> None:
     store = Store(connect(redis_url))
     task_id, job = await _claimed(store, "w1", "http://example.com/x")
-    await store.redis.zadd(c.LEASES_KEY, {job: 1})  # lapsed
-    await store.redis.hset(c.REAPER_KEY, "last", now_ms() - 10_000)  # nobody reaped for 10 s
+    await store.redis.zadd(await _key(store.redis, job, c.LEASES), {job: 1})  # lapsed
+    await store.redis.hset(
+        await _key(store.redis, job, c.REAPER), "last", now_ms() - 10_000
+    )  # nobody reaped for 10 s
     assert await store.reap(gap_ms=2_000, grace_ms=400) == -1
     assert await store.reap(gap_ms=2_000, grace_ms=400) == -1
-    assert await store.redis.zscore(c.LEASES_KEY, job) == 1  # left to its (live?) worker
+    assert (
+        await store.redis.zscore(await _key(store.redis, job, c.LEASES), job) == 1
+    )  # left to its (live?) worker
     await asyncio.sleep(0.5)
     assert await store.reap(gap_ms=2_000, grace_ms=400) == 1
-    assert await store.redis.zscore(c.QUEUE_KEY, job) is not None
+    assert await store.redis.zscore(await _key(store.redis, job, c.QUEUE), job) is not None
     assert (await store.get_task("alice", task_id)).status == TaskStatus.scheduled
     await store.redis.aclose()
 
@@ -507,7 +521,7 @@ async def test_a_dead_workers_task_goes_out_again_within_the_lease(
     await until(lambda: workers.logs().count("worker.started") == 2)
     redis = api.http._transport.app.state["redis"]  # type: ignore[attr-defined]
     job = f"{task['id']}.1"
-    first = await redis.zscore(c.LEASES_KEY, job)
+    first = await redis.zscore(await _key(redis, job, c.LEASES), job)
     await until(lambda: _changed(redis, job, first), every_s=0.005)  # a renewal just happened
     doomed.send_signal(signal.SIGKILL)
     killed_at = time.time()
@@ -522,7 +536,7 @@ async def test_a_dead_workers_task_goes_out_again_within_the_lease(
 
 
 async def _changed(redis: Any, job: str, score: float | None) -> bool:
-    return bool(await redis.zscore(c.LEASES_KEY, job) != score)
+    return bool(await redis.zscore(await _key(redis, job, c.LEASES), job) != score)
 
 
 class _ReplyCutter:

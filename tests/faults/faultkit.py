@@ -27,6 +27,8 @@ import httpx
 import redis
 from aiohttp import web
 
+from taskorch import constants as c
+from taskorch import lua, partitions
 from tests.conftest import RedisServer
 
 SECRET = "faults-secret-0123456789abcdef0123456789abcdef"
@@ -355,16 +357,39 @@ async def post_until_stored(
     return await http.post(path, json=body, headers={"Idempotency-Key": key})
 
 
+def _layout(r: redis.Redis) -> partitions.Layout:
+    return partitions.Layout(int(r.get(c.PARTITIONS_KEY) or c.DEFAULT_PARTITIONS))
+
+
 def task_statuses(r: redis.Redis, ids: list[str]) -> dict[str, str | None]:
-    """Each task's status straight from Redis (cheap enough to poll thousands of tasks)."""
+    """Each task's status straight from Redis (cheap enough to poll thousands of tasks): the
+    records are msgpack, read through the store's own view script, per partition."""
+    layout = _layout(r)
+    view = r.register_script(lua.PRELUDE + lua.VIEW_TASKS)
+    groups: dict[int, list[str]] = defaultdict(list)
+    for tid in ids:
+        groups[layout.partition_of(tid)].append(tid)
     out: dict[str, str | None] = {}
-    for i in range(0, len(ids), 1000):
-        chunk = ids[i : i + 1000]
-        pipe = r.pipeline(transaction=False)
-        for tid in chunk:
-            pipe.hget(f"taskorch:task:{tid}", "status")
-        out.update(zip(chunk, pipe.execute(), strict=True))
+    for p, tids in groups.items():
+        for i in range(0, len(tids), 1000):
+            chunk = tids[i : i + 1000]
+            rows = view(keys=[layout.queue(p)], args=chunk)
+            for tid, (h, _) in zip(chunk, rows, strict=True):
+                out[tid] = dict(zip(h[::2], h[1::2], strict=True)).get("status")
     return out
+
+
+def lease_owners(r: redis.Redis) -> dict[str, str]:
+    """Job -> worker id over every partition."""
+    out: dict[str, str] = {}
+    for pre in _layout(r).prefixes:
+        out.update(r.hgetall(pre + c.LEASE_OWNER))
+    return out
+
+
+def attempts(r: redis.Redis, task_id: str) -> list[str]:
+    """A task's recorded attempts (JSON strings)."""
+    return list(r.lrange(_layout(r).prefix_of(task_id) + c.TASK + task_id + ":a", 0, -1))
 
 
 async def wait_until(

@@ -10,6 +10,7 @@ import time
 from collections import defaultdict
 from typing import Any
 
+import faultkit
 from faultkit import FaultRedis, Hit, Procs, Recorder, api_client, count, post_until_stored, report
 
 LEASE_S = 3.0
@@ -32,7 +33,7 @@ def _in_flight_owner(
             jobs.append(h.task_id)
     if not jobs:
         return None
-    for job, owner in r.hgetall("taskorch:lease-owner").items():
+    for job, owner in faultkit.lease_owners(r).items():
         if job in jobs or job.rsplit(".", 1)[0] in jobs:
             for p in slots:
                 if f":{p.pid}:" in owner and p.poll() is None:

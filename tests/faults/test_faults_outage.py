@@ -11,6 +11,7 @@ import datetime as dt
 import time
 from typing import Any
 
+import faultkit
 import pytest
 from faultkit import (
     FaultRedis,
@@ -228,7 +229,7 @@ async def test_redis_out_for_twice_the_lease(
         for h in hits[t]:
             fin = f"{h.finished - out_at:+.3f}" if h.finished else "never"
             print(f"  call attempt {h.attempt}: arrived {h.arrived - out_at:+.3f} finished {fin}")
-        for a in r.lrange(f"taskorch:task:{t}:attempts", 0, -1):
+        for a in faultkit.attempts(r, t):
             print(f"  recorded {a}")
     problems = []
     if not_done:

@@ -10,6 +10,7 @@ import statistics
 import time
 from typing import Any
 
+import faultkit
 from faultkit import (
     FaultRedis,
     Procs,
@@ -36,7 +37,7 @@ def _epoch(ts: str) -> float:
 
 def _held_by(r: Any, pid: int) -> list[str]:
     """Task jobs a worker holds right now (its id is host:pid:random)."""
-    owners = r.hgetall("taskorch:lease-owner")
+    owners = faultkit.lease_owners(r)
     return [job for job, w in owners.items() if f":{pid}:" in w and job.startswith("tsk_")]
 
 
@@ -47,7 +48,7 @@ def _timeline(r: Any, task_id: str, hs: list[Any], kills: list[Any], due_s: floa
     for h in hs:
         fin = f"{h.finished - due_s:+.3f}" if h.finished else "never"
         out.append(f"  call attempt {h.attempt} arrived {h.arrived - due_s:+.3f} finished {fin}")
-    for a in r.lrange(f"taskorch:task:{task_id}:attempts", 0, -1):
+    for a in faultkit.attempts(r, task_id):
         out.append(f"  attempt {a}")
     return "\n".join(out)
 
@@ -145,8 +146,7 @@ async def test_worker_sigkill_rounds_lose_nothing_and_repeat_no_attempt(
     for task_id, hs in hits.items():
         if len(hs) > 1:
             errors = {
-                a["n"]: a.get("err") or ""
-                for a in map(json.loads, r.lrange(f"taskorch:task:{task_id}:attempts", 0, -1))
+                a["n"]: a.get("err") or "" for a in map(json.loads, faultkit.attempts(r, task_id))
             }
             for h in sorted(hs, key=lambda h: h.arrived)[:-1]:
                 if "worker lost" not in errors.get(h.attempt, ""):

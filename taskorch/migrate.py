@@ -1,0 +1,294 @@
+"""In-place upgrade from the single-node layout (before issue #10) to the partitioned one.
+
+The old layout kept every task in a hash ``taskorch:task:<id>``, one global queue, leases, stats,
+finished index and per-owner indexes. ``taskorch migrate`` rewrites it into partitions where it
+stands: records keep their ids (an id names its partition: see :mod:`taskorch.partitions`), each
+task and orchestration moves in one script (so a crash mid-way leaves every record either old or
+new, and running the command again finishes the job), jobs keep their due times and leases.
+
+Two things cannot keep their place:
+
+* An unfinished orchestration's live step (or fallback) task must live in the orchestration's
+  partition, which its old random id does not name: it is moved there under a new id minted at
+  the same millisecond (its ``task_id`` in the orchestration changes; finished steps keep theirs).
+* An Idempotency-Key lives in the partition its (owner, key) names, its record where its id says:
+  a repeat of a migrated key reads the record where it is (see ``Store.create_tasks``).
+
+Workers and API processes refuse to start while the old layout is present
+(:func:`refuse_old_layout`): stop the old processes, run ``taskorch migrate``, start the new ones.
+The migration holds a lock so two of them never run at once.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+import structlog
+
+from taskorch import constants as c
+from taskorch import lua, partitions
+from taskorch.errors import ConfigError
+
+log = structlog.get_logger("taskorch.migrate")
+
+OLD_QUEUE = c.KEY_PREFIX + "queue"
+OLD_JOB = c.KEY_PREFIX + "job:"
+OLD_LEASES = c.KEY_PREFIX + "leases"
+OLD_LEASE_OWNER = c.KEY_PREFIX + "lease-owner"
+OLD_TASK = c.KEY_PREFIX + "task:"
+OLD_ORCH = c.KEY_PREFIX + "orc:"
+OLD_IDEM = c.KEY_PREFIX + "idem:"
+OLD_STATS = c.KEY_PREFIX + "stats"
+OLD_METRICS = c.KEY_PREFIX + "metrics"
+OLD_FINISHED = c.KEY_PREFIX + "finished"
+OLD_REAPER = c.KEY_PREFIX + "reaper"
+# Any of these means an old deployment's data is here (each is written by its first task).
+OLD_MARKERS = (OLD_STATS, OLD_QUEUE, OLD_FINISHED, OLD_LEASES, OLD_METRICS)
+LOCK_TTL_MS = 10 * 60 * 1000
+_LIVE = ("scheduled", "retrying", "running")
+
+MESSAGE = (
+    "Redis holds taskorch data in the old single-node layout: stop every old worker and API "
+    "process, run `taskorch migrate` once, then start this version"
+)
+
+# Lua for one old record (runs on the single Redis that holds the old layout, so it may touch the
+# old global keys and the new partition's keys in one script; KEYS[1] is the new partition's queue).
+_MOVE = """
+local OLDP = 'taskorch:'
+local function old_job_moves(job, newjob)
+  local s = redis.call('ZSCORE', OLDP .. 'queue', job)
+  if s then redis.call('ZADD', QUEUE, s, newjob) end
+  local l = redis.call('ZSCORE', OLDP .. 'leases', job)
+  if l then
+    redis.call('ZADD', LEASES, l, newjob)
+    local w = redis.call('HGET', OLDP .. 'lease-owner', job)
+    if w then redis.call('HSET', LEASE_OWNER, newjob, w) end
+  end
+  redis.call('ZREM', OLDP .. 'queue', job)
+  redis.call('ZREM', OLDP .. 'leases', job)
+  redis.call('HDEL', OLDP .. 'lease-owner', job)
+end
+local function renamed(job, old, id)
+  if not job or job == '' then return '' end
+  if string.sub(job, 1, #old) == old then return id .. string.sub(job, #old + 1) end
+  return job
+end
+-- The old hash taskorch:task:<old> becomes the record t:<id> (id == old unless re-minted).
+local function migrate_task(old, id, orc)
+  local ok = OLDP .. 'task:' .. old
+  local h = redis.call('HGETALL', ok)
+  if #h == 0 then return 0 end
+  local f = {}
+  for i = 1, #h, 2 do f[h[i]] = h[i + 1] end
+  local t = {o = f.owner, s = f.status, h = '', p = f.spec, n = f.name or '',
+    r = tonumber(f.run_at), c = tonumber(f.created_at), u = tonumber(f.updated_at),
+    g = tonumber(f.gen or '1'), a = tonumber(f.attempt or '0'), l = tonumber(f.lost or '0'),
+    oi = orc ~= '' and orc or (f.orchestration_id or ''), sb = '', lj = '', rj = ''}
+  if f.status == 'running' then
+    t.st = tonumber(f.started_at); t.sf = tonumber(f.scheduled_for); t.sb = f.started_by or ''
+  end
+  if f.status == 'retrying' then
+    t.lj = renamed(f.lost_job, old, id); t.rj = renamed(f.retry_job, old, id)
+  end
+  if f.finished_at and f.finished_at ~= '' then t.ft = tonumber(f.finished_at) end
+  save(id, t)
+  if redis.call('EXISTS', ok .. ':attempts') == 1 then
+    redis.call('RENAME', ok .. ':attempts', tkey(id) .. ':a')
+  end
+  move_task(t.o, id, nil, t.s)
+  if f.job and f.job ~= '' then
+    old_job_moves(f.job, renamed(f.job, old, id))
+    redis.call('DEL', OLDP .. 'job:' .. f.job)
+  end
+  local fin = redis.call('ZSCORE', OLDP .. 'finished', 't:' .. old)
+  if fin then
+    redis.call('ZADD', P .. 'f', fin, 't:' .. id)
+    redis.call('ZREM', OLDP .. 'finished', 't:' .. old)
+  end
+  redis.call('DEL', ok)
+  return 1
+end
+"""
+
+# ARGV: old id, new id.
+MIGRATE_TASK = lua.PRELUDE + _MOVE + "return migrate_task(ARGV[1], ARGV[2], '')"
+
+# ARGV: orchestration id, n moved steps, then n pairs (old task id, new task id), then the old
+# jobs of this orchestration (its start/check job and step-ended events) with their data
+# translated by the caller: triples (old job, new job, new data).
+MIGRATE_ORC = (
+    lua.PRELUDE
+    + lua.ORC_PRELUDE
+    + _MOVE
+    + """
+local oid = ARGV[1]
+local ok = OLDP .. 'orc:' .. oid
+if redis.call('EXISTS', ok) == 0 then return 0 end
+local n = tonumber(ARGV[2])
+local map = {}
+for i = 3, 2 + 2 * n, 2 do
+  migrate_task(ARGV[i], ARGV[i + 1], oid)
+  map[ARGV[i]] = ARGV[i + 1]
+end
+local key = okey(oid)
+for _, suffix in ipairs({'', ':specs', ':conds', ':state'}) do
+  if redis.call('EXISTS', ok .. suffix) == 1 then redis.call('RENAME', ok .. suffix, key .. suffix) end
+end
+local o = redis.call('HMGET', key, 'owner', 'status', 'n', 'fallback_task')
+for i = 0, tonumber(o[3] or '0') - 1 do
+  if redis.call('EXISTS', ok .. ':check:' .. i) == 1 then
+    redis.call('RENAME', ok .. ':check:' .. i, key .. ':check:' .. i)
+  end
+end
+local state = redis.call('HGETALL', key .. ':state')
+for i = 1, #state, 2 do
+  if map[state[i + 1]] then redis.call('HSET', key .. ':state', state[i], map[state[i + 1]]) end
+end
+if o[4] and map[o[4]] then redis.call('HSET', key, 'fallback_task', map[o[4]]) end
+move_orc(o[1], oid, nil, o[2])
+local fin = redis.call('ZSCORE', OLDP .. 'finished', 'o:' .. oid)
+if fin then
+  redis.call('ZADD', P .. 'f', fin, 'o:' .. oid)
+  redis.call('ZREM', OLDP .. 'finished', 'o:' .. oid)
+end
+for i = 3 + 2 * n, #ARGV, 3 do
+  local job, newjob = ARGV[i], ARGV[i + 1]
+  local ttl = redis.call('PTTL', OLDP .. 'job:' .. job)
+  if ttl > 0 then
+    redis.call('SET', P .. 'j:' .. newjob, ARGV[i + 2], 'PX', ttl)
+    old_job_moves(job, newjob)
+  end
+  redis.call('DEL', OLDP .. 'job:' .. job)
+end
+return 1
+"""
+)
+
+_IDEM = re.compile(r"^(.*?):(tsk|orc):(.*)$", re.S)
+
+
+async def old_layout_present(redis: Any) -> bool:
+    """Whether an old single-node deployment's data is in this Redis (one key per EXISTS, so a
+    cluster client can route each)."""
+    for key in OLD_MARKERS:
+        if await redis.exists(key):
+            return True
+    return False
+
+
+async def refuse_old_layout(redis: Any) -> None:
+    """At worker and API start: stop with a message naming ``taskorch migrate`` when the old
+    layout is present (running on it would leave its tasks unfired)."""
+    if await old_layout_present(redis):
+        raise ConfigError(MESSAGE)
+
+
+async def migrate(redis: Any) -> dict[str, int]:
+    """Rewrite the old layout into partitions, under a lock. Returns what was moved."""
+    import secrets
+
+    token = secrets.token_hex(8)
+    if not await redis.set(c.MIGRATE_LOCK_KEY, token, nx=True, px=LOCK_TTL_MS):
+        raise ConfigError("another `taskorch migrate` is running (its lock is held)")
+    try:
+        return await _migrate(redis)
+    finally:
+        if await redis.get(c.MIGRATE_LOCK_KEY) == token:
+            await redis.delete(c.MIGRATE_LOCK_KEY)
+
+
+async def _migrate(redis: Any) -> dict[str, int]:
+    layout = await partitions.load(redis)
+    n = layout.n
+    move_task = redis.register_script(MIGRATE_TASK)
+    move_orc = redis.register_script(MIGRATE_ORC)
+    counts = {"tasks": 0, "orchestrations": 0, "idempotency_keys": 0, "renamed_steps": 0}
+    old_jobs = set(await redis.zrange(OLD_QUEUE, 0, -1)) | set(
+        await redis.zrange(OLD_LEASES, 0, -1)
+    )
+
+    # Orchestrations first, each with its live step tasks (which must join its partition).
+    orcs = [k[len(OLD_ORCH) :] async for k in redis.scan_iter(match=OLD_ORCH + "*", count=1000)]
+    for oid in sorted(o for o in orcs if ":" not in o):
+        h = await redis.hgetall(OLD_ORCH + oid)
+        state = await redis.hgetall(OLD_ORCH + oid + ":state")
+        p = layout.partition_of(oid)
+        candidates = [v for k, v in state.items() if k.startswith("t")]
+        if h.get("fallback_task"):
+            candidates.append(h["fallback_task"])
+        mapping: dict[str, str] = {}
+        for tid in candidates:
+            status = await redis.hget(OLD_TASK + tid, "status")
+            if status in _LIVE and layout.partition_of(tid) != p:
+                mapping[tid] = partitions.id_at("tsk", p, n, int(tid[4:16], 16))
+        jobs: list[str] = []
+        for job in sorted(j for j in old_jobs if j.startswith(oid + ".")):
+            data = await redis.get(OLD_JOB + job)
+            if data is None:
+                continue
+            d = json.loads(data)
+            arg = "|".join(mapping.get(part, part) for part in d["a"][0].split("|"))
+            newjob = ".".join(mapping.get(part, part) for part in job.split("."))
+            jobs += [job, newjob, json.dumps({"f": d["f"], "a": [arg]})]
+        pairs = [x for kv in mapping.items() for x in kv]
+        done = await move_orc(keys=[layout.queue(p)], args=[oid, len(mapping), *pairs, *jobs])
+        counts["orchestrations"] += int(done)
+        counts["renamed_steps"] += len(mapping)
+        counts["tasks"] += len(mapping)
+
+    tasks = [k[len(OLD_TASK) :] async for k in redis.scan_iter(match=OLD_TASK + "*", count=1000)]
+    for tid in sorted(t for t in tasks if ":" not in t):
+        q = layout.queue(layout.partition_of(tid))
+        counts["tasks"] += int(await move_task(keys=[q], args=[tid, tid]))
+
+    async for key in redis.scan_iter(match=OLD_IDEM + "*", count=1000):
+        m = _IDEM.match(key[len(OLD_IDEM) :])
+        value, ttl = await redis.get(key), await redis.pttl(key)
+        if m and value is not None and ttl != -2:
+            owner, kind, ikey = m.groups()
+            pre = layout.prefixes[partitions.partition_for_key(owner, ikey, n)]
+            new = f"{pre}{c.IDEMPOTENCY}{owner}:{kind}:{ikey}"
+            await redis.set(new, value, px=ttl if ttl > 0 else None)
+            counts["idempotency_keys"] += 1
+        await redis.delete(key)
+
+    # What is left is index and bookkeeping: counters carry over, the rest was rebuilt per record.
+    metrics = await redis.hgetall(OLD_METRICS)
+    for field, value in metrics.items():
+        await redis.hincrbyfloat(layout.prefixes[0] + c.METRICS, field, float(value))
+    leftovers = [k async for k in redis.scan_iter(match=OLD_JOB + "*", count=1000)]
+    async for k in redis.scan_iter(match=c.OWNER_KEY_PREFIX + "*", count=1000):
+        if not k.endswith(":functions"):
+            leftovers.append(k)
+    for key in [*leftovers, OLD_LEASE_OWNER, OLD_REAPER, OLD_METRICS, *OLD_MARKERS]:
+        await redis.delete(key)
+    log.info("migrate.done", partitions=n, **counts)
+    return counts
+
+
+def run_migrate(settings: Any) -> None:
+    """Entry point of ``taskorch migrate``."""
+    import asyncio
+
+    from taskorch.logs import configure
+    from taskorch.store import connect
+
+    configure(fmt=settings.log_format, level=settings.log_level)
+
+    async def main() -> None:
+        redis = connect(settings.redis_url, socket_timeout=30, socket_connect_timeout=10)
+        try:
+            if not await old_layout_present(redis):
+                layout = await partitions.load(redis)
+                print(f"taskorch: nothing to migrate ({layout.n} partitions)")
+                return
+            counts = await migrate(redis)
+            moved = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in counts.items())
+            print(f"taskorch: migrated to the partitioned layout: {moved}")
+        finally:
+            await redis.aclose()
+
+    asyncio.run(main())
