@@ -7,7 +7,6 @@ lifespan and reached through ``request.state``.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import enum
 import hmac
@@ -59,7 +58,6 @@ from taskorch.models import (
     OrchestrationCreate,
     OrchestrationPatch,
     OrchestrationStatus,
-    Task,
     TaskBatchItem,
     TaskCreate,
     TaskPatch,
@@ -73,7 +71,7 @@ from taskorch.models import (
 )
 from taskorch.orchestrations import Orchestrations
 from taskorch.settings import Settings
-from taskorch.store import Store, connect, is_id
+from taskorch.store import BatchItem, Store, connect, is_id
 
 E = TypeVar("E", bound=enum.Enum)
 
@@ -210,74 +208,35 @@ async def create_tasks(request: Request) -> Response:
         parsed = decode_batch(raw)
     valid = [i for i, item in enumerate(parsed) if isinstance(item, TaskBatchItem)]
     items = [item for item in parsed if isinstance(item, TaskBatchItem)]
-    results = await _store_each(request.state.store, p.sub, items, deadline_ms=_deadline_ms())
+    store: Store = request.state.store
+    results = await store.create_tasks(
+        p.sub,
+        [BatchItem(body=item, idempotency_key=item.idempotency_key) for item in items],
+        deadline_ms=_deadline_ms(),
+    )
     if items and all(isinstance(r, Unavailable) for r in results):
         # Redis stored none of it: the whole batch is answered as a single create would be.
         raise _outage_of(results)
-    answers: list[Any] = [None] * len(parsed)
-    created = 0
+    answers: list[Any] = [item.body() if isinstance(item, ApiError) else None for item in parsed]
+    created = repeats = 0
     for i, result in zip(valid, results, strict=True):
-        if isinstance(result, ApiError):
-            answers[i] = result.body()
-        else:
+        if isinstance(result, tuple):
             answers[i] = {"task": result[0]}
             created += result[1]
-    for i, item in enumerate(parsed):
-        if isinstance(item, ApiError):
-            answers[i] = item.body()
-    note_request(
-        owner=p.sub,
-        created=created,
-        refused=sum(1 for a in answers if "error" in a),
-        repeats=len(valid) - created - sum(1 for r in results if isinstance(r, ApiError)),
-    )
+            repeats += not result[1]
+        elif isinstance(result, ApiError):
+            answers[i] = result.body()
+        else:  # not an answer the contract knows: the last-resort handler's 500
+            raise result
+    refused = len(parsed) - created - repeats
+    note_request(owner=p.sub, created=created, refused=refused, repeats=repeats)
     return JSON({"items": answers})
-
-
-async def _store_each(
-    store: Store, owner: str, items: list[TaskBatchItem], *, deadline_ms: int | None
-) -> list[tuple[Task, bool] | ApiError]:
-    """Store each item as a single create would, BATCH_CONCURRENCY at a time.
-
-    Interim until ``Store.create_tasks`` (one script per partition) lands. An outage on one
-    item is that item's answer (``not_stored`` or ``unknown``, as for a single create), and so
-    is the request's Redis deadline: items stored before it keep their answers.
-    """
-    gate = asyncio.Semaphore(c.BATCH_CONCURRENCY)
-    done: list[tuple[Task, bool] | ApiError | None] = [None] * len(items)
-
-    async def one(k: int, item: TaskBatchItem) -> None:
-        async with gate:
-            try:
-                done[k] = await store.create_task(
-                    owner, item, idempotency_key=item.idempotency_key, deadline_ms=deadline_ms
-                )
-            except Unavailable as exc:
-                done[k] = exc
-            except _REDIS_OUTAGE:
-                done[k] = _not_stored("Redis is unreachable; try again shortly.")
-
-    deadline = redis_deadline()
-    try:
-        await asyncio.gather(*(one(k, item) for k, item in enumerate(items)))
-    except asyncio.CancelledError:
-        if deadline is None or not deadline.expired():
-            raise
-        # Past the deadline: each script still unanswered carried it, so wrote nothing.
-    late = _not_stored("Redis did not answer in time; try again shortly.")
-    return [late if r is None else r for r in done]
 
 
 def _outage_of(results: list[Any]) -> Unavailable:
     """The 503 for a batch none of which was stored: ``unknown`` if any item's outcome is."""
     unknown = [r for r in results if isinstance(r, CreateOutcomeUnknown)]
     return unknown[0] if unknown else results[0]
-
-
-def _not_stored(message: str) -> Unavailable:
-    return Unavailable(
-        message, retry_after_s=c.UNAVAILABLE_RETRY_AFTER_S, details=[dict(NOT_STORED)]
-    )
 
 
 async def list_tasks(request: Request) -> Response:

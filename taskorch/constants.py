@@ -70,7 +70,6 @@ MAX_STEPS = 10_000
 # single create is, and the whole body within MAX_BATCH_BODY_BYTES (1,000 tasks of 16 KiB).
 MAX_BATCH_TASKS = 1000
 MAX_BATCH_BODY_BYTES = 16 * 1024 * 1024
-BATCH_CONCURRENCY = 32  # a batch's creates in flight at once, each on its own Redis connection
 MAX_FUNCTION_CODE_BYTES = 512 * 1024  # one source file
 FUNCTION_KEY_PREFIX = KEY_PREFIX + "fn:"  # hash per function
 FUNCTION_BUILDING_KEY = KEY_PREFIX + "fn-building"  # set of functions whose build must finish

@@ -576,7 +576,7 @@ def _given(value: Any) -> bool:
 
 _TYPED_RULES: dict[str, Callable[[Any], list[tuple[str, str]]]] = {
     "url": lambda v: _url_rule(v) if isinstance(v, str) else [],
-    "headers": lambda v: _headers_rule(v) if isinstance(v, dict) else [],
+    "headers": lambda v: _headers_rule(v) if v and isinstance(v, dict) else [],
     "run_at": lambda v: _run_at_problems(v) if isinstance(v, dt.datetime) else [],
 }
 
