@@ -29,7 +29,7 @@ from starlette.responses import FileResponse, Response, StreamingResponse
 from starlette.routing import Match, Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from taskorch import auth, metrics, openapi, partitions
+from taskorch import auth, cluster, metrics, openapi, partitions
 from taskorch import constants as c
 from taskorch.errors import (
     NOT_STORED,
@@ -849,6 +849,7 @@ def create_app(
                 socket_timeout=settings.redis_timeout_s,
                 socket_connect_timeout=settings.redis_timeout_s,
             )
+        await cluster.warm_up(client)  # a cluster's slot map: not in the first request's time
         store = Store(client)
         signin = auth.SignIn(client)
         functions = Functions(

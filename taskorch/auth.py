@@ -249,11 +249,12 @@ async def set_password(redis: Redis, name: str, password: str) -> None:
     if not await redis.exists(c.USER_KEY_PREFIX + name):
         raise LookupError(f"no user {name!r}: add it with taskorch user add")
     digest = hash_password(password)
-    async with redis.pipeline(transaction=True) as pipe:
-        pipe.hset(c.USER_KEY_PREFIX + name, mapping={"password": digest})
-        pipe.set(c.USER_NOT_BEFORE_KEY_PREFIX + name, repr(time.time()))
-        pipe.delete(c.SIGNIN_ATTEMPTS_KEY_PREFIX + name)
-        await pipe.execute()
+    # One command each (the keys lie in different slots of a Redis Cluster), tokens revoked
+    # first: a failure half-way leaves the old password with no tokens, never new tokens
+    # beside old ones. Running the command again completes it.
+    await redis.set(c.USER_NOT_BEFORE_KEY_PREFIX + name, repr(time.time()))
+    await redis.hset(c.USER_KEY_PREFIX + name, mapping={"password": digest})
+    await redis.delete(c.SIGNIN_ATTEMPTS_KEY_PREFIX + name)
 
 
 async def remove_user(redis: Redis, name: str) -> None:
@@ -261,11 +262,18 @@ async def remove_user(redis: Redis, name: str) -> None:
     _check_name(name)
     if not await redis.exists(c.USER_KEY_PREFIX + name):
         raise LookupError(f"no user {name!r}")
-    async with redis.pipeline(transaction=True) as pipe:
-        pipe.delete(c.USER_KEY_PREFIX + name)
-        pipe.set(c.USER_NOT_BEFORE_KEY_PREFIX + name, repr(time.time()))
-        pipe.delete(c.SIGNIN_ATTEMPTS_KEY_PREFIX + name)
-        await pipe.execute()
+    # Tokens revoked first, then the user (as in set_password: no transaction on a cluster).
+    await redis.set(c.USER_NOT_BEFORE_KEY_PREFIX + name, repr(time.time()))
+    await redis.delete(c.USER_KEY_PREFIX + name)
+    await redis.delete(c.SIGNIN_ATTEMPTS_KEY_PREFIX + name)
+
+
+# KEYS: the name's attempts counter; ARGV: the window in s. The window starts with the first
+# attempt; returns {attempts, seconds left in the window}.
+_COUNT_ATTEMPT = """
+redis.call('SET', KEYS[1], 0, 'EX', ARGV[1], 'NX')
+return {redis.call('INCR', KEYS[1]), redis.call('TTL', KEYS[1])}
+"""
 
 
 class SignIn:
@@ -279,17 +287,18 @@ class SignIn:
 
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
+        self._count = redis.register_script(_COUNT_ATTEMPT)
         self._pool = ThreadPoolExecutor(c.SCRYPT_THREADS, thread_name_prefix="taskorch-scrypt")
         self._waiting = 0
 
     async def authenticate(self, name: str, password: str) -> bool:
         key = c.SIGNIN_ATTEMPTS_KEY_PREFIX + name
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.set(key, 0, ex=c.SIGNIN_WINDOW_S, nx=True)  # the window starts with the first
-            pipe.incr(key)
-            pipe.ttl(key)
-            pipe.hget(c.USER_KEY_PREFIX + name, "password")
-            _, attempts, ttl, stored = await pipe.execute()
+        # The count is one script on its own key (the user's record may lie in another slot of
+        # a Redis Cluster, where one transaction cannot hold both); both go out at once.
+        (attempts, ttl), stored = await asyncio.gather(
+            self._count(keys=[key], args=[c.SIGNIN_WINDOW_S]),
+            self.redis.hget(c.USER_KEY_PREFIX + name, "password"),
+        )
         if attempts > c.SIGNIN_MAX_ATTEMPTS:
             raise TooManyRequests(
                 "Too many sign-in attempts for this user; try again later.",

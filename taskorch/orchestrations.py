@@ -12,6 +12,7 @@ import msgspec
 
 from taskorch import constants as c
 from taskorch import lua, partitions
+from taskorch.cluster import run_script
 from taskorch.errors import Conflict, NotFound
 from taskorch.models import (
     CheckAttempt,
@@ -164,7 +165,10 @@ class Orchestrations:
         # Its tasks are in its partition: their statuses in one script.
         tids = [state[f"t{i}"] for i in live] + ([fallback_task] if fallback_task else [])
         statuses = (
-            [from_flat(h).get("status") for h, _ in await self._view_tasks(keys=[q], args=tids)]
+            [
+                from_flat(h).get("status")
+                for h, _ in await run_script(self.redis, self._view_tasks, [q], tids)
+            ]
             if tids
             else []
         )
@@ -218,7 +222,7 @@ class Orchestrations:
 
     async def cancel(self, owner: str, oid: str) -> Orchestration:
         _, q = await self._where(oid)
-        res = await self._cancel(keys=[q], args=[oid, owner, now_ms()])
+        res = await run_script(self.redis, self._cancel, [q], [oid, owner, now_ms()])
         _raise_for(res, oid, "cancelled", "scheduled or running")
         return await self._view(from_flat(res[1]), from_flat(res[2]), set(res[3]))
 
@@ -249,9 +253,11 @@ class Orchestrations:
             if patch.steps is not unset:
                 n = len(patch.steps)
                 steps = _step_args(patch.steps)
-            res = await self._modify(
-                keys=[q],
-                args=[oid, owner, now, h["gen"], name, due, cond, fb, n, c.CLAIM_AHEAD_MS, *steps],
+            res = await run_script(
+                self.redis,
+                self._modify,
+                [q],
+                [oid, owner, now, h["gen"], name, due, cond, fb, n, c.CLAIM_AHEAD_MS, *steps],
             )
             if res[0] != "stale":
                 _raise_for(res, oid, "modified", "scheduled")

@@ -126,10 +126,11 @@ class Settings:
     def validate(self, *, verify_tokens: bool = True) -> None:
         """Raise :class:`ConfigError` naming the first variable that is wrong."""
         scheme = urlparse(self.redis_url).scheme
-        if scheme not in ("redis", "rediss", "unix", "redis+sentinel", "sentinel"):
+        schemes = ("redis", "rediss", "unix", "redis+sentinel", "sentinel", "redis+cluster")
+        if scheme not in (*schemes, "rediss+cluster"):
             raise ConfigError(
-                "TASKORCH_REDIS_URL must start with redis://, rediss://, unix:// or "
-                f"redis+sentinel://, got {self.redis_url!r}"
+                "TASKORCH_REDIS_URL must start with redis://, rediss://, unix://, "
+                f"redis+sentinel:// or redis+cluster://, got {self.redis_url!r}"
             )
         if verify_tokens and self.jwt_secret is None and self.jwt_jwks_url is None:
             raise ConfigError(

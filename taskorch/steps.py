@@ -26,6 +26,7 @@ import structlog
 
 from taskorch import constants as c
 from taskorch import lua, outbound, partitions
+from taskorch.cluster import run_script
 from taskorch.models import ConditionSpec
 from taskorch.orchestrations import StoredCheck
 from taskorch.store import Redis, Store, now_ms, until_reachable
@@ -82,7 +83,7 @@ class StepMachine:
         if kind == "start":
             args = [oid, rest[0], now_ms(), new_id("tsk"), c.CLAIM_AHEAD_MS]
             moved = await until_reachable(
-                lambda: self._start(keys=keys, args=args), what="orc_start"
+                lambda: run_script(self.redis, self._start, keys, args), what="orc_start"
             )
             log.info(
                 "orchestration.started" if moved else "orchestration.start_skipped",
@@ -92,7 +93,7 @@ class StepMachine:
             task_id, status = rest
             args = [oid, task_id, status, now_ms(), new_id("tsk"), new_id("tsk"), c.CLAIM_AHEAD_MS]
             outcome = await until_reachable(
-                lambda: self._step_done(keys=keys, args=args), what="orc_step_done"
+                lambda: run_script(self.redis, self._step_done, keys, args), what="orc_step_done"
             )
             log.info(
                 "orchestration.step_done",
@@ -180,7 +181,7 @@ class StepMachine:
             c.CLAIM_AHEAD_MS,
         ]
         outcome = await until_reachable(
-            lambda: self._check_done(keys=keys, args=args), what="orc_check_done"
+            lambda: run_script(self.redis, self._check_done, keys, args), what="orc_check_done"
         )
         log.info(
             "orchestration.checked",

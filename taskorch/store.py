@@ -21,12 +21,14 @@ import redis.asyncio as aioredis
 import redis.exceptions
 import redis.exceptions as redis_errors
 import structlog
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
 
+from taskorch import cluster, lua, partitions
 from taskorch import constants as c
-from taskorch import lua, partitions
+from taskorch.cluster import run_script
 from taskorch.errors import (
     NOT_STORED,
     Conflict,
@@ -81,9 +83,10 @@ def is_id(value: str, prefix: str) -> bool:
 
 
 def connect(url: str, **kwargs: Any) -> Redis:
-    """A Redis client for ``redis://``, ``rediss://``, ``unix://`` or a Sentinel URL.
+    """A Redis client for ``redis://``, ``rediss://``, ``unix://``, a Sentinel or a Cluster URL.
 
     Sentinel: ``redis+sentinel://[:password@]host:port[,host:port]/service_name[/db]``.
+    Cluster: ``redis+cluster://[:password@]host:port[,host:port...]`` (:mod:`taskorch.cluster`).
     """
     kwargs.setdefault("decode_responses", True)
     kwargs.setdefault("health_check_interval", 10)
@@ -93,6 +96,8 @@ def connect(url: str, **kwargs: Any) -> Redis:
     kwargs.setdefault(
         "retry", Retry(NoBackoff(), 1, supported_errors=(redis.exceptions.ConnectionError,))
     )
+    if cluster.is_cluster_url(url):
+        return cluster.connect_cluster(url, **kwargs)
     parts = urlparse(url)
     query = parse_qs(parts.query)
     if parts.scheme == "rediss" and query.get("ssl_cert_reqs", [""])[0].lower() == "none":
@@ -205,11 +210,13 @@ async def page_ids(
 async def run_many(
     redis: Redis, script: Any, calls: Sequence[tuple[list[str], list[Any]]]
 ) -> list[Any]:
-    """Run ``script`` once per (keys, args) in one non-transactional pipeline: one round trip on
-    a single Redis, one per node on a cluster (redis-py splits a cluster pipeline by node; each
-    EVALSHA goes where its ``KEYS[1]`` lives). A Redis that lost its script cache (restarted)
-    answers NOSCRIPT: the script is loaded again and the calls repeated, which is safe since
-    a NOSCRIPT call ran nothing."""
+    """Run ``script`` once per (keys, args), each routed by its ``keys[0]``: on a single Redis in
+    one non-transactional pipeline (one round trip), on a cluster one call per partition at once,
+    each on its node (:func:`taskorch.cluster.run_script`). A Redis that lost its script cache
+    (restarted) answers NOSCRIPT: the script is loaded again and the calls repeated, which is
+    safe since a NOSCRIPT call ran nothing."""
+    if isinstance(redis, RedisCluster):
+        return list(await asyncio.gather(*(run_script(redis, script, k, a) for k, a in calls)))
     for attempt in range(2):
         async with redis.pipeline(transaction=False) as pipe:
             for keys, args in calls:
@@ -329,42 +336,13 @@ class BatchItem(msgspec.Struct):
 async def run_create(client: Redis, script: Any, keys: list[str], args: list[Any]) -> list[Any]:
     """Run a create's script and say, when it fails, whether it may have been stored.
 
-    The connection is taken from the pool (connected, health-checked) before the script is sent:
-    a failure there is an outage like any other (nothing sent, nothing stored). A connection
-    lost once the script was sent raises :class:`CreateOutcomeUnknown`. A timeout is not
-    "unknown": the script carries the request's deadline and writes nothing past it, which it
-    answers with ``{-1}``. redis-py closes a connection whose send or read was interrupted
-    (timeout, cancellation), so none goes back to the pool with a reply pending. A client without
-    one pool (Redis Cluster) runs the script through its own routing (by ``keys[0]``).
+    The connection is taken (connected, health-checked) before the script is sent: a failure
+    there is an outage like any other (nothing sent, nothing stored). A connection lost once the
+    script was sent raises :class:`CreateOutcomeUnknown` (:func:`taskorch.cluster.run_script`,
+    on a single Redis and a cluster alike). A timeout is not "unknown": the script carries the
+    request's deadline and writes nothing past it, which it answers with ``{-1}``.
     """
-    pool = getattr(client, "connection_pool", None)
-    if pool is None:
-        try:
-            res: list[Any] = await script(keys=keys, args=args)
-        except redis.exceptions.BusyLoadingError:
-            raise
-        except redis.exceptions.ConnectionError as exc:
-            raise CreateOutcomeUnknown() from exc
-    else:
-        conn = await pool.get_connection()
-        try:
-            try:
-                await conn.send_command("EVALSHA", script.sha, len(keys), *keys, *args)
-                try:
-                    res = await conn.read_response()
-                except redis.exceptions.NoScriptError:  # a restarted Redis: EVAL caches it again
-                    await conn.send_command("EVAL", script.script, len(keys), *keys, *args)
-                    res = await conn.read_response()
-            except redis.exceptions.BusyLoadingError:
-                raise
-            except redis.exceptions.ConnectionError as exc:
-                await conn.disconnect(nowait=True)
-                raise CreateOutcomeUnknown() from exc
-            except redis.exceptions.TimeoutError:
-                await conn.disconnect(nowait=True)
-                raise
-        finally:
-            await pool.release(conn)
+    res: list[Any] = await run_script(client, script, keys, args, lost=CreateOutcomeUnknown)
     if res and res[0] == -1:
         raise Unavailable(
             "Redis did not run this create before its deadline, so it stored nothing.",
@@ -538,7 +516,7 @@ class Store:
             groups.setdefault(layout.partition_of(tid), []).append(tid)
         ps = list(groups)
         rows = await asyncio.gather(
-            *(self._view(keys=[layout.queue(p)], args=groups[p]) for p in ps)
+            *(run_script(self.redis, self._view, [layout.queue(p)], groups[p]) for p in ps)
         )
         out: dict[str, Task] = {}
         for p, row in zip(ps, rows, strict=True):
@@ -550,15 +528,15 @@ class Store:
     async def read_task(self, task_id: str) -> dict[str, str] | None:
         """A task's fields as the scripts answer them (any owner), or None."""
         layout = await self.layout()
-        [(h, _)] = await self._view(
-            keys=[layout.queue(layout.partition_of(task_id))], args=[task_id]
+        [(h, _)] = await run_script(
+            self.redis, self._view, [layout.queue(layout.partition_of(task_id))], [task_id]
         )
         return from_flat(h) if h else None
 
     async def get_task(self, owner: str, task_id: str) -> Task:
         layout = await self.layout()
         p = layout.partition_of(task_id)
-        [(h, attempts)] = await self._view(keys=[layout.queue(p)], args=[task_id])
+        [(h, attempts)] = await run_script(self.redis, self._view, [layout.queue(p)], [task_id])
         view = from_flat(h)
         if not view or view.get("owner") != owner:
             raise NotFound(f"No task {task_id!r} exists for this account.")
@@ -584,8 +562,11 @@ class Store:
 
     async def cancel_task(self, owner: str, task_id: str) -> Task:
         layout = await self.layout()
-        res = await self._cancel(
-            keys=[layout.queue(layout.partition_of(task_id))], args=[task_id, owner, now_ms()]
+        res = await run_script(
+            self.redis,
+            self._cancel,
+            [layout.queue(layout.partition_of(task_id))],
+            [task_id, owner, now_ms()],
         )
         _raise_for(res, task_id, "cancelled")
         return _task_view(from_flat(res[1]), res[2])
@@ -633,9 +614,11 @@ class Store:
             due = int(h["run_at"])
             if changes.get("run_at") is not None or changes.get("delay") is not None:
                 due = due_ms(changes.get("run_at"), changes.get("delay"), now)
-            res = await self._modify(
-                keys=[q],
-                args=[
+            res = await run_script(
+                self.redis,
+                self._modify,
+                [q],
+                [
                     task_id,
                     owner,
                     now,
@@ -782,7 +765,9 @@ class Store:
 
     async def done(self, job: str, worker: str) -> None:
         layout = await self.layout()
-        await self._done(keys=[layout.queue(layout.partition_of(job))], args=[job, worker, "done"])
+        await run_script(
+            self.redis, self._done, [layout.queue(layout.partition_of(job))], [job, worker, "done"]
+        )
 
     async def purge(self, *, older_than_ms: int, limit: int = 200) -> int:
         """Delete up to ``limit`` records per partition that finished before ``older_than_ms``."""

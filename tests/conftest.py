@@ -49,6 +49,7 @@ class RedisServer:
     folder: Path
     proc: subprocess.Popen[bytes] | None = None
     fsync: str = "no"  # appendfsync: the fault tests kill -9 it with "always"
+    args: list[str] = field(default_factory=list)  # more redis-server options (a cluster node's)
 
     @property
     def url(self) -> str:
@@ -79,6 +80,7 @@ class RedisServer:
                 "no",
                 "--logfile",
                 str(self.folder / "redis.log"),
+                *self.args,
             ],
         )
         deadline = time.monotonic() + 15
@@ -96,16 +98,43 @@ class RedisServer:
             self.proc.wait(10)
 
 
+# TASKORCH_TEST_REDIS=cluster runs every test that takes `redis_url` (the API, the worker
+# processes) on a Redis Cluster of 3 masters with a replica each (tests/cluster.py); tests of a
+# single redis-server's own outages (they take `redis_server`) are skipped then.
+ON_CLUSTER = os.environ.get("TASKORCH_TEST_REDIS", "") == "cluster"
+
+
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    if ON_CLUSTER:
+        pytest.skip("stops or freezes one redis-server; TASKORCH_TEST_REDIS=cluster runs a cluster")
     server = RedisServer(port=free_port(), folder=tmp_path_factory.mktemp("redis"))
     server.start()
     yield server
     server.stop()
 
 
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A Redis Cluster (3 masters, 1 replica each) for the run: tests/cluster.py."""
+    from tests.cluster import RedisClusterServers  # it imports this module
+
+    servers = RedisClusterServers(folder=tmp_path_factory.mktemp("cluster"))
+    try:
+        servers.start()
+        yield servers
+    finally:
+        servers.stop()
+
+
 @pytest.fixture
-def redis_url(redis_server: RedisServer) -> str:
+def redis_url(request: pytest.FixtureRequest) -> str:
+    if ON_CLUSTER:
+        cluster = request.getfixturevalue("redis_cluster")
+        cluster.heal()
+        cluster.flush()
+        return str(cluster.url)
+    redis_server: RedisServer = request.getfixturevalue("redis_server")
     if redis_server.proc is None or redis_server.proc.poll() is not None:
         redis_server.start()
     redis.Redis(port=redis_server.port).flushall()
