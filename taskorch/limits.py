@@ -4,8 +4,9 @@
   it declares (a chunked body declares none): past the route's cap the app's next read raises
   :class:`BodyTooLarge`, the answer is 413 with ``Connection: close``, and nothing more is read,
   spooled or buffered. Any answer given before its request's body was read to the end closes
-  the connection too, so a route that takes no body cannot be fed one for ever. It also writes the access log, one ``http.request`` event per request, with what the
-  route added (:func:`note_request`).
+  the connection too, so a route that takes no body cannot be fed one for ever. It also writes
+  the access log, one ``http.request`` event per request, with what the route added
+  (:func:`note_request`), and hands the create routes to their handlers directly.
 * ``DeadlineHTTPProtocol`` is uvicorn's HTTP protocol with read deadlines: the request line and
   headers must arrive within ``read_timeout_s`` of the request's first byte (or of the connection
   opening), the body within ``read_timeout_s`` plus one second per ``MIN_BODY_RATE_BPS`` bytes. A
