@@ -152,11 +152,6 @@ class ClusterClient(RedisCluster):  # type: ignore[misc]
         self._pubsub_pool: ConnectionPool | None = None
         super().__init__(**kwargs)
 
-    def node_addresses(self) -> list[tuple[str, int]]:
-        """Every node this client knows (from the last slot map), then the seeds."""
-        known = [(n.host, int(n.port)) for n in self.nodes_manager.nodes_cache.values()]
-        return known + [s for s in self._seeds if s not in known]
-
     def pubsub(self, **kwargs: Any) -> aioredis.client.PubSub:
         """A classic subscriber (SUBSCRIBE/PSUBSCRIBE) on a connection to any live node.
 

@@ -19,16 +19,14 @@ from urllib.parse import parse_qs, unquote, urlparse
 import msgspec
 import redis.asyncio as aioredis
 import redis.exceptions
-import redis.exceptions as redis_errors
 import structlog
-from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
 
 from taskorch import cluster, lua, partitions
 from taskorch import constants as c
-from taskorch.cluster import run_script
+from taskorch.cluster import run_many, run_script
 from taskorch.errors import (
     NOT_STORED,
     Conflict,
@@ -207,31 +205,6 @@ async def page_ids(
     return ids, (ids[-1] if more and ids else None)
 
 
-async def run_many(
-    redis: Redis, script: Any, calls: Sequence[tuple[list[str], list[Any]]]
-) -> list[Any]:
-    """Run ``script`` once per (keys, args), each routed by its ``keys[0]``: on a single Redis in
-    one non-transactional pipeline (one round trip), on a cluster one call per partition at once,
-    each on its node (:func:`taskorch.cluster.run_script`). A Redis that lost its script cache
-    (restarted) answers NOSCRIPT: the script is loaded again and the calls repeated, which is
-    safe since a NOSCRIPT call ran nothing."""
-    if isinstance(redis, RedisCluster):
-        return list(await asyncio.gather(*(run_script(redis, script, k, a) for k, a in calls)))
-    for attempt in range(2):
-        async with redis.pipeline(transaction=False) as pipe:
-            for keys, args in calls:
-                pipe.evalsha(script.sha, len(keys), *keys, *args)
-            out = await pipe.execute(raise_on_error=False)
-        errors = [r for r in out if isinstance(r, Exception)]
-        if not errors:
-            return list(out)
-        if attempt == 0 and all(isinstance(e, redis_errors.NoScriptError) for e in errors):
-            await redis.script_load(script.script)
-            continue
-        raise errors[0]
-    raise AssertionError("unreachable")
-
-
 async def list_ids(
     redis: Redis,
     layout: Layout,
@@ -361,6 +334,8 @@ class Store:
 
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
+        self.more_due = False  # see claim
+        self._claim_turn = 0
         reg = redis.register_script
         self._create = reg(lua.PRELUDE + lua.CREATE_TASKS)
         self._view = reg(lua.PRELUDE + lua.VIEW_TASKS)
@@ -515,9 +490,7 @@ class Store:
         for tid in ids:
             groups.setdefault(layout.partition_of(tid), []).append(tid)
         ps = list(groups)
-        rows = await asyncio.gather(
-            *(run_script(self.redis, self._view, [layout.queue(p)], groups[p]) for p in ps)
-        )
+        rows = await run_many(self.redis, self._view, [([layout.queue(p)], groups[p]) for p in ps])
         out: dict[str, Task] = {}
         for p, row in zip(ps, rows, strict=True):
             for tid, (h, attempts) in zip(groups[p], row, strict=True):
@@ -639,17 +612,42 @@ class Store:
     async def claim(
         self, *, worker: str, horizon_ms: int, lease_ms: int, limit: int
     ) -> list[Claimed]:
-        """Claim due jobs from every partition at once (up to ``limit`` from each)."""
+        """Claim due jobs from every partition at once, at most ``limit`` in all.
+
+        The partitions share ``limit`` (the worker's room: it never holds more than it can
+        start), the remainder going to each in turn. Afterwards ``more_due`` says whether a
+        partition answered its whole share, so that more may be waiting there now.
+        """
         layout = await self.layout()
-        now = now_ms()
-        rows = await run_many(
-            self.redis,
-            self._claim,
-            [
-                ([layout.queue(p)], [horizon_ms, now, lease_ms, worker, limit])
-                for p in range(layout.n)
-            ],
-        )
+        n, now = layout.n, now_ms()
+        first = self._claim_turn % n
+        self._claim_turn += 1
+        rows: list[Any] = []
+        if limit < n:
+            # Too little room to share: partitions in turn until it is taken (a worker this
+            # full is rare; the common case below is one round trip).
+            left = limit
+            for i in range(n):
+                if left <= 0:
+                    break
+                q = layout.queue((first + i) % n)
+                row = await run_script(
+                    self.redis, self._claim, [q], [horizon_ms, now, lease_ms, worker, left]
+                )
+                rows.append(row)
+                left -= len(row)
+            self.more_due = left <= 0
+        else:
+            shares = [limit // n + ((p - first) % n < limit % n) for p in range(n)]
+            rows = await run_many(
+                self.redis,
+                self._claim,
+                [
+                    ([layout.queue(p)], [horizon_ms, now, lease_ms, worker, share])
+                    for p, share in enumerate(shares)
+                ],
+            )
+            self.more_due = any(len(r) == share for share, r in zip(shares, rows, strict=True))
         out = []
         for part in rows:
             for job, due, fn, arg, url, spec in part:

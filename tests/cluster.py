@@ -90,6 +90,9 @@ class RedisClusterServers:
                     # factor 10 x node timeout is meant for long outages, not a test's).
                     "--cluster-replica-validity-factor",
                     "0",
+                    # A (re)joining replica syncs at once (Redis waits 5 s for more by default).
+                    "--repl-diskless-sync-delay",
+                    "0",
                 ],
             )
             self.nodes.append(node)

@@ -10,7 +10,6 @@ mid-run loses no task and fires no attempt twice, and a wake-up reaches the work
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import os
 import time
 from collections import Counter
@@ -23,6 +22,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from taskorch import partitions
 from taskorch.api import create_app
 from taskorch.cluster import ClusterClient, connect_cluster, parse_seeds, run_many, run_script
 from taskorch.errors import ConfigError, TooManyRequests
@@ -311,16 +311,7 @@ async def test_the_api_reads_the_slot_map_at_start(cluster: RedisClusterServers)
 # -- tasks through the real worker and API ---------------------------------------------------
 
 
-# The partitioned layout (issue #10, the `layout` branch) is what lets scripts run on a cluster.
-needs_layout = pytest.mark.skipif(
-    importlib.util.find_spec("taskorch.partitions") is None,
-    reason="needs the partitioned layout (taskorch.partitions)",
-)
-
-
 async def _layout(cluster: RedisClusterServers) -> Any:
-    from taskorch import partitions
-
     c = connect(cluster.url)
     try:
         return await partitions.load(c)
@@ -339,7 +330,6 @@ def attempts_reached(target: Target) -> Counter[tuple[str, str]]:
     )
 
 
-@needs_layout
 async def test_tasks_on_every_master_fire_through_the_worker(
     cluster: RedisClusterServers, api: Api, target: Target, workers: WorkerProcs
 ) -> None:
@@ -375,7 +365,6 @@ def wait_replicated(cluster: RedisClusterServers) -> None:
                 time.sleep(0.02)
 
 
-@needs_layout
 async def test_a_master_killed_mid_run_loses_no_task_and_fires_no_attempt_twice(
     cluster: RedisClusterServers, api: Api, target: Target, workers: WorkerProcs
 ) -> None:
@@ -385,12 +374,17 @@ async def test_a_master_killed_mid_run_loses_no_task_and_fires_no_attempt_twice(
     workers.start()
     if FULL:
         workers.start()
+    # One token for the test: each minted one has a 1-in-1000 chance (iat rounded up to the ms,
+    # across a second) of being refused as "not yet valid" if used within that millisecond.
+    auth = api.auth()
     start = time.time() + 1.0
     due: dict[str, float] = {}
     for i in range(n):
         at = start + i * span_s / n
-        task = await api.create({"url": target.url(f"/ok/{i}"), "delay": at - time.time()})
-        due[task["id"]] = at
+        body = {"url": target.url(f"/ok/{i}"), "delay": at - time.time()}
+        r = await api.http.post("/v1/tasks", json=body, headers=auth)
+        assert r.status_code == 201, r.text
+        due[r.json()["id"]] = at
     layout = await _layout(cluster)
     victim = cluster.node(master_port_of(cluster, layout, list(due)[n // 2]))
     on_victim = {t for t in due if master_port_of(cluster, layout, t) == victim.port}
@@ -409,7 +403,7 @@ async def test_a_master_killed_mid_run_loses_no_task_and_fires_no_attempt_twice(
         for task_id in due:
             if task_id in statuses:
                 continue
-            r = await api.http.get(f"/v1/tasks/{task_id}", headers=api.auth())
+            r = await api.http.get(f"/v1/tasks/{task_id}", headers=auth)
             if r.status_code == 503:  # a command met the dead master before the client moved
                 break
             assert r.status_code == 200, r.text
@@ -429,7 +423,6 @@ async def test_a_master_killed_mid_run_loses_no_task_and_fires_no_attempt_twice(
     assert not twice, f"attempts that reached the target twice: {twice}"
 
 
-@needs_layout
 async def test_a_wake_up_reaches_an_idle_worker_on_a_cluster(
     cluster: RedisClusterServers, api: Api, target: Target
 ) -> None:
