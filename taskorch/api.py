@@ -21,6 +21,7 @@ import msgspec
 import redis.exceptions
 import structlog
 from starlette.applications import Starlette
+from starlette.convertors import StringConvertor, register_url_convertor
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import ClientDisconnect, Request
@@ -35,6 +36,7 @@ from taskorch.errors import (
     ApiError,
     BadRequest,
     ConfigError,
+    CreateOutcomeUnknown,
     NotFound,
     PayloadTooLarge,
     Unauthorized,
@@ -46,6 +48,7 @@ from taskorch.limits import (
     Edge,
     RedisDeadline,
     StreamSlots,
+    note_request,
     off_the_redis_clock,
     redis_deadline,
     set_read_timeout,
@@ -55,18 +58,20 @@ from taskorch.models import (
     OrchestrationCreate,
     OrchestrationPatch,
     OrchestrationStatus,
+    TaskBatchItem,
     TaskCreate,
     TaskPatch,
     TaskStatus,
     TokenRequest,
     TokenResponse,
     convert,
+    decode_batch,
     decode_body,
     parse_json,
 )
 from taskorch.orchestrations import Orchestrations
 from taskorch.settings import Settings
-from taskorch.store import Store, connect, is_id
+from taskorch.store import BatchItem, Store, connect, is_id
 
 E = TypeVar("E", bound=enum.Enum)
 
@@ -188,15 +193,50 @@ async def create_task(request: Request) -> Response:
     task, created = await store.create_task(
         p.sub, body, idempotency_key=_idempotency_key(request), deadline_ms=_deadline_ms()
     )
-    log.info(
-        "task.created" if created else "task.idempotent_repeat",
-        task_id=task.id,
-        owner=p.sub,
-        run_at=task.run_at,
-    )
+    # On the request's http.request line (status 201 created, 200 an idempotent repeat).
+    note_request(task_id=task.id, owner=p.sub, run_at=task.run_at)
     return JSON(
         task, status_code=201 if created else 200, headers={"Location": f"/v1/tasks/{task.id}"}
     )
+
+
+async def create_tasks(request: Request) -> Response:
+    """``POST /v1/tasks/batch``: up to MAX_BATCH_TASKS creates, each answered in its place."""
+    p = await principal(request, "write")
+    raw = await read_body(request, c.MAX_BATCH_BODY_BYTES)
+    with off_the_redis_clock():  # up to 1,000 tasks to validate
+        parsed = decode_batch(raw)
+    valid = [i for i, item in enumerate(parsed) if isinstance(item, TaskBatchItem)]
+    items = [item for item in parsed if isinstance(item, TaskBatchItem)]
+    store: Store = request.state.store
+    results = await store.create_tasks(
+        p.sub,
+        [BatchItem(body=item, idempotency_key=item.idempotency_key) for item in items],
+        deadline_ms=_deadline_ms(),
+    )
+    if items and all(isinstance(r, Unavailable) for r in results):
+        # Redis stored none of it: the whole batch is answered as a single create would be.
+        raise _outage_of(results)
+    answers: list[Any] = [item.body() if isinstance(item, ApiError) else None for item in parsed]
+    created = repeats = 0
+    for i, result in zip(valid, results, strict=True):
+        if isinstance(result, tuple):
+            answers[i] = {"task": result[0]}
+            created += result[1]
+            repeats += not result[1]
+        elif isinstance(result, ApiError):
+            answers[i] = result.body()
+        else:  # not an answer the contract knows: the last-resort handler's 500
+            raise result
+    refused = len(parsed) - created - repeats
+    note_request(owner=p.sub, created=created, refused=refused, repeats=repeats)
+    return JSON({"items": answers})
+
+
+def _outage_of(results: list[Any]) -> Unavailable:
+    """The 503 for a batch none of which was stored: ``unknown`` if any item's outcome is."""
+    unknown = [r for r in results if isinstance(r, CreateOutcomeUnknown)]
+    return unknown[0] if unknown else results[0]
 
 
 async def list_tasks(request: Request) -> Response:
@@ -599,7 +639,7 @@ def _wrap(
     async def handler(request: Request) -> Response:
         deadline = RedisDeadline(request.state.settings.redis_timeout_s) if bounded else None
         try:
-            if request.url.path.startswith("/v1/"):
+            if request.scope["path"].startswith("/v1/"):  # not .url, which builds a URL
                 _check_path_ids(request)
             if deadline is None:
                 return await endpoint(request)
@@ -652,7 +692,11 @@ _OWN_BOUNDS: set[Callable[[Request], Awaitable[Response]]] = {
     trigger_function,
     readyz,
 }
-_CREATES: set[Callable[[Request], Awaitable[Response]]] = {create_task, create_orchestration}
+_CREATES: set[Callable[[Request], Awaitable[Response]]] = {
+    create_task,
+    create_tasks,
+    create_orchestration,
+}
 
 ROUTES: list[tuple[str, Callable[[Request], Awaitable[Response]], str]] = [
     ("/", index, "GET"),
@@ -662,6 +706,7 @@ ROUTES: list[tuple[str, Callable[[Request], Awaitable[Response]], str]] = [
     ("/openapi.json", openapi_route, "GET"),
     ("/v1/auth/token", issue_token, "POST"),
     ("/v1/tasks", create_task, "POST"),
+    ("/v1/tasks/batch", create_tasks, "POST"),
     ("/v1/tasks", list_tasks, "GET"),
     ("/v1/tasks/{task_id}", get_task, "GET"),
     ("/v1/tasks/{task_id}", modify_task, "PATCH"),
@@ -683,14 +728,52 @@ ROUTES: list[tuple[str, Callable[[Request], Awaitable[Response]], str]] = [
 
 
 def body_limit(method: str, path: str) -> int:
-    """The body cap of a route: orchestrations carry up to 10,000 steps, the rest 1 MiB."""
+    """The body cap of a route: orchestrations carry up to 10,000 steps, a batch up to 1,000
+    tasks, the rest 1 MiB."""
     if path == "/v1/orchestrations" or path.startswith("/v1/orchestrations/"):
         return c.MAX_ORCHESTRATION_BODY_BYTES
+    if path == "/v1/tasks/batch":
+        return c.MAX_BATCH_BODY_BYTES
     return c.MAX_BODY_BYTES
 
 
+class _TaskIdConvertor(StringConvertor):
+    """A task id in a path: any segment but ``batch``, so that ``/v1/tasks/batch`` is its own
+    route and a GET or PATCH there answers 405 rather than "no task 'batch'"."""
+
+    regex = "(?!batch(?:/|$))[^/]+"
+
+
+register_url_convertor("task", _TaskIdConvertor())
+
+
+def _direct_routes() -> dict[tuple[str, str], Any]:
+    """The create routes as plain ASGI apps, for :class:`Edge` to call past Starlette's routing.
+
+    What Starlette's ``request_response`` does, less its exception wrapper: ``_wrap`` answers
+    every error of ours, and nothing here raises HTTPException.
+    """
+
+    def asgi(endpoint: Callable[[Request], Awaitable[Response]]) -> Any:
+        handler = _wrap(endpoint)
+
+        async def app(scope: Any, receive: Any, send: Any) -> None:
+            response = await handler(Request(scope, receive, send))
+            await response(scope, receive, send)
+
+        return app
+
+    return {
+        ("POST", "/v1/tasks"): asgi(create_task),
+        ("POST", "/v1/tasks/batch"): asgi(create_tasks),
+    }
+
+
 def _routes(extra: list[Any]) -> list[Any]:
-    out: list[Any] = [Route(p, _wrap(fn), methods=[m]) for p, fn, m in ROUTES] + extra
+    out: list[Any] = [
+        Route(p.replace("{task_id}", "{task_id:task}"), _wrap(fn), methods=[m])
+        for p, fn, m in ROUTES
+    ] + extra
     if (WEB_DIR / "static").is_dir():
         out.append(Mount("/static", StaticFiles(directory=WEB_DIR / "static"), name="static"))
     return out
@@ -801,7 +884,7 @@ def create_app(
         routes=_routes(extra_routes or []),
         lifespan=lifespan,
         exception_handlers={HTTPException: _http_error, Exception: _unexpected},
-        middleware=[Middleware(Edge, limit_for=body_limit)],
+        middleware=[Middleware(Edge, limit_for=body_limit, direct=_direct_routes())],
     )
 
 

@@ -66,6 +66,10 @@ MAX_BODY_BYTES = 1024 * 1024  # request bodies above this answer 413
 # An orchestration of 10,000 steps is a few MB of JSON; its route alone accepts this much.
 MAX_ORCHESTRATION_BODY_BYTES = 32 * 1024 * 1024
 MAX_STEPS = 10_000
+# POST /v1/tasks/batch: at most this many tasks per request, each within MAX_BODY_BYTES as a
+# single create is, and the whole body within MAX_BATCH_BODY_BYTES (1,000 tasks of 16 KiB).
+MAX_BATCH_TASKS = 1000
+MAX_BATCH_BODY_BYTES = 16 * 1024 * 1024
 MAX_FUNCTION_CODE_BYTES = 512 * 1024  # one source file
 FUNCTION_KEY_PREFIX = KEY_PREFIX + "fn:"  # hash per function
 FUNCTION_BUILDING_KEY = KEY_PREFIX + "fn-building"  # set of functions whose build must finish
@@ -92,6 +96,11 @@ UNAVAILABLE_RETRY_AFTER_S = 1  # Retry-After on a 503: Redis usually comes back 
 DEFAULT_TOKEN_MAX_TTL_S = 30 * 24 * 3600
 # A user's revocation time is cached this long per API process: revocation takes effect within it.
 NOT_BEFORE_CACHE_S = 1.0
+# A verified token's signature and claims are remembered by its exact text this long per API
+# process (never past its exp), at most this many tokens: verifying an HS256 token cost a create
+# more than its Redis script did. Revocation is still checked on every request (above).
+VERIFIED_TOKEN_CACHE_S = 60.0
+VERIFIED_TOKEN_CACHE_SIZE = 10_000
 # Sign-in throttling: at most this many attempts per user name per window; beyond it 429 with
 # Retry-After until the window ends. Attempts are counted before the password is checked, so a
 # flood of concurrent guesses costs at most this many scrypt runs; a success clears the count.

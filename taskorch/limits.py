@@ -4,7 +4,9 @@
   it declares (a chunked body declares none): past the route's cap the app's next read raises
   :class:`BodyTooLarge`, the answer is 413 with ``Connection: close``, and nothing more is read,
   spooled or buffered. Any answer given before its request's body was read to the end closes
-  the connection too, so a route that takes no body cannot be fed one for ever. It also writes the access log, one ``http.request`` event per request.
+  the connection too, so a route that takes no body cannot be fed one for ever. It also writes
+  the access log, one ``http.request`` event per request, with what the route added
+  (:func:`note_request`), and hands the create routes to their handlers directly.
 * ``DeadlineHTTPProtocol`` is uvicorn's HTTP protocol with read deadlines: the request line and
   headers must arrive within ``read_timeout_s`` of the request's first byte (or of the connection
   opening), the body within ``read_timeout_s`` plus one second per ``MIN_BODY_RATE_BPS`` bytes. A
@@ -19,7 +21,7 @@ import asyncio
 import contextlib
 import contextvars
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -43,18 +45,18 @@ class BodyTooLarge(PayloadTooLarge):
         super().__init__(f"The body is larger than {limit} bytes.")
 
 
-def _declared_length(scope: Scope) -> int | None:
+def _framing(scope: Scope) -> tuple[int | None, bool]:
+    """The declared Content-Length (None if absent or not a plain number) and whether the
+    body is chunked, in one pass over the headers."""
+    declared: int | None = None
+    length_seen = chunked = False
     for name, value in scope.get("headers", []):
-        if name == b"content-length":
-            return int(value) if value.isdigit() and len(value) < 20 else None
-    return None
-
-
-def _is_chunked(scope: Scope) -> bool:
-    return any(
-        name == b"transfer-encoding" and b"chunked" in value.lower()
-        for name, value in scope.get("headers", [])
-    )
+        if name == b"content-length" and not length_seen:
+            length_seen = True
+            declared = int(value) if value.isdigit() and len(value) < 20 else None
+        elif name == b"transfer-encoding" and b"chunked" in value.lower():
+            chunked = True
+    return declared, chunked
 
 
 _PROBES = frozenset({"/healthz", "/readyz", "/metrics"})
@@ -66,19 +68,32 @@ class Edge:
     Args:
         app: the Starlette app.
         limit_for: the body cap in bytes for a request's (method, path).
+        direct: ASGI apps by exact (method, path) that take the request straight from here,
+            past Starlette's routing and exception middleware (the create routes: those layers
+            were a sixth of a create's CPU). They must answer every error themselves; anything
+            they raise still reaches the app's last-resort 500 handler, outside this one.
     """
 
-    def __init__(self, app: Any, *, limit_for: Callable[[str, str], int]) -> None:
+    def __init__(
+        self,
+        app: Any,
+        *,
+        limit_for: Callable[[str, str], int],
+        direct: dict[tuple[str, str], Any] | None = None,
+    ) -> None:
         self.app = app
         self.limit_for = limit_for
+        self.direct = direct or {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        limit = self.limit_for(scope["method"], scope["path"])
-        declared = _declared_length(scope)
-        body_done = not (declared or _is_chunked(scope))
+        method, path = scope["method"], scope["path"]
+        limit = self.limit_for(method, path)
+        declared, chunked = _framing(scope)
+        body_done = not (declared or chunked)
+        app = self.direct.get((method, path), self.app)
         received = 0
         tripped = False
         status = 0
@@ -110,9 +125,11 @@ class Edge:
                     }
             await send(message)
 
+        fields: dict[str, Any] = {}
+        fields_token = _ACCESS_FIELDS.set(fields)
         started = time.perf_counter()
         try:
-            await self.app(scope, capped_receive, watched_send)
+            await app(scope, capped_receive, watched_send)
         except BodyTooLarge as exc:  # a route that did not catch it
             if status:
                 raise
@@ -130,14 +147,30 @@ class Edge:
             raise
         finally:
             # Probes come every few seconds: at debug, so that they do not drown the rest.
-            emit = log.debug if scope["path"] in _PROBES else log.info
+            emit = log.debug if path in _PROBES else log.info
             emit(
                 "http.request",
-                method=scope["method"],
-                path=scope["path"],
+                method=method,
+                path=path,
                 status=status,
                 duration_ms=round((time.perf_counter() - started) * 1000, 3),
+                **fields,
             )
+            _ACCESS_FIELDS.reset(fields_token)
+
+
+# What a route adds to its request's http.request line (note_request), per request.
+_ACCESS_FIELDS: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
+    "access_fields", default=None
+)
+
+
+def note_request(**fields: Any) -> None:
+    """Add ``fields`` to the running request's ``http.request`` log line (a create's task_id):
+    one line per request instead of a second one from the route."""
+    current = _ACCESS_FIELDS.get()
+    if current is not None:
+        current.update(fields)
 
 
 _408_BODY = (
@@ -286,9 +319,10 @@ class RedisDeadline:
     def __init__(self, budget_s: float) -> None:
         self.budget_s = budget_s
         self._task: asyncio.Task[Any] | None = None
-        self._when = 0.0  # loop time
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._when = 0.0  # loop time of the deadline, moved on by the time spent paused
         self._handle: asyncio.TimerHandle | None = None
-        self._left_s: float | None = None  # while paused
+        self._paused_at: float | None = None  # loop time, while paused
         self._cancels = 0
         self._expired = False
         self._token: contextvars.Token[RedisDeadline | None] | None = None
@@ -297,7 +331,7 @@ class RedisDeadline:
         return self
 
     async def __aenter__(self) -> RedisDeadline:
-        loop = asyncio.get_running_loop()
+        loop = self._loop = asyncio.get_running_loop()
         self._task = asyncio.current_task()
         self._when = loop.time() + self.budget_s
         self._handle = loop.call_at(self._when, self._fire)
@@ -321,22 +355,29 @@ class RedisDeadline:
             raise TimeoutError("the request's Redis deadline passed") from exc
 
     def _fire(self) -> None:
-        assert self._task is not None
+        # A pause does not move the timer (that cost a create two timer handles per pause): the
+        # timer checks on firing whether the deadline has really passed, and waits on if not.
+        assert self._task is not None and self._loop is not None
+        now = self._loop.time()
+        if self._paused_at is not None and not self._expired:
+            self._handle = self._loop.call_at(now + self._when - self._paused_at, self._fire)
+            return
+        if now < self._when and not self._expired:
+            self._handle = self._loop.call_at(self._when, self._fire)
+            return
         self._expired = True
         self._cancels += 1
         self._task.cancel()
-        loop = asyncio.get_running_loop()
-        self._handle = loop.call_later(c.DEADLINE_RECANCEL_S, self._fire)
+        self._handle = self._loop.call_later(c.DEADLINE_RECANCEL_S, self._fire)
 
     def expired(self) -> bool:
         return self._expired
 
     def left_s(self) -> float:
-        if self._left_s is not None:
-            return self._left_s
-        if self._task is None:
+        if self._loop is None:
             return self.budget_s
-        return max(0.0, self._when - asyncio.get_running_loop().time())
+        now = self._paused_at if self._paused_at is not None else self._loop.time()
+        return max(0.0, self._when - now)
 
     def wall_ms(self) -> int:
         """The deadline as Unix ms, made early by CREATE_REPLY_MARGIN_MS (at most a quarter of
@@ -344,22 +385,34 @@ class RedisDeadline:
         left_ms = self.left_s() * 1000
         return int(time.time() * 1000 + left_ms - min(c.CREATE_REPLY_MARGIN_MS, left_ms / 4))
 
-    @contextlib.contextmanager
-    def paused(self) -> Iterator[None]:
-        if self._handle is None or self._expired or self._left_s is not None:
-            yield
+    def paused(self) -> contextlib.AbstractContextManager[None]:
+        """The clock stopped for the block (no-op outside the deadline's block, or nested)."""
+        return _Paused(self)
+
+
+class _Paused:
+    """:meth:`RedisDeadline.paused` as a plain class: a create pauses twice, and generator-based
+    context managers cost it more than the pausing itself."""
+
+    __slots__ = ("_active", "_deadline")
+
+    def __init__(self, deadline: RedisDeadline) -> None:
+        self._deadline = deadline
+        self._active = False
+
+    def __enter__(self) -> None:
+        d = self._deadline
+        if d._handle is None or d._expired or d._paused_at is not None:
             return
-        self._left_s = self.left_s()
-        self._handle.cancel()
-        self._handle = None
-        try:
-            yield
-        finally:
-            left, self._left_s = self._left_s, None
-            if self._token is not None and not self._expired:  # still inside the block
-                loop = asyncio.get_running_loop()
-                self._when = loop.time() + left
-                self._handle = loop.call_at(self._when, self._fire)
+        assert d._loop is not None
+        d._paused_at = d._loop.time()
+        self._active = True
+
+    def __exit__(self, *exc: object) -> None:
+        d = self._deadline
+        if self._active and d._loop is not None and d._paused_at is not None:
+            d._when += d._loop.time() - d._paused_at
+            d._paused_at = None
 
 
 _CURRENT: contextvars.ContextVar[RedisDeadline | None] = contextvars.ContextVar(
@@ -372,12 +425,10 @@ def redis_deadline() -> RedisDeadline | None:
     return _CURRENT.get()
 
 
-@contextlib.contextmanager
-def off_the_redis_clock() -> Iterator[None]:
+def off_the_redis_clock() -> contextlib.AbstractContextManager[None]:
     """Stop the running request's Redis clock meanwhile (no-op outside a request)."""
     d = _CURRENT.get()
-    if d is None:
-        yield
-        return
-    with d.paused():
-        yield
+    return _NO_DEADLINE if d is None else _Paused(d)
+
+
+_NO_DEADLINE = contextlib.nullcontext()

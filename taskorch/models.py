@@ -10,13 +10,14 @@ import datetime as dt
 import enum
 import functools
 import re
+from collections.abc import Callable
 from typing import Annotated, Any, Literal, TypeVar, Union, get_args, get_origin
 
 import msgspec
 from msgspec import UNSET, Meta, Struct, UnsetType
 
 from taskorch import constants as c
-from taskorch.errors import BadRequest, ValidationFailed
+from taskorch.errors import ApiError, BadRequest, PayloadTooLarge, ValidationFailed
 
 Method = Literal["GET", "POST", "PUT", "PATCH", "DELETE"]
 # Capped so that no duration overflows a timestamp (about 300 years; JSON's 1e400 is infinity).
@@ -68,6 +69,18 @@ class TaskCreate(TaskSpec):
     run_at: dt.datetime | None = None
     delay: Seconds | None = None
     name: Annotated[str, Meta(max_length=200)] | None = None
+
+
+class TaskBatchItem(TaskCreate):
+    """One task of ``POST /v1/tasks/batch``: a task body, with its Idempotency-Key if any."""
+
+    idempotency_key: Annotated[str, Meta(min_length=1, max_length=255)] | None = None
+
+
+class TaskBatch(_Input):
+    """Body of ``POST /v1/tasks/batch``. Each task is validated on its own (see decode_batch)."""
+
+    tasks: Annotated[list[TaskBatchItem], Meta(min_length=1, max_length=c.MAX_BATCH_TASKS)]
 
 
 class TaskPatch(_Input):
@@ -313,11 +326,26 @@ class Error(Struct):
     error: ErrorBody
 
 
+class TaskBatchOutcome(Struct, omit_defaults=True):
+    """One task of a batch: ``task`` when stored (or the first task of a repeated
+    ``idempotency_key``), else ``error`` as a single create of it would have answered."""
+
+    task: Task | None = None
+    error: ErrorBody | None = None
+
+
+class TaskBatchResult(Struct):
+    """Answer of ``POST /v1/tasks/batch``: one item per task sent, in the same order."""
+
+    items: list[TaskBatchOutcome]
+
+
 # -- helpers -----------------------------------------------------------------------------------
 
 _HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 
 
+@functools.lru_cache(maxsize=4096)  # a client's tasks mostly call a few URLs
 def url_problem(url: str) -> str | None:
     """Why ``url`` cannot be a target, or None when it can."""
     from urllib.parse import urlsplit
@@ -367,7 +395,10 @@ def _headers_rule(value: Any) -> list[tuple[str, str]]:
 # Rules for one field, by name, in every request struct. They run as soon as that field is well
 # formed, so a bad url is reported beside a bad retries instead of after it is fixed.
 def _run_at_rule(value: Any) -> list[tuple[str, str]]:
-    when = msgspec.convert(value, dt.datetime | None, strict=False)
+    return _run_at_problems(msgspec.convert(value, dt.datetime | None, strict=False))
+
+
+def _run_at_problems(when: dt.datetime | None) -> list[tuple[str, str]]:
     if when is None:
         return []
     if when.tzinfo is None:
@@ -395,8 +426,15 @@ def fmt_ms(ms: int | float | None) -> str | None:
     """RFC 3339 in UTC with millisecond precision, as the API answers every time."""
     if ms is None:
         return None
-    t = dt.datetime.fromtimestamp(int(ms) / 1000, tz=dt.UTC)
-    return t.strftime("%Y-%m-%dT%H:%M:%S.") + f"{int(ms) % 1000:03d}Z"
+    second, milli = divmod(int(ms), 1000)
+    return f"{_fmt_second(second)}.{milli:03d}Z"
+
+
+@functools.lru_cache(maxsize=4096)
+def _fmt_second(second: int) -> str:
+    # A task's created, updated and due times mostly fall in seconds just formatted.
+    t = dt.datetime.fromtimestamp(second, tz=dt.UTC)
+    return t.strftime("%Y-%m-%dT%H:%M:%S")
 
 
 def retry_wait_s(
@@ -438,7 +476,109 @@ def parse_json(raw: bytes | str, what: str = "The body") -> Any:
 
 def decode_body(raw: bytes, kind: type[T]) -> T:
     """Parse a request body into ``kind`` or raise 400/422 listing every problem found."""
+    if kind in _FLAT:
+        value = _decode_valid(raw, kind)
+        if value is not None:
+            return value
     return convert(parse_json(raw), kind)
+
+
+# Bodies whose fields hold no nested request struct: a valid one decodes in one typed pass.
+_FLAT: frozenset[type[_Input]] = frozenset({TaskCreate, TaskBatchItem, TaskPatch, TokenRequest})
+
+
+class _BatchEnvelope(Struct, forbid_unknown_fields=True):
+    tasks: list[msgspec.Raw]
+
+
+_envelope = msgspec.json.Decoder(_BatchEnvelope)
+
+
+def decode_batch(raw: bytes) -> list[TaskBatchItem | ApiError]:
+    """A batch body: each task as :func:`decode_body` would give it, or the error it would raise.
+
+    The envelope (``{"tasks": [...]}`` with 1..MAX_BATCH_TASKS entries) must be right, or the
+    whole request fails (400/422) as any body would; a bad task fails alone, in its place, with
+    the field paths a single create of it would name, and a task larger than a single create may
+    be (MAX_BODY_BYTES) is refused as 413 would refuse it.
+    """
+    try:
+        tasks = _envelope.decode(raw).tasks
+    except Exception:  # malformed, or not the envelope: say why as for any body
+        tasks = _envelope_problems(parse_json(raw))
+    n = len(tasks)
+    if not 1 <= n <= c.MAX_BATCH_TASKS:
+        message = f"must hold 1 to {c.MAX_BATCH_TASKS} tasks, not {n}"
+        raise ValidationFailed(
+            f"The request has 1 invalid field: tasks {message}.",
+            details=[{"field": "tasks", "message": message}],
+        )
+    out: list[TaskBatchItem | ApiError] = []
+    for item in tasks:
+        body = bytes(item)
+        if len(body) > c.MAX_BODY_BYTES:
+            out.append(PayloadTooLarge(f"The task is larger than {c.MAX_BODY_BYTES} bytes."))
+            continue
+        try:
+            out.append(decode_body(body, TaskBatchItem))
+        except ApiError as exc:
+            out.append(exc)
+    return out
+
+
+def _envelope_problems(data: Any) -> list[msgspec.Raw]:
+    """Raise the 422 for a batch body that parsed but is not ``{"tasks": [...]}``."""
+    problems: list[tuple[str, str]] = []
+    if not isinstance(data, dict):
+        problems.append(("", "must be a JSON object"))
+    else:
+        problems += [(k, "is not a known field") for k in data if k != "tasks"]
+        if "tasks" not in data:
+            problems.append(("tasks", "is required"))
+        elif not isinstance(data["tasks"], list):
+            problems.append(("tasks", "must be an array of tasks"))
+    raise _failed(problems or [("", "is invalid")])
+
+
+@functools.cache
+def _decoder(kind: type[T]) -> msgspec.json.Decoder[T]:
+    return msgspec.json.Decoder(kind, strict=False)
+
+
+def _decode_valid(raw: bytes | str, kind: type[T]) -> T | None:
+    """``raw`` as ``kind`` when it is valid as it stands, else None.
+
+    The common case takes one typed msgspec pass plus the field rules (a create spent more on
+    the field-by-field walk than on its Redis script). Any problem at all returns None, so that
+    :func:`convert` walks the body and names every problem: this path never decides an error,
+    and on success gives the value the walk would (tests/test_models.py compares the two).
+    """
+    try:
+        value = _decoder(kind).decode(raw)
+    except Exception:  # malformed, invalid, too deep: the walk below reports it
+        return None
+    for name, rule in _typed_rules(kind):
+        if rule(getattr(value, name)):
+            return None
+    if _given(getattr(value, "run_at", None)) and _given(getattr(value, "delay", None)):
+        return None
+    return None if value.check() else value
+
+
+@functools.cache
+def _typed_rules(kind: type[_Input]) -> list[tuple[str, Callable[[Any], list[tuple[str, str]]]]]:
+    return [(name, rule) for name, rule in _TYPED_RULES.items() if name in kind.__struct_fields__]
+
+
+def _given(value: Any) -> bool:
+    return value is not None and value is not UNSET
+
+
+_TYPED_RULES: dict[str, Callable[[Any], list[tuple[str, str]]]] = {
+    "url": lambda v: _url_rule(v) if isinstance(v, str) else [],
+    "headers": lambda v: _headers_rule(v) if v and isinstance(v, dict) else [],
+    "run_at": lambda v: _run_at_problems(v) if isinstance(v, dt.datetime) else [],
+}
 
 
 def convert(data: Any, kind: type[T]) -> T:
@@ -449,8 +589,12 @@ def convert(data: Any, kind: type[T]) -> T:
             return msgspec.convert(data, kind, strict=False)
         except msgspec.ValidationError as exc:  # a rule the walk above did not foresee
             problems = [_from_msgspec(exc, "")]
+    raise _failed(problems)
+
+
+def _failed(problems: list[tuple[str, str]]) -> ValidationFailed:
     n = len(problems)
-    raise ValidationFailed(
+    return ValidationFailed(
         f"The request has {n} invalid field{'s' if n > 1 else ''}: "
         + "; ".join(f"{f or 'body'} {m}" for f, m in problems[:5])
         + ".",

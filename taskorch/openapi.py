@@ -324,6 +324,8 @@ def _components() -> dict[str, Any]:
     _, components = msgspec.json.schema_components(
         [
             models.TaskCreate,
+            models.TaskBatch,
+            models.TaskBatchResult,
             models.TaskPatch,
             models.Task,
             models.TaskPage,
@@ -340,11 +342,28 @@ def _components() -> dict[str, Any]:
         ],
         ref_template=_REF,
     )
-    for name in ("TaskCreate", "TaskPatch", "OrchestrationCreate", "OrchestrationPatch"):
+    for name in ("TaskCreate", "TaskBatchItem", "TaskPatch"):
+        _tighten(components[name])
+    for name in ("OrchestrationCreate", "OrchestrationPatch"):
         _tighten(components[name])
     for name in ("StepSpec", "ConditionSpec", "TaskSpec", "FunctionSchedule"):
         _tighten(components[name])
     components["FunctionCreate"]["allOf"] = _FUNCTION_RULES
+    # Any value is accepted in a batch's list and answered in its place (a bad task is refused
+    # alone, inside the 200), so the list's items are documented, not required, to be tasks.
+    tasks = components["TaskBatch"]["properties"]["tasks"]
+    tasks["items"] = {
+        "anyOf": [
+            tasks["items"],
+            {"description": "anything else is answered in its place with an error"},
+        ]
+    }
+    # Exactly one of the two per item (msgspec cannot say so of a struct with optional fields).
+    outcome = components["TaskBatchOutcome"]
+    outcome["oneOf"] = [{"required": ["task"]}, {"required": ["error"]}]
+    outcome["additionalProperties"] = False
+    for name in ("task", "error"):
+        outcome["properties"][name] = outcome["properties"][name]["anyOf"][0]
     return components
 
 
@@ -442,6 +461,23 @@ def document(settings: Settings) -> dict[str, Any]:
                     body="TokenRequest",
                     codes=("400", "401", "413", "422", "429"),
                     auth=False,
+                )
+            },
+            "/v1/tasks/batch": {
+                "post": _op(
+                    "Schedule up to 1,000 HTTP calls; each is answered in its place",
+                    {
+                        "200": _json(
+                            "TaskBatchResult",
+                            "One item per task sent, in order: {task} (stored, or the first "
+                            "task of a repeated idempotency_key) or {error} (that task alone was "
+                            "refused: validation_failed, payload_too_large, or unavailable with "
+                            "details[0].outcome not_stored or unknown)",
+                        )
+                    },
+                    op_id="createTasks",
+                    body="TaskBatch",
+                    codes=("400", "413", "422"),
                 )
             },
             **_steerable(

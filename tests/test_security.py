@@ -118,6 +118,22 @@ def test_the_lifetime_cap_is_configurable_and_checked_at_start() -> None:
     assert p.returncode == 2 and "TASKORCH_TOKEN_MAX_TTL_S" in p.stderr, p.stderr
 
 
+async def test_a_remembered_token_still_expires_on_time(api: Api) -> None:
+    """Verified tokens are remembered (VERIFIED_TOKEN_CACHE_S), never past their exp."""
+    now = time.time()
+    exp = int(now) + 2
+    token = jwt.encode({"sub": "eve", "iat": now, "exp": exp}, SECRET, algorithm="HS256")
+    assert (await api.http.get("/v1/tasks", headers=_bearer(token))).status_code == 200
+    assert (await api.http.get("/v1/tasks", headers=_bearer(token))).status_code == 200
+    await asyncio.sleep(exp - time.time() + 0.05)
+    r = await api.http.get("/v1/tasks", headers=_bearer(token))
+    assert r.status_code == 401 and r.json()["error"]["code"] == "token_expired", r.text
+    flip = "B" if token[-10] == "A" else "A"  # a full six bits of the signature
+    tampered = token[:-10] + flip + token[-9:]
+    r = await api.http.get("/v1/tasks", headers=_bearer(tampered))
+    assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_token", r.text
+
+
 async def _sign_in(api: Api, name: str, password: str) -> httpx.Response:
     return await api.http.post("/v1/auth/token", json={"username": name, "password": password})
 
