@@ -33,6 +33,7 @@ from taskorch import auth, cluster, metrics, openapi, partitions
 from taskorch import constants as c
 from taskorch.errors import (
     NOT_STORED,
+    OUTCOME_UNKNOWN,
     ApiError,
     BadRequest,
     ConfigError,
@@ -653,7 +654,9 @@ def _wrap(
                 Unavailable(
                     "Redis did not answer in time; try again shortly.",
                     retry_after_s=c.UNAVAILABLE_RETRY_AFTER_S,
-                    details=[dict(NOT_STORED)] if create else None,
+                    details=[dict(NOT_STORED if deadline.prompt() else OUTCOME_UNKNOWN)]
+                    if create
+                    else None,
                 )
             )
         except ApiError as exc:

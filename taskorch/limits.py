@@ -298,6 +298,54 @@ class StreamSlots:
         return free
 
 
+class _LoopLag:
+    """How late this event loop's own timers have run lately: a busy loop leaves replies that
+    have arrived unread, so a deadline that fires on a lagging loop cannot say "not stored".
+
+    One repeating timer per loop (every LOOP_LAG_TICK_S); ``recent_ms`` is the largest lateness
+    seen over the last LOOP_LAG_WINDOW_S, the tick that runs in the same turn as a deadline's
+    timer included (it is due earlier, so it runs first and has recorded that turn's lag).
+    """
+
+    __slots__ = ("_due", "_loop", "_marks")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._marks: list[tuple[float, float]] = []  # (loop time, lateness s), newest last
+        self._due = loop.time() + c.LOOP_LAG_TICK_S
+        loop.call_at(self._due, self._tick)
+
+    def _tick(self) -> None:
+        now = self._loop.time()
+        late = now - self._due
+        if late > c.LOOP_LAG_TICK_S:
+            self._marks.append((now, late))
+        horizon = now - c.LOOP_LAG_WINDOW_S
+        while self._marks and self._marks[0][0] < horizon:
+            self._marks.pop(0)
+        self._due = now + c.LOOP_LAG_TICK_S
+        self._loop.call_at(self._due, self._tick)
+
+    def recent_ms(self) -> float:
+        now = self._loop.time()
+        # A tick overdue right now counts too: the loop has not come back to it yet.
+        late = max(0.0, now - self._due)
+        horizon = now - c.LOOP_LAG_WINDOW_S
+        return 1000 * max([late] + [lag for t, lag in self._marks if t >= horizon])
+
+
+_LAGS: dict[asyncio.AbstractEventLoop, _LoopLag] = {}
+
+
+def _loop_lag(loop: asyncio.AbstractEventLoop) -> _LoopLag:
+    lag = _LAGS.get(loop)
+    if lag is None:
+        for old in [k for k in _LAGS if k.is_closed()]:
+            del _LAGS[old]
+        lag = _LAGS[loop] = _LoopLag(loop)
+    return lag
+
+
 class RedisDeadline:
     """The bound on one request's Redis work in total (TASKORCH_REDIS_TIMEOUT_S).
 
@@ -321,11 +369,13 @@ class RedisDeadline:
         self._task: asyncio.Task[Any] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._when = 0.0  # loop time of the deadline, moved on by the time spent paused
-        self._handle: asyncio.TimerHandle | None = None
+        self._handle: asyncio.Handle | None = None
         self._paused_at: float | None = None  # loop time, while paused
         self._cancels = 0
         self._expired = False
         self._token: contextvars.Token[RedisDeadline | None] | None = None
+        self._lag_ms = 0.0  # the loop's recent lag when the deadline first fired
+        self._inside = False
 
     def running(self) -> RedisDeadline:
         return self
@@ -336,9 +386,12 @@ class RedisDeadline:
         self._when = loop.time() + self.budget_s
         self._handle = loop.call_at(self._when, self._fire)
         self._token = _CURRENT.set(self)
+        self._inside = True
+        _loop_lag(loop)
         return self
 
     async def __aexit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        self._inside = False
         if self._token is not None:
             _CURRENT.reset(self._token)
             self._token = None
@@ -365,13 +418,31 @@ class RedisDeadline:
         if now < self._when and not self._expired:
             self._handle = self._loop.call_at(self._when, self._fire)
             return
-        self._expired = True
+        if not self._expired:
+            self._expired = True
+            self._lag_ms = _loop_lag(self._loop).recent_ms()
+            # A reply read in this turn of the loop has only scheduled the request's wake-up:
+            # cancel after it, so that an answer which is here is taken, not thrown away.
+            self._handle = self._loop.call_soon(self._cancel)
+            return
+        self._cancel()
+
+    def _cancel(self) -> None:
+        assert self._task is not None and self._loop is not None
+        if not self._inside:
+            return  # the block ended in the meantime: nothing to cancel
         self._cancels += 1
         self._task.cancel()
         self._handle = self._loop.call_later(c.DEADLINE_RECANCEL_S, self._fire)
 
     def expired(self) -> bool:
         return self._expired
+
+    def prompt(self) -> bool:
+        """Whether the loop ran on time when the deadline passed. Only then does "a create's
+        script writes nothing past wall_ms" mean "not stored": on a loop late by the reply
+        margin, a reply may have arrived and sat unread (the create then answers "unknown")."""
+        return self._lag_ms < c.CREATE_REPLY_MARGIN_MS / 2
 
     def left_s(self) -> float:
         if self._loop is None:
