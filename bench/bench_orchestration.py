@@ -34,10 +34,11 @@ async def run(rig: Rig, n: int) -> str:
     redis = connect(rig.redis_url)
     url = f"http://127.0.0.1:{rig.target_port}/step"
     body = OrchestrationCreate(steps=[StepSpec(url=url, retries=0) for _ in range(n)])
-    orc, _ = await Orchestrations(redis).create("bench", body)
+    orcs = Orchestrations(redis)
+    orc, _ = await orcs.create("bench", body)
     deadline = time.time() + 120
     while time.time() < deadline:
-        status = await redis.hget("taskorch:orc:" + orc.id, "status")
+        status = (await orcs.get("bench", orc.id)).status
         if status != "running" and status != "scheduled":
             break
         await asyncio.sleep(0.2)

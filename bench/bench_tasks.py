@@ -236,10 +236,17 @@ def scenario_b(n: int = 10_000) -> dict[str, float]:
 def _done(rig: Rig, n: int) -> bool:
     import redis
 
+    from taskorch import constants as c
+    from taskorch.partitions import Layout
+
     r = redis.Redis(port=rig.redis_port, decode_responses=True)
-    stats = r.hgetall("taskorch:stats")
+    layout = Layout(int(r.get(c.PARTITIONS_KEY) or 0) or 1)
+    done = 0
+    for pre in layout.prefixes:  # the counts are kept per partition
+        stats = r.hmget(pre + c.STATS, "tasks:succeeded", "tasks:failed")
+        done += sum(int(v or 0) for v in stats)
     r.close()
-    return int(stats.get("tasks:succeeded", 0)) + int(stats.get("tasks:failed", 0)) >= n
+    return done >= n
 
 
 def main() -> None:
