@@ -124,17 +124,20 @@ end
 -- What the API answers for a task (HGETALL-shaped, the names the models use), read in the script
 -- that wrote it: a create, cancel or modify that Redis applied is never answered with a 503 from
 -- a second round trip.
+-- tostring() gives 14 significant digits (2.53402300799e+14 for a time in 9999): whole numbers
+-- as integers, every digit.
+local function int(x) return string.format('%d', x) end
 local function task_view(id)
   local t = load(id)
   if not t then return {{{{}}, {{}}}} end
   local h = {{'id', id, 'owner', t.o, 'status', t.s, 'url', t.h, 'spec', t.p, 'name', t.n,
-    'run_at', tostring(t.r), 'created_at', tostring(t.c), 'updated_at', tostring(t.u),
-    'attempt', tostring(t.a), 'gen', tostring(t.g), 'orchestration_id', t.oi}}
+    'run_at', int(t.r), 'created_at', int(t.c), 'updated_at', int(t.u),
+    'attempt', int(t.a), 'gen', int(t.g), 'orchestration_id', t.oi}}
   if t.st then
-    h[#h + 1] = 'started_at'; h[#h + 1] = tostring(t.st)
-    h[#h + 1] = 'scheduled_for'; h[#h + 1] = tostring(t.sf)
+    h[#h + 1] = 'started_at'; h[#h + 1] = int(t.st)
+    h[#h + 1] = 'scheduled_for'; h[#h + 1] = int(t.sf)
   end
-  if t.ft then h[#h + 1] = 'finished_at'; h[#h + 1] = tostring(t.ft) end
+  if t.ft then h[#h + 1] = 'finished_at'; h[#h + 1] = int(t.ft) end
   return {{h, redis.call('LRANGE', tkey(id) .. ':a', 0, -1)}}
 end
 -- Finished records, scored by when they finished, for the retention janitor (PURGE).

@@ -320,3 +320,23 @@ def test_bad_configuration_stops_with_the_variable_named(env: dict[str, str], ne
     assert p.returncode == 2
     lines = p.stderr.strip().splitlines()
     assert len(lines) == 1 and needle in lines[0], p.stderr
+
+
+async def test_a_run_at_at_the_end_of_the_range_reads_back_to_the_second(api: Api) -> None:
+    """Times are kept to the millisecond whatever their size: Lua's tostring() gave 14 digits,
+    and a task due in 9998 answered 500 on create, get, list and modify."""
+    when = "9998-12-31T23:59:59.123Z"
+    r = await api.http.post(
+        "/v1/tasks", json={"url": "https://example.com/hook", "run_at": when}, headers=api.auth()
+    )
+    assert r.status_code == 201, r.text
+    task = r.json()
+    assert task["run_at"] == when
+    got = await api.http.get(f"/v1/tasks/{task['id']}", headers=api.auth())
+    assert got.status_code == 200 and got.json()["run_at"] == when
+    listed = await api.http.get("/v1/tasks", headers=api.auth())
+    assert [t["run_at"] for t in listed.json()["items"] if t["id"] == task["id"]] == [when]
+    r = await api.http.patch(
+        f"/v1/tasks/{task['id']}", json={"run_at": "9998-06-30T00:00:00Z"}, headers=api.auth()
+    )
+    assert r.status_code == 200 and r.json()["run_at"] == "9998-06-30T00:00:00.000Z", r.text
