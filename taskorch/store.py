@@ -334,6 +334,8 @@ class Store:
 
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
+        self.more_due = False  # see claim
+        self._claim_turn = 0
         reg = redis.register_script
         self._create = reg(lua.PRELUDE + lua.CREATE_TASKS)
         self._view = reg(lua.PRELUDE + lua.VIEW_TASKS)
@@ -610,17 +612,42 @@ class Store:
     async def claim(
         self, *, worker: str, horizon_ms: int, lease_ms: int, limit: int
     ) -> list[Claimed]:
-        """Claim due jobs from every partition at once (up to ``limit`` from each)."""
+        """Claim due jobs from every partition at once, at most ``limit`` in all.
+
+        The partitions share ``limit`` (the worker's room: it never holds more than it can
+        start), the remainder going to each in turn. Afterwards ``more_due`` says whether a
+        partition answered its whole share, so that more may be waiting there now.
+        """
         layout = await self.layout()
-        now = now_ms()
-        rows = await run_many(
-            self.redis,
-            self._claim,
-            [
-                ([layout.queue(p)], [horizon_ms, now, lease_ms, worker, limit])
-                for p in range(layout.n)
-            ],
-        )
+        n, now = layout.n, now_ms()
+        first = self._claim_turn % n
+        self._claim_turn += 1
+        rows: list[Any] = []
+        if limit < n:
+            # Too little room to share: partitions in turn until it is taken (a worker this
+            # full is rare; the common case below is one round trip).
+            left = limit
+            for i in range(n):
+                if left <= 0:
+                    break
+                q = layout.queue((first + i) % n)
+                row = await run_script(
+                    self.redis, self._claim, [q], [horizon_ms, now, lease_ms, worker, left]
+                )
+                rows.append(row)
+                left -= len(row)
+            self.more_due = left <= 0
+        else:
+            shares = [limit // n + ((p - first) % n < limit % n) for p in range(n)]
+            rows = await run_many(
+                self.redis,
+                self._claim,
+                [
+                    ([layout.queue(p)], [horizon_ms, now, lease_ms, worker, share])
+                    for p, share in enumerate(shares)
+                ],
+            )
+            self.more_due = any(len(r) == share for share, r in zip(shares, rows, strict=True))
         out = []
         for part in rows:
             for job, due, fn, arg, url, spec in part:

@@ -236,7 +236,7 @@ class Worker:
                     for cl in claimed:
                         self._arm(cl)
                 backoff = 0.1
-                if len(claimed) == min(c.CLAIM_BATCH, room) and room > 0:
+                if claimed and self.store.more_due:
                     continue  # more may be waiting
             except REDIS_DOWN as exc:
                 log.warning("worker.redis_unavailable", error=str(exc), retry_in_s=backoff)
