@@ -104,6 +104,9 @@ UNAVAILABLE_RETRY_AFTER_S = 1  # Retry-After on a 503: Redis usually comes back 
 # No token lives longer than this (TASKORCH_TOKEN_MAX_TTL_S): exp - iat above it is refused, so a
 # leaked long-lived token cannot outlast a month, and revocation records need not live longer.
 DEFAULT_TOKEN_MAX_TTL_S = 30 * 24 * 3600
+# A token whose iat is later than now by more than this is refused ("not yet valid"): room for
+# iat rounded up to the millisecond and for small clock differences between issuer and API.
+IAT_LEEWAY_S = 1.0
 # A user's revocation time is cached this long per API process: revocation takes effect within it.
 NOT_BEFORE_CACHE_S = 1.0
 # A verified token's signature and claims are remembered by its exact text this long per API
