@@ -128,17 +128,19 @@ end
 -- What the API answers for a task (HGETALL-shaped, the names the models use), read in the script
 -- that wrote it: a create, cancel or modify that Redis applied is never answered with a 503 from
 -- a second round trip.
+-- Times as whole numbers: tostring gives 14 digits only (a run_at in year 9999 has 15).
+local function num(x) return string.format('%.0f', x) end
 local function task_view(id)
   local t = load(id)
   if not t then return {{{{}}, {{}}}} end
   local h = {{'id', id, 'owner', t.o, 'status', t.s, 'url', t.h, 'spec', t.p, 'name', t.n,
-    'run_at', tostring(t.r), 'created_at', tostring(t.c), 'updated_at', tostring(t.u),
-    'attempt', tostring(t.a), 'gen', tostring(t.g), 'orchestration_id', t.oi}}
+    'run_at', num(t.r), 'created_at', num(t.c), 'updated_at', num(t.u),
+    'attempt', num(t.a), 'gen', num(t.g), 'orchestration_id', t.oi}}
   if t.st then
-    h[#h + 1] = 'started_at'; h[#h + 1] = tostring(t.st)
-    h[#h + 1] = 'scheduled_for'; h[#h + 1] = tostring(t.sf)
+    h[#h + 1] = 'started_at'; h[#h + 1] = num(t.st)
+    h[#h + 1] = 'scheduled_for'; h[#h + 1] = num(t.sf)
   end
-  if t.ft then h[#h + 1] = 'finished_at'; h[#h + 1] = tostring(t.ft) end
+  if t.ft then h[#h + 1] = 'finished_at'; h[#h + 1] = num(t.ft) end
   return {{h, redis.call('LRANGE', tkey(id) .. ':a', 0, -1)}}
 end
 -- Finished records, scored by when they finished, for the retention janitor (PURGE).
@@ -258,7 +260,7 @@ local t = load(id)
 if not t or t.o ~= owner then return {'not_found'} end
 if t.oi ~= '' then return {'in_orchestration', t.oi} end
 if t.s ~= 'scheduled' and t.s ~= 'retrying' then return {'conflict', t.s} end
-if tostring(t.g) ~= ARGV[4] then return {'stale'} end
+if num(t.g) ~= ARGV[4] then return {'stale'} end
 drop_job(job_of(id, t))
 local due = tonumber(ARGV[8])
 t.g = t.g + 1; t.h = ARGV[5]; t.p = ARGV[6]; t.n = ARGV[7]; t.r = due; t.u = now
