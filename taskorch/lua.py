@@ -33,11 +33,15 @@ local LEASE_OWNER = P .. '{c.LEASE_OWNER}'
 local TDEF = {{s = 'scheduled', g = 1, a = 0, l = 0, n = '', oi = '', sb = '', lj = '', rj = '', h = '',
   p = ''}}
 local function tkey(id) return P .. '{c.TASK}' .. id end
+-- msgpack on Redis; JSON where the Lua has no cmsgpack (fakeredis, for `taskorch dev`): the record's
+-- numbers are integers below 2^53 and its spec a string, so cjson keeps them exact.
+local pack_record = cmsgpack and cmsgpack.pack or cjson.encode
+local unpack_record = cmsgpack and cmsgpack.unpack or cjson.decode
 local function id_ms(id) return tonumber(string.sub(id, 5, 16), 16) end
 local function load(id)
   local raw = redis.call('GET', tkey(id))
   if not raw then return nil end
-  local t = cmsgpack.unpack(raw)
+  local t = unpack_record(raw)
   for k, v in pairs(TDEF) do if t[k] == nil then t[k] = v end end
   if t.c == nil then t.c = id_ms(id) end
   if t.u == nil then t.u = t.c end
@@ -53,7 +57,7 @@ local function save(id, t)
   if out.c == id_ms(id) then out.c = nil end
   out.r = t.r - id_ms(id)
   if out.r == 0 then out.r = nil end
-  redis.call('SET', tkey(id), cmsgpack.pack(out))
+  redis.call('SET', tkey(id), pack_record(out))
 end
 local function active(t) return t.s == 'scheduled' or t.s == 'retrying' or t.s == 'running' end
 local function job_of(id, t)
@@ -257,7 +261,7 @@ local t = load(id)
 if not t or t.o ~= owner then return {'not_found'} end
 if t.oi ~= '' then return {'in_orchestration', t.oi} end
 if t.s ~= 'scheduled' and t.s ~= 'retrying' then return {'conflict', t.s} end
-if tostring(t.g) ~= ARGV[4] then return {'stale'} end
+if num(t.g) ~= ARGV[4] then return {'stale'} end
 drop_job(job_of(id, t))
 local due = tonumber(ARGV[8])
 t.g = t.g + 1; t.h = ARGV[5]; t.p = ARGV[6]; t.n = ARGV[7]; t.r = due; t.u = now

@@ -832,8 +832,17 @@ def run_worker(settings: Settings) -> None:
         # The old single-node layout's tasks would never fire here: stop, naming the way out.
         from taskorch.migrate import refuse_old_layout
 
+        # (on a client of its own: one used before the worker's own start kept the worker from
+        # exiting on SIGTERM, tests/test_misc.py::test_worker_needs_no_token_settings)
+        async def check_layout() -> None:
+            probe = make_redis()
+            try:
+                await refuse_old_layout(probe)
+            finally:
+                await probe.aclose()
+
         try:
-            await until_reachable(lambda: refuse_old_layout(redis), what="layout_check")
+            await until_reachable(check_layout, what="layout_check")
         except BaseException:
             await redis.aclose()
             raise
