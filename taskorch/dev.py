@@ -18,7 +18,6 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
 
 DATA = Path(".taskorch")
 
@@ -131,7 +130,6 @@ def _start_redis() -> tuple[str, subprocess.Popen[bytes] | None, object | None]:
         return f"redis://127.0.0.1:{port}/0", proc, None
     from fakeredis import TcpFakeServer
 
-    _fakeredis_cmsgpack()
     fake = TcpFakeServer(("127.0.0.1", port), server_type="redis")
     threading.Thread(target=fake.serve_forever, daemon=True).start()
     bar = "!" * 78
@@ -140,68 +138,6 @@ def _start_redis() -> tuple[str, subprocess.Popen[bytes] | None, object | None]:
         f"!! Nothing survives a restart. Install Redis (apt-get install redis-server) for real use.\n{bar}"
     )
     return f"redis://127.0.0.1:{port}/0", None, fake
-
-
-def _fakeredis_cmsgpack() -> None:
-    """Give fakeredis's Lua the ``cmsgpack`` table real Redis has (task records are msgpack).
-
-    fakeredis builds one Lua 5.1 runtime per server lazily; wrap that step to add ``pack`` and
-    ``unpack`` (flat maps of strings and numbers, what the scripts store) backed by msgspec, and
-    declare the global so fakeredis's "no new globals" check accepts it.
-    """
-    import msgspec
-    from fakeredis.commands_mixins.scripting_mixin import ScriptingCommandsMixin
-
-    original = ScriptingCommandsMixin._get_server_runtime
-    if getattr(original, "taskorch_cmsgpack", False):
-        return
-
-    def to_py(value: Any) -> Any:
-        if hasattr(value, "items"):  # a Lua table: an array if its keys are 1..n
-            items = dict(value.items())
-            if (
-                items
-                and all(isinstance(k, int) for k in items)
-                and sorted(items) == list(range(1, len(items) + 1))
-            ):
-                return [to_py(items[i]) for i in range(1, len(items) + 1)]
-            return {to_py(k): to_py(v) for k, v in items.items()}
-        if isinstance(value, float) and value.is_integer():
-            return int(value)  # Lua 5.1 numbers are doubles; cmsgpack packs whole ones as ints
-        if isinstance(value, bytes):  # Lua strings: cmsgpack packs them as msgpack str
-            try:
-                return value.decode()
-            except UnicodeDecodeError:
-                return value
-        return value
-
-    def runtime(self: Any, server: Any) -> Any:
-        lua = original(self, server)
-        if getattr(server, "_taskorch_cmsgpack", False):
-            return lua
-
-        def from_py(value: Any) -> Any:
-            if isinstance(value, dict):
-                return lua.table_from({from_py(k): from_py(v) for k, v in value.items()})
-            if isinstance(value, list):
-                return lua.table_from([from_py(v) for v in value])
-            if isinstance(value, str):
-                return value.encode()
-            return value
-
-        def pack(table: Any) -> bytes:
-            return msgspec.msgpack.encode(to_py(table))
-
-        def unpack(raw: bytes) -> Any:
-            return from_py(msgspec.msgpack.decode(raw))
-
-        lua.eval("function(p, u) cmsgpack = {pack = p, unpack = u} end")(pack, unpack)
-        server._lua_expected_globals.add(b"cmsgpack")
-        server._taskorch_cmsgpack = True
-        return lua
-
-    runtime.taskorch_cmsgpack = True  # type: ignore[attr-defined]
-    ScriptingCommandsMixin._get_server_runtime = runtime  # type: ignore[method-assign]
 
 
 def _allow_unsafe_functions(env: dict[str, str]) -> None:
