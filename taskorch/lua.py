@@ -261,7 +261,7 @@ local t = load(id)
 if not t or t.o ~= owner then return {'not_found'} end
 if t.oi ~= '' then return {'in_orchestration', t.oi} end
 if t.s ~= 'scheduled' and t.s ~= 'retrying' then return {'conflict', t.s} end
-if num(t.g) ~= ARGV[4] then return {'stale'} end
+if int(t.g) ~= ARGV[4] then return {'stale'} end
 drop_job(job_of(id, t))
 local due = tonumber(ARGV[8])
 t.g = t.g + 1; t.h = ARGV[5]; t.p = ARGV[6]; t.n = ARGV[7]; t.r = due; t.u = now
