@@ -15,6 +15,7 @@ KEY_PREFIX = "taskorch:"
 PARTITIONS_KEY = KEY_PREFIX + "partitions"  # the partition count, recorded at first start
 DEFAULT_PARTITIONS = 16  # TASKORCH_PARTITIONS, read only when a deployment first starts
 MAX_PARTITIONS = 1024
+MIGRATE_PROGRESS_EVERY = 10_000  # taskorch migrate logs its progress every this many tasks
 # The deferred work, shaped as arq shapes its queue: members are job ids, scores the due time in
 # epoch ms. A task's job is ``<task id>.<generation>`` and has no definition of its own (the claim
 # reads the task record); an orchestration event's definition ({"f", "a"}, JSON) is at ``j:<job>``.

@@ -240,9 +240,12 @@ async def _migrate(redis: Any) -> dict[str, int]:
         counts["tasks"] += len(mapping)
 
     tasks = [k[len(OLD_TASK) :] async for k in redis.scan_iter(match=OLD_TASK + "*", count=1000)]
-    for tid in sorted(t for t in tasks if ":" not in t):
+    todo = sorted(t for t in tasks if ":" not in t)
+    for i, tid in enumerate(todo, 1):
         q = layout.queue(layout.partition_of(tid))
         counts["tasks"] += int(await move_task(keys=[q], args=[tid, tid]))
+        if i % c.MIGRATE_PROGRESS_EVERY == 0 or i == len(todo):
+            log.info("migrate.progress", tasks_done=i, tasks_total=len(todo))
 
     async for key in redis.scan_iter(match=OLD_IDEM + "*", count=1000):
         m = _IDEM.match(key[len(OLD_IDEM) :])

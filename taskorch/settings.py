@@ -33,6 +33,8 @@ class Settings:
     function_timeout_s: float = 30.0
     lease_s: float = c.DEFAULT_LEASE_S
     max_in_flight: int = c.DEFAULT_MAX_IN_FLIGHT
+    # Read by taskorch.partitions when a deployment first starts; checked here with the rest.
+    partitions: int = c.DEFAULT_PARTITIONS
     shutdown_grace_s: float = 30.0
     retention_s: float = c.DEFAULT_RETENTION_S
     token_ttl_s: int = c.DEFAULT_TOKEN_TTL_S
@@ -90,6 +92,9 @@ class Settings:
             function_timeout_s=r.number("TASKORCH_FUNCTION_TIMEOUT_S", 30.0, lo=0.1),
             lease_s=r.number("TASKORCH_LEASE_S", c.DEFAULT_LEASE_S, lo=1.0),
             max_in_flight=r.whole("TASKORCH_MAX_IN_FLIGHT", c.DEFAULT_MAX_IN_FLIGHT, lo=1),
+            partitions=r.whole(
+                "TASKORCH_PARTITIONS", c.DEFAULT_PARTITIONS, lo=1, hi=c.MAX_PARTITIONS
+            ),
             shutdown_grace_s=r.number("TASKORCH_SHUTDOWN_GRACE_S", 30.0, lo=0.0),
             retention_s=r.number("TASKORCH_RETENTION_S", c.DEFAULT_RETENTION_S, lo=0.0),
             token_ttl_s=r.whole("TASKORCH_TOKEN_TTL_S", c.DEFAULT_TOKEN_TTL_S, lo=1),

@@ -290,6 +290,14 @@ async def test_health_ready_metrics_openapi(api: Api) -> None:
         ),
         ({"TASKORCH_JWT_SECRET": SECRET, "TASKORCH_REDIS_URL": "mysql://x"}, "TASKORCH_REDIS_URL"),
         (
+            {"TASKORCH_JWT_SECRET": SECRET, "TASKORCH_PARTITIONS": "sixteen"},
+            "TASKORCH_PARTITIONS must be a whole number",
+        ),
+        (
+            {"TASKORCH_JWT_SECRET": SECRET, "TASKORCH_PARTITIONS": "0"},
+            "TASKORCH_PARTITIONS must be between 1 and 1024",
+        ),
+        (
             {"TASKORCH_JWT_SECRET": SECRET, "TASKORCH_ALLOW_PRIVATE_TARGETS": "maybe"},
             "TASKORCH_ALLOW_PRIVATE_TARGETS",
         ),
