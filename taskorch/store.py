@@ -442,6 +442,12 @@ class Store:
         out: list[tuple[Task, bool] | TaskorchError | None] = [None] * len(items)
         elsewhere: dict[int, str] = {}
         for p, reply in zip(ps, replies, strict=True):
+            if isinstance(reply, REDIS_DOWN):
+                # This partition's node was out of reach while others may have stored theirs:
+                # answered per task (as the API answers an outage), not for the whole batch.
+                reply = Unavailable(
+                    "Redis is unreachable; try again shortly.", details=[dict(NOT_STORED)]
+                )
             if isinstance(reply, (Unavailable, CreateOutcomeUnknown)):
                 for i in groups[p]:
                     out[i] = reply
