@@ -71,6 +71,7 @@ export function mount(root) {
     button.disabled = true;
     try {
       put(await api("PUT", `/v1/queues/${encodeURIComponent(q.name)}`, { rate: q.rate, max_concurrent: q.max_concurrent, paused: !q.paused }));
+      rows.get(q.name).querySelectorAll("button")[1].focus(); // the new Pause or Resume
       problem.show("");
     } catch (err) {
       problem.show(err.message);
@@ -119,9 +120,9 @@ export function mount(root) {
     const old = rows.get(q.name);
     if (old) {
       tr.lastChild.replaceChild(old.querySelector(".redrive"), tr.querySelector(".redrive"));
-      const focused = old.contains(document.activeElement) && document.activeElement.textContent;
+      const at = [...old.querySelectorAll("button")].indexOf(document.activeElement);
       old.replaceWith(tr);
-      if (focused) [...tr.querySelectorAll("button")].find((b) => b.textContent === focused)?.focus();
+      tr.querySelectorAll("button")[at]?.focus();
     } else {
       tbody.append(tr);
     }

@@ -166,7 +166,7 @@ function createView(root) {
   const catchUp = select([["one", "One late run, then on time"], ["none", "None"], ["all", "All missed runs"]], "one");
   const queue = input({ placeholder: "default" });
   const spec = specEditor({});
-  const cronField = field("Cron", cron, { rel: "cron", hint: "minute hour day-of-month month day-of-week, read in the time zone" });
+  const cronField = field("Cron", cron, { rel: "cron", cls: "grow", hint: "minute hour day-of-month month day-of-week, read in the time zone" });
   const secsField = field("Every (s)", secs, { rel: "every" });
   const sync = () => {
     cronField.hidden = kind.value !== "cron";
