@@ -707,6 +707,7 @@ async def test_a_schedule_made_in_the_page_shows_its_next_runs_and_pauses(
     await expect(shown).to_have_count(5)
     for i, run in enumerate(runs):
         await expect(shown.nth(i)).to_have_attribute("datetime", run)
+    await expect(shown.nth(4)).to_be_visible()
     await shot(page, "schedules-list")
 
     # Pause and resume in the page; the API confirms each.

@@ -116,8 +116,11 @@ export function mount(root) {
   }
 
   function put(q) {
-    const tr = row(q);
     const old = rows.get(q.name);
+    const json = JSON.stringify(q) + redriving.has(q.name);
+    if (old?.json === json) return;
+    const tr = row(q);
+    tr.json = json;
     if (old) {
       tr.lastChild.replaceChild(old.querySelector(".redrive"), tr.querySelector(".redrive"));
       const at = [...old.querySelectorAll("button")].indexOf(document.activeElement);

@@ -45,67 +45,70 @@ function listView(root) {
     h("div", { class: "pager" }, shown, more),
   );
 
-  async function act(button, path, method = "POST") {
-    button.disabled = true;
-    try {
-      const s = await api(method, path);
-      problem.show("");
-      return s;
-    } catch (err) {
-      problem.show(err.message);
-    } finally {
-      button.disabled = false;
-    }
-  }
+  // A row's cells are redrawn when its schedule changed; its actions cell is kept, so a live
+  // refresh leaves a half-done "Delete?" and the focus alone, and opened run lists stay open.
+  const shownAs = new Map(); // id -> the schedule shown, as JSON
+  const opened = new Set();
 
-  function row(s) {
+  function cells(s) {
     const [first, ...rest] = s.next_runs ?? [];
-    const toggle = h("button", { type: "button" }, s.status === "paused" ? "Resume" : "Pause");
-    toggle.onclick = async () => {
-      const verb = s.status === "paused" ? "resume" : "pause";
-      const changed = await act(toggle, `/v1/schedules/${s.id}/${verb}`);
-      if (changed) put(changed, true);
-    };
-    return h(
-      "tr",
-      { "data-id": s.id, "data-status": s.status },
+    const more = rest.length
+      ? h(
+          "details",
+          { open: opened.has(s.id), ontoggle: (e) => opened[e.target.open ? "add" : "delete"](s.id) },
+          h("summary", null, `${rest.length} more`),
+          h("ol", null, rest.map((t) => h("li", null, when(t)))),
+        )
+      : null;
+    return [
       h("td", null, badge(s.status)),
       h("td", { class: "task" }, h("strong", null, s.name || s.id), h("div", { class: "sub" }, `${s.task.method ?? "POST"} ${s.task.url}`)),
       h("td", null, h("code", null, s.cron ?? every(s.every)), h("div", { class: "sub" }, s.timezone)),
-      h(
-        "td",
-        { class: "runs" },
-        first ? when(first) : h("span", { class: "muted" }, "none"),
-        rest.length ? h("details", null, h("summary", null, `${rest.length} more`), h("ol", null, rest.map((t) => h("li", null, when(t))))) : null,
-      ),
+      h("td", { class: "runs" }, first ? when(first) : h("span", { class: "muted" }, "none"), more),
       h("td", null, s.last_task_id ? h("a", { href: `#/tasks/${s.last_task_id}` }, s.last_task_id) : h("span", { class: "muted" }, "—")),
-      h(
-        "td",
-        null,
-        h(
-          "div",
-          { class: "actions" },
-          s.status === "ended" ? null : toggle,
-          confirmButton("Delete", "Delete this schedule?", async () => {
-            try {
-              await api("DELETE", `/v1/schedules/${s.id}`);
-              rows.get(s.id)?.remove();
-              rows.delete(s.id);
-              footer();
-            } catch (err) {
-              problem.show(err.message);
-            }
-          }),
-        ),
-      ),
-    );
+    ];
   }
 
-  function put(s, focus) {
-    const tr = row(s);
-    rows.get(s.id)?.replaceWith(tr);
-    rows.set(s.id, tr);
-    if (focus) tr.querySelector(".actions button").focus();
+  function row(id) {
+    const toggle = h("button", { type: "button" });
+    toggle.onclick = async () => {
+      toggle.disabled = true;
+      try {
+        const verb = JSON.parse(shownAs.get(id)).status === "paused" ? "resume" : "pause";
+        put(await api("POST", `/v1/schedules/${id}/${verb}`));
+        problem.show("");
+      } catch (err) {
+        problem.show(err.message);
+      } finally {
+        toggle.disabled = false;
+        toggle.focus();
+      }
+    };
+    const remove = confirmButton("Delete", "Delete this schedule?", async () => {
+      try {
+        await api("DELETE", `/v1/schedules/${id}`);
+        rows.get(id)?.remove();
+        rows.delete(id);
+        footer();
+      } catch (err) {
+        problem.show(err.message);
+      }
+    });
+    return h("tr", { "data-id": id }, h("td", null, h("div", { class: "actions" }, toggle, remove)));
+  }
+
+  function put(s) {
+    let tr = rows.get(s.id);
+    if (!tr) rows.set(s.id, (tr = row(s.id)));
+    const json = JSON.stringify(s);
+    if (shownAs.get(s.id) === json) return tr;
+    shownAs.set(s.id, json);
+    tr.dataset.status = s.status;
+    const toggle = tr.querySelector(".actions button");
+    toggle.textContent = s.status === "paused" ? "Resume" : "Pause";
+    toggle.hidden = s.status === "ended";
+    tr.replaceChildren(...cells(s), tr.lastChild);
+    return tr;
   }
 
   function footer() {
@@ -118,23 +121,28 @@ function listView(root) {
     const turn = ++asked;
     try {
       // A refresh reloads as many as are shown, so a live update keeps the pages loaded so far.
-      const limit = fresh ? Math.max(50, rows.size) : 50;
+      const limit = fresh ? Math.min(500, Math.max(50, rows.size)) : 50;
       const answer = page(await api("GET", `/v1/schedules${query({ limit, cursor: fresh ? null : cursor })}`));
       if (turn !== asked) return;
       problem.show("");
-      const keep = root.contains(document.activeElement) && document.activeElement.closest("tr")?.dataset.id;
+      const ids = new Set(answer.items.map((s) => s.id));
       if (fresh) {
-        rows.clear();
-        tbody.replaceChildren();
+        for (const [id, tr] of rows) {
+          if (!ids.has(id)) {
+            tr.remove();
+            rows.delete(id);
+          }
+        }
       }
+      // Rows already in place stay put (moving one would take the focus from it).
+      let at = fresh ? tbody.firstChild : null;
       for (const s of answer.items) {
-        const tr = row(s);
-        rows.set(s.id, tr);
-        tbody.append(tr);
+        const tr = put(s);
+        if (tr === at) at = at.nextSibling;
+        else tbody.insertBefore(tr, at);
       }
       cursor = answer.next_cursor;
       footer();
-      if (keep) rows.get(keep)?.querySelector(".actions button")?.focus();
     } catch (err) {
       if (turn === asked) problem.show(err.message);
     }
