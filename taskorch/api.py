@@ -59,6 +59,9 @@ from taskorch.models import (
     OrchestrationCreate,
     OrchestrationPatch,
     OrchestrationStatus,
+    ScheduleCreate,
+    SchedulePatch,
+    ScheduleStatus,
     TaskBatchItem,
     TaskCreate,
     TaskPatch,
@@ -71,6 +74,7 @@ from taskorch.models import (
     parse_json,
 )
 from taskorch.orchestrations import Orchestrations
+from taskorch.schedules import Schedules
 from taskorch.settings import Settings
 from taskorch.store import BatchItem, Store, connect, is_id
 
@@ -242,12 +246,16 @@ def _outage_of(results: list[Any]) -> Unavailable:
 
 async def list_tasks(request: Request) -> Response:
     p = await principal(request, "read")
-    page = await request.state.store.list_tasks(
-        p.sub,
-        status=_status_param(request, TaskStatus),
-        limit=_limit_param(request),
-        cursor=_cursor_param(request, "tsk"),
-    )
+    status = _status_param(request, TaskStatus)
+    limit, cursor = _limit_param(request), _cursor_param(request, "tsk")
+    schedule_id = request.query_params.get("schedule_id")
+    if schedule_id is not None:  # the tasks one schedule made (another owner's: none)
+        if not is_id(schedule_id, "sch"):
+            raise _invalid_param("schedule_id", "is not a schedule id (sch_...)")
+        schedules: Schedules = request.state.schedules
+        page = await schedules.tasks(p.sub, schedule_id, status=status, limit=limit, cursor=cursor)
+        return JSON(page)
+    page = await request.state.store.list_tasks(p.sub, status=status, limit=limit, cursor=cursor)
     return JSON(page)
 
 
@@ -269,6 +277,66 @@ async def cancel_task(request: Request) -> Response:
     task = await request.state.store.cancel_task(p.sub, request.path_params["task_id"])
     log.info("task.cancelled", task_id=task.id, owner=p.sub)
     return JSON(task)
+
+
+async def create_schedule(request: Request) -> Response:
+    p = await principal(request, "write")
+    body = decode_body(await read_body(request), ScheduleCreate)
+    schedules: Schedules = request.state.schedules
+    sch = await schedules.create(p.sub, body)
+    log.info("schedule.created", schedule_id=sch.id, owner=p.sub, next_runs=sch.next_runs[:1])
+    return JSON(sch, status_code=201, headers={"Location": f"/v1/schedules/{sch.id}"})
+
+
+async def list_schedules(request: Request) -> Response:
+    p = await principal(request, "read")
+    schedules: Schedules = request.state.schedules
+    page = await schedules.list_page(
+        p.sub,
+        status=_status_param(request, ScheduleStatus),
+        limit=_limit_param(request),
+        cursor=_cursor_param(request, "sch"),
+    )
+    return JSON(page)
+
+
+async def get_schedule(request: Request) -> Response:
+    p = await principal(request, "read")
+    schedules: Schedules = request.state.schedules
+    return JSON(await schedules.get(p.sub, request.path_params["sch_id"]))
+
+
+async def modify_schedule(request: Request) -> Response:
+    p = await principal(request, "write")
+    patch = decode_body(await read_body(request), SchedulePatch)
+    schedules: Schedules = request.state.schedules
+    sch = await schedules.modify(p.sub, request.path_params["sch_id"], patch)
+    log.info("schedule.modified", schedule_id=sch.id, owner=p.sub)
+    return JSON(sch)
+
+
+async def delete_schedule(request: Request) -> Response:
+    p = await principal(request, "write")
+    schedules: Schedules = request.state.schedules
+    await schedules.delete(p.sub, request.path_params["sch_id"])
+    log.info("schedule.deleted", schedule_id=request.path_params["sch_id"], owner=p.sub)
+    return Response(status_code=204)
+
+
+async def pause_schedule(request: Request) -> Response:
+    p = await principal(request, "write")
+    schedules: Schedules = request.state.schedules
+    sch = await schedules.pause(p.sub, request.path_params["sch_id"])
+    log.info("schedule.paused", schedule_id=sch.id, owner=p.sub)
+    return JSON(sch)
+
+
+async def resume_schedule(request: Request) -> Response:
+    p = await principal(request, "write")
+    schedules: Schedules = request.state.schedules
+    sch = await schedules.resume(p.sub, request.path_params["sch_id"])
+    log.info("schedule.resumed", schedule_id=sch.id, owner=p.sub)
+    return JSON(sch)
 
 
 async def create_orchestration(request: Request) -> Response:
@@ -605,6 +673,7 @@ _PATH_IDS = {
     "task_id": ("tsk", "task"),
     "orc_id": ("orc", "orchestration"),
     "fn_id": ("fn", "function"),
+    "sch_id": ("sch", "schedule"),
 }
 # A Redis that is down, frozen (the client's timeout), loading its data, read-only (a replica
 # after a failover), full (noeviction refuses writes) or a cluster mid-failover: the request can
@@ -714,6 +783,13 @@ ROUTES: list[tuple[str, Callable[[Request], Awaitable[Response]], str]] = [
     ("/v1/tasks/{task_id}", get_task, "GET"),
     ("/v1/tasks/{task_id}", modify_task, "PATCH"),
     ("/v1/tasks/{task_id}/cancel", cancel_task, "POST"),
+    ("/v1/schedules", create_schedule, "POST"),
+    ("/v1/schedules", list_schedules, "GET"),
+    ("/v1/schedules/{sch_id}", get_schedule, "GET"),
+    ("/v1/schedules/{sch_id}", modify_schedule, "PATCH"),
+    ("/v1/schedules/{sch_id}", delete_schedule, "DELETE"),
+    ("/v1/schedules/{sch_id}/pause", pause_schedule, "POST"),
+    ("/v1/schedules/{sch_id}/resume", resume_schedule, "POST"),
     ("/v1/orchestrations", create_orchestration, "POST"),
     ("/v1/orchestrations", list_orchestrations, "GET"),
     ("/v1/orchestrations/{orc_id}", get_orchestration, "GET"),
@@ -864,18 +940,21 @@ def create_app(
             aws=aws,
         )
         functions.resume()
+        schedules = Schedules(client)
         try:
             yield {
                 "settings": settings,
                 "redis": client,
                 "store": store,
                 "orchestrations": Orchestrations(client),
+                "schedules": schedules,
                 "functions": functions,
                 "verifier": auth.TokenVerifier(settings, redis=client),
                 "signin": signin,
                 "streams": StreamSlots(),
             }
         finally:
+            await schedules.close()
             signin.close()
             await functions.close()
             if runtime is not None:

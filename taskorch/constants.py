@@ -31,6 +31,16 @@ TASK = "t:"
 ORCH = "o:"  # hash per orchestration; :specs, :conds, :state, :check:<i>
 TASK_INDEX = "i:"  # i:<owner>:<status>, zset of task ids (score 0, read by lex range)
 ORCH_INDEX = "oi:"  # oi:<owner>:<status>, likewise for orchestrations
+# Recurring schedules (issue #12): ``sc:<id>`` the schedule's hash, ``si:<owner>:<status>`` the
+# owner's index (as for tasks), ``sz`` the partition's schedules scored by when their next
+# occurrences must be made, ``iS:<owner>:<schedule id>`` the tasks a schedule made (score 0, by
+# id: an occurrence's id carries its due time, so id order is run order), ``sm`` the time of the
+# last makers' round in the partition (a gap means every worker was down: catch-up applies).
+SCHEDULE = "sc:"
+SCHEDULE_INDEX = "si:"
+SCHEDULES_DUE = "sz"
+SCHEDULE_TASKS = "iS:"
+SCHEDULE_MAKERS = "sm"
 IDEMPOTENCY = "k:"  # k:<owner>:<kind>:<key> -> the id created under it
 STATS = "s"  # hash "tasks:<status>" / "orchestrations:<status>" -> count
 METRICS = "m"  # hash of attempt counters and the lateness histogram
@@ -174,6 +184,29 @@ FINISH_BATCH = 500  # outcome writes per pipeline
 # the history most schedulers keep; TASKORCH_RETENTION_S=0 keeps everything.
 DEFAULT_RETENTION_S = 7 * 24 * 3600.0
 DEFAULT_MAX_IN_FLIGHT = 20_000  # calls one worker runs at once before it stops claiming
+
+# -- Recurring schedules ------------------------------------------------------------------------
+# Occurrences are made as real tasks this far ahead of their time, by a maker in every worker
+# that looks every SCHEDULE_MAKE_EVERY_S: they are claimed and fired like any task (to the
+# millisecond), a worker restart of several seconds leaves no gap, and a dead worker's part is
+# done by any other. A schedule is looked at again when its next time is within half of this.
+SCHEDULE_AHEAD_MS = 10_000
+SCHEDULE_MAKE_EVERY_S = 1.0
+# An occurrence more than this late when a maker looks (every worker was down) was missed, and
+# the schedule's catch_up decides: "one" runs the latest missed one, "none" none, "all" every one
+# (at most SCHEDULE_CATCH_UP_MAX, the latest). Anything less late just runs late.
+SCHEDULE_LATE_MS = 5_000
+SCHEDULE_CATCH_UP_MAX = 100
+SCHEDULE_MAKE_BATCH = 100  # occurrences per make script; a schedule behind is made in turns
+SCHEDULE_DUE_BATCH = 100  # schedules per partition per makers' round
+MIN_EVERY_S = 1.0  # the shortest interval: a task per second per schedule
+MAX_EVERY_S = 10 * 366 * 24 * 3600.0
+# Pause, change and delete cancel the occurrences made but not started, newest first, stopping at
+# one that ended this long before now (occurrences fire in order: the rest ended too), or after
+# SCHEDULE_CANCEL_SCAN of them.
+SCHEDULE_CANCEL_SLACK_MS = 60_000
+SCHEDULE_CANCEL_SCAN = 2_000
+NEXT_RUNS = 5  # a schedule shows its next this many run times
 
 # -- Bursts ------------------------------------------------------------------------------------
 # A millisecond with k tasks due starts them (the compare-and-set to running) this much earlier

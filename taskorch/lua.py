@@ -15,7 +15,7 @@ round numbers). Fields: o owner, s status, h url, p the rest of the spec (JSON, 
 store._StoredSpec; a step's whole spec, url included, when h is absent), n name, r run_at (ms after the id's own time,
 a small number), c created_at (left out when
 it is the id's own time), u updated_at (left out when it equals created_at), g generation,
-a attempt, l lost attempts, oi orchestration id, st/sf/sb started_at, scheduled_for, started_by
+a attempt, l lost attempts, oi orchestration id, sc the schedule that made it, st/sf/sb started_at, scheduled_for, started_by
 (while running), lj/rj lost_job/retry_job (a reaper's take-back marks), ft finished_at.
 A task's job is ``<id>.<generation>`` while it is scheduled, retrying or running, and has no
 definition of its own.
@@ -31,7 +31,7 @@ local QUEUE = KEYS[1]
 local LEASES = P .. '{c.LEASES}'
 local LEASE_OWNER = P .. '{c.LEASE_OWNER}'
 local TDEF = {{s = 'scheduled', g = 1, a = 0, l = 0, n = '', oi = '', sb = '', lj = '', rj = '', h = '',
-  p = ''}}
+  p = '', sc = ''}}
 local function tkey(id) return P .. '{c.TASK}' .. id end
 -- msgpack on Redis; JSON where the Lua has no cmsgpack (fakeredis, for `taskorch dev`): the record's
 -- numbers are integers below 2^53 and its spec a string, so cjson keeps them exact.
@@ -136,7 +136,7 @@ local function task_view(id)
   if not t then return {{{{}}, {{}}}} end
   local h = {{'id', id, 'owner', t.o, 'status', t.s, 'url', t.h, 'spec', t.p, 'name', t.n,
     'run_at', int(t.r), 'created_at', int(t.c), 'updated_at', int(t.u),
-    'attempt', int(t.a), 'gen', int(t.g), 'orchestration_id', t.oi}}
+    'attempt', int(t.a), 'gen', int(t.g), 'orchestration_id', t.oi, 'schedule_id', t.sc}}
   if t.st then
     h[#h + 1] = 'started_at'; h[#h + 1] = int(t.st)
     h[#h + 1] = 'scheduled_for'; h[#h + 1] = int(t.sf)
@@ -151,8 +151,9 @@ end
 local function wake(due, now, ahead)
   if due - now <= ahead then redis.call('PUBLISH', '{c.WAKE_CHANNEL}', due) end
 end
-local function new_task(id, owner, url, spec, name, due, now, orc, ahead)
-  save(id, {{o = owner, h = url, p = spec, r = due, n = name, oi = orc, c = now, u = now}})
+-- sched: the schedule that made the task ('' or nil for none), kept as sc.
+local function new_task(id, owner, url, spec, name, due, now, orc, ahead, sched)
+  save(id, {{o = owner, h = url, p = spec, r = due, n = name, oi = orc, c = now, u = now, sc = sched}})
   move_task(owner, id, nil, 'scheduled')
   redis.call('ZADD', QUEUE, due, id .. '.1')
   publish(owner, 'task', id, 'scheduled')
@@ -777,6 +778,7 @@ for _, member in ipairs(items) do
     local t = load(id)
     if t then
       redis.call('ZREM', P .. 'i:' .. t.o .. ':' .. t.s, id)
+      if t.sc ~= '' then redis.call('ZREM', P .. 'iS:' .. t.o .. ':' .. t.sc, id) end  -- sched
       redis.call('HINCRBY', P .. 's', 'tasks:' .. t.s, -1)
       redis.call('DEL', tkey(id), tkey(id) .. ':a')
     end
@@ -792,4 +794,227 @@ for _, member in ipairs(items) do
   end
 end
 return #items
+"""
+
+
+# -- recurring schedules (issue #12) -------------------------------------------------------------
+# A schedule is a hash sc:<id> (o owner, s status, n name, cron, ev every ms, tz, task (its body,
+# JSON), sa start_at, ea end_at ('' none), cu catch_up, c/u created/updated, v version, mu "made
+# until": every run time up to it was made or skipped). Its occurrences are ordinary tasks with sc
+# set, listed in iS:<owner>:<id>. Every change bumps v; the makers compute the next occurrences in
+# Python and hand them to SCHED_MAKE with the version they read, so two makers with the same view
+# make them once (the second finds v moved on and makes nothing).
+SCHED_PRELUDE = f"""
+local SZ = P .. '{c.SCHEDULES_DUE}'
+local function skey(id) return P .. '{c.SCHEDULE}' .. id end
+local function made_key(owner, id) return P .. '{c.SCHEDULE_TASKS}' .. owner .. ':' .. id end
+local function move_sched(owner, id, old, new)
+  move_status('{c.SCHEDULE_INDEX}', 'schedules', owner, id, old, new)
+end
+-- The hash and the last occurrence whose time has come (ids below ``bound``, the id prefix of
+-- now + 1 ms: an occurrence's id carries its due time).
+local function sched_view(id, bound)
+  local h = redis.call('HGETALL', skey(id))
+  if #h == 0 then return {{{{}}, ''}} end
+  local owner = redis.call('HGET', skey(id), 'o')
+  local last = redis.call('ZREVRANGEBYLEX', made_key(owner, id), '(' .. bound, '-', 'LIMIT', 0, 1)
+  return {{h, last[1] or ''}}
+end
+-- Cancel the occurrences made but not started: all of them (``all``), else those due after now.
+-- Returns the latest due time after now of one that could not be cancelled (it started a few ms
+-- early), or now: nothing may be made again up to it.
+local function cancel_made(owner, id, now, all)
+  local key = made_key(owner, id)
+  local keep, off = now, 0
+  while off < {c.SCHEDULE_CANCEL_SCAN} do
+    local ids = redis.call('ZREVRANGEBYLEX', key, '+', '-', 'LIMIT', off, 100)
+    if #ids == 0 then return keep end
+    for _, tid in ipairs(ids) do
+      local t = load(tid)
+      if not t then return keep end
+      if t.s == 'scheduled' and (all or t.r > now) then
+        cancel_task(tid, now)
+      elseif t.s ~= 'scheduled' and t.s ~= 'cancelled' and t.r > keep then
+        keep = t.r
+      elseif t.s ~= 'scheduled' and t.r < now - {c.SCHEDULE_CANCEL_SLACK_MS} then
+        return keep
+      end
+    end
+    off = off + 100
+  end
+  return keep
+end
+"""
+
+# KEYS: queue, sc:<id>, sz. ARGV: id, owner, now, bound, then field/value pairs.
+# Returns sched_view's {hash, last task id}.
+SCHED_CREATE = """
+local id, owner, now = ARGV[1], ARGV[2], tonumber(ARGV[3])
+redis.call('HSET', KEYS[2], 'o', owner, 's', 'active', 'v', 1, 'c', now, 'u', now, 'mu', now)
+for i = 5, #ARGV, 2 do redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1]) end
+move_sched(owner, id, nil, 'active')
+redis.call('ZADD', KEYS[3], now, id)
+publish(owner, 'schedule', id, 'active')
+return sched_view(id, ARGV[4])
+"""
+
+# ARGV: bound, then ids. Returns per id sched_view's {hash, last task id} ({{}, ''} for none).
+SCHED_VIEW = """
+local out = {}
+for i = 2, #ARGV do out[#out + 1] = sched_view(ARGV[i], ARGV[1]) end
+return out
+"""
+
+# KEYS: queue, sc:<id>, sz. ARGV: op (patch|pause|resume|delete), id, owner, now, bound,
+# expected version ('' for any), then (patch) field/value pairs.
+# Returns {'ok', view} | {'deleted'} | {'not_found'} | {'conflict', status} | {'stale'}.
+# Pause cancels every occurrence made but not started; a change cancels those due after now and
+# has the new definition made from now on; resume makes from now on (a pause is not downtime:
+# nothing missed while paused is caught up); delete cancels like pause and removes the schedule
+# (its tasks stay, with their schedule_id, until retention deletes them).
+SCHED_CHANGE = """
+local op, id, owner, now, bound = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]), ARGV[5]
+local key = KEYS[2]
+local s = redis.call('HMGET', key, 'o', 's', 'v')
+if not s[1] or s[1] ~= owner then return {'not_found'} end
+if ARGV[6] ~= '' and s[3] ~= ARGV[6] then return {'stale'} end
+local status, v = s[2], tonumber(s[3]) + 1
+if op == 'delete' then
+  cancel_made(owner, id, now, true)
+  redis.call('DEL', key)
+  redis.call('ZREM', KEYS[3], id)
+  redis.call('ZREM', P .. 'si:' .. owner .. ':' .. status, id)
+  redis.call('HINCRBY', P .. 's', 'schedules:' .. status, -1)
+  publish(owner, 'schedule', id, 'deleted')
+  return {'deleted'}
+end
+if status == 'ended' then return {'conflict', status} end
+local new = status
+if op == 'pause' then
+  if status == 'active' then
+    cancel_made(owner, id, now, true)
+    redis.call('ZREM', KEYS[3], id)
+    new = 'paused'
+  end
+elseif op == 'resume' then
+  if status == 'paused' then
+    redis.call('HSET', key, 'mu', now)
+    redis.call('ZADD', KEYS[3], now, id)
+    new = 'active'
+  end
+else
+  for i = 7, #ARGV, 2 do redis.call('HSET', key, ARGV[i], ARGV[i + 1]) end
+  if status == 'active' then
+    redis.call('HSET', key, 'mu', cancel_made(owner, id, now, false))
+    redis.call('ZADD', KEYS[3], now, id)
+  end
+end
+if new ~= status or op == 'patch' then
+  redis.call('HSET', key, 's', new, 'v', v, 'u', now)
+  move_sched(owner, id, status, new)
+  publish(owner, 'schedule', id, new)
+end
+return {'ok', sched_view(id, bound)}
+"""
+
+# ARGV: now, limit. The makers' round in this partition: the schedules whose next occurrences
+# are due to be made, each {id, hash}, after the time of the previous round (or '' for none): a
+# gap longer than SCHEDULE_LATE_MS means no worker made anything here meanwhile.
+SCHED_DUE = f"""
+local now = tonumber(ARGV[1])
+local M = P .. '{c.SCHEDULE_MAKERS}'
+local prev = redis.call('HGET', M, 'last') or ''
+redis.call('HSET', M, 'last', now)
+local out = {{}}
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', SZ, '-inf', now, 'LIMIT', 0, ARGV[2])) do
+  local h = redis.call('HGETALL', skey(id))
+  if #h == 0 then redis.call('ZREM', SZ, id) else out[#out + 1] = {{id, h}} end
+end
+return {{prev, out}}
+"""
+
+# KEYS: queue, sc:<id>, sz. ARGV: id, expected version, now, made until, next look (ms, or ''
+# when the schedule has ended), wake_ms, catch-up ('' for none, else the missed cut-off ms and
+# the mode one|none|all), caught-up count (the first occurrences are missed times being caught
+# up), then per occurrence: task id, due, url, spec, name.
+# Returns how many tasks it made, or -1 when the schedule changed since it was read.
+# With a catch-up, occurrences made earlier and still not started at the cut-off were missed too:
+# "none" cancels them, "one" keeps the latest missed time only (a new one, or the latest of them),
+# "all" keeps them.
+SCHED_MAKE = (
+    """
+local id, now = ARGV[1], tonumber(ARGV[3])
+local key = KEYS[2]
+local s = redis.call('HMGET', key, 'o', 's', 'v')
+if not s[1] or s[2] ~= 'active' or s[3] ~= ARGV[2] then return -1 end
+local owner = s[1]
+local made = made_key(owner, id)
+if ARGV[7] ~= '' then
+  local cut, mode, fresh = tonumber(ARGV[7]), ARGV[8], tonumber(ARGV[9])
+  local kept = fresh > 0
+  if mode ~= 'all' then
+    local off = 0
+    while off < """
+    + str(c.SCHEDULE_CANCEL_SCAN)
+    + """ do
+      local ids = redis.call('ZREVRANGEBYLEX', made, '+', '-', 'LIMIT', off, 100)
+      if #ids == 0 then break end
+      local stop = false
+      for _, tid in ipairs(ids) do
+        local t = load(tid)
+        if not t then stop = true; break end
+        if t.s == 'scheduled' and t.r <= cut then
+          if mode == 'one' and not kept then kept = true else cancel_task(tid, now) end
+        elseif t.s ~= 'scheduled' and t.r < cut then
+          stop = true; break
+        end
+      end
+      if stop then break end
+      off = off + 100
+    end
+  end
+end
+local ahead, n = tonumber(ARGV[6]), 0
+for i = 10, #ARGV, 5 do
+  local tid = ARGV[i]
+  new_task(tid, owner, ARGV[i + 2], ARGV[i + 3], ARGV[i + 4], tonumber(ARGV[i + 1]), now, '', ahead, id)
+  redis.call('ZADD', made, 0, tid)
+  n = n + 1
+end
+redis.call('HSET', key, 'mu', ARGV[4], 'v', tonumber(s[3]) + 1)
+if ARGV[5] == '' then
+  redis.call('HSET', key, 's', 'ended', 'u', now)
+  redis.call('ZREM', KEYS[3], id)
+  move_sched(owner, id, 'active', 'ended')
+  publish(owner, 'schedule', id, 'ended')
+else
+  redis.call('ZADD', KEYS[3], tonumber(ARGV[5]), id)
+end
+return n
+"""
+)
+
+# ARGV: owner, schedule id, cursor|'', limit, status|''. One newest-first page (up to limit + 1)
+# of the tasks a schedule made, below the cursor, of that status when one is given.
+SCHED_TASK_IDS = """
+local key = made_key(ARGV[1], ARGV[2])
+local top = '+'
+if ARGV[3] ~= '' then top = '(' .. ARGV[3] end
+local limit, want = tonumber(ARGV[4]), ARGV[5]
+local out, off = {}, 0
+while #out <= limit do
+  local ids = redis.call('ZREVRANGEBYLEX', key, top, '-', 'LIMIT', off, 200)
+  if #ids == 0 then break end
+  for _, tid in ipairs(ids) do
+    if want == '' then
+      out[#out + 1] = tid
+    else
+      local t = load(tid)
+      if t and t.s == want then out[#out + 1] = tid end
+    end
+    if #out > limit then break end
+  end
+  off = off + 200
+end
+return out
 """

@@ -11,7 +11,7 @@ import enum
 import functools
 import re
 from collections.abc import Callable
-from typing import Annotated, Any, Literal, TypeVar, Union, get_args, get_origin
+from typing import Annotated, Any, ClassVar, Literal, TypeVar, Union, get_args, get_origin
 
 import msgspec
 from msgspec import UNSET, Meta, Struct, UnsetType
@@ -135,6 +135,7 @@ class Task(Struct):
     finished_at: Timestamp | None
     orchestration_id: str | None
     attempts: list[Attempt]
+    schedule_id: str | None = None
 
 
 class TaskPage(Struct):
@@ -300,6 +301,98 @@ class FunctionPage(Struct):
     next_cursor: str | None
 
 
+class ScheduleStatus(enum.StrEnum):
+    """Whether a schedule makes occurrences: ``active``; ``paused`` until resumed; ``ended``
+    once its ``end_at`` has come."""
+
+    active = "active"
+    paused = "paused"
+    ended = "ended"
+
+
+CatchUp = Literal["one", "none", "all"]
+Every = Annotated[float, Meta(ge=c.MIN_EVERY_S, le=c.MAX_EVERY_S, description="seconds")]
+Cron = Annotated[str, Meta(max_length=200, description="5 fields, as crontab")]
+ZoneName = Annotated[str, Meta(min_length=1, max_length=64, description="IANA time zone name")]
+
+
+class ScheduleTask(TaskSpec):
+    """The task a schedule makes at each of its times: a task body without ``run_at``/``delay``."""
+
+    name: Annotated[str, Meta(max_length=200)] | None = None
+    # Named in the 422 instead of "is not a known field" (see _problems).
+    _field_hints: ClassVar[dict[str, str]] = {
+        "run_at": "cannot be given: the schedule sets each task's time",
+        "delay": "cannot be given: the schedule sets each task's time",
+    }
+
+
+def schedule_problems(
+    cron: str | None, every: float | None, start: Any, end: Any
+) -> list[tuple[str, str]]:
+    """The rules that span a schedule's fields (each field's own are in _FIELD_RULES)."""
+    problems = []
+    if (cron is None) == (every is None):
+        problems.append(("cron", "give cron or every, exactly one of the two"))
+    if isinstance(start, dt.datetime) and isinstance(end, dt.datetime) and end <= start:
+        problems.append(("end_at", "must be later than start_at"))
+    return problems
+
+
+class ScheduleCreate(_Input):
+    """Body of ``POST /v1/schedules``."""
+
+    task: ScheduleTask
+    cron: Cron | None = None
+    every: Every | None = None
+    timezone: ZoneName = "UTC"
+    name: Annotated[str, Meta(max_length=200)] | None = None
+    start_at: dt.datetime | None = None
+    end_at: dt.datetime | None = None
+    catch_up: CatchUp = "one"
+
+    def check(self) -> list[tuple[str, str]]:
+        return schedule_problems(self.cron, self.every, self.start_at, self.end_at)
+
+
+class SchedulePatch(_Input):
+    """Body of ``PATCH /v1/schedules/{id}``: absent fields stay. Giving ``cron`` replaces an
+    ``every`` and the other way round."""
+
+    task: ScheduleTask | UnsetType = UNSET
+    cron: Cron | UnsetType | None = UNSET
+    every: Every | UnsetType | None = UNSET
+    timezone: ZoneName | UnsetType = UNSET
+    name: Annotated[str, Meta(max_length=200)] | UnsetType | None = UNSET
+    start_at: dt.datetime | UnsetType | None = UNSET
+    end_at: dt.datetime | UnsetType | None = UNSET
+    catch_up: CatchUp | UnsetType = UNSET
+
+
+class Schedule(Struct):
+    """A recurring schedule as the API answers it."""
+
+    id: str
+    name: str | None
+    status: ScheduleStatus
+    cron: str | None
+    every: float | None
+    timezone: str
+    task: ScheduleTask
+    start_at: Timestamp
+    end_at: Timestamp | None
+    catch_up: CatchUp
+    next_runs: list[Timestamp]
+    last_task_id: str | None
+    created_at: Timestamp
+    updated_at: Timestamp
+
+
+class SchedulePage(Struct):
+    items: list[Schedule]
+    next_cursor: str | None
+
+
 class TokenRequest(_Input):
     username: Annotated[str, Meta(min_length=1, max_length=200)]
     password: Annotated[str, Meta(min_length=1, max_length=1024)]
@@ -412,7 +505,30 @@ def _run_at_problems(when: dt.datetime | None) -> list[tuple[str, str]]:
     return []
 
 
-_FIELD_RULES = {"url": _url_rule, "headers": _headers_rule, "run_at": _run_at_rule}
+def _cron_rule(value: Any) -> list[tuple[str, str]]:
+    from taskorch.cron import cron_problem
+
+    msg = cron_problem(value) if isinstance(value, str) else None
+    return [("", msg)] if msg else []
+
+
+def _zone_rule(value: Any) -> list[tuple[str, str]]:
+    from taskorch.cron import zone
+
+    if isinstance(value, str) and zone(value) is None:
+        return [("", "is not an IANA time zone name, such as Europe/Berlin")]
+    return []
+
+
+_FIELD_RULES = {
+    "cron": _cron_rule,
+    "timezone": _zone_rule,
+    "url": _url_rule,
+    "headers": _headers_rule,
+    "run_at": _run_at_rule,
+    "start_at": _run_at_rule,
+    "end_at": _run_at_rule,
+}
 
 
 def due_ms(run_at: dt.datetime | None, delay: float | None, now_ms: int) -> int:
@@ -614,9 +730,10 @@ def _problems(data: Any, kind: Any, path: str) -> list[tuple[str, str]]:
         return [(path, "must be a JSON object")]
     problems: list[tuple[str, str]] = []
     fields = _fields(kind)
+    hints: dict[str, str] = getattr(kind, "_field_hints", {})
     for key in data:
         if key not in fields:
-            problems.append((_join(path, key), "is not a known field"))
+            problems.append((_join(path, key), hints.get(key, "is not a known field")))
     for name, field in fields.items():
         sub = _join(path, name)
         if name not in data:

@@ -118,6 +118,11 @@ class Layout:
             return partition_for_key(owner, idempotency_key, self.n)
         return secrets.randbelow(self.n)
 
+    def queue_partition(self, owner: str, queue: str) -> int:
+        """Where an owner's named queue lives, with its tasks and the schedules that make
+        them (issue #12, FEATURES.md: the queues helper's definition, copied)."""
+        return zlib.crc32(f"{owner}\0q\0{queue}".encode()) % self.n
+
     def new_id(self, kind: str, partition: int) -> str:
         return new_id(kind, partition, self.n)
 

@@ -935,4 +935,5 @@ def _task_view(h: dict[str, str], attempts: list[str]) -> Task:
         finished_at=fmt_ms(int(finished)) if finished else None,
         orchestration_id=h.get("orchestration_id") or None,
         attempts=views,
+        schedule_id=h.get("schedule_id") or None,
     )

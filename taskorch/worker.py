@@ -89,6 +89,7 @@ from taskorch import constants as c
 from taskorch import outbound
 from taskorch.leases import LeaseKeeper, LeaseTimes, renew_once
 from taskorch.models import fmt_ms, retry_wait_s
+from taskorch.schedules import Schedules
 from taskorch.settings import Settings
 from taskorch.store import (
     REDIS_DOWN,
@@ -147,6 +148,7 @@ class Worker:
         lease_redis: Callable[[], Redis] | None = None,
     ) -> None:
         self.store = store
+        self.schedules = Schedules(store.redis)
         self.session = session
         self.times = LeaseTimes(lease_s)
         self.expiry_ms = int(self.times.expiry_s * 1000)
@@ -210,6 +212,10 @@ class Worker:
             self._background.append(asyncio.create_task(self._tick(), name="tick"))
         if self.retention_s > 0:
             self._background.append(asyncio.create_task(self._purge(), name="janitor"))
+        # One makers' round before the first claim: after every worker was down, the catch-up
+        # of each schedule (lua.SCHED_MAKE) is decided before its overdue occurrences can fire.
+        await self._make_round()
+        self._background.append(asyncio.create_task(self._make_schedules(), name="maker"))
         try:
             await self._claim_loop()
         finally:
@@ -756,6 +762,21 @@ class Worker:
             except REDIS_DOWN as exc:
                 log.warning("worker.redis_unavailable", error=str(exc), during="purge")
             await asyncio.sleep(every_s)
+
+    async def _make_schedules(self) -> None:
+        """Make recurring schedules' next occurrences (see taskorch/schedules.py), every
+        SCHEDULE_MAKE_EVERY_S, as every worker does: any one of them is enough."""
+        while True:
+            await asyncio.sleep(c.SCHEDULE_MAKE_EVERY_S)
+            await self._make_round()
+
+    async def _make_round(self) -> None:
+        try:
+            await self.schedules.make_due()
+        except REDIS_DOWN as exc:
+            log.warning("worker.redis_unavailable", error=str(exc), during="make_schedules")
+        except Exception:  # one bad record must not stop every schedule's making
+            log.exception("worker.make_schedules_failed")
 
     async def _reap(self) -> None:
         holding_back = False
