@@ -70,7 +70,7 @@ export function mount(root) {
   async function setPaused(q, button) {
     button.disabled = true;
     try {
-      put(await api("PUT", `/v1/queues/${encodeURIComponent(q.name)}`, { rate: q.rate, max_concurrent: q.max_concurrent, paused: !q.paused }));
+      put(await api("PUT", `/v1/queues/${encodeURIComponent(q.name)}`, { paused: !q.paused }));
       rows.get(q.name).querySelectorAll("button")[1].focus(); // the new Pause or Resume
       problem.show("");
     } catch (err) {
@@ -105,11 +105,13 @@ export function mount(root) {
         "td",
         { class: "counts" },
         nonzero.length ? nonzero.map((s) => h("span", { class: `badge s-${s}`, "data-status": s }, `${s} `, h("span", { class: "count" }, n[s]))) : h("span", { class: "muted" }, "no tasks"),
+        q.waiting ? h("div", { class: "sub waiting" }, `${q.waiting} due, waiting their turn`) : null,
       ),
       h(
         "td",
         null,
-        h("div", { class: "actions" }, h("button", { type: "button", onclick: () => edit(q) }, "Edit"), toggle, redrive),
+        // `default` spreads over every partition, so it cannot be limited or paused (422).
+        h("div", { class: "actions" }, q.name === "default" ? null : [h("button", { type: "button", onclick: () => edit(q) }, "Edit"), toggle], redrive),
         h("p", { class: "redrive", role: "status" }),
       ),
     );
