@@ -7,6 +7,7 @@ lifespan and reached through ``request.state``.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import enum
 import hmac
@@ -29,7 +30,7 @@ from starlette.responses import FileResponse, Response, StreamingResponse
 from starlette.routing import Match, Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from taskorch import auth, cluster, metrics, openapi, partitions
+from taskorch import auth, cluster, metrics, openapi, partitions, signing
 from taskorch import constants as c
 from taskorch.errors import (
     NOT_STORED,
@@ -337,6 +338,36 @@ async def resume_schedule(request: Request) -> Response:
     sch = await schedules.resume(p.sub, request.path_params["sch_id"])
     log.info("schedule.resumed", schedule_id=sch.id, owner=p.sub)
     return JSON(sch)
+
+
+async def get_signing_keys(request: Request) -> Response:
+    """The secrets that sign the owner's calls (the first is made on first use)."""
+    p = await principal(request, "read")
+    keys: signing.SigningStore = request.state.signing
+    return JSON(signing.view(await keys.read(p.sub)))
+
+
+async def rotate_signing_keys(request: Request) -> Response:
+    """A new secret signs from now on; the one it replaces signs too for 24 h.
+
+    Answered only once every worker's copy of the keys has been read again since
+    (SIGNING_CACHE_S), so that every call signed after the answer carries the new signature.
+    """
+    p = await principal(request, "write")
+    keys: signing.SigningStore = request.state.signing
+    stored = await keys.rotate(p.sub)
+    log.info("signing.rotated", owner=p.sub)
+    with off_the_redis_clock():
+        await asyncio.sleep(c.SIGNING_CACHE_S + c.SIGNING_ROTATE_MARGIN_S)
+    return JSON(signing.view(stored))
+
+
+async def retry_task(request: Request) -> Response:
+    """Redrive a failed task (issue #12)."""
+    p = await principal(request, "write")
+    task = await request.state.store.retry_task(p.sub, request.path_params["task_id"])
+    log.info("task.redriven", task_id=task.id, owner=p.sub)
+    return JSON(task)
 
 
 async def create_orchestration(request: Request) -> Response:
@@ -790,6 +821,9 @@ ROUTES: list[tuple[str, Callable[[Request], Awaitable[Response]], str]] = [
     ("/v1/schedules/{sch_id}", delete_schedule, "DELETE"),
     ("/v1/schedules/{sch_id}/pause", pause_schedule, "POST"),
     ("/v1/schedules/{sch_id}/resume", resume_schedule, "POST"),
+    ("/v1/tasks/{task_id}/retry", retry_task, "POST"),
+    ("/v1/signing-keys", get_signing_keys, "GET"),
+    ("/v1/signing-keys/rotate", rotate_signing_keys, "POST"),
     ("/v1/orchestrations", create_orchestration, "POST"),
     ("/v1/orchestrations", list_orchestrations, "GET"),
     ("/v1/orchestrations/{orc_id}", get_orchestration, "GET"),
@@ -948,6 +982,7 @@ def create_app(
                 "store": store,
                 "orchestrations": Orchestrations(client),
                 "schedules": schedules,
+                "signing": signing.SigningStore(client),
                 "functions": functions,
                 "verifier": auth.TokenVerifier(settings, redis=client),
                 "signin": signin,

@@ -48,6 +48,12 @@ FINISHED = "f"  # zset "t:<id>" / "o:<id>" scored by when it finished, for reten
 # Hash with the time of the last reap by any worker ("last") and the end of the pause reapers take
 # after an outage ("grace_until"): see lua.REAP.
 REAPER = "r"
+# -- issue #12: signed calls and callbacks (the calls helper) ---------------------------------
+# An owner's signing secrets, a hash in the owner's partition (Layout.owner_partition): the
+# current one and, for SIGNING_OVERLAP_S after a rotation, the previous one (see signing.py).
+SIGNING_KEYS = "sk:"
+# A task's callback deliveries (JSON per attempt), beside its attempts list ``t:<id>:a``.
+CALLBACK_ATTEMPTS = ":cb"
 OWNER_KEY_PREFIX = KEY_PREFIX + "owner:"  # per-owner keys that are not per task (functions)
 # While an old single-node layout is rewritten into partitions (taskorch migrate).
 MIGRATE_LOCK_KEY = KEY_PREFIX + "migrating"
@@ -145,6 +151,21 @@ DEFAULT_KEEP_ALIVE_S = 5  # an idle keep-alive connection is closed after this (
 # Live event streams (GET /v1/events) one owner may hold open per API process; beyond it 429.
 # Each holds a Redis pub/sub connection; a dashboard needs one per open tab.
 MAX_EVENT_STREAMS_PER_OWNER = 10
+
+# -- Signed calls and callbacks (issue #12) ------------------------------------------------------
+# After a rotation the previous secret signs too (both signatures in webhook-signature) this
+# long, so that targets can switch to the new one at their own pace.
+SIGNING_OVERLAP_S = 24 * 3600
+# Random bytes of a signing secret (Standard Webhooks asks for 24 to 64).
+SIGNING_SECRET_BYTES = 32
+# A worker reads an owner's secrets again when its copy is older than this. A rotation answers
+# only after this long (plus SIGNING_ROTATE_MARGIN_S), so every call signed after the answer
+# carries the new secret's signature: a target may switch to it at once.
+SIGNING_CACHE_S = 1.0
+SIGNING_ROTATE_MARGIN_S = 0.1
+# GET /v1/tasks?name=: records read per partition before a page is answered short (with a
+# next_cursor to go on from): a prefix filter scans the owner's newest tasks, it has no index.
+NAME_SCAN_LIMIT = 1000
 
 # -- Scheduler tuning --------------------------------------------------------------------------
 # How far ahead of its due time a worker claims a job. Claiming early is what lets a job fire

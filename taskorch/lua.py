@@ -286,8 +286,8 @@ end
 
 # ARGV: horizon_ms, now_ms, lease_ms, worker_id, limit.
 # Moves this partition's due jobs from its queue to its leases set, owned by this worker, and
-# returns for each {job, due, function, argument, url, spec} (the task's url and spec for a
-# task's job, '' otherwise). A task's job that is no longer the task's current one is dropped.
+# returns for each {job, due, function, argument, url, spec, base, owner} (the task's url, spec,
+# attempts made before its last redrive and owner for a task's job, '', '', 0, '' otherwise). A task's job that is no longer the task's current one is dropped.
 CLAIM = (
     LEASE_CLOCK
     + """
@@ -298,11 +298,14 @@ local out = {}
 for i = 1, #items, 2 do
   local job, due = items[i], tonumber(items[i + 1])
   redis.call('ZREM', QUEUE, job)
-  local fn, arg, url, spec = nil, nil, '', ''
+  local fn, arg, url, spec, base, owner = nil, nil, '', '', 0, ''
   if is_task_job(job) then
     local id = task_of_job(job)
     local t = id and load(id)
-    if t and job_of(id, t) == job then fn, arg, url, spec = 'fire_task', id, t.h, t.p end
+    if t and job_of(id, t) == job then
+      fn, arg, url, spec = 'fire_task', id, t.h, t.p
+      base, owner = t.b or 0, t.o  -- #12: attempts before a redrive; the owner signs the call
+    end
   else
     local data = redis.call('GET', P .. 'j:' .. job)
     if data then
@@ -313,7 +316,7 @@ for i = 1, #items, 2 do
   if fn then
     redis.call('ZADD', LEASES, math.max(due, now) + lease, job)
     redis.call('HSET', LEASE_OWNER, job, ARGV[4])
-    out[#out + 1] = {job, items[i + 1], fn, arg, url, spec}
+    out[#out + 1] = {job, items[i + 1], fn, arg, url, spec, base, owner}
   end
 end
 return out
@@ -1018,3 +1021,61 @@ while #out <= limit do
 end
 return out
 """
+# -- signed calls (issue #12) -------------------------------------------------------------------
+# An owner's signing secrets: the hash KEYS[1] = sk:<owner> in the owner's partition, fields cur,
+# cur_at (ms) and, after a rotation, prev, prev_at, prev_until (ms). Neither script needs the
+# prelude: they touch that one key.
+
+# ARGV: a fresh secret, now_ms. The secrets, the first made now if there is none; a previous one
+# past its prev_until is dropped. Returns the hash (HGETALL).
+SIGNING_READ = """
+local k, now = KEYS[1], tonumber(ARGV[2])
+if redis.call('HEXISTS', k, 'cur') == 0 then
+  redis.call('HSET', k, 'cur', ARGV[1], 'cur_at', ARGV[2])
+end
+local until_ms = tonumber(redis.call('HGET', k, 'prev_until') or '0')
+if until_ms > 0 and until_ms <= now then redis.call('HDEL', k, 'prev', 'prev_at', 'prev_until') end
+return redis.call('HGETALL', k)
+"""
+
+# ARGV: a fresh secret, now_ms, overlap_ms. The fresh secret becomes the current one; the current
+# one signs too until now + overlap (one before it, if still signing, retires now). With no secret
+# yet, the fresh one is simply the first. Returns the hash (HGETALL).
+SIGNING_ROTATE = """
+local k, now = KEYS[1], tonumber(ARGV[2])
+local cur = redis.call('HMGET', k, 'cur', 'cur_at')
+if cur[1] then
+  redis.call('HSET', k, 'prev', cur[1], 'prev_at', cur[2], 'prev_until',
+    string.format('%d', now + tonumber(ARGV[3])))
+end
+redis.call('HSET', k, 'cur', ARGV[1], 'cur_at', ARGV[2])
+return redis.call('HGETALL', k)
+"""
+
+
+# -- redrive (issue #12) ------------------------------------------------------------------------
+# ARGV: id, owner, now, wake_ms. A failed task is scheduled again now with a fresh retry budget:
+# b (the attempts made before) lets the worker count its retries from there, while attempt
+# numbers go on; l (lost attempts) starts over; a callback of the earlier outcome not yet
+# delivered is dropped (its Task is no longer final). Returns as CANCEL_TASK does.
+RETRY_TASK = (
+    """
+local id, owner, now = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local t = load(id)
+if not t or t.o ~= owner then return {'not_found'} end
+if t.oi ~= '' then return {'in_orchestration', t.oi} end
+if t.s ~= 'failed' then return {'conflict', t.s} end
+if t.cj then drop_job(t.cj); t.cj = nil end
+t.b = t.a; t.l = 0; t.g = t.g + 1; t.r = now; t.u = now; t.ft = nil; t.s = 'scheduled'
+save(id, t)
+redis.call('ZREM', P .. '"""
+    + c.FINISHED
+    + """', 't:' .. id)  -- no longer finished: retention must not delete it
+move_task(owner, id, 'failed', 'scheduled')
+redis.call('ZADD', QUEUE, now, id .. '.' .. t.g)
+publish(owner, 'task', id, 'scheduled')
+wake(now, now, tonumber(ARGV[4]))
+local view = task_view(id)
+return {'ok', view[1], view[2]}
+"""
+)

@@ -393,6 +393,22 @@ class SchedulePage(Struct):
     next_cursor: str | None
 
 
+class SigningKey(Struct):
+    """One secret that signs an owner's calls (Standard Webhooks ``whsec_...``)."""
+
+    secret: str
+    created_at: Timestamp
+    # null for the current secret; for the previous one, when it stops signing (24 h after
+    # the rotation that replaced it)
+    used_until: Timestamp | None
+
+
+class SigningKeys(Struct):
+    """Answer of ``GET /v1/signing-keys`` and ``POST /v1/signing-keys/rotate``: current first."""
+
+    keys: list[SigningKey]
+
+
 class TokenRequest(_Input):
     username: Annotated[str, Meta(min_length=1, max_length=200)]
     password: Annotated[str, Meta(min_length=1, max_length=1024)]

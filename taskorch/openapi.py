@@ -339,6 +339,7 @@ def _components() -> dict[str, Any]:
             models.FunctionCreate,
             models.Function,
             models.FunctionPage,
+            models.SigningKeys,
         ],
         ref_template=_REF,
     )
@@ -413,6 +414,46 @@ def _function_upload() -> dict[str, Any]:
         "encoding": {"schedule": {"contentType": "application/json"}},
     }
     return op
+
+
+def _calls_paths() -> dict[str, Any]:
+    """Signing keys and redrive (issue #12)."""
+    ids = _path_id("task_id")
+    return {
+        "/v1/signing-keys": {
+            "get": _op(
+                "The secrets that sign the caller's calls (Standard Webhooks; the first is made "
+                "on first use), current first",
+                {
+                    "200": _json(
+                        "SigningKeys",
+                        "The current secret, and the previous one while it "
+                        "still signs (used_until)",
+                    )
+                },
+                op_id="getSigningKeys",
+            )
+        },
+        "/v1/signing-keys/rotate": {
+            "post": _op(
+                "Make a new signing secret; the current one signs too for 24 h (both "
+                "signatures in webhook-signature). Answered once every call signed from then "
+                "on carries the new signature",
+                {"200": _json("SigningKeys", "The new secret first, then the previous one")},
+                op_id="rotateSigningKeys",
+            )
+        },
+        "/v1/tasks/{task_id}/retry": {
+            "post": _op(
+                "Redrive a failed task: scheduled again now with a fresh retry budget; its "
+                "attempts are kept and numbering goes on",
+                {"200": _json("Task", "It, scheduled")},
+                op_id="retryTask",
+                codes=("404", "409"),
+                params=ids,
+            )
+        },
+    }
 
 
 def _providers(settings: Settings) -> list[str]:
@@ -544,6 +585,7 @@ def document(settings: Settings) -> dict[str, Any]:
                     },
                 },
             },
+            **_calls_paths(),
             "/v1/stats": {
                 "get": _op(
                     "Counts by status of the caller's tasks and orchestrations",

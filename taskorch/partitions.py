@@ -119,9 +119,12 @@ class Layout:
         return secrets.randbelow(self.n)
 
     def queue_partition(self, owner: str, queue: str) -> int:
-        """Where an owner's named queue lives, with its tasks and the schedules that make
-        them (issue #12, FEATURES.md: the queues helper's definition, copied)."""
+        """Where a named queue's tasks and settings live (issue #12)."""
         return zlib.crc32(f"{owner}\0q\0{queue}".encode()) % self.n
+
+    def owner_partition(self, owner: str) -> int:
+        """Where an owner's own records live (signing keys; issue #12)."""
+        return zlib.crc32(f"{owner}\0o".encode()) % self.n
 
     def new_id(self, kind: str, partition: int) -> str:
         return new_id(kind, partition, self.n)

@@ -297,6 +297,8 @@ class Claimed(msgspec.Struct):
     function: str
     arg: str
     spec: TaskSpec | None
+    base: int = 0  # attempts made before the task's last redrive (its retry budget starts after)
+    owner: str = ""  # a task's owner, whose secrets sign its call
 
 
 class BatchItem(msgspec.Struct):
@@ -342,6 +344,7 @@ class Store:
         self._list = reg(lua.PRELUDE + lua.LIST_IDS)
         self._cancel = reg(lua.PRELUDE + lua.CANCEL_TASK)
         self._modify = reg(lua.PRELUDE + lua.MODIFY_TASK)
+        self._retry = reg(lua.PRELUDE + lua.RETRY_TASK)
         self._claim = reg(lua.PRELUDE + lua.CLAIM)
         self._start = reg(lua.PRELUDE + lua.START)
         self._finish = reg(lua.PRELUDE + lua.FINISH)
@@ -550,6 +553,24 @@ class Store:
         _raise_for(res, task_id, "cancelled")
         return _task_view(from_flat(res[1]), res[2])
 
+    async def retry_task(self, owner: str, task_id: str) -> Task:
+        """Redrive a failed task: scheduled again now with a fresh retry budget (lua.RETRY_TASK)."""
+        layout = await self.layout()
+        res = await run_script(
+            self.redis,
+            self._retry,
+            [layout.queue(layout.partition_of(task_id))],
+            [task_id, owner, now_ms(), c.CLAIM_AHEAD_MS],
+        )
+        if res[0] == "conflict":
+            raise Conflict(f"The task is {res[1]}: only a failed task can be retried.")
+        if res[0] == "in_orchestration":
+            raise Conflict(
+                f"The task is a step of orchestration {res[1]}: a step cannot be retried alone."
+            )
+        _raise_for(res, task_id, "retried")
+        return _task_view(from_flat(res[1]), res[2])
+
     async def modify_task(self, owner: str, task_id: str, patch: TaskPatch) -> Task:
         """Apply ``patch``; the old version's job is removed in the same script that adds the new."""
         from taskorch.models import convert
@@ -656,7 +677,7 @@ class Store:
             self.more_due = any(len(r) == share for share, r in zip(shares, rows, strict=True))
         out = []
         for part in rows:
-            for job, due, fn, arg, url, spec in part:
+            for job, due, fn, arg, url, spec, *more in part:
                 out.append(
                     Claimed(
                         job=job,
@@ -664,6 +685,8 @@ class Store:
                         function=fn,
                         arg=arg,
                         spec=decode_spec(spec, url) if fn == "fire_task" else None,
+                        base=int(more[0]) if more else 0,
+                        owner=more[1] if len(more) > 1 else "",
                     )
                 )
         return out

@@ -91,6 +91,7 @@ from taskorch.leases import LeaseKeeper, LeaseTimes, renew_once
 from taskorch.models import fmt_ms, retry_wait_s
 from taskorch.schedules import Schedules
 from taskorch.settings import Settings
+from taskorch.signing import Signer, SigningStore
 from taskorch.store import (
     REDIS_DOWN,
     Claimed,
@@ -127,6 +128,7 @@ class Worker:
         retention_s: finished tasks and orchestrations are deleted this long after they
             finished (0 keeps them for ever).
         handlers: coroutines for non-task jobs by function name (orchestration events).
+        signer: the owners' signing keys (made from the store's client when not given).
         lease_redis: makes a Redis client of its own for the lease keeper, which then renews
             leases from a thread (see :class:`~taskorch.leases.LeaseKeeper`); without it they are renewed on
             this event loop.
@@ -146,10 +148,12 @@ class Worker:
         shutdown_grace_s: float = 30.0,
         retention_s: float = c.DEFAULT_RETENTION_S,
         lease_redis: Callable[[], Redis] | None = None,
+        signer: Signer | None = None,
     ) -> None:
         self.store = store
         self.schedules = Schedules(store.redis)
         self.session = session
+        self.signer = signer or Signer(SigningStore(store.redis))
         self.times = LeaseTimes(lease_s)
         self.expiry_ms = int(self.times.expiry_s * 1000)
         self.max_in_flight = max_in_flight
@@ -292,6 +296,7 @@ class Worker:
                     )
                     for cl in claimed:
                         self._arm(cl)
+                    self.signer.warm({cl.owner for cl in claimed if cl.owner})
                     more = bool(claimed) and self.store.more_due
                 backoff = 0.1
                 if more:
@@ -587,9 +592,11 @@ class Worker:
     async def _fire(self, cl: Claimed, attempt: int, call: _Call | None = None) -> None:
         spec = cl.spec
         assert spec is not None
-        if time.time() * 1000 < cl.due_ms:
-            await self._gate(cl.due_ms)
         try:
+            # The owner's signing keys (mostly a copy warmed when the task was claimed).
+            keys = await self.signer.keys(cl.owner) if cl.owner else []
+            if time.time() * 1000 < cl.due_ms:
+                await self._gate(cl.due_ms)
             result = await outbound.call(
                 self.session,
                 url=spec.url,
@@ -603,6 +610,8 @@ class Worker:
                     "X-Taskorch-Attempt": str(attempt),
                     "X-Taskorch-Scheduled-For": _scheduled_for(cl.due_ms),
                 },
+                webhook_id=cl.arg,
+                keys=keys,
             )
         except Exception as exc:
             # A bug of ours must still end in an outcome, or the task would stay running while
@@ -617,9 +626,9 @@ class Worker:
         next_due = 0
         if result.ok:
             outcome = "succeeded"
-        elif attempt <= spec.retries:
+        elif attempt - cl.base <= spec.retries:  # a redrive's budget starts after its base
             outcome = "retry"
-            wait = retry_wait_s(spec, attempt, random.random(), result.retry_after_s)
+            wait = retry_wait_s(spec, attempt - cl.base, random.random(), result.retry_after_s)
             next_due = math.ceil(result.finished_ms + wait * 1000)  # never shortened
         else:
             outcome = "failed"
@@ -873,12 +882,14 @@ def run_worker(settings: Settings) -> None:
         ) as session:
             from taskorch.steps import handlers
 
+            signer = Signer(SigningStore(redis))
             worker = Worker(
                 store,
                 session,
+                signer=signer,
                 lease_s=settings.lease_s,
                 max_in_flight=settings.max_in_flight,
-                handlers=handlers(store, session),
+                handlers=handlers(store, session, signer),
                 shutdown_grace_s=settings.shutdown_grace_s,
                 retention_s=settings.retention_s,
                 lease_redis=make_redis,
