@@ -59,6 +59,7 @@ from taskorch.models import (
     OrchestrationCreate,
     OrchestrationPatch,
     OrchestrationStatus,
+    QueueUpdate,
     TaskBatchItem,
     TaskCreate,
     TaskPatch,
@@ -69,8 +70,10 @@ from taskorch.models import (
     decode_batch,
     decode_body,
     parse_json,
+    queue_name_ok,
 )
 from taskorch.orchestrations import Orchestrations
+from taskorch.queues import Queues
 from taskorch.settings import Settings
 from taskorch.store import BatchItem, Store, connect, is_id
 
@@ -240,6 +243,17 @@ def _outage_of(results: list[Any]) -> Unavailable:
     return unknown[0] if unknown else results[0]
 
 
+def _queue_param(request: Request) -> str | None:
+    raw = request.query_params.get("queue")
+    if not raw:
+        return None
+    if not queue_name_ok(raw):
+        from taskorch.models import QUEUE_NAME_MESSAGE
+
+        raise _invalid_param("queue", QUEUE_NAME_MESSAGE)
+    return raw
+
+
 async def list_tasks(request: Request) -> Response:
     p = await principal(request, "read")
     page = await request.state.store.list_tasks(
@@ -247,6 +261,7 @@ async def list_tasks(request: Request) -> Response:
         status=_status_param(request, TaskStatus),
         limit=_limit_param(request),
         cursor=_cursor_param(request, "tsk"),
+        queue=_queue_param(request),
     )
     return JSON(page)
 
@@ -269,6 +284,34 @@ async def cancel_task(request: Request) -> Response:
     task = await request.state.store.cancel_task(p.sub, request.path_params["task_id"])
     log.info("task.cancelled", task_id=task.id, owner=p.sub)
     return JSON(task)
+
+
+async def list_queues(request: Request) -> Response:
+    p = await principal(request, "read")
+    queues: Queues = request.state.queues
+    return JSON(await queues.list(p.sub))
+
+
+async def get_queue(request: Request) -> Response:
+    p = await principal(request, "read")
+    queues: Queues = request.state.queues
+    return JSON(await queues.get(p.sub, request.path_params["queue"]))
+
+
+async def put_queue(request: Request) -> Response:
+    p = await principal(request, "write")
+    body = decode_body(await read_body(request), QueueUpdate)
+    queues: Queues = request.state.queues
+    queue = await queues.put(p.sub, request.path_params["queue"], body)
+    log.info(
+        "queue.set",
+        owner=p.sub,
+        queue=queue.name,
+        rate=queue.rate,
+        max_concurrent=queue.max_concurrent,
+        paused=queue.paused,
+    )
+    return JSON(queue)
 
 
 async def create_orchestration(request: Request) -> Response:
@@ -714,6 +757,9 @@ ROUTES: list[tuple[str, Callable[[Request], Awaitable[Response]], str]] = [
     ("/v1/tasks/{task_id}", get_task, "GET"),
     ("/v1/tasks/{task_id}", modify_task, "PATCH"),
     ("/v1/tasks/{task_id}/cancel", cancel_task, "POST"),
+    ("/v1/queues", list_queues, "GET"),
+    ("/v1/queues/{queue}", get_queue, "GET"),
+    ("/v1/queues/{queue}", put_queue, "PUT"),
     ("/v1/orchestrations", create_orchestration, "POST"),
     ("/v1/orchestrations", list_orchestrations, "GET"),
     ("/v1/orchestrations/{orc_id}", get_orchestration, "GET"),
@@ -870,6 +916,7 @@ def create_app(
                 "redis": client,
                 "store": store,
                 "orchestrations": Orchestrations(client),
+                "queues": Queues(client),
                 "functions": functions,
                 "verifier": auth.TokenVerifier(settings, redis=client),
                 "signin": signin,
