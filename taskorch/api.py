@@ -60,6 +60,7 @@ from taskorch.models import (
     OrchestrationCreate,
     OrchestrationPatch,
     OrchestrationStatus,
+    QueueUpdate,
     ScheduleCreate,
     SchedulePatch,
     ScheduleStatus,
@@ -73,8 +74,10 @@ from taskorch.models import (
     decode_batch,
     decode_body,
     parse_json,
+    queue_name_ok,
 )
 from taskorch.orchestrations import Orchestrations
+from taskorch.queues import Queues
 from taskorch.schedules import Schedules
 from taskorch.settings import Settings
 from taskorch.store import BatchItem, Store, connect, is_id
@@ -245,10 +248,22 @@ def _outage_of(results: list[Any]) -> Unavailable:
     return unknown[0] if unknown else results[0]
 
 
+def _queue_param(request: Request) -> str | None:
+    raw = request.query_params.get("queue")
+    if not raw:
+        return None
+    if not queue_name_ok(raw):
+        from taskorch.models import QUEUE_NAME_MESSAGE
+
+        raise _invalid_param("queue", QUEUE_NAME_MESSAGE)
+    return raw
+
+
 async def list_tasks(request: Request) -> Response:
     p = await principal(request, "read")
     status = _status_param(request, TaskStatus)
     limit, cursor = _limit_param(request), _cursor_param(request, "tsk")
+    queue = _queue_param(request)
     schedule_id = request.query_params.get("schedule_id")
     if schedule_id is not None:  # the tasks one schedule made (another owner's: none)
         if not is_id(schedule_id, "sch"):
@@ -256,7 +271,9 @@ async def list_tasks(request: Request) -> Response:
         schedules: Schedules = request.state.schedules
         page = await schedules.tasks(p.sub, schedule_id, status=status, limit=limit, cursor=cursor)
         return JSON(page)
-    page = await request.state.store.list_tasks(p.sub, status=status, limit=limit, cursor=cursor)
+    page = await request.state.store.list_tasks(
+        p.sub, status=status, limit=limit, cursor=cursor, queue=queue
+    )
     return JSON(page)
 
 
@@ -368,6 +385,34 @@ async def retry_task(request: Request) -> Response:
     task = await request.state.store.retry_task(p.sub, request.path_params["task_id"])
     log.info("task.redriven", task_id=task.id, owner=p.sub)
     return JSON(task)
+
+
+async def list_queues(request: Request) -> Response:
+    p = await principal(request, "read")
+    queues: Queues = request.state.queues
+    return JSON(await queues.list(p.sub))
+
+
+async def get_queue(request: Request) -> Response:
+    p = await principal(request, "read")
+    queues: Queues = request.state.queues
+    return JSON(await queues.get(p.sub, request.path_params["queue"]))
+
+
+async def put_queue(request: Request) -> Response:
+    p = await principal(request, "write")
+    body = decode_body(await read_body(request), QueueUpdate)
+    queues: Queues = request.state.queues
+    queue = await queues.put(p.sub, request.path_params["queue"], body)
+    log.info(
+        "queue.set",
+        owner=p.sub,
+        queue=queue.name,
+        rate=queue.rate,
+        max_concurrent=queue.max_concurrent,
+        paused=queue.paused,
+    )
+    return JSON(queue)
 
 
 async def create_orchestration(request: Request) -> Response:
@@ -824,6 +869,9 @@ ROUTES: list[tuple[str, Callable[[Request], Awaitable[Response]], str]] = [
     ("/v1/tasks/{task_id}/retry", retry_task, "POST"),
     ("/v1/signing-keys", get_signing_keys, "GET"),
     ("/v1/signing-keys/rotate", rotate_signing_keys, "POST"),
+    ("/v1/queues", list_queues, "GET"),
+    ("/v1/queues/{queue}", get_queue, "GET"),
+    ("/v1/queues/{queue}", put_queue, "PUT"),
     ("/v1/orchestrations", create_orchestration, "POST"),
     ("/v1/orchestrations", list_orchestrations, "GET"),
     ("/v1/orchestrations/{orc_id}", get_orchestration, "GET"),
@@ -983,6 +1031,7 @@ def create_app(
                 "orchestrations": Orchestrations(client),
                 "schedules": schedules,
                 "signing": signing.SigningStore(client),
+                "queues": Queues(client),
                 "functions": functions,
                 "verifier": auth.TokenVerifier(settings, redis=client),
                 "signin": signin,

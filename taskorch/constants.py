@@ -54,6 +54,13 @@ REAPER = "r"
 SIGNING_KEYS = "sk:"
 # A task's callback deliveries (JSON per attempt), beside its attempts list ``t:<id>:a``.
 CALLBACK_ATTEMPTS = ":cb"
+# Named queues (issue #12), in the queue's partition (partitions.Layout.queue_partition), beside
+# its tasks, so that one script sees a queue's tasks, settings and state (taskorch/queues.py):
+QUEUE_CONF = "qc:"  # qc:<owner>:<queue> hash: rate, mc, paused, next (free slot ms), run
+QUEUE_NAMES = "qn:"  # qn:<owner> set of the owner's named queues in this partition
+QUEUE_WAITING = "qw:"  # qw:<owner>:<queue> zset of due jobs waiting their turn, by due ms
+QUEUE_INDEX = "iq:"  # iq:<owner>:<queue>:<status>, as i: but for one named queue's tasks
+QUEUE_READY = "qr"  # zset "<owner>:<queue>" -> ms when its first waiting task may be admitted
 OWNER_KEY_PREFIX = KEY_PREFIX + "owner:"  # per-owner keys that are not per task (functions)
 # While an old single-node layout is rewritten into partitions (taskorch migrate).
 MIGRATE_LOCK_KEY = KEY_PREFIX + "migrating"
@@ -90,6 +97,15 @@ MAX_BATCH_BODY_BYTES = 16 * 1024 * 1024
 MAX_FUNCTION_CODE_BYTES = 512 * 1024  # one source file
 FUNCTION_KEY_PREFIX = KEY_PREFIX + "fn:"  # hash per function
 FUNCTION_BUILDING_KEY = KEY_PREFIX + "fn-building"  # set of functions whose build must finish
+# Queues: every task is in one; "default" (unlimited, its tasks spread over every partition)
+# unless it names another. Names are short slugs (no ":", which the keys above use).
+DEFAULT_QUEUE = "default"
+QUEUE_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
+MIN_QUEUE_RATE = 0.001  # calls/s: one call every 16 minutes or so
+MAX_QUEUE_RATE = 10_000.0  # calls/s: a slot every 0.1 ms, beyond what one partition dispatches
+MAX_QUEUE_CONCURRENCY = 100_000
+QUEUE_PUMP_QUEUES = 100  # queues one claim admits from per partition, at most
+QUEUE_DIVERT_MAX = 1000  # due tasks one claim moves into their queues' lines, at most
 MAX_LIST_LIMIT = 500
 DEFAULT_LIST_LIMIT = 50
 DEFAULT_TOKEN_TTL_S = 3600

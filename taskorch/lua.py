@@ -31,7 +31,7 @@ local QUEUE = KEYS[1]
 local LEASES = P .. '{c.LEASES}'
 local LEASE_OWNER = P .. '{c.LEASE_OWNER}'
 local TDEF = {{s = 'scheduled', g = 1, a = 0, l = 0, n = '', oi = '', sb = '', lj = '', rj = '', h = '',
-  p = '', sc = ''}}
+  p = '', sc = '', q = ''}}
 local function tkey(id) return P .. '{c.TASK}' .. id end
 -- msgpack on Redis; JSON where the Lua has no cmsgpack (fakeredis, for `taskorch dev`): the record's
 -- numbers are integers below 2^53 and its spec a string, so cjson keeps them exact.
@@ -74,7 +74,15 @@ local function move_status(ix, kind, owner, id, old, new)
   redis.call('ZADD', P .. ix .. owner .. ':' .. new, 0, id)
   redis.call('HINCRBY', P .. '{c.STATS}', kind .. ':' .. new, 1)
 end
-local function move_task(owner, id, old, new) move_status('{c.TASK_INDEX}', 'tasks', owner, id, old, new) end
+-- ``q``: the task's named queue ('' or nil for default), whose own status index moves too.
+local function move_task(owner, id, old, new, q)
+  move_status('{c.TASK_INDEX}', 'tasks', owner, id, old, new)
+  if q and q ~= '' and old ~= new then
+    local ix = P .. '{c.QUEUE_INDEX}' .. owner .. ':' .. q .. ':'
+    if old then redis.call('ZREM', ix .. old, id) end
+    redis.call('ZADD', ix .. new, 0, id)
+  end
+end
 local function move_orc(owner, id, old, new)
   move_status('{c.ORCH_INDEX}', 'orchestrations', owner, id, old, new)
 end
@@ -137,6 +145,7 @@ local function task_view(id)
   local h = {{'id', id, 'owner', t.o, 'status', t.s, 'url', t.h, 'spec', t.p, 'name', t.n,
     'run_at', int(t.r), 'created_at', int(t.c), 'updated_at', int(t.u),
     'attempt', int(t.a), 'gen', int(t.g), 'orchestration_id', t.oi, 'schedule_id', t.sc}}
+  if t.q ~= '' then h[#h + 1] = 'queue'; h[#h + 1] = t.q end
   if t.st then
     h[#h + 1] = 'started_at'; h[#h + 1] = int(t.st)
     h[#h + 1] = 'scheduled_for'; h[#h + 1] = int(t.sf)
@@ -151,10 +160,58 @@ end
 local function wake(due, now, ahead)
   if due - now <= ahead then redis.call('PUBLISH', '{c.WAKE_CHANNEL}', due) end
 end
--- sched: the schedule that made the task ('' or nil for none), kept as sc.
-local function new_task(id, owner, url, spec, name, due, now, orc, ahead, sched)
-  save(id, {{o = owner, h = url, p = spec, r = due, n = name, oi = orc, c = now, u = now, sc = sched}})
-  move_task(owner, id, nil, 'scheduled')
+-- Named queues (issue #12; taskorch/queues.py explains the flow). A queue's settings and state
+-- are one hash qc:<owner>:<queue> (rate, mc, paused, next: the next free dispatch slot, run: its
+-- admitted tasks) in the queue's partition, where its tasks live too. Due tasks of a limited
+-- queue wait in qw:<owner>:<queue> by due time; qr lists the queues whose first waiting task may
+-- be admitted, by when. A task admitted (claimed under its queue's limits) carries qa = 1 until
+-- its attempt ends; that is what run counts.
+local QREADY = P .. '{c.QUEUE_READY}'
+local function qkey(kind, owner, q) return P .. kind .. owner .. ':' .. q end
+local function queue_conf(owner, q)
+  local r = redis.call('HMGET', qkey('{c.QUEUE_CONF}', owner, q), 'rate', 'mc', 'paused', 'next',
+    'run')
+  return {{rate = tonumber(r[1]), mc = tonumber(r[2]), paused = r[3] == '1',
+    next = tonumber(r[4]) or 0, run = math.max(tonumber(r[5]) or 0, 0)}}
+end
+-- Put a queue in line for admission (qr) at the time its first waiting task may go, or out of
+-- it while it has none, is paused or is at its concurrency cap.
+local function queue_kick(owner, q, now, ahead)
+  local cf = queue_conf(owner, q)
+  local member = owner .. ':' .. q
+  local first = redis.call('ZRANGE', qkey('{c.QUEUE_WAITING}', owner, q), 0, 0, 'WITHSCORES')
+  if #first == 0 or cf.paused or (cf.mc and cf.run >= cf.mc) then
+    redis.call('ZREM', QREADY, member)
+    return
+  end
+  local at = math.max(tonumber(first[2]), cf.next)
+  redis.call('ZADD', QREADY, at, member)
+  if ahead then wake(at, now, ahead) end
+end
+-- An admitted task's attempt ended (or it was cancelled, changed or lost): its room goes to the
+-- next waiting task. The caller saves t.
+local function queue_release(t, now)
+  if t.qa then
+    t.qa = nil
+    redis.call('HINCRBY', qkey('{c.QUEUE_CONF}', t.o, t.q), 'run', -1)
+    queue_kick(t.o, t.q, now, {c.CLAIM_AHEAD_MS})
+  end
+end
+-- A task that will not go as it is (cancelled, modified) leaves its queue's line.
+local function queue_leave(t, job, now)
+  if t.q ~= '' then
+    redis.call('ZREM', qkey('{c.QUEUE_WAITING}', t.o, t.q), job)
+    queue_release(t, now)
+    queue_kick(t.o, t.q, now, nil)
+  end
+end
+-- q: the task's named queue ('' or nil for default); sched: the schedule that made it ('' or nil
+-- for none), kept as sc.
+local function new_task(id, owner, url, spec, name, due, now, orc, ahead, q, sched)
+  save(id, {{o = owner, h = url, p = spec, r = due, n = name, oi = orc, c = now, u = now, q = q,
+    sc = sched}})
+  move_task(owner, id, nil, 'scheduled', q)
+  if q and q ~= '' then redis.call('SADD', P .. '{c.QUEUE_NAMES}' .. owner, q) end
   redis.call('ZADD', QUEUE, due, id .. '.1')
   publish(owner, 'task', id, 'scheduled')
   wake(due, now, ahead)
@@ -165,10 +222,11 @@ local function cancel_task(id, now)
   if t.s ~= 'scheduled' and t.s ~= 'retrying' then return t.s end
   local old = t.s
   drop_job(job_of(id, t))
+  queue_leave(t, job_of(id, t), now)
   t.s = 'cancelled'; t.ft = now; t.u = now
   save(id, t)
   finished('t', id, now)
-  move_task(t.o, id, old, 'cancelled')
+  move_task(t.o, id, old, 'cancelled', t.q)
   publish(t.o, 'task', id, 'cancelled')
   return 'cancelled'
 end
@@ -185,9 +243,9 @@ local function past_deadline(deadline)
 end
 """
 
-# ARGV: now, idem_ttl_s, wake_ms, deadline_ms|'', partitions, this partition, then per task 7
+# ARGV: now, idem_ttl_s, wake_ms, deadline_ms|'', partitions, this partition, then per task 8
 #       fields: id, owner, url, spec (the rest of it, '' when all defaults), name, due,
-#       idempotency key (the full key name in this partition, '' for none).
+#       idempotency key (the full key name in this partition, '' for none), queue ('' default).
 # Returns per task {created (1/0), task view, attempts} or {2, id} (a migrated key naming a record
 # in another partition: see idempotent), or {-1} past the deadline (nothing written). A repeat
 # of a key, even within the batch, answers the task created under it.
@@ -197,7 +255,7 @@ CREATE_TASKS = (
 if past_deadline(ARGV[4]) then return {-1} end
 local now, ttl, ahead = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3])
 local out = {}
-for i = 7, #ARGV, 7 do
+for i = 7, #ARGV, 8 do
   local id, owner = ARGV[i], ARGV[i + 1]
   local existing, elsewhere = idempotent(ARGV[i + 6], id, ttl, P .. 't:', ARGV[5], ARGV[6])
   if elsewhere then
@@ -207,7 +265,7 @@ for i = 7, #ARGV, 7 do
     out[#out + 1] = {0, view[1], view[2]}
   else
     new_task(id, owner, ARGV[i + 2], ARGV[i + 3], ARGV[i + 4], tonumber(ARGV[i + 5]), now, '',
-      ahead)
+      ahead, ARGV[i + 7])
     local view = task_view(id)
     out[#out + 1] = {1, view[1], view[2]}
   end
@@ -241,6 +299,31 @@ for i = 1, math.min(#all, limit + 1) do out[i] = all[i] end
 return out
 """
 
+# As LIST_IDS, but only the tasks of the default queue (``GET /v1/tasks?queue=default``): the
+# owner's indexes hold every task, so those of named queues are skipped, a page at a time.
+LIST_DEFAULT_IDS = """
+local ix, cursor, limit = P .. ARGV[1], ARGV[2], tonumber(ARGV[3])
+local all = {}
+for i = 4, #ARGV do
+  local top = '+'
+  if cursor ~= '' then top = '(' .. cursor end
+  local got = 0
+  while got <= limit do
+    local ids = redis.call('ZREVRANGEBYLEX', ix .. ARGV[i], top, '-', 'LIMIT', 0, limit + 1)
+    for _, id in ipairs(ids) do
+      local t = load(id)
+      if t and t.q == '' then all[#all + 1] = id; got = got + 1 end
+    end
+    if #ids <= limit then break end
+    top = '(' .. ids[#ids]
+  end
+end
+table.sort(all, function(a, b) return a > b end)
+local out = {}
+for i = 1, math.min(#all, limit + 1) do out[i] = all[i] end
+return out
+"""
+
 # ARGV: id, owner, now.
 # Returns {'ok', view, attempts} | {'not_found'} | {'conflict', status} | {'in_orchestration', id}
 CANCEL_TASK = """
@@ -264,6 +347,7 @@ if t.oi ~= '' then return {'in_orchestration', t.oi} end
 if t.s ~= 'scheduled' and t.s ~= 'retrying' then return {'conflict', t.s} end
 if int(t.g) ~= ARGV[4] then return {'stale'} end
 drop_job(job_of(id, t))
+queue_leave(t, job_of(id, t), now)
 local due = tonumber(ARGV[8])
 t.g = t.g + 1; t.h = ARGV[5]; t.p = ARGV[6]; t.n = ARGV[7]; t.r = due; t.u = now
 save(id, t)
@@ -286,38 +370,104 @@ end
 
 # ARGV: horizon_ms, now_ms, lease_ms, worker_id, limit.
 # Moves this partition's due jobs from its queue to its leases set, owned by this worker, and
-# returns for each {job, due, function, argument, url, spec, base, owner} (the task's url, spec,
-# attempts made before its last redrive and owner for a task's job, '', '', 0, '' otherwise). A task's job that is no longer the task's current one is dropped.
+# returns for each {job, due, function, argument, url, spec, base, owner[, scheduled]} (the
+# task's url, spec, attempts made before its last redrive and owner for a task's job, '', '', 0,
+# '' otherwise; scheduled, for a task of a named queue, is the time it was due, when it goes later
+# than that). A task's job that is no longer the task's current one is dropped.
+#
+# Queues (issue #12): a due task of a named queue that is limited (a rate, a concurrency cap,
+# paused) or has tasks waiting goes into the queue's line (qw) instead; then each queue whose
+# turn has come (qr) admits its first waiting tasks in due order, each at its dispatch slot
+# (rate: the next free slot, 1000 / rate ms after the last) while it has room (cap: run, the
+# admitted tasks, below max_concurrent), as far as the claim's horizon. Default tasks pass as
+# before.
 CLAIM = (
     LEASE_CLOCK
-    + """
-local horizon, lease = tonumber(ARGV[1]), tonumber(ARGV[3])
+    + f"""
+local horizon, lease, limit = tonumber(ARGV[1]), tonumber(ARGV[3]), tonumber(ARGV[5])
 local now = clock()
-local items = redis.call('ZRANGEBYSCORE', QUEUE, '-inf', horizon, 'WITHSCORES', 'LIMIT', 0, ARGV[5])
-local out = {}
-for i = 1, #items, 2 do
-  local job, due = items[i], tonumber(items[i + 1])
-  redis.call('ZREM', QUEUE, job)
-  local fn, arg, url, spec, base, owner = nil, nil, '', '', 0, ''
-  if is_task_job(job) then
+local out = {{}}
+local gates, lines, held = {{}}, {{}}, 0
+local function gated(t)  -- queues: whether t's queue decides when t goes
+  local key = t.o .. ':' .. t.q
+  if gates[key] == nil then
+    local cf = queue_conf(t.o, t.q)
+    gates[key] = (cf.rate or cf.mc or cf.paused
+      or redis.call('EXISTS', qkey('{c.QUEUE_WAITING}', t.o, t.q)) == 1) and true or false
+  end
+  return gates[key]
+end
+repeat
+  local items = redis.call('ZRANGEBYSCORE', QUEUE, '-inf', horizon, 'WITHSCORES', 'LIMIT', 0,
+    limit - #out)
+  local held_now = 0
+  for i = 1, #items, 2 do
+    local job, due = items[i], tonumber(items[i + 1])
+    redis.call('ZREM', QUEUE, job)
+    local fn, arg, url, spec, base, owner, sched = nil, nil, '', '', 0, '', nil
+    if is_task_job(job) then
+      local id = task_of_job(job)
+      local t = id and load(id)
+      if t and job_of(id, t) == job then
+        if t.q ~= '' and not t.qa and gated(t) then
+          redis.call('ZADD', qkey('{c.QUEUE_WAITING}', t.o, t.q), due, job)
+          lines[t.o .. ':' .. t.q] = {{t.o, t.q}}
+          held_now = held_now + 1
+        else
+          fn, arg, url, spec = 'fire_task', id, t.h, t.p
+          base, owner = t.b or 0, t.o  -- #12: attempts before a redrive; the owner signs the call
+          if t.q ~= '' then sched = int(t.r) end
+        end
+      end
+    else
+      local data = redis.call('GET', P .. 'j:' .. job)
+      if data then
+        local d = cjson.decode(data)
+        fn, arg = d.f, d.a[1]
+      end
+    end
+    if fn then
+      redis.call('ZADD', LEASES, math.max(due, now) + lease, job)
+      redis.call('HSET', LEASE_OWNER, job, ARGV[4])
+      out[#out + 1] = {{job, items[i + 1], fn, arg, url, spec, base, owner, sched}}
+    end
+  end
+  held = held + held_now
+until held_now == 0 or #out >= limit or held >= {c.QUEUE_DIVERT_MAX}
+for _, line in pairs(lines) do queue_kick(line[1], line[2], now, nil) end
+local ready = redis.call('ZRANGEBYSCORE', QREADY, '-inf', horizon, 'LIMIT', 0,
+  {c.QUEUE_PUMP_QUEUES})
+for _, member in ipairs(ready) do
+  if #out >= limit then break end
+  local owner, q = string.match(member, '^(.*):([^:]*)$')
+  local cf = queue_conf(owner, q)
+  local wk = qkey('{c.QUEUE_WAITING}', owner, q)
+  local interval = cf.rate and 1000 / cf.rate
+  local nxt, admitted = cf.next, 0
+  while #out < limit and not cf.paused and not (cf.mc and cf.run + admitted >= cf.mc) do
+    local first = redis.call('ZRANGE', wk, 0, 0, 'WITHSCORES')
+    if #first == 0 then break end
+    local job, slot = first[1], tonumber(first[2])
+    if interval then slot = math.max(slot, nxt, now) end
+    if slot > horizon then break end
+    redis.call('ZREM', wk, job)
     local id = task_of_job(job)
     local t = id and load(id)
-    if t and job_of(id, t) == job then
-      fn, arg, url, spec = 'fire_task', id, t.h, t.p
-      base, owner = t.b or 0, t.o  -- #12: attempts before a redrive; the owner signs the call
-    end
-  else
-    local data = redis.call('GET', P .. 'j:' .. job)
-    if data then
-      local d = cjson.decode(data)
-      fn, arg = d.f, d.a[1]
+    if t and job_of(id, t) == job and (t.s == 'scheduled' or t.s == 'retrying') then
+      local at = math.ceil(slot)
+      t.qa = 1
+      save(id, t)
+      admitted = admitted + 1
+      if interval then nxt = slot + interval end
+      redis.call('ZADD', LEASES, math.max(at, now) + lease, job)
+      redis.call('HSET', LEASE_OWNER, job, ARGV[4])
+      out[#out + 1] = {{job, int(at), 'fire_task', id, t.h, t.p, t.b or 0, t.o, int(t.r)}}
     end
   end
-  if fn then
-    redis.call('ZADD', LEASES, math.max(due, now) + lease, job)
-    redis.call('HSET', LEASE_OWNER, job, ARGV[4])
-    out[#out + 1] = {job, items[i + 1], fn, arg, url, spec, base, owner}
-  end
+  local qc = qkey('{c.QUEUE_CONF}', owner, q)
+  if admitted > 0 then redis.call('HINCRBY', qc, 'run', admitted) end
+  if interval and nxt ~= cf.next then redis.call('HSET', qc, 'next', string.format('%.3f', nxt)) end
+  queue_kick(owner, q, now, nil)
 end
 return out
 """
@@ -338,7 +488,18 @@ local out = {}
 for i = 4, #ARGV, 2 do
   local id, job = ARGV[i], ARGV[i + 1]
   local t = load(id)
-  if t and (t.s == 'scheduled' or t.s == 'retrying') and job_of(id, t) == job then
+  if t and t.qa and (t.s == 'scheduled' or t.s == 'retrying') and job_of(id, t) == job
+    and queue_conf(t.o, t.q).paused then
+    -- queues: paused since it was admitted; back in its line, in due order, not called
+    redis.call('ZREM', LEASES, job)
+    redis.call('HDEL', LEASE_OWNER, job)
+    redis.call('ZADD', qkey('"""
+    + c.QUEUE_WAITING
+    + """', t.o, t.q), t.r, job)
+    queue_release(t, now)
+    save(id, t)
+    out[#out + 1] = 0
+  elseif t and (t.s == 'scheduled' or t.s == 'retrying') and job_of(id, t) == job then
     local old = t.s
     t.a = t.a + 1
     t.s = 'running'; t.st = now; t.sf = t.r; t.u = now; t.sb = worker; t.lj = ''; t.rj = ''
@@ -346,7 +507,7 @@ for i = 4, #ARGV, 2 do
     redis.call('ZREM', QUEUE, job)
     redis.call('ZADD', LEASES, math.max(t.r, clock()) + lease, job)
     redis.call('HSET', LEASE_OWNER, job, worker)
-    move_task(t.o, id, old, 'running')
+    move_task(t.o, id, old, 'running', t.q)
     publish(t.o, 'task', id, 'running')
     out[#out + 1] = t.a
   elseif t and t.s == 'running' and job_of(id, t) == job and t.sb == worker then
@@ -384,13 +545,14 @@ local function finish(a)
     drop_job(job_of(id, t))
     redis.call('HINCRBY', P .. 'm', 'attempts_total:lost', -1)
     t.l = t.l - 1; t.lj = ''; t.rj = ''
-    move_task(t.o, id, 'retrying', 'running')
+    move_task(t.o, id, 'retrying', 'running', t.q)
     t.s = 'running'
   end
   if t.s ~= 'running' then return 0 end
   redis.call('RPUSH', tkey(id) .. ':a', a[4])
   drop_job(job)
   left_running(t)
+  queue_release(t, now)  -- queues: the attempt's room goes to the next waiting task
   local status = outcome
   if outcome == 'retry' then
     status = 'retrying'
@@ -410,7 +572,7 @@ local function finish(a)
       wake(now, now, ahead)
     end
   end
-  move_task(t.o, id, 'running', status)
+  move_task(t.o, id, 'running', status, t.q)
   publish(t.o, 'task', id, status)
   return 1
 end
@@ -474,12 +636,13 @@ for _, job in ipairs(items) do
           lat = t.st - t.sf, err = 'worker lost: no outcome within the lease, retrying'}))
         redis.call('HINCRBY', P .. 'm', 'attempts_total:lost', 1)
         left_running(t)
+        queue_release(t, now)
         t.u = now
         if t.l > max_lost then
           t.s = 'failed'; t.ft = now
           save(id, t)
           finished('t', id, now)
-          move_task(t.o, id, 'running', 'failed')
+          move_task(t.o, id, 'running', 'failed', t.q)
           publish(t.o, 'task', id, 'failed')
           if t.oi ~= '' then
             enqueue(t.oi .. '.' .. id .. '.failed', 'orc', 'done|' .. t.oi .. '|' .. id .. '|failed',
@@ -489,7 +652,7 @@ for _, job in ipairs(items) do
           t.s = 'retrying'; t.g = t.g + 1; t.r = now; t.lj = job; t.rj = id .. '.' .. t.g
           save(id, t)
           redis.call('ZADD', QUEUE, now, t.rj)
-          move_task(t.o, id, 'running', 'retrying')
+          move_task(t.o, id, 'running', 'retrying', t.q)
           publish(t.o, 'task', id, 'retrying')
         end
       end
@@ -782,6 +945,7 @@ for _, member in ipairs(items) do
     if t then
       redis.call('ZREM', P .. 'i:' .. t.o .. ':' .. t.s, id)
       if t.sc ~= '' then redis.call('ZREM', P .. 'iS:' .. t.o .. ':' .. t.sc, id) end  -- sched
+      if t.q ~= '' then redis.call('ZREM', P .. 'iq:' .. t.o .. ':' .. t.q .. ':' .. t.s, id) end
       redis.call('HINCRBY', P .. 's', 'tasks:' .. t.s, -1)
       redis.call('DEL', tkey(id), tkey(id) .. ':a')
     end
@@ -980,7 +1144,7 @@ end
 local ahead, n = tonumber(ARGV[6]), 0
 for i = 10, #ARGV, 5 do
   local tid = ARGV[i]
-  new_task(tid, owner, ARGV[i + 2], ARGV[i + 3], ARGV[i + 4], tonumber(ARGV[i + 1]), now, '', ahead, id)
+  new_task(tid, owner, ARGV[i + 2], ARGV[i + 3], ARGV[i + 4], tonumber(ARGV[i + 1]), now, '', ahead, '', id)
   redis.call('ZADD', made, 0, tid)
   n = n + 1
 end
@@ -1071,7 +1235,7 @@ save(id, t)
 redis.call('ZREM', P .. '"""
     + c.FINISHED
     + """', 't:' .. id)  -- no longer finished: retention must not delete it
-move_task(owner, id, 'failed', 'scheduled')
+move_task(owner, id, 'failed', 'scheduled', t.q)
 redis.call('ZADD', QUEUE, now, id .. '.' .. t.g)
 publish(owner, 'task', id, 'scheduled')
 wake(now, now, tonumber(ARGV[4]))
@@ -1079,3 +1243,65 @@ local view = task_view(id)
 return {'ok', view[1], view[2]}
 """
 )
+
+
+# -- queues (issue #12) --------------------------------------------------------------------------
+# A named queue's settings and state are in its partition (see PRELUDE's queue helpers); these
+# scripts serve the API's /v1/queues. Each takes the task statuses to count last in ARGV.
+QUEUE_PRELUDE = f"""
+-- {{settings {{rate, mc, paused}}, counts by status (ARGV from ``from`` on), waiting}}
+local function queue_view(owner, q, from)
+  local counts = {{}}
+  local ix = qkey('{c.QUEUE_INDEX}', owner, q) .. ':'
+  for i = from, #ARGV do counts[#counts + 1] = redis.call('ZCARD', ix .. ARGV[i]) end
+  return {{redis.call('HMGET', qkey('{c.QUEUE_CONF}', owner, q), 'rate', 'mc', 'paused'), counts,
+    redis.call('ZCARD', qkey('{c.QUEUE_WAITING}', owner, q))}}
+end
+"""
+
+# ARGV: owner, queue, statuses... Returns the queue's view, or {} when the owner has no such
+# queue (never set, no task ever named it).
+QUEUE_GET = f"""
+if redis.call('SISMEMBER', P .. '{c.QUEUE_NAMES}' .. ARGV[1], ARGV[2]) == 0 then return {{}} end
+return queue_view(ARGV[1], ARGV[2], 3)
+"""
+
+# ARGV: owner, queue, now, rate, max_concurrent, paused, statuses... where a setting is '' to
+# keep it, 'null' to lift it, else its value (paused '0' or '1'). Returns the queue's view. A new
+# rate takes effect at once: a slot reserved under a slower one is brought forward. Whatever
+# the change, the queue's waiting tasks are looked at again (resumed, more room).
+QUEUE_PUT = f"""
+local owner, q, now = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local key = qkey('{c.QUEUE_CONF}', owner, q)
+local old_rate = tonumber(redis.call('HGET', key, 'rate'))
+local function set(field, v)
+  if v == 'null' then redis.call('HDEL', key, field)
+  elseif v ~= '' then redis.call('HSET', key, field, v) end
+end
+set('rate', ARGV[4]); set('mc', ARGV[5]); set('paused', ARGV[6])
+local rate = tonumber(redis.call('HGET', key, 'rate'))
+if rate and rate ~= old_rate then
+  local nxt = tonumber(redis.call('HGET', key, 'next')) or 0
+  if nxt > now + 1000 / rate then
+    redis.call('HSET', key, 'next', string.format('%.3f', now + 1000 / rate))
+  end
+end
+redis.call('SADD', P .. '{c.QUEUE_NAMES}' .. owner, q)
+queue_kick(owner, q, now, {c.CLAIM_AHEAD_MS})
+return queue_view(owner, q, 7)
+"""
+
+# ARGV: owner, statuses... Returns {the owner's task counts by status in this partition (every
+# queue's), {name, view} per named queue of the owner in this partition}.
+QUEUE_LIST = f"""
+local owner = ARGV[1]
+local totals = {{}}
+for i = 2, #ARGV do
+  totals[#totals + 1] = redis.call('ZCARD', P .. '{c.TASK_INDEX}' .. owner .. ':' .. ARGV[i])
+end
+local queues = {{}}
+for _, q in ipairs(redis.call('SMEMBERS', P .. '{c.QUEUE_NAMES}' .. owner)) do
+  queues[#queues + 1] = {{q, queue_view(owner, q, 2)}}
+end
+return {{totals, queues}}
+"""

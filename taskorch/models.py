@@ -23,6 +23,9 @@ Method = Literal["GET", "POST", "PUT", "PATCH", "DELETE"]
 # Capped so that no duration overflows a timestamp (about 300 years; JSON's 1e400 is infinity).
 Seconds = Annotated[float, Meta(ge=0, le=1e10, description="seconds, fractions allowed")]
 Timestamp = Annotated[str, Meta(extra_json_schema={"format": "date-time"})]
+# A queue's name: checked by _queue_rule (a message a person can act on), documented in the
+# OpenAPI document with the pattern (openapi._tighten).
+QueueName = Annotated[str, Meta(min_length=1, max_length=64)]
 
 
 class TaskStatus(enum.StrEnum):
@@ -69,6 +72,7 @@ class TaskCreate(TaskSpec):
     run_at: dt.datetime | None = None
     delay: Seconds | None = None
     name: Annotated[str, Meta(max_length=200)] | None = None
+    queue: QueueName = c.DEFAULT_QUEUE
 
 
 class TaskBatchItem(TaskCreate):
@@ -98,6 +102,8 @@ class TaskPatch(_Input):
     run_at: dt.datetime | UnsetType | None = UNSET
     delay: Seconds | UnsetType | None = UNSET
     name: Annotated[str, Meta(max_length=200)] | UnsetType | None = UNSET
+    # Accepted when it names the task's own queue: a task cannot move between queues.
+    queue: QueueName | UnsetType = UNSET
 
 
 class Attempt(Struct, omit_defaults=False):
@@ -136,11 +142,43 @@ class Task(Struct):
     orchestration_id: str | None
     attempts: list[Attempt]
     schedule_id: str | None = None
+    queue: str = c.DEFAULT_QUEUE
 
 
 class TaskPage(Struct):
     items: list[Task]
     next_cursor: str | None
+
+
+class QueueUpdate(_Input):
+    """Body of ``PUT /v1/queues/{name}``: a field left out keeps its value (a new queue's:
+    unlimited, not paused); null lifts a limit."""
+
+    rate: Annotated[float, Meta(ge=c.MIN_QUEUE_RATE, le=c.MAX_QUEUE_RATE)] | UnsetType | None = (
+        UNSET
+    )
+    max_concurrent: Annotated[int, Meta(ge=1, le=c.MAX_QUEUE_CONCURRENCY)] | UnsetType | None = (
+        UNSET
+    )
+    paused: bool | UnsetType = UNSET
+
+
+class Queue(Struct):
+    """A queue as the API answers it: its settings, its tasks counted by status, and how many
+    due tasks wait for their turn (``waiting``: over its rate or concurrency, or paused)."""
+
+    name: str
+    rate: float | None
+    max_concurrent: int | None
+    paused: bool
+    waiting: int
+    counts: dict[str, int]
+
+
+class QueueList(Struct):
+    """Answer of ``GET /v1/queues``: every queue of the owner, ``default`` first."""
+
+    items: list[Queue]
 
 
 class OrchestrationStatus(enum.StrEnum):
@@ -536,6 +574,20 @@ def _zone_rule(value: Any) -> list[tuple[str, str]]:
     return []
 
 
+_QUEUE_NAME = re.compile(c.QUEUE_NAME_PATTERN)
+QUEUE_NAME_MESSAGE = (
+    "must be a short name: 1 to 64 letters, digits, - or _, starting with a letter or digit"
+)
+
+
+def queue_name_ok(name: str) -> bool:
+    return _QUEUE_NAME.fullmatch(name) is not None
+
+
+def _queue_rule(value: Any) -> list[tuple[str, str]]:
+    return [] if isinstance(value, str) and queue_name_ok(value) else [("", QUEUE_NAME_MESSAGE)]
+
+
 _FIELD_RULES = {
     "cron": _cron_rule,
     "timezone": _zone_rule,
@@ -544,6 +596,7 @@ _FIELD_RULES = {
     "run_at": _run_at_rule,
     "start_at": _run_at_rule,
     "end_at": _run_at_rule,
+    "queue": _queue_rule,
 }
 
 
@@ -616,7 +669,9 @@ def decode_body(raw: bytes, kind: type[T]) -> T:
 
 
 # Bodies whose fields hold no nested request struct: a valid one decodes in one typed pass.
-_FLAT: frozenset[type[_Input]] = frozenset({TaskCreate, TaskBatchItem, TaskPatch, TokenRequest})
+_FLAT: frozenset[type[_Input]] = frozenset(
+    {TaskCreate, TaskBatchItem, TaskPatch, TokenRequest, QueueUpdate}
+)
 
 
 class _BatchEnvelope(Struct, forbid_unknown_fields=True):
@@ -710,6 +765,7 @@ _TYPED_RULES: dict[str, Callable[[Any], list[tuple[str, str]]]] = {
     "url": lambda v: _url_rule(v) if isinstance(v, str) else [],
     "headers": lambda v: _headers_rule(v) if v and isinstance(v, dict) else [],
     "run_at": lambda v: _run_at_problems(v) if isinstance(v, dt.datetime) else [],
+    "queue": lambda v: _queue_rule(v) if isinstance(v, str) else [],
 }
 
 

@@ -34,6 +34,7 @@ from taskorch.errors import (
     NotFound,
     TaskorchError,
     Unavailable,
+    ValidationFailed,
 )
 from taskorch.models import (
     Attempt,
@@ -290,7 +291,11 @@ def _attempt_view(a: _StoredAttempt) -> Attempt:
 
 
 class Claimed(msgspec.Struct):
-    """A job this worker now holds: due at ``due_ms``, its function, argument and task spec."""
+    """A job this worker now holds: due at ``due_ms``, its function, argument and task spec.
+
+    ``scheduled_ms`` is when the task was due, where its queue made it wait for a later dispatch
+    slot (``due_ms``): its attempt's lateness counts from then (0: the same as ``due_ms``).
+    """
 
     job: str
     due_ms: int
@@ -299,6 +304,7 @@ class Claimed(msgspec.Struct):
     spec: TaskSpec | None
     base: int = 0  # attempts made before the task's last redrive (its retry budget starts after)
     owner: str = ""  # a task's owner, whose secrets sign its call
+    scheduled_ms: int = 0
 
 
 class BatchItem(msgspec.Struct):
@@ -342,6 +348,7 @@ class Store:
         self._create = reg(lua.PRELUDE + lua.CREATE_TASKS)
         self._view = reg(lua.PRELUDE + lua.VIEW_TASKS)
         self._list = reg(lua.PRELUDE + lua.LIST_IDS)
+        self._list_default = reg(lua.PRELUDE + lua.LIST_DEFAULT_IDS)
         self._cancel = reg(lua.PRELUDE + lua.CANCEL_TASK)
         self._modify = reg(lua.PRELUDE + lua.MODIFY_TASK)
         self._retry = reg(lua.PRELUDE + lua.RETRY_TASK)
@@ -413,7 +420,7 @@ class Store:
         groups: dict[int, list[int]] = {}
         args_by: dict[int, list[Any]] = {}
         for i, item in enumerate(items):
-            p = layout.pick(owner, item.idempotency_key)
+            p = _place(layout, owner, item)
             groups.setdefault(p, []).append(i)
             args = args_by.setdefault(
                 p,
@@ -436,6 +443,7 @@ class Store:
                 idempotency_redis_key(
                     layout.prefixes[p], owner, idempotency_kind, item.idempotency_key
                 ),
+                "" if body.queue == c.DEFAULT_QUEUE else body.queue,
             ]
         ps = list(groups)
         replies = await asyncio.gather(
@@ -473,7 +481,7 @@ class Store:
                     out[i] = (task, False)
                 else:
                     key = items[i].idempotency_key
-                    p = layout.pick(owner, key)
+                    p = _place(layout, owner, items[i])
                     await self.redis.delete(
                         idempotency_redis_key(layout.prefixes[p], owner, idempotency_kind, key)
                     )
@@ -525,19 +533,38 @@ class Store:
         return _task_view(view, attempts)
 
     async def list_tasks(
-        self, owner: str, *, status: TaskStatus | None, limit: int, cursor: str | None
+        self,
+        owner: str,
+        *,
+        status: TaskStatus | None,
+        limit: int,
+        cursor: str | None,
+        queue: str | None = None,
     ) -> TaskPage:
         layout = await self.layout()
         statuses = [status.value] if status else [s.value for s in TaskStatus]
-        ids, next_cursor = await list_ids(
-            self.redis,
-            layout,
-            self._list,
-            f"{c.TASK_INDEX}{owner}:",
-            statuses,
-            limit=limit,
-            cursor=cursor,
-        )
+        if queue is not None and queue != c.DEFAULT_QUEUE:
+            # A named queue's tasks are all in its partition, in its own status indexes.
+            p = layout.queue_partition(owner, queue)
+            got = await run_script(
+                self.redis,
+                self._list,
+                [layout.queue(p)],
+                [f"{c.QUEUE_INDEX}{owner}:{queue}:", cursor or "", limit, *statuses],
+            )
+            ids = sorted(got, reverse=True)
+            next_cursor = ids[limit - 1] if len(ids) > limit else None
+            ids = ids[:limit]
+        else:
+            ids, next_cursor = await list_ids(
+                self.redis,
+                layout,
+                self._list if queue is None else self._list_default,
+                f"{c.TASK_INDEX}{owner}:",
+                statuses,
+                limit=limit,
+                cursor=cursor,
+            )
         views = await self._views(layout, ids) if ids else {}
         items = [views[i] for i in ids if i in views]
         return TaskPage(items=items, next_cursor=next_cursor)
@@ -593,6 +620,13 @@ class Store:
                 for f in patch.__struct_fields__
                 if (v := getattr(patch, f)) is not msgspec.UNSET
             }
+            if changes.get("queue", h.get("queue") or c.DEFAULT_QUEUE) != (
+                h.get("queue") or c.DEFAULT_QUEUE
+            ):
+                message = "a task cannot move between queues; cancel it and create a new one"
+                raise ValidationFailed(
+                    f"queue {message}.", details=[{"field": "queue", "message": message}]
+                )
             for f in (
                 "url",
                 "method",
@@ -687,6 +721,7 @@ class Store:
                         spec=decode_spec(spec, url) if fn == "fire_task" else None,
                         base=int(more[0]) if more else 0,
                         owner=more[1] if len(more) > 1 else "",
+                        scheduled_ms=int(more[2]) if len(more) > 2 else 0,
                     )
                 )
         return out
@@ -812,6 +847,14 @@ class Store:
             pipe.zadd(c.WORKERS_KEY, {worker: now_ms()})
             pipe.zremrangebyscore(c.WORKERS_KEY, "-inf", now_ms() - 60_000)
             await pipe.execute()
+
+
+def _place(layout: Layout, owner: str, item: BatchItem) -> int:
+    """The partition of a new task: its named queue's (with its Idempotency-Key, so that a
+    repeat of the same body finds it), else its key's, else any."""
+    if item.body.queue != c.DEFAULT_QUEUE:
+        return layout.queue_partition(owner, item.body.queue)
+    return layout.pick(owner, item.idempotency_key)
 
 
 def idempotency_redis_key(prefix: str, owner: str, kind: str, key: str | None) -> str:
@@ -959,4 +1002,5 @@ def _task_view(h: dict[str, str], attempts: list[str]) -> Task:
         orchestration_id=h.get("orchestration_id") or None,
         attempts=views,
         schedule_id=h.get("schedule_id") or None,
+        queue=h.get("queue") or c.DEFAULT_QUEUE,
     )

@@ -608,7 +608,7 @@ class Worker:
                     "Idempotency-Key": cl.arg,
                     "X-Taskorch-Task-Id": cl.arg,
                     "X-Taskorch-Attempt": str(attempt),
-                    "X-Taskorch-Scheduled-For": _scheduled_for(cl.due_ms),
+                    "X-Taskorch-Scheduled-For": _scheduled_for(cl.scheduled_ms or cl.due_ms),
                 },
                 webhook_id=cl.arg,
                 keys=keys,
@@ -622,7 +622,9 @@ class Worker:
         finally:
             if call is not None:
                 self._ended(call)
-        lateness = result.started_ms - cl.due_ms
+        # A task its queue held back (rate, concurrency, pause) is late by all of its wait.
+        scheduled_ms = cl.scheduled_ms or cl.due_ms
+        lateness = result.started_ms - scheduled_ms
         next_due = 0
         if result.ok:
             outcome = "succeeded"
@@ -647,7 +649,7 @@ class Worker:
             outcome,
             encode_attempt(
                 number=attempt,
-                scheduled_for_ms=cl.due_ms,
+                scheduled_for_ms=scheduled_ms,
                 started_ms=result.started_ms,
                 finished_ms=result.finished_ms,
                 status_code=result.status_code,
