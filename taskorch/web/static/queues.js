@@ -7,7 +7,8 @@ import { alertBox, badge, fill, h, heading } from "./dom.js";
 import { field, input, onSubmit, Problems } from "./forms.js";
 import { inBatches, STATUSES, throttled } from "./tasks.js";
 
-const counts = (q) => q.counts ?? q.tasks ?? {};
+const counts = (q) => q.counts ?? {};
+const PAGE = 25; // failed tasks read per request while redriving
 
 export function mount(root) {
   const rows = new Map();
@@ -155,7 +156,7 @@ export function mount(root) {
     let cursor = null;
     try {
       do {
-        const path = `/v1/tasks${query({ queue: q.name, status: "failed", limit: 100, cursor })}`;
+        const path = `/v1/tasks${query({ queue: q.name, status: "failed", limit: PAGE, cursor })}`;
         const answer = page(await api("GET", path));
         await inBatches(answer.items, 6, async (t) => {
           try {

@@ -172,7 +172,6 @@ function createView(root) {
   const zones = h("datalist", { id: "zones" }, (Intl.supportedValuesOf?.("timeZone") ?? []).map((z) => h("option", { value: z })));
   const tz = input({ list: "zones", value: timeZone });
   const catchUp = select([["one", "One late run, then on time"], ["none", "None"], ["all", "All missed runs"]], "one");
-  const queue = input({ placeholder: "default" });
   const spec = specEditor({});
   const cronField = field("Cron", cron, { rel: "cron", cls: "grow", hint: "minute hour day-of-month month day-of-week, read in the time zone" });
   const secsField = field("Every (s)", secs, { rel: "every" });
@@ -191,7 +190,7 @@ function createView(root) {
     h("div", { class: "row wrap" }, field("Time zone", tz, { rel: "timezone", cls: "grow" }), field("After downtime", catchUp, { rel: "catch_up", cls: "grow" })),
     zones,
     h("h2", null, "The task each run makes"),
-    h("div", { "data-group": "task" }, field("Queue", queue, { rel: "queue" }), spec.el),
+    h("div", { "data-group": "task" }, spec.el),
     h("div", { class: "actions" }, h("button", { type: "submit", class: "primary" }, "Create schedule")),
   );
   fill(root, h("p", null, h("a", { href: "#/schedules" }, "← All schedules")), heading("New schedule"), form);
@@ -199,7 +198,6 @@ function createView(root) {
     const problems = new Problems();
     const body = { timezone: tz.value.trim() || "UTC", catch_up: catchUp.value, task: spec.read("task", problems) };
     if (name.value.trim()) body.name = name.value.trim();
-    if (queue.value.trim()) body.task.queue = queue.value.trim();
     if (kind.value === "cron") {
       if (cron.value.trim()) body.cron = cron.value.trim();
       else problems.add("cron", "is required");
