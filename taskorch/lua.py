@@ -1013,15 +1013,15 @@ local function cancel_made(owner, id, now, all)
 end
 """
 
-# KEYS: queue, sc:<id>, sz. ARGV: id, owner, now, bound, then field/value pairs.
-# Returns sched_view's {hash, last task id}.
+# KEYS: queue, sc:<id>, sz. ARGV: id, owner, now, bound, status (active, or ended when no run
+# time is left), then field/value pairs. Returns sched_view's {hash, last task id}.
 SCHED_CREATE = """
-local id, owner, now = ARGV[1], ARGV[2], tonumber(ARGV[3])
-redis.call('HSET', KEYS[2], 'o', owner, 's', 'active', 'v', 1, 'c', now, 'u', now, 'mu', now)
-for i = 5, #ARGV, 2 do redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1]) end
-move_sched(owner, id, nil, 'active')
-redis.call('ZADD', KEYS[3], now, id)
-publish(owner, 'schedule', id, 'active')
+local id, owner, now, status = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[5]
+redis.call('HSET', KEYS[2], 'o', owner, 's', status, 'v', 1, 'c', now, 'u', now, 'mu', now)
+for i = 6, #ARGV, 2 do redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1]) end
+move_sched(owner, id, nil, status)
+if status == 'active' then redis.call('ZADD', KEYS[3], now, id) end
+publish(owner, 'schedule', id, status)
 return sched_view(id, ARGV[4])
 """
 
