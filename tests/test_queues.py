@@ -197,7 +197,8 @@ async def test_tasks_name_their_queue_and_are_listed_and_counted_by_it(api: Api)
 
     # a task never moves between queues
     r = await api.http.patch(f"/v1/tasks/{mail['id']}", json={"queue": "sms"}, headers=api.auth())
-    assert r.status_code == 422 and r.json()["error"]["details"][0]["field"] == "queue"
+    assert r.status_code == 409 and r.json()["error"]["details"][0]["field"] == "queue"
+    assert "cancel it and create a new one" in r.json()["error"]["message"]
     r = await api.http.patch(
         f"/v1/tasks/{mail['id']}", json={"queue": "emails", "name": "same"}, headers=api.auth()
     )
