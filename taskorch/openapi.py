@@ -536,7 +536,18 @@ def document(settings: Settings) -> dict[str, Any]:
                 id_name="task_id",
                 statuses=models.TaskStatus,
                 create_summary="Schedule an HTTP call",
-                filters=({"name": "queue", "in": "query", "schema": _QUEUE_NAME},),
+                filters=(
+                    {
+                        "name": "queue",
+                        "in": "query",
+                        "description": "only this queue's tasks (empty: every queue's)",
+                        # Empty means every queue, like no parameter at all.
+                        "schema": {
+                            "type": "string",
+                            "pattern": "^(" + c.QUEUE_NAME_PATTERN[1:-1] + ")?$",
+                        },
+                    },
+                ),
                 patch_when="scheduled or retrying",
                 cancel_when="scheduled or retrying",
             ),
