@@ -61,8 +61,9 @@ class Counting:
         return [a.task_id for a in self.arrivals]
 
 
-@pytest.fixture
-async def counting() -> AsyncIterator[Counting]:
+@contextlib.asynccontextmanager
+async def counting_server() -> AsyncIterator[Counting]:
+    """A :class:`Counting` target for the time of the block."""
     t: Counting
 
     async def handle(request: web.Request) -> web.StreamResponse:
@@ -86,9 +87,17 @@ async def counting() -> AsyncIterator[Counting]:
     server = TestServer(app, host="127.0.0.1")
     await server.start_server()
     t = Counting(server)
-    yield t
-    t.closing.set()
-    await server.close()
+    try:
+        yield t
+    finally:
+        t.closing.set()
+        await server.close()
+
+
+@pytest.fixture
+async def counting() -> AsyncIterator[Counting]:
+    async with counting_server() as t:
+        yield t
 
 
 async def put_queue(api: Api, name: str, body: dict[str, Any], sub: str = "alice") -> Any:
