@@ -248,8 +248,17 @@ async def list_tasks(request: Request) -> Response:
         status=_status_param(request, TaskStatus),
         limit=_limit_param(request),
         cursor=_cursor_param(request, "tsk"),
+        name=_name_param(request),
     )
     return JSON(page)
+
+
+def _name_param(request: Request) -> str | None:
+    """``name=``: a prefix of task names (issue #12); empty means no filter."""
+    name = request.query_params.get("name") or None
+    if name is not None and len(name) > 200:
+        raise _invalid_param("name", "must be at most 200 characters (a name is)")
+    return name
 
 
 async def get_task(request: Request) -> Response:

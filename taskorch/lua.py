@@ -912,3 +912,35 @@ publish(t.o, 'task', id, t.s)
 return 1
 """
 )
+
+
+# -- GET /v1/tasks?name= (issue #12) ------------------------------------------------------------
+# ARGV: index prefix ('i:<owner>:'), cursor|'', limit, name prefix, scan limit, then statuses.
+# As LIST_IDS, but only tasks whose name starts with the prefix, found by reading the owner's
+# newest records below the cursor, at most scan-limit of them (no index: named tasks cost no more
+# memory than others). Returns {ids, stop}: up to limit + 1 matching ids, newest first, and,
+# when the scan limit ran out first, the last id read ('' otherwise): ids below it are unread.
+LIST_NAMED = """
+local ix, cursor, limit, want = P .. ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
+local budget = tonumber(ARGV[5])
+local top = '+'
+if cursor ~= '' then top = '(' .. cursor end
+local all = {}
+for i = 6, #ARGV do
+  local ids = redis.call('ZREVRANGEBYLEX', ix .. ARGV[i], top, '-', 'LIMIT', 0, budget + 1)
+  for _, id in ipairs(ids) do all[#all + 1] = id end
+end
+table.sort(all, function(a, b) return a > b end)
+local out, last = {}, ''
+for i = 1, math.min(#all, budget) do
+  local id = all[i]
+  local t = load(id)
+  if t and string.sub(t.n, 1, #want) == want then
+    out[#out + 1] = id
+    if #out > limit then return {out, ''} end
+  end
+  last = id
+end
+if #all > budget then return {out, last} end
+return {out, ''}
+"""

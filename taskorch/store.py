@@ -399,6 +399,7 @@ class Store:
         self._create = reg(lua.PRELUDE + lua.CREATE_TASKS)
         self._view = reg(lua.PRELUDE + lua.VIEW_TASKS)
         self._list = reg(lua.PRELUDE + lua.LIST_IDS)
+        self._list_named = reg(lua.PRELUDE + lua.LIST_NAMED)
         self._cancel = reg(lua.PRELUDE + lua.CANCEL_TASK)
         self._modify = reg(lua.PRELUDE + lua.MODIFY_TASK)
         self._retry = reg(lua.PRELUDE + lua.RETRY_TASK)
@@ -583,22 +584,76 @@ class Store:
         return _task_view(view, attempts)
 
     async def list_tasks(
-        self, owner: str, *, status: TaskStatus | None, limit: int, cursor: str | None
+        self,
+        owner: str,
+        *,
+        status: TaskStatus | None,
+        limit: int,
+        cursor: str | None,
+        name: str | None = None,
     ) -> TaskPage:
+        """One newest-first page of the owner's tasks; ``name`` keeps those whose name starts
+        with it (see :meth:`_named_ids`)."""
         layout = await self.layout()
         statuses = [status.value] if status else [s.value for s in TaskStatus]
-        ids, next_cursor = await list_ids(
-            self.redis,
-            layout,
-            self._list,
-            f"{c.TASK_INDEX}{owner}:",
-            statuses,
-            limit=limit,
-            cursor=cursor,
-        )
+        if name:
+            ids, next_cursor = await self._named_ids(
+                layout, owner, statuses, name, limit=limit, cursor=cursor
+            )
+        else:
+            ids, next_cursor = await list_ids(
+                self.redis,
+                layout,
+                self._list,
+                f"{c.TASK_INDEX}{owner}:",
+                statuses,
+                limit=limit,
+                cursor=cursor,
+            )
         views = await self._views(layout, ids) if ids else {}
         items = [views[i] for i in ids if i in views]
         return TaskPage(items=items, next_cursor=next_cursor)
+
+    async def _named_ids(
+        self,
+        layout: Layout,
+        owner: str,
+        statuses: Sequence[str],
+        name: str,
+        *,
+        limit: int,
+        cursor: str | None,
+    ) -> tuple[list[str], str | None]:
+        """A page of ids of tasks named ``name...``: each partition reads at most
+        NAME_SCAN_LIMIT of the owner's newest records below the cursor (lua.LIST_NAMED). Where
+        one stopped early, the page holds only what is newer than where it stopped and its
+        cursor goes on from there: a page may be short, even empty, with a next_cursor."""
+        rows = await run_many(
+            self.redis,
+            self._list_named,
+            [
+                (
+                    [layout.queue(p)],
+                    [
+                        f"{c.TASK_INDEX}{owner}:",
+                        cursor or "",
+                        limit,
+                        name,
+                        c.NAME_SCAN_LIMIT,
+                        *statuses,
+                    ],
+                )
+                for p in range(layout.n)
+            ],
+        )
+        stops = [stop for _, stop in rows if stop]
+        cutoff = max(stops) if stops else None
+        ids = sorted((i for found, _ in rows for i in found), reverse=True)
+        if cutoff is not None:
+            ids = [i for i in ids if i >= cutoff]  # below it, a partition has not looked
+        if len(ids) > limit:
+            return ids[:limit], ids[limit - 1]
+        return ids, cutoff
 
     async def cancel_task(self, owner: str, task_id: str) -> Task:
         layout = await self.layout()
