@@ -655,7 +655,9 @@ class Store:
         index, parts = f"{c.TASK_INDEX}{owner}:", range(layout.n)
         if queue is not None and queue != c.DEFAULT_QUEUE:  # the queue's own partition and index
             index = f"{c.QUEUE_INDEX}{owner}:{queue}:"
-            parts = range(layout.queue_partition(owner, queue), layout.queue_partition(owner, queue) + 1)
+            parts = range(
+                layout.queue_partition(owner, queue), layout.queue_partition(owner, queue) + 1
+            )
         rows = await run_many(
             self.redis,
             self._list_named,
