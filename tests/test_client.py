@@ -530,3 +530,26 @@ def test_an_api_out_of_reach_is_one_error_naming_the_address() -> None:
         with pytest.raises(errors.ApiUnreachable) as unreachable:
             c.list_tasks()
     assert url in str(unreachable.value) and "TASKORCH_API_URL" in str(unreachable.value)
+
+
+# -- docs/client.md ------------------------------------------------------------------------------
+
+
+def _doc_examples() -> list[str]:
+    text = (ROOT / "docs" / "client.md").read_text()
+    return [block.split("```", 1)[0] for block in text.split("```python\n")[1:]]
+
+
+@pytest.mark.parametrize("n", range(len(_doc_examples())))
+def test_docs_examples_run_as_written(service: Service, n: int) -> None:
+    """Each example of docs/client.md, as a user runs it: a fresh process with
+    TASKORCH_API_URL and TASKORCH_TOKEN set, for an owner of its own."""
+    done = subprocess.run(
+        [sys.executable, "-c", _doc_examples()[n]],
+        env=service.env(TASKORCH_TOKEN=service.token()),
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip(), "each example prints what it found"
