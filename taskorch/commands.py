@@ -181,7 +181,11 @@ def _call_options(p: argparse.ArgumentParser, *, url_required: bool = True) -> N
 
 def add_verbs(sub: Any) -> None:
     """Add ``tasks``, ``schedules`` and ``queues`` to the ``taskorch`` command's subparsers."""
-    env = f"Reads {API_URL_ENV} (the API's address) and {TOKEN_ENV} (a token)."
+    env = (
+        f"Reads {API_URL_ENV} (the API's address) and {TOKEN_ENV} (a token). Exit codes: 0 done,"
+        " 1 another error, 2 usage, 3 not found, 4 conflict, 5 service unavailable or out of"
+        " reach, 6 token refused, 7 request invalid."
+    )
     tasks = sub.add_parser(
         "tasks", help="create, list and steer tasks through the API", description=env
     )

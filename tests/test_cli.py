@@ -282,3 +282,11 @@ def test_times_read_as_a_person_reads_them() -> None:
     assert commands.relative(at(0.2), now) == "now"
     assert commands.relative(at(5400), now) == "in 1 h 30 min"
     assert commands.relative(at(-2 * 86400), now) == "2 d ago"
+
+
+def test_group_help_names_the_exit_codes(capsys: Any) -> None:
+    for group in ("tasks", "schedules", "queues"):
+        with pytest.raises(SystemExit):
+            cli.main([group, "--help"])
+        text = " ".join(capsys.readouterr().out.split())
+        assert "3 not found, 4 conflict, 5 service unavailable" in text

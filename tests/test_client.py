@@ -553,3 +553,36 @@ def test_docs_examples_run_as_written(service: Service, n: int) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip(), "each example prints what it found"
+
+
+# -- a real outage: Redis frozen under the real API ----------------------------------------------
+
+
+def test_a_create_during_a_redis_freeze_is_stored_once_after_it(tmp_path: Any) -> None:
+    """Redis stopped (SIGSTOP) under ``taskorch serve``: the create is answered 503 with
+    Retry-After, the client sends it again with the same Idempotency-Key until Redis is back,
+    and exactly one task is stored; reads wait it out too."""
+    from taskorch.auth import mint_token
+    from tests.conftest import make_settings
+    from tests.live import frozen, own_redis_server, serving
+
+    with (
+        own_redis_server(tmp_path) as redis_server,
+        serving(redis_server.url, tmp_path / "serve.log") as serve,
+    ):
+        token = mint_token(make_settings(redis_server.url), "frozen-owner")
+        with Client(serve.url, token=token, retries=6) as c:
+            results: list[Any] = []
+            maker = threading.Thread(
+                target=lambda: results.append(c.create_task(url="https://example.com/", delay=HOUR))
+            )
+            started = time.monotonic()
+            with frozen(redis_server):
+                maker.start()
+                time.sleep(2.5)  # Redis stays stopped this long; the create meets 503s
+            maker.join(30)
+            took_s = time.monotonic() - started
+            assert results and results[0].status == "scheduled"
+            assert took_s >= 2.0  # it waited the freeze out, as Retry-After asked
+            assert [t.id for t in c.iter_tasks()] == [results[0].id]
+    assert '"status": 503' in serve.log() or "api.redis_unavailable" in serve.log()
