@@ -26,8 +26,8 @@ from typing import IO, Any, Generic, Literal, TypedDict, TypeVar, Unpack
 import httpx
 import msgspec
 
+from taskorch import constants as c
 from taskorch import errors
-from taskorch.constants import MAX_BATCH_TASKS
 from taskorch.models import (
     Function,
     FunctionPage,
@@ -68,11 +68,7 @@ Time = dt.datetime | str
 # Where a client reads its defaults (the same variables as the `taskorch` command's verbs).
 API_URL_ENV = "TASKORCH_API_URL"
 TOKEN_ENV = "TASKORCH_TOKEN"
-# A page of a list as the iterators fetch it: the API's largest (MAX_LIST_LIMIT), as few round
-# trips as it allows.
-PAGE_SIZE = 500
-# The wait before a repeat when the answer names none (a lost connection): doubled each time.
-FIRST_BACKOFF_S = 0.5
+PAGE_SIZE = c.CLIENT_PAGE_SIZE
 
 
 # -- what the methods take ---------------------------------------------------------------------
@@ -482,7 +478,7 @@ class _Retry:
     max_wait_s: float
 
     def _backoff(self, attempt: int) -> float:
-        return min(FIRST_BACKOFF_S * 2.0**attempt, self.max_wait_s)
+        return min(c.CLIENT_FIRST_BACKOFF_S * 2.0**attempt, self.max_wait_s)
 
     def after_error(
         self, call: _Call[Any], attempt: int, exc: httpx.TransportError
@@ -579,9 +575,9 @@ class Client(_Base):
         base_url: str | None = None,
         *,
         token: str | None = None,
-        timeout_s: float = 30.0,
-        retries: int = 3,
-        max_retry_wait_s: float = 30.0,
+        timeout_s: float = c.CLIENT_TIMEOUT_S,
+        retries: int = c.CLIENT_RETRIES,
+        max_retry_wait_s: float = c.CLIENT_MAX_RETRY_WAIT_S,
         idempotency_keys: bool = True,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
@@ -653,8 +649,8 @@ class Client(_Base):
         each outcome has ``task`` or ``error``, in the same order. More than 1,000 are sent in
         batches of 1,000."""
         out: list[TaskBatchOutcome] = []
-        for i in range(0, len(tasks), MAX_BATCH_TASKS):
-            out += self._send(self._calls.create_tasks(tasks[i : i + MAX_BATCH_TASKS])).items
+        for i in range(0, len(tasks), c.MAX_BATCH_TASKS):
+            out += self._send(self._calls.create_tasks(tasks[i : i + c.MAX_BATCH_TASKS])).items
         return out
 
     def get_task(self, task_id: str) -> Task:
@@ -920,9 +916,9 @@ class AsyncClient(_Base):
         base_url: str | None = None,
         *,
         token: str | None = None,
-        timeout_s: float = 30.0,
-        retries: int = 3,
-        max_retry_wait_s: float = 30.0,
+        timeout_s: float = c.CLIENT_TIMEOUT_S,
+        retries: int = c.CLIENT_RETRIES,
+        max_retry_wait_s: float = c.CLIENT_MAX_RETRY_WAIT_S,
         idempotency_keys: bool = True,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
@@ -990,8 +986,8 @@ class AsyncClient(_Base):
     async def create_tasks(self, tasks: Sequence[Mapping[str, Any]]) -> list[TaskBatchOutcome]:
         """See :meth:`Client.create_tasks`."""
         out: list[TaskBatchOutcome] = []
-        for i in range(0, len(tasks), MAX_BATCH_TASKS):
-            batch = self._calls.create_tasks(tasks[i : i + MAX_BATCH_TASKS])
+        for i in range(0, len(tasks), c.MAX_BATCH_TASKS):
+            batch = self._calls.create_tasks(tasks[i : i + c.MAX_BATCH_TASKS])
             out += (await self._send(batch)).items
         return out
 

@@ -275,3 +275,19 @@ WORKER_RATE_FLOOR = 4000
 # Jobs one claim takes when more are due: a burst is claimed in slices, and the first worker to
 # see it wakes the others (WAKE_CHANNEL), so that their slices interleave and it spreads.
 CLAIM_SLICE = 250
+
+# -- the Python client (taskorch.client) and the `taskorch tasks|schedules|queues` verbs --------
+# A list page as the client's iterators fetch it: the API's largest, as few round trips as it
+# allows (MAX_LIST_LIMIT).
+CLIENT_PAGE_SIZE = MAX_LIST_LIMIT
+# Further sends of a request answered 503/429 or never answered, where sending again is safe:
+# enough to ride out a Redis restart (a few seconds at Retry-After: 1), few enough that a script
+# hears of a real outage within half a minute.
+CLIENT_RETRIES = 3
+# The longest Retry-After the client waits out; longer (a sign-in throttled for minutes) raises
+# at once, since waiting would only hide it.
+CLIENT_MAX_RETRY_WAIT_S = 30.0
+# The wait before a repeat when the answer names none (a connection refused): doubled each time.
+CLIENT_FIRST_BACKOFF_S = 0.5
+# Per request: above a rotate's SIGNING_CACHE_S wait and a function upload's build start.
+CLIENT_TIMEOUT_S = 30.0
