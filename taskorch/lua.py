@@ -995,14 +995,17 @@ return n
 )
 
 # ARGV: owner, schedule id, cursor|'', limit, status|''. One newest-first page (up to limit + 1)
-# of the tasks a schedule made, below the cursor, of that status when one is given.
-SCHED_TASK_IDS = """
+# of the tasks a schedule made, below the cursor, of that status when one is given: {ids, the
+# last id looked at when it stopped after SCHEDULE_LIST_SCAN without filling the page, else ''}.
+SCHED_TASK_IDS = f"""
 local key = made_key(ARGV[1], ARGV[2])
 local top = '+'
 if ARGV[3] ~= '' then top = '(' .. ARGV[3] end
 local limit, want = tonumber(ARGV[4]), ARGV[5]
-local out, off = {}, 0
+local out, off = {{}}, 0
 while #out <= limit do
+  if off >= {c.SCHEDULE_LIST_SCAN} then return {{out, redis.call('ZREVRANGEBYLEX', key, top, '-',
+    'LIMIT', off - 1, 1)[1] or ''}} end
   local ids = redis.call('ZREVRANGEBYLEX', key, top, '-', 'LIMIT', off, 200)
   if #ids == 0 then break end
   for _, tid in ipairs(ids) do
@@ -1016,5 +1019,5 @@ while #out <= limit do
   end
   off = off + 200
 end
-return out
+return {{out, ''}}
 """

@@ -314,7 +314,7 @@ class Schedules:
     ) -> TaskPage:
         """``GET /v1/tasks?schedule_id=``: the tasks a schedule made, newest first."""
         _, _, keys = await self._keys(sid)
-        ids = await run_script(
+        ids, stopped = await run_script(
             self.redis,
             self._task_ids,
             keys[:1],
@@ -324,7 +324,8 @@ class Schedules:
         ids = ids[:limit]
         rows = await run_script(self.redis, self._view_tasks, keys[:1], ids) if ids else []
         items = [_task_view(from_flat(h), a) for h, a in rows if h]
-        return TaskPage(items=items, next_cursor=ids[-1] if more and ids else None)
+        next_cursor = ids[-1] if more and ids else (stopped or None)
+        return TaskPage(items=items, next_cursor=next_cursor)
 
     def _make_soon(self, layout: Layout, p: int, sid: str, h: dict[str, str]) -> None:
         """Make the first occurrences now, beside the request (a worker's maker would within
