@@ -362,8 +362,13 @@ class Schedules:
             downtime = prev == "" or now - int(prev) > c.SCHEDULE_LATE_MS
             for sid, flat in items:
                 jobs.append(self.make(layout, p, sid, from_flat(flat), downtime=downtime, now=now))
-        made = await asyncio.gather(*jobs)
-        return sum(max(0, n) for n in made)
+        made = await asyncio.gather(*jobs, return_exceptions=True)
+        for got in made:
+            if isinstance(got, REDIS_DOWN):
+                raise got
+            if isinstance(got, BaseException):  # one bad schedule must not stop the others
+                log.error("schedule.make_failed", error=repr(got))
+        return sum(n for n in made if isinstance(n, int) and n > 0)
 
     async def make(
         self,
