@@ -357,17 +357,18 @@ class Schedules:
             self._due,
             [([layout.queue(p)], [now, c.SCHEDULE_DUE_BATCH]) for p in range(layout.n)],
         )
-        jobs = []
+        jobs, sids = [], []
         for p, (prev, items) in enumerate(rows):
             downtime = prev == "" or now - int(prev) > c.SCHEDULE_LATE_MS
             for sid, flat in items:
                 jobs.append(self.make(layout, p, sid, from_flat(flat), downtime=downtime, now=now))
+                sids.append(sid)
         made = await asyncio.gather(*jobs, return_exceptions=True)
-        for got in made:
+        for sid, got in zip(sids, made, strict=True):
             if isinstance(got, REDIS_DOWN):
                 raise got
             if isinstance(got, BaseException):  # one bad schedule must not stop the others
-                log.error("schedule.make_failed", error=repr(got))
+                log.error("schedule.make_failed", schedule_id=sid, error=repr(got))
         return sum(n for n in made if isinstance(n, int) and n > 0)
 
     async def make(
