@@ -348,10 +348,11 @@ class Schedules:
 
     # -- the makers (every worker) -----------------------------------------------------------
 
-    async def make_due(self) -> int:
-        """One makers' round over every partition; how many occurrences it made."""
+    async def make_due(self, *, now: int | None = None) -> int:
+        """One makers' round over every partition (at ``now``, which tests name); how many
+        occurrences it made."""
         layout = await partitions.load(self.redis)
-        now = now_ms()
+        now = now_ms() if now is None else now
         rows = await run_many(
             self.redis,
             self._due,
