@@ -850,7 +850,8 @@ end
 # time is left), then field/value pairs. Returns sched_view's {hash, last task id}.
 SCHED_CREATE = """
 local id, owner, now, status = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[5]
-redis.call('HSET', KEYS[2], 'o', owner, 's', status, 'v', 1, 'c', now, 'u', now, 'mu', now)
+-- made until just before now: a grid that starts now (every, without start_at) runs at once
+redis.call('HSET', KEYS[2], 'o', owner, 's', status, 'v', 1, 'c', now, 'u', now, 'mu', now - 1)
 for i = 6, #ARGV, 2 do redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1]) end
 move_sched(owner, id, nil, status)
 if status == 'active' then redis.call('ZADD', KEYS[3], now, id) end
@@ -872,7 +873,8 @@ return out
 # has the new definition made from now on; resume makes from now on (a pause is not downtime:
 # nothing missed while paused is caught up); delete cancels like pause and removes the schedule
 # (its tasks stay, with their schedule_id, until retention deletes them).
-SCHED_CHANGE = """
+SCHED_CHANGE = (
+    """
 local op, id, owner, now, bound = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]), ARGV[5]
 local key = KEYS[2]
 local s = redis.call('HMGET', key, 'o', 's', 'v')
@@ -883,8 +885,12 @@ if op == 'delete' then
   cancel_made(owner, id, now, true)
   redis.call('DEL', key)
   redis.call('ZREM', KEYS[3], id)
-  redis.call('ZREM', P .. 'si:' .. owner .. ':' .. status, id)
-  redis.call('HINCRBY', P .. 's', 'schedules:' .. status, -1)
+  redis.call('ZREM', P .. '"""
+    + c.SCHEDULE_INDEX
+    + """' .. owner .. ':' .. status, id)
+  redis.call('HINCRBY', P .. '"""
+    + c.STATS
+    + """', 'schedules:' .. status, -1)
   publish(owner, 'schedule', id, 'deleted')
   return {'deleted'}
 end
@@ -916,6 +922,7 @@ if new ~= status or op == 'patch' then
 end
 return {'ok', sched_view(id, bound)}
 """
+)
 
 # ARGV: now, limit. The makers' round in this partition: the schedules whose next occurrences
 # are due to be made, each {id, hash}, after the time of the previous round (or '' for none): a

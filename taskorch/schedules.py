@@ -76,7 +76,7 @@ def rule_of(h: dict[str, str]) -> Rule:
 def _view(sid: str, h: dict[str, str], last: str, now: int) -> Schedule:
     status = ScheduleStatus(h["s"])
     rule = rule_of(h)
-    runs = rule.after(now, FOREVER_MS, c.NEXT_RUNS) if status is ScheduleStatus.active else []
+    runs = rule.after(now - 1, FOREVER_MS, c.NEXT_RUNS) if status is ScheduleStatus.active else []
     return Schedule(
         id=sid,
         name=h.get("n") or None,

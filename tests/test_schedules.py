@@ -606,3 +606,14 @@ async def test_a_schedule_that_cannot_be_made_does_not_stop_the_others(
         assert len(await _tasks(api, good["id"])) == made
     finally:
         await client.aclose()
+
+
+async def test_an_interval_without_start_at_runs_at_once_then_every_interval(
+    api: Api, target: Target
+) -> None:
+    sch = await _create(api, {"every": 3600, "task": {"url": target.url("/x")}})
+    created = _ms(sch["created_at"])
+    assert sch["start_at"] == sch["created_at"]
+    assert [_ms(t) for t in sch["next_runs"][:2]] == [created, created + 3_600_000]
+    [task] = await until(lambda: _made_at_least(api, sch["id"], 1))
+    assert _ms(task["run_at"]) == created and task["schedule_id"] == sch["id"]
