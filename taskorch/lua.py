@@ -1013,15 +1013,16 @@ local function cancel_made(owner, id, now, all)
 end
 """
 
-# KEYS: queue, sc:<id>, sz. ARGV: id, owner, now, bound, then field/value pairs.
-# Returns sched_view's {hash, last task id}.
+# KEYS: queue, sc:<id>, sz. ARGV: id, owner, now, bound, status (active, or ended when no run
+# time is left), then field/value pairs. Returns sched_view's {hash, last task id}.
 SCHED_CREATE = """
-local id, owner, now = ARGV[1], ARGV[2], tonumber(ARGV[3])
-redis.call('HSET', KEYS[2], 'o', owner, 's', 'active', 'v', 1, 'c', now, 'u', now, 'mu', now)
-for i = 5, #ARGV, 2 do redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1]) end
-move_sched(owner, id, nil, 'active')
-redis.call('ZADD', KEYS[3], now, id)
-publish(owner, 'schedule', id, 'active')
+local id, owner, now, status = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[5]
+-- made until just before now: a grid that starts now (every, without start_at) runs at once
+redis.call('HSET', KEYS[2], 'o', owner, 's', status, 'v', 1, 'c', now, 'u', now, 'mu', now - 1)
+for i = 6, #ARGV, 2 do redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1]) end
+move_sched(owner, id, nil, status)
+if status == 'active' then redis.call('ZADD', KEYS[3], now, id) end
+publish(owner, 'schedule', id, status)
 return sched_view(id, ARGV[4])
 """
 
@@ -1039,7 +1040,8 @@ return out
 # has the new definition made from now on; resume makes from now on (a pause is not downtime:
 # nothing missed while paused is caught up); delete cancels like pause and removes the schedule
 # (its tasks stay, with their schedule_id, until retention deletes them).
-SCHED_CHANGE = """
+SCHED_CHANGE = (
+    """
 local op, id, owner, now, bound = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]), ARGV[5]
 local key = KEYS[2]
 local s = redis.call('HMGET', key, 'o', 's', 'v')
@@ -1050,8 +1052,12 @@ if op == 'delete' then
   cancel_made(owner, id, now, true)
   redis.call('DEL', key)
   redis.call('ZREM', KEYS[3], id)
-  redis.call('ZREM', P .. 'si:' .. owner .. ':' .. status, id)
-  redis.call('HINCRBY', P .. 's', 'schedules:' .. status, -1)
+  redis.call('ZREM', P .. '"""
+    + c.SCHEDULE_INDEX
+    + """' .. owner .. ':' .. status, id)
+  redis.call('HINCRBY', P .. '"""
+    + c.STATS
+    + """', 'schedules:' .. status, -1)
   publish(owner, 'schedule', id, 'deleted')
   return {'deleted'}
 end
@@ -1083,6 +1089,7 @@ if new ~= status or op == 'patch' then
 end
 return {'ok', sched_view(id, bound)}
 """
+)
 
 # ARGV: now, limit. The makers' round in this partition: the schedules whose next occurrences
 # are due to be made, each {id, hash}, after the time of the previous round (or '' for none): a
@@ -1162,14 +1169,17 @@ return n
 )
 
 # ARGV: owner, schedule id, cursor|'', limit, status|''. One newest-first page (up to limit + 1)
-# of the tasks a schedule made, below the cursor, of that status when one is given.
-SCHED_TASK_IDS = """
+# of the tasks a schedule made, below the cursor, of that status when one is given: {ids, the
+# last id looked at when it stopped after SCHEDULE_LIST_SCAN without filling the page, else ''}.
+SCHED_TASK_IDS = f"""
 local key = made_key(ARGV[1], ARGV[2])
 local top = '+'
 if ARGV[3] ~= '' then top = '(' .. ARGV[3] end
 local limit, want = tonumber(ARGV[4]), ARGV[5]
-local out, off = {}, 0
+local out, off = {{}}, 0
 while #out <= limit do
+  if off >= {c.SCHEDULE_LIST_SCAN} then return {{out, redis.call('ZREVRANGEBYLEX', key, top, '-',
+    'LIMIT', off - 1, 1)[1] or ''}} end
   local ids = redis.call('ZREVRANGEBYLEX', key, top, '-', 'LIMIT', off, 200)
   if #ids == 0 then break end
   for _, tid in ipairs(ids) do
@@ -1183,7 +1193,7 @@ while #out <= limit do
   end
   off = off + 200
 end
-return out
+return {{out, ''}}
 """
 # -- signed calls (issue #12) -------------------------------------------------------------------
 # An owner's signing secrets: the hash KEYS[1] = sk:<owner> in the owner's partition, fields cur,

@@ -365,15 +365,12 @@ class ScheduleTask(TaskSpec):
     }
 
 
-def schedule_problems(
-    cron: str | None, every: float | None, start: Any, end: Any
-) -> list[tuple[str, str]]:
-    """The rules that span a schedule's fields (each field's own are in _FIELD_RULES)."""
+def schedule_problems(cron: str | None, every: float | None) -> list[tuple[str, str]]:
+    """The rules that span a schedule's fields (each field's own are in _FIELD_RULES). An
+    ``end_at`` before ``start_at`` or now is not one: the schedule is ``ended`` at once."""
     problems = []
     if (cron is None) == (every is None):
         problems.append(("cron", "give cron or every, exactly one of the two"))
-    if isinstance(start, dt.datetime) and isinstance(end, dt.datetime) and end <= start:
-        problems.append(("end_at", "must be later than start_at"))
     return problems
 
 
@@ -390,21 +387,26 @@ class ScheduleCreate(_Input):
     catch_up: CatchUp = "one"
 
     def check(self) -> list[tuple[str, str]]:
-        return schedule_problems(self.cron, self.every, self.start_at, self.end_at)
+        return schedule_problems(self.cron, self.every)
 
 
 class SchedulePatch(_Input):
     """Body of ``PATCH /v1/schedules/{id}``: absent fields stay. Giving ``cron`` replaces an
-    ``every`` and the other way round."""
+    ``every`` and the other way round; ``end_at: null`` removes the end."""
 
     task: ScheduleTask | UnsetType = UNSET
-    cron: Cron | UnsetType | None = UNSET
-    every: Every | UnsetType | None = UNSET
+    cron: Cron | UnsetType = UNSET
+    every: Every | UnsetType = UNSET
     timezone: ZoneName | UnsetType = UNSET
     name: Annotated[str, Meta(max_length=200)] | UnsetType | None = UNSET
-    start_at: dt.datetime | UnsetType | None = UNSET
+    start_at: dt.datetime | UnsetType = UNSET
     end_at: dt.datetime | UnsetType | None = UNSET
     catch_up: CatchUp | UnsetType = UNSET
+
+    def check(self) -> list[tuple[str, str]]:
+        if self.cron is not UNSET and self.every is not UNSET:
+            return [("cron", "give cron or every, not both")]
+        return []
 
 
 class Schedule(Struct):
@@ -619,7 +621,9 @@ def fmt_ms(ms: int | float | None) -> str | None:
 def _fmt_second(second: int) -> str:
     # A task's created, updated and due times mostly fall in seconds just formatted.
     t = dt.datetime.fromtimestamp(second, tz=dt.UTC)
-    return t.strftime("%Y-%m-%dT%H:%M:%S")
+    # isoformat, not strftime: %Y writes the year 1 as "1", not RFC 3339's "0001" (a schedule
+    # keeps the start_at or end_at it was given, however far back).
+    return t.replace(tzinfo=None).isoformat(timespec="seconds")
 
 
 def retry_wait_s(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import enum
+import zoneinfo
 from functools import lru_cache
 from typing import Any
 
@@ -50,7 +51,7 @@ _ERRORS = {
 }
 # An id as the service makes them: a type prefix, then 24 hex digits (time, then randomness).
 ID_PATTERN = "^{prefix}_[0-9a-f]{{24}}$"
-_ID_PREFIX = {"task_id": "tsk", "orc_id": "orc", "fn_id": "fn"}
+_ID_PREFIX = {"task_id": "tsk", "orc_id": "orc", "fn_id": "fn", "sch_id": "sch"}
 
 
 def _op(
@@ -298,6 +299,64 @@ def _replace_string(prop: dict[str, Any], rule: dict[str, Any]) -> dict[str, Any
     return merged
 
 
+# A cron expression the API always accepts (it takes more: names, ranges, L, W, #): each field
+# `*`, `*/step` or a list of values in range; days of the month up to 28, so that every month has
+# them.
+def _cron_field(value: str, step: str) -> str:
+    return rf"(\*(/({step}))?|({value})(,({value}))*)"
+
+
+_CRON = {
+    "type": "string",
+    "description": "5 fields as crontab (minute hour day-of-month month day-of-week), read in "
+    "timezone; names, ranges and steps as in Debian cron are accepted too",
+    "pattern": "^"
+    + " ".join(
+        (
+            _cron_field("[0-5]?[0-9]", "[1-9]|[1-5][0-9]"),
+            _cron_field("[01]?[0-9]|2[0-3]", "[1-9]|1[0-9]|2[0-3]"),
+            _cron_field("[1-9]|1[0-9]|2[0-8]", "[1-9]|[12][0-9]|30"),
+            _cron_field("[1-9]|1[0-2]", "[1-9]|1[01]"),
+            _cron_field("[0-7]", "[1-7]"),
+        )
+    )
+    + "$",
+}
+
+
+def _zones() -> list[str]:
+    from taskorch.cron import zone
+
+    return sorted(z for z in zoneinfo.available_timezones() if zone(z) is not None)
+
+
+def _tighten_schedules(components: dict[str, Any]) -> None:
+    """A schedule's cron, time zone and times, as the API checks them."""
+    zones = {"type": "string", "enum": _zones(), "description": "IANA time zone name"}
+    for name in ("ScheduleCreate", "SchedulePatch"):
+        props = components[name]["properties"]
+        for field, rule in (("cron", _CRON), ("timezone", zones)):
+            props[field] = _replace_string(props[field], rule)
+        for field in ("start_at", "end_at"):
+            prop = props[field]
+            props[field] = (
+                _replace_string(prop, _RUN_AT)
+                if "anyOf" in prop
+                else {"anyOf": [_RUN_AT, _UNIX_TIME]}
+            )
+    components["ScheduleTask"]["properties"]["url"] = _URL
+    components["ScheduleTask"]["properties"]["headers"] = _HEADERS
+    create = components["ScheduleCreate"]
+    create["oneOf"] = [
+        {"required": ["cron"], "properties": {"cron": {"type": "string"}}},
+        {"required": ["every"], "properties": {"every": {"type": "number"}}},
+    ]
+    components["SchedulePatch"]["not"] = {
+        "description": "cron or every, not both",
+        "required": ["cron", "every"],
+    }
+
+
 # java names Class::method; python and node a function; only python takes requirements.
 _FUNCTION_RULES = [
     {
@@ -340,6 +399,10 @@ def _components() -> dict[str, Any]:
             models.Function,
             models.FunctionPage,
             models.SigningKeys,
+            models.ScheduleCreate,
+            models.SchedulePatch,
+            models.Schedule,
+            models.SchedulePage,
         ],
         ref_template=_REF,
     )
@@ -350,6 +413,7 @@ def _components() -> dict[str, Any]:
     for name in ("StepSpec", "ConditionSpec", "TaskSpec", "FunctionSchedule"):
         _tighten(components[name])
     components["FunctionCreate"]["allOf"] = _FUNCTION_RULES
+    _tighten_schedules(components)
     # Any value is accepted in a batch's list and answered in its place (a bad task is refused
     # alone, inside the 200), so the list's items are documented, not required, to be tasks.
     tasks = components["TaskBatch"]["properties"]["tasks"]
@@ -366,6 +430,74 @@ def _components() -> dict[str, Any]:
     for name in ("task", "error"):
         outcome["properties"][name] = outcome["properties"][name]["anyOf"][0]
     return components
+
+
+def _schedule_paths() -> dict[str, Any]:
+    ids = _path_id("sch_id")
+    links = _links(
+        "sch_id",
+        GetSchedule="getSchedule",
+        ModifySchedule="modifySchedule",
+        PauseSchedule="pauseSchedule",
+        ResumeSchedule="resumeSchedule",
+        DeleteSchedule="deleteSchedule",
+    )
+    it = {"200": _json("Schedule", "It")}
+    return {
+        "/v1/schedules": {
+            "post": _op(
+                "Run a task on a cron expression or an interval",
+                {"201": _json("Schedule", "Created; Location names it")},
+                op_id="createSchedule",
+                body="ScheduleCreate",
+                codes=("400", "413", "422"),
+                links=links,
+            ),
+            "get": _op(
+                "List schedules, newest first",
+                {"200": _json("SchedulePage", "A page")},
+                op_id="listSchedules",
+                codes=("422",),
+                params=_list_params(models.ScheduleStatus, "sch"),
+            ),
+        },
+        "/v1/schedules/{sch_id}": {
+            "get": _op("Get a schedule", it, op_id="getSchedule", codes=("404",), params=ids),
+            "patch": _op(
+                "Change a schedule (its occurrences not yet due are made anew)",
+                it,
+                op_id="modifySchedule",
+                body="SchedulePatch",
+                codes=("400", "404", "409", "413", "422"),
+                params=ids,
+            ),
+            "delete": _op(
+                "Delete a schedule and cancel its occurrences not yet started",
+                {"204": {"description": "Deleted"}},
+                op_id="deleteSchedule",
+                codes=("404",),
+                params=ids,
+            ),
+        },
+        "/v1/schedules/{sch_id}/pause": {
+            "post": _op(
+                "Pause a schedule: no more occurrences, those not yet started are cancelled",
+                it,
+                op_id="pauseSchedule",
+                codes=("404", "409"),
+                params=ids,
+            )
+        },
+        "/v1/schedules/{sch_id}/resume": {
+            "post": _op(
+                "Resume a paused schedule from now on",
+                it,
+                op_id="resumeSchedule",
+                codes=("404", "409"),
+                params=ids,
+            )
+        },
+    }
 
 
 def _simple(summary: str, op_id: str, **responses: str) -> dict[str, Any]:
@@ -464,6 +596,28 @@ def _providers(settings: Settings) -> list[str]:
     return out
 
 
+_SCHEDULE_FILTER = {
+    "name": "schedule_id",
+    "in": "query",
+    "description": "only the tasks this schedule made (latest time first)",
+    "schema": {"type": "string", "pattern": "^(sch_[0-9a-f]{24})?$"},
+}
+
+
+def _task_paths() -> dict[str, Any]:
+    paths = _steerable(
+        "/v1/tasks",
+        "task",
+        id_name="task_id",
+        statuses=models.TaskStatus,
+        create_summary="Schedule an HTTP call",
+        patch_when="scheduled or retrying",
+        cancel_when="scheduled or retrying",
+    )
+    paths["/v1/tasks"]["get"]["parameters"].append(_SCHEDULE_FILTER)
+    return paths
+
+
 def document(settings: Settings) -> dict[str, Any]:
     fn_id = _path_id("fn_id")
     schemas = copy.deepcopy(_components())
@@ -521,15 +675,7 @@ def document(settings: Settings) -> dict[str, Any]:
                     codes=("400", "413", "422"),
                 )
             },
-            **_steerable(
-                "/v1/tasks",
-                "task",
-                id_name="task_id",
-                statuses=models.TaskStatus,
-                create_summary="Schedule an HTTP call",
-                patch_when="scheduled or retrying",
-                cancel_when="scheduled or retrying",
-            ),
+            **_task_paths(),
             **_steerable(
                 "/v1/orchestrations",
                 "orchestration",
@@ -539,6 +685,7 @@ def document(settings: Settings) -> dict[str, Any]:
                 patch_when="scheduled",
                 cancel_when="scheduled or running",
             ),
+            **_schedule_paths(),
             "/v1/functions": {
                 "post": upload,
                 "get": _op(
@@ -601,7 +748,7 @@ def document(settings: Settings) -> dict[str, Any]:
             "/v1/events": {
                 "get": _op(
                     "Server-sent events of the owner's changes (event: task, orchestration, "
-                    "function; data: {type, id, status})",
+                    "schedule, function; data: {type, id, status})",
                     {
                         "200": {
                             "description": "An endless text/event-stream",

@@ -59,6 +59,13 @@ Redis outages (killed, restarting, frozen) are waited out, and work done meanwhi
 * **A frozen Redis is noticed**: every command has a socket timeout
   (:attr:`~taskorch.leases.LeaseTimes.socket_timeout_s`), so a SIGSTOPped Redis reads as an outage, not a hang.
 
+Recurring schedules need no timer of their own: every worker runs a maker
+(:mod:`taskorch.schedules`) that, about once a second, turns the schedules whose next times are
+near into ordinary tasks ``SCHEDULE_AHEAD_MS`` ahead, one compare-and-set per schedule, so the
+claim-ahead machinery above fires them like any task. Its first round runs before the first
+claim: after every worker was down, ``catch_up`` decides about overdue occurrences before they
+can fire.
+
 What still repeats (at-least-once): a call whose worker died, or could not reach Redis while
 other workers could, for longer than the lease before its outcome was recorded. The repeat is a
 new attempt with the same ``Idempotency-Key``.

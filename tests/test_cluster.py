@@ -26,10 +26,11 @@ from taskorch import partitions
 from taskorch.api import create_app
 from taskorch.cluster import ClusterClient, connect_cluster, parse_seeds, run_many, run_script
 from taskorch.errors import ConfigError, TooManyRequests
+from taskorch.models import fmt_ms
 from taskorch.store import Store, connect
 from taskorch.worker import Worker
 from tests.cluster import RedisClusterServers
-from tests.conftest import Api, RedisServer, Target, WorkerProcs, make_settings
+from tests.conftest import Api, RedisServer, Target, WorkerProcs, make_settings, until
 
 FULL = os.environ.get("TASKORCH_CLUSTER_FULL", "") == "1"
 
@@ -497,3 +498,43 @@ async def test_a_batch_over_a_dead_master_is_answered_per_task(
     for task in stored:
         assert (await store.get_task("alice", task.id)).id == task.id
     await fresh.aclose()
+
+
+async def test_schedules_on_every_master_make_and_fire_their_occurrences(
+    cluster: RedisClusterServers, api: Api, target: Target, workers: WorkerProcs
+) -> None:
+    """A schedule's record, its partition's due set and its occurrences share one slot: every
+    script of the makers and the API runs on a cluster, on whichever master holds it."""
+    workers.start()
+    layout = await _layout(cluster)
+    # Beyond the API's own first make (SCHEDULE_AHEAD_MS): the workers' makers make them.
+    start = (int(time.time()) + 13) * 1000
+    body = {
+        "every": 1,
+        "start_at": fmt_ms(start),
+        "end_at": fmt_ms(start + 1500),
+        "task": {"url": target.url("/sched")},
+    }
+    ids: list[str] = []
+    masters: set[int] = set()
+    while masters != set(cluster.master_ports()):
+        assert len(ids) < 40, f"40 schedules and still not on every master: {masters}"
+        r = await api.http.post("/v1/schedules", json=body, headers=api.auth())
+        assert r.status_code == 201, r.text
+        ids.append(r.json()["id"])
+        masters.add(master_port_of(cluster, layout, ids[-1]))
+    paused = await api.http.post(f"/v1/schedules/{ids[0]}/pause", headers=api.auth())
+    assert paused.json()["status"] == "paused"
+    for sid in ids[1:]:
+        r = await api.http.get(f"/v1/schedules/{sid}", headers=api.auth())
+        assert r.json()["next_runs"][:2] == [fmt_ms(start), fmt_ms(start + 1000)]
+    await until(lambda: len(target.calls) >= 2 * (len(ids) - 1), timeout_s=40)
+    for sid in ids[1:]:
+        r = await api.http.get(f"/v1/tasks?schedule_id={sid}", headers=api.auth())
+        tasks = r.json()["items"]
+        assert sorted(t["run_at"] for t in tasks) == [fmt_ms(start), fmt_ms(start + 1000)]
+    r = await api.http.get(f"/v1/tasks?schedule_id={ids[0]}&status=scheduled", headers=api.auth())
+    assert r.json()["items"] == []
+    reached = Counter(c.headers["X-Taskorch-Scheduled-For"] for c in target.calls)
+    assert reached == {fmt_ms(start): len(ids) - 1, fmt_ms(start + 1000): len(ids) - 1}
+    assert "make_schedules_failed" not in workers.logs()
