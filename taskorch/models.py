@@ -590,6 +590,11 @@ def _queue_rule(value: Any) -> list[tuple[str, str]]:
     return [] if isinstance(value, str) and queue_name_ok(value) else [("", QUEUE_NAME_MESSAGE)]
 
 
+def _bool_rule(value: Any) -> list[tuple[str, str]]:
+    # JSON true or false only: the lenient conversion would take 0 and "no" for a pause.
+    return [] if isinstance(value, bool) else [("", "must be true or false")]
+
+
 _FIELD_RULES = {
     "cron": _cron_rule,
     "timezone": _zone_rule,
@@ -599,6 +604,7 @@ _FIELD_RULES = {
     "start_at": _run_at_rule,
     "end_at": _run_at_rule,
     "queue": _queue_rule,
+    "paused": _bool_rule,
 }
 
 
@@ -673,9 +679,7 @@ def decode_body(raw: bytes, kind: type[T]) -> T:
 
 
 # Bodies whose fields hold no nested request struct: a valid one decodes in one typed pass.
-_FLAT: frozenset[type[_Input]] = frozenset(
-    {TaskCreate, TaskBatchItem, TaskPatch, TokenRequest, QueueUpdate}
-)
+_FLAT: frozenset[type[_Input]] = frozenset({TaskCreate, TaskBatchItem, TaskPatch, TokenRequest})
 
 
 class _BatchEnvelope(Struct, forbid_unknown_fields=True):

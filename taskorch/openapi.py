@@ -10,6 +10,7 @@ from typing import Any
 
 import msgspec
 
+from taskorch import constants as c
 from taskorch import models
 from taskorch.settings import Settings
 
@@ -146,6 +147,7 @@ def _steerable(
     create_summary: str,
     patch_when: str,
     cancel_when: str,
+    filters: tuple[dict[str, Any], ...] = (),
 ) -> dict[str, Any]:
     """The five routes tasks and orchestrations share: create, list, get, modify, cancel."""
     model = noun.capitalize()
@@ -177,7 +179,7 @@ def _steerable(
                 {"200": _json(f"{model}Page", "A page")},
                 op_id=f"list{model}s",
                 codes=("422",),
-                params=_list_params(statuses, _ID_PREFIX[id_name]),
+                params=[*_list_params(statuses, _ID_PREFIX[id_name]), *filters],
             ),
         },
         f"{prefix}/{{{id_name}}}": {
@@ -251,6 +253,17 @@ _UNIX_TIME = {
     "maximum": 253370764799,
     "description": "unix seconds",
 }
+# A queue's name (models.queue_name_ok); PUT takes any but default, which cannot be changed.
+_QUEUE_NAME = {
+    "type": "string",
+    "pattern": c.QUEUE_NAME_PATTERN,
+    "description": "a queue: 1 to 64 letters, digits, - or _, starting with a letter or digit",
+}
+_QUEUE_SETTABLE = {
+    **_QUEUE_NAME,
+    "pattern": "^(?!default$)" + c.QUEUE_NAME_PATTERN[1:],
+    "description": "a named queue (default cannot be limited or paused)",
+}
 _HANDLER = r"^[A-Za-z_$][A-Za-z0-9_$]*$"
 _JAVA_HANDLER = r"^[A-Za-z_$][A-Za-z0-9_$.]*::[A-Za-z_$][A-Za-z0-9_$]*$"
 
@@ -267,6 +280,8 @@ def _tighten(schema: Any) -> None:
     for name, rule in (("url", _URL), ("headers", _HEADERS), ("run_at", _RUN_AT)):
         if name in props:
             props[name] = _replace_string(props[name], rule)
+    if "queue" in props:
+        props["queue"] = {**props["queue"], **_QUEUE_NAME}
     if "run_at" in props and "delay" in props:
         schema["not"] = {
             "description": "run_at or delay, not both",
@@ -403,6 +418,9 @@ def _components() -> dict[str, Any]:
             models.SchedulePatch,
             models.Schedule,
             models.SchedulePage,
+            models.QueueUpdate,
+            models.Queue,
+            models.QueueList,
         ],
         ref_template=_REF,
     )
@@ -618,6 +636,38 @@ def _task_paths() -> dict[str, Any]:
     return paths
 
 
+def _queue_paths() -> dict[str, Any]:
+    def name(schema: dict[str, Any]) -> list[dict[str, Any]]:
+        return [{"name": "queue", "in": "path", "required": True, "schema": schema}]
+
+    return {
+        "/v1/queues": {
+            "get": _op(
+                "List the owner's queues: default first, then the named ones",
+                {"200": _json("QueueList", "Every queue, with its settings and counts")},
+                op_id="listQueues",
+            )
+        },
+        "/v1/queues/{queue}": {
+            "get": _op(
+                "Get a queue: its settings, its tasks counted by status, how many wait",
+                {"200": _json("Queue", "It")},
+                op_id="getQueue",
+                codes=("404",),
+                params=name({"type": "string"}),
+            ),
+            "put": _op(
+                "Set a queue's rate, concurrency cap and pause (fields left out are kept)",
+                {"200": _json("Queue", "It, as set")},
+                op_id="putQueue",
+                body="QueueUpdate",
+                codes=("400", "413", "422"),
+                params=name(_QUEUE_SETTABLE),
+            ),
+        },
+    }
+
+
 def document(settings: Settings) -> dict[str, Any]:
     fn_id = _path_id("fn_id")
     schemas = copy.deepcopy(_components())
@@ -676,6 +726,28 @@ def document(settings: Settings) -> dict[str, Any]:
                 )
             },
             **_task_paths(),
+            **_steerable(
+                "/v1/tasks",
+                "task",
+                id_name="task_id",
+                statuses=models.TaskStatus,
+                create_summary="Schedule an HTTP call",
+                filters=(
+                    {
+                        "name": "queue",
+                        "in": "query",
+                        "description": "only this queue's tasks (empty: every queue's)",
+                        # Empty means every queue, like no parameter at all.
+                        "schema": {
+                            "type": "string",
+                            "pattern": "^(" + c.QUEUE_NAME_PATTERN[1:-1] + ")?$",
+                        },
+                    },
+                ),
+                patch_when="scheduled or retrying",
+                cancel_when="scheduled or retrying",
+            ),
+            **_queue_paths(),
             **_steerable(
                 "/v1/orchestrations",
                 "orchestration",

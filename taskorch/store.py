@@ -34,7 +34,6 @@ from taskorch.errors import (
     NotFound,
     TaskorchError,
     Unavailable,
-    ValidationFailed,
 )
 from taskorch.models import (
     Attempt,
@@ -620,12 +619,13 @@ class Store:
                 for f in patch.__struct_fields__
                 if (v := getattr(patch, f)) is not msgspec.UNSET
             }
-            if changes.get("queue", h.get("queue") or c.DEFAULT_QUEUE) != (
-                h.get("queue") or c.DEFAULT_QUEUE
-            ):
-                message = "a task cannot move between queues; cancel it and create a new one"
-                raise ValidationFailed(
-                    f"queue {message}.", details=[{"field": "queue", "message": message}]
+            queue = h.get("queue") or c.DEFAULT_QUEUE
+            if changes.get("queue", queue) != queue:
+                # Its queue's partition holds it (its id says where): it cannot move.
+                raise Conflict(
+                    f"The task is in queue {queue!r} and cannot move to another; cancel it and "
+                    f"create a new one in queue {changes['queue']!r}.",
+                    details=[{"field": "queue", "message": "a task cannot move between queues"}],
                 )
             for f in (
                 "url",

@@ -10,6 +10,7 @@ mid-run loses no task and fires no attempt twice, and a wake-up reaches the work
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import time
 from collections import Counter
@@ -538,3 +539,23 @@ async def test_schedules_on_every_master_make_and_fire_their_occurrences(
     reached = Counter(c.headers["X-Taskorch-Scheduled-For"] for c in target.calls)
     assert reached == {fmt_ms(start): len(ids) - 1, fmt_ms(start + 1000): len(ids) - 1}
     assert "make_schedules_failed" not in workers.logs()
+
+
+async def test_a_queue_holds_its_rate_and_cap_on_a_cluster(api: Api, workers: WorkerProcs) -> None:
+    """Queues (issue #12): a queue's tasks, settings and state share its partition's slot, so
+    its limits hold on a cluster too, across two workers."""
+    from tests.test_queues import batch, counting_server, get_queue, put_queue, start_workers
+
+    async with counting_server() as target:
+        await put_queue(api, "paced", {"rate": 10, "max_concurrent": 2})
+        await start_workers(workers, 2)
+        body = {"url": target.url("/slow/0.1"), "delay": 1, "queue": "paced"}
+        tasks = await batch(api, [body] * 12)
+        for t in tasks:
+            await api.wait_status(t["id"], "succeeded", timeout_s=30)
+        times = sorted(a.at for a in target.arrivals)
+        gaps = sorted(b - a for a, b in itertools.pairwise(times))
+        assert len(times) == 12 and target.max_in_flight <= 2
+        assert 0.08 <= gaps[len(gaps) // 2] <= 0.12, gaps  # 10 calls/s, evenly spaced
+        q = await get_queue(api, "paced")
+        assert q["counts"]["succeeded"] == 12 and q["waiting"] == 0

@@ -61,8 +61,9 @@ class Counting:
         return [a.task_id for a in self.arrivals]
 
 
-@pytest.fixture
-async def counting() -> AsyncIterator[Counting]:
+@contextlib.asynccontextmanager
+async def counting_server() -> AsyncIterator[Counting]:
+    """A :class:`Counting` target for the time of the block."""
     t: Counting
 
     async def handle(request: web.Request) -> web.StreamResponse:
@@ -86,9 +87,17 @@ async def counting() -> AsyncIterator[Counting]:
     server = TestServer(app, host="127.0.0.1")
     await server.start_server()
     t = Counting(server)
-    yield t
-    t.closing.set()
-    await server.close()
+    try:
+        yield t
+    finally:
+        t.closing.set()
+        await server.close()
+
+
+@pytest.fixture
+async def counting() -> AsyncIterator[Counting]:
+    async with counting_server() as t:
+        yield t
 
 
 async def put_queue(api: Api, name: str, body: dict[str, Any], sub: str = "alice") -> Any:
@@ -197,7 +206,8 @@ async def test_tasks_name_their_queue_and_are_listed_and_counted_by_it(api: Api)
 
     # a task never moves between queues
     r = await api.http.patch(f"/v1/tasks/{mail['id']}", json={"queue": "sms"}, headers=api.auth())
-    assert r.status_code == 422 and r.json()["error"]["details"][0]["field"] == "queue"
+    assert r.status_code == 409 and r.json()["error"]["details"][0]["field"] == "queue"
+    assert "cancel it and create a new one" in r.json()["error"]["message"]
     r = await api.http.patch(
         f"/v1/tasks/{mail['id']}", json={"queue": "emails", "name": "same"}, headers=api.auth()
     )
