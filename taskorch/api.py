@@ -272,9 +272,22 @@ async def list_tasks(request: Request) -> Response:
         page = await schedules.tasks(p.sub, schedule_id, status=status, limit=limit, cursor=cursor)
         return JSON(page)
     page = await request.state.store.list_tasks(
-        p.sub, status=status, limit=limit, cursor=cursor, queue=queue
+        p.sub,
+        status=status,
+        limit=limit,
+        cursor=cursor,
+        queue=queue,
+        name=_name_param(request),
     )
     return JSON(page)
+
+
+def _name_param(request: Request) -> str | None:
+    """``name=``: a prefix of task names (issue #12); empty means no filter."""
+    name = request.query_params.get("name") or None
+    if name is not None and len(name) > 200:
+        raise _invalid_param("name", "must be at most 200 characters (a name is)")
+    return name
 
 
 async def get_task(request: Request) -> Response:

@@ -15,8 +15,10 @@ round numbers). Fields: o owner, s status, h url, p the rest of the spec (JSON, 
 store._StoredSpec; a step's whole spec, url included, when h is absent), n name, r run_at (ms after the id's own time,
 a small number), c created_at (left out when
 it is the id's own time), u updated_at (left out when it equals created_at), g generation,
-a attempt, l lost attempts, oi orchestration id, sc the schedule that made it, st/sf/sb started_at, scheduled_for, started_by
-(while running), lj/rj lost_job/retry_job (a reaper's take-back marks), ft finished_at.
+a attempt, l lost attempts, oi orchestration id, sc the schedule that made it, st/sf/sb started_at,
+scheduled_for, started_by (while running), lj/rj lost_job/retry_job (a reaper's take-back marks),
+ft finished_at; issue #12: b the attempts made before the last redrive (retries count from
+there), cj the callback job due.
 A task's job is ``<id>.<generation>`` while it is scheduled, retrying or running, and has no
 definition of its own.
 """
@@ -86,7 +88,8 @@ end
 local function move_orc(owner, id, old, new)
   move_status('{c.ORCH_INDEX}', 'orchestrations', owner, id, old, new)
 end
-local function is_task_job(job) return string.sub(job, 1, 4) == 'tsk_' end
+-- A task's own job is <id>.<gen>; its callback jobs (<id>.cb<gen>.<n>, issue #12) are events.
+local function is_task_job(job) return string.match(job, '^tsk_[^.]*%.%d+$') ~= nil end
 local function task_of_job(job) return string.match(job, '^(.*)%.%d+$') end
 -- An orchestration event's job: its definition at j:<job>, the job in the queue by due time.
 local function enqueue(job, fn, arg, due, now)
@@ -151,6 +154,10 @@ local function task_view(id)
     h[#h + 1] = 'scheduled_for'; h[#h + 1] = int(t.sf)
   end
   if t.ft then h[#h + 1] = 'finished_at'; h[#h + 1] = int(t.ft) end
+  -- issue #12: callback deliveries so far (a JSON array) and the callback job still due
+  local cba = redis.call('LRANGE', tkey(id) .. '{c.CALLBACK_ATTEMPTS}', 0, -1)
+  if #cba > 0 then h[#h + 1] = 'callback_attempts'; h[#h + 1] = '[' .. table.concat(cba, ',') .. ']' end
+  if t.cj then h[#h + 1] = 'callback_job'; h[#h + 1] = t.cj end
   return {{h, redis.call('LRANGE', tkey(id) .. ':a', 0, -1)}}
 end
 -- Finished records, scored by when they finished, for the retention janitor (PURGE).
@@ -563,6 +570,7 @@ local function finish(a)
     wake(due, now, ahead)
   else
     t.s = status; t.ft = now; t.u = now
+    schedule_callback(id, t, status, now, ahead)  -- issue #12 (lua.CALLBACKS)
     save(id, t)
     finished('t', id, now)
     if t.oi ~= '' then
@@ -640,6 +648,7 @@ for _, job in ipairs(items) do
         t.u = now
         if t.l > max_lost then
           t.s = 'failed'; t.ft = now
+          schedule_callback(id, t, 'failed', now, 0)  -- issue #12 (lua.CALLBACKS)
           save(id, t)
           finished('t', id, now)
           move_task(t.o, id, 'running', 'failed', t.q)
@@ -947,7 +956,7 @@ for _, member in ipairs(items) do
       if t.sc ~= '' then redis.call('ZREM', P .. 'iS:' .. t.o .. ':' .. t.sc, id) end  -- sched
       if t.q ~= '' then redis.call('ZREM', P .. 'iq:' .. t.o .. ':' .. t.q .. ':' .. t.s, id) end
       redis.call('HINCRBY', P .. 's', 'tasks:' .. t.s, -1)
-      redis.call('DEL', tkey(id), tkey(id) .. ':a')
+      redis.call('DEL', tkey(id), tkey(id) .. ':a', tkey(id) .. ':cb')  -- :cb callback attempts
     end
   else
     local key = okey(id)
@@ -1314,4 +1323,84 @@ for _, q in ipairs(redis.call('SMEMBERS', P .. '{c.QUEUE_NAMES}' .. owner)) do
   queues[#queues + 1] = {{q, queue_view(owner, q, 2)}}
 end
 return {{totals, queues}}
+"""
+
+
+# -- callbacks (issue #12) ----------------------------------------------------------------------
+# A task that ends succeeded (or failed) with a callback (failure_callback) in its spec gets a job
+# 'cb' that POSTs the final Task there (taskorch/callbacks.py). It is made by the script that
+# records the outcome (FINISH, or REAP when lost attempts run out), so there is one per outcome,
+# in the task's partition, whatever becomes of the worker. The job is <id>.cb<gen>.<n> (n the
+# delivery attempt), its argument <id>|<gen>|<status>|<n>; the record's cj names it while due.
+# The spec is JSON the record never decodes: its callbacks show as '"cb":{' / '"fc":{' (a payload
+# holding that text makes a job that finds no callback and ends).
+CALLBACKS = """
+local function schedule_callback(id, t, status, now, ahead)
+  if t.oi ~= '' or t.p == '' then return end
+  local mark = '"fc":{'
+  if status == 'succeeded' then mark = '"cb":{' end
+  if not string.find(t.p, mark, 1, true) then return end
+  local job = id .. '.cb' .. t.g .. '.1'
+  enqueue(job, 'cb', id .. '|' .. t.g .. '|' .. status .. '|1', now, now)
+  t.cj = job
+  wake(now, now, ahead)
+end
+"""
+
+# ARGV: id, job, attempt_json|'', now, next_job|'', next_arg, next_due, wake_ms. Records one delivery
+# of a callback and schedules the next one ('' when delivered or given up), if the job is still
+# the task's callback job (a repeat, or a worker that lost the job to a reaper, records nothing).
+# Returns 1 when recorded, else 0.
+CALLBACK_DONE = (
+    """
+local id, job, now = ARGV[1], ARGV[2], tonumber(ARGV[4])
+local t = load(id)
+drop_job(job)
+if not t or t.cj ~= job then return 0 end
+if ARGV[3] ~= '' then redis.call('RPUSH', tkey(id) .. '"""
+    + c.CALLBACK_ATTEMPTS
+    + """', ARGV[3]) end
+t.cj = nil
+if ARGV[5] ~= '' then
+  local due = tonumber(ARGV[7])
+  enqueue(ARGV[5], 'cb', ARGV[6], due, now)
+  t.cj = ARGV[5]
+  wake(due, now, tonumber(ARGV[8]))
+end
+save(id, t)
+publish(t.o, 'task', id, t.s)
+return 1
+"""
+)
+
+
+# -- GET /v1/tasks?name= (issue #12) ------------------------------------------------------------
+# ARGV: index prefix ('i:<owner>:'), cursor|'', limit, name prefix, scan limit, then statuses.
+# As LIST_IDS, but only tasks whose name starts with the prefix, found by reading the owner's
+# newest records below the cursor, at most scan-limit of them (no index: named tasks cost no more
+# memory than others). Returns {ids, stop}: up to limit + 1 matching ids, newest first, and,
+# when the scan limit ran out first, the last id read ('' otherwise): ids below it are unread.
+LIST_NAMED = """
+local ix, cursor, limit, want = P .. ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
+local budget = tonumber(ARGV[5])
+local top = '+'
+if cursor ~= '' then top = '(' .. cursor end
+local all = {}
+for i = 6, #ARGV do
+  local ids = redis.call('ZREVRANGEBYLEX', ix .. ARGV[i], top, '-', 'LIMIT', 0, budget + 1)
+  for _, id in ipairs(ids) do all[#all + 1] = id end
+end
+table.sort(all, function(a, b) return a > b end)
+local out, last = {}, ''
+for i = 1, math.min(#all, budget) do
+  local id = all[i]
+  local t = load(id)
+  if t and string.sub(t.n, 1, #want) == want then
+    out[#out + 1] = id
+    if #out > limit then return {out, ''} end
+  end
+  last = id
+end
+if #all > budget then return {out, last} end
+return {out, ''}
 """

@@ -66,6 +66,13 @@ class TaskSpec(CallPolicy, kw_only=True):
     url: Annotated[str, Meta(min_length=1, max_length=8192)]
 
 
+class Callback(_Input):
+    """Where a task's final Task is POSTed (issue #12): a url and headers, as a task's."""
+
+    url: Annotated[str, Meta(min_length=1, max_length=8192)]
+    headers: dict[str, str] = {}
+
+
 class TaskCreate(TaskSpec):
     """Body of ``POST /v1/tasks``."""
 
@@ -73,6 +80,8 @@ class TaskCreate(TaskSpec):
     delay: Seconds | None = None
     name: Annotated[str, Meta(max_length=200)] | None = None
     queue: QueueName = c.DEFAULT_QUEUE
+    callback: Callback | None = None  # the final Task when it succeeded
+    failure_callback: Callback | None = None  # the final Task when it failed
 
 
 class TaskBatchItem(TaskCreate):
@@ -104,6 +113,8 @@ class TaskPatch(_Input):
     name: Annotated[str, Meta(max_length=200)] | UnsetType | None = UNSET
     # Accepted when it names the task's own queue: a task cannot move between queues.
     queue: QueueName | UnsetType = UNSET
+    callback: Callback | UnsetType | None = UNSET
+    failure_callback: Callback | UnsetType | None = UNSET
 
 
 class Attempt(Struct, omit_defaults=False):
@@ -115,6 +126,19 @@ class Attempt(Struct, omit_defaults=False):
     finished_at: Timestamp | None
     lateness_ms: float
     duration_ms: float | None
+    status_code: int | None
+    error: str | None
+    response_body: str | None
+
+
+class CallbackAttempt(Struct, omit_defaults=False):
+    """One delivery of a final Task to its ``callback`` or ``failure_callback``."""
+
+    callback: Literal["callback", "failure_callback"]
+    number: int  # 1-based within the delivery of one outcome
+    started_at: Timestamp
+    finished_at: Timestamp
+    duration_ms: float
     status_code: int | None
     error: str | None
     response_body: str | None
@@ -143,6 +167,10 @@ class Task(Struct):
     attempts: list[Attempt]
     schedule_id: str | None = None
     queue: str = c.DEFAULT_QUEUE
+    # issue #12: where the final Task goes, and each delivery of it so far
+    callback: Callback | None = None
+    failure_callback: Callback | None = None
+    callback_attempts: list[CallbackAttempt] = []
 
 
 class TaskPage(Struct):
@@ -678,7 +706,8 @@ def decode_body(raw: bytes, kind: type[T]) -> T:
     return convert(parse_json(raw), kind)
 
 
-# Bodies whose fields hold no nested request struct: a valid one decodes in one typed pass.
+# Bodies that decode in one typed pass when valid (their only nested struct, a callback, is
+# checked by _TYPED_RULES).
 _FLAT: frozenset[type[_Input]] = frozenset({TaskCreate, TaskBatchItem, TaskPatch, TokenRequest})
 
 
@@ -769,11 +798,19 @@ def _given(value: Any) -> bool:
     return value is not None and value is not UNSET
 
 
+def _callback_rule(value: Any) -> list[tuple[str, str]]:
+    if not isinstance(value, Callback):
+        return []
+    return _url_rule(value.url) + (_headers_rule(value.headers) if value.headers else [])
+
+
 _TYPED_RULES: dict[str, Callable[[Any], list[tuple[str, str]]]] = {
     "url": lambda v: _url_rule(v) if isinstance(v, str) else [],
     "headers": lambda v: _headers_rule(v) if v and isinstance(v, dict) else [],
     "run_at": lambda v: _run_at_problems(v) if isinstance(v, dt.datetime) else [],
     "queue": lambda v: _queue_rule(v) if isinstance(v, str) else [],
+    "callback": _callback_rule,
+    "failure_callback": _callback_rule,
 }
 
 

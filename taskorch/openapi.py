@@ -681,7 +681,7 @@ def document(settings: Settings) -> dict[str, Any]:
         "type": "string",
         "enum": providers,
     }
-    return {
+    doc: dict[str, Any] = {
         "openapi": "3.1.0",
         "info": {
             "title": "taskorch",
@@ -855,3 +855,15 @@ def document(settings: Settings) -> dict[str, Any]:
             },
         },
     }
+    # issue #12: GET /v1/tasks?name= (a prefix of task names)
+    doc["paths"]["/v1/tasks"]["get"]["parameters"].append(_NAME_FILTER)
+    return doc
+
+
+_NAME_FILTER = {
+    "name": "name",
+    "in": "query",
+    "description": "only tasks whose name starts with this; a page may then be short (even "
+    "empty) with a next_cursor to go on from",
+    "schema": {"type": "string", "maxLength": 200},
+}

@@ -889,6 +889,7 @@ def run_worker(settings: Settings) -> None:
         async with outbound.make_session(
             allow_private=settings.allow_private_targets, trusted_url=settings.public_url
         ) as session:
+            from taskorch.callbacks import handlers as callback_handlers
             from taskorch.steps import handlers
 
             signer = Signer(SigningStore(redis))
@@ -898,7 +899,10 @@ def run_worker(settings: Settings) -> None:
                 signer=signer,
                 lease_s=settings.lease_s,
                 max_in_flight=settings.max_in_flight,
-                handlers=handlers(store, session, signer),
+                handlers={
+                    **handlers(store, session, signer),
+                    **callback_handlers(store, session, signer),
+                },
                 shutdown_grace_s=settings.shutdown_grace_s,
                 retention_s=settings.retention_s,
                 lease_redis=make_redis,

@@ -559,3 +559,49 @@ async def test_a_queue_holds_its_rate_and_cap_on_a_cluster(api: Api, workers: Wo
         assert 0.08 <= gaps[len(gaps) // 2] <= 0.12, gaps  # 10 calls/s, evenly spaced
         q = await get_queue(api, "paced")
         assert q["counts"]["succeeded"] == 12 and q["waiting"] == 0
+
+
+async def test_signed_calls_and_a_callback_on_a_cluster(
+    cluster: RedisClusterServers, api: Api, target: Target, workers: WorkerProcs
+) -> None:
+    """The owner's signing keys live on one master, the tasks on others: every call (and a
+    callback) verifies with the standardwebhooks package before and after a rotation."""
+    from standardwebhooks.webhooks import Webhook
+
+    workers.start()
+    old = (await api.http.get("/v1/signing-keys", headers=api.auth())).json()["keys"][0]["secret"]
+    body = {
+        "url": target.url("/signed"),
+        "payload": {"n": 1},
+        "callback": {"url": target.url("/cb")},
+    }
+    first = [(await api.create(body))["id"] for _ in range(8)]
+    for task_id in first:
+        await api.wait_status(task_id, "succeeded", timeout_s=60)
+    r = await api.http.post("/v1/signing-keys/rotate", headers=api.auth())
+    assert r.status_code == 200, r.text
+    new = r.json()["keys"][0]["secret"]
+    second = [(await api.create(body))["id"] for _ in range(8)]
+    for task_id in second:
+        await api.wait_status(task_id, "succeeded", timeout_s=60)
+    layout = await _layout(cluster)
+    assert len({master_port_of(cluster, layout, t) for t in first + second}) > 1
+    calls = target.calls_to("/signed")
+    assert len(calls) == 16
+    for call in calls:
+        Webhook(old).verify(call.body, call.headers)
+        if call.headers["X-Taskorch-Task-Id"] in second:
+            Webhook(new).verify(call.body, call.headers)
+    for task_id in second:
+        await until(
+            lambda tid=task_id: _delivered(api, tid),  # type: ignore[misc]
+            timeout_s=30,
+        )
+    callbacks = [c for c in target.calls_to("/cb") if c.headers["X-Taskorch-Task-Id"] in second]
+    assert {c.headers["X-Taskorch-Task-Id"] for c in callbacks} == set(second)
+    for call in callbacks:
+        Webhook(new).verify(call.body, call.headers)
+
+
+async def _delivered(api: Api, task_id: str) -> bool:
+    return bool((await api.get(task_id))["callback_attempts"])
