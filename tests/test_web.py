@@ -790,16 +790,26 @@ async def test_a_queue_is_set_up_paused_and_resumed_in_the_page(web: Web, target
     settings = await api_get(web, "/v1/queues/emails")
     assert (settings["rate"], settings["max_concurrent"], settings["paused"]) == (5, 2, False)
 
-    # Tasks put in the queue elsewhere show in its counts, live.
+    # Tasks put in the queue elsewhere show in its counts, live; the page's task form names it too.
     made = [
         await api_task(web, {"url": target.url("/ok"), "delay": 3600, "queue": "emails"})
-        for _ in range(3)
+        for _ in range(2)
     ]
     async with web.http() as http:
         assert (await http.post(f"/v1/tasks/{made[0]['id']}/cancel")).status_code == 200
-    await expect(queue_count(page, "emails", "scheduled")).to_have_text("2")
+    await expect(queue_count(page, "emails", "scheduled")).to_have_text("1")
     await expect(queue_count(page, "emails", "cancelled")).to_have_text("1")
     assert await page.evaluate("window.notReloaded") is True
+    await page.get_by_role("link", name="Tasks").click()
+    await page.get_by_role("link", name="New task").click()
+    await page.get_by_label("Queue").fill("emails")
+    await page.get_by_label("URL", exact=True).fill(target.url("/ok"))
+    await page.get_by_label("When").select_option("delay")
+    await page.get_by_label("Delay (s)").fill("3600")
+    await page.get_by_role("button", name="Create task").click()
+    await expect(page.locator(".facts")).to_contain_text("emails")
+    await page.get_by_role("link", name="Queues").click()
+    await expect(queue_count(page, "emails", "scheduled")).to_have_text("2")
     await shot(page, "queue-counts")
 
     await row.get_by_role("button", name="Pause").click()

@@ -18,7 +18,7 @@ export function mount(root) {
   const redriving = new Set();
 
   const c = {
-    name: input({ maxlength: 200, required: true }),
+    name: input({ maxlength: 64, required: true }),
     rate: input({ type: "number", min: 0, step: "any", placeholder: "unlimited" }),
     max: input({ type: "number", min: 1, step: 1, placeholder: "unlimited" }),
     paused: input({ type: "checkbox" }),
