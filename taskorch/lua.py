@@ -624,7 +624,12 @@ for _, job in ipairs(items) do
     local t = id and load(id)
     if t and job_of(id, t) == job then
       n = n + 1
-      if t.s == 'scheduled' or t.s == 'retrying' then
+      if (t.s == 'scheduled' or t.s == 'retrying') and t.qa then
+        -- queues: admitted for a slot it never used: back in its line, to be paced again
+        redis.call('ZADD', qkey('""" + c.QUEUE_WAITING + """', t.o, t.q), t.r, job)
+        queue_release(t, now)
+        save(id, t)
+      elseif t.s == 'scheduled' or t.s == 'retrying' then
         redis.call('ZADD', QUEUE, now, job)
       elseif t.s == 'running' then
         t.l = t.l + 1
