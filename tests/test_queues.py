@@ -301,7 +301,8 @@ async def test_max_concurrent_holds_across_two_workers(
 async def test_pause_holds_every_call_and_resume_releases_them_in_order(
     api: Api, counting: Counting, workers: WorkerProcs
 ) -> None:
-    await put_queue(api, "held", {"paused": True})
+    # one at a time, so that the order they go in is the order they arrive in
+    await put_queue(api, "held", {"paused": True, "max_concurrent": 1})
     await start_workers(workers, 2)
     body = {"url": counting.url("/ok"), "queue": "held"}
     # due in an order that is not their creation order
