@@ -175,6 +175,7 @@ end
 -- its attempt ends; that is what run counts.
 local QREADY = P .. '{c.QUEUE_READY}'
 local function qkey(kind, owner, q) return P .. kind .. owner .. ':' .. q end
+local function qwait(owner, q) return qkey('{c.QUEUE_WAITING}', owner, q) end
 local function queue_conf(owner, q)
   local r = redis.call('HMGET', qkey('{c.QUEUE_CONF}', owner, q), 'rate', 'mc', 'paused', 'next',
     'run')
@@ -186,7 +187,7 @@ end
 local function queue_kick(owner, q, now, ahead)
   local cf = queue_conf(owner, q)
   local member = owner .. ':' .. q
-  local first = redis.call('ZRANGE', qkey('{c.QUEUE_WAITING}', owner, q), 0, 0, 'WITHSCORES')
+  local first = redis.call('ZRANGE', qwait(owner, q), 0, 0, 'WITHSCORES')
   if #first == 0 or cf.paused or (cf.mc and cf.run >= cf.mc) then
     redis.call('ZREM', QREADY, member)
     return
@@ -207,7 +208,7 @@ end
 -- A task that will not go as it is (cancelled, modified) leaves its queue's line.
 local function queue_leave(t, job, now)
   if t.q ~= '' then
-    redis.call('ZREM', qkey('{c.QUEUE_WAITING}', t.o, t.q), job)
+    redis.call('ZREM', qwait(t.o, t.q), job)
     queue_release(t, now)
     queue_kick(t.o, t.q, now, nil)
   end
@@ -400,7 +401,7 @@ local function gated(t)  -- queues: whether t's queue decides when t goes
   if gates[key] == nil then
     local cf = queue_conf(t.o, t.q)
     gates[key] = (cf.rate or cf.mc or cf.paused
-      or redis.call('EXISTS', qkey('{c.QUEUE_WAITING}', t.o, t.q)) == 1) and true or false
+      or redis.call('EXISTS', qwait(t.o, t.q)) == 1) and true or false
   end
   return gates[key]
 end
@@ -417,7 +418,7 @@ repeat
       local t = id and load(id)
       if t and job_of(id, t) == job then
         if t.q ~= '' and not t.qa and gated(t) then
-          redis.call('ZADD', qkey('{c.QUEUE_WAITING}', t.o, t.q), due, job)
+          redis.call('ZADD', qwait(t.o, t.q), due, job)
           lines[t.o .. ':' .. t.q] = {{t.o, t.q}}
           held_now = held_now + 1
         else
@@ -448,7 +449,7 @@ for _, member in ipairs(ready) do
   if #out >= limit then break end
   local owner, q = string.match(member, '^(.*):([^:]*)$')
   local cf = queue_conf(owner, q)
-  local wk = qkey('{c.QUEUE_WAITING}', owner, q)
+  local wk = qwait(owner, q)
   local interval = cf.rate and 1000 / cf.rate
   local nxt, admitted = cf.next, 0
   while #out < limit and not cf.paused and not (cf.mc and cf.run + admitted >= cf.mc) do
@@ -500,9 +501,7 @@ for i = 4, #ARGV, 2 do
     -- queues: paused since it was admitted; back in its line, in due order, not called
     redis.call('ZREM', LEASES, job)
     redis.call('HDEL', LEASE_OWNER, job)
-    redis.call('ZADD', qkey('"""
-    + c.QUEUE_WAITING
-    + """', t.o, t.q), t.r, job)
+    redis.call('ZADD', qwait(t.o, t.q), t.r, job)
     queue_release(t, now)
     save(id, t)
     out[#out + 1] = 0
@@ -636,7 +635,12 @@ for _, job in ipairs(items) do
     local t = id and load(id)
     if t and job_of(id, t) == job then
       n = n + 1
-      if t.s == 'scheduled' or t.s == 'retrying' then
+      if (t.s == 'scheduled' or t.s == 'retrying') and t.qa then
+        -- queues: admitted for a slot it never used: back in its line, to be paced again
+        redis.call('ZADD', qwait(t.o, t.q), t.r, job)
+        queue_release(t, now)
+        save(id, t)
+      elseif t.s == 'scheduled' or t.s == 'retrying' then
         redis.call('ZADD', QUEUE, now, job)
       elseif t.s == 'running' then
         t.l = t.l + 1
@@ -1274,7 +1278,7 @@ local function queue_view(owner, q, from)
   local ix = qkey('{c.QUEUE_INDEX}', owner, q) .. ':'
   for i = from, #ARGV do counts[#counts + 1] = redis.call('ZCARD', ix .. ARGV[i]) end
   return {{redis.call('HMGET', qkey('{c.QUEUE_CONF}', owner, q), 'rate', 'mc', 'paused'), counts,
-    redis.call('ZCARD', qkey('{c.QUEUE_WAITING}', owner, q))}}
+    redis.call('ZCARD', qwait(owner, q))}}
 end
 """
 
