@@ -291,8 +291,9 @@ end
 
 # ARGV: horizon_ms, now_ms, lease_ms, worker_id, limit.
 # Moves this partition's due jobs from its queue to its leases set, owned by this worker, and
-# returns for each {job, due, function, argument, url, spec, base, owner} (the task's url, spec,
-# attempts made before its last redrive and owner for a task's job, '', '', 0, '' otherwise). A task's job that is no longer the task's current one is dropped.
+# returns for each {job, due, function, argument, url, spec, base, owner} (a task's url, spec,
+# attempts made before its last redrive and owner; '', '', 0, '' for other jobs). A task's job
+# that is no longer the task's current one is dropped.
 CLAIM = (
     LEASE_CLOCK
     + """
