@@ -411,6 +411,9 @@ class Worker:
             self._spawn(self._start_chunk(batch[i : i + c.START_BATCH]))
 
     async def _start_chunk(self, chunk: list[Claimed]) -> None:
+        # Signing keys read while START runs, so that the calls rarely wait for them (a copy
+        # warmed at the claim, a second before, may just have grown too old).
+        self.signer.warm({cl.owner for cl in chunk if cl.owner})
         start = functools.partial(
             self.store.start,
             [(cl.arg, cl.job) for cl in chunk],
