@@ -378,10 +378,10 @@ end
 
 # ARGV: horizon_ms, now_ms, lease_ms, worker_id, limit.
 # Moves this partition's due jobs from its queue to its leases set, owned by this worker, and
-# returns for each {job, due, function, argument, url, spec, base, owner[, scheduled]} (the
-# task's url, spec, attempts made before its last redrive and owner for a task's job, '', '', 0,
-# '' otherwise; scheduled, for a task of a named queue, is the time it was due, when it goes later
-# than that). A task's job that is no longer the task's current one is dropped.
+# returns for each {job, due, function, argument, url, spec, base, owner[, scheduled]} (a
+# task's url, spec, attempts made before its last redrive and owner; '', '', 0, '' for other
+# jobs; scheduled, for a task of a named queue, is the time it was due, when it goes later than
+# that). A task's job that is no longer the task's current one is dropped.
 #
 # Queues (issue #12): a due task of a named queue that is limited (a rate, a concurrency cap,
 # paused) or has tasks waiting goes into the queue's line (qw) instead; then each queue whose

@@ -428,7 +428,7 @@ def _components() -> dict[str, Any]:
         _tighten(components[name])
     for name in ("OrchestrationCreate", "OrchestrationPatch"):
         _tighten(components[name])
-    for name in ("StepSpec", "ConditionSpec", "TaskSpec", "FunctionSchedule"):
+    for name in ("StepSpec", "ConditionSpec", "TaskSpec", "FunctionSchedule", "Callback"):
         _tighten(components[name])
     components["FunctionCreate"]["allOf"] = _FUNCTION_RULES
     _tighten_schedules(components)
