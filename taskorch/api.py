@@ -265,14 +265,19 @@ async def list_tasks(request: Request) -> Response:
     limit, cursor = _limit_param(request), _cursor_param(request, "tsk")
     queue = _queue_param(request)
     schedule_id = request.query_params.get("schedule_id")
-    if schedule_id is not None:  # the tasks one schedule made (another owner's: none)
+    if schedule_id:  # the tasks one schedule made (another owner's: none); empty means all
         if not is_id(schedule_id, "sch"):
             raise _invalid_param("schedule_id", "is not a schedule id (sch_...)")
         schedules: Schedules = request.state.schedules
         page = await schedules.tasks(p.sub, schedule_id, status=status, limit=limit, cursor=cursor)
         return JSON(page)
     page = await request.state.store.list_tasks(
-        p.sub, status=status, limit=limit, cursor=cursor, queue=queue, name=_name_param(request)
+        p.sub,
+        status=status,
+        limit=limit,
+        cursor=cursor,
+        queue=queue,
+        name=_name_param(request),
     )
     return JSON(page)
 

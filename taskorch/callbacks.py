@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import math
 import random
-from typing import Any
 
 import aiohttp
 import structlog
@@ -107,10 +106,3 @@ class Callbacks:
             outcome="delivered" if result.ok else "retry" if next_job else "gave_up",
             recorded=recorded,
         )
-
-
-def handlers(
-    store: Store, session: aiohttp.ClientSession, signer: Signer | None = None
-) -> dict[str, Any]:
-    """The worker's handler of callback jobs, by job function name (``cb``)."""
-    return {"cb": Callbacks(store, session, signer).handle}

@@ -244,6 +244,9 @@ MAX_EVERY_S = 10 * 366 * 24 * 3600.0
 SCHEDULE_CANCEL_SLACK_MS = 60_000
 SCHEDULE_CANCEL_SCAN = 2_000
 NEXT_RUNS = 5  # a schedule shows its next this many run times
+# GET /v1/tasks?schedule_id=&status= looks at most this many of the schedule's tasks per page: a
+# page that found fewer than it wanted ends there, with a cursor to go on from.
+SCHEDULE_LIST_SCAN = 10_000
 
 # -- Bursts ------------------------------------------------------------------------------------
 # A millisecond with k tasks due starts them (the compare-and-set to running) this much earlier

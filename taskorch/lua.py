@@ -15,9 +15,10 @@ round numbers). Fields: o owner, s status, h url, p the rest of the spec (JSON, 
 store._StoredSpec; a step's whole spec, url included, when h is absent), n name, r run_at (ms after the id's own time,
 a small number), c created_at (left out when
 it is the id's own time), u updated_at (left out when it equals created_at), g generation,
-a attempt, l lost attempts, oi orchestration id, sc the schedule that made it, st/sf/sb started_at, scheduled_for, started_by
-(while running), lj/rj lost_job/retry_job (a reaper's take-back marks), ft finished_at; issue #12:
-b the attempts made before the last redrive (retries count from there), cj the callback job due.
+a attempt, l lost attempts, oi orchestration id, sc the schedule that made it, st/sf/sb started_at,
+scheduled_for, started_by (while running), lj/rj lost_job/retry_job (a reaper's take-back marks),
+ft finished_at; issue #12: b the attempts made before the last redrive (retries count from
+there), cj the callback job due.
 A task's job is ``<id>.<generation>`` while it is scheduled, retrying or running, and has no
 definition of its own.
 """
@@ -174,6 +175,7 @@ end
 -- its attempt ends; that is what run counts.
 local QREADY = P .. '{c.QUEUE_READY}'
 local function qkey(kind, owner, q) return P .. kind .. owner .. ':' .. q end
+local function qwait(owner, q) return qkey('{c.QUEUE_WAITING}', owner, q) end
 local function queue_conf(owner, q)
   local r = redis.call('HMGET', qkey('{c.QUEUE_CONF}', owner, q), 'rate', 'mc', 'paused', 'next',
     'run')
@@ -185,7 +187,7 @@ end
 local function queue_kick(owner, q, now, ahead)
   local cf = queue_conf(owner, q)
   local member = owner .. ':' .. q
-  local first = redis.call('ZRANGE', qkey('{c.QUEUE_WAITING}', owner, q), 0, 0, 'WITHSCORES')
+  local first = redis.call('ZRANGE', qwait(owner, q), 0, 0, 'WITHSCORES')
   if #first == 0 or cf.paused or (cf.mc and cf.run >= cf.mc) then
     redis.call('ZREM', QREADY, member)
     return
@@ -206,7 +208,7 @@ end
 -- A task that will not go as it is (cancelled, modified) leaves its queue's line.
 local function queue_leave(t, job, now)
   if t.q ~= '' then
-    redis.call('ZREM', qkey('{c.QUEUE_WAITING}', t.o, t.q), job)
+    redis.call('ZREM', qwait(t.o, t.q), job)
     queue_release(t, now)
     queue_kick(t.o, t.q, now, nil)
   end
@@ -376,10 +378,10 @@ end
 
 # ARGV: horizon_ms, now_ms, lease_ms, worker_id, limit.
 # Moves this partition's due jobs from its queue to its leases set, owned by this worker, and
-# returns for each {job, due, function, argument, url, spec, base, owner[, scheduled]} (the
-# task's url, spec, attempts made before its last redrive and owner for a task's job, '', '', 0,
-# '' otherwise; scheduled, for a task of a named queue, is the time it was due, when it goes later
-# than that). A task's job that is no longer the task's current one is dropped.
+# returns for each {job, due, function, argument, url, spec, base, owner[, scheduled]} (a
+# task's url, spec, attempts made before its last redrive and owner; '', '', 0, '' for other
+# jobs; scheduled, for a task of a named queue, is the time it was due, when it goes later than
+# that). A task's job that is no longer the task's current one is dropped.
 #
 # Queues (issue #12): a due task of a named queue that is limited (a rate, a concurrency cap,
 # paused) or has tasks waiting goes into the queue's line (qw) instead; then each queue whose
@@ -399,7 +401,7 @@ local function gated(t)  -- queues: whether t's queue decides when t goes
   if gates[key] == nil then
     local cf = queue_conf(t.o, t.q)
     gates[key] = (cf.rate or cf.mc or cf.paused
-      or redis.call('EXISTS', qkey('{c.QUEUE_WAITING}', t.o, t.q)) == 1) and true or false
+      or redis.call('EXISTS', qwait(t.o, t.q)) == 1) and true or false
   end
   return gates[key]
 end
@@ -416,7 +418,7 @@ repeat
       local t = id and load(id)
       if t and job_of(id, t) == job then
         if t.q ~= '' and not t.qa and gated(t) then
-          redis.call('ZADD', qkey('{c.QUEUE_WAITING}', t.o, t.q), due, job)
+          redis.call('ZADD', qwait(t.o, t.q), due, job)
           lines[t.o .. ':' .. t.q] = {{t.o, t.q}}
           held_now = held_now + 1
         else
@@ -447,7 +449,7 @@ for _, member in ipairs(ready) do
   if #out >= limit then break end
   local owner, q = string.match(member, '^(.*):([^:]*)$')
   local cf = queue_conf(owner, q)
-  local wk = qkey('{c.QUEUE_WAITING}', owner, q)
+  local wk = qwait(owner, q)
   local interval = cf.rate and 1000 / cf.rate
   local nxt, admitted = cf.next, 0
   while #out < limit and not cf.paused and not (cf.mc and cf.run + admitted >= cf.mc) do
@@ -499,9 +501,7 @@ for i = 4, #ARGV, 2 do
     -- queues: paused since it was admitted; back in its line, in due order, not called
     redis.call('ZREM', LEASES, job)
     redis.call('HDEL', LEASE_OWNER, job)
-    redis.call('ZADD', qkey('"""
-    + c.QUEUE_WAITING
-    + """', t.o, t.q), t.r, job)
+    redis.call('ZADD', qwait(t.o, t.q), t.r, job)
     queue_release(t, now)
     save(id, t)
     out[#out + 1] = 0
@@ -635,7 +635,12 @@ for _, job in ipairs(items) do
     local t = id and load(id)
     if t and job_of(id, t) == job then
       n = n + 1
-      if t.s == 'scheduled' or t.s == 'retrying' then
+      if (t.s == 'scheduled' or t.s == 'retrying') and t.qa then
+        -- queues: admitted for a slot it never used: back in its line, to be paced again
+        redis.call('ZADD', qwait(t.o, t.q), t.r, job)
+        queue_release(t, now)
+        save(id, t)
+      elseif t.s == 'scheduled' or t.s == 'retrying' then
         redis.call('ZADD', QUEUE, now, job)
       elseif t.s == 'running' then
         t.l = t.l + 1
@@ -1025,7 +1030,8 @@ end
 # time is left), then field/value pairs. Returns sched_view's {hash, last task id}.
 SCHED_CREATE = """
 local id, owner, now, status = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[5]
-redis.call('HSET', KEYS[2], 'o', owner, 's', status, 'v', 1, 'c', now, 'u', now, 'mu', now)
+-- made until just before now: a grid that starts now (every, without start_at) runs at once
+redis.call('HSET', KEYS[2], 'o', owner, 's', status, 'v', 1, 'c', now, 'u', now, 'mu', now - 1)
 for i = 6, #ARGV, 2 do redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1]) end
 move_sched(owner, id, nil, status)
 if status == 'active' then redis.call('ZADD', KEYS[3], now, id) end
@@ -1047,7 +1053,8 @@ return out
 # has the new definition made from now on; resume makes from now on (a pause is not downtime:
 # nothing missed while paused is caught up); delete cancels like pause and removes the schedule
 # (its tasks stay, with their schedule_id, until retention deletes them).
-SCHED_CHANGE = """
+SCHED_CHANGE = (
+    """
 local op, id, owner, now, bound = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]), ARGV[5]
 local key = KEYS[2]
 local s = redis.call('HMGET', key, 'o', 's', 'v')
@@ -1058,8 +1065,12 @@ if op == 'delete' then
   cancel_made(owner, id, now, true)
   redis.call('DEL', key)
   redis.call('ZREM', KEYS[3], id)
-  redis.call('ZREM', P .. 'si:' .. owner .. ':' .. status, id)
-  redis.call('HINCRBY', P .. 's', 'schedules:' .. status, -1)
+  redis.call('ZREM', P .. '"""
+    + c.SCHEDULE_INDEX
+    + """' .. owner .. ':' .. status, id)
+  redis.call('HINCRBY', P .. '"""
+    + c.STATS
+    + """', 'schedules:' .. status, -1)
   publish(owner, 'schedule', id, 'deleted')
   return {'deleted'}
 end
@@ -1091,6 +1102,7 @@ if new ~= status or op == 'patch' then
 end
 return {'ok', sched_view(id, bound)}
 """
+)
 
 # ARGV: now, limit. The makers' round in this partition: the schedules whose next occurrences
 # are due to be made, each {id, hash}, after the time of the previous round (or '' for none): a
@@ -1170,14 +1182,17 @@ return n
 )
 
 # ARGV: owner, schedule id, cursor|'', limit, status|''. One newest-first page (up to limit + 1)
-# of the tasks a schedule made, below the cursor, of that status when one is given.
-SCHED_TASK_IDS = """
+# of the tasks a schedule made, below the cursor, of that status when one is given: {ids, the
+# last id looked at when it stopped after SCHEDULE_LIST_SCAN without filling the page, else ''}.
+SCHED_TASK_IDS = f"""
 local key = made_key(ARGV[1], ARGV[2])
 local top = '+'
 if ARGV[3] ~= '' then top = '(' .. ARGV[3] end
 local limit, want = tonumber(ARGV[4]), ARGV[5]
-local out, off = {}, 0
+local out, off = {{}}, 0
 while #out <= limit do
+  if off >= {c.SCHEDULE_LIST_SCAN} then return {{out, redis.call('ZREVRANGEBYLEX', key, top, '-',
+    'LIMIT', off - 1, 1)[1] or ''}} end
   local ids = redis.call('ZREVRANGEBYLEX', key, top, '-', 'LIMIT', off, 200)
   if #ids == 0 then break end
   for _, tid in ipairs(ids) do
@@ -1191,7 +1206,7 @@ while #out <= limit do
   end
   off = off + 200
 end
-return out
+return {{out, ''}}
 """
 # -- signed calls (issue #12) -------------------------------------------------------------------
 # An owner's signing secrets: the hash KEYS[1] = sk:<owner> in the owner's partition, fields cur,
@@ -1263,7 +1278,7 @@ local function queue_view(owner, q, from)
   local ix = qkey('{c.QUEUE_INDEX}', owner, q) .. ':'
   for i = from, #ARGV do counts[#counts + 1] = redis.call('ZCARD', ix .. ARGV[i]) end
   return {{redis.call('HMGET', qkey('{c.QUEUE_CONF}', owner, q), 'rate', 'mc', 'paused'), counts,
-    redis.call('ZCARD', qkey('{c.QUEUE_WAITING}', owner, q))}}
+    redis.call('ZCARD', qwait(owner, q))}}
 end
 """
 

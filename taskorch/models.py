@@ -655,7 +655,9 @@ def fmt_ms(ms: int | float | None) -> str | None:
 def _fmt_second(second: int) -> str:
     # A task's created, updated and due times mostly fall in seconds just formatted.
     t = dt.datetime.fromtimestamp(second, tz=dt.UTC)
-    return t.strftime("%Y-%m-%dT%H:%M:%S")
+    # isoformat, not strftime: %Y writes the year 1 as "1", not RFC 3339's "0001" (a schedule
+    # keeps the start_at or end_at it was given, however far back).
+    return t.replace(tzinfo=None).isoformat(timespec="seconds")
 
 
 def retry_wait_s(

@@ -353,7 +353,12 @@ def _tighten_schedules(components: dict[str, Any]) -> None:
         for field, rule in (("cron", _CRON), ("timezone", zones)):
             props[field] = _replace_string(props[field], rule)
         for field in ("start_at", "end_at"):
-            props[field] = _replace_string(props[field], _RUN_AT)
+            prop = props[field]
+            props[field] = (
+                _replace_string(prop, _RUN_AT)
+                if "anyOf" in prop
+                else {"anyOf": [_RUN_AT, _UNIX_TIME]}
+            )
     components["ScheduleTask"]["properties"]["url"] = _URL
     components["ScheduleTask"]["properties"]["headers"] = _HEADERS
     create = components["ScheduleCreate"]
@@ -423,7 +428,7 @@ def _components() -> dict[str, Any]:
         _tighten(components[name])
     for name in ("OrchestrationCreate", "OrchestrationPatch"):
         _tighten(components[name])
-    for name in ("StepSpec", "ConditionSpec", "TaskSpec", "FunctionSchedule"):
+    for name in ("StepSpec", "ConditionSpec", "TaskSpec", "FunctionSchedule", "Callback"):
         _tighten(components[name])
     components["FunctionCreate"]["allOf"] = _FUNCTION_RULES
     _tighten_schedules(components)
@@ -609,6 +614,28 @@ def _providers(settings: Settings) -> list[str]:
     return out
 
 
+_SCHEDULE_FILTER = {
+    "name": "schedule_id",
+    "in": "query",
+    "description": "only the tasks this schedule made (latest time first)",
+    "schema": {"type": "string", "pattern": "^(sch_[0-9a-f]{24})?$"},
+}
+
+
+def _task_paths() -> dict[str, Any]:
+    paths = _steerable(
+        "/v1/tasks",
+        "task",
+        id_name="task_id",
+        statuses=models.TaskStatus,
+        create_summary="Schedule an HTTP call",
+        patch_when="scheduled or retrying",
+        cancel_when="scheduled or retrying",
+    )
+    paths["/v1/tasks"]["get"]["parameters"].append(_SCHEDULE_FILTER)
+    return paths
+
+
 def _queue_paths() -> dict[str, Any]:
     def name(schema: dict[str, Any]) -> list[dict[str, Any]]:
         return [{"name": "queue", "in": "path", "required": True, "schema": schema}]
@@ -698,6 +725,7 @@ def document(settings: Settings) -> dict[str, Any]:
                     codes=("400", "413", "422"),
                 )
             },
+            **_task_paths(),
             **_steerable(
                 "/v1/tasks",
                 "task",
@@ -792,7 +820,7 @@ def document(settings: Settings) -> dict[str, Any]:
             "/v1/events": {
                 "get": _op(
                     "Server-sent events of the owner's changes (event: task, orchestration, "
-                    "function; data: {type, id, status})",
+                    "schedule, function; data: {type, id, status})",
                     {
                         "200": {
                             "description": "An endless text/event-stream",

@@ -76,7 +76,7 @@ def rule_of(h: dict[str, str]) -> Rule:
 def _view(sid: str, h: dict[str, str], last: str, now: int) -> Schedule:
     status = ScheduleStatus(h["s"])
     rule = rule_of(h)
-    runs = rule.after(now, FOREVER_MS, c.NEXT_RUNS) if status is ScheduleStatus.active else []
+    runs = rule.after(now - 1, FOREVER_MS, c.NEXT_RUNS) if status is ScheduleStatus.active else []
     return Schedule(
         id=sid,
         name=h.get("n") or None,
@@ -314,7 +314,7 @@ class Schedules:
     ) -> TaskPage:
         """``GET /v1/tasks?schedule_id=``: the tasks a schedule made, newest first."""
         _, _, keys = await self._keys(sid)
-        ids = await run_script(
+        ids, stopped = await run_script(
             self.redis,
             self._task_ids,
             keys[:1],
@@ -324,7 +324,8 @@ class Schedules:
         ids = ids[:limit]
         rows = await run_script(self.redis, self._view_tasks, keys[:1], ids) if ids else []
         items = [_task_view(from_flat(h), a) for h, a in rows if h]
-        return TaskPage(items=items, next_cursor=ids[-1] if more and ids else None)
+        next_cursor = ids[-1] if more and ids else (stopped or None)
+        return TaskPage(items=items, next_cursor=next_cursor)
 
     def _make_soon(self, layout: Layout, p: int, sid: str, h: dict[str, str]) -> None:
         """Make the first occurrences now, beside the request (a worker's maker would within
@@ -347,22 +348,29 @@ class Schedules:
 
     # -- the makers (every worker) -----------------------------------------------------------
 
-    async def make_due(self) -> int:
-        """One makers' round over every partition; how many occurrences it made."""
+    async def make_due(self, *, now: int | None = None) -> int:
+        """One makers' round over every partition (at ``now``, which tests name); how many
+        occurrences it made."""
         layout = await partitions.load(self.redis)
-        now = now_ms()
+        now = now_ms() if now is None else now
         rows = await run_many(
             self.redis,
             self._due,
             [([layout.queue(p)], [now, c.SCHEDULE_DUE_BATCH]) for p in range(layout.n)],
         )
-        jobs = []
+        jobs, sids = [], []
         for p, (prev, items) in enumerate(rows):
             downtime = prev == "" or now - int(prev) > c.SCHEDULE_LATE_MS
             for sid, flat in items:
                 jobs.append(self.make(layout, p, sid, from_flat(flat), downtime=downtime, now=now))
-        made = await asyncio.gather(*jobs)
-        return sum(max(0, n) for n in made)
+                sids.append(sid)
+        made = await asyncio.gather(*jobs, return_exceptions=True)
+        for sid, got in zip(sids, made, strict=True):
+            if isinstance(got, REDIS_DOWN):
+                raise got
+            if isinstance(got, BaseException):  # one bad schedule must not stop the others
+                log.error("schedule.make_failed", schedule_id=sid, error=repr(got))
+        return sum(n for n in made if isinstance(n, int) and n > 0)
 
     async def make(
         self,

@@ -604,11 +604,7 @@ class Store:
         with it (see :meth:`_named_ids`)."""
         layout = await self.layout()
         statuses = [status.value] if status else [s.value for s in TaskStatus]
-        if name:
-            ids, next_cursor = await self._named_ids(
-                layout, owner, statuses, name, limit=limit, cursor=cursor, queue=queue
-            )
-        elif queue is not None and queue != c.DEFAULT_QUEUE:
+        if queue is not None and queue != c.DEFAULT_QUEUE:
             # A named queue's tasks are all in its partition, in its own status indexes.
             p = layout.queue_partition(owner, queue)
             got = await run_script(
@@ -620,6 +616,10 @@ class Store:
             ids = sorted(got, reverse=True)
             next_cursor = ids[limit - 1] if len(ids) > limit else None
             ids = ids[:limit]
+        elif name:
+            ids, next_cursor = await self._named_ids(
+                layout, owner, statuses, name, limit=limit, cursor=cursor
+            )
         else:
             ids, next_cursor = await list_ids(
                 self.redis,

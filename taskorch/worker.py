@@ -59,6 +59,13 @@ Redis outages (killed, restarting, frozen) are waited out, and work done meanwhi
 * **A frozen Redis is noticed**: every command has a socket timeout
   (:attr:`~taskorch.leases.LeaseTimes.socket_timeout_s`), so a SIGSTOPped Redis reads as an outage, not a hang.
 
+Recurring schedules need no timer of their own: every worker runs a maker
+(:mod:`taskorch.schedules`) that, about once a second, turns the schedules whose next times are
+near into ordinary tasks ``SCHEDULE_AHEAD_MS`` ahead, one compare-and-set per schedule, so the
+claim-ahead machinery above fires them like any task. Its first round runs before the first
+claim: after every worker was down, ``catch_up`` decides about overdue occurrences before they
+can fire.
+
 What still repeats (at-least-once): a call whose worker died, or could not reach Redis while
 other workers could, for longer than the lease before its outcome was recorded. The repeat is a
 new attempt with the same ``Idempotency-Key``.
@@ -87,6 +94,7 @@ import structlog
 
 from taskorch import constants as c
 from taskorch import outbound
+from taskorch.callbacks import Callbacks
 from taskorch.leases import LeaseKeeper, LeaseTimes, renew_once
 from taskorch.models import fmt_ms, retry_wait_s
 from taskorch.schedules import Schedules
@@ -127,7 +135,8 @@ class Worker:
             exits anyway (their leases then lapse and another worker retries them).
         retention_s: finished tasks and orchestrations are deleted this long after they
             finished (0 keeps them for ever).
-        handlers: coroutines for non-task jobs by function name (orchestration events).
+        handlers: coroutines for non-task jobs by function name (orchestration events); a
+            task's callbacks (``cb``) are handled by the worker itself.
         signer: the owners' signing keys (made from the store's client when not given).
         lease_redis: makes a Redis client of its own for the lease keeper, which then renews
             leases from a thread (see :class:`~taskorch.leases.LeaseKeeper`); without it they are renewed on
@@ -159,7 +168,8 @@ class Worker:
         self.max_in_flight = max_in_flight
         self.claim_ahead_ms = claim_ahead_ms
         self.poll_s = poll_s
-        self.handlers = handlers or {}
+        # A task's callbacks are this worker's own business (taskorch/callbacks.py).
+        self.handlers = {"cb": Callbacks(store, session, self.signer).handle, **(handlers or {})}
         self.shutdown_grace_s = shutdown_grace_s
         self.retention_s = retention_s
         self.id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{random.randrange(16**6):06x}"
@@ -414,6 +424,9 @@ class Worker:
             self._spawn(self._start_chunk(batch[i : i + c.START_BATCH]))
 
     async def _start_chunk(self, chunk: list[Claimed]) -> None:
+        # Signing keys read while START runs, so that the calls rarely wait for them (a copy
+        # warmed at the claim, a second before, may just have grown too old).
+        self.signer.warm({cl.owner for cl in chunk if cl.owner})
         start = functools.partial(
             self.store.start,
             [(cl.arg, cl.job) for cl in chunk],
@@ -882,7 +895,6 @@ def run_worker(settings: Settings) -> None:
         async with outbound.make_session(
             allow_private=settings.allow_private_targets, trusted_url=settings.public_url
         ) as session:
-            from taskorch.callbacks import handlers as callback_handlers
             from taskorch.steps import handlers
 
             signer = Signer(SigningStore(redis))
@@ -892,10 +904,7 @@ def run_worker(settings: Settings) -> None:
                 signer=signer,
                 lease_s=settings.lease_s,
                 max_in_flight=settings.max_in_flight,
-                handlers={
-                    **handlers(store, session, signer),
-                    **callback_handlers(store, session, signer),
-                },
+                handlers=handlers(store, session, signer),
                 shutdown_grace_s=settings.shutdown_grace_s,
                 retention_s=settings.retention_s,
                 lease_redis=make_redis,

@@ -10,6 +10,7 @@ import signal
 from typing import Any
 
 import msgspec
+import pytest
 from standardwebhooks.webhooks import Webhook
 
 from taskorch import constants as c
@@ -287,3 +288,35 @@ async def test_callbacks_are_validated_like_a_task_and_can_be_changed(api: Api) 
     assert r.json()["failure_callback"] == {"url": "https://e.com/f", "headers": {}}
     plain = await api.create({"url": "https://example.com/x", "delay": 3600})
     assert plain["callback"] is None and plain["callback_attempts"] == []
+
+
+async def test_a_task_failed_by_lost_attempts_schedules_its_failure_callback(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The reaper's own final outcome (a task whose worker kept dying: out of lost attempts)
+    schedules the failure callback as FINISH does."""
+    monkeypatch.setattr(c, "MAX_LOST_ATTEMPTS", 0)
+    client = connect(redis_url)
+    store = Store(client)
+    try:
+        task, _ = await store.create_task(
+            "alice",
+            TaskCreate(
+                url="https://example.com/x",
+                failure_callback=Callback(url="https://example.com/failed"),
+            ),
+        )
+        [cl] = await store.claim(worker="w", horizon_ms=now_ms() + 5000, lease_ms=1, limit=9)
+        await store.start([(task.id, cl.job)], worker="w", lease_ms=1)
+        await asyncio.sleep(0.05)  # the lease lapses: the worker "died"
+        assert await store.reap(gap_ms=60_000, grace_ms=0) == 1
+        got = await store.task_record(task.id)
+        assert got is not None
+        fields, view = got
+        assert view.status == "failed" and "worker lost" in (view.attempts[-1].error or "")
+        layout = await store.layout()
+        queued = await client.zrange(layout.queue(layout.partition_of(task.id)), 0, -1)
+        assert [j for j in queued if ".cb" in j] == [fields["callback_job"]]
+    finally:
+        partitions.forget(client)
+        await client.aclose()

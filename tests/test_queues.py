@@ -301,7 +301,8 @@ async def test_max_concurrent_holds_across_two_workers(
 async def test_pause_holds_every_call_and_resume_releases_them_in_order(
     api: Api, counting: Counting, workers: WorkerProcs
 ) -> None:
-    await put_queue(api, "held", {"paused": True})
+    # one at a time, so that the order they go in is the order they arrive in
+    await put_queue(api, "held", {"paused": True, "max_concurrent": 1})
     await start_workers(workers, 2)
     body = {"url": counting.url("/ok"), "queue": "held"}
     # due in an order that is not their creation order
@@ -361,3 +362,26 @@ async def test_a_worker_killed_mid_call_does_not_keep_its_room(
     # and the room was given back for good
     t = await api.create({"url": counting.url("/ok"), "queue": "single"})
     await api.wait_status(t["id"], "succeeded", timeout_s=10)
+
+
+async def test_claims_a_killed_worker_held_ahead_are_paced_again(
+    api: Api, counting: Counting, workers: WorkerProcs
+) -> None:
+    """A worker claims a rate-limited queue's tasks up to a second ahead, each for its slot; if
+    it dies before their slots, they go back in line and are paced again, not fired at once."""
+    await put_queue(api, "paced", {"rate": 5})
+    [first] = [workers.start()]
+    await until(lambda: "worker.started" in workers.logs(), timeout_s=60)
+    tasks = await batch(api, [{"url": counting.url("/ok"), "queue": "paced"}] * 14)
+    await until(lambda: len(counting.arrivals) >= 2, timeout_s=15)
+    first.send_signal(signal.SIGKILL)  # holding the next slots' claims
+    first.wait(10)
+    workers.start()
+    for t in tasks:
+        await api.wait_status(t["id"], "succeeded", timeout_s=30)
+    times = sorted(a.at for a in counting.arrivals)
+    bunched = [b - a for a, b in itertools.pairwise(times) if b - a < 0.05]
+    assert len(bunched) <= 1, bunched  # 5 calls/s: 200 ms apart, after the kill too
+    assert sorted(counting.ids()) == sorted(t["id"] for t in tasks)
+    q = await get_queue(api, "paced")
+    assert q["counts"]["succeeded"] == 14 and q["waiting"] == 0

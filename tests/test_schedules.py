@@ -581,3 +581,39 @@ async def _all_settled(api: Api, sid: str) -> list[dict[str, Any]] | None:
     if tasks and all(t["status"] in ("succeeded", "failed", "cancelled") for t in tasks):
         return tasks
     return None
+
+
+async def test_a_schedule_that_cannot_be_made_does_not_stop_the_others(
+    api: Api, target: Target, settings: Any
+) -> None:
+    client = connect(settings.redis_url)
+    sch = Schedules(client)
+    try:
+        body = {"every": 1, "start_at": "2027-01-01T00:00:00Z", "task": {"url": target.url("/x")}}
+        bad, good = await _create(api, body), await _create(api, body)
+        layout = await partitions.load(client)
+        for s in (bad, good):
+            key = layout.prefixes[layout.partition_of(s["id"])] + "sc:" + s["id"]
+            await until(lambda key=key: _version_at_least(sch, key, 2))
+            await client.hset(key, mapping={"mu": _ms("2027-01-01T00:00:00Z") - 60_000})
+            await client.zadd(layout.prefixes[layout.partition_of(s["id"])] + "sz", {s["id"]: 0})
+        await client.hset(
+            layout.prefixes[layout.partition_of(bad["id"])] + "sc:" + bad["id"], "task", "{"
+        )
+        # Ten seconds of 2027 for the good one, nothing for the bad one, and no exception.
+        made = await sch.make_due(now=_ms("2027-01-01T00:00:00Z"))
+        assert made > 0 and await _tasks(api, bad["id"]) == []
+        assert len(await _tasks(api, good["id"])) == made
+    finally:
+        await client.aclose()
+
+
+async def test_an_interval_without_start_at_runs_at_once_then_every_interval(
+    api: Api, target: Target
+) -> None:
+    sch = await _create(api, {"every": 3600, "task": {"url": target.url("/x")}})
+    created = _ms(sch["created_at"])
+    assert sch["start_at"] == sch["created_at"]
+    assert [_ms(t) for t in sch["next_runs"][:2]] == [created, created + 3_600_000]
+    [task] = await until(lambda: _made_at_least(api, sch["id"], 1))
+    assert _ms(task["run_at"]) == created and task["schedule_id"] == sch["id"]

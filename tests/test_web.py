@@ -790,16 +790,26 @@ async def test_a_queue_is_set_up_paused_and_resumed_in_the_page(web: Web, target
     settings = await api_get(web, "/v1/queues/emails")
     assert (settings["rate"], settings["max_concurrent"], settings["paused"]) == (5, 2, False)
 
-    # Tasks put in the queue elsewhere show in its counts, live.
+    # Tasks put in the queue elsewhere show in its counts, live; the page's task form names it too.
     made = [
         await api_task(web, {"url": target.url("/ok"), "delay": 3600, "queue": "emails"})
-        for _ in range(3)
+        for _ in range(2)
     ]
     async with web.http() as http:
         assert (await http.post(f"/v1/tasks/{made[0]['id']}/cancel")).status_code == 200
-    await expect(queue_count(page, "emails", "scheduled")).to_have_text("2")
+    await expect(queue_count(page, "emails", "scheduled")).to_have_text("1")
     await expect(queue_count(page, "emails", "cancelled")).to_have_text("1")
     assert await page.evaluate("window.notReloaded") is True
+    await page.get_by_role("link", name="Tasks").click()
+    await page.get_by_role("link", name="New task").click()
+    await page.get_by_label("Queue").fill("emails")
+    await page.get_by_label("URL", exact=True).fill(target.url("/ok"))
+    await page.get_by_label("When").select_option("delay")
+    await page.get_by_label("Delay (s)").fill("3600")
+    await page.get_by_role("button", name="Create task").click()
+    await expect(page.locator(".facts")).to_contain_text("emails")
+    await page.get_by_role("link", name="Queues").click()
+    await expect(queue_count(page, "emails", "scheduled")).to_have_text("2")
     await shot(page, "queue-counts")
 
     await row.get_by_role("button", name="Pause").click()
@@ -838,13 +848,13 @@ async def test_redrive_failed_retries_every_failed_task_of_the_queue(
         r = await http.post("/v1/tasks/batch", json={"tasks": [{**body, "queue": "flaky"}] * 30})
         assert r.status_code == 200, r.text
     flaky = [item["task"]["id"] for item in r.json()["items"]]
-    other = (await api_task(web, {**body, "queue": "other"}))["id"]
+    other, another = [(await api_task(web, {**body, "queue": "other"}))["id"] for _ in range(2)]
 
     async def failed(queue: str) -> int:
         return int((await api_get(web, f"/v1/queues/{queue}"))["counts"].get("failed", 0))
 
     async def all_failed() -> bool:
-        return await failed("flaky") == 30 and await failed("other") == 1
+        return await failed("flaky") == 30 and await failed("other") == 2
 
     await until(all_failed, timeout_s=30)
     page = await web.page()
@@ -886,7 +896,8 @@ async def test_redrive_failed_retries_every_failed_task_of_the_queue(
     for task_id in flaky:
         task = await api_get(web, f"/v1/tasks/{task_id}")
         assert task["status"] == "succeeded" and len(task["attempts"]) == 2, task
-    assert (await api_get(web, f"/v1/tasks/{other}"))["status"] == "failed"  # another queue
+    for task_id in (other, another):  # another queue's
+        assert (await api_get(web, f"/v1/tasks/{task_id}"))["status"] == "failed"
 
     # The tasks list shows each task's queue and offers retry on a failed row.
     await page.get_by_role("link", name="Tasks").click()
@@ -898,3 +909,12 @@ async def test_redrive_failed_retries_every_failed_task_of_the_queue(
     await expect(other_row.locator(".badge")).to_have_text("succeeded", timeout=10_000)
     await expect(other_row.get_by_role("button", name="Retry")).to_have_count(0)
     await shot(page, "tasks-retried")
+
+    # And in one failed task's own view.
+    await task_row(page, another).get_by_role("link").click()
+    await expect(page.locator(".status-line .badge")).to_have_text("failed")
+    await page.get_by_role("button", name="Retry").click()
+    await expect(page.locator(".status-line .badge")).to_have_text("succeeded", timeout=10_000)
+    await expect(page.locator("table.attempts tbody tr")).to_have_count(2)
+    await expect(page.get_by_role("button", name="Retry")).to_have_count(0)
+    assert (await api_get(web, f"/v1/tasks/{another}"))["status"] == "succeeded"

@@ -18,7 +18,7 @@ export function mount(root) {
   const redriving = new Set();
 
   const c = {
-    name: input({ maxlength: 200, required: true }),
+    name: input({ maxlength: 64, required: true }),
     rate: input({ type: "number", min: 0, step: "any", placeholder: "unlimited" }),
     max: input({ type: "number", min: 1, step: 1, placeholder: "unlimited" }),
     paused: input({ type: "checkbox" }),
@@ -142,7 +142,7 @@ export function mount(root) {
     redriving.add(q.name);
     button.disabled = true;
     const line = () => rows.get(q.name).querySelector(".redrive");
-    const bar = h("progress", { max: counts(q).failed ?? 0, value: 0 });
+    const bar = h("progress", { max: counts(q).failed ?? 0, value: 0, "aria-label": "Redriven" });
     const text = h("span");
     let done = 0;
     let refused = 0;
@@ -150,7 +150,7 @@ export function mount(root) {
     const note = (more) => {
       bar.max = Math.max(bar.max, done + refused);
       bar.value = done;
-      text.textContent = ` Retried ${done}${more}`;
+      text.textContent = ` Retried ${done}${refused ? `, ${refused} refused` : ""}${more}`;
     };
     fill(line(), bar, text);
     let cursor = null;

@@ -417,11 +417,12 @@ function taskForm(values, { patch }) {
   const name = input({ value: values.name ?? "", maxlength: 200, placeholder: "optional" });
   const whenEd = whenEditor({ patch });
   const spec = specEditor(values, { patch });
+  const queue = input({ placeholder: "default", maxlength: 64, readonly: patch, value: values.queue ?? "" }); // fixed once made
   const form = h(
     "form",
     { class: "card", novalidate: true },
     h("p", { class: "form-error", role: "alert", tabindex: -1, hidden: true }),
-    field("Name", name, { rel: "name" }),
+    h("div", { class: "row" }, field("Name", name, { rel: "name", cls: "grow" }), field("Queue", queue, { rel: "queue" })),
     whenEd.el,
     spec.el,
     h("div", { class: "actions" }, h("button", { type: "submit", class: "primary" }, patch ? "Save changes" : "Create task")),
@@ -431,6 +432,7 @@ function taskForm(values, { patch }) {
     const body = { ...spec.read("", problems), ...whenEd.read(problems) };
     if (name.value.trim()) body.name = name.value.trim();
     else if (patch) body.name = null;
+    if (!patch && queue.value.trim()) body.queue = queue.value.trim();
     problems.throwIfAny();
     return body;
   }
