@@ -632,9 +632,6 @@ class Store:
             )
         views = await self._views(layout, ids) if ids else {}
         items = [views[i] for i in ids if i in views]
-        if name and queue == c.DEFAULT_QUEUE:
-            # merge of queues and calls: default's tasks have no index of their own to scan
-            items = [t for t in items if t.queue == c.DEFAULT_QUEUE]
         return TaskPage(items=items, next_cursor=next_cursor)
 
     async def _named_ids(
@@ -646,18 +643,11 @@ class Store:
         *,
         limit: int,
         cursor: str | None,
-        queue: str | None = None,
     ) -> tuple[list[str], str | None]:
         """A page of ids of tasks named ``name...``: each partition reads at most
         NAME_SCAN_LIMIT of the owner's newest records below the cursor (lua.LIST_NAMED). Where
         one stopped early, the page holds only what is newer than where it stopped and its
         cursor goes on from there: a page may be short, even empty, with a next_cursor."""
-        index, parts = f"{c.TASK_INDEX}{owner}:", range(layout.n)
-        if queue is not None and queue != c.DEFAULT_QUEUE:  # the queue's own partition and index
-            index = f"{c.QUEUE_INDEX}{owner}:{queue}:"
-            parts = range(
-                layout.queue_partition(owner, queue), layout.queue_partition(owner, queue) + 1
-            )
         rows = await run_many(
             self.redis,
             self._list_named,
@@ -665,7 +655,7 @@ class Store:
                 (
                     [layout.queue(p)],
                     [
-                        index,
+                        f"{c.TASK_INDEX}{owner}:",
                         cursor or "",
                         limit,
                         name,
@@ -673,7 +663,7 @@ class Store:
                         *statuses,
                     ],
                 )
-                for p in parts
+                for p in range(layout.n)
             ],
         )
         stops = [stop for _, stop in rows if stop]
