@@ -17,6 +17,7 @@ import datetime as dt
 import email.utils
 import os
 import time
+import urllib.parse
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -242,9 +243,10 @@ def _new_key() -> str:
 
 
 def _check_id(value: str, what: str) -> str:
-    if not value or "/" in value:
-        raise ValueError(f"{what} must be an id such as the API hands out, not {value!r}")
-    return value
+    """``value`` as one path segment: an id or a queue name, never a way to another route."""
+    if not value:
+        raise ValueError(f"{what} must not be empty")
+    return urllib.parse.quote(value, safe="")
 
 
 class _Calls:

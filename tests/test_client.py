@@ -586,3 +586,15 @@ def test_a_create_during_a_redis_freeze_is_stored_once_after_it(tmp_path: Any) -
             assert took_s >= 2.0  # it waited the freeze out, as Retry-After asked
             assert [t.id for t in c.iter_tasks()] == [results[0].id]
     assert '"status": 503' in serve.log() or "api.redis_unavailable" in serve.log()
+
+
+def test_an_id_is_one_path_segment(client: Client) -> None:
+    """An id or queue name from elsewhere cannot reach another route: it is sent as one
+    segment, and names nothing."""
+    with pytest.raises(errors.NotFound):
+        client.get_task("../queues")
+    with pytest.raises(errors.NotFound):
+        client.get_task("x?status=failed")
+    with pytest.raises(errors.NotFound):
+        client.put_queue("a/b", paused=True)
+    assert [q.name for q in client.list_queues()] == ["default"]
