@@ -599,6 +599,7 @@ class Client(_Base):
         self.close()
 
     def close(self) -> None:
+        """Close the client's connections."""
         self._http.close()
 
     def _send(self, call: _Call[T]) -> T:
@@ -857,6 +858,7 @@ class Client(_Base):
         return self.put_queue(name, paused=True)
 
     def resume_queue(self, name: str) -> Queue:
+        """The queue dispatches again, in due order."""
         return self.put_queue(name, paused=False)
 
     def get_queue(self, name: str) -> Queue:
@@ -942,6 +944,7 @@ class AsyncClient(_Base):
         await self.aclose()
 
     async def aclose(self) -> None:
+        """Close the client's connections."""
         await self._http.aclose()
 
     async def _send(self, call: _Call[T]) -> T:
@@ -994,6 +997,7 @@ class AsyncClient(_Base):
         return out
 
     async def get_task(self, task_id: str) -> Task:
+        """See :meth:`Client.get_task`."""
         return await self._send(self._calls.get_task(task_id))
 
     async def list_tasks(
@@ -1006,6 +1010,7 @@ class AsyncClient(_Base):
         limit: int | None = None,
         cursor: str | None = None,
     ) -> TaskPage:
+        """See :meth:`Client.list_tasks`."""
         params = _params(
             status=status,
             queue=queue,
@@ -1038,12 +1043,15 @@ class AsyncClient(_Base):
         )
 
     async def modify_task(self, task_id: str, **fields: Unpack[TaskPatchFields]) -> Task:
+        """See :meth:`Client.modify_task`."""
         return await self._send(self._calls.modify_task(task_id, fields))
 
     async def cancel_task(self, task_id: str) -> Task:
+        """See :meth:`Client.cancel_task`."""
         return await self._send(self._calls.task_action(task_id, "cancel"))
 
     async def retry_task(self, task_id: str) -> Task:
+        """See :meth:`Client.retry_task`."""
         return await self._send(self._calls.task_action(task_id, "retry"))
 
     async def create_orchestration(
@@ -1053,9 +1061,11 @@ class AsyncClient(_Base):
         idempotency_key: str | None = None,
         **fields: Unpack[OrchestrationFields],
     ) -> Orchestration:
+        """See :meth:`Client.create_orchestration`."""
         return await self._send(self._calls.create_orchestration(steps, idempotency_key, fields))
 
     async def get_orchestration(self, orchestration_id: str) -> Orchestration:
+        """See :meth:`Client.get_orchestration`."""
         return await self._send(self._calls.get_orchestration(orchestration_id))
 
     async def list_orchestrations(
@@ -1065,12 +1075,14 @@ class AsyncClient(_Base):
         limit: int | None = None,
         cursor: str | None = None,
     ) -> OrchestrationPage:
+        """See :meth:`Client.list_orchestrations`."""
         params = _params(status=status, limit=limit, cursor=cursor)
         return await self._send(self._calls.list_orchestrations(params))
 
     def iter_orchestrations(
         self, *, status: OrchestrationStatus | str | None = None, page_size: int = PAGE_SIZE
     ) -> AsyncIterator[Orchestration]:
+        """See :meth:`Client.iter_orchestrations`."""
         return self._pages(
             lambda cursor: self.list_orchestrations(status=status, limit=page_size, cursor=cursor)
         )
@@ -1078,9 +1090,11 @@ class AsyncClient(_Base):
     async def modify_orchestration(
         self, orchestration_id: str, **fields: Unpack[OrchestrationPatchFields]
     ) -> Orchestration:
+        """See :meth:`Client.modify_orchestration`."""
         return await self._send(self._calls.modify_orchestration(orchestration_id, fields))
 
     async def cancel_orchestration(self, orchestration_id: str) -> Orchestration:
+        """See :meth:`Client.cancel_orchestration`."""
         return await self._send(self._calls.cancel_orchestration(orchestration_id))
 
     async def create_function(
@@ -1095,6 +1109,7 @@ class AsyncClient(_Base):
         provider: Literal["local", "aws"] | None = None,
         schedule: Mapping[str, Any] | None = None,
     ) -> Function:
+        """See :meth:`Client.create_function`."""
         fields = {
             "handler": handler,
             "requirements": requirements,
@@ -1107,25 +1122,31 @@ class AsyncClient(_Base):
         return await self._send(call)
 
     async def get_function(self, function_id: str) -> Function:
+        """See :meth:`Client.get_function`."""
         return await self._send(self._calls.get_function(function_id))
 
     async def list_functions(
         self, *, limit: int | None = None, cursor: str | None = None
     ) -> FunctionPage:
+        """See :meth:`Client.list_functions`."""
         return await self._send(self._calls.list_functions(_params(limit=limit, cursor=cursor)))
 
     def iter_functions(self, *, page_size: int = PAGE_SIZE) -> AsyncIterator[Function]:
+        """See :meth:`Client.iter_functions`."""
         return self._pages(lambda cursor: self.list_functions(limit=page_size, cursor=cursor))
 
     async def delete_function(self, function_id: str) -> None:
+        """See :meth:`Client.delete_function`."""
         await self._send(self._calls.delete_function(function_id))
 
     async def create_schedule(
         self, *, task: Mapping[str, Any], **fields: Unpack[ScheduleFields]
     ) -> Schedule:
+        """See :meth:`Client.create_schedule`."""
         return await self._send(self._calls.create_schedule(task, fields))
 
     async def get_schedule(self, schedule_id: str) -> Schedule:
+        """See :meth:`Client.get_schedule`."""
         return await self._send(self._calls.get_schedule(schedule_id))
 
     async def list_schedules(
@@ -1135,12 +1156,14 @@ class AsyncClient(_Base):
         limit: int | None = None,
         cursor: str | None = None,
     ) -> SchedulePage:
+        """See :meth:`Client.list_schedules`."""
         params = _params(status=status, limit=limit, cursor=cursor)
         return await self._send(self._calls.list_schedules(params))
 
     def iter_schedules(
         self, *, status: ScheduleStatus | str | None = None, page_size: int = PAGE_SIZE
     ) -> AsyncIterator[Schedule]:
+        """See :meth:`Client.iter_schedules`."""
         return self._pages(
             lambda cursor: self.list_schedules(status=status, limit=page_size, cursor=cursor)
         )
@@ -1148,36 +1171,47 @@ class AsyncClient(_Base):
     async def modify_schedule(
         self, schedule_id: str, **fields: Unpack[SchedulePatchFields]
     ) -> Schedule:
+        """See :meth:`Client.modify_schedule`."""
         return await self._send(self._calls.modify_schedule(schedule_id, fields))
 
     async def delete_schedule(self, schedule_id: str) -> None:
+        """See :meth:`Client.delete_schedule`."""
         await self._send(self._calls.delete_schedule(schedule_id))
 
     async def pause_schedule(self, schedule_id: str) -> Schedule:
+        """See :meth:`Client.pause_schedule`."""
         return await self._send(self._calls.schedule_action(schedule_id, "pause"))
 
     async def resume_schedule(self, schedule_id: str) -> Schedule:
+        """See :meth:`Client.resume_schedule`."""
         return await self._send(self._calls.schedule_action(schedule_id, "resume"))
 
     async def put_queue(self, name: str, **settings: Unpack[QueueSettings]) -> Queue:
+        """See :meth:`Client.put_queue`."""
         return await self._send(self._calls.put_queue(name, settings))
 
     async def pause_queue(self, name: str) -> Queue:
+        """See :meth:`Client.pause_queue`."""
         return await self.put_queue(name, paused=True)
 
     async def resume_queue(self, name: str) -> Queue:
+        """See :meth:`Client.resume_queue`."""
         return await self.put_queue(name, paused=False)
 
     async def get_queue(self, name: str) -> Queue:
+        """See :meth:`Client.get_queue`."""
         return await self._send(self._calls.get_queue(name))
 
     async def list_queues(self) -> list[Queue]:
+        """See :meth:`Client.list_queues`."""
         return (await self._send(self._calls.list_queues())).items
 
     async def signing_keys(self) -> SigningKeys:
+        """See :meth:`Client.signing_keys`."""
         return await self._send(self._calls.signing_keys())
 
     async def rotate_signing_keys(self) -> SigningKeys:
+        """See :meth:`Client.rotate_signing_keys`."""
         return await self._send(self._calls.rotate_signing_keys())
 
     async def events(self) -> AsyncIterator[Event]:
@@ -1193,16 +1227,21 @@ class AsyncClient(_Base):
                     yield event
 
     async def stats(self) -> Stats:
+        """See :meth:`Client.stats`."""
         return await self._send(self._calls.stats())
 
     async def health(self) -> Health:
+        """See :meth:`Client.health`."""
         return await self._send(self._calls.health("/healthz"))
 
     async def ready(self) -> Health:
+        """See :meth:`Client.ready`."""
         return await self._send(self._calls.health("/readyz"))
 
     async def metrics(self, *, token: str | None = None) -> str:
+        """See :meth:`Client.metrics`."""
         return await self._send(self._calls.metrics(token))
 
     async def openapi(self) -> dict[str, Any]:
+        """See :meth:`Client.openapi`."""
         return await self._send(self._calls.openapi())

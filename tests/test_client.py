@@ -598,3 +598,18 @@ def test_an_id_is_one_path_segment(client: Client) -> None:
     with pytest.raises(errors.NotFound):
         client.put_queue("a/b", paused=True)
     assert [q.name for q in client.list_queues()] == ["default"]
+
+
+def test_both_clients_have_the_same_documented_methods() -> None:
+    import inspect
+
+    def public(cls: type) -> dict[str, Any]:
+        return {n: f for n, f in inspect.getmembers(cls, inspect.isfunction) if n[0] != "_"}
+
+    sync, asynchronous = public(Client), public(AsyncClient)
+    assert set(sync) - {"close"} == set(asynchronous) - {"aclose"}
+    assert [n for n, f in {**sync, **asynchronous}.items() if not f.__doc__] == []
+    for name, f in sync.items():  # every option is keyword-only: only ids go by position
+        params = list(inspect.signature(f).parameters.values())[1:]
+        positional = [p.name for p in params if p.kind is p.POSITIONAL_OR_KEYWORD]
+        assert len(positional) <= 1, (name, positional)
