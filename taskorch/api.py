@@ -7,6 +7,7 @@ lifespan and reached through ``request.state``.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import enum
 import hmac
@@ -29,7 +30,7 @@ from starlette.responses import FileResponse, Response, StreamingResponse
 from starlette.routing import Match, Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from taskorch import auth, cluster, metrics, openapi, partitions
+from taskorch import auth, cluster, metrics, openapi, partitions, signing
 from taskorch import constants as c
 from taskorch.errors import (
     NOT_STORED,
@@ -59,6 +60,10 @@ from taskorch.models import (
     OrchestrationCreate,
     OrchestrationPatch,
     OrchestrationStatus,
+    QueueUpdate,
+    ScheduleCreate,
+    SchedulePatch,
+    ScheduleStatus,
     TaskBatchItem,
     TaskCreate,
     TaskPatch,
@@ -69,8 +74,11 @@ from taskorch.models import (
     decode_batch,
     decode_body,
     parse_json,
+    queue_name_ok,
 )
 from taskorch.orchestrations import Orchestrations
+from taskorch.queues import Queues
+from taskorch.schedules import Schedules
 from taskorch.settings import Settings
 from taskorch.store import BatchItem, Store, connect, is_id
 
@@ -240,15 +248,46 @@ def _outage_of(results: list[Any]) -> Unavailable:
     return unknown[0] if unknown else results[0]
 
 
+def _queue_param(request: Request) -> str | None:
+    raw = request.query_params.get("queue")
+    if not raw:
+        return None
+    if not queue_name_ok(raw):
+        from taskorch.models import QUEUE_NAME_MESSAGE
+
+        raise _invalid_param("queue", QUEUE_NAME_MESSAGE)
+    return raw
+
+
 async def list_tasks(request: Request) -> Response:
     p = await principal(request, "read")
+    status = _status_param(request, TaskStatus)
+    limit, cursor = _limit_param(request), _cursor_param(request, "tsk")
+    queue = _queue_param(request)
+    schedule_id = request.query_params.get("schedule_id")
+    if schedule_id:  # the tasks one schedule made (another owner's: none); empty means all
+        if not is_id(schedule_id, "sch"):
+            raise _invalid_param("schedule_id", "is not a schedule id (sch_...)")
+        schedules: Schedules = request.state.schedules
+        page = await schedules.tasks(p.sub, schedule_id, status=status, limit=limit, cursor=cursor)
+        return JSON(page)
     page = await request.state.store.list_tasks(
         p.sub,
-        status=_status_param(request, TaskStatus),
-        limit=_limit_param(request),
-        cursor=_cursor_param(request, "tsk"),
+        status=status,
+        limit=limit,
+        cursor=cursor,
+        queue=queue,
+        name=_name_param(request),
     )
     return JSON(page)
+
+
+def _name_param(request: Request) -> str | None:
+    """``name=``: a prefix of task names (issue #12); empty means no filter."""
+    name = request.query_params.get("name") or None
+    if name is not None and len(name) > 200:
+        raise _invalid_param("name", "must be at most 200 characters (a name is)")
+    return name
 
 
 async def get_task(request: Request) -> Response:
@@ -269,6 +308,124 @@ async def cancel_task(request: Request) -> Response:
     task = await request.state.store.cancel_task(p.sub, request.path_params["task_id"])
     log.info("task.cancelled", task_id=task.id, owner=p.sub)
     return JSON(task)
+
+
+async def create_schedule(request: Request) -> Response:
+    p = await principal(request, "write")
+    body = decode_body(await read_body(request), ScheduleCreate)
+    schedules: Schedules = request.state.schedules
+    sch = await schedules.create(p.sub, body)
+    log.info("schedule.created", schedule_id=sch.id, owner=p.sub, next_runs=sch.next_runs[:1])
+    return JSON(sch, status_code=201, headers={"Location": f"/v1/schedules/{sch.id}"})
+
+
+async def list_schedules(request: Request) -> Response:
+    p = await principal(request, "read")
+    schedules: Schedules = request.state.schedules
+    page = await schedules.list_page(
+        p.sub,
+        status=_status_param(request, ScheduleStatus),
+        limit=_limit_param(request),
+        cursor=_cursor_param(request, "sch"),
+    )
+    return JSON(page)
+
+
+async def get_schedule(request: Request) -> Response:
+    p = await principal(request, "read")
+    schedules: Schedules = request.state.schedules
+    return JSON(await schedules.get(p.sub, request.path_params["sch_id"]))
+
+
+async def modify_schedule(request: Request) -> Response:
+    p = await principal(request, "write")
+    patch = decode_body(await read_body(request), SchedulePatch)
+    schedules: Schedules = request.state.schedules
+    sch = await schedules.modify(p.sub, request.path_params["sch_id"], patch)
+    log.info("schedule.modified", schedule_id=sch.id, owner=p.sub)
+    return JSON(sch)
+
+
+async def delete_schedule(request: Request) -> Response:
+    p = await principal(request, "write")
+    schedules: Schedules = request.state.schedules
+    await schedules.delete(p.sub, request.path_params["sch_id"])
+    log.info("schedule.deleted", schedule_id=request.path_params["sch_id"], owner=p.sub)
+    return Response(status_code=204)
+
+
+async def pause_schedule(request: Request) -> Response:
+    p = await principal(request, "write")
+    schedules: Schedules = request.state.schedules
+    sch = await schedules.pause(p.sub, request.path_params["sch_id"])
+    log.info("schedule.paused", schedule_id=sch.id, owner=p.sub)
+    return JSON(sch)
+
+
+async def resume_schedule(request: Request) -> Response:
+    p = await principal(request, "write")
+    schedules: Schedules = request.state.schedules
+    sch = await schedules.resume(p.sub, request.path_params["sch_id"])
+    log.info("schedule.resumed", schedule_id=sch.id, owner=p.sub)
+    return JSON(sch)
+
+
+async def get_signing_keys(request: Request) -> Response:
+    """The secrets that sign the owner's calls (the first is made on first use)."""
+    p = await principal(request, "read")
+    keys: signing.SigningStore = request.state.signing
+    return JSON(signing.view(await keys.read(p.sub)))
+
+
+async def rotate_signing_keys(request: Request) -> Response:
+    """A new secret signs from now on; the one it replaces signs too for 24 h.
+
+    Answered only once every worker's copy of the keys has been read again since
+    (SIGNING_CACHE_S), so that every call signed after the answer carries the new signature.
+    """
+    p = await principal(request, "write")
+    keys: signing.SigningStore = request.state.signing
+    stored = await keys.rotate(p.sub)
+    log.info("signing.rotated", owner=p.sub)
+    with off_the_redis_clock():
+        await asyncio.sleep(c.SIGNING_CACHE_S + c.SIGNING_ROTATE_MARGIN_S)
+    return JSON(signing.view(stored))
+
+
+async def retry_task(request: Request) -> Response:
+    """Redrive a failed task (issue #12)."""
+    p = await principal(request, "write")
+    task = await request.state.store.retry_task(p.sub, request.path_params["task_id"])
+    log.info("task.redriven", task_id=task.id, owner=p.sub)
+    return JSON(task)
+
+
+async def list_queues(request: Request) -> Response:
+    p = await principal(request, "read")
+    queues: Queues = request.state.queues
+    return JSON(await queues.list(p.sub))
+
+
+async def get_queue(request: Request) -> Response:
+    p = await principal(request, "read")
+    queues: Queues = request.state.queues
+    return JSON(await queues.get(p.sub, request.path_params["queue"]))
+
+
+async def put_queue(request: Request) -> Response:
+    p = await principal(request, "write")
+    body = decode_body(await read_body(request), QueueUpdate)
+    queues: Queues = request.state.queues
+    queue = await queues.put(p.sub, request.path_params["queue"], body)
+    log.info(
+        "queue.set",
+        owner=p.sub,
+        queue=queue.name,
+        rate=queue.rate,
+        max_concurrent=queue.max_concurrent,
+        paused=queue.paused,
+    )
+    return JSON(queue)
 
 
 async def create_orchestration(request: Request) -> Response:
@@ -605,6 +762,7 @@ _PATH_IDS = {
     "task_id": ("tsk", "task"),
     "orc_id": ("orc", "orchestration"),
     "fn_id": ("fn", "function"),
+    "sch_id": ("sch", "schedule"),
 }
 # A Redis that is down, frozen (the client's timeout), loading its data, read-only (a replica
 # after a failover), full (noeviction refuses writes) or a cluster mid-failover: the request can
@@ -714,6 +872,19 @@ ROUTES: list[tuple[str, Callable[[Request], Awaitable[Response]], str]] = [
     ("/v1/tasks/{task_id}", get_task, "GET"),
     ("/v1/tasks/{task_id}", modify_task, "PATCH"),
     ("/v1/tasks/{task_id}/cancel", cancel_task, "POST"),
+    ("/v1/schedules", create_schedule, "POST"),
+    ("/v1/schedules", list_schedules, "GET"),
+    ("/v1/schedules/{sch_id}", get_schedule, "GET"),
+    ("/v1/schedules/{sch_id}", modify_schedule, "PATCH"),
+    ("/v1/schedules/{sch_id}", delete_schedule, "DELETE"),
+    ("/v1/schedules/{sch_id}/pause", pause_schedule, "POST"),
+    ("/v1/schedules/{sch_id}/resume", resume_schedule, "POST"),
+    ("/v1/tasks/{task_id}/retry", retry_task, "POST"),
+    ("/v1/signing-keys", get_signing_keys, "GET"),
+    ("/v1/signing-keys/rotate", rotate_signing_keys, "POST"),
+    ("/v1/queues", list_queues, "GET"),
+    ("/v1/queues/{queue}", get_queue, "GET"),
+    ("/v1/queues/{queue}", put_queue, "PUT"),
     ("/v1/orchestrations", create_orchestration, "POST"),
     ("/v1/orchestrations", list_orchestrations, "GET"),
     ("/v1/orchestrations/{orc_id}", get_orchestration, "GET"),
@@ -864,18 +1035,23 @@ def create_app(
             aws=aws,
         )
         functions.resume()
+        schedules = Schedules(client)
         try:
             yield {
                 "settings": settings,
                 "redis": client,
                 "store": store,
                 "orchestrations": Orchestrations(client),
+                "schedules": schedules,
+                "signing": signing.SigningStore(client),
+                "queues": Queues(client),
                 "functions": functions,
                 "verifier": auth.TokenVerifier(settings, redis=client),
                 "signin": signin,
                 "streams": StreamSlots(),
             }
         finally:
+            await schedules.close()
             signin.close()
             await functions.close()
             if runtime is not None:

@@ -31,6 +31,16 @@ TASK = "t:"
 ORCH = "o:"  # hash per orchestration; :specs, :conds, :state, :check:<i>
 TASK_INDEX = "i:"  # i:<owner>:<status>, zset of task ids (score 0, read by lex range)
 ORCH_INDEX = "oi:"  # oi:<owner>:<status>, likewise for orchestrations
+# Recurring schedules (issue #12): ``sc:<id>`` the schedule's hash, ``si:<owner>:<status>`` the
+# owner's index (as for tasks), ``sz`` the partition's schedules scored by when their next
+# occurrences must be made, ``iS:<owner>:<schedule id>`` the tasks a schedule made (score 0, by
+# id: an occurrence's id carries its due time, so id order is run order), ``sm`` the time of the
+# last makers' round in the partition (a gap means every worker was down: catch-up applies).
+SCHEDULE = "sc:"
+SCHEDULE_INDEX = "si:"
+SCHEDULES_DUE = "sz"
+SCHEDULE_TASKS = "iS:"
+SCHEDULE_MAKERS = "sm"
 IDEMPOTENCY = "k:"  # k:<owner>:<kind>:<key> -> the id created under it
 STATS = "s"  # hash "tasks:<status>" / "orchestrations:<status>" -> count
 METRICS = "m"  # hash of attempt counters and the lateness histogram
@@ -38,6 +48,19 @@ FINISHED = "f"  # zset "t:<id>" / "o:<id>" scored by when it finished, for reten
 # Hash with the time of the last reap by any worker ("last") and the end of the pause reapers take
 # after an outage ("grace_until"): see lua.REAP.
 REAPER = "r"
+# -- issue #12: signed calls and callbacks (the calls helper) ---------------------------------
+# An owner's signing secrets, a hash in the owner's partition (Layout.owner_partition): the
+# current one and, for SIGNING_OVERLAP_S after a rotation, the previous one (see signing.py).
+SIGNING_KEYS = "sk:"
+# A task's callback deliveries (JSON per attempt), beside its attempts list ``t:<id>:a``.
+CALLBACK_ATTEMPTS = ":cb"
+# Named queues (issue #12), in the queue's partition (partitions.Layout.queue_partition), beside
+# its tasks, so that one script sees a queue's tasks, settings and state (taskorch/queues.py):
+QUEUE_CONF = "qc:"  # qc:<owner>:<queue> hash: rate, mc, paused, next (free slot ms), run
+QUEUE_NAMES = "qn:"  # qn:<owner> set of the owner's named queues in this partition
+QUEUE_WAITING = "qw:"  # qw:<owner>:<queue> zset of due jobs waiting their turn, by due ms
+QUEUE_INDEX = "iq:"  # iq:<owner>:<queue>:<status>, as i: but for one named queue's tasks
+QUEUE_READY = "qr"  # zset "<owner>:<queue>" -> ms when its first waiting task may be admitted
 OWNER_KEY_PREFIX = KEY_PREFIX + "owner:"  # per-owner keys that are not per task (functions)
 # While an old single-node layout is rewritten into partitions (taskorch migrate).
 MIGRATE_LOCK_KEY = KEY_PREFIX + "migrating"
@@ -74,6 +97,15 @@ MAX_BATCH_BODY_BYTES = 16 * 1024 * 1024
 MAX_FUNCTION_CODE_BYTES = 512 * 1024  # one source file
 FUNCTION_KEY_PREFIX = KEY_PREFIX + "fn:"  # hash per function
 FUNCTION_BUILDING_KEY = KEY_PREFIX + "fn-building"  # set of functions whose build must finish
+# Queues: every task is in one; "default" (unlimited, its tasks spread over every partition)
+# unless it names another. Names are short slugs (no ":", which the keys above use).
+DEFAULT_QUEUE = "default"
+QUEUE_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
+MIN_QUEUE_RATE = 0.001  # calls/s: one call every 16 minutes or so
+MAX_QUEUE_RATE = 10_000.0  # calls/s: a slot every 0.1 ms, beyond what one partition dispatches
+MAX_QUEUE_CONCURRENCY = 100_000
+QUEUE_PUMP_QUEUES = 100  # queues one claim admits from per partition, at most
+QUEUE_DIVERT_MAX = 1000  # due tasks one claim moves into their queues' lines, at most
 MAX_LIST_LIMIT = 500
 DEFAULT_LIST_LIMIT = 50
 DEFAULT_TOKEN_TTL_S = 3600
@@ -136,6 +168,21 @@ DEFAULT_KEEP_ALIVE_S = 5  # an idle keep-alive connection is closed after this (
 # Each holds a Redis pub/sub connection; a dashboard needs one per open tab.
 MAX_EVENT_STREAMS_PER_OWNER = 10
 
+# -- Signed calls and callbacks (issue #12) ------------------------------------------------------
+# After a rotation the previous secret signs too (both signatures in webhook-signature) this
+# long, so that targets can switch to the new one at their own pace.
+SIGNING_OVERLAP_S = 24 * 3600
+# Random bytes of a signing secret (Standard Webhooks asks for 24 to 64).
+SIGNING_SECRET_BYTES = 32
+# A worker reads an owner's secrets again when its copy is older than this. A rotation answers
+# only after this long (plus SIGNING_ROTATE_MARGIN_S), so every call signed after the answer
+# carries the new secret's signature: a target may switch to it at once.
+SIGNING_CACHE_S = 1.0
+SIGNING_ROTATE_MARGIN_S = 0.1
+# GET /v1/tasks?name=: records read per partition before a page is answered short (with a
+# next_cursor to go on from): a prefix filter scans the owner's newest tasks, it has no index.
+NAME_SCAN_LIMIT = 1000
+
 # -- Scheduler tuning --------------------------------------------------------------------------
 # How far ahead of its due time a worker claims a job. Claiming early is what lets a job fire
 # from a precise in-process timer instead of waiting for the next poll; it must be longer than
@@ -175,6 +222,32 @@ FINISH_BATCH = 500  # outcome writes per pipeline
 DEFAULT_RETENTION_S = 7 * 24 * 3600.0
 DEFAULT_MAX_IN_FLIGHT = 20_000  # calls one worker runs at once before it stops claiming
 
+# -- Recurring schedules ------------------------------------------------------------------------
+# Occurrences are made as real tasks this far ahead of their time, by a maker in every worker
+# that looks every SCHEDULE_MAKE_EVERY_S: they are claimed and fired like any task (to the
+# millisecond), a worker restart of several seconds leaves no gap, and a dead worker's part is
+# done by any other. A schedule is looked at again when its next time is within half of this.
+SCHEDULE_AHEAD_MS = 10_000
+SCHEDULE_MAKE_EVERY_S = 1.0
+# An occurrence more than this late when a maker looks (every worker was down) was missed, and
+# the schedule's catch_up decides: "one" runs the latest missed one, "none" none, "all" every one
+# (at most SCHEDULE_CATCH_UP_MAX, the latest). Anything less late just runs late.
+SCHEDULE_LATE_MS = 5_000
+SCHEDULE_CATCH_UP_MAX = 100
+SCHEDULE_MAKE_BATCH = 100  # occurrences per make script; a schedule behind is made in turns
+SCHEDULE_DUE_BATCH = 100  # schedules per partition per makers' round
+MIN_EVERY_S = 1.0  # the shortest interval: a task per second per schedule
+MAX_EVERY_S = 10 * 366 * 24 * 3600.0
+# Pause, change and delete cancel the occurrences made but not started, newest first, stopping at
+# one that ended this long before now (occurrences fire in order: the rest ended too), or after
+# SCHEDULE_CANCEL_SCAN of them.
+SCHEDULE_CANCEL_SLACK_MS = 60_000
+SCHEDULE_CANCEL_SCAN = 2_000
+NEXT_RUNS = 5  # a schedule shows its next this many run times
+# GET /v1/tasks?schedule_id=&status= looks at most this many of the schedule's tasks per page: a
+# page that found fewer than it wanted ends there, with a cursor to go on from.
+SCHEDULE_LIST_SCAN = 10_000
+
 # -- Bursts ------------------------------------------------------------------------------------
 # A millisecond with k tasks due starts them (the compare-and-set to running) this much earlier
 # per task, up to START_LEAD_MAX_MS: 10,000 due at one instant are started about half a second
@@ -205,3 +278,19 @@ WORKER_RATE_FLOOR = 4000
 # Jobs one claim takes when more are due: a burst is claimed in slices, and the first worker to
 # see it wakes the others (WAKE_CHANNEL), so that their slices interleave and it spreads.
 CLAIM_SLICE = 250
+
+# -- the Python client (taskorch.client) and the `taskorch tasks|schedules|queues` verbs --------
+# A list page as the client's iterators fetch it: the API's largest, as few round trips as it
+# allows (MAX_LIST_LIMIT).
+CLIENT_PAGE_SIZE = MAX_LIST_LIMIT
+# Further sends of a request answered 503/429 or never answered, where sending again is safe:
+# enough to ride out a Redis restart (a few seconds at Retry-After: 1), few enough that a script
+# hears of a real outage within half a minute.
+CLIENT_RETRIES = 3
+# The longest Retry-After the client waits out; longer (a sign-in throttled for minutes) raises
+# at once, since waiting would only hide it.
+CLIENT_MAX_RETRY_WAIT_S = 30.0
+# The wait before a repeat when the answer names none (a connection refused): doubled each time.
+CLIENT_FIRST_BACKOFF_S = 0.5
+# Per request: above a rotate's SIGNING_CACHE_S wait and a function upload's build start.
+CLIENT_TIMEOUT_S = 30.0

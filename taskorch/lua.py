@@ -15,8 +15,11 @@ round numbers). Fields: o owner, s status, h url, p the rest of the spec (JSON, 
 store._StoredSpec; a step's whole spec, url included, when h is absent), n name, r run_at (ms after the id's own time,
 a small number), c created_at (left out when
 it is the id's own time), u updated_at (left out when it equals created_at), g generation,
-a attempt, l lost attempts, oi orchestration id, st/sf/sb started_at, scheduled_for, started_by
-(while running), lj/rj lost_job/retry_job (a reaper's take-back marks), ft finished_at.
+a attempt, l lost attempts, oi orchestration id, sc the schedule that made it, st/sf/sb started_at,
+scheduled_for, started_by (while running), lj/rj lost_job/retry_job (a reaper's take-back marks),
+ft finished_at, q queue (absent for default), qa admitted by its queue (see taskorch/queues.py);
+issue #12: b the attempts made before the last redrive (retries count from there), cj the
+callback job due.
 A task's job is ``<id>.<generation>`` while it is scheduled, retrying or running, and has no
 definition of its own.
 """
@@ -31,7 +34,7 @@ local QUEUE = KEYS[1]
 local LEASES = P .. '{c.LEASES}'
 local LEASE_OWNER = P .. '{c.LEASE_OWNER}'
 local TDEF = {{s = 'scheduled', g = 1, a = 0, l = 0, n = '', oi = '', sb = '', lj = '', rj = '', h = '',
-  p = ''}}
+  p = '', sc = '', q = ''}}
 local function tkey(id) return P .. '{c.TASK}' .. id end
 -- msgpack on Redis; JSON where the Lua has no cmsgpack (fakeredis, for `taskorch dev`): the record's
 -- numbers are integers below 2^53 and its spec a string, so cjson keeps them exact.
@@ -74,11 +77,20 @@ local function move_status(ix, kind, owner, id, old, new)
   redis.call('ZADD', P .. ix .. owner .. ':' .. new, 0, id)
   redis.call('HINCRBY', P .. '{c.STATS}', kind .. ':' .. new, 1)
 end
-local function move_task(owner, id, old, new) move_status('{c.TASK_INDEX}', 'tasks', owner, id, old, new) end
+-- ``q``: the task's named queue ('' or nil for default), whose own status index moves too.
+local function move_task(owner, id, old, new, q)
+  move_status('{c.TASK_INDEX}', 'tasks', owner, id, old, new)
+  if q and q ~= '' and old ~= new then
+    local ix = P .. '{c.QUEUE_INDEX}' .. owner .. ':' .. q .. ':'
+    if old then redis.call('ZREM', ix .. old, id) end
+    redis.call('ZADD', ix .. new, 0, id)
+  end
+end
 local function move_orc(owner, id, old, new)
   move_status('{c.ORCH_INDEX}', 'orchestrations', owner, id, old, new)
 end
-local function is_task_job(job) return string.sub(job, 1, 4) == 'tsk_' end
+-- A task's own job is <id>.<gen>; its callback jobs (<id>.cb<gen>.<n>, issue #12) are events.
+local function is_task_job(job) return string.match(job, '^tsk_[^.]*%.%d+$') ~= nil end
 local function task_of_job(job) return string.match(job, '^(.*)%.%d+$') end
 -- An orchestration event's job: its definition at j:<job>, the job in the queue by due time.
 local function enqueue(job, fn, arg, due, now)
@@ -136,12 +148,17 @@ local function task_view(id)
   if not t then return {{{{}}, {{}}}} end
   local h = {{'id', id, 'owner', t.o, 'status', t.s, 'url', t.h, 'spec', t.p, 'name', t.n,
     'run_at', int(t.r), 'created_at', int(t.c), 'updated_at', int(t.u),
-    'attempt', int(t.a), 'gen', int(t.g), 'orchestration_id', t.oi}}
+    'attempt', int(t.a), 'gen', int(t.g), 'orchestration_id', t.oi, 'schedule_id', t.sc}}
+  if t.q ~= '' then h[#h + 1] = 'queue'; h[#h + 1] = t.q end
   if t.st then
     h[#h + 1] = 'started_at'; h[#h + 1] = int(t.st)
     h[#h + 1] = 'scheduled_for'; h[#h + 1] = int(t.sf)
   end
   if t.ft then h[#h + 1] = 'finished_at'; h[#h + 1] = int(t.ft) end
+  -- issue #12: callback deliveries so far (a JSON array) and the callback job still due
+  local cba = redis.call('LRANGE', tkey(id) .. '{c.CALLBACK_ATTEMPTS}', 0, -1)
+  if #cba > 0 then h[#h + 1] = 'callback_attempts'; h[#h + 1] = '[' .. table.concat(cba, ',') .. ']' end
+  if t.cj then h[#h + 1] = 'callback_job'; h[#h + 1] = t.cj end
   return {{h, redis.call('LRANGE', tkey(id) .. ':a', 0, -1)}}
 end
 -- Finished records, scored by when they finished, for the retention janitor (PURGE).
@@ -151,9 +168,59 @@ end
 local function wake(due, now, ahead)
   if due - now <= ahead then redis.call('PUBLISH', '{c.WAKE_CHANNEL}', due) end
 end
-local function new_task(id, owner, url, spec, name, due, now, orc, ahead)
-  save(id, {{o = owner, h = url, p = spec, r = due, n = name, oi = orc, c = now, u = now}})
-  move_task(owner, id, nil, 'scheduled')
+-- Named queues (issue #12; taskorch/queues.py explains the flow). A queue's settings and state
+-- are one hash qc:<owner>:<queue> (rate, mc, paused, next: the next free dispatch slot, run: its
+-- admitted tasks) in the queue's partition, where its tasks live too. Due tasks of a limited
+-- queue wait in qw:<owner>:<queue> by due time; qr lists the queues whose first waiting task may
+-- be admitted, by when. A task admitted (claimed under its queue's limits) carries qa = 1 until
+-- its attempt ends; that is what run counts.
+local QREADY = P .. '{c.QUEUE_READY}'
+local function qkey(kind, owner, q) return P .. kind .. owner .. ':' .. q end
+local function qwait(owner, q) return qkey('{c.QUEUE_WAITING}', owner, q) end
+local function queue_conf(owner, q)
+  local r = redis.call('HMGET', qkey('{c.QUEUE_CONF}', owner, q), 'rate', 'mc', 'paused', 'next',
+    'run')
+  return {{rate = tonumber(r[1]), mc = tonumber(r[2]), paused = r[3] == '1',
+    next = tonumber(r[4]) or 0, run = math.max(tonumber(r[5]) or 0, 0)}}
+end
+-- Put a queue in line for admission (qr) at the time its first waiting task may go, or out of
+-- it while it has none, is paused or is at its concurrency cap.
+local function queue_kick(owner, q, now, ahead)
+  local cf = queue_conf(owner, q)
+  local member = owner .. ':' .. q
+  local first = redis.call('ZRANGE', qwait(owner, q), 0, 0, 'WITHSCORES')
+  if #first == 0 or cf.paused or (cf.mc and cf.run >= cf.mc) then
+    redis.call('ZREM', QREADY, member)
+    return
+  end
+  local at = math.max(tonumber(first[2]), cf.next)
+  redis.call('ZADD', QREADY, at, member)
+  if ahead then wake(at, now, ahead) end
+end
+-- An admitted task's attempt ended (or it was cancelled, changed or lost): its room goes to the
+-- next waiting task. The caller saves t.
+local function queue_release(t, now)
+  if t.qa then
+    t.qa = nil
+    redis.call('HINCRBY', qkey('{c.QUEUE_CONF}', t.o, t.q), 'run', -1)
+    queue_kick(t.o, t.q, now, {c.CLAIM_AHEAD_MS})
+  end
+end
+-- A task that will not go as it is (cancelled, modified) leaves its queue's line.
+local function queue_leave(t, job, now)
+  if t.q ~= '' then
+    redis.call('ZREM', qwait(t.o, t.q), job)
+    queue_release(t, now)
+    queue_kick(t.o, t.q, now, nil)
+  end
+end
+-- q: the task's named queue ('' or nil for default); sched: the schedule that made it ('' or nil
+-- for none), kept as sc.
+local function new_task(id, owner, url, spec, name, due, now, orc, ahead, q, sched)
+  save(id, {{o = owner, h = url, p = spec, r = due, n = name, oi = orc, c = now, u = now, q = q,
+    sc = sched}})
+  move_task(owner, id, nil, 'scheduled', q)
+  if q and q ~= '' then redis.call('SADD', P .. '{c.QUEUE_NAMES}' .. owner, q) end
   redis.call('ZADD', QUEUE, due, id .. '.1')
   publish(owner, 'task', id, 'scheduled')
   wake(due, now, ahead)
@@ -164,10 +231,11 @@ local function cancel_task(id, now)
   if t.s ~= 'scheduled' and t.s ~= 'retrying' then return t.s end
   local old = t.s
   drop_job(job_of(id, t))
+  queue_leave(t, job_of(id, t), now)
   t.s = 'cancelled'; t.ft = now; t.u = now
   save(id, t)
   finished('t', id, now)
-  move_task(t.o, id, old, 'cancelled')
+  move_task(t.o, id, old, 'cancelled', t.q)
   publish(t.o, 'task', id, 'cancelled')
   return 'cancelled'
 end
@@ -184,9 +252,9 @@ local function past_deadline(deadline)
 end
 """
 
-# ARGV: now, idem_ttl_s, wake_ms, deadline_ms|'', partitions, this partition, then per task 7
+# ARGV: now, idem_ttl_s, wake_ms, deadline_ms|'', partitions, this partition, then per task 8
 #       fields: id, owner, url, spec (the rest of it, '' when all defaults), name, due,
-#       idempotency key (the full key name in this partition, '' for none).
+#       idempotency key (the full key name in this partition, '' for none), queue ('' default).
 # Returns per task {1} (created as given: the caller knows its view without a reply to build and
 # parse, a batch's largest cost), {0, task view, attempts} (a repeat of a key, even within the
 # batch: the task created under it) or {2, id} (a migrated key naming a record in another
@@ -197,7 +265,7 @@ CREATE_TASKS = (
 if past_deadline(ARGV[4]) then return {-1} end
 local now, ttl, ahead = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3])
 local out = {}
-for i = 7, #ARGV, 7 do
+for i = 7, #ARGV, 8 do
   local id, owner = ARGV[i], ARGV[i + 1]
   local existing, elsewhere = idempotent(ARGV[i + 6], id, ttl, P .. 't:', ARGV[5], ARGV[6])
   if elsewhere then
@@ -207,7 +275,7 @@ for i = 7, #ARGV, 7 do
     out[#out + 1] = {0, view[1], view[2]}
   else
     new_task(id, owner, ARGV[i + 2], ARGV[i + 3], ARGV[i + 4], tonumber(ARGV[i + 5]), now, '',
-      ahead)
+      ahead, ARGV[i + 7])
     out[#out + 1] = {1}
   end
 end
@@ -240,6 +308,31 @@ for i = 1, math.min(#all, limit + 1) do out[i] = all[i] end
 return out
 """
 
+# As LIST_IDS, but only the tasks of the default queue (``GET /v1/tasks?queue=default``): the
+# owner's indexes hold every task, so those of named queues are skipped, a page at a time.
+LIST_DEFAULT_IDS = """
+local ix, cursor, limit = P .. ARGV[1], ARGV[2], tonumber(ARGV[3])
+local all = {}
+for i = 4, #ARGV do
+  local top = '+'
+  if cursor ~= '' then top = '(' .. cursor end
+  local got = 0
+  while got <= limit do
+    local ids = redis.call('ZREVRANGEBYLEX', ix .. ARGV[i], top, '-', 'LIMIT', 0, limit + 1)
+    for _, id in ipairs(ids) do
+      local t = load(id)
+      if t and t.q == '' then all[#all + 1] = id; got = got + 1 end
+    end
+    if #ids <= limit then break end
+    top = '(' .. ids[#ids]
+  end
+end
+table.sort(all, function(a, b) return a > b end)
+local out = {}
+for i = 1, math.min(#all, limit + 1) do out[i] = all[i] end
+return out
+"""
+
 # ARGV: id, owner, now.
 # Returns {'ok', view, attempts} | {'not_found'} | {'conflict', status} | {'in_orchestration', id}
 CANCEL_TASK = """
@@ -263,6 +356,7 @@ if t.oi ~= '' then return {'in_orchestration', t.oi} end
 if t.s ~= 'scheduled' and t.s ~= 'retrying' then return {'conflict', t.s} end
 if int(t.g) ~= ARGV[4] then return {'stale'} end
 drop_job(job_of(id, t))
+queue_leave(t, job_of(id, t), now)
 local due = tonumber(ARGV[8])
 t.g = t.g + 1; t.h = ARGV[5]; t.p = ARGV[6]; t.n = ARGV[7]; t.r = due; t.u = now
 save(id, t)
@@ -285,35 +379,104 @@ end
 
 # ARGV: horizon_ms, now_ms, lease_ms, worker_id, limit.
 # Moves this partition's due jobs from its queue to its leases set, owned by this worker, and
-# returns for each {job, due, function, argument, url, spec} (the task's url and spec for a
-# task's job, '' otherwise). A task's job that is no longer the task's current one is dropped.
+# returns for each {job, due, function, argument, url, spec, base, owner[, scheduled]} (a
+# task's url, spec, attempts made before its last redrive and owner; '', '', 0, '' for other
+# jobs; scheduled, for a task of a named queue, is the time it was due, when it goes later than
+# that). A task's job that is no longer the task's current one is dropped.
+#
+# Queues (issue #12): a due task of a named queue that is limited (a rate, a concurrency cap,
+# paused) or has tasks waiting goes into the queue's line (qw) instead; then each queue whose
+# turn has come (qr) admits its first waiting tasks in due order, each at its dispatch slot
+# (rate: the next free slot, 1000 / rate ms after the last) while it has room (cap: run, the
+# admitted tasks, below max_concurrent), as far as the claim's horizon. Default tasks pass as
+# before.
 CLAIM = (
     LEASE_CLOCK
-    + """
-local horizon, lease = tonumber(ARGV[1]), tonumber(ARGV[3])
+    + f"""
+local horizon, lease, limit = tonumber(ARGV[1]), tonumber(ARGV[3]), tonumber(ARGV[5])
 local now = clock()
-local items = redis.call('ZRANGEBYSCORE', QUEUE, '-inf', horizon, 'WITHSCORES', 'LIMIT', 0, ARGV[5])
-local out = {}
-for i = 1, #items, 2 do
-  local job, due = items[i], tonumber(items[i + 1])
-  redis.call('ZREM', QUEUE, job)
-  local fn, arg, url, spec = nil, nil, '', ''
-  if is_task_job(job) then
-    local id = task_of_job(job)
-    local t = id and load(id)
-    if t and job_of(id, t) == job then fn, arg, url, spec = 'fire_task', id, t.h, t.p end
-  else
-    local data = redis.call('GET', P .. 'j:' .. job)
-    if data then
-      local d = cjson.decode(data)
-      fn, arg = d.f, d.a[1]
+local out = {{}}
+local gates, lines, held = {{}}, {{}}, 0
+local function gated(t)  -- queues: whether t's queue decides when t goes
+  local key = t.o .. ':' .. t.q
+  if gates[key] == nil then
+    local cf = queue_conf(t.o, t.q)
+    gates[key] = (cf.rate or cf.mc or cf.paused
+      or redis.call('EXISTS', qwait(t.o, t.q)) == 1) and true or false
+  end
+  return gates[key]
+end
+repeat
+  local items = redis.call('ZRANGEBYSCORE', QUEUE, '-inf', horizon, 'WITHSCORES', 'LIMIT', 0,
+    limit - #out)
+  local held_now = 0
+  for i = 1, #items, 2 do
+    local job, due = items[i], tonumber(items[i + 1])
+    redis.call('ZREM', QUEUE, job)
+    local fn, arg, url, spec, base, owner, sched = nil, nil, '', '', 0, '', nil
+    if is_task_job(job) then
+      local id = task_of_job(job)
+      local t = id and load(id)
+      if t and job_of(id, t) == job then
+        if t.q ~= '' and not t.qa and gated(t) then
+          redis.call('ZADD', qwait(t.o, t.q), due, job)
+          lines[t.o .. ':' .. t.q] = {{t.o, t.q}}
+          held_now = held_now + 1
+        else
+          fn, arg, url, spec = 'fire_task', id, t.h, t.p
+          base, owner = t.b or 0, t.o  -- #12: attempts before a redrive; the owner signs the call
+          if t.q ~= '' then sched = int(t.r) end
+        end
+      end
+    else
+      local data = redis.call('GET', P .. 'j:' .. job)
+      if data then
+        local d = cjson.decode(data)
+        fn, arg = d.f, d.a[1]
+      end
+    end
+    if fn then
+      redis.call('ZADD', LEASES, math.max(due, now) + lease, job)
+      redis.call('HSET', LEASE_OWNER, job, ARGV[4])
+      out[#out + 1] = {{job, items[i + 1], fn, arg, url, spec, base, owner, sched}}
     end
   end
-  if fn then
-    redis.call('ZADD', LEASES, math.max(due, now) + lease, job)
-    redis.call('HSET', LEASE_OWNER, job, ARGV[4])
-    out[#out + 1] = {job, items[i + 1], fn, arg, url, spec}
+  held = held + held_now
+until held_now == 0 or #out >= limit or held >= {c.QUEUE_DIVERT_MAX}
+for _, line in pairs(lines) do queue_kick(line[1], line[2], now, nil) end
+local ready = redis.call('ZRANGEBYSCORE', QREADY, '-inf', horizon, 'LIMIT', 0,
+  {c.QUEUE_PUMP_QUEUES})
+for _, member in ipairs(ready) do
+  if #out >= limit then break end
+  local owner, q = string.match(member, '^(.*):([^:]*)$')
+  local cf = queue_conf(owner, q)
+  local wk = qwait(owner, q)
+  local interval = cf.rate and 1000 / cf.rate
+  local nxt, admitted = cf.next, 0
+  while #out < limit and not cf.paused and not (cf.mc and cf.run + admitted >= cf.mc) do
+    local first = redis.call('ZRANGE', wk, 0, 0, 'WITHSCORES')
+    if #first == 0 then break end
+    local job, slot = first[1], tonumber(first[2])
+    if interval then slot = math.max(slot, nxt, now) end
+    if slot > horizon then break end
+    redis.call('ZREM', wk, job)
+    local id = task_of_job(job)
+    local t = id and load(id)
+    if t and job_of(id, t) == job and (t.s == 'scheduled' or t.s == 'retrying') then
+      local at = math.ceil(slot)
+      t.qa = 1
+      save(id, t)
+      admitted = admitted + 1
+      if interval then nxt = slot + interval end
+      redis.call('ZADD', LEASES, math.max(at, now) + lease, job)
+      redis.call('HSET', LEASE_OWNER, job, ARGV[4])
+      out[#out + 1] = {{job, int(at), 'fire_task', id, t.h, t.p, t.b or 0, t.o, int(t.r)}}
+    end
   end
+  local qc = qkey('{c.QUEUE_CONF}', owner, q)
+  if admitted > 0 then redis.call('HINCRBY', qc, 'run', admitted) end
+  if interval and nxt ~= cf.next then redis.call('HSET', qc, 'next', string.format('%.3f', nxt)) end
+  queue_kick(owner, q, now, nil)
 end
 return out
 """
@@ -334,7 +497,16 @@ local out = {}
 for i = 4, #ARGV, 2 do
   local id, job = ARGV[i], ARGV[i + 1]
   local t = load(id)
-  if t and (t.s == 'scheduled' or t.s == 'retrying') and job_of(id, t) == job then
+  if t and t.qa and (t.s == 'scheduled' or t.s == 'retrying') and job_of(id, t) == job
+    and queue_conf(t.o, t.q).paused then
+    -- queues: paused since it was admitted; back in its line, in due order, not called
+    redis.call('ZREM', LEASES, job)
+    redis.call('HDEL', LEASE_OWNER, job)
+    redis.call('ZADD', qwait(t.o, t.q), t.r, job)
+    queue_release(t, now)
+    save(id, t)
+    out[#out + 1] = 0
+  elseif t and (t.s == 'scheduled' or t.s == 'retrying') and job_of(id, t) == job then
     local old = t.s
     t.a = t.a + 1
     t.s = 'running'; t.st = now; t.sf = t.r; t.u = now; t.sb = worker; t.lj = ''; t.rj = ''
@@ -342,7 +514,7 @@ for i = 4, #ARGV, 2 do
     redis.call('ZREM', QUEUE, job)
     redis.call('ZADD', LEASES, math.max(t.r, clock()) + lease, job)
     redis.call('HSET', LEASE_OWNER, job, worker)
-    move_task(t.o, id, old, 'running')
+    move_task(t.o, id, old, 'running', t.q)
     publish(t.o, 'task', id, 'running')
     out[#out + 1] = t.a
   elseif t and t.s == 'running' and job_of(id, t) == job and t.sb == worker then
@@ -380,13 +552,14 @@ local function finish(a)
     drop_job(job_of(id, t))
     redis.call('HINCRBY', P .. 'm', 'attempts_total:lost', -1)
     t.l = t.l - 1; t.lj = ''; t.rj = ''
-    move_task(t.o, id, 'retrying', 'running')
+    move_task(t.o, id, 'retrying', 'running', t.q)
     t.s = 'running'
   end
   if t.s ~= 'running' then return 0 end
   redis.call('RPUSH', tkey(id) .. ':a', a[4])
   drop_job(job)
   left_running(t)
+  queue_release(t, now)  -- queues: the attempt's room goes to the next waiting task
   local status = outcome
   if outcome == 'retry' then
     status = 'retrying'
@@ -397,6 +570,7 @@ local function finish(a)
     wake(due, now, ahead)
   else
     t.s = status; t.ft = now; t.u = now
+    schedule_callback(id, t, status, now, ahead)  -- issue #12 (lua.CALLBACKS)
     save(id, t)
     finished('t', id, now)
     if t.oi ~= '' then
@@ -406,7 +580,7 @@ local function finish(a)
       wake(now, now, ahead)
     end
   end
-  move_task(t.o, id, 'running', status)
+  move_task(t.o, id, 'running', status, t.q)
   publish(t.o, 'task', id, status)
   return 1
 end
@@ -462,7 +636,12 @@ for _, job in ipairs(items) do
     local t = id and load(id)
     if t and job_of(id, t) == job then
       n = n + 1
-      if t.s == 'scheduled' or t.s == 'retrying' then
+      if (t.s == 'scheduled' or t.s == 'retrying') and t.qa then
+        -- queues: admitted for a slot it never used: back in its line, to be paced again
+        redis.call('ZADD', qwait(t.o, t.q), t.r, job)
+        queue_release(t, now)
+        save(id, t)
+      elseif t.s == 'scheduled' or t.s == 'retrying' then
         redis.call('ZADD', QUEUE, now, job)
       elseif t.s == 'running' then
         t.l = t.l + 1
@@ -470,12 +649,14 @@ for _, job in ipairs(items) do
           lat = t.st - t.sf, err = 'worker lost: no outcome within the lease, retrying'}))
         redis.call('HINCRBY', P .. 'm', 'attempts_total:lost', 1)
         left_running(t)
+        queue_release(t, now)
         t.u = now
         if t.l > max_lost then
           t.s = 'failed'; t.ft = now
+          schedule_callback(id, t, 'failed', now, 0)  -- issue #12 (lua.CALLBACKS)
           save(id, t)
           finished('t', id, now)
-          move_task(t.o, id, 'running', 'failed')
+          move_task(t.o, id, 'running', 'failed', t.q)
           publish(t.o, 'task', id, 'failed')
           if t.oi ~= '' then
             enqueue(t.oi .. '.' .. id .. '.failed', 'orc', 'done|' .. t.oi .. '|' .. id .. '|failed',
@@ -485,7 +666,7 @@ for _, job in ipairs(items) do
           t.s = 'retrying'; t.g = t.g + 1; t.r = now; t.lj = job; t.rj = id .. '.' .. t.g
           save(id, t)
           redis.call('ZADD', QUEUE, now, t.rj)
-          move_task(t.o, id, 'running', 'retrying')
+          move_task(t.o, id, 'running', 'retrying', t.q)
           publish(t.o, 'task', id, 'retrying')
         end
       end
@@ -777,8 +958,10 @@ for _, member in ipairs(items) do
     local t = load(id)
     if t then
       redis.call('ZREM', P .. 'i:' .. t.o .. ':' .. t.s, id)
+      if t.sc ~= '' then redis.call('ZREM', P .. 'iS:' .. t.o .. ':' .. t.sc, id) end  -- sched
+      if t.q ~= '' then redis.call('ZREM', P .. 'iq:' .. t.o .. ':' .. t.q .. ':' .. t.s, id) end
       redis.call('HINCRBY', P .. 's', 'tasks:' .. t.s, -1)
-      redis.call('DEL', tkey(id), tkey(id) .. ':a')
+      redis.call('DEL', tkey(id), tkey(id) .. ':a', tkey(id) .. ':cb')  -- :cb callback attempts
     end
   else
     local key = okey(id)
@@ -792,4 +975,437 @@ for _, member in ipairs(items) do
   end
 end
 return #items
+"""
+
+
+# -- recurring schedules (issue #12) -------------------------------------------------------------
+# A schedule is a hash sc:<id> (o owner, s status, n name, cron, ev every ms, tz, task (its body,
+# JSON), sa start_at, ea end_at ('' none), cu catch_up, c/u created/updated, v version, mu "made
+# until": every run time up to it was made or skipped). Its occurrences are ordinary tasks with sc
+# set, listed in iS:<owner>:<id>. Every change bumps v; the makers compute the next occurrences in
+# Python and hand them to SCHED_MAKE with the version they read, so two makers with the same view
+# make them once (the second finds v moved on and makes nothing).
+SCHED_PRELUDE = f"""
+local SZ = P .. '{c.SCHEDULES_DUE}'
+local function skey(id) return P .. '{c.SCHEDULE}' .. id end
+local function made_key(owner, id) return P .. '{c.SCHEDULE_TASKS}' .. owner .. ':' .. id end
+local function move_sched(owner, id, old, new)
+  move_status('{c.SCHEDULE_INDEX}', 'schedules', owner, id, old, new)
+end
+-- The hash and the last occurrence whose time has come (ids below ``bound``, the id prefix of
+-- now + 1 ms: an occurrence's id carries its due time).
+local function sched_view(id, bound)
+  local h = redis.call('HGETALL', skey(id))
+  if #h == 0 then return {{{{}}, ''}} end
+  local owner = redis.call('HGET', skey(id), 'o')
+  local last = redis.call('ZREVRANGEBYLEX', made_key(owner, id), '(' .. bound, '-', 'LIMIT', 0, 1)
+  return {{h, last[1] or ''}}
+end
+-- Cancel the occurrences made but not started: all of them (``all``), else those due after now.
+-- Returns the latest due time after now of one that could not be cancelled (it started a few ms
+-- early), or now: nothing may be made again up to it.
+local function cancel_made(owner, id, now, all)
+  local key = made_key(owner, id)
+  local keep, off = now, 0
+  while off < {c.SCHEDULE_CANCEL_SCAN} do
+    local ids = redis.call('ZREVRANGEBYLEX', key, '+', '-', 'LIMIT', off, 100)
+    if #ids == 0 then return keep end
+    for _, tid in ipairs(ids) do
+      local t = load(tid)
+      if not t then return keep end
+      if t.s == 'scheduled' and (all or t.r > now) then
+        cancel_task(tid, now)
+      elseif t.s ~= 'scheduled' and t.s ~= 'cancelled' and t.r > keep then
+        keep = t.r
+      elseif t.s ~= 'scheduled' and t.r < now - {c.SCHEDULE_CANCEL_SLACK_MS} then
+        return keep
+      end
+    end
+    off = off + 100
+  end
+  return keep
+end
+"""
+
+# KEYS: queue, sc:<id>, sz. ARGV: id, owner, now, bound, status (active, or ended when no run
+# time is left), then field/value pairs. Returns sched_view's {hash, last task id}.
+SCHED_CREATE = """
+local id, owner, now, status = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[5]
+-- made until just before now: a grid that starts now (every, without start_at) runs at once
+redis.call('HSET', KEYS[2], 'o', owner, 's', status, 'v', 1, 'c', now, 'u', now, 'mu', now - 1)
+for i = 6, #ARGV, 2 do redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1]) end
+move_sched(owner, id, nil, status)
+if status == 'active' then redis.call('ZADD', KEYS[3], now, id) end
+publish(owner, 'schedule', id, status)
+return sched_view(id, ARGV[4])
+"""
+
+# ARGV: bound, then ids. Returns per id sched_view's {hash, last task id} ({{}, ''} for none).
+SCHED_VIEW = """
+local out = {}
+for i = 2, #ARGV do out[#out + 1] = sched_view(ARGV[i], ARGV[1]) end
+return out
+"""
+
+# KEYS: queue, sc:<id>, sz. ARGV: op (patch|pause|resume|delete), id, owner, now, bound,
+# expected version ('' for any), then (patch) field/value pairs.
+# Returns {'ok', view} | {'deleted'} | {'not_found'} | {'conflict', status} | {'stale'}.
+# Pause cancels every occurrence made but not started; a change cancels those due after now and
+# has the new definition made from now on; resume makes from now on (a pause is not downtime:
+# nothing missed while paused is caught up); delete cancels like pause and removes the schedule
+# (its tasks stay, with their schedule_id, until retention deletes them).
+SCHED_CHANGE = (
+    """
+local op, id, owner, now, bound = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]), ARGV[5]
+local key = KEYS[2]
+local s = redis.call('HMGET', key, 'o', 's', 'v')
+if not s[1] or s[1] ~= owner then return {'not_found'} end
+if ARGV[6] ~= '' and s[3] ~= ARGV[6] then return {'stale'} end
+local status, v = s[2], tonumber(s[3]) + 1
+if op == 'delete' then
+  cancel_made(owner, id, now, true)
+  redis.call('DEL', key)
+  redis.call('ZREM', KEYS[3], id)
+  redis.call('ZREM', P .. '"""
+    + c.SCHEDULE_INDEX
+    + """' .. owner .. ':' .. status, id)
+  redis.call('HINCRBY', P .. '"""
+    + c.STATS
+    + """', 'schedules:' .. status, -1)
+  publish(owner, 'schedule', id, 'deleted')
+  return {'deleted'}
+end
+if status == 'ended' then return {'conflict', status} end
+local new = status
+if op == 'pause' then
+  if status == 'active' then
+    cancel_made(owner, id, now, true)
+    redis.call('ZREM', KEYS[3], id)
+    new = 'paused'
+  end
+elseif op == 'resume' then
+  if status == 'paused' then
+    redis.call('HSET', key, 'mu', now)
+    redis.call('ZADD', KEYS[3], now, id)
+    new = 'active'
+  end
+else
+  for i = 7, #ARGV, 2 do redis.call('HSET', key, ARGV[i], ARGV[i + 1]) end
+  if status == 'active' then
+    redis.call('HSET', key, 'mu', cancel_made(owner, id, now, false))
+    redis.call('ZADD', KEYS[3], now, id)
+  end
+end
+if new ~= status or op == 'patch' then
+  redis.call('HSET', key, 's', new, 'v', v, 'u', now)
+  move_sched(owner, id, status, new)
+  publish(owner, 'schedule', id, new)
+end
+return {'ok', sched_view(id, bound)}
+"""
+)
+
+# ARGV: now, limit. The makers' round in this partition: the schedules whose next occurrences
+# are due to be made, each {id, hash}, after the time of the previous round (or '' for none): a
+# gap longer than SCHEDULE_LATE_MS means no worker made anything here meanwhile.
+SCHED_DUE = f"""
+local now = tonumber(ARGV[1])
+local M = P .. '{c.SCHEDULE_MAKERS}'
+local prev = redis.call('HGET', M, 'last') or ''
+redis.call('HSET', M, 'last', now)
+local out = {{}}
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', SZ, '-inf', now, 'LIMIT', 0, ARGV[2])) do
+  local h = redis.call('HGETALL', skey(id))
+  if #h == 0 then redis.call('ZREM', SZ, id) else out[#out + 1] = {{id, h}} end
+end
+return {{prev, out}}
+"""
+
+# KEYS: queue, sc:<id>, sz. ARGV: id, expected version, now, made until, next look (ms, or ''
+# when the schedule has ended), wake_ms, catch-up ('' for none, else the missed cut-off ms and
+# the mode one|none|all), caught-up count (the first occurrences are missed times being caught
+# up), then per occurrence: task id, due, url, spec, name.
+# Returns how many tasks it made, or -1 when the schedule changed since it was read.
+# With a catch-up, occurrences made earlier and still not started at the cut-off were missed too:
+# "none" cancels them, "one" keeps the latest missed time only (a new one, or the latest of them),
+# "all" keeps them.
+SCHED_MAKE = (
+    """
+local id, now = ARGV[1], tonumber(ARGV[3])
+local key = KEYS[2]
+local s = redis.call('HMGET', key, 'o', 's', 'v')
+if not s[1] or s[2] ~= 'active' or s[3] ~= ARGV[2] then return -1 end
+local owner = s[1]
+local made = made_key(owner, id)
+if ARGV[7] ~= '' then
+  local cut, mode, fresh = tonumber(ARGV[7]), ARGV[8], tonumber(ARGV[9])
+  local kept = fresh > 0
+  if mode ~= 'all' then
+    local off = 0
+    while off < """
+    + str(c.SCHEDULE_CANCEL_SCAN)
+    + """ do
+      local ids = redis.call('ZREVRANGEBYLEX', made, '+', '-', 'LIMIT', off, 100)
+      if #ids == 0 then break end
+      local stop = false
+      for _, tid in ipairs(ids) do
+        local t = load(tid)
+        if not t then stop = true; break end
+        if t.s == 'scheduled' and t.r <= cut then
+          if mode == 'one' and not kept then kept = true else cancel_task(tid, now) end
+        elseif t.s ~= 'scheduled' and t.r < cut then
+          stop = true; break
+        end
+      end
+      if stop then break end
+      off = off + 100
+    end
+  end
+end
+local ahead, n = tonumber(ARGV[6]), 0
+for i = 10, #ARGV, 5 do
+  local tid = ARGV[i]
+  new_task(tid, owner, ARGV[i + 2], ARGV[i + 3], ARGV[i + 4], tonumber(ARGV[i + 1]), now, '', ahead, '', id)
+  redis.call('ZADD', made, 0, tid)
+  n = n + 1
+end
+redis.call('HSET', key, 'mu', ARGV[4], 'v', tonumber(s[3]) + 1)
+if ARGV[5] == '' then
+  redis.call('HSET', key, 's', 'ended', 'u', now)
+  redis.call('ZREM', KEYS[3], id)
+  move_sched(owner, id, 'active', 'ended')
+  publish(owner, 'schedule', id, 'ended')
+else
+  redis.call('ZADD', KEYS[3], tonumber(ARGV[5]), id)
+end
+return n
+"""
+)
+
+# ARGV: owner, schedule id, cursor|'', limit, status|''. One newest-first page (up to limit + 1)
+# of the tasks a schedule made, below the cursor, of that status when one is given: {ids, the
+# last id looked at when it stopped after SCHEDULE_LIST_SCAN without filling the page, else ''}.
+SCHED_TASK_IDS = f"""
+local key = made_key(ARGV[1], ARGV[2])
+local top = '+'
+if ARGV[3] ~= '' then top = '(' .. ARGV[3] end
+local limit, want = tonumber(ARGV[4]), ARGV[5]
+local out, off = {{}}, 0
+while #out <= limit do
+  if off >= {c.SCHEDULE_LIST_SCAN} then return {{out, redis.call('ZREVRANGEBYLEX', key, top, '-',
+    'LIMIT', off - 1, 1)[1] or ''}} end
+  local ids = redis.call('ZREVRANGEBYLEX', key, top, '-', 'LIMIT', off, 200)
+  if #ids == 0 then break end
+  for _, tid in ipairs(ids) do
+    if want == '' then
+      out[#out + 1] = tid
+    else
+      local t = load(tid)
+      if t and t.s == want then out[#out + 1] = tid end
+    end
+    if #out > limit then break end
+  end
+  off = off + 200
+end
+return {{out, ''}}
+"""
+# -- signed calls (issue #12) -------------------------------------------------------------------
+# An owner's signing secrets: the hash KEYS[1] = sk:<owner> in the owner's partition, fields cur,
+# cur_at (ms) and, after a rotation, prev, prev_at, prev_until (ms). Neither script needs the
+# prelude: they touch that one key.
+
+# ARGV: a fresh secret, now_ms. The secrets, the first made now if there is none; a previous one
+# past its prev_until is dropped. Returns the hash (HGETALL).
+SIGNING_READ = """
+local k, now = KEYS[1], tonumber(ARGV[2])
+if redis.call('HEXISTS', k, 'cur') == 0 then
+  redis.call('HSET', k, 'cur', ARGV[1], 'cur_at', ARGV[2])
+end
+local until_ms = tonumber(redis.call('HGET', k, 'prev_until') or '0')
+if until_ms > 0 and until_ms <= now then redis.call('HDEL', k, 'prev', 'prev_at', 'prev_until') end
+return redis.call('HGETALL', k)
+"""
+
+# ARGV: a fresh secret, now_ms, overlap_ms. The fresh secret becomes the current one; the current
+# one signs too until now + overlap (one before it, if still signing, retires now). With no secret
+# yet, the fresh one is simply the first. Returns the hash (HGETALL).
+SIGNING_ROTATE = """
+local k, now = KEYS[1], tonumber(ARGV[2])
+local cur = redis.call('HMGET', k, 'cur', 'cur_at')
+if cur[1] then
+  redis.call('HSET', k, 'prev', cur[1], 'prev_at', cur[2], 'prev_until',
+    string.format('%d', now + tonumber(ARGV[3])))
+end
+redis.call('HSET', k, 'cur', ARGV[1], 'cur_at', ARGV[2])
+return redis.call('HGETALL', k)
+"""
+
+
+# -- redrive (issue #12) ------------------------------------------------------------------------
+# ARGV: id, owner, now, wake_ms. A failed task is scheduled again now with a fresh retry budget:
+# b (the attempts made before) lets the worker count its retries from there, while attempt
+# numbers go on; l (lost attempts) starts over; a callback of the earlier outcome not yet
+# delivered is dropped (its Task is no longer final). Returns as CANCEL_TASK does.
+RETRY_TASK = (
+    """
+local id, owner, now = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local t = load(id)
+if not t or t.o ~= owner then return {'not_found'} end
+if t.oi ~= '' then return {'in_orchestration', t.oi} end
+if t.s ~= 'failed' then return {'conflict', t.s} end
+if t.cj then drop_job(t.cj); t.cj = nil end
+t.b = t.a; t.l = 0; t.g = t.g + 1; t.r = now; t.u = now; t.ft = nil; t.s = 'scheduled'
+save(id, t)
+redis.call('ZREM', P .. '"""
+    + c.FINISHED
+    + """', 't:' .. id)  -- no longer finished: retention must not delete it
+move_task(owner, id, 'failed', 'scheduled', t.q)
+redis.call('ZADD', QUEUE, now, id .. '.' .. t.g)
+publish(owner, 'task', id, 'scheduled')
+wake(now, now, tonumber(ARGV[4]))
+local view = task_view(id)
+return {'ok', view[1], view[2]}
+"""
+)
+
+
+# -- queues (issue #12) --------------------------------------------------------------------------
+# A named queue's settings and state are in its partition (see PRELUDE's queue helpers); these
+# scripts serve the API's /v1/queues. Each takes the task statuses to count last in ARGV.
+QUEUE_PRELUDE = f"""
+-- {{settings {{rate, mc, paused}}, counts by status (ARGV from ``from`` on), waiting}}
+local function queue_view(owner, q, from)
+  local counts = {{}}
+  local ix = qkey('{c.QUEUE_INDEX}', owner, q) .. ':'
+  for i = from, #ARGV do counts[#counts + 1] = redis.call('ZCARD', ix .. ARGV[i]) end
+  return {{redis.call('HMGET', qkey('{c.QUEUE_CONF}', owner, q), 'rate', 'mc', 'paused'), counts,
+    redis.call('ZCARD', qwait(owner, q))}}
+end
+"""
+
+# ARGV: owner, queue, statuses... Returns the queue's view, or {} when the owner has no such
+# queue (never set, no task ever named it).
+QUEUE_GET = f"""
+if redis.call('SISMEMBER', P .. '{c.QUEUE_NAMES}' .. ARGV[1], ARGV[2]) == 0 then return {{}} end
+return queue_view(ARGV[1], ARGV[2], 3)
+"""
+
+# ARGV: owner, queue, now, rate, max_concurrent, paused, statuses... where a setting is '' to
+# keep it, 'null' to lift it, else its value (paused '0' or '1'). Returns the queue's view. A new
+# rate takes effect at once: a slot reserved under a slower one is brought forward. Whatever
+# the change, the queue's waiting tasks are looked at again (resumed, more room).
+QUEUE_PUT = f"""
+local owner, q, now = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local key = qkey('{c.QUEUE_CONF}', owner, q)
+local old_rate = tonumber(redis.call('HGET', key, 'rate'))
+local function set(field, v)
+  if v == 'null' then redis.call('HDEL', key, field)
+  elseif v ~= '' then redis.call('HSET', key, field, v) end
+end
+set('rate', ARGV[4]); set('mc', ARGV[5]); set('paused', ARGV[6])
+local rate = tonumber(redis.call('HGET', key, 'rate'))
+if rate and rate ~= old_rate then
+  local nxt = tonumber(redis.call('HGET', key, 'next')) or 0
+  if nxt > now + 1000 / rate then
+    redis.call('HSET', key, 'next', string.format('%.3f', now + 1000 / rate))
+  end
+end
+redis.call('SADD', P .. '{c.QUEUE_NAMES}' .. owner, q)
+queue_kick(owner, q, now, {c.CLAIM_AHEAD_MS})
+return queue_view(owner, q, 7)
+"""
+
+# ARGV: owner, statuses... Returns {the owner's task counts by status in this partition (every
+# queue's), {name, view} per named queue of the owner in this partition}.
+QUEUE_LIST = f"""
+local owner = ARGV[1]
+local totals = {{}}
+for i = 2, #ARGV do
+  totals[#totals + 1] = redis.call('ZCARD', P .. '{c.TASK_INDEX}' .. owner .. ':' .. ARGV[i])
+end
+local queues = {{}}
+for _, q in ipairs(redis.call('SMEMBERS', P .. '{c.QUEUE_NAMES}' .. owner)) do
+  queues[#queues + 1] = {{q, queue_view(owner, q, 2)}}
+end
+return {{totals, queues}}
+"""
+
+
+# -- callbacks (issue #12) ----------------------------------------------------------------------
+# A task that ends succeeded (or failed) with a callback (failure_callback) in its spec gets a job
+# 'cb' that POSTs the final Task there (taskorch/callbacks.py). It is made by the script that
+# records the outcome (FINISH, or REAP when lost attempts run out), so there is one per outcome,
+# in the task's partition, whatever becomes of the worker. The job is <id>.cb<gen>.<n> (n the
+# delivery attempt), its argument <id>|<gen>|<status>|<n>; the record's cj names it while due.
+# The spec is JSON the record never decodes: its callbacks show as '"cb":{' / '"fc":{' (a payload
+# holding that text makes a job that finds no callback and ends).
+CALLBACKS = """
+local function schedule_callback(id, t, status, now, ahead)
+  if t.oi ~= '' or t.p == '' then return end
+  local mark = '"fc":{'
+  if status == 'succeeded' then mark = '"cb":{' end
+  if not string.find(t.p, mark, 1, true) then return end
+  local job = id .. '.cb' .. t.g .. '.1'
+  enqueue(job, 'cb', id .. '|' .. t.g .. '|' .. status .. '|1', now, now)
+  t.cj = job
+  wake(now, now, ahead)
+end
+"""
+
+# ARGV: id, job, attempt_json|'', now, next_job|'', next_arg, next_due, wake_ms. Records one delivery
+# of a callback and schedules the next one ('' when delivered or given up), if the job is still
+# the task's callback job (a repeat, or a worker that lost the job to a reaper, records nothing).
+# Returns 1 when recorded, else 0.
+CALLBACK_DONE = (
+    """
+local id, job, now = ARGV[1], ARGV[2], tonumber(ARGV[4])
+local t = load(id)
+drop_job(job)
+if not t or t.cj ~= job then return 0 end
+if ARGV[3] ~= '' then redis.call('RPUSH', tkey(id) .. '"""
+    + c.CALLBACK_ATTEMPTS
+    + """', ARGV[3]) end
+t.cj = nil
+if ARGV[5] ~= '' then
+  local due = tonumber(ARGV[7])
+  enqueue(ARGV[5], 'cb', ARGV[6], due, now)
+  t.cj = ARGV[5]
+  wake(due, now, tonumber(ARGV[8]))
+end
+save(id, t)
+publish(t.o, 'task', id, t.s)
+return 1
+"""
+)
+
+
+# -- GET /v1/tasks?name= (issue #12) ------------------------------------------------------------
+# ARGV: index prefix ('i:<owner>:'), cursor|'', limit, name prefix, scan limit, then statuses.
+# As LIST_IDS, but only tasks whose name starts with the prefix, found by reading the owner's
+# newest records below the cursor, at most scan-limit of them (no index: named tasks cost no more
+# memory than others). Returns {ids, stop}: up to limit + 1 matching ids, newest first, and,
+# when the scan limit ran out first, the last id read ('' otherwise): ids below it are unread.
+LIST_NAMED = """
+local ix, cursor, limit, want = P .. ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
+local budget = tonumber(ARGV[5])
+local top = '+'
+if cursor ~= '' then top = '(' .. cursor end
+local all = {}
+for i = 6, #ARGV do
+  local ids = redis.call('ZREVRANGEBYLEX', ix .. ARGV[i], top, '-', 'LIMIT', 0, budget + 1)
+  for _, id in ipairs(ids) do all[#all + 1] = id end
+end
+table.sort(all, function(a, b) return a > b end)
+local out, last = {}, ''
+for i = 1, math.min(#all, budget) do
+  local id = all[i]
+  local t = load(id)
+  if t and string.sub(t.n, 1, #want) == want then
+    out[#out + 1] = id
+    if #out > limit then return {out, ''} end
+  end
+  last = id
+end
+if #all > budget then return {out, last} end
+return {out, ''}
 """

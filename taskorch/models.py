@@ -11,7 +11,7 @@ import enum
 import functools
 import re
 from collections.abc import Callable
-from typing import Annotated, Any, Literal, TypeVar, Union, get_args, get_origin
+from typing import Annotated, Any, ClassVar, Literal, TypeVar, Union, get_args, get_origin
 
 import msgspec
 from msgspec import UNSET, Meta, Struct, UnsetType
@@ -23,6 +23,9 @@ Method = Literal["GET", "POST", "PUT", "PATCH", "DELETE"]
 # Capped so that no duration overflows a timestamp (about 300 years; JSON's 1e400 is infinity).
 Seconds = Annotated[float, Meta(ge=0, le=1e10, description="seconds, fractions allowed")]
 Timestamp = Annotated[str, Meta(extra_json_schema={"format": "date-time"})]
+# A queue's name: checked by _queue_rule (a message a person can act on), documented in the
+# OpenAPI document with the pattern (openapi._tighten).
+QueueName = Annotated[str, Meta(min_length=1, max_length=64)]
 
 
 class TaskStatus(enum.StrEnum):
@@ -63,12 +66,22 @@ class TaskSpec(CallPolicy, kw_only=True):
     url: Annotated[str, Meta(min_length=1, max_length=8192)]
 
 
+class Callback(_Input):
+    """Where a task's final Task is POSTed (issue #12): a url and headers, as a task's."""
+
+    url: Annotated[str, Meta(min_length=1, max_length=8192)]
+    headers: dict[str, str] = {}
+
+
 class TaskCreate(TaskSpec):
     """Body of ``POST /v1/tasks``."""
 
     run_at: dt.datetime | None = None
     delay: Seconds | None = None
     name: Annotated[str, Meta(max_length=200)] | None = None
+    queue: QueueName = c.DEFAULT_QUEUE
+    callback: Callback | None = None  # the final Task when it succeeded
+    failure_callback: Callback | None = None  # the final Task when it failed
 
 
 class TaskBatchItem(TaskCreate):
@@ -98,6 +111,10 @@ class TaskPatch(_Input):
     run_at: dt.datetime | UnsetType | None = UNSET
     delay: Seconds | UnsetType | None = UNSET
     name: Annotated[str, Meta(max_length=200)] | UnsetType | None = UNSET
+    # Accepted when it names the task's own queue: a task cannot move between queues.
+    queue: QueueName | UnsetType = UNSET
+    callback: Callback | UnsetType | None = UNSET
+    failure_callback: Callback | UnsetType | None = UNSET
 
 
 class Attempt(Struct, omit_defaults=False):
@@ -109,6 +126,19 @@ class Attempt(Struct, omit_defaults=False):
     finished_at: Timestamp | None
     lateness_ms: float
     duration_ms: float | None
+    status_code: int | None
+    error: str | None
+    response_body: str | None
+
+
+class CallbackAttempt(Struct, omit_defaults=False):
+    """One delivery of a final Task to its ``callback`` or ``failure_callback``."""
+
+    callback: Literal["callback", "failure_callback"]
+    number: int  # 1-based within the delivery of one outcome
+    started_at: Timestamp
+    finished_at: Timestamp
+    duration_ms: float
     status_code: int | None
     error: str | None
     response_body: str | None
@@ -135,11 +165,48 @@ class Task(Struct):
     finished_at: Timestamp | None
     orchestration_id: str | None
     attempts: list[Attempt]
+    schedule_id: str | None = None
+    queue: str = c.DEFAULT_QUEUE
+    # issue #12: where the final Task goes, and each delivery of it so far
+    callback: Callback | None = None
+    failure_callback: Callback | None = None
+    callback_attempts: list[CallbackAttempt] = []
 
 
 class TaskPage(Struct):
     items: list[Task]
     next_cursor: str | None
+
+
+class QueueUpdate(_Input):
+    """Body of ``PUT /v1/queues/{name}``: a field left out keeps its value (a new queue's:
+    unlimited, not paused); null lifts a limit."""
+
+    rate: Annotated[float, Meta(ge=c.MIN_QUEUE_RATE, le=c.MAX_QUEUE_RATE)] | UnsetType | None = (
+        UNSET
+    )
+    max_concurrent: Annotated[int, Meta(ge=1, le=c.MAX_QUEUE_CONCURRENCY)] | UnsetType | None = (
+        UNSET
+    )
+    paused: bool | UnsetType = UNSET
+
+
+class Queue(Struct):
+    """A queue as the API answers it: its settings, its tasks counted by status, and how many
+    due tasks wait for their turn (``waiting``: over its rate or concurrency, or paused)."""
+
+    name: str
+    rate: float | None
+    max_concurrent: int | None
+    paused: bool
+    waiting: int
+    counts: dict[str, int]
+
+
+class QueueList(Struct):
+    """Answer of ``GET /v1/queues``: every queue of the owner, ``default`` first."""
+
+    items: list[Queue]
 
 
 class OrchestrationStatus(enum.StrEnum):
@@ -300,6 +367,116 @@ class FunctionPage(Struct):
     next_cursor: str | None
 
 
+class ScheduleStatus(enum.StrEnum):
+    """Whether a schedule makes occurrences: ``active``; ``paused`` until resumed; ``ended``
+    once its ``end_at`` has come."""
+
+    active = "active"
+    paused = "paused"
+    ended = "ended"
+
+
+CatchUp = Literal["one", "none", "all"]
+Every = Annotated[float, Meta(ge=c.MIN_EVERY_S, le=c.MAX_EVERY_S, description="seconds")]
+Cron = Annotated[str, Meta(max_length=200, description="5 fields, as crontab")]
+ZoneName = Annotated[str, Meta(min_length=1, max_length=64, description="IANA time zone name")]
+
+
+class ScheduleTask(TaskSpec):
+    """The task a schedule makes at each of its times: a task body without ``run_at``/``delay``."""
+
+    name: Annotated[str, Meta(max_length=200)] | None = None
+    # Named in the 422 instead of "is not a known field" (see _problems).
+    _field_hints: ClassVar[dict[str, str]] = {
+        "run_at": "cannot be given: the schedule sets each task's time",
+        "delay": "cannot be given: the schedule sets each task's time",
+    }
+
+
+def schedule_problems(cron: str | None, every: float | None) -> list[tuple[str, str]]:
+    """The rules that span a schedule's fields (each field's own are in _FIELD_RULES). An
+    ``end_at`` before ``start_at`` or now is not one: the schedule is ``ended`` at once."""
+    problems = []
+    if (cron is None) == (every is None):
+        problems.append(("cron", "give cron or every, exactly one of the two"))
+    return problems
+
+
+class ScheduleCreate(_Input):
+    """Body of ``POST /v1/schedules``."""
+
+    task: ScheduleTask
+    cron: Cron | None = None
+    every: Every | None = None
+    timezone: ZoneName = "UTC"
+    name: Annotated[str, Meta(max_length=200)] | None = None
+    start_at: dt.datetime | None = None
+    end_at: dt.datetime | None = None
+    catch_up: CatchUp = "one"
+
+    def check(self) -> list[tuple[str, str]]:
+        return schedule_problems(self.cron, self.every)
+
+
+class SchedulePatch(_Input):
+    """Body of ``PATCH /v1/schedules/{id}``: absent fields stay. Giving ``cron`` replaces an
+    ``every`` and the other way round; ``end_at: null`` removes the end."""
+
+    task: ScheduleTask | UnsetType = UNSET
+    cron: Cron | UnsetType = UNSET
+    every: Every | UnsetType = UNSET
+    timezone: ZoneName | UnsetType = UNSET
+    name: Annotated[str, Meta(max_length=200)] | UnsetType | None = UNSET
+    start_at: dt.datetime | UnsetType = UNSET
+    end_at: dt.datetime | UnsetType | None = UNSET
+    catch_up: CatchUp | UnsetType = UNSET
+
+    def check(self) -> list[tuple[str, str]]:
+        if self.cron is not UNSET and self.every is not UNSET:
+            return [("cron", "give cron or every, not both")]
+        return []
+
+
+class Schedule(Struct):
+    """A recurring schedule as the API answers it."""
+
+    id: str
+    name: str | None
+    status: ScheduleStatus
+    cron: str | None
+    every: float | None
+    timezone: str
+    task: ScheduleTask
+    start_at: Timestamp
+    end_at: Timestamp | None
+    catch_up: CatchUp
+    next_runs: list[Timestamp]
+    last_task_id: str | None
+    created_at: Timestamp
+    updated_at: Timestamp
+
+
+class SchedulePage(Struct):
+    items: list[Schedule]
+    next_cursor: str | None
+
+
+class SigningKey(Struct):
+    """One secret that signs an owner's calls (Standard Webhooks ``whsec_...``)."""
+
+    secret: str
+    created_at: Timestamp
+    # null for the current secret; for the previous one, when it stops signing (24 h after
+    # the rotation that replaced it)
+    used_until: Timestamp | None
+
+
+class SigningKeys(Struct):
+    """Answer of ``GET /v1/signing-keys`` and ``POST /v1/signing-keys/rotate``: current first."""
+
+    keys: list[SigningKey]
+
+
 class TokenRequest(_Input):
     username: Annotated[str, Meta(min_length=1, max_length=200)]
     password: Annotated[str, Meta(min_length=1, max_length=1024)]
@@ -416,7 +593,51 @@ def _run_at_problems(when: dt.datetime | None) -> list[tuple[str, str]]:
     return []
 
 
-_FIELD_RULES = {"url": _url_rule, "headers": _headers_rule, "run_at": _run_at_rule}
+def _cron_rule(value: Any) -> list[tuple[str, str]]:
+    from taskorch.cron import cron_problem
+
+    msg = cron_problem(value) if isinstance(value, str) else None
+    return [("", msg)] if msg else []
+
+
+def _zone_rule(value: Any) -> list[tuple[str, str]]:
+    from taskorch.cron import zone
+
+    if isinstance(value, str) and zone(value) is None:
+        return [("", "is not an IANA time zone name, such as Europe/Berlin")]
+    return []
+
+
+_QUEUE_NAME = re.compile(c.QUEUE_NAME_PATTERN)
+QUEUE_NAME_MESSAGE = (
+    "must be a short name: 1 to 64 letters, digits, - or _, starting with a letter or digit"
+)
+
+
+def queue_name_ok(name: str) -> bool:
+    return _QUEUE_NAME.fullmatch(name) is not None
+
+
+def _queue_rule(value: Any) -> list[tuple[str, str]]:
+    return [] if isinstance(value, str) and queue_name_ok(value) else [("", QUEUE_NAME_MESSAGE)]
+
+
+def _bool_rule(value: Any) -> list[tuple[str, str]]:
+    # JSON true or false only: the lenient conversion would take 0 and "no" for a pause.
+    return [] if isinstance(value, bool) else [("", "must be true or false")]
+
+
+_FIELD_RULES = {
+    "cron": _cron_rule,
+    "timezone": _zone_rule,
+    "url": _url_rule,
+    "headers": _headers_rule,
+    "run_at": _run_at_rule,
+    "start_at": _run_at_rule,
+    "end_at": _run_at_rule,
+    "queue": _queue_rule,
+    "paused": _bool_rule,
+}
 
 
 def due_ms(run_at: dt.datetime | None, delay: float | None, now_ms: int) -> int:
@@ -438,7 +659,9 @@ def fmt_ms(ms: int | float | None) -> str | None:
 def _fmt_second(second: int) -> str:
     # A task's created, updated and due times mostly fall in seconds just formatted.
     t = dt.datetime.fromtimestamp(second, tz=dt.UTC)
-    return t.strftime("%Y-%m-%dT%H:%M:%S")
+    # isoformat, not strftime: %Y writes the year 1 as "1", not RFC 3339's "0001" (a schedule
+    # keeps the start_at or end_at it was given, however far back).
+    return t.replace(tzinfo=None).isoformat(timespec="seconds")
 
 
 def retry_wait_s(
@@ -487,7 +710,8 @@ def decode_body(raw: bytes, kind: type[T]) -> T:
     return convert(parse_json(raw), kind)
 
 
-# Bodies whose fields hold no nested request struct: a valid one decodes in one typed pass.
+# Bodies that decode in one typed pass when valid (their only nested struct, a callback, is
+# checked by _TYPED_RULES).
 _FLAT: frozenset[type[_Input]] = frozenset({TaskCreate, TaskBatchItem, TaskPatch, TokenRequest})
 
 
@@ -578,10 +802,19 @@ def _given(value: Any) -> bool:
     return value is not None and value is not UNSET
 
 
+def _callback_rule(value: Any) -> list[tuple[str, str]]:
+    if not isinstance(value, Callback):
+        return []
+    return _url_rule(value.url) + (_headers_rule(value.headers) if value.headers else [])
+
+
 _TYPED_RULES: dict[str, Callable[[Any], list[tuple[str, str]]]] = {
     "url": lambda v: _url_rule(v) if isinstance(v, str) else [],
     "headers": lambda v: _headers_rule(v) if v and isinstance(v, dict) else [],
     "run_at": lambda v: _run_at_problems(v) if isinstance(v, dt.datetime) else [],
+    "queue": lambda v: _queue_rule(v) if isinstance(v, str) else [],
+    "callback": _callback_rule,
+    "failure_callback": _callback_rule,
 }
 
 
@@ -618,9 +851,10 @@ def _problems(data: Any, kind: Any, path: str) -> list[tuple[str, str]]:
         return [(path, "must be a JSON object")]
     problems: list[tuple[str, str]] = []
     fields = _fields(kind)
+    hints: dict[str, str] = getattr(kind, "_field_hints", {})
     for key in data:
         if key not in fields:
-            problems.append((_join(path, key), "is not a known field"))
+            problems.append((_join(path, key), hints.get(key, "is not a known field")))
     for name, field in fields.items():
         sub = _join(path, name)
         if name not in data:

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import copy
 import enum
+import zoneinfo
 from functools import lru_cache
 from typing import Any
 
 import msgspec
 
+from taskorch import constants as c
 from taskorch import models
 from taskorch.settings import Settings
 
@@ -50,7 +52,7 @@ _ERRORS = {
 }
 # An id as the service makes them: a type prefix, then 24 hex digits (time, then randomness).
 ID_PATTERN = "^{prefix}_[0-9a-f]{{24}}$"
-_ID_PREFIX = {"task_id": "tsk", "orc_id": "orc", "fn_id": "fn"}
+_ID_PREFIX = {"task_id": "tsk", "orc_id": "orc", "fn_id": "fn", "sch_id": "sch"}
 
 
 def _op(
@@ -145,6 +147,7 @@ def _steerable(
     create_summary: str,
     patch_when: str,
     cancel_when: str,
+    filters: tuple[dict[str, Any], ...] = (),
 ) -> dict[str, Any]:
     """The five routes tasks and orchestrations share: create, list, get, modify, cancel."""
     model = noun.capitalize()
@@ -176,7 +179,7 @@ def _steerable(
                 {"200": _json(f"{model}Page", "A page")},
                 op_id=f"list{model}s",
                 codes=("422",),
-                params=_list_params(statuses, _ID_PREFIX[id_name]),
+                params=[*_list_params(statuses, _ID_PREFIX[id_name]), *filters],
             ),
         },
         f"{prefix}/{{{id_name}}}": {
@@ -250,6 +253,17 @@ _UNIX_TIME = {
     "maximum": 253370764799,
     "description": "unix seconds",
 }
+# A queue's name (models.queue_name_ok); PUT takes any but default, which cannot be changed.
+_QUEUE_NAME = {
+    "type": "string",
+    "pattern": c.QUEUE_NAME_PATTERN,
+    "description": "a queue: 1 to 64 letters, digits, - or _, starting with a letter or digit",
+}
+_QUEUE_SETTABLE = {
+    **_QUEUE_NAME,
+    "pattern": "^(?!default$)" + c.QUEUE_NAME_PATTERN[1:],
+    "description": "a named queue (default cannot be limited or paused)",
+}
 _HANDLER = r"^[A-Za-z_$][A-Za-z0-9_$]*$"
 _JAVA_HANDLER = r"^[A-Za-z_$][A-Za-z0-9_$.]*::[A-Za-z_$][A-Za-z0-9_$]*$"
 
@@ -266,6 +280,8 @@ def _tighten(schema: Any) -> None:
     for name, rule in (("url", _URL), ("headers", _HEADERS), ("run_at", _RUN_AT)):
         if name in props:
             props[name] = _replace_string(props[name], rule)
+    if "queue" in props:
+        props["queue"] = {**props["queue"], **_QUEUE_NAME}
     if "run_at" in props and "delay" in props:
         schema["not"] = {
             "description": "run_at or delay, not both",
@@ -296,6 +312,64 @@ def _replace_string(prop: dict[str, Any], rule: dict[str, Any]) -> dict[str, Any
     elif "default" in merged and rule is not _HEADERS:
         del merged["default"]
     return merged
+
+
+# A cron expression the API always accepts (it takes more: names, ranges, L, W, #): each field
+# `*`, `*/step` or a list of values in range; days of the month up to 28, so that every month has
+# them.
+def _cron_field(value: str, step: str) -> str:
+    return rf"(\*(/({step}))?|({value})(,({value}))*)"
+
+
+_CRON = {
+    "type": "string",
+    "description": "5 fields as crontab (minute hour day-of-month month day-of-week), read in "
+    "timezone; names, ranges and steps as in Debian cron are accepted too",
+    "pattern": "^"
+    + " ".join(
+        (
+            _cron_field("[0-5]?[0-9]", "[1-9]|[1-5][0-9]"),
+            _cron_field("[01]?[0-9]|2[0-3]", "[1-9]|1[0-9]|2[0-3]"),
+            _cron_field("[1-9]|1[0-9]|2[0-8]", "[1-9]|[12][0-9]|30"),
+            _cron_field("[1-9]|1[0-2]", "[1-9]|1[01]"),
+            _cron_field("[0-7]", "[1-7]"),
+        )
+    )
+    + "$",
+}
+
+
+def _zones() -> list[str]:
+    from taskorch.cron import zone
+
+    return sorted(z for z in zoneinfo.available_timezones() if zone(z) is not None)
+
+
+def _tighten_schedules(components: dict[str, Any]) -> None:
+    """A schedule's cron, time zone and times, as the API checks them."""
+    zones = {"type": "string", "enum": _zones(), "description": "IANA time zone name"}
+    for name in ("ScheduleCreate", "SchedulePatch"):
+        props = components[name]["properties"]
+        for field, rule in (("cron", _CRON), ("timezone", zones)):
+            props[field] = _replace_string(props[field], rule)
+        for field in ("start_at", "end_at"):
+            prop = props[field]
+            props[field] = (
+                _replace_string(prop, _RUN_AT)
+                if "anyOf" in prop
+                else {"anyOf": [_RUN_AT, _UNIX_TIME]}
+            )
+    components["ScheduleTask"]["properties"]["url"] = _URL
+    components["ScheduleTask"]["properties"]["headers"] = _HEADERS
+    create = components["ScheduleCreate"]
+    create["oneOf"] = [
+        {"required": ["cron"], "properties": {"cron": {"type": "string"}}},
+        {"required": ["every"], "properties": {"every": {"type": "number"}}},
+    ]
+    components["SchedulePatch"]["not"] = {
+        "description": "cron or every, not both",
+        "required": ["cron", "every"],
+    }
 
 
 # java names Class::method; python and node a function; only python takes requirements.
@@ -339,6 +413,14 @@ def _components() -> dict[str, Any]:
             models.FunctionCreate,
             models.Function,
             models.FunctionPage,
+            models.SigningKeys,
+            models.ScheduleCreate,
+            models.SchedulePatch,
+            models.Schedule,
+            models.SchedulePage,
+            models.QueueUpdate,
+            models.Queue,
+            models.QueueList,
         ],
         ref_template=_REF,
     )
@@ -346,9 +428,10 @@ def _components() -> dict[str, Any]:
         _tighten(components[name])
     for name in ("OrchestrationCreate", "OrchestrationPatch"):
         _tighten(components[name])
-    for name in ("StepSpec", "ConditionSpec", "TaskSpec", "FunctionSchedule"):
+    for name in ("StepSpec", "ConditionSpec", "TaskSpec", "FunctionSchedule", "Callback"):
         _tighten(components[name])
     components["FunctionCreate"]["allOf"] = _FUNCTION_RULES
+    _tighten_schedules(components)
     # Any value is accepted in a batch's list and answered in its place (a bad task is refused
     # alone, inside the 200), so the list's items are documented, not required, to be tasks.
     tasks = components["TaskBatch"]["properties"]["tasks"]
@@ -365,6 +448,74 @@ def _components() -> dict[str, Any]:
     for name in ("task", "error"):
         outcome["properties"][name] = outcome["properties"][name]["anyOf"][0]
     return components
+
+
+def _schedule_paths() -> dict[str, Any]:
+    ids = _path_id("sch_id")
+    links = _links(
+        "sch_id",
+        GetSchedule="getSchedule",
+        ModifySchedule="modifySchedule",
+        PauseSchedule="pauseSchedule",
+        ResumeSchedule="resumeSchedule",
+        DeleteSchedule="deleteSchedule",
+    )
+    it = {"200": _json("Schedule", "It")}
+    return {
+        "/v1/schedules": {
+            "post": _op(
+                "Run a task on a cron expression or an interval",
+                {"201": _json("Schedule", "Created; Location names it")},
+                op_id="createSchedule",
+                body="ScheduleCreate",
+                codes=("400", "413", "422"),
+                links=links,
+            ),
+            "get": _op(
+                "List schedules, newest first",
+                {"200": _json("SchedulePage", "A page")},
+                op_id="listSchedules",
+                codes=("422",),
+                params=_list_params(models.ScheduleStatus, "sch"),
+            ),
+        },
+        "/v1/schedules/{sch_id}": {
+            "get": _op("Get a schedule", it, op_id="getSchedule", codes=("404",), params=ids),
+            "patch": _op(
+                "Change a schedule (its occurrences not yet due are made anew)",
+                it,
+                op_id="modifySchedule",
+                body="SchedulePatch",
+                codes=("400", "404", "409", "413", "422"),
+                params=ids,
+            ),
+            "delete": _op(
+                "Delete a schedule and cancel its occurrences not yet started",
+                {"204": {"description": "Deleted"}},
+                op_id="deleteSchedule",
+                codes=("404",),
+                params=ids,
+            ),
+        },
+        "/v1/schedules/{sch_id}/pause": {
+            "post": _op(
+                "Pause a schedule: no more occurrences, those not yet started are cancelled",
+                it,
+                op_id="pauseSchedule",
+                codes=("404", "409"),
+                params=ids,
+            )
+        },
+        "/v1/schedules/{sch_id}/resume": {
+            "post": _op(
+                "Resume a paused schedule from now on",
+                it,
+                op_id="resumeSchedule",
+                codes=("404", "409"),
+                params=ids,
+            )
+        },
+    }
 
 
 def _simple(summary: str, op_id: str, **responses: str) -> dict[str, Any]:
@@ -415,12 +566,106 @@ def _function_upload() -> dict[str, Any]:
     return op
 
 
+def _calls_paths() -> dict[str, Any]:
+    """Signing keys and redrive (issue #12)."""
+    ids = _path_id("task_id")
+    return {
+        "/v1/signing-keys": {
+            "get": _op(
+                "The secrets that sign the caller's calls (Standard Webhooks; the first is made "
+                "on first use), current first",
+                {
+                    "200": _json(
+                        "SigningKeys",
+                        "The current secret, and the previous one while it "
+                        "still signs (used_until)",
+                    )
+                },
+                op_id="getSigningKeys",
+            )
+        },
+        "/v1/signing-keys/rotate": {
+            "post": _op(
+                "Make a new signing secret; the current one signs too for 24 h (both "
+                "signatures in webhook-signature). Answered once every call signed from then "
+                "on carries the new signature",
+                {"200": _json("SigningKeys", "The new secret first, then the previous one")},
+                op_id="rotateSigningKeys",
+            )
+        },
+        "/v1/tasks/{task_id}/retry": {
+            "post": _op(
+                "Redrive a failed task: scheduled again now with a fresh retry budget; its "
+                "attempts are kept and numbering goes on",
+                {"200": _json("Task", "It, scheduled")},
+                op_id="retryTask",
+                codes=("404", "409"),
+                params=ids,
+            )
+        },
+    }
+
+
 def _providers(settings: Settings) -> list[str]:
     """The function providers this server offers: local unless turned off, aws when set up."""
     out = ["local"] if settings.local_functions else []
     if settings.aws_region and settings.aws_lambda_role:
         out.append("aws")
     return out
+
+
+_SCHEDULE_FILTER = {
+    "name": "schedule_id",
+    "in": "query",
+    "description": "only the tasks this schedule made (latest time first)",
+    "schema": {"type": "string", "pattern": "^(sch_[0-9a-f]{24})?$"},
+}
+
+
+def _task_paths() -> dict[str, Any]:
+    paths = _steerable(
+        "/v1/tasks",
+        "task",
+        id_name="task_id",
+        statuses=models.TaskStatus,
+        create_summary="Schedule an HTTP call",
+        patch_when="scheduled or retrying",
+        cancel_when="scheduled or retrying",
+    )
+    paths["/v1/tasks"]["get"]["parameters"].append(_SCHEDULE_FILTER)
+    return paths
+
+
+def _queue_paths() -> dict[str, Any]:
+    def name(schema: dict[str, Any]) -> list[dict[str, Any]]:
+        return [{"name": "queue", "in": "path", "required": True, "schema": schema}]
+
+    return {
+        "/v1/queues": {
+            "get": _op(
+                "List the owner's queues: default first, then the named ones",
+                {"200": _json("QueueList", "Every queue, with its settings and counts")},
+                op_id="listQueues",
+            )
+        },
+        "/v1/queues/{queue}": {
+            "get": _op(
+                "Get a queue: its settings, its tasks counted by status, how many wait",
+                {"200": _json("Queue", "It")},
+                op_id="getQueue",
+                codes=("404",),
+                params=name({"type": "string"}),
+            ),
+            "put": _op(
+                "Set a queue's rate, concurrency cap and pause (fields left out are kept)",
+                {"200": _json("Queue", "It, as set")},
+                op_id="putQueue",
+                body="QueueUpdate",
+                codes=("400", "413", "422"),
+                params=name(_QUEUE_SETTABLE),
+            ),
+        },
+    }
 
 
 def document(settings: Settings) -> dict[str, Any]:
@@ -436,7 +681,7 @@ def document(settings: Settings) -> dict[str, Any]:
         "type": "string",
         "enum": providers,
     }
-    return {
+    doc: dict[str, Any] = {
         "openapi": "3.1.0",
         "info": {
             "title": "taskorch",
@@ -480,15 +725,29 @@ def document(settings: Settings) -> dict[str, Any]:
                     codes=("400", "413", "422"),
                 )
             },
+            **_task_paths(),
             **_steerable(
                 "/v1/tasks",
                 "task",
                 id_name="task_id",
                 statuses=models.TaskStatus,
                 create_summary="Schedule an HTTP call",
+                filters=(
+                    {
+                        "name": "queue",
+                        "in": "query",
+                        "description": "only this queue's tasks (empty: every queue's)",
+                        # Empty means every queue, like no parameter at all.
+                        "schema": {
+                            "type": "string",
+                            "pattern": "^(" + c.QUEUE_NAME_PATTERN[1:-1] + ")?$",
+                        },
+                    },
+                ),
                 patch_when="scheduled or retrying",
                 cancel_when="scheduled or retrying",
             ),
+            **_queue_paths(),
             **_steerable(
                 "/v1/orchestrations",
                 "orchestration",
@@ -498,6 +757,7 @@ def document(settings: Settings) -> dict[str, Any]:
                 patch_when="scheduled",
                 cancel_when="scheduled or running",
             ),
+            **_schedule_paths(),
             "/v1/functions": {
                 "post": upload,
                 "get": _op(
@@ -544,6 +804,7 @@ def document(settings: Settings) -> dict[str, Any]:
                     },
                 },
             },
+            **_calls_paths(),
             "/v1/stats": {
                 "get": _op(
                     "Counts by status of the caller's tasks and orchestrations",
@@ -559,7 +820,7 @@ def document(settings: Settings) -> dict[str, Any]:
             "/v1/events": {
                 "get": _op(
                     "Server-sent events of the owner's changes (event: task, orchestration, "
-                    "function; data: {type, id, status})",
+                    "schedule, function; data: {type, id, status})",
                     {
                         "200": {
                             "description": "An endless text/event-stream",
@@ -594,3 +855,15 @@ def document(settings: Settings) -> dict[str, Any]:
             },
         },
     }
+    # issue #12: GET /v1/tasks?name= (a prefix of task names)
+    doc["paths"]["/v1/tasks"]["get"]["parameters"].append(_NAME_FILTER)
+    return doc
+
+
+_NAME_FILTER = {
+    "name": "name",
+    "in": "query",
+    "description": "only tasks whose name starts with this; a page may then be short (even "
+    "empty) with a next_cursor to go on from",
+    "schema": {"type": "string", "maxLength": 200},
+}

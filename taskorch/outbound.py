@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Any
@@ -22,6 +23,7 @@ import aiohttp
 import msgspec
 
 from taskorch import constants as c
+from taskorch import signing
 from taskorch.errors import TargetBlocked, TargetConnectionError, TargetError, TargetTimeout
 
 # Cloud metadata endpoints (also inside the ranges below; named so a change there cannot drop them).
@@ -58,6 +60,7 @@ _V6_REFUSED = [
 ]
 _NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
 _json = msgspec.json.Encoder()
+_SIGNATURE_HEADERS = frozenset({"webhook-id", "webhook-timestamp", "webhook-signature"})
 
 
 def _embedded_ipv4(addr: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address] | None:
@@ -201,13 +204,23 @@ async def call(
     timeout_s: float,
     extra_headers: dict[str, str],
     keep_body: int = 64 * 1024,
+    webhook_id: str | None = None,
+    keys: Sequence[bytes] = (),
 ) -> CallResult:
-    """Make one attempt. Never raises for the target's failures: they land in ``error``."""
+    """Make one attempt. Never raises for the target's failures: they land in ``error``.
+
+    With signing ``keys`` the call carries the Standard Webhooks headers for ``webhook_id``,
+    signed over the exact body sent (:mod:`taskorch.signing`); they replace any the task gave.
+    """
     all_headers = {**headers, **extra_headers}
     data: bytes | None = None
     if method != "GET" and payload is not None:
         data = _json.encode(payload)
         all_headers.setdefault("Content-Type", "application/json")
+    if keys and webhook_id is not None:
+        for name in [h for h in all_headers if h.lower() in _SIGNATURE_HEADERS]:
+            del all_headers[name]
+        all_headers.update(signing.headers(keys, webhook_id, data or b""))
     started = time.time() * 1000
     try:
         async with asyncio.timeout(timeout_s):

@@ -121,6 +121,15 @@ class Layout:
     def new_id(self, kind: str, partition: int) -> str:
         return new_id(kind, partition, self.n)
 
+    def queue_partition(self, owner: str, queue: str) -> int:
+        """The partition of a named queue: its tasks, settings and state live there together,
+        so one script sees all three and enforces the queue's limits across every worker."""
+        return zlib.crc32(f"{owner}\0q\0{queue}".encode()) % self.n
+
+    def owner_partition(self, owner: str) -> int:
+        """The partition of an owner's owner-level records (signing keys)."""
+        return zlib.crc32(f"{owner}\0o".encode()) % self.n
+
     def queue(self, p: int) -> str:
         """The key every script of partition ``p`` is routed by (its ``KEYS[1]``)."""
         return self.prefixes[p] + "q"

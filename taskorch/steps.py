@@ -10,7 +10,8 @@ by another worker; the replay either finds the move already made (a no-op) or ma
 Because every script is safe to replay, each is retried until Redis answers: a check's answer
 obtained while Redis was away is recorded when it is back, not thrown away and asked again.
 
-A check call carries ``Idempotency-Key: <orchestration id>.check.<step>.<attempt>``,
+A check call carries ``Idempotency-Key: <orchestration id>.check.<step>.<attempt>`` (its
+``webhook-id`` too: it is signed as every call is, :mod:`taskorch.signing`),
 ``X-Taskorch-Orchestration-Id``, ``X-Taskorch-Step`` and ``X-Taskorch-Attempt``: a check sent
 again after a worker was lost mid-check carries the same key, so a target can recognise it.
 """
@@ -29,6 +30,7 @@ from taskorch import lua, outbound, partitions
 from taskorch.cluster import run_script
 from taskorch.models import ConditionSpec
 from taskorch.orchestrations import StoredCheck
+from taskorch.signing import Signer, SigningStore
 from taskorch.store import Redis, Store, now_ms, until_reachable
 
 log = structlog.get_logger("taskorch.steps")
@@ -63,9 +65,12 @@ def _parsed(text: str | None) -> Any:
 class StepMachine:
     """Moves orchestrations on; one per worker process."""
 
-    def __init__(self, redis: Redis, session: aiohttp.ClientSession) -> None:
+    def __init__(
+        self, redis: Redis, session: aiohttp.ClientSession, signer: Signer | None = None
+    ) -> None:
         self.redis = redis
         self.session = session
+        self.signer = signer or Signer(SigningStore(redis))
         pre = lua.PRELUDE + lua.ORC_PRELUDE
         self._start = redis.register_script(pre + lua.ORC_START)
         self._step_done = redis.register_script(pre + lua.ORC_STEP_DONE)
@@ -120,12 +125,12 @@ class StepMachine:
 
         async def read() -> list[Any]:
             async with self.redis.pipeline(transaction=False) as pipe:
-                pipe.hmget(key, "status", "phase", "current_step", "check_n", "condition")
+                pipe.hmget(key, "status", "phase", "current_step", "check_n", "condition", "owner")
                 pipe.hget(key + ":conds", str(step))
                 pipe.hget(key + ":state", f"t{step}")
                 return list(await pipe.execute())
 
-        (status, phase, current, check_n, shared), own, task_id = await until_reachable(
+        (status, phase, current, check_n, shared, owner), own, task_id = await until_reachable(
             read, what="orc_check_read"
         )
         if (status, phase, current, check_n) != ("running", "check", str(step), str(attempt - 1)):
@@ -145,6 +150,7 @@ class StepMachine:
             "task_id": task_id,
             "response": {"status_code": answer.get("code"), "body": _parsed(answer.get("body"))},
         }
+        check_id = f"{oid}.check.{step}.{attempt}"
         result = await outbound.call(
             self.session,
             url=cond.url,
@@ -153,11 +159,13 @@ class StepMachine:
             payload=envelope,
             timeout_s=cond.timeout,
             extra_headers={
-                "Idempotency-Key": f"{oid}.check.{step}.{attempt}",
+                "Idempotency-Key": check_id,
                 "X-Taskorch-Orchestration-Id": oid,
                 "X-Taskorch-Step": str(step),
                 "X-Taskorch-Attempt": str(attempt),
             },
+            webhook_id=check_id,
+            keys=await self.signer.keys(owner),
         )
         passed = result.error is None and check_passes(result.status_code, result.body)
         record = StoredCheck(
@@ -195,6 +203,8 @@ class StepMachine:
         )
 
 
-def handlers(store: Store, session: aiohttp.ClientSession) -> dict[str, Any]:
+def handlers(
+    store: Store, session: aiohttp.ClientSession, signer: Signer | None = None
+) -> dict[str, Any]:
     """The worker's handlers for non-task jobs, by arq function name."""
-    return {"orc": StepMachine(store.redis, session).handle}
+    return {"orc": StepMachine(store.redis, session, signer).handle}

@@ -43,6 +43,8 @@ from taskorch.errors import (
 )
 from taskorch.models import (
     Attempt,
+    Callback,
+    CallbackAttempt,
     Task,
     TaskCreate,
     TaskPage,
@@ -293,6 +295,61 @@ _attempt_encoder = msgspec.json.Encoder()
 _attempt_decoder = msgspec.json.Decoder(_StoredAttempt)
 
 
+class _StoredCallbackAttempt(msgspec.Struct, omit_defaults=True):
+    """A callback delivery as kept in ``t:<id>:cb`` (times in epoch ms)."""
+
+    k: str  # callback | failure_callback
+    n: int
+    st: int
+    ft: int
+    dur: float = 0.0
+    code: int | None = None
+    err: str | None = None
+    body: str | None = None
+
+
+_callback_attempts_decoder = msgspec.json.Decoder(list[_StoredCallbackAttempt])
+
+
+def encode_callback_attempt(
+    *,
+    kind: str,
+    number: int,
+    started_ms: float,
+    finished_ms: float,
+    status_code: int | None,
+    error: str | None,
+    body: str | None,
+) -> str:
+    a = _StoredCallbackAttempt(
+        k=kind,
+        n=number,
+        st=int(started_ms),
+        ft=int(finished_ms),
+        dur=round(finished_ms - started_ms, 3),
+        code=status_code,
+        err=error,
+        body=body,
+    )
+    return _attempt_encoder.encode(a).decode()
+
+
+def _callback_attempts(raw: str) -> list[CallbackAttempt]:
+    return [
+        CallbackAttempt(
+            callback=a.k,  # type: ignore[arg-type]
+            number=a.n,
+            started_at=fmt_ms(a.st) or "",
+            finished_at=fmt_ms(a.ft) or "",
+            duration_ms=a.dur,
+            status_code=a.code,
+            error=a.err,
+            response_body=a.body,
+        )
+        for a in _callback_attempts_decoder.decode(raw)
+    ]
+
+
 def encode_attempt(
     *,
     number: int,
@@ -332,13 +389,20 @@ def _attempt_view(a: _StoredAttempt) -> Attempt:
 
 
 class Claimed(msgspec.Struct):
-    """A job this worker now holds: due at ``due_ms``, its function, argument and task spec."""
+    """A job this worker now holds: due at ``due_ms``, its function, argument and task spec.
+
+    ``scheduled_ms`` is when the task was due, where its queue made it wait for a later dispatch
+    slot (``due_ms``): its attempt's lateness counts from then (0: the same as ``due_ms``).
+    """
 
     job: str
     due_ms: int
     function: str
     arg: str
     spec: TaskSpec | None
+    base: int = 0  # attempts made before the task's last redrive (its retry budget starts after)
+    owner: str = ""  # a task's owner, whose secrets sign its call
+    scheduled_ms: int = 0
 
 
 class BatchItem(msgspec.Struct):
@@ -382,12 +446,16 @@ class Store:
         self._create = reg(lua.PRELUDE + lua.CREATE_TASKS)
         self._view = reg(lua.PRELUDE + lua.VIEW_TASKS)
         self._list = reg(lua.PRELUDE + lua.LIST_IDS)
+        self._list_default = reg(lua.PRELUDE + lua.LIST_DEFAULT_IDS)
+        self._list_named = reg(lua.PRELUDE + lua.LIST_NAMED)
         self._cancel = reg(lua.PRELUDE + lua.CANCEL_TASK)
         self._modify = reg(lua.PRELUDE + lua.MODIFY_TASK)
+        self._retry = reg(lua.PRELUDE + lua.RETRY_TASK)
         self._claim = reg(lua.PRELUDE + lua.CLAIM)
         self._start = reg(lua.PRELUDE + lua.START)
-        self._finish = reg(lua.PRELUDE + lua.FINISH)
-        self._reap = reg(lua.PRELUDE + lua.REAP)
+        self._finish = reg(lua.PRELUDE + lua.CALLBACKS + lua.FINISH)
+        self._reap = reg(lua.PRELUDE + lua.CALLBACKS + lua.REAP)
+        self._callback_done = reg(lua.PRELUDE + lua.CALLBACK_DONE)
         self._release = reg(lua.PRELUDE + lua.RELEASE)
         self._renew = reg(lua.PRELUDE + lua.RENEW)
         self._done = reg(lua.PRELUDE + lua.DONE)
@@ -454,7 +522,7 @@ class Store:
         ids: list[str] = []
         dues: list[int] = []
         for i, item in enumerate(items):
-            p = layout.pick(owner, item.idempotency_key)
+            p = _place(layout, owner, item)
             groups.setdefault(p, []).append(i)
             args = args_by.setdefault(
                 p,
@@ -473,12 +541,13 @@ class Store:
             args += [
                 ids[i],
                 owner,
-                *_spec_parts(body),
+                *_spec_parts(body, body.callback, body.failure_callback),
                 body.name or "",
                 dues[i],
                 idempotency_redis_key(
                     layout.prefixes[p], owner, idempotency_kind, item.idempotency_key
                 ),
+                "" if body.queue == c.DEFAULT_QUEUE else body.queue,
             ]
         ps = list(groups)
         replies = await asyncio.gather(
@@ -518,7 +587,7 @@ class Store:
                     out[i] = (task, False)
                 else:
                     key = items[i].idempotency_key
-                    p = layout.pick(owner, key)
+                    p = _place(layout, owner, items[i])
                     await self.redis.delete(
                         idempotency_redis_key(layout.prefixes[p], owner, idempotency_kind, key)
                     )
@@ -570,22 +639,89 @@ class Store:
         return _task_view(view, attempts)
 
     async def list_tasks(
-        self, owner: str, *, status: TaskStatus | None, limit: int, cursor: str | None
+        self,
+        owner: str,
+        *,
+        status: TaskStatus | None,
+        limit: int,
+        cursor: str | None,
+        queue: str | None = None,
+        name: str | None = None,
     ) -> TaskPage:
+        """One newest-first page of the owner's tasks; ``name`` keeps those whose name starts
+        with it (see :meth:`_named_ids`)."""
         layout = await self.layout()
         statuses = [status.value] if status else [s.value for s in TaskStatus]
-        ids, next_cursor = await list_ids(
-            self.redis,
-            layout,
-            self._list,
-            f"{c.TASK_INDEX}{owner}:",
-            statuses,
-            limit=limit,
-            cursor=cursor,
-        )
+        if queue is not None and queue != c.DEFAULT_QUEUE:
+            # A named queue's tasks are all in its partition, in its own status indexes.
+            p = layout.queue_partition(owner, queue)
+            got = await run_script(
+                self.redis,
+                self._list,
+                [layout.queue(p)],
+                [f"{c.QUEUE_INDEX}{owner}:{queue}:", cursor or "", limit, *statuses],
+            )
+            ids = sorted(got, reverse=True)
+            next_cursor = ids[limit - 1] if len(ids) > limit else None
+            ids = ids[:limit]
+        elif name:
+            ids, next_cursor = await self._named_ids(
+                layout, owner, statuses, name, limit=limit, cursor=cursor
+            )
+        else:
+            ids, next_cursor = await list_ids(
+                self.redis,
+                layout,
+                self._list if queue is None else self._list_default,
+                f"{c.TASK_INDEX}{owner}:",
+                statuses,
+                limit=limit,
+                cursor=cursor,
+            )
         views = await self._views(layout, ids) if ids else {}
         items = [views[i] for i in ids if i in views]
         return TaskPage(items=items, next_cursor=next_cursor)
+
+    async def _named_ids(
+        self,
+        layout: Layout,
+        owner: str,
+        statuses: Sequence[str],
+        name: str,
+        *,
+        limit: int,
+        cursor: str | None,
+    ) -> tuple[list[str], str | None]:
+        """A page of ids of tasks named ``name...``: each partition reads at most
+        NAME_SCAN_LIMIT of the owner's newest records below the cursor (lua.LIST_NAMED). Where
+        one stopped early, the page holds only what is newer than where it stopped and its
+        cursor goes on from there: a page may be short, even empty, with a next_cursor."""
+        rows = await run_many(
+            self.redis,
+            self._list_named,
+            [
+                (
+                    [layout.queue(p)],
+                    [
+                        f"{c.TASK_INDEX}{owner}:",
+                        cursor or "",
+                        limit,
+                        name,
+                        c.NAME_SCAN_LIMIT,
+                        *statuses,
+                    ],
+                )
+                for p in range(layout.n)
+            ],
+        )
+        stops = [stop for _, stop in rows if stop]
+        cutoff = max(stops) if stops else None
+        ids = sorted((i for found, _ in rows for i in found), reverse=True)
+        if cutoff is not None:
+            ids = [i for i in ids if i >= cutoff]  # below it, a partition has not looked
+        if len(ids) > limit:
+            return ids[:limit], ids[limit - 1]
+        return ids, cutoff
 
     async def cancel_task(self, owner: str, task_id: str) -> Task:
         layout = await self.layout()
@@ -596,6 +732,56 @@ class Store:
             [task_id, owner, now_ms()],
         )
         _raise_for(res, task_id, "cancelled")
+        return _task_view(from_flat(res[1]), res[2])
+
+    async def task_record(self, task_id: str) -> tuple[dict[str, str], Task] | None:
+        """A task's fields as the scripts answer them and its view (any owner), or None."""
+        layout = await self.layout()
+        [(h, attempts)] = await run_script(
+            self.redis, self._view, [layout.queue(layout.partition_of(task_id))], [task_id]
+        )
+        if not h:
+            return None
+        fields = from_flat(h)
+        return fields, _task_view(fields, attempts)
+
+    async def callback_done(
+        self,
+        task_id: str,
+        job: str,
+        attempt: str,
+        *,
+        next_job: str = "",
+        next_arg: str = "",
+        next_due_ms: int = 0,
+    ) -> bool:
+        """Record a callback delivery and schedule the next (lua.CALLBACK_DONE); False when
+        the job was no longer the task's callback job."""
+        layout = await self.layout()
+        res = await run_script(
+            self.redis,
+            self._callback_done,
+            [layout.queue(layout.partition_of(task_id))],
+            [task_id, job, attempt, now_ms(), next_job, next_arg, next_due_ms, c.CLAIM_AHEAD_MS],
+        )
+        return bool(res)
+
+    async def retry_task(self, owner: str, task_id: str) -> Task:
+        """Redrive a failed task: scheduled again now with a fresh retry budget (lua.RETRY_TASK)."""
+        layout = await self.layout()
+        res = await run_script(
+            self.redis,
+            self._retry,
+            [layout.queue(layout.partition_of(task_id))],
+            [task_id, owner, now_ms(), c.CLAIM_AHEAD_MS],
+        )
+        if res[0] == "conflict":
+            raise Conflict(f"The task is {res[1]}: only a failed task can be retried.")
+        if res[0] == "in_orchestration":
+            raise Conflict(
+                f"The task is a step of orchestration {res[1]}: a step cannot be retried alone."
+            )
+        _raise_for(res, task_id, "retried")
         return _task_view(from_flat(res[1]), res[2])
 
     async def modify_task(self, owner: str, task_id: str, patch: TaskPatch) -> Task:
@@ -620,6 +806,14 @@ class Store:
                 for f in patch.__struct_fields__
                 if (v := getattr(patch, f)) is not msgspec.UNSET
             }
+            queue = h.get("queue") or c.DEFAULT_QUEUE
+            if changes.get("queue", queue) != queue:
+                # Its queue's partition holds it (its id says where): it cannot move.
+                raise Conflict(
+                    f"The task is in queue {queue!r} and cannot move to another; cancel it and "
+                    f"create a new one in queue {changes['queue']!r}.",
+                    details=[{"field": "queue", "message": "a task cannot move between queues"}],
+                )
             for f in (
                 "url",
                 "method",
@@ -634,6 +828,9 @@ class Store:
                 if f in changes:
                     merged[f] = changes[f]
             spec = convert(merged, TaskSpec)
+            callback, failure_callback = decode_callbacks(h["spec"], h.get("url", ""))
+            callback = changes.get("callback", callback)
+            failure_callback = changes.get("failure_callback", failure_callback)
             name = h.get("name", "")
             if "name" in changes:
                 name = changes["name"] or ""
@@ -650,7 +847,7 @@ class Store:
                     owner,
                     now,
                     h["gen"],
-                    *_spec_parts(spec),
+                    *_spec_parts(spec, callback, failure_callback),
                     name,
                     due,
                     c.CLAIM_AHEAD_MS,
@@ -704,7 +901,7 @@ class Store:
             self.more_due = any(len(r) == share for share, r in zip(shares, rows, strict=True))
         out = []
         for part in rows:
-            for job, due, fn, arg, url, spec in part:
+            for job, due, fn, arg, url, spec, *more in part:
                 out.append(
                     Claimed(
                         job=job,
@@ -712,6 +909,9 @@ class Store:
                         function=fn,
                         arg=arg,
                         spec=decode_spec(spec, url) if fn == "fire_task" else None,
+                        base=int(more[0]) if more else 0,
+                        owner=more[1] if len(more) > 1 else "",
+                        scheduled_ms=int(more[2]) if len(more) > 2 else 0,
                     )
                 )
         return out
@@ -839,6 +1039,14 @@ class Store:
             await pipe.execute()
 
 
+def _place(layout: Layout, owner: str, item: BatchItem) -> int:
+    """The partition of a new task: its named queue's (with its Idempotency-Key, so that a
+    repeat of the same body finds it), else its key's, else any."""
+    if item.body.queue != c.DEFAULT_QUEUE:
+        return layout.queue_partition(owner, item.body.queue)
+    return layout.pick(owner, item.idempotency_key)
+
+
 def idempotency_redis_key(prefix: str, owner: str, kind: str, key: str | None) -> str:
     """The Redis key of an owner's Idempotency-Key for one kind of record in the partition of
     ``prefix`` ('' for none)."""
@@ -878,6 +1086,14 @@ class _StoredRest(msgspec.Struct, omit_defaults=True, kw_only=True):
     x: float = c.DEFAULT_BACKOFF
     mx: float = c.DEFAULT_MAX_RETRY_DELAY_S
     t: float = c.DEFAULT_TIMEOUT_S
+    # issue #12: callback and failure_callback. lua.CALLBACKS looks for '"cb":{' and '"fc":{'.
+    cb: _StoredCallback | None = None
+    fc: _StoredCallback | None = None
+
+
+class _StoredCallback(msgspec.Struct, omit_defaults=True):
+    u: str
+    h: dict[str, str] = {}
 
 
 class _StoredSpec(_StoredRest, omit_defaults=True, kw_only=True):
@@ -901,12 +1117,32 @@ _rest_decoder = msgspec.json.Decoder(_StoredRest)
 _stored_spec_decoder = msgspec.json.Decoder(_StoredSpec)
 
 
-def _spec_parts(body: TaskSpec) -> tuple[str, str]:
+def _spec_parts(
+    body: TaskSpec, callback: Callback | None = None, failure_callback: Callback | None = None
+) -> tuple[str, str]:
     """A task's (url, rest of its spec) as its record keeps them ('' when the rest is defaults)."""
     rest = _stored_encoder.encode(
-        _StoredRest(**{short: getattr(body, full) for short, full in _REST_NAMES.items()})
+        _StoredRest(
+            **{short: getattr(body, full) for short, full in _REST_NAMES.items()},
+            cb=_stored_callback(callback),
+            fc=_stored_callback(failure_callback),
+        )
     ).decode()
     return body.url, "" if rest == "{}" else rest
+
+
+def _stored_callback(cb: Callback | None) -> _StoredCallback | None:
+    return None if cb is None else _StoredCallback(u=cb.url, h=cb.headers)
+
+
+def decode_callbacks(raw: str, url: str) -> tuple[Callback | None, Callback | None]:
+    """A task's (callback, failure_callback) from its stored spec (a step has neither)."""
+    if not url or not raw:
+        return None, None
+    rest = _rest_decoder.decode(raw)
+    return tuple(  # type: ignore[return-value]
+        None if x is None else Callback(url=x.u, headers=x.h) for x in (rest.cb, rest.fc)
+    )
 
 
 def _spec_json(body: TaskSpec) -> str:
@@ -990,6 +1226,7 @@ def _task_view(h: dict[str, str], attempts: list[str]) -> Task:
             )
         )
     finished = h.get("finished_at")
+    callback, failure_callback = decode_callbacks(h["spec"], h.get("url", ""))
     return Task(
         id=h["id"],
         name=h.get("name") or None,
@@ -1009,4 +1246,11 @@ def _task_view(h: dict[str, str], attempts: list[str]) -> Task:
         finished_at=fmt_ms(int(finished)) if finished else None,
         orchestration_id=h.get("orchestration_id") or None,
         attempts=views,
+        schedule_id=h.get("schedule_id") or None,
+        queue=h.get("queue") or c.DEFAULT_QUEUE,
+        callback=callback,
+        failure_callback=failure_callback,
+        callback_attempts=_callback_attempts(h["callback_attempts"])
+        if h.get("callback_attempts")
+        else [],
     )

@@ -34,6 +34,10 @@ read them) and replace the consumer:
   event loop runs seconds behind under a burst of calls is busy, not dead, and keeps them. Lease
   times are Redis's clock (``TIME`` in the scripts), so a script that runs late cannot set a
   lease that has already lapsed.
+* **Queues decide inside the claim.** A named queue's rate, concurrency cap and pause are held
+  by the claim, start and outcome scripts in the queue's partition, so they bind every worker
+  together: a task claimed under them is claimed for its dispatch slot and fires then
+  (:mod:`taskorch.queues`); its attempt's lateness counts from its own due time.
 * **Unique job ids.** A job id is ``<task id>.<generation>``; every reschedule takes a new
   generation, so no id is ever reused.
 
@@ -58,6 +62,13 @@ Redis outages (killed, restarting, frozen) are waited out, and work done meanwhi
   their leases lapse and a reaper hands them back.
 * **A frozen Redis is noticed**: every command has a socket timeout
   (:attr:`~taskorch.leases.LeaseTimes.socket_timeout_s`), so a SIGSTOPped Redis reads as an outage, not a hang.
+
+Recurring schedules need no timer of their own: every worker runs a maker
+(:mod:`taskorch.schedules`) that, about once a second, turns the schedules whose next times are
+near into ordinary tasks ``SCHEDULE_AHEAD_MS`` ahead, one compare-and-set per schedule, so the
+claim-ahead machinery above fires them like any task. Its first round runs before the first
+claim: after every worker was down, ``catch_up`` decides about overdue occurrences before they
+can fire.
 
 What still repeats (at-least-once): a call whose worker died, or could not reach Redis while
 other workers could, for longer than the lease before its outcome was recorded. The repeat is a
@@ -87,9 +98,12 @@ import structlog
 
 from taskorch import constants as c
 from taskorch import outbound
+from taskorch.callbacks import Callbacks
 from taskorch.leases import LeaseKeeper, LeaseTimes, renew_once
 from taskorch.models import fmt_ms, retry_wait_s
+from taskorch.schedules import Schedules
 from taskorch.settings import Settings
+from taskorch.signing import Signer, SigningStore
 from taskorch.store import (
     REDIS_DOWN,
     Claimed,
@@ -125,7 +139,9 @@ class Worker:
             exits anyway (their leases then lapse and another worker retries them).
         retention_s: finished tasks and orchestrations are deleted this long after they
             finished (0 keeps them for ever).
-        handlers: coroutines for non-task jobs by function name (orchestration events).
+        handlers: coroutines for non-task jobs by function name (orchestration events); a
+            task's callbacks (``cb``) are handled by the worker itself.
+        signer: the owners' signing keys (made from the store's client when not given).
         lease_redis: makes a Redis client of its own for the lease keeper, which then renews
             leases from a thread (see :class:`~taskorch.leases.LeaseKeeper`); without it they are renewed on
             this event loop.
@@ -145,15 +161,19 @@ class Worker:
         shutdown_grace_s: float = 30.0,
         retention_s: float = c.DEFAULT_RETENTION_S,
         lease_redis: Callable[[], Redis] | None = None,
+        signer: Signer | None = None,
     ) -> None:
         self.store = store
+        self.schedules = Schedules(store.redis)
         self.session = session
+        self.signer = signer or Signer(SigningStore(store.redis))
         self.times = LeaseTimes(lease_s)
         self.expiry_ms = int(self.times.expiry_s * 1000)
         self.max_in_flight = max_in_flight
         self.claim_ahead_ms = claim_ahead_ms
         self.poll_s = poll_s
-        self.handlers = handlers or {}
+        # A task's callbacks are this worker's own business (taskorch/callbacks.py).
+        self.handlers = {"cb": Callbacks(store, session, self.signer).handle, **(handlers or {})}
         self.shutdown_grace_s = shutdown_grace_s
         self.retention_s = retention_s
         self.id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{random.randrange(16**6):06x}"
@@ -210,6 +230,10 @@ class Worker:
             self._background.append(asyncio.create_task(self._tick(), name="tick"))
         if self.retention_s > 0:
             self._background.append(asyncio.create_task(self._purge(), name="janitor"))
+        # One makers' round before the first claim: after every worker was down, the catch-up
+        # of each schedule (lua.SCHED_MAKE) is decided before its overdue occurrences can fire.
+        await self._make_round()
+        self._background.append(asyncio.create_task(self._make_schedules(), name="maker"))
         try:
             await self._claim_loop()
         finally:
@@ -286,6 +310,7 @@ class Worker:
                     )
                     for cl in claimed:
                         self._arm(cl)
+                    self.signer.warm({cl.owner for cl in claimed if cl.owner})
                     more = bool(claimed) and self.store.more_due
                 backoff = 0.1
                 if more:
@@ -403,6 +428,9 @@ class Worker:
             self._spawn(self._start_chunk(batch[i : i + c.START_BATCH]))
 
     async def _start_chunk(self, chunk: list[Claimed]) -> None:
+        # Signing keys read while START runs, so that the calls rarely wait for them (a copy
+        # warmed at the claim, a second before, may just have grown too old).
+        self.signer.warm({cl.owner for cl in chunk if cl.owner})
         start = functools.partial(
             self.store.start,
             [(cl.arg, cl.job) for cl in chunk],
@@ -581,9 +609,11 @@ class Worker:
     async def _fire(self, cl: Claimed, attempt: int, call: _Call | None = None) -> None:
         spec = cl.spec
         assert spec is not None
-        if time.time() * 1000 < cl.due_ms:
-            await self._gate(cl.due_ms)
         try:
+            # The owner's signing keys (mostly a copy warmed when the task was claimed).
+            keys = await self.signer.keys(cl.owner) if cl.owner else []
+            if time.time() * 1000 < cl.due_ms:
+                await self._gate(cl.due_ms)
             result = await outbound.call(
                 self.session,
                 url=spec.url,
@@ -595,8 +625,10 @@ class Worker:
                     "Idempotency-Key": cl.arg,
                     "X-Taskorch-Task-Id": cl.arg,
                     "X-Taskorch-Attempt": str(attempt),
-                    "X-Taskorch-Scheduled-For": _scheduled_for(cl.due_ms),
+                    "X-Taskorch-Scheduled-For": _scheduled_for(cl.scheduled_ms or cl.due_ms),
                 },
+                webhook_id=cl.arg,
+                keys=keys,
             )
         except Exception as exc:
             # A bug of ours must still end in an outcome, or the task would stay running while
@@ -607,13 +639,15 @@ class Worker:
         finally:
             if call is not None:
                 self._ended(call)
-        lateness = result.started_ms - cl.due_ms
+        # A task its queue held back (rate, concurrency, pause) is late by all of its wait.
+        scheduled_ms = cl.scheduled_ms or cl.due_ms
+        lateness = result.started_ms - scheduled_ms
         next_due = 0
         if result.ok:
             outcome = "succeeded"
-        elif attempt <= spec.retries:
+        elif attempt - cl.base <= spec.retries:  # a redrive's budget starts after its base
             outcome = "retry"
-            wait = retry_wait_s(spec, attempt, random.random(), result.retry_after_s)
+            wait = retry_wait_s(spec, attempt - cl.base, random.random(), result.retry_after_s)
             next_due = math.ceil(result.finished_ms + wait * 1000)  # never shortened
         else:
             outcome = "failed"
@@ -632,7 +666,7 @@ class Worker:
             outcome,
             encode_attempt(
                 number=attempt,
-                scheduled_for_ms=cl.due_ms,
+                scheduled_for_ms=scheduled_ms,
                 started_ms=result.started_ms,
                 finished_ms=result.finished_ms,
                 status_code=result.status_code,
@@ -757,6 +791,21 @@ class Worker:
                 log.warning("worker.redis_unavailable", error=str(exc), during="purge")
             await asyncio.sleep(every_s)
 
+    async def _make_schedules(self) -> None:
+        """Make recurring schedules' next occurrences (see taskorch/schedules.py), every
+        SCHEDULE_MAKE_EVERY_S, as every worker does: any one of them is enough."""
+        while True:
+            await asyncio.sleep(c.SCHEDULE_MAKE_EVERY_S)
+            await self._make_round()
+
+    async def _make_round(self) -> None:
+        try:
+            await self.schedules.make_due()
+        except REDIS_DOWN as exc:
+            log.warning("worker.redis_unavailable", error=str(exc), during="make_schedules")
+        except Exception:  # one bad record must not stop every schedule's making
+            log.exception("worker.make_schedules_failed")
+
     async def _reap(self) -> None:
         holding_back = False
         while True:
@@ -852,12 +901,14 @@ def run_worker(settings: Settings) -> None:
         ) as session:
             from taskorch.steps import handlers
 
+            signer = Signer(SigningStore(redis))
             worker = Worker(
                 store,
                 session,
+                signer=signer,
                 lease_s=settings.lease_s,
                 max_in_flight=settings.max_in_flight,
-                handlers=handlers(store, session),
+                handlers=handlers(store, session, signer),
                 shutdown_grace_s=settings.shutdown_grace_s,
                 retention_s=settings.retention_s,
                 lease_redis=make_redis,

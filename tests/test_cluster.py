@@ -10,6 +10,7 @@ mid-run loses no task and fires no attempt twice, and a wake-up reaches the work
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import time
 from collections import Counter
@@ -26,10 +27,11 @@ from taskorch import partitions
 from taskorch.api import create_app
 from taskorch.cluster import ClusterClient, connect_cluster, parse_seeds, run_many, run_script
 from taskorch.errors import ConfigError, TooManyRequests
+from taskorch.models import fmt_ms
 from taskorch.store import Store, connect
 from taskorch.worker import Worker
 from tests.cluster import RedisClusterServers
-from tests.conftest import Api, RedisServer, Target, WorkerProcs, make_settings
+from tests.conftest import Api, RedisServer, Target, WorkerProcs, make_settings, until
 
 FULL = os.environ.get("TASKORCH_CLUSTER_FULL", "") == "1"
 
@@ -497,3 +499,109 @@ async def test_a_batch_over_a_dead_master_is_answered_per_task(
     for task in stored:
         assert (await store.get_task("alice", task.id)).id == task.id
     await fresh.aclose()
+
+
+async def test_schedules_on_every_master_make_and_fire_their_occurrences(
+    cluster: RedisClusterServers, api: Api, target: Target, workers: WorkerProcs
+) -> None:
+    """A schedule's record, its partition's due set and its occurrences share one slot: every
+    script of the makers and the API runs on a cluster, on whichever master holds it."""
+    workers.start()
+    layout = await _layout(cluster)
+    # Beyond the API's own first make (SCHEDULE_AHEAD_MS): the workers' makers make them.
+    start = (int(time.time()) + 13) * 1000
+    body = {
+        "every": 1,
+        "start_at": fmt_ms(start),
+        "end_at": fmt_ms(start + 1500),
+        "task": {"url": target.url("/sched")},
+    }
+    ids: list[str] = []
+    masters: set[int] = set()
+    while masters != set(cluster.master_ports()):
+        assert len(ids) < 40, f"40 schedules and still not on every master: {masters}"
+        r = await api.http.post("/v1/schedules", json=body, headers=api.auth())
+        assert r.status_code == 201, r.text
+        ids.append(r.json()["id"])
+        masters.add(master_port_of(cluster, layout, ids[-1]))
+    paused = await api.http.post(f"/v1/schedules/{ids[0]}/pause", headers=api.auth())
+    assert paused.json()["status"] == "paused"
+    for sid in ids[1:]:
+        r = await api.http.get(f"/v1/schedules/{sid}", headers=api.auth())
+        assert r.json()["next_runs"][:2] == [fmt_ms(start), fmt_ms(start + 1000)]
+    await until(lambda: len(target.calls) >= 2 * (len(ids) - 1), timeout_s=40)
+    for sid in ids[1:]:
+        r = await api.http.get(f"/v1/tasks?schedule_id={sid}", headers=api.auth())
+        tasks = r.json()["items"]
+        assert sorted(t["run_at"] for t in tasks) == [fmt_ms(start), fmt_ms(start + 1000)]
+    r = await api.http.get(f"/v1/tasks?schedule_id={ids[0]}&status=scheduled", headers=api.auth())
+    assert r.json()["items"] == []
+    reached = Counter(c.headers["X-Taskorch-Scheduled-For"] for c in target.calls)
+    assert reached == {fmt_ms(start): len(ids) - 1, fmt_ms(start + 1000): len(ids) - 1}
+    assert "make_schedules_failed" not in workers.logs()
+
+
+async def test_a_queue_holds_its_rate_and_cap_on_a_cluster(api: Api, workers: WorkerProcs) -> None:
+    """Queues (issue #12): a queue's tasks, settings and state share its partition's slot, so
+    its limits hold on a cluster too, across two workers."""
+    from tests.test_queues import batch, counting_server, get_queue, put_queue, start_workers
+
+    async with counting_server() as target:
+        await put_queue(api, "paced", {"rate": 10, "max_concurrent": 2})
+        await start_workers(workers, 2)
+        body = {"url": target.url("/slow/0.1"), "delay": 1, "queue": "paced"}
+        tasks = await batch(api, [body] * 12)
+        for t in tasks:
+            await api.wait_status(t["id"], "succeeded", timeout_s=30)
+        times = sorted(a.at for a in target.arrivals)
+        gaps = sorted(b - a for a, b in itertools.pairwise(times))
+        assert len(times) == 12 and target.max_in_flight <= 2
+        assert 0.08 <= gaps[len(gaps) // 2] <= 0.12, gaps  # 10 calls/s, evenly spaced
+        q = await get_queue(api, "paced")
+        assert q["counts"]["succeeded"] == 12 and q["waiting"] == 0
+
+
+async def test_signed_calls_and_a_callback_on_a_cluster(
+    cluster: RedisClusterServers, api: Api, target: Target, workers: WorkerProcs
+) -> None:
+    """The owner's signing keys live on one master, the tasks on others: every call (and a
+    callback) verifies with the standardwebhooks package before and after a rotation."""
+    from standardwebhooks.webhooks import Webhook
+
+    workers.start()
+    old = (await api.http.get("/v1/signing-keys", headers=api.auth())).json()["keys"][0]["secret"]
+    body = {
+        "url": target.url("/signed"),
+        "payload": {"n": 1},
+        "callback": {"url": target.url("/cb")},
+    }
+    first = [(await api.create(body))["id"] for _ in range(8)]
+    for task_id in first:
+        await api.wait_status(task_id, "succeeded", timeout_s=60)
+    r = await api.http.post("/v1/signing-keys/rotate", headers=api.auth())
+    assert r.status_code == 200, r.text
+    new = r.json()["keys"][0]["secret"]
+    second = [(await api.create(body))["id"] for _ in range(8)]
+    for task_id in second:
+        await api.wait_status(task_id, "succeeded", timeout_s=60)
+    layout = await _layout(cluster)
+    assert len({master_port_of(cluster, layout, t) for t in first + second}) > 1
+    calls = target.calls_to("/signed")
+    assert len(calls) == 16
+    for call in calls:
+        Webhook(old).verify(call.body, call.headers)
+        if call.headers["X-Taskorch-Task-Id"] in second:
+            Webhook(new).verify(call.body, call.headers)
+    for task_id in second:
+        await until(
+            lambda tid=task_id: _delivered(api, tid),  # type: ignore[misc]
+            timeout_s=30,
+        )
+    callbacks = [c for c in target.calls_to("/cb") if c.headers["X-Taskorch-Task-Id"] in second]
+    assert {c.headers["X-Taskorch-Task-Id"] for c in callbacks} == set(second)
+    for call in callbacks:
+        Webhook(new).verify(call.body, call.headers)
+
+
+async def _delivered(api: Api, task_id: str) -> bool:
+    return bool((await api.get(task_id))["callback_attempts"])

@@ -41,6 +41,15 @@ def test_ids_name_their_partition_and_keep_their_form() -> None:
                 assert partitions.partition_of(tid + ".3", n) == p  # its jobs too
 
 
+def test_queue_and_owner_partitions_are_fixed_by_their_names() -> None:
+    # The agreed formulas (issue #12): every process, and every helper's code, finds the same.
+    layout = partitions.Layout(16)
+    assert layout.queue_partition("alice", "emails") == 6  # crc32("alice\0q\0emails") % 16
+    assert layout.queue_partition("bob", "emails") == 4  # per owner
+    assert layout.owner_partition("alice") == 13  # crc32("alice\0o") % 16
+    assert partitions.Layout(64).queue_partition("alice", "emails") == 22
+
+
 async def test_the_recorded_partition_count_wins(
     redis_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

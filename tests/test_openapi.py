@@ -111,6 +111,7 @@ async def test_every_route_answers_405_with_allow(served: str) -> None:
         for path, allowed in methods.items():
             concrete = path.replace("{task_id}", "tsk_1").replace("{orc_id}", "orc_1")
             concrete = concrete.replace("{fn_id}", "fn_1").replace("{key}", "k")
+            concrete = concrete.replace("{sch_id}", "sch_1")
             wrong = next(m for m in ("PUT", "DELETE", "PATCH", "GET") if m not in allowed)
             r = await http.request(wrong, concrete)
             assert r.status_code == 405, (wrong, path, r.text)

@@ -11,22 +11,25 @@ import asyncio
 import contextlib
 import dataclasses
 import json
+import re
 import time
 from collections.abc import AsyncIterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import httpx
 import pytest
 import uvicorn
-from playwright.async_api import Browser, Page, Response, async_playwright, expect
+from playwright.async_api import Browser, Page, Response, Route, async_playwright, expect
 
 from taskorch import auth
 from taskorch.api import create_app
 from taskorch.models import TaskCreate
 from taskorch.settings import Settings
 from taskorch.store import Store, connect
-from tests.conftest import ROOT, LiveServer, Target, WorkerProcs, free_port
+from tests.conftest import ROOT, LiveServer, Target, WorkerProcs, free_port, until
 
 pytestmark = pytest.mark.browser
 
@@ -40,6 +43,7 @@ CHROMIUM_ARGS = [
     "--no-first-run",
 ]
 SHOTS = ROOT / "artifacts" / "screenshots"
+WEB_FILES = ROOT / "taskorch" / "web"
 USER, PASSWORD = "alice", "password123"
 KB = 1000
 
@@ -53,8 +57,12 @@ class Web:
     browser: Browser
     errors: list[str] = dataclasses.field(default_factory=list)
 
-    async def page(self, width: int = 1280, height: int = 900, token: str | None = None) -> Page:
-        context = await self.browser.new_context(viewport={"width": width, "height": height})
+    async def page(
+        self, width: int = 1280, height: int = 900, token: str | None = None, **context_args: Any
+    ) -> Page:
+        context = await self.browser.new_context(
+            viewport={"width": width, "height": height}, **context_args
+        )
         if token:
             await context.add_init_script(
                 f"sessionStorage.setItem('taskorch.token', {json.dumps(token)})"
@@ -428,6 +436,12 @@ async def test_first_load_transfers_under_100_kb(web: Web) -> None:
     assert signed_in < 100 * KB, "\n".join(report)
 
 
+def test_the_whole_page_is_under_100_kb() -> None:
+    """Every file of the page, sections fetched only when opened included."""
+    sizes = {str(p.relative_to(WEB_FILES)): p.stat().st_size for p in WEB_FILES.rglob("*.*")}
+    assert sum(sizes.values()) < 100 * KB, sorted(sizes.items(), key=lambda kv: -kv[1])
+
+
 async def test_a_thousand_tasks_are_paged_and_filtering_stays_fast(
     web: Web, redis_url: str, target: Target
 ) -> None:
@@ -642,3 +656,265 @@ async def test_a_python_function_is_built_and_invoked(
     await expect(page.locator(".answer .code")).to_have_text("200")
     await expect(page.locator(".answer pre")).to_contain_text('"hello": "web"')
     await shot(page, "function-invoked")
+
+
+# -- schedules -----------------------------------------------------------------------------------
+
+
+def schedule_row(page: Page, name: str) -> Any:
+    return page.locator("table.schedules tbody tr").filter(has_text=name)
+
+
+async def test_a_schedule_made_in_the_page_shows_its_next_runs_and_pauses(
+    web: Web, target: Target
+) -> None:
+    await skip_unless_route(web.base, "/v1/schedules")
+    # The browser in Berlin, the schedule in New York: the page shows the runs in Berlin time.
+    page = await web.page(timezone_id="Europe/Berlin", locale="en-GB")
+    await sign_in(page, web.base)
+    await page.get_by_role("link", name="Schedules").click()
+    await expect(page.get_by_text("No schedules yet")).to_be_visible()
+    await page.get_by_role("link", name="New schedule").click()
+    await page.get_by_label("Name", exact=True).fill("morning report")
+    await page.get_by_label("Cron").fill("30 25 * * 1-5")  # no hour 25: the API says so
+    await page.get_by_label("Time zone").fill("America/New_York")
+    await page.get_by_label("URL", exact=True).fill(target.url("/report"))
+    await page.get_by_label("Payload (JSON)").fill('{"kind": "daily"}')
+    await page.get_by_role("button", name="Create schedule").click()
+    await expect(error_at(page, "cron")).to_be_visible()
+    await expect(page.get_by_label("Cron")).to_be_focused()
+    await shot(page, "schedule-form-error")
+    await page.get_by_label("Cron").fill("30 9 * * 1-5")
+    await page.get_by_role("button", name="Create schedule").click()
+
+    row = schedule_row(page, "morning report")
+    await expect(row.locator(".badge")).to_have_text("active")
+    await expect(row).to_contain_text("30 9 * * 1-5")
+    await expect(row).to_contain_text("America/New_York")
+    [made] = (await api_get(web, "/v1/schedules"))["items"]
+    assert made["name"] == "morning report" and made["timezone"] == "America/New_York"
+    assert made["task"]["url"] == target.url("/report")
+    assert made["task"]["payload"] == {"kind": "daily"}
+    runs = made["next_runs"]
+    assert len(runs) == 5
+    first = row.locator("td.runs time").first
+    await expect(first).to_have_attribute("datetime", runs[0])
+    local = datetime.fromisoformat(runs[0]).astimezone(ZoneInfo("Europe/Berlin"))
+    await expect(first).to_contain_text(local.strftime("%H:%M:%S"))
+    await expect(first.locator(".rel")).to_have_text(re.compile(r"^\((in |tomorrow)"))  # ahead
+    await row.get_by_text("4 more").click()
+    shown = row.locator("td.runs time")
+    await expect(shown).to_have_count(5)
+    for i, run in enumerate(runs):
+        await expect(shown.nth(i)).to_have_attribute("datetime", run)
+    await expect(shown.nth(4)).to_be_visible()
+    await shot(page, "schedules-list")
+
+    # Pause and resume in the page; the API confirms each.
+    await row.get_by_role("button", name="Pause").click()
+    await expect(row.locator(".badge")).to_have_text("paused")
+    assert (await api_get(web, f"/v1/schedules/{made['id']}"))["status"] == "paused"
+    await expect(row.get_by_role("button", name="Resume")).to_be_focused()
+    await shot(page, "schedule-paused")
+    await row.get_by_role("button", name="Resume").click()
+    await expect(row.locator(".badge")).to_have_text("active")
+    assert (await api_get(web, f"/v1/schedules/{made['id']}"))["status"] == "active"
+
+    # Delete, in two steps.
+    await row.get_by_role("button", name="Delete").click()
+    await row.get_by_role("button", name="Yes, delete").click()
+    await expect(row).to_have_count(0)
+    await expect(page.get_by_text("No schedules yet")).to_be_visible()
+    async with web.http() as http:
+        assert (await http.get(f"/v1/schedules/{made['id']}")).status_code == 404
+
+
+async def test_an_every_schedule_s_tasks_show_up_live(
+    web: Web, target: Target, workers: WorkerProcs
+) -> None:
+    await skip_unless_route(web.base, "/v1/schedules")
+    workers.start()
+    page = await web.page()
+    await sign_in(page, web.base)
+    await page.goto(web.base + "/#/schedules/new")
+    await page.evaluate("window.notReloaded = true")
+    await page.get_by_label("Name", exact=True).fill("heartbeat")
+    await page.get_by_label("Repeat").select_option("every")
+    await page.get_by_label("Every (s)").fill("1")
+    await page.get_by_label("URL", exact=True).fill(target.url("/beat"))
+    await page.get_by_role("button", name="Create schedule").click()
+
+    row = schedule_row(page, "heartbeat")
+    await expect(row).to_contain_text("every 1 s")
+    [made] = (await api_get(web, "/v1/schedules"))["items"]
+    assert made["every"] == 1 and made["task"]["url"] == target.url("/beat")
+    last = row.locator("td").nth(4).get_by_role("link")
+    await expect(last).to_have_text(re.compile(r"^tsk_"), timeout=10_000)
+    seen = await last.text_content()
+    await expect(last).not_to_have_text(seen or "", timeout=10_000)  # a later one, live
+    assert await page.evaluate("window.notReloaded") is True
+    await until(lambda: len(target.calls_to("/beat")) >= 2)
+    await shot(page, "schedule-every-live")
+
+    await last.click()
+    await expect(page.locator(".facts")).to_contain_text(made["id"])
+    await page.get_by_role("link", name="Schedules").click()
+    await schedule_row(page, "heartbeat").get_by_role("button", name="Pause").click()
+    await expect(schedule_row(page, "heartbeat").locator(".badge")).to_have_text("paused")
+
+
+# -- queues --------------------------------------------------------------------------------------
+
+
+def queue_row(page: Page, name: str) -> Any:
+    return page.locator(f'table.queues tr[data-name="{name}"]')
+
+
+def queue_count(page: Page, name: str, status: str) -> Any:
+    return queue_row(page, name).locator(f'[data-status="{status}"] .count')
+
+
+async def test_a_queue_is_set_up_paused_and_resumed_in_the_page(web: Web, target: Target) -> None:
+    await skip_unless_route(web.base, "/v1/queues")
+    page = await web.page()
+    await sign_in(page, web.base)
+    await page.evaluate("window.notReloaded = true")
+    await page.get_by_role("link", name="Queues").click()
+    await page.get_by_label("Queue name").fill("emails")
+    await page.get_by_label("Rate (calls/s)").fill("5")
+    await page.get_by_label("Max concurrent").fill("2")
+    await page.get_by_role("button", name="Save queue").click()
+    row = queue_row(page, "emails")
+    await expect(row.locator("td").nth(1)).to_have_text("5/s")
+    await expect(row.locator("td").nth(2)).to_have_text("2")
+    settings = await api_get(web, "/v1/queues/emails")
+    assert (settings["rate"], settings["max_concurrent"], settings["paused"]) == (5, 2, False)
+
+    # Tasks put in the queue elsewhere show in its counts, live; the page's task form names it too.
+    made = [
+        await api_task(web, {"url": target.url("/ok"), "delay": 3600, "queue": "emails"})
+        for _ in range(2)
+    ]
+    async with web.http() as http:
+        assert (await http.post(f"/v1/tasks/{made[0]['id']}/cancel")).status_code == 200
+    await expect(queue_count(page, "emails", "scheduled")).to_have_text("1")
+    await expect(queue_count(page, "emails", "cancelled")).to_have_text("1")
+    assert await page.evaluate("window.notReloaded") is True
+    await page.get_by_role("link", name="Tasks").click()
+    await page.get_by_role("link", name="New task").click()
+    await page.get_by_label("Queue").fill("emails")
+    await page.get_by_label("URL", exact=True).fill(target.url("/ok"))
+    await page.get_by_label("When").select_option("delay")
+    await page.get_by_label("Delay (s)").fill("3600")
+    await page.get_by_role("button", name="Create task").click()
+    await expect(page.locator(".facts")).to_contain_text("emails")
+    await page.get_by_role("link", name="Queues").click()
+    await expect(queue_count(page, "emails", "scheduled")).to_have_text("2")
+    await shot(page, "queue-counts")
+
+    await row.get_by_role("button", name="Pause").click()
+    await expect(row.locator(".badge.s-paused")).to_have_text("paused")
+    assert (await api_get(web, "/v1/queues/emails"))["paused"] is True
+    await expect(row.get_by_role("button", name="Resume")).to_be_focused()
+    await shot(page, "queue-paused")
+    await row.get_by_role("button", name="Resume").click()
+    await expect(row.locator(".badge.s-paused")).to_have_count(0)
+    settings = await api_get(web, "/v1/queues/emails")
+    assert (settings["rate"], settings["max_concurrent"], settings["paused"]) == (5, 2, False)
+
+    # Edit fills the form; saving changes only what was changed.
+    await row.get_by_role("button", name="Edit").click()
+    await expect(page.get_by_label("Rate (calls/s)")).to_be_focused()
+    await expect(page.get_by_label("Queue name")).to_have_value("emails")
+    await page.get_by_label("Rate (calls/s)").fill("0.5")
+    await page.get_by_role("button", name="Save queue").click()
+    await expect(row.locator("td").nth(1)).to_have_text("0.5/s")
+    settings = await api_get(web, "/v1/queues/emails")
+    assert (settings["rate"], settings["max_concurrent"], settings["paused"]) == (0.5, 2, False)
+
+
+async def test_redrive_failed_retries_every_failed_task_of_the_queue(
+    web: Web, target: Target, workers: WorkerProcs
+) -> None:
+    await skip_unless_route(web.base, "/v1/queues")
+    workers.start()
+    async with web.http() as http:
+        r = await http.put("/v1/queues/flaky", json={"paused": False})
+        assert r.status_code == 200, r.text
+    # The first call of each task answers 500; with no retries the task fails. A second is 200.
+    # 30 of them: the page reads failed tasks 25 at a time, so the redrive takes two pages.
+    body = {"url": target.url("/fail-then-ok/1"), "retries": 0}
+    async with web.http() as http:
+        r = await http.post("/v1/tasks/batch", json={"tasks": [{**body, "queue": "flaky"}] * 30})
+        assert r.status_code == 200, r.text
+    flaky = [item["task"]["id"] for item in r.json()["items"]]
+    other, another = [(await api_task(web, {**body, "queue": "other"}))["id"] for _ in range(2)]
+
+    async def failed(queue: str) -> int:
+        return int((await api_get(web, f"/v1/queues/{queue}"))["counts"].get("failed", 0))
+
+    async def all_failed() -> bool:
+        return await failed("flaky") == 30 and await failed("other") == 2
+
+    await until(all_failed, timeout_s=30)
+    page = await web.page()
+    await sign_in(page, web.base)
+    await page.get_by_role("link", name="Queues").click()
+    row = queue_row(page, "flaky")
+    await expect(queue_count(page, "flaky", "failed")).to_have_text("30")
+
+    # Hold the page's first retry; meanwhile someone else retries that task, so the page's
+    # retry is refused (409) and the summary must say so. While it is held, the rest of the
+    # first page goes on (progress 24 of 30) and the second page waits for it.
+    held, release = asyncio.Event(), asyncio.Event()
+    first: list[str] = []
+
+    async def hold(route: Route) -> None:
+        if not first:
+            first.append(route.request.url.split("/")[-2])
+            held.set()
+            await release.wait()
+        await route.continue_()
+
+    await page.route("**/v1/tasks/*/retry", hold)
+    await row.get_by_role("button", name="Redrive failed (30)").click()
+    await asyncio.wait_for(held.wait(), 10)
+    progress = row.locator(".redrive progress")
+    await expect(row.locator(".redrive")).to_contain_text("Retried 24…")
+    await expect(progress).to_have_attribute("value", "24")
+    await expect(progress).to_have_attribute("max", "30")
+    await shot(page, "queue-redrive-progress")
+    async with web.http() as http:
+        assert (await http.post(f"/v1/tasks/{first[0]}/retry")).status_code == 200
+    release.set()
+    summary = row.locator(".redrive")
+    await expect(summary).to_contain_text("Retried 29 failed tasks. 1 could not be retried")
+    await expect(summary.locator(".error-text")).to_contain_text(first[0])
+    await expect(queue_count(page, "flaky", "succeeded")).to_have_text("30", timeout=15_000)
+    await expect(queue_count(page, "flaky", "failed")).to_have_count(0)
+    await shot(page, "queue-redriven")
+    for task_id in flaky:
+        task = await api_get(web, f"/v1/tasks/{task_id}")
+        assert task["status"] == "succeeded" and len(task["attempts"]) == 2, task
+    for task_id in (other, another):  # another queue's
+        assert (await api_get(web, f"/v1/tasks/{task_id}"))["status"] == "failed"
+
+    # The tasks list shows each task's queue and offers retry on a failed row.
+    await page.get_by_role("link", name="Tasks").click()
+    other_row = task_row(page, other)
+    await expect(other_row.locator("td").nth(5)).to_have_text("other")
+    await expect(task_row(page, flaky[0]).locator("td").nth(5)).to_have_text("flaky")
+    await expect(task_row(page, flaky[0]).get_by_role("button", name="Retry")).to_have_count(0)
+    await other_row.get_by_role("button", name="Retry").click()
+    await expect(other_row.locator(".badge")).to_have_text("succeeded", timeout=10_000)
+    await expect(other_row.get_by_role("button", name="Retry")).to_have_count(0)
+    await shot(page, "tasks-retried")
+
+    # And in one failed task's own view.
+    await task_row(page, another).get_by_role("link").click()
+    await expect(page.locator(".status-line .badge")).to_have_text("failed")
+    await page.get_by_role("button", name="Retry").click()
+    await expect(page.locator(".status-line .badge")).to_have_text("succeeded", timeout=10_000)
+    await expect(page.locator("table.attempts tbody tr")).to_have_count(2)
+    await expect(page.get_by_role("button", name="Retry")).to_have_count(0)
+    assert (await api_get(web, f"/v1/tasks/{another}"))["status"] == "succeeded"

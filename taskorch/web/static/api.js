@@ -107,7 +107,7 @@ export function listen(handler, onState, { missed = false } = {}) {
       console.error("bad event", e.data, err);
     }
   };
-  for (const type of ["task", "orchestration", "function", "message"]) {
+  for (const type of ["task", "orchestration", "function", "schedule", "queue", "message"]) {
     source.addEventListener(type, deliver);
   }
   source.onopen = () => {

@@ -11,6 +11,8 @@ const sections = {
   tasks: () => import("./tasks.js"),
   orchestrations: () => import("./orchestrations.js"),
   functions: () => import("./functions.js"),
+  schedules: () => import("./schedules.js"),
+  queues: () => import("./queues.js"),
 };
 const loaded = new Set(); // modules opened so far, whose remembered state sign-out clears
 let routing = 0; // a newer navigation wins over a module still loading

@@ -61,6 +61,7 @@ function listView(root) {
         h("th", { scope: "col" }, "Due"),
         h("th", { scope: "col", class: "num opt" }, "Attempts"),
         h("th", { scope: "col", class: "num opt" }, "Lateness"),
+        h("th", { scope: "col", class: "opt" }, "Queue"),
       ),
     ),
     tbody,
@@ -79,7 +80,7 @@ function listView(root) {
     return h(
       "tr",
       { "data-id": t.id, "data-status": t.status },
-      h("td", null, badge(t.status)),
+      h("td", null, badge(t.status), t.status === "failed" ? h("button", { type: "button", class: "link", onclick: () => retry(t.id) }, "Retry") : null),
       h(
         "td",
         { class: "task" },
@@ -89,7 +90,18 @@ function listView(root) {
       h("td", null, when(t.run_at)),
       h("td", { class: "num opt" }, `${t.attempts.length} / ${t.retries + 1}`),
       h("td", { class: "num opt" }, ms(last?.lateness_ms)),
+      h("td", { class: "opt" }, t.queue ?? "default"),
     );
+  }
+
+  async function retry(id) {
+    try {
+      put(await api("POST", `/v1/tasks/${id}/retry`));
+      problem.show("");
+      stats.soon();
+    } catch (err) {
+      problem.show(err.message);
+    }
   }
 
   function put(t) {
@@ -295,24 +307,26 @@ function detailView(root, id) {
   function render() {
     title.querySelector("h1").textContent = task.name || task.id;
     const actions = h("div", { class: "actions" });
+    const change = async (verb) => {
+      try {
+        task = await api("POST", `/v1/tasks/${task.id}/${verb}`);
+        remember(task);
+        problem.show("");
+        render();
+        title.querySelector("h1").focus();
+      } catch (err) {
+        problem.show(err.message);
+        load();
+      }
+    };
     if (CHANGEABLE.has(task.status)) {
       actions.append(
         h("a", { href: `#/tasks/${task.id}/edit`, class: "button" }, "Modify"),
         " ",
-        confirmButton("Cancel task", "Cancel this task?", async () => {
-          try {
-            task = await api("POST", `/v1/tasks/${task.id}/cancel`);
-            remember(task);
-            problem.show("");
-            render();
-            title.querySelector("h1").focus();
-          } catch (err) {
-            problem.show(err.message);
-            load();
-          }
-        }),
+        confirmButton("Cancel task", "Cancel this task?", () => change("cancel")),
       );
     }
+    if (task.status === "failed") actions.append(h("button", { type: "button", onclick: () => change("retry") }, "Retry"));
     const t = task;
     fill(
       body,
@@ -322,6 +336,8 @@ function detailView(root, id) {
         "dl",
         { class: "facts" },
         fact("Call", `${t.method} ${t.url}`),
+        fact("Queue", t.queue ?? "default"),
+        t.schedule_id ? fact("Schedule", h("a", { href: "#/schedules" }, t.schedule_id)) : null,
         fact("Due", when(t.run_at)),
         fact("Created", when(t.created_at)),
         fact("Finished", when(t.finished_at)),
@@ -401,11 +417,12 @@ function taskForm(values, { patch }) {
   const name = input({ value: values.name ?? "", maxlength: 200, placeholder: "optional" });
   const whenEd = whenEditor({ patch });
   const spec = specEditor(values, { patch });
+  const queue = input({ placeholder: "default", maxlength: 64, readonly: patch, value: values.queue ?? "" }); // fixed once made
   const form = h(
     "form",
     { class: "card", novalidate: true },
     h("p", { class: "form-error", role: "alert", tabindex: -1, hidden: true }),
-    field("Name", name, { rel: "name" }),
+    h("div", { class: "row" }, field("Name", name, { rel: "name", cls: "grow" }), field("Queue", queue, { rel: "queue" })),
     whenEd.el,
     spec.el,
     h("div", { class: "actions" }, h("button", { type: "submit", class: "primary" }, patch ? "Save changes" : "Create task")),
@@ -415,6 +432,7 @@ function taskForm(values, { patch }) {
     const body = { ...spec.read("", problems), ...whenEd.read(problems) };
     if (name.value.trim()) body.name = name.value.trim();
     else if (patch) body.name = null;
+    if (!patch && queue.value.trim()) body.queue = queue.value.trim();
     problems.throwIfAny();
     return body;
   }

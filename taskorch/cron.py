@@ -1,0 +1,185 @@
+"""When a recurring schedule runs: cron expressions in a time zone, and fixed intervals.
+
+Cron expressions are parsed and matched by ``cronsim`` (Debian cron's rules, maintained, typed).
+We use it on *naive* wall-clock times only and decide daylight saving ourselves, because the
+contract reads a crontab as a person does, for every expression:
+
+* a wall-clock time skipped by a spring-forward jump runs at the first moment after the gap
+  (``30 2 * * *`` on Berlin's spring day runs at 03:00 CEST); several skipped times collapse
+  into that one run;
+* a wall-clock time that happens twice (the autumn hour) runs once, at its first occurrence
+  (``0 * * * *`` runs at 02:00 CEST, not again at 02:00 CET).
+
+cronsim with an aware datetime does this only for expressions with a fixed minute and hour
+(Debian's rule); ``0 * * * *`` and ``*/15 * * * *`` it schedules by elapsed time, so the repeated
+hour would run twice. Iterating naive wall times and mapping each to an instant here
+(:func:`_instant`) gives the same answer for every expression.
+
+``every`` schedules are elapsed time: ``start + k * every``, whatever the zone says.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import zoneinfo
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from cronsim import CronSim, CronSimError
+
+UTC = dt.UTC
+_TZ_NAME = re.compile(r"[A-Za-z0-9_+\-]+(/[A-Za-z0-9_+\-]+){0,2}")
+# A fold (autumn) moves wall time back at most this much in any zone: a reverse walk starts
+# this far past its bound so that the first pass of a repeated hour is not skipped.
+_MAX_FOLD = dt.timedelta(hours=3)
+# cronsim gives up on an expression that matches nothing within 50 years; we look no further
+# than this many times per call either way.
+MAX_ITERATIONS = 10_000
+
+
+def zone(name: str) -> zoneinfo.ZoneInfo | None:
+    """The IANA zone ``name``, or None when there is no such zone."""
+    if not _TZ_NAME.fullmatch(name) or len(name) > 64:
+        return None
+    try:
+        return zoneinfo.ZoneInfo(name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError):
+        return None
+
+
+def cron_problem(expr: str) -> str | None:
+    """Why ``expr`` is not a 5-field cron expression we run, or None when it is."""
+    if len(expr) > 200 or not expr.isascii() or not expr.isprintable():
+        return "must be a cron expression of 5 fields, such as 30 2 * * *"
+    if len(expr.split()) != 5:
+        return "must have 5 fields (minute hour day-of-month month day-of-week)"
+    try:
+        it = CronSim(expr, dt.datetime(2000, 1, 1))
+        next(it)
+    except CronSimError as exc:
+        return f"is not a valid cron expression ({exc})"
+    except StopIteration:
+        return "never matches a date"
+    return None
+
+
+@dataclass(frozen=True)
+class Rule:
+    """When a schedule runs: ``cron`` in ``tz``, or every ``every_ms``; never before
+    ``start_ms`` or after ``end_ms``."""
+
+    cron: str | None
+    every_ms: int | None
+    tz: zoneinfo.ZoneInfo
+    start_ms: int
+    end_ms: int | None = None
+
+    def after(self, after_ms: int, until_ms: int, limit: int) -> list[int]:
+        """Up to ``limit`` run times in ``(after_ms, until_ms]``, earliest first (epoch ms)."""
+        lo = max(after_ms, self.start_ms - 1)
+        hi = until_ms if self.end_ms is None else min(until_ms, self.end_ms)
+        if hi <= lo or limit <= 0:
+            return []
+        if self.every_ms is not None:
+            k = max(0, (lo - self.start_ms) // self.every_ms + 1)
+            out: list[int] = []
+            while len(out) < limit:
+                t = self.start_ms + k * self.every_ms
+                if t > hi:
+                    break
+                out.append(t)
+                k += 1
+            return out
+        out = []
+        for t in self._walk(lo, reverse=False):
+            if t > hi:
+                break
+            out.append(t)
+            if len(out) >= limit:
+                break
+        return out
+
+    def before(self, before_ms: int, after_ms: int, limit: int) -> list[int]:
+        """Up to ``limit`` run times in ``(after_ms, before_ms]``, latest first (epoch ms)."""
+        lo = max(after_ms, self.start_ms - 1)
+        hi = before_ms if self.end_ms is None else min(before_ms, self.end_ms)
+        if hi <= lo or limit <= 0:
+            return []
+        if self.every_ms is not None:
+            k = (hi - self.start_ms) // self.every_ms
+            out: list[int] = []
+            while len(out) < limit and k >= 0:
+                t = self.start_ms + k * self.every_ms
+                if t <= lo:
+                    break
+                out.append(t)
+                k -= 1
+            return out
+        out = []
+        for t in self._walk(hi, reverse=True):
+            if t <= lo:
+                break
+            out.append(t)
+            if len(out) >= limit:
+                break
+        return out
+
+    def next_after(self, after_ms: int) -> int | None:
+        """The first run time after ``after_ms``, or None when there is none."""
+        got = self.after(after_ms, self.end_ms if self.end_ms is not None else 2**62, 1)
+        return got[0] if got else None
+
+    def _walk(self, from_ms: int, *, reverse: bool) -> Iterator[int]:
+        """Instants of the cron's wall-clock times strictly after ``from_ms`` (or, reversed,
+        at or before it), each once, in order."""
+        assert self.cron is not None
+        local = dt.datetime.fromtimestamp(from_ms / 1000, self.tz)
+        naive = local.replace(tzinfo=None, fold=0)
+        if reverse:
+            # At or before from_ms: start just past it (CronSim's reverse excludes its start);
+            # from the second pass of a repeated hour, wall times up to the fold's size later
+            # ran (in the first pass) before from_ms.
+            naive = naive.replace(microsecond=0) + dt.timedelta(seconds=1)
+            if local.fold:
+                naive += _MAX_FOLD
+        last: int | None = None
+        it = CronSim(self.cron, naive, reverse=reverse)
+        for _ in range(MAX_ITERATIONS):
+            try:
+                wall = next(it)
+            except StopIteration:
+                return
+            t = _instant(wall, self.tz)
+            if t == last:
+                continue  # several skipped times run as one, at the end of the gap
+            if (t <= from_ms) if not reverse else (t > from_ms):
+                continue
+            last = t
+            yield t
+
+
+def _instant(wall: dt.datetime, tz: zoneinfo.ZoneInfo) -> int:
+    """The epoch ms at which wall-clock ``wall`` (naive) happens in ``tz`` as a person reads a
+    crontab: its first occurrence when the hour repeats, the end of the gap when it is skipped."""
+    first = wall.replace(tzinfo=tz, fold=0)
+    utc = first.astimezone(UTC)
+    if utc.astimezone(tz).replace(tzinfo=None) == wall:
+        return _ms(utc)
+    # Skipped: fold=1 reads it with the offset after the jump (an instant before the jump),
+    # fold=0 with the one before (an instant after it). The jump is the first second between
+    # them whose offset differs from the earlier one's.
+    lo = int(wall.replace(tzinfo=tz, fold=1).timestamp())
+    hi = int(first.timestamp())
+    before = dt.datetime.fromtimestamp(lo, tz).utcoffset()
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if dt.datetime.fromtimestamp(mid, tz).utcoffset() == before:
+            lo = mid
+        else:
+            hi = mid
+    return hi * 1000
+
+
+def _ms(t: dt.datetime) -> int:
+    return round(t.timestamp() * 1000)
