@@ -128,11 +128,6 @@ DEADLINE_RECANCEL_S = 0.05
 # Measured by one repeating timer per API process, every LOOP_LAG_TICK_S, over the last window.
 LOOP_LAG_TICK_S = 0.02
 LOOP_LAG_WINDOW_S = 1.0
-# A loop that ran its timers later than CREATE_REPLY_MARGIN_MS / 2 lately may have left a
-# create's reply unread past the deadline: its 503 then says "unknown", not "not_stored". One
-# repeating timer per API process measures it, every LOOP_LAG_TICK_S, over the last window.
-LOOP_LAG_TICK_S = 0.02
-LOOP_LAG_WINDOW_S = 1.0
 UNAVAILABLE_RETRY_AFTER_S = 1  # Retry-After on a 503: Redis usually comes back within seconds
 # No token lives longer than this (TASKORCH_TOKEN_MAX_TTL_S): exp - iat above it is refused, so a
 # leaked long-lived token cannot outlast a month, and revocation records need not live longer.
