@@ -184,7 +184,7 @@ class Schedules:
         )
         _, _, keys = await self._keys(sid)
         # An end_at already past, or before the first run, leaves nothing to run: ended at once.
-        over = end is not None and end <= max(now, start)
+        over = end is not None and (end < start or end <= now)
         status = ScheduleStatus.ended if over else ScheduleStatus.active
         idem = idempotency_redis_key(layout.prefixes[p], owner, "sch", idempotency_key)
         created, got, (h, last) = await run_script(
