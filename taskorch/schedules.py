@@ -382,8 +382,8 @@ class Schedules:
             [([layout.queue(p)], [now, c.SCHEDULE_DUE_BATCH]) for p in range(layout.n)],
         )
         jobs, sids = [], []
-        for p, (prev, items) in enumerate(rows):
-            downtime = prev == "" or now - int(prev) > c.SCHEDULE_LATE_MS
+        for p, (gap, items) in enumerate(rows):
+            downtime = not 0 <= int(gap) <= c.SCHEDULE_LATE_MS
             for sid, flat in items:
                 jobs.append(self.make(layout, p, sid, from_flat(flat), downtime=downtime, now=now))
                 sids.append(sid)
