@@ -1113,21 +1113,27 @@ return {'ok', sched_view(id, bound)}
 """
 )
 
-# ARGV: now, limit. The makers' round in this partition: the schedules whose next occurrences
-# are due to be made, each {id, hash}, after the time of the previous round (or '' for none): a
-# gap longer than SCHEDULE_LATE_MS means no worker made anything here meanwhile.
-SCHED_DUE = f"""
-local now = tonumber(ARGV[1])
+# ARGV: now, limit. The makers' round in this partition: {gap, schedules}, the schedules whose
+# next occurrences are due to be made, each {id, hash}, after the ms since the previous round by
+# Redis's clock (-1 for none): a gap longer than SCHEDULE_LATE_MS means no worker made anything
+# here meanwhile. Redis's clock, so that workers whose clocks differ agree on a gap.
+SCHED_DUE = (
+    LEASE_CLOCK
+    + f"""
+local now, at = tonumber(ARGV[1]), clock()
 local M = P .. '{c.SCHEDULE_MAKERS}'
-local prev = redis.call('HGET', M, 'last') or ''
-redis.call('HSET', M, 'last', now)
+local prev = tonumber(redis.call('HGET', M, 'last') or '')
+redis.call('HSET', M, 'last', at)
+local gap = -1
+if prev then gap = at - prev end
 local out = {{}}
 for _, id in ipairs(redis.call('ZRANGEBYSCORE', SZ, '-inf', now, 'LIMIT', 0, ARGV[2])) do
   local h = redis.call('HGETALL', skey(id))
   if #h == 0 then redis.call('ZREM', SZ, id) else out[#out + 1] = {{id, h}} end
 end
-return {{prev, out}}
+return {{gap, out}}
 """
+)
 
 # KEYS: queue, sc:<id>, sz. ARGV: id, expected version, now, made until, next look (ms, or ''
 # when the schedule has ended), wake_ms, catch-up ('' for none, else the missed cut-off ms and

@@ -184,7 +184,7 @@ class Schedules:
         )
         _, _, keys = await self._keys(sid)
         # An end_at already past, or before the first run, leaves nothing to run: ended at once.
-        over = end is not None and end <= max(now, start)
+        over = end is not None and (end < start or end <= now)
         status = ScheduleStatus.ended if over else ScheduleStatus.active
         idem = idempotency_redis_key(layout.prefixes[p], owner, "sch", idempotency_key)
         created, got, (h, last) = await run_script(
@@ -382,8 +382,8 @@ class Schedules:
             [([layout.queue(p)], [now, c.SCHEDULE_DUE_BATCH]) for p in range(layout.n)],
         )
         jobs, sids = [], []
-        for p, (prev, items) in enumerate(rows):
-            downtime = prev == "" or now - int(prev) > c.SCHEDULE_LATE_MS
+        for p, (gap, items) in enumerate(rows):
+            downtime = not 0 <= int(gap) <= c.SCHEDULE_LATE_MS
             for sid, flat in items:
                 jobs.append(self.make(layout, p, sid, from_flat(flat), downtime=downtime, now=now))
                 sids.append(sid)

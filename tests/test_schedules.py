@@ -635,3 +635,35 @@ async def test_an_idempotency_key_repeat_answers_the_first_schedule(
     assert bob.status_code == 201 and bob.json()["id"] != first.json()["id"]
     r = await api.http.get("/v1/schedules", headers=api.auth())
     assert [s["id"] for s in r.json()["items"]] == [first.json()["id"]]
+
+
+async def test_a_short_downtime_skips_overdue_occurrences_made_before_it(
+    api: Api, target: Target, settings: Any
+) -> None:
+    """Every worker down for less than the lead, so every missed time was made before it: the
+    first makers' round after it (the partition's round is overdue by Redis's clock) cancels them
+    for "none", keeps the latest for "one", keeps all for "all". No worker runs here: the made
+    tasks stay scheduled, as they would while every worker is down."""
+    client = connect(settings.redis_url)
+    sch = Schedules(client)
+    try:
+        start = (int(time.time()) + 1) * 1000
+        ids = {}
+        for mode in ("none", "one", "all"):
+            body = {"every": 1, "catch_up": mode, "start_at": _utc(start),
+                    "task": {"url": target.url("/x")}}  # fmt: skip
+            ids[mode] = (await _create(api, body))["id"]
+            await until(lambda mode=mode: _made_at_least(api, ids[mode], 5))
+        await asyncio.sleep(max(0.0, (start + 7_500) / 1000 - time.time()))
+        layout = await partitions.load(client)
+        for p in {layout.partition_of(sid) for sid in ids.values()}:
+            await client.hset(layout.prefixes[p] + "sm", "last", 0)  # no round for ages
+        await sch.make_due()
+        # More than SCHEDULE_LATE_MS late at start + 7.5 s (the round runs well within 0.5 s).
+        overdue = {start, start + 1000, start + 2000}
+        for mode, kept in (("none", set()), ("one", {start + 2000}), ("all", overdue)):
+            tasks = {_ms(t["run_at"]): t["status"] for t in await _tasks(api, ids[mode])}
+            assert {t for t in overdue if tasks[t] == "scheduled"} == kept, (mode, tasks)
+            assert {s for t, s in tasks.items() if t not in overdue} == {"scheduled"}, mode
+    finally:
+        await client.aclose()
