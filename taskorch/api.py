@@ -263,22 +263,25 @@ async def list_tasks(request: Request) -> Response:
     p = await principal(request, "read")
     status = _status_param(request, TaskStatus)
     limit, cursor = _limit_param(request), _cursor_param(request, "tsk")
-    queue = _queue_param(request)
+    queue, name = _queue_param(request), _name_param(request)
     schedule_id = request.query_params.get("schedule_id")
     if schedule_id:  # the tasks one schedule made (another owner's: none); empty means all
         if not is_id(schedule_id, "sch"):
             raise _invalid_param("schedule_id", "is not a schedule id (sch_...)")
         schedules: Schedules = request.state.schedules
         page = await schedules.tasks(p.sub, schedule_id, status=status, limit=limit, cursor=cursor)
-        return JSON(page)
-    page = await request.state.store.list_tasks(
-        p.sub,
-        status=status,
-        limit=limit,
-        cursor=cursor,
-        queue=queue,
-        name=_name_param(request),
-    )
+    else:
+        page = await request.state.store.list_tasks(
+            p.sub, status=status, limit=limit, cursor=cursor, queue=queue, name=name
+        )
+    # Filters given together all apply. Each list above walks one index (a schedule's tasks, a
+    # named queue's, or the owner's); what it cannot narrow is taken out of its page here, so a
+    # page may be short, even empty, with a next_cursor (as a name= page already may).
+    page.items = [
+        t
+        for t in page.items
+        if (queue is None or t.queue == queue) and (not name or (t.name or "").startswith(name))
+    ]
     return JSON(page)
 
 

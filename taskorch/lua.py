@@ -1138,7 +1138,7 @@ return {{gap, out}}
 # KEYS: queue, sc:<id>, sz. ARGV: id, expected version, now, made until, next look (ms, or ''
 # when the schedule has ended), wake_ms, catch-up ('' for none, else the missed cut-off ms and
 # the mode one|none|all), caught-up count (the first occurrences are missed times being caught
-# up), then per occurrence: task id, due, url, spec, name.
+# up), the schedule's queue ('' for default), then per occurrence: task id, due, url, spec, name.
 # Returns how many tasks it made, or -1 when the schedule changed since it was read.
 # With a catch-up, occurrences made earlier and still not started at the cut-off were missed too:
 # "none" cancels them, "one" keeps the latest missed time only (a new one, or the latest of them),
@@ -1176,10 +1176,10 @@ if ARGV[7] ~= '' then
     end
   end
 end
-local ahead, n = tonumber(ARGV[6]), 0
-for i = 10, #ARGV, 5 do
+local ahead, n, q = tonumber(ARGV[6]), 0, ARGV[10]
+for i = 11, #ARGV, 5 do
   local tid = ARGV[i]
-  new_task(tid, owner, ARGV[i + 2], ARGV[i + 3], ARGV[i + 4], tonumber(ARGV[i + 1]), now, '', ahead, '', id)
+  new_task(tid, owner, ARGV[i + 2], ARGV[i + 3], ARGV[i + 4], tonumber(ARGV[i + 1]), now, '', ahead, q, id)
   redis.call('ZADD', made, 0, tid)
   n = n + 1
 end

@@ -386,6 +386,9 @@ class ScheduleTask(TaskSpec):
     """The task a schedule makes at each of its times: a task body without ``run_at``/``delay``."""
 
     name: Annotated[str, Meta(max_length=200)] | None = None
+    # The queue its tasks are dispatched through: the schedule lives in that queue's partition,
+    # so it cannot be changed by PATCH (409), as a task cannot move between queues.
+    queue: QueueName = c.DEFAULT_QUEUE
     # Named in the 422 instead of "is not a known field" (see _problems).
     _field_hints: ClassVar[dict[str, str]] = {
         "run_at": "cannot be given: the schedule sets each task's time",

@@ -363,6 +363,8 @@ def _tighten_schedules(components: dict[str, Any]) -> None:
     components["ScheduleCreate"]["properties"]["timezone"]["default"] = "UTC"
     components["ScheduleTask"]["properties"]["url"] = _URL
     components["ScheduleTask"]["properties"]["headers"] = _HEADERS
+    queue = components["ScheduleTask"]["properties"]["queue"]
+    components["ScheduleTask"]["properties"]["queue"] = {**queue, **_QUEUE_NAME}
     create = components["ScheduleCreate"]
     create["oneOf"] = [
         {"required": ["cron"], "properties": {"cron": {"type": "string"}}},

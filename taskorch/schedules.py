@@ -266,6 +266,11 @@ class Schedules:
             cron, every = given["cron"], None
         if "every" in given:
             cron, every = None, given["every"]
+        if "task" in given and given["task"].queue != old.task.queue:
+            raise Conflict(
+                f"The schedule's tasks go through queue {old.task.queue!r}, and a schedule cannot "
+                f"move to queue {given['task'].queue!r}: delete it and create a new one."
+            )
         start_ms = _ms(given["start_at"]) if "start_at" in given else int(h["sa"])
         end = given.get("end_at", msgspec.UNSET)
         end_ms = old_end(h) if end is msgspec.UNSET else (None if end is None else _ms(end))
@@ -435,6 +440,7 @@ class Schedules:
             TaskSpec(**{f: getattr(task, f) for f in TaskSpec.__struct_fields__})
         )
         name = task.name or h.get("n", "")
+        queue = "" if task.queue == c.DEFAULT_QUEUE else task.queue
         occurrences: list[Any] = []
         # A missed time's task is made now, due at its own time (it fires at once and its
         # lateness says how late); an id carries its due time, so ids sort in run order.
@@ -448,7 +454,7 @@ class Schedules:
             self.redis,
             self._make,
             [layout.queue(p), pre + c.SCHEDULE + sid, pre + c.SCHEDULES_DUE],
-            [sid, h["v"], now, until, look, c.CLAIM_AHEAD_MS, *catch, *occurrences],
+            [sid, h["v"], now, until, look, c.CLAIM_AHEAD_MS, *catch, queue, *occurrences],
         )
         if n > 0 or look == "":
             log.info(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from taskorch import constants as c
-from tests.conftest import Api
+from tests.conftest import Api, until
 
 
 async def _pages(api: Api, query: str) -> list[list[str]]:
@@ -52,3 +52,28 @@ async def test_name_prefix_filter_pages_newest_first(
     assert len(pages) > len(want) / 2
     r = await api.http.get("/v1/tasks?name=" + "x" * 201, headers=api.auth())
     assert r.status_code == 422 and r.json()["error"]["details"][0]["field"] == "name"
+
+
+async def test_filters_given_together_all_apply(api: Api) -> None:
+    """queue= with name=, and schedule_id= with queue= or name=: every filter narrows the list
+    (each list walks one index; none of the others may be dropped silently)."""
+    for queue, name in [("mail", "a-1"), ("mail", "b-1"), ("mail", "a-2"), ("default", "a-3")]:
+        await api.create(
+            {"url": "https://example.com/x", "delay": 3600, "name": name, "queue": queue}
+        )
+    assert await _pages(api, "queue=mail&name=a") == [["a-2", "a-1"]]
+    assert await _pages(api, "queue=default&name=a") == [["a-3"]]
+    assert await _pages(api, "queue=mail&name=c") == [[]]
+    body = {"every": 3600, "task": {"url": "https://example.com/s", "name": "sched-made"}}
+    r = await api.http.post("/v1/schedules", json=body, headers=api.auth())
+    assert r.status_code == 201, r.text
+    sid = r.json()["id"]
+
+    async def made_once() -> list[list[str]] | None:  # the first occurrence is made at once
+        pages = await _pages(api, f"schedule_id={sid}")
+        return pages if pages == [["sched-made"]] else None
+
+    made = await until(made_once)
+    assert await _pages(api, f"schedule_id={sid}&name=sched") == made
+    assert await _pages(api, f"schedule_id={sid}&name=a") == [[]]
+    assert await _pages(api, f"schedule_id={sid}&queue=mail") == [[]]

@@ -667,3 +667,24 @@ async def test_a_short_downtime_skips_overdue_occurrences_made_before_it(
             assert {s for t, s in tasks.items() if t not in overdue} == {"scheduled"}, mode
     finally:
         await client.aclose()
+
+
+async def test_a_schedule_in_a_named_queue_makes_its_tasks_in_that_queue(
+    api: Api, target: Target
+) -> None:
+    """The task body's queue is the queue of every occurrence (listed under ``?queue=``, held
+    by that queue's limits), and a schedule cannot move to another queue."""
+    sch = await _create(api, {"every": 3600, "task": {"url": target.url("/q"), "queue": "nightly"}})
+    assert sch["task"]["queue"] == "nightly"
+    [task] = await until(lambda: _made_at_least(api, sch["id"], 1))
+    assert task["queue"] == "nightly" and task["schedule_id"] == sch["id"]
+    r = await api.http.get("/v1/tasks", params={"queue": "nightly"}, headers=api.auth())
+    assert [t["id"] for t in r.json()["items"]] == [task["id"]]
+    r = await api.http.get("/v1/queues/nightly", headers=api.auth())
+    assert r.status_code == 200 and r.json()["counts"]["scheduled"] == 1
+    moved = {"task": {"url": target.url("/q"), "queue": "other"}}
+    r = await api.http.patch(f"/v1/schedules/{sch['id']}", json=moved, headers=api.auth())
+    assert r.status_code == 409 and "'nightly'" in r.json()["error"]["message"], r.text
+    same = {"task": {"url": target.url("/q2"), "queue": "nightly"}}
+    r = await api.http.patch(f"/v1/schedules/{sch['id']}", json=same, headers=api.auth())
+    assert r.status_code == 200 and r.json()["task"]["url"] == target.url("/q2")
