@@ -88,7 +88,7 @@ import random
 import socket
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -283,9 +283,7 @@ class Worker:
             else:
                 self._flushing = True
                 await self._flush_finish()
-        for t in self._background:
-            t.cancel()
-        await asyncio.gather(*self._background, return_exceptions=True)
+        await cancel_all(self._background)
         if self._keeper is not None:
             await asyncio.to_thread(self._keeper.stop)
         log.info("worker.stopped", worker=self.id)
@@ -842,6 +840,22 @@ class _Call:
 
     def __init__(self, room: _Room) -> None:
         self.room = room
+
+
+async def cancel_all(tasks: Iterable[asyncio.Task[Any]]) -> None:
+    """Cancel ``tasks`` and wait until every one has ended, cancelling again every
+    DEADLINE_RECANCEL_S: a cancellation can be swallowed (Python 3.11's ``asyncio.wait_for``
+    returns the result of an inner call that completed as it was cancelled, and redis-py
+    connects through it), and a background loop that swallowed it goes back to sleep for a
+    minute. One cancel and a gather kept a worker stopped by SIGTERM just after it started
+    from ever exiting (about 1 start in 15)."""
+    tasks = list(tasks)
+    pending = set(tasks)
+    while pending:
+        for t in pending:
+            t.cancel()
+        _, pending = await asyncio.wait(pending, timeout=c.DEADLINE_RECANCEL_S)
+    await asyncio.gather(*tasks, return_exceptions=True)  # all ended: reads their outcomes
 
 
 @functools.lru_cache(maxsize=1024)

@@ -612,3 +612,27 @@ async def test_a_start_whose_reply_was_lost_fires_once_with_no_made_up_attempt(
         server.close()
         cutter.close()
         await server.wait_closed()
+
+
+async def test_stopping_ends_a_background_loop_that_swallowed_a_cancellation() -> None:
+    """A cancellation can be swallowed (3.11's wait_for, which redis-py connects through, returns
+    an inner result that completed as it was cancelled): the loop then sleeps again, and one
+    cancel plus a gather kept a worker stopped just after its start from ever exiting."""
+    from taskorch.worker import cancel_all
+
+    swallowed = asyncio.Event()
+
+    async def janitor() -> None:
+        while True:
+            try:
+                await asyncio.sleep(3600)
+            except asyncio.CancelledError:
+                if swallowed.is_set():
+                    raise
+                swallowed.set()
+                asyncio.current_task().uncancel()  # type: ignore[union-attr]
+
+    task = asyncio.create_task(janitor())
+    await asyncio.sleep(0)
+    await asyncio.wait_for(cancel_all([task]), 5)
+    assert swallowed.is_set() and task.cancelled()
