@@ -314,9 +314,18 @@ async def create_schedule(request: Request) -> Response:
     p = await principal(request, "write")
     body = decode_body(await read_body(request), ScheduleCreate)
     schedules: Schedules = request.state.schedules
-    sch = await schedules.create(p.sub, body)
-    log.info("schedule.created", schedule_id=sch.id, owner=p.sub, next_runs=sch.next_runs[:1])
-    return JSON(sch, status_code=201, headers={"Location": f"/v1/schedules/{sch.id}"})
+    sch, created = await schedules.create(p.sub, body, idempotency_key=_idempotency_key(request))
+    log.info(
+        "schedule.created" if created else "schedule.idempotent_repeat",
+        schedule_id=sch.id,
+        owner=p.sub,
+        next_runs=sch.next_runs[:1],
+    )
+    return JSON(
+        sch,
+        status_code=201 if created else 200,
+        headers={"Location": f"/v1/schedules/{sch.id}"},
+    )
 
 
 async def list_schedules(request: Request) -> Response:

@@ -465,10 +465,14 @@ def _schedule_paths() -> dict[str, Any]:
         "/v1/schedules": {
             "post": _op(
                 "Run a task on a cron expression or an interval",
-                {"201": _json("Schedule", "Created; Location names it")},
+                {
+                    "201": _json("Schedule", "Created; Location names it"),
+                    "200": _json("Schedule", "An Idempotency-Key repeat: the first one"),
+                },
                 op_id="createSchedule",
                 body="ScheduleCreate",
                 codes=("400", "413", "422"),
+                params=[_IDEMPOTENCY],
                 links=links,
             ),
             "get": _op(

@@ -44,7 +44,16 @@ from taskorch.models import (
     fmt_ms,
 )
 from taskorch.partitions import Layout
-from taskorch.store import REDIS_DOWN, Redis, _spec_parts, _task_view, from_flat, list_ids, now_ms
+from taskorch.store import (
+    REDIS_DOWN,
+    Redis,
+    _spec_parts,
+    _task_view,
+    from_flat,
+    idempotency_redis_key,
+    list_ids,
+    now_ms,
+)
 
 log = structlog.get_logger("taskorch.schedules")
 _enc = msgspec.json.Encoder()
@@ -145,12 +154,21 @@ class Schedules:
 
     # -- the API's side ----------------------------------------------------------------------
 
-    async def create(self, owner: str, body: ScheduleCreate) -> Schedule:
-        """Store a schedule; its first occurrences are made at once (and by the workers)."""
+    async def create(
+        self, owner: str, body: ScheduleCreate, *, idempotency_key: str | None = None
+    ) -> tuple[Schedule, bool]:
+        """Store a schedule; its first occurrences are made at once (and by the workers).
+        Returns (schedule, created): with an Idempotency-Key used before (24 h, per owner), the
+        schedule created under it and False."""
         now = now_ms()
         layout = await partitions.load(self.redis)
         queue = getattr(body.task, "queue", "default")
-        p = layout.queue_partition(owner, queue) if queue != "default" else layout.pick(owner, None)
+        # A named queue's partition: a repeat carries the same body, so finds its key there.
+        p = (
+            layout.queue_partition(owner, queue)
+            if queue != "default"
+            else layout.pick(owner, idempotency_key)
+        )
         sid = partitions.id_at("sch", p, layout.n, now)
         start = _ms(body.start_at) if body.start_at else now
         end = _ms(body.end_at) if body.end_at else None
@@ -166,14 +184,19 @@ class Schedules:
         )
         _, _, keys = await self._keys(sid)
         # An end_at already past, or before the first run, leaves nothing to run: ended at once.
-        over = end is not None and end <= max(now, start)
+        over = end is not None and (end < start or end <= now)
         status = ScheduleStatus.ended if over else ScheduleStatus.active
-        h, last = await run_script(
-            self.redis, self._create, keys, [sid, owner, now, _bound(now + 1), status, *fields]
+        idem = idempotency_redis_key(layout.prefixes[p], owner, "sch", idempotency_key)
+        created, got, (h, last) = await run_script(
+            self.redis,
+            self._create,
+            keys,
+            [sid, owner, now, _bound(now + 1), status, idem, c.IDEMPOTENCY_TTL_S, *fields],
         )
-        if not over:
-            self._make_soon(layout, p, sid, from_flat(h))
-        return _view(sid, from_flat(h), last, now)
+        view = from_flat(h)
+        if created and not over:
+            self._make_soon(layout, p, sid, view)
+        return _view(got, view, last, now), bool(created)
 
     async def get(self, owner: str, sid: str) -> Schedule:
         h, last = await self._read(sid)

@@ -617,3 +617,21 @@ async def test_an_interval_without_start_at_runs_at_once_then_every_interval(
     assert [_ms(t) for t in sch["next_runs"][:2]] == [created, created + 3_600_000]
     [task] = await until(lambda: _made_at_least(api, sch["id"], 1))
     assert _ms(task["run_at"]) == created and task["schedule_id"] == sch["id"]
+
+
+async def test_an_idempotency_key_repeat_answers_the_first_schedule(
+    api: Api, target: Target
+) -> None:
+    body = {"every": 60, "start_at": "2027-01-01T00:00:00Z", "task": {"url": target.url("/x")}}
+    headers = {**api.auth(), "Idempotency-Key": "nightly-1"}
+    first = await api.http.post("/v1/schedules", json=body, headers=headers)
+    again = await api.http.post("/v1/schedules", json=body, headers=headers)
+    assert (first.status_code, again.status_code) == (201, 200)
+    assert again.json() == first.json() | {"next_runs": again.json()["next_runs"]}
+    assert again.headers["location"] == f"/v1/schedules/{first.json()['id']}"
+    bob = await api.http.post(
+        "/v1/schedules", json=body, headers={**api.auth("bob"), "Idempotency-Key": "nightly-1"}
+    )
+    assert bob.status_code == 201 and bob.json()["id"] != first.json()["id"]
+    r = await api.http.get("/v1/schedules", headers=api.auth())
+    assert [s["id"] for s in r.json()["items"]] == [first.json()["id"]]
