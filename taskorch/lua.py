@@ -17,8 +17,9 @@ a small number), c created_at (left out when
 it is the id's own time), u updated_at (left out when it equals created_at), g generation,
 a attempt, l lost attempts, oi orchestration id, sc the schedule that made it, st/sf/sb started_at,
 scheduled_for, started_by (while running), lj/rj lost_job/retry_job (a reaper's take-back marks),
-ft finished_at; issue #12: b the attempts made before the last redrive (retries count from
-there), cj the callback job due.
+ft finished_at, q queue (absent for default), qa admitted by its queue (see taskorch/queues.py);
+issue #12: b the attempts made before the last redrive (retries count from there), cj the
+callback job due.
 A task's job is ``<id>.<generation>`` while it is scheduled, retrying or running, and has no
 definition of its own.
 """

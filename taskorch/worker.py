@@ -34,6 +34,10 @@ read them) and replace the consumer:
   event loop runs seconds behind under a burst of calls is busy, not dead, and keeps them. Lease
   times are Redis's clock (``TIME`` in the scripts), so a script that runs late cannot set a
   lease that has already lapsed.
+* **Queues decide inside the claim.** A named queue's rate, concurrency cap and pause are held
+  by the claim, start and outcome scripts in the queue's partition, so they bind every worker
+  together: a task claimed under them is claimed for its dispatch slot and fires then
+  (:mod:`taskorch.queues`); its attempt's lateness counts from its own due time.
 * **Unique job ids.** A job id is ``<task id>.<generation>``; every reschedule takes a new
   generation, so no id is ever reused.
 

@@ -385,3 +385,22 @@ async def test_claims_a_killed_worker_held_ahead_are_paced_again(
     assert sorted(counting.ids()) == sorted(t["id"] for t in tasks)
     q = await get_queue(api, "paced")
     assert q["counts"]["succeeded"] == 14 and q["waiting"] == 0
+
+
+async def test_a_pause_holds_the_calls_already_claimed_ahead(
+    api: Api, counting: Counting, workers: WorkerProcs
+) -> None:
+    """Workers claim a second ahead; a pause still holds those claims (they go back in line)."""
+    await put_queue(api, "slow-drip", {"rate": 1})
+    await start_workers(workers, 1)
+    tasks = await batch(api, [{"url": counting.url("/ok"), "queue": "slow-drip"}] * 4)
+    await until(lambda: len(counting.arrivals) >= 1, timeout_s=15, every_s=0.01)
+    await asyncio.sleep(0.5)  # the next is claimed by now, for its slot a second after the first
+    await put_queue(api, "slow-drip", {"paused": True})
+    held_from = len(counting.arrivals)
+    await asyncio.sleep(2.5)
+    assert len(counting.arrivals) == held_from
+    await put_queue(api, "slow-drip", {"paused": False})
+    for t in tasks:
+        await api.wait_status(t["id"], "succeeded", timeout_s=30)
+    assert sorted(counting.ids()) == sorted(t["id"] for t in tasks)
