@@ -178,7 +178,8 @@ SIGNING_SECRET_BYTES = 32
 # only after this long (plus SIGNING_ROTATE_MARGIN_S), so every call signed after the answer
 # carries the new secret's signature: a target may switch to it at once.
 SIGNING_CACHE_S = 1.0
-SIGNING_ROTATE_MARGIN_S = 0.1
+# The margin also covers a call signed just before the answer whose worker was slow to send it.
+SIGNING_ROTATE_MARGIN_S = 0.5
 # GET /v1/tasks?name=: records read per partition before a page is answered short (with a
 # next_cursor to go on from): a prefix filter scans the owner's newest tasks, it has no index.
 NAME_SCAN_LIMIT = 1000

@@ -33,6 +33,7 @@ from taskorch import constants as c
 from taskorch import lua, partitions
 from taskorch.cluster import run_script
 from taskorch.models import SigningKey, SigningKeys, fmt_ms
+from taskorch.store import Redis, until_reachable
 
 log = structlog.get_logger("taskorch.signing")
 SECRET_PREFIX = "whsec_"
@@ -88,9 +89,9 @@ def _decode(flat: list[str], now_ms: int) -> _Stored:
 class SigningStore:
     """An owner's signing secrets in Redis: read (made on first use) and rotate."""
 
-    def __init__(self, redis: object) -> None:
+    def __init__(self, redis: Redis) -> None:
         self.redis = redis
-        reg = redis.register_script  # type: ignore[attr-defined]
+        reg = redis.register_script
         self._read = reg(lua.SIGNING_READ)
         self._rotate = reg(lua.SIGNING_ROTATE)
 
@@ -191,8 +192,6 @@ class Signer:
         try:
             # However long the owner's partition is out of reach: a copy older than
             # SIGNING_CACHE_S may predate a rotation that has answered since.
-            from taskorch.store import until_reachable
-
             keys = await until_reachable(lambda: self.store.keys(owner), what="signing_keys")
         except BaseException as exc:
             fut.set_exception(exc)

@@ -130,7 +130,7 @@ async def test_every_call_verifies_before_and_during_a_rotation(
     api: Api, verifier: Verifier, workers: WorkerProcs
 ) -> None:
     """Tasks (with a retry), an orchestration's steps, condition check and fallback are all
-    verified by the target with the owner's secret. Then, while tasks keep firing every 40 ms,
+    verified by the target with the owner's secret. Then, while tasks keep firing every 67 ms,
     the owner rotates: every call verifies with the old secret still (the overlap), and every
     call that reached the target after the rotation answered verifies with the new one alone,
     as a target that switched at once would check."""
@@ -172,9 +172,9 @@ async def test_every_call_verifies_before_and_during_a_rotation(
     retried = [c for c in verifier.calls if c.headers["webhook-id"] == task["id"]]
     assert [c.headers["X-Taskorch-Attempt"] for c in retried] == ["1", "2"]
 
-    # Tasks every 40 ms from now over 3 s, and the rotation in the middle of them.
+    # Tasks every 67 ms over 4 s from a second from now, and the rotation in the middle of them.
     verifier.calls.clear()
-    n, span = 60, 3.0
+    n, span = 60, 4.0
     start = time.time() + 1.0
     auth = api.auth()
     for i in range(n):
@@ -197,7 +197,7 @@ async def test_every_call_verifies_before_and_during_a_rotation(
     await until(lambda: len(verifier.calls) >= n, timeout_s=30)
     before = [c for c in verifier.calls if c.at < sent]
     after = [c for c in verifier.calls if c.at > answered]
-    assert len(before) >= 5 and len(after) >= 20, (len(before), len(after))
+    assert len(before) >= 3 and len(after) >= 10, (len(before), len(after))
     assert all(c.ok_old for c in verifier.calls), "the old secret signs during the overlap"
     late = [(c.path, round(c.at - answered, 3)) for c in after if not c.ok_new]
     assert not late, f"calls after the rotation answered without the new signature: {late}"
