@@ -7,6 +7,7 @@ import asyncio
 import getpass
 import sys
 
+from taskorch import commands
 from taskorch.errors import ConfigError
 from taskorch.settings import Settings
 
@@ -40,11 +41,14 @@ def _parser() -> argparse.ArgumentParser:
     pw.add_argument("name")
     rm = usub.add_parser("remove", help="remove a user and revoke every token issued to them")
     rm.add_argument("name")
+    commands.add_verbs(sub)  # tasks, schedules, queues: the API through taskorch.client
     return p
 
 
 def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
+    if args.command in commands.GROUPS:  # a client of the API: no server settings needed
+        sys.exit(commands.run(args))
     if args.command == "dev":
         from taskorch.dev import run_dev
 

@@ -128,11 +128,6 @@ DEADLINE_RECANCEL_S = 0.05
 # Measured by one repeating timer per API process, every LOOP_LAG_TICK_S, over the last window.
 LOOP_LAG_TICK_S = 0.02
 LOOP_LAG_WINDOW_S = 1.0
-# A loop that ran its timers later than CREATE_REPLY_MARGIN_MS / 2 lately may have left a
-# create's reply unread past the deadline: its 503 then says "unknown", not "not_stored". One
-# repeating timer per API process measures it, every LOOP_LAG_TICK_S, over the last window.
-LOOP_LAG_TICK_S = 0.02
-LOOP_LAG_WINDOW_S = 1.0
 UNAVAILABLE_RETRY_AFTER_S = 1  # Retry-After on a 503: Redis usually comes back within seconds
 # No token lives longer than this (TASKORCH_TOKEN_MAX_TTL_S): exp - iat above it is refused, so a
 # leaked long-lived token cannot outlast a month, and revocation records need not live longer.
@@ -279,3 +274,19 @@ WORKER_RATE_FLOOR = 4000
 # Jobs one claim takes when more are due: a burst is claimed in slices, and the first worker to
 # see it wakes the others (WAKE_CHANNEL), so that their slices interleave and it spreads.
 CLAIM_SLICE = 250
+
+# -- the Python client (taskorch.client) and the `taskorch tasks|schedules|queues` verbs --------
+# A list page as the client's iterators fetch it: the API's largest, as few round trips as it
+# allows (MAX_LIST_LIMIT).
+CLIENT_PAGE_SIZE = MAX_LIST_LIMIT
+# Further sends of a request answered 503/429 or never answered, where sending again is safe:
+# enough to ride out a Redis restart (a few seconds at Retry-After: 1), few enough that a script
+# hears of a real outage within half a minute.
+CLIENT_RETRIES = 3
+# The longest Retry-After the client waits out; longer (a sign-in throttled for minutes) raises
+# at once, since waiting would only hide it.
+CLIENT_MAX_RETRY_WAIT_S = 30.0
+# The wait before a repeat when the answer names none (a connection refused): doubled each time.
+CLIENT_FIRST_BACKOFF_S = 0.5
+# Per request: above a rotate's SIGNING_CACHE_S wait and a function upload's build start.
+CLIENT_TIMEOUT_S = 30.0

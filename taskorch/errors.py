@@ -13,6 +13,7 @@ TaskorchError
 │   ├── TooManyRequests    429 with Retry-After (sign-in throttling, stream cap)
 │   └── Unavailable        503 with Retry-After (Redis unreachable or too slow)
 │       └── CreateOutcomeUnknown  a create's connection was lost after it was sent
+├── ApiUnreachable         taskorch.client got no answer from the API (refused, timed out)
 └── TargetError            an outbound call failed (stored on the attempt, never raised to clients)
     ├── TargetBlocked      the address is private/loopback and private targets are not allowed
     ├── TargetTimeout
@@ -55,6 +56,15 @@ class ApiError(TaskorchError):
 
     def body(self) -> dict[str, Any]:
         return {"error": {"code": self.code, "message": self.message, "details": self.details}}
+
+    @property
+    def retry_after_s(self) -> float | None:
+        """The answer's Retry-After in seconds (429, 503), else None."""
+        value = self.headers.get("Retry-After", "")
+        return float(value) if value.isdigit() else None
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.status_code}, {self.code!r}, {self.message!r})"
 
 
 class BadRequest(ApiError):
@@ -136,6 +146,11 @@ class CreateOutcomeUnknown(Unavailable):
             "Redis went away while storing this; it may have been stored.",
             details=[dict(OUTCOME_UNKNOWN)],
         )
+
+
+class ApiUnreachable(TaskorchError):
+    """The client (taskorch.client) got no answer: the API refused the connection, timed out or
+    hung up, and sending again was not safe or did not help."""
 
 
 class TargetError(TaskorchError):

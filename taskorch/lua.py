@@ -255,9 +255,10 @@ end
 # ARGV: now, idem_ttl_s, wake_ms, deadline_ms|'', partitions, this partition, then per task 8
 #       fields: id, owner, url, spec (the rest of it, '' when all defaults), name, due,
 #       idempotency key (the full key name in this partition, '' for none), queue ('' default).
-# Returns per task {created (1/0), task view, attempts} or {2, id} (a migrated key naming a record
-# in another partition: see idempotent), or {-1} past the deadline (nothing written). A repeat
-# of a key, even within the batch, answers the task created under it.
+# Returns per task {1} (created as given: the caller knows its view without a reply to build and
+# parse, a batch's largest cost), {0, task view, attempts} (a repeat of a key, even within the
+# batch: the task created under it) or {2, id} (a migrated key naming a record in another
+# partition: see idempotent), or {-1} past the deadline (nothing written).
 CREATE_TASKS = (
     PAST_DEADLINE
     + """
@@ -275,8 +276,7 @@ for i = 7, #ARGV, 8 do
   else
     new_task(id, owner, ARGV[i + 2], ARGV[i + 3], ARGV[i + 4], tonumber(ARGV[i + 5]), now, '',
       ahead, ARGV[i + 7])
-    local view = task_view(id)
-    out[#out + 1] = {1, view[1], view[2]}
+    out[#out + 1] = {1}
   end
 end
 return out

@@ -488,9 +488,13 @@ class TokenResponse(Struct):
     expires_in: int
 
 
-class ErrorDetail(Struct):
-    field: str
+class ErrorDetail(Struct, omit_defaults=True):
+    """One detail of an error: a validation problem names its ``field``; the 503 of a create
+    says in ``outcome`` whether it was stored (``not_stored``, ``unknown``)."""
+
     message: str
+    field: str | None = None
+    outcome: Literal["not_stored", "unknown"] | None = None
 
 
 class ErrorBody(Struct):
