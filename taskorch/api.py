@@ -14,6 +14,7 @@ import hmac
 import os
 import socket
 import sys
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -30,7 +31,7 @@ from starlette.responses import FileResponse, Response, StreamingResponse
 from starlette.routing import Match, Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from taskorch import auth, cluster, metrics, openapi, partitions, signing
+from taskorch import auth, cluster, lateness, metrics, openapi, partitions, signing
 from taskorch import constants as c
 from taskorch.errors import (
     NOT_STORED,
@@ -611,6 +612,19 @@ async def trigger_preflight(request: Request) -> Response:
     )
 
 
+async def lateness_stats(request: Request) -> Response:
+    """The caller's attempts by minute over the last hour: counts and p50/p99/max lateness."""
+    p = await principal(request, "read")
+    raw = request.query_params.get("minutes", str(c.LATENESS_WINDOW_MIN))
+    top = c.LATENESS_WINDOW_MIN
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 3 and 1 <= int(raw) <= top):
+        raise _invalid_param("minutes", f"must be a whole number from 1 to {top}")
+    answer = await lateness.by_minute(
+        request.state.redis, p.sub, minutes=int(raw), now_ms=int(time.time() * 1000)
+    )
+    return JSON(answer)
+
+
 async def stats(request: Request) -> Response:
     """Counts by status of the caller's tasks and orchestrations, for dashboards."""
     p = await principal(request, "read")
@@ -906,6 +920,7 @@ ROUTES: list[tuple[str, Callable[[Request], Awaitable[Response]], str]] = [
     ("/fn/{fn_id}/{key}", trigger_function, "POST"),
     ("/fn/{fn_id}/{key}", trigger_preflight, "OPTIONS"),
     ("/v1/stats", stats, "GET"),
+    ("/v1/stats/lateness", lateness_stats, "GET"),
     ("/v1/events", events, "GET"),
 ]
 
