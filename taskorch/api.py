@@ -26,6 +26,7 @@ from starlette.applications import Starlette
 from starlette.convertors import StringConvertor, register_url_convertor
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
+from starlette.middleware.gzip import GZipMiddleware
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import FileResponse, Response, StreamingResponse
 from starlette.routing import Match, Mount, Route
@@ -973,7 +974,10 @@ def _routes(extra: list[Any]) -> list[Any]:
         for p, fn, m in ROUTES
     ] + extra
     if (WEB_DIR / "static").is_dir():
-        out.append(Mount("/static", StaticFiles(directory=WEB_DIR / "static"), name="static"))
+        # The page's files go gzip-compressed to browsers that accept it (issue #13: it loads in
+        # well under 100 KB); only they: API answers stay as they are.
+        static = GZipMiddleware(StaticFiles(directory=WEB_DIR / "static"), minimum_size=500)
+        out.append(Mount("/static", static, name="static"))
     return out
 
 

@@ -268,10 +268,10 @@ async def test_a_task_created_in_the_page_turns_succeeded_without_a_reload(
     await shot(page, "task-scheduled")
     await expect(row.locator(".badge")).to_have_text("succeeded", timeout=10_000)
     assert await page.evaluate("window.notReloaded") is True
-    await expect(row.locator("td").nth(3)).to_have_text("1 / 4")
-    await expect(row.locator("td").nth(4)).to_contain_text("ms")
+    await expect(row.locator("td").nth(4)).to_have_text("1 / 4")
+    await expect(row.locator("td").nth(5)).to_contain_text("ms")
     await expect(chip_count(page, "succeeded")).to_have_text("1")
-    await expect(page.locator(".chart figcaption")).to_contain_text("last 1 attempt")
+    await expect(page.locator(".chart figcaption")).to_contain_text("Last hour: 1 attempt;")
     await shot(page, "task-succeeded-list")
 
     # A task made elsewhere (here straight through the API) appears on top, live.
@@ -902,8 +902,8 @@ async def test_redrive_failed_retries_every_failed_task_of_the_queue(
     # The tasks list shows each task's queue and offers retry on a failed row.
     await page.get_by_role("link", name="Tasks").click()
     other_row = task_row(page, other)
-    await expect(other_row.locator("td").nth(5)).to_have_text("other")
-    await expect(task_row(page, flaky[0]).locator("td").nth(5)).to_have_text("flaky")
+    await expect(other_row.locator("td").nth(6)).to_have_text("other")
+    await expect(task_row(page, flaky[0]).locator("td").nth(6)).to_have_text("flaky")
     await expect(task_row(page, flaky[0]).get_by_role("button", name="Retry")).to_have_count(0)
     await other_row.get_by_role("button", name="Retry").click()
     await expect(other_row.locator(".badge")).to_have_text("succeeded", timeout=10_000)
