@@ -229,7 +229,7 @@ function detailView(root, id) {
       h(
         "ol",
         { class: "steps", start: from },
-        o.steps.slice(from, to).map((s) => stepItem(s, running && s.index === current)),
+        o.steps.slice(from, to).map((s) => stepItem(s, running && s.index === current, ENDED.has(o.status))),
       ),
       to < o.steps.length ? h("p", { class: "muted" }, `${o.steps.length - to} later steps not shown.`) : null,
       h("h2", null, "Fallback"),
@@ -273,7 +273,8 @@ function why(a) {
   return `${reason(a)} (the check said not to go on)`;
 }
 
-function stepItem(s, isCurrent) {
+function stepItem(s, isCurrent, ended) {
+  const status = ended && !s.task_id ? "not run" : s.status; // it never will: not "pending"
   const check = s.condition;
   // attempts is the list of check calls ({number, status_code, passed, error, ...}); tolerate a count.
   const calls = Array.isArray(check?.attempts) ? check.attempts : [];
@@ -282,7 +283,7 @@ function stepItem(s, isCurrent) {
   return h(
     "li",
     { class: `step st-${s.status}${isCurrent ? " current" : ""}`, "aria-current": isCurrent ? "step" : null, "data-index": s.index },
-    h("div", { class: "step-head" }, h("strong", null, `Step ${s.index}`), " ", badge(s.status), " ", taskLink(s.task_id)),
+    h("div", { class: "step-head" }, h("strong", null, `Step ${s.index}`), " ", badge(status), " ", ended && !s.task_id ? null : taskLink(s.task_id)),
     check
       ? h(
           "div",

@@ -244,7 +244,7 @@ function listView(root) {
       if (fresh) {
         rows.clear();
         tbody.replaceChildren();
-        all.checked = false;
+        clearPicks(); // a new filter or search: what was ticked is out of sight
       }
       const frag = document.createDocumentFragment();
       for (const t of answer.items) {
@@ -371,7 +371,7 @@ function liveLateness(figure) {
     } catch {
       // keep what is shown; the next event asks again
     }
-  }, 1000);
+  }, 3000);
   const timer = setInterval(() => t.soon(), 60_000);
   t.now();
   return { soon: t.soon, now: t.now, stop: () => (clearInterval(timer), t.cancel()) };
