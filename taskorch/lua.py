@@ -529,7 +529,9 @@ return out
 )
 
 # ARGV: wake_ms, then rows, each its field count and then: id, job, outcome
-#       (succeeded|failed|retry), attempt_json, next_due, now, metric fields...
+#       (succeeded|failed|retry), attempt_json, next_due, now, metric fields... ("name" or
+#       "name=x" for the partition's metrics hash; "~<ms>", the attempt's lateness, counted in
+#       the owner's hash for the minute, constants.LATENESS_BY_MINUTE)
 # Returns per row 1 when recorded, 0 when the attempt no longer owned the task (its lease lapsed
 # and another worker recovered it).
 FINISH = (
