@@ -14,6 +14,7 @@ import hmac
 import os
 import socket
 import sys
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -25,12 +26,13 @@ from starlette.applications import Starlette
 from starlette.convertors import StringConvertor, register_url_convertor
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
+from starlette.middleware.gzip import GZipMiddleware
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import FileResponse, Response, StreamingResponse
 from starlette.routing import Match, Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from taskorch import auth, cluster, metrics, openapi, partitions, signing
+from taskorch import auth, cluster, lateness, metrics, openapi, partitions, signing
 from taskorch import constants as c
 from taskorch.errors import (
     NOT_STORED,
@@ -614,6 +616,19 @@ async def trigger_preflight(request: Request) -> Response:
     )
 
 
+async def lateness_stats(request: Request) -> Response:
+    """The caller's attempts by minute over the last hour: counts and p50/p99/max lateness."""
+    p = await principal(request, "read")
+    raw = request.query_params.get("minutes", str(c.LATENESS_WINDOW_MIN))
+    top = c.LATENESS_WINDOW_MIN
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 3 and 1 <= int(raw) <= top):
+        raise _invalid_param("minutes", f"must be a whole number from 1 to {top}")
+    answer = await lateness.by_minute(
+        request.state.redis, p.sub, minutes=int(raw), now_ms=int(time.time() * 1000)
+    )
+    return JSON(answer)
+
+
 async def stats(request: Request) -> Response:
     """Counts by status of the caller's tasks and orchestrations, for dashboards."""
     p = await principal(request, "read")
@@ -909,6 +924,7 @@ ROUTES: list[tuple[str, Callable[[Request], Awaitable[Response]], str]] = [
     ("/fn/{fn_id}/{key}", trigger_function, "POST"),
     ("/fn/{fn_id}/{key}", trigger_preflight, "OPTIONS"),
     ("/v1/stats", stats, "GET"),
+    ("/v1/stats/lateness", lateness_stats, "GET"),
     ("/v1/events", events, "GET"),
 ]
 
@@ -961,7 +977,10 @@ def _routes(extra: list[Any]) -> list[Any]:
         for p, fn, m in ROUTES
     ] + extra
     if (WEB_DIR / "static").is_dir():
-        out.append(Mount("/static", StaticFiles(directory=WEB_DIR / "static"), name="static"))
+        # The page's files go gzip-compressed to browsers that accept it (issue #13: it loads in
+        # well under 100 KB); only they: API answers stay as they are.
+        static = GZipMiddleware(StaticFiles(directory=WEB_DIR / "static"), minimum_size=500)
+        out.append(Mount("/static", static, name="static"))
     return out
 
 

@@ -44,6 +44,14 @@ SCHEDULE_MAKERS = "sm"
 IDEMPOTENCY = "k:"  # k:<owner>:<kind>:<key> -> the id created under it
 STATS = "s"  # hash "tasks:<status>" / "orchestrations:<status>" -> count
 METRICS = "m"  # hash of attempt counters and the lateness histogram
+# Per-owner lateness by minute, for the status page's chart (GET /v1/stats/lateness; issue #13):
+# ``lm:<owner>:<minute>`` in each partition, a hash of lateness (ms, 2 significant digits) ->
+# attempts, written by FINISH with two commands per attempt and gone LATENESS_TTL_S later; the
+# route merges the partitions' hashes. 2 significant digits keep p50/p99/max within 5 % while a
+# minute's hash stays small (a few dozen fields however many attempts).
+LATENESS_BY_MINUTE = "lm:"
+LATENESS_WINDOW_MIN = 60  # the longest window the route answers
+LATENESS_TTL_S = (LATENESS_WINDOW_MIN + 5) * 60  # a little over the window: the oldest minute whole
 FINISHED = "f"  # zset "t:<id>" / "o:<id>" scored by when it finished, for retention
 # Hash with the time of the last reap by any worker ("last") and the end of the pause reapers take
 # after an outage ("grace_until"): see lua.REAP.

@@ -529,16 +529,21 @@ return out
 )
 
 # ARGV: wake_ms, then rows, each its field count and then: id, job, outcome
-#       (succeeded|failed|retry), attempt_json, next_due, now, metric fields...
+#       (succeeded|failed|retry), attempt_json, next_due, now, metric fields... ("name" or
+#       "name=x" for the partition's metrics hash; "~<ms>", the attempt's lateness, counted in
+#       the owner's hash for the minute, constants.LATENESS_BY_MINUTE)
 # Returns per row 1 when recorded, 0 when the attempt no longer owned the task (its lease lapsed
 # and another worker recovered it).
-FINISH = """
+FINISH = (
+    """
 local ahead = tonumber(ARGV[1])
 local function finish(a)
   local id, job, outcome, now = a[1], a[2], a[3], tonumber(a[6])
+  local lat = nil  -- "~<ms>": the attempt's lateness for the owner's by-minute figures
   for i = 7, #a do
     local f, by = string.match(a[i], '^(.+)=(.+)$')  -- "name=x" adds x, a bare name adds 1
-    if f then redis.call('HINCRBYFLOAT', P .. 'm', f, by)
+    if string.sub(a[i], 1, 1) == '~' then lat = string.sub(a[i], 2)
+    elseif f then redis.call('HINCRBYFLOAT', P .. 'm', f, by)
     else redis.call('HINCRBY', P .. 'm', a[i], 1) end
   end
   local t = load(id)
@@ -557,6 +562,15 @@ local function finish(a)
   end
   if t.s ~= 'running' then return 0 end
   redis.call('RPUSH', tkey(id) .. ':a', a[4])
+  if lat then  -- issue #13: GET /v1/stats/lateness reads these
+    local lk = P .. '"""
+    + c.LATENESS_BY_MINUTE
+    + """' .. t.o .. ':' .. math.floor(now / 60000)
+    redis.call('HINCRBY', lk, lat, 1)
+    redis.call('EXPIRE', lk, """
+    + str(c.LATENESS_TTL_S)
+    + """)
+  end
   drop_job(job)
   left_running(t)
   queue_release(t, now)  -- queues: the attempt's room goes to the next waiting task
@@ -595,6 +609,7 @@ while i <= #ARGV do
 end
 return out
 """
+)
 
 # ARGV: now (unused: Redis's clock decides), limit, max_lost, gap_ms, grace_ms. Recovers this
 # partition's jobs whose claim lapsed: a worker died holding them. A claimed job that never started

@@ -676,6 +676,43 @@ def _queue_paths() -> dict[str, Any]:
     }
 
 
+def _lateness_schemas() -> dict[str, Any]:
+    """GET /v1/stats/lateness's answer (issue #13): a minute's or the window's figures."""
+    ms = {"type": ["number", "null"]}
+    figures = {
+        "count": {"type": "integer", "minimum": 0},
+        "p50_ms": ms,
+        "p99_ms": ms,
+        "max_ms": ms,
+    }
+    minute = {**figures, "start": {"type": "string", "format": "date-time"}}
+    return {
+        "LatenessStats": {
+            "type": "object",
+            "required": ["minutes", "items", "total"],
+            "additionalProperties": False,
+            "properties": {
+                "minutes": {"type": "integer", "minimum": 1, "maximum": 60},
+                "items": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "required": list(minute),
+                        "additionalProperties": False,
+                        "properties": minute,
+                    },
+                },
+                "total": {
+                    "type": "object",
+                    "required": list(figures),
+                    "additionalProperties": False,
+                    "properties": figures,
+                },
+            },
+        }
+    }
+
+
 def document(settings: Settings) -> dict[str, Any]:
     fn_id = _path_id("fn_id")
     schemas = copy.deepcopy(_components())
@@ -684,6 +721,7 @@ def document(settings: Settings) -> dict[str, Any]:
     if not providers:
         provider = {"type": "null", "default": None}
     schemas["FunctionCreate"]["properties"]["provider"] = provider
+    schemas.update(_lateness_schemas())
     upload = _function_upload()
     upload["requestBody"]["content"]["multipart/form-data"]["schema"]["properties"]["provider"] = {
         "type": "string",
@@ -823,6 +861,29 @@ def document(settings: Settings) -> dict[str, Any]:
                         }
                     },
                     op_id="stats",
+                )
+            },
+            "/v1/stats/lateness": {
+                "get": _op(
+                    "The caller's attempts by minute over the last hour: count and p50/p99/max "
+                    "lateness (ms, to 2 significant digits), oldest minute first",
+                    {
+                        "200": {
+                            "description": "{minutes, items: [{start, count, p50_ms, p99_ms, "
+                            "max_ms}], total: {count, p50_ms, p99_ms, max_ms}}",
+                            "content": {"application/json": {"schema": _ref("LatenessStats")}},
+                        }
+                    },
+                    op_id="latenessStats",
+                    codes=("422",),
+                    params=[
+                        {
+                            "name": "minutes",
+                            "in": "query",
+                            "description": "how many minutes back, the current one included",
+                            "schema": {"type": "integer", "minimum": 1, "maximum": 60},
+                        }
+                    ],
                 )
             },
             "/v1/events": {

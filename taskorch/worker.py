@@ -121,6 +121,12 @@ LATENESS_BUCKETS_MS = (1, 2, 5, 10, 20, 50, 100, 500, 1000, 5000)
 JobHandler = Callable[[str], Awaitable[None]]
 
 
+def lateness_field(lateness_ms: float) -> str:
+    """FINISH's "~<ms>" row field: the lateness to 2 significant digits, the field of the owner's
+    by-minute hash (constants.LATENESS_BY_MINUTE) that counts it."""
+    return f"~{lateness_ms:.2g}"
+
+
 def lateness_bucket(lateness_ms: float) -> str:
     for b in LATENESS_BUCKETS_MS:
         if lateness_ms <= b:
@@ -677,6 +683,7 @@ class Worker:
             f"attempts_total:{outcome}",
             lateness_bucket(lateness),
             f"lateness_sum_ms={max(lateness, 0.0):.3f}",  # the histogram's _sum for /metrics
+            lateness_field(lateness),
         ]
         self._outcomes.append((cl, row))
         if not self._flushing:

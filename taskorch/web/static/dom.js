@@ -85,7 +85,7 @@ export function tick(root = document) {
 // -- small widgets -------------------------------------------------------------------------------
 
 export function badge(status) {
-  return h("span", { class: `badge s-${status ?? "none"}` }, status ?? "—");
+  return h("span", { class: `badge s-${(status ?? "none").replace(/ /g, "-")}` }, status ?? "—");
 }
 
 export function ms(value) {

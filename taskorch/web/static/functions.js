@@ -234,6 +234,7 @@ function createView(root) {
   const requirements = textarea({ rows: 3, placeholder: "requests==2.32.3" });
   const requirementsField = field("Requirements (requirements.txt)", requirements, { rel: "requirements" });
   const provider = select([["", "Default of the service"], ["local", "local"], ["aws", "AWS Lambda"]], "");
+  const schedule = textarea({ rows: 3, placeholder: '{"delay": 60, "payload": {"name": "taskorch"}}' });
   let lastRuntime = "python";
 
   function setRuntime(next) {
@@ -270,6 +271,10 @@ function createView(root) {
     field("Upload a file", file, { rel: "file" }),
     requirementsField,
     field("Provider", provider, { rel: "provider" }),
+    field("Schedule a call (JSON, optional)", schedule, {
+      rel: "schedule",
+      hint: "Task fields without url (delay or run_at, payload, retries…): once the function is ready, a task calls it.",
+    }),
     h("div", { class: "actions" }, h("button", { type: "submit", class: "primary" }, "Create function")),
   );
   fill(root, back(), heading("New function"), form);
@@ -282,6 +287,10 @@ function createView(root) {
     if (handler.value.trim()) body.handler = handler.value.trim();
     if (runtime.value === "python" && requirements.value.trim()) body.requirements = requirements.value;
     if (provider.value) body.provider = provider.value;
+    const call = readJson(schedule.value, "schedule", problems);
+    if (call !== undefined && (call === null || typeof call !== "object" || Array.isArray(call))) {
+      problems.add("schedule", "must be a JSON object of task fields");
+    } else if (call !== undefined) body.schedule = call;
     problems.throwIfAny();
     const fn = await api("POST", "/v1/functions", body);
     location.hash = `#/functions/${fn.id}`;

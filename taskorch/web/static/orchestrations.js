@@ -4,16 +4,21 @@
 import { api, page, query } from "./api.js";
 import { alertBox, backLink, badge, confirmButton, fill, h, heading, when } from "./dom.js";
 import { conditionEditor, field, input, onSubmit, optional, Problems, select, specEditor, whenEditor } from "./forms.js";
-import { liveStats, throttled } from "./tasks.js";
+import { liveStats, reason, throttled } from "./tasks.js";
 
 const STATUSES = ["scheduled", "running", "succeeded", "failed", "stopped", "cancelled"];
+const ENDED = new Set(["succeeded", "failed", "stopped", "cancelled"]);
+// Steps are numbered from 0 everywhere on the page, as the API numbers them (a step's `index`,
+// `current_step`, the `step` a condition check receives, `steps[0].url` in an error).
+const NUMBERING = "Steps are numbered from 0, as the API numbers them.";
 const CANCELLABLE = new Set(["scheduled", "running"]);
 const LIMIT = 50;
 const WINDOW = 100; // steps shown around the current one in very long orchestrations
 
-export function mount(root, [id]) {
+export function mount(root, [id, action]) {
   if (!id) return listView(root);
-  if (id === "new") return createView(root);
+  if (id === "new") return formView(root, null);
+  if (action === "edit") return formView(root, id);
   return detailView(root, id);
 }
 
@@ -174,6 +179,7 @@ function detailView(root, id) {
     const o = orc;
     title.querySelector("h1").textContent = o.name || o.id;
     const actions = h("div", { class: "actions" });
+    if (o.status === "scheduled") actions.append(h("a", { href: `#/orchestrations/${o.id}/edit`, class: "button" }, "Modify"), " ");
     if (CANCELLABLE.has(o.status)) {
       actions.append(
         confirmButton("Cancel orchestration", "Cancel it? No later step, check or fallback will start.", async () => {
@@ -204,7 +210,7 @@ function detailView(root, id) {
         badge(o.status),
         " ",
         progress(o),
-        running && current >= 0 ? ` · at step ${current + 1} of ${o.steps.length}` : "",
+        running && current >= 0 ? ` · at step ${current} (steps 0–${o.steps.length - 1})` : "",
       ),
       actions,
       h(
@@ -218,16 +224,24 @@ function detailView(root, id) {
         h("dd", null, when(o.finished_at)),
       ),
       h("h2", null, "Steps"),
+      h("p", { class: "hint" }, NUMBERING),
       from > 0 ? h("p", { class: "muted" }, `${from} earlier steps not shown.`) : null,
       h(
         "ol",
-        { class: "steps", start: from + 1 },
-        o.steps.slice(from, to).map((s) => stepItem(s, running && s.index === current)),
+        { class: "steps", start: from },
+        o.steps.slice(from, to).map((s) => stepItem(s, running && s.index === current, ENDED.has(o.status))),
       ),
       to < o.steps.length ? h("p", { class: "muted" }, `${o.steps.length - to} later steps not shown.`) : null,
       h("h2", null, "Fallback"),
       o.fallback
-        ? h("p", { class: "fallback" }, badge(o.fallback.status), " ", taskLink(o.fallback.task_id))
+        ? h(
+            "p",
+            { class: "fallback" },
+            // A finished orchestration's unused fallback never will run: say so, not "pending".
+            ENDED.has(o.status) && !o.fallback.task_id ? badge("not run") : badge(o.fallback.status),
+            " ",
+            ENDED.has(o.status) && !o.fallback.task_id ? h("span", { class: "muted" }, "it was not needed") : taskLink(o.fallback.task_id),
+          )
         : h("p", { class: "muted" }, "None."),
     );
   }
@@ -253,7 +267,14 @@ function taskLink(taskId) {
   return taskId ? h("a", { href: `#/tasks/${taskId}` }, taskId) : h("span", { class: "muted" }, "not started");
 }
 
-function stepItem(s, isCurrent) {
+/** A check that got an answer and still did not pass said so in its body. */
+function why(a) {
+  if (a.error || !(a.status_code >= 200 && a.status_code < 300)) return reason(a);
+  return `${reason(a)} (the check said not to go on)`;
+}
+
+function stepItem(s, isCurrent, ended) {
+  const status = ended && !s.task_id ? "not run" : s.status; // it never will: not "pending"
   const check = s.condition;
   // attempts is the list of check calls ({number, status_code, passed, error, ...}); tolerate a count.
   const calls = Array.isArray(check?.attempts) ? check.attempts : [];
@@ -262,7 +283,7 @@ function stepItem(s, isCurrent) {
   return h(
     "li",
     { class: `step st-${s.status}${isCurrent ? " current" : ""}`, "aria-current": isCurrent ? "step" : null, "data-index": s.index },
-    h("div", { class: "step-head" }, h("strong", null, `Step ${s.index + 1}`), " ", badge(s.status), " ", taskLink(s.task_id)),
+    h("div", { class: "step-head" }, h("strong", null, `Step ${s.index}`), " ", badge(status), " ", ended && !s.task_id ? null : taskLink(s.task_id)),
     check
       ? h(
           "div",
@@ -278,21 +299,53 @@ function stepItem(s, isCurrent) {
               ` ${a.status_code ?? a.error ?? "—"}${a.passed ? " ✓" : " ✗"}`,
             ),
           ),
+          // Why a check did not pass: each failed call's error, or its status code and answer.
+          calls.some((a) => !a.passed)
+            ? h(
+                "ul",
+                { class: "check-calls" },
+                calls.filter((a) => !a.passed).map((a) => h("li", { class: "error-text check-reason" }, `Check ${a.number}: ${why(a)}`)),
+              )
+            : null,
         )
       : null,
   );
 }
 
-// -- create ------------------------------------------------------------------------------------
+// -- create and modify --------------------------------------------------------------------------
 
-function createView(root) {
-  const name = input({ maxlength: 200, placeholder: "optional" });
-  const whenEd = whenEditor();
+/** The create form; with an id, the modify form (PATCH, while it is scheduled). */
+function formView(root, id) {
+  const title = heading(id ? "Modify orchestration" : "New orchestration");
+  if (!id) {
+    fill(root, back(), title);
+    return orcForm(root, null);
+  }
+  const body = h("div", null, h("p", { class: "muted" }, "Loading…"));
+  fill(root, backLink(`#/orchestrations/${id}`, "Back to the orchestration"), title, body);
+  api("GET", `/v1/orchestrations/${encodeURIComponent(id)}`)
+    .then((o) => {
+      if (o.status !== "scheduled") {
+        fill(body, h("p", { class: "form-error" }, `The orchestration is ${o.status}: only a scheduled one can be modified.`));
+        return;
+      }
+      fill(body, h("p", null, "Starts ", when(o.run_at), ` · ${o.steps.length} step${o.steps.length > 1 ? "s" : ""}`));
+      orcForm(body, o);
+    })
+    .catch((err) => fill(body, h("p", { class: "form-error" }, err.message)));
+  return {};
+}
+
+function orcForm(root, orc) {
+  const patch = !!orc;
+  const name = input({ maxlength: 200, placeholder: "optional", value: orc?.name ?? "" });
+  const whenEd = whenEditor({ patch });
   const stepList = h("div", { class: "step-list" });
   const stepsField = h(
     "div",
     { class: "field", "data-rel": "steps" },
     h("h2", null, "Steps, run one after another"),
+    h("p", { class: "hint" }, NUMBERING),
     stepList,
     h("p", { class: "error", id: "steps-err", hidden: true }),
   );
@@ -300,7 +353,7 @@ function createView(root) {
   const addButton = h("button", { type: "button", onclick: () => addStep(true) }, "Add step");
   const shared = optional("Check a condition between steps", conditionEditor());
   const fallbackEd = specEditor();
-  const fallback = optional("Run a fallback task when it cannot go on", {
+  const fallback = optional(patch ? "Set a new fallback task" : "Run a fallback task when it cannot go on", {
     el: h("div", { "data-group": "fallback" }, fallbackEd.el),
     read: fallbackEd.read,
   });
@@ -308,9 +361,9 @@ function createView(root) {
   function renumber() {
     steps.forEach((s, i) => {
       s.el.dataset.group = `steps[${i}]`;
-      s.legend.textContent = `Step ${i + 1}`;
+      s.legend.textContent = `Step ${i}`;
       s.remove.hidden = steps.length === 1;
-      s.remove.setAttribute("aria-label", `Remove step ${i + 1}`);
+      s.remove.setAttribute("aria-label", `Remove step ${i}`);
     });
   }
 
@@ -333,39 +386,43 @@ function createView(root) {
     if (focus) spec.controls.url.focus();
   }
 
+  // Modifying: the steps (and the shared check) are replaced only when asked to.
+  const stepsBlock = h("div", null, stepsField, h("div", { class: "actions" }, addButton), h("h2", null, "Between steps"), shared.el);
+  const replace = patch ? optional("Replace its steps and the check between them", { el: stepsBlock, read: () => true }) : null;
   const form = h(
     "form",
     { class: "card", novalidate: true },
     h("p", { class: "form-error", role: "alert", tabindex: -1, hidden: true }),
     field("Name", name, { rel: "name" }),
     whenEd.el,
-    stepsField,
-    h("div", { class: "actions" }, addButton),
-    h("h2", null, "Between steps"),
-    shared.el,
+    replace ? replace.el : stepsBlock,
     h("h2", null, "When it cannot go on"),
     fallback.el,
-    h("div", { class: "actions" }, h("button", { type: "submit", class: "primary" }, "Create orchestration")),
+    h("div", { class: "actions" }, h("button", { type: "submit", class: "primary" }, patch ? "Save changes" : "Create orchestration")),
   );
   addStep(false);
-  fill(root, back(), heading("New orchestration"), form);
+  root.append(form);
 
   onSubmit(form, async () => {
     const problems = new Problems();
     const body = { ...whenEd.read(problems) };
     if (name.value.trim()) body.name = name.value.trim();
-    body.steps = steps.map((s, i) => {
-      const spec = s.spec.read(`steps[${i}]`, problems);
-      const cond = s.own.read(`steps[${i}].condition`, problems);
-      return cond ? { ...spec, condition: cond } : spec;
-    });
-    const cond = shared.read("condition", problems);
-    if (cond) body.condition = cond;
+    else if (patch) body.name = null;
+    if (!patch || replace.read()) {
+      body.steps = steps.map((s, i) => {
+        const spec = s.spec.read(`steps[${i}]`, problems);
+        const cond = s.own.read(`steps[${i}].condition`, problems);
+        return cond ? { ...spec, condition: cond } : spec;
+      });
+      const cond = shared.read("condition", problems);
+      if (cond) body.condition = cond;
+      else if (patch) body.condition = null;
+    }
     const fb = fallback.read("fallback", problems);
     if (fb) body.fallback = fb;
     problems.throwIfAny();
-    const orc = await api("POST", "/v1/orchestrations", body);
-    location.hash = `#/orchestrations/${orc.id}`;
+    const saved = await api(patch ? "PATCH" : "POST", patch ? `/v1/orchestrations/${orc.id}` : "/v1/orchestrations", body);
+    location.hash = `#/orchestrations/${saved.id}`;
   });
   return {};
 }

@@ -11,18 +11,17 @@ const CHANGEABLE = new Set(["scheduled", "retrying"]);
 const LIMIT = 50;
 const MAX_INSERTS = 50; // more new tasks than this at once: reload the first page instead
 
-// Kept across views: the latest full copy of loaded tasks (for the lateness chart) and the filter.
-const cache = new Map();
+// Kept across views: the status filter and the name searched for.
 let filter = "";
+let search = "";
+// Orchestrations' names and step indexes, for their step tasks' rows: id -> Promise<{name, steps}>.
+const orcs = new Map();
 
 /** Forget everything: called on sign-out, so the next account starts clean. */
 export function reset() {
-  cache.clear();
   filter = "";
-}
-
-function remember(task) {
-  cache.set(task.id, task);
+  search = "";
+  orcs.clear();
 }
 
 export function mount(root, [id, action]) {
@@ -32,11 +31,34 @@ export function mount(root, [id, action]) {
   return detailView(root, id);
 }
 
+/** "step 2 of ‹name›" for a step task (0-based, as the API's `index` and the check's `step`). */
+export function stepOf(orcId, taskId) {
+  if (!orcs.has(orcId)) orcs.set(orcId, api("GET", `/v1/orchestrations/${orcId}`).catch(() => null));
+  const el = h("span", { class: "orc" }, "orchestration ", h("a", { href: `#/orchestrations/${orcId}` }, orcId));
+  orcs.get(orcId).then((o) => {
+    if (!o) return;
+    const step = o.steps.find((st) => st.task_id === taskId);
+    const what = step ? `step ${step.index}` : o.fallback?.task_id === taskId ? "fallback" : "task";
+    if (what === "task") orcs.delete(orcId); // made after we read it: ask again next time
+    fill(el, `${what} of `, h("a", { href: `#/orchestrations/${orcId}` }, o.name || orcId));
+  });
+  return el;
+}
+
+/** A failed attempt's reason in a few words: its error, else its status code and answer. */
+export function reason(a) {
+  if (!a) return "";
+  if (a.error) return a.error;
+  const body = (a.response_body ?? "").trim().slice(0, 120);
+  return `HTTP ${a.status_code}${body ? `: ${body}` : ""}`;
+}
 
 // -- the list ----------------------------------------------------------------------------------
 
 function listView(root) {
   const rows = new Map(); // id -> <tr>
+  const tasks = new Map(); // id -> the task as last read, for bulk actions
+  const picked = new Set(); // ids ticked for a bulk action
   let cursor = null;
   let generation = 0; // answers for an older filter are dropped
   let counts = null; // the owner's tasks by status, from GET /v1/stats
@@ -46,6 +68,27 @@ function listView(root) {
   const problem = alertBox();
   const chips = h("div", { class: "chips", role: "group", "aria-label": "Filter by status" });
   const chart = h("figure", { class: "chart" });
+  const find = input({ type: "search", value: search, placeholder: "name starts with…", maxlength: 200 });
+  const typed = throttled(() => {
+    if (find.value === search) return;
+    search = find.value;
+    load(true);
+  }, 300);
+  find.addEventListener("input", () => {
+    typed.cancel();
+    typed.soon();
+  });
+  const all = input({ type: "checkbox", "aria-label": "Select every task shown" });
+  all.addEventListener("change", () => {
+    for (const [id, tr] of rows) {
+      tr.querySelector("input.pick").checked = all.checked;
+      if (all.checked) picked.add(id);
+      else picked.delete(id);
+    }
+    bulkBar();
+  });
+  const bulk = h("div", { class: "bulk", hidden: true });
+  const bulkOut = h("div", { class: "bulk-out", role: "status" });
   const table = h(
     "table",
     { class: "list tasks" },
@@ -56,6 +99,7 @@ function listView(root) {
       h(
         "tr",
         null,
+        h("th", { scope: "col", class: "pick" }, all),
         h("th", { scope: "col" }, "Status"),
         h("th", { scope: "col" }, "Task"),
         h("th", { scope: "col" }, "Due"),
@@ -70,6 +114,8 @@ function listView(root) {
     root,
     heading("Tasks", h("a", { href: "#/tasks/new", class: "button primary" }, "New task")),
     h("div", { class: "summary" }, chips, chart),
+    h("div", { class: "toolbar" }, field("Search by name", find, { rel: "name" }), bulk),
+    bulkOut,
     problem,
     h("div", { class: "scroll" }, table),
     h("div", { class: "pager" }, shown, more),
@@ -77,15 +123,24 @@ function listView(root) {
 
   function row(t) {
     const last = t.attempts.at(-1);
+    const box = input({ type: "checkbox", class: "pick", checked: picked.has(t.id), "aria-label": `Select ${t.name || t.id}` });
+    box.addEventListener("change", () => {
+      if (box.checked) picked.add(t.id);
+      else picked.delete(t.id);
+      bulkBar();
+    });
     return h(
       "tr",
       { "data-id": t.id, "data-status": t.status },
+      h("td", { class: "pick" }, box),
       h("td", null, badge(t.status), t.status === "failed" ? h("button", { type: "button", class: "link", onclick: () => retry(t.id) }, "Retry") : null),
       h(
         "td",
         { class: "task" },
         h("a", { href: `#/tasks/${t.id}` }, t.name || t.id),
         h("div", { class: "sub" }, `${t.method} ${t.url}`),
+        t.orchestration_id ? h("div", { class: "sub" }, stepOf(t.orchestration_id, t.id)) : null,
+        t.status === "failed" && last ? h("div", { class: "sub error-text last-error", title: reason(last) }, reason(last)) : null,
       ),
       h("td", null, when(t.run_at)),
       h("td", { class: "num opt" }, `${t.attempts.length} / ${t.retries + 1}`),
@@ -104,8 +159,56 @@ function listView(root) {
     }
   }
 
+  // -- bulk: cancel the ticked scheduled/retrying tasks, retry the ticked failed ones ---------
+  function bulkBar() {
+    const of = (ok) => [...picked].filter((id) => ok.has(tasks.get(id)?.status));
+    const cancel = of(CHANGEABLE);
+    const redo = of(new Set(["failed"]));
+    bulk.hidden = !picked.size;
+    fill(
+      bulk,
+      h("span", null, `${picked.size} selected`),
+      h("button", { type: "button", disabled: !cancel.length, onclick: () => act("cancel", cancel) }, `Cancel selected (${cancel.length})`),
+      h("button", { type: "button", disabled: !redo.length, onclick: () => act("retry", redo) }, `Retry selected (${redo.length})`),
+      h("button", { type: "button", class: "link", onclick: clearPicks }, "Clear"),
+    );
+  }
+
+  function clearPicks() {
+    picked.clear();
+    all.checked = false;
+    for (const box of tbody.querySelectorAll("input.pick")) box.checked = false;
+    bulkBar();
+  }
+
+  async function act(verb, ids) {
+    const bar = h("progress", { max: ids.length, value: 0 });
+    const note = h("span", null, `${verb === "cancel" ? "Cancelling" : "Retrying"} 0 of ${ids.length}…`);
+    fill(bulkOut, bar, " ", note);
+    const refused = [];
+    let done = 0;
+    await inBatches(ids, 6, async (id) => {
+      try {
+        put(await api("POST", `/v1/tasks/${id}/${verb}`));
+      } catch (err) {
+        refused.push(`${id}: ${err.message}`);
+      }
+      done += 1;
+      bar.value = done;
+      note.textContent = `${verb === "cancel" ? "Cancelling" : "Retrying"} ${done} of ${ids.length}…`;
+    });
+    const ok = ids.length - refused.length;
+    fill(
+      bulkOut,
+      h("span", null, `${verb === "cancel" ? "Cancelled" : "Retried"} ${ok} of ${ids.length}.`),
+      refused.length ? [` ${refused.length} refused:`, h("ul", { class: "error-text" }, refused.map((r) => h("li", null, r)))] : null,
+    );
+    clearPicks();
+    stats.soon();
+  }
+
   function put(t) {
-    remember(t);
+    tasks.set(t.id, t);
     const old = rows.get(t.id);
     const tr = row(t);
     if (old) {
@@ -121,10 +224,11 @@ function listView(root) {
   }
 
   function footer() {
+    const what = [filter, "tasks", search ? `named “${search}…”` : ""].filter(Boolean).join(" ");
     shown.textContent = rows.size
       ? `Showing ${rows.size} task${rows.size > 1 ? "s" : ""}${cursor ? "" : ", all there are"}.`
-      : filter
-        ? `No ${filter} tasks.`
+      : filter || search
+        ? `No ${what}.`
         : "No tasks yet: create one with New task.";
     more.hidden = !cursor;
   }
@@ -133,17 +237,18 @@ function listView(root) {
     const gen = fresh ? ++generation : generation;
     more.disabled = true;
     try {
-      const path = `/v1/tasks${query({ status: filter, limit: LIMIT, cursor: fresh ? null : cursor })}`;
+      const path = `/v1/tasks${query({ status: filter, name: search, limit: LIMIT, cursor: fresh ? null : cursor })}`;
       const answer = page(await api("GET", path));
       if (gen !== generation) return;
       problem.show("");
       if (fresh) {
         rows.clear();
         tbody.replaceChildren();
+        clearPicks(); // a new filter or search: what was ticked is out of sight
       }
       const frag = document.createDocumentFragment();
       for (const t of answer.items) {
-        remember(t);
+        tasks.set(t.id, t);
         const tr = row(t);
         rows.set(t.id, tr);
         frag.append(tr);
@@ -151,7 +256,6 @@ function listView(root) {
       tbody.append(frag);
       cursor = answer.next_cursor;
       footer();
-      redrawChart.now();
     } catch (err) {
       if (gen === generation) problem.show(err.message);
     } finally {
@@ -159,11 +263,11 @@ function listView(root) {
     }
   }
 
-  const redrawChart = throttled(() => renderChart(chart), 250);
   const stats = liveStats((answer) => {
     counts = answer.tasks;
     renderChips();
   });
+  const late = liveLateness(chart);
 
   function renderChips() {
     const total = counts && STATUSES.reduce((sum, s) => sum + (counts[s] ?? 0), 0);
@@ -207,29 +311,29 @@ function listView(root) {
     await inBatches(ids, 6, async (id) => {
       try {
         const t = await api("GET", `/v1/tasks/${id}`);
-        if (rows.has(id) || !filter || t.status === filter) put(t);
-        else remember(t);
+        const fits = (!filter || t.status === filter) && (!search || (t.name ?? "").startsWith(search));
+        if (rows.has(id) || fits) put(t);
       } catch {
         // gone or not ours any more: leave the row as it was
       }
     });
     footer();
-    redrawChart.soon();
+    if (picked.size) bulkBar();
   }, 150);
 
   footer();
   renderChips();
-  redrawChart.now();
   load(true);
 
   return {
     onEvent(e) {
       if (e.type !== "task") return;
       stats.soon();
+      if (!CHANGEABLE.has(e.status)) late.soon();
       const tr = rows.get(e.id);
       if (tr) {
         tr.dataset.status = e.status;
-        tr.firstChild.replaceChildren(badge(e.status));
+        tr.children[1].replaceChildren(badge(e.status));
       } else if (e.status !== "scheduled" || (filter && filter !== "scheduled")) {
         return;
       } else {
@@ -240,47 +344,69 @@ function listView(root) {
     },
     refresh() {
       stats.now();
+      late.now();
       load(true);
     },
     unmount() {
       flush.cancel();
-      redrawChart.cancel();
+      typed.cancel();
       stats.cancel();
+      late.stop();
     },
   };
 }
 
-/** Histogram of the lateness of the most recent attempts the page knows of. */
-const EDGES = [1, 2, 5, 10, 20, 50, 100, 1000, Infinity];
-const LABELS = ["<1", "1–2", "2–5", "5–10", "10–20", "20–50", "50–100", "0.1–1s", "≥1s"];
+/**
+ * The owner's lateness over the last hour from GET /v1/stats/lateness (every attempt the
+ * workers recorded, not only the tasks loaded): attempts per minute as bars, p99 as a line.
+ * Asked again after finished attempts (soon()) and once a minute.
+ */
+function liveLateness(figure) {
+  let asked = 0;
+  const t = throttled(async () => {
+    const turn = ++asked;
+    try {
+      const answer = await api("GET", "/v1/stats/lateness?minutes=60");
+      if (turn === asked) renderChart(figure, answer);
+    } catch {
+      // keep what is shown; the next event asks again
+    }
+  }, 3000);
+  const timer = setInterval(() => t.soon(), 60_000);
+  t.now();
+  return { soon: t.soon, now: t.now, stop: () => (clearInterval(timer), t.cancel()) };
+}
 
-function renderChart(figure) {
-  const all = [];
-  for (const t of cache.values()) for (const a of t.attempts) all.push(a);
-  all.sort((a, b) => (a.started_at < b.started_at ? 1 : -1));
-  const recent = all.slice(0, 500).map((a) => a.lateness_ms);
-  const counts = EDGES.map(() => 0);
-  for (const v of recent) counts[EDGES.findIndex((e) => v < e)] += 1;
-  const sorted = [...recent].sort((a, b) => a - b);
-  const pct = (p) => sorted[Math.min(sorted.length - 1, Math.floor(p * sorted.length))];
-  const caption = recent.length
-    ? `Lateness of the last ${recent.length} attempt${recent.length > 1 ? "s" : ""}: p50 ${ms(pct(0.5))}, p99 ${ms(pct(0.99))}, max ${ms(sorted.at(-1))}`
-    : "Lateness: no attempts yet";
-  const top = Math.max(1, ...counts);
-  const W = 36;
-  const bars = counts.map((n, i) => {
-    const height = Math.round((n / top) * 70);
-    return svg(
-      "g",
-      null,
-      svg("rect", { x: i * W + 4, y: 80 - height, width: W - 8, height, class: "bar" }, svg("title", null, `${LABELS[i]} ms: ${n}`)),
-      n ? svg("text", { x: i * W + W / 2, y: 76 - height, class: "n" }, n) : null,
-      svg("text", { x: i * W + W / 2, y: 94, class: "label" }, LABELS[i]),
-    );
+const clock = new Intl.DateTimeFormat(undefined, { timeStyle: "short" });
+
+function renderChart(figure, { items, total }) {
+  const caption = total.count
+    ? `Last hour: ${total.count} attempt${total.count > 1 ? "s" : ""}; lateness p50 ${ms(total.p50_ms)}, p99 ${ms(total.p99_ms)}, max ${ms(total.max_ms)}`
+    : "Last hour: no attempts yet";
+  const W = 6;
+  const top = Math.max(1, ...items.map((m) => m.count));
+  const topLate = Math.max(1, ...items.map((m) => m.p99_ms ?? 0));
+  const bars = items.map((m, i) => {
+    const height = Math.round((m.count / top) * 70);
+    const tip = `${clock.format(new Date(m.start))}: ${m.count} attempts${m.count ? `, p50 ${ms(m.p50_ms)}, p99 ${ms(m.p99_ms)}, max ${ms(m.max_ms)}` : ""}`;
+    return svg("rect", { x: i * W + 1, y: 80 - height, width: W - 2, height, class: "bar", "data-count": m.count }, svg("title", null, tip));
   });
+  const points = items
+    .map((m, i) => (m.count ? `${i * W + W / 2},${80 - Math.round((m.p99_ms / topLate) * 70)}` : null))
+    .filter(Boolean)
+    .join(" ");
+  const n = items.length;
   fill(
     figure,
-    svg("svg", { viewBox: `0 0 ${W * EDGES.length} 98`, role: "img", "aria-label": caption }, bars),
+    svg(
+      "svg",
+      { viewBox: `0 0 ${W * n} 94`, role: "img", "aria-label": caption },
+      bars,
+      points ? svg("polyline", { points, class: "p99" }) : null,
+      svg("text", { x: 0, y: 92, class: "label start" }, `${n} min ago`),
+      svg("text", { x: W * n, y: 92, class: "label end" }, "now"),
+      svg("text", { x: W * n, y: 8, class: "label end" }, `bars: attempts/min (max ${top}); line: p99 (max ${ms(topLate)})`),
+    ),
     h("figcaption", null, caption),
   );
 }
@@ -297,7 +423,6 @@ function detailView(root, id) {
   async function load() {
     try {
       task = await api("GET", `/v1/tasks/${encodeURIComponent(id)}`);
-      remember(task);
       render();
     } catch (err) {
       if (!task) fill(body, h("p", { class: "form-error" }, err.message));
@@ -310,7 +435,6 @@ function detailView(root, id) {
     const change = async (verb) => {
       try {
         task = await api("POST", `/v1/tasks/${task.id}/${verb}`);
-        remember(task);
         problem.show("");
         render();
         title.querySelector("h1").focus();
@@ -345,7 +469,7 @@ function detailView(root, id) {
           "Retry policy",
           `${t.retries} retries, first after ${t.retry_delay} s, ×${t.backoff}, at most ${t.max_retry_delay} s apart; timeout ${t.timeout} s`,
         ),
-        t.orchestration_id ? fact("Orchestration", h("a", { href: `#/orchestrations/${t.orchestration_id}` }, t.orchestration_id)) : null,
+        t.orchestration_id ? fact("Orchestration", stepOf(t.orchestration_id, t.id)) : null,
         fact("Headers", Object.keys(t.headers).length ? h("pre", null, pretty(t.headers)) : "none"),
         fact("Payload", h("pre", null, pretty(t.payload))),
       ),
@@ -444,7 +568,6 @@ function createView(root) {
   fill(root, h("p", null, h("a", { href: "#/tasks" }, "← All tasks")), heading("New task"), form);
   onSubmit(form, async () => {
     const task = await api("POST", "/v1/tasks", read());
-    remember(task);
     location.hash = `#/tasks/${task.id}`;
   });
   form.querySelector("input[type=url]").focus();
@@ -465,7 +588,6 @@ function editView(root, id) {
       fill(body, h("p", null, "Due ", when(task.run_at)), form);
       onSubmit(form, async () => {
         const updated = await api("PATCH", `/v1/tasks/${id}`, read());
-        remember(updated);
         location.hash = `#/tasks/${id}`;
       });
     })
