@@ -146,6 +146,32 @@ async def skip_unless_route(base: str, path: str) -> None:
     assert r.status_code == 401, r.text
 
 
+@dataclasses.dataclass
+class Held:
+    """The first request a page sent to a route, held until released (see hold_first)."""
+
+    task_id: str = ""
+    sent: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
+    release: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
+
+
+async def hold_first(page: Page, pattern: str) -> Held:
+    """Hold the page's first request to ``pattern`` (``**/v1/tasks/*/retry``) until
+    ``release`` is set, noting its task id, so a test can change that task meanwhile; later
+    requests go through."""
+    held = Held()
+
+    async def hold(route: Route) -> None:
+        if not held.task_id:
+            held.task_id = route.request.url.split("/")[-2]
+            held.sent.set()
+            await held.release.wait()
+        await route.continue_()
+
+    await page.route(pattern, hold)
+    return held
+
+
 async def shot(page: Page, name: str) -> None:
     SHOTS.mkdir(parents=True, exist_ok=True)
     await page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
@@ -873,30 +899,20 @@ async def test_redrive_failed_retries_every_failed_task_of_the_queue(
     # Hold the page's first retry; meanwhile someone else retries that task, so the page's
     # retry is refused (409) and the summary must say so. While it is held, the rest of the
     # first page goes on (progress 24 of 30) and the second page waits for it.
-    held, release = asyncio.Event(), asyncio.Event()
-    first: list[str] = []
-
-    async def hold(route: Route) -> None:
-        if not first:
-            first.append(route.request.url.split("/")[-2])
-            held.set()
-            await release.wait()
-        await route.continue_()
-
-    await page.route("**/v1/tasks/*/retry", hold)
+    held = await hold_first(page, "**/v1/tasks/*/retry")
     await row.get_by_role("button", name="Redrive failed (30)").click()
-    await asyncio.wait_for(held.wait(), 10)
+    await asyncio.wait_for(held.sent.wait(), 10)
     progress = row.locator(".redrive progress")
     await expect(row.locator(".redrive")).to_contain_text("Retried 24…")
     await expect(progress).to_have_attribute("value", "24")
     await expect(progress).to_have_attribute("max", "30")
     await shot(page, "queue-redrive-progress")
     async with web.http() as http:
-        assert (await http.post(f"/v1/tasks/{first[0]}/retry")).status_code == 200
-    release.set()
+        assert (await http.post(f"/v1/tasks/{held.task_id}/retry")).status_code == 200
+    held.release.set()
     summary = row.locator(".redrive")
     await expect(summary).to_contain_text("Retried 29 failed tasks. 1 could not be retried")
-    await expect(summary.locator(".error-text")).to_contain_text(first[0])
+    await expect(summary.locator(".error-text")).to_contain_text(held.task_id)
     await expect(queue_count(page, "flaky", "succeeded")).to_have_text("30", timeout=15_000)
     await expect(queue_count(page, "flaky", "failed")).to_have_count(0)
     await shot(page, "queue-redriven")

@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from playwright.async_api import Request, Route, expect
+from playwright.async_api import Request, expect
 
 from tests.conftest import LiveServer, Target, WorkerProcs, until
 from tests.test_web import (
@@ -24,6 +24,7 @@ from tests.test_web import (
     _add_user,
     _browser,
     api_get,
+    hold_first,
     shot,
     sign_in,
     task_row,
@@ -114,28 +115,18 @@ async def test_failures_bulk_actions_search_and_the_hour_s_lateness(
     await expect(cancel).to_be_visible()
     await expect(page.get_by_role("button", name="Retry selected (3)")).to_be_visible()
     # Hold the first cancel; meanwhile it is cancelled elsewhere, so the page's is refused.
-    held, release = asyncio.Event(), asyncio.Event()
-    first: list[str] = []
-
-    async def hold(route: Route) -> None:
-        if not first:
-            first.append(route.request.url.split("/")[-2])
-            held.set()
-            await release.wait()
-        await route.continue_()
-
-    await page.route("**/v1/tasks/*/cancel", hold)
+    held = await hold_first(page, "**/v1/tasks/*/cancel")
     await cancel.click()
-    await asyncio.wait_for(held.wait(), 10)
+    await asyncio.wait_for(held.sent.wait(), 10)
     await expect(page.locator(".bulk-out progress")).to_have_attribute("value", "2")
     await expect(page.locator(".bulk-out")).to_contain_text("Cancelling 2 of 3…")
     await shot(page, "tasks-bulk-progress")
     async with web.http() as http:
-        assert (await http.post(f"/v1/tasks/{first[0]}/cancel")).status_code == 200
-    release.set()
+        assert (await http.post(f"/v1/tasks/{held.task_id}/cancel")).status_code == 200
+    held.release.set()
     out = page.locator(".bulk-out")
     await expect(out).to_contain_text("Cancelled 2 of 3. 1 refused:")
-    await expect(out.locator("li")).to_contain_text(f"{first[0]}: ")
+    await expect(out.locator("li")).to_contain_text(f"{held.task_id}: ")
     await expect(out.locator("li")).to_contain_text("cancelled")
     await shot(page, "tasks-bulk-cancel-refusal")
     for t in waiting:
