@@ -328,10 +328,11 @@ def handler(event, context):
     await assert_healthy(rt, base_dir, "fn_cpu", ipc_before, redis_server.port)
 
 
-async def test_socket_buffers_count_against_the_instance(
-    rt: LocalRuntime, base_dir: Path, redis_server: Any
-) -> None:
+async def test_socket_buffers_count_against_the_instance(base_dir: Path, redis_server: Any) -> None:
     # Each child parks ~100 MB in unix socket buffers: three of them exceed the instance.
+    # Filling 1,440 socket pairs at half a CPU took more than the suite's 3 s call timeout on a
+    # busy CI machine, and a timeout says nothing about memory: this test waits up to 20 s.
+    rt = LocalRuntime(base_dir, limits=dataclasses.replace(LIMITS, timeout_s=20.0))
     code = """
 import os, socket, time
 def fill():
@@ -361,14 +362,17 @@ def handler(event, context):
     return {"killed": sum(1 for s in statuses if os.WIFSIGNALED(s))}
 """
     ipc_before = ipc_objects()
-    await build(rt, "fn_sock", "python", code)
     try:
-        result = await rt.invoke("fn_sock", None)
-    except FunctionError as exc:
-        assert "out of memory" in exc.message or "signal 9" in exc.message
-    else:
-        assert isinstance(result, dict) and result["killed"] >= 1, result
-    await assert_healthy(rt, base_dir, "fn_sock", ipc_before, redis_server.port)
+        await build(rt, "fn_sock", "python", code)
+        try:
+            result = await rt.invoke("fn_sock", None)
+        except FunctionError as exc:
+            assert "out of memory" in exc.message or "signal 9" in exc.message, exc.message
+        else:
+            assert isinstance(result, dict) and result["killed"] >= 1, result
+        await assert_healthy(rt, base_dir, "fn_sock", ipc_before, redis_server.port)
+    finally:
+        await rt.close()
 
 
 async def test_sysv_shared_memory_dies_with_the_instance(
