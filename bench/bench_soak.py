@@ -2,6 +2,7 @@
 
     python bench/bench_soak.py                                 # 200 clients, 60 s
     python bench/bench_soak.py --clients 100 --duration 20     # a quicker look
+    python bench/bench_soak.py --nice 19     # the API and wrk yield the cores to the rest
 
 Everything real and local: a redis-server started here (append-only, as in production),
 ``taskorch serve`` (``--web-concurrency`` API processes, default 2), ``--workers`` real
@@ -19,6 +20,10 @@ page), which gives each created task's due time; the target gives each call. Rep
   (duplicates), calls of ids nobody created, and 201s versus the tasks the API lists;
 * lateness (arrival at the target minus the due time) p50/p99/max, beside the in-memory floor
   (bench/floor.py) replaying the same due times, alone, right after the run;
+* with ``--nice N`` the API processes and wrk run at that niceness, so that the workers, Redis
+  and the target get the cores first: how much of the lateness is intake taking the workers'
+  CPU on a machine where everything shares the cores (on 2 cores, 2026-11-30: p99 1.40 s
+  without, 126 to 278 ms at ``--nice 19`` over 20 s runs, so not all of it);
 * the CPU seconds the load generator itself used, so that a saturated generator shows;
 * per task: the CPU Redis, the API and the workers used, Redis's scripts and commands (from
   ``INFO commandstats``: commands inside scripts count), and Redis's memory per finished task.
@@ -96,11 +101,16 @@ end
 """
 
 
+def niced(nice: int) -> list[str]:
+    return ["nice", "-n", str(nice)] if nice else []
+
+
 class SoakRig(Rig):
     """bench_tasks's Rig (Redis, the target, one worker) plus more workers and the API."""
 
-    def __init__(self, folder: Path, *, workers: int, web_concurrency: int) -> None:
+    def __init__(self, folder: Path, *, workers: int, web_concurrency: int, nice: int) -> None:
         super().__init__(folder)
+        self.nice = nice
         self.workers = workers
         self.web_concurrency = web_concurrency
         self.api_port = free_port()
@@ -126,7 +136,7 @@ class SoakRig(Rig):
         self.api_log = open(self.folder / "api.log", "w")
         self.procs.append(
             subprocess.Popen(
-                [sys.executable, "-m", "taskorch", "serve"],
+                [*niced(self.nice), sys.executable, "-m", "taskorch", "serve"],
                 env={
                     **env,
                     "TASKORCH_PORT": str(self.api_port),
@@ -233,6 +243,7 @@ def run_wrk(rig: SoakRig, *, clients: int, duration_s: int) -> tuple[dict[str, A
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     out = subprocess.run(
         [
+            *niced(rig.nice),
             "wrk",
             "-t",
             "2",
@@ -289,11 +300,19 @@ def main() -> None:
     ap.add_argument(
         "--web-concurrency", type=int, default=2, help="API processes (TASKORCH_WEB_CONCURRENCY)"
     )
+    ap.add_argument(
+        "--nice",
+        type=int,
+        default=0,
+        help="run the API processes and the load generator at this niceness",
+    )
     args = ap.parse_args()
     command = " ".join(["python bench/bench_soak.py", *sys.argv[1:]])
     print(f"taskorch soak benchmark, {os.cpu_count()} cores, Python {sys.version.split()[0]}")
     with tempfile.TemporaryDirectory() as d:
-        rig = SoakRig(Path(d), workers=args.workers, web_concurrency=args.web_concurrency)
+        rig = SoakRig(
+            Path(d), workers=args.workers, web_concurrency=args.web_concurrency, nice=args.nice
+        )
         with rig:
             print(f"{args.clients} clients creating for {args.duration} s (wrk) ...", flush=True)
             before = Usage(rig)
