@@ -692,8 +692,11 @@ async def events(request: Request) -> Response:
                 yield b": ping\n\n"
                 continue
             data = msg["data"]
-            kind = msgspec.json.decode(data).get("type", "message")
-            yield f"event: {kind}\ndata: {data}\n\n".encode()
+            if data[:1] in (b"[", "["):
+                # A script that changed many tasks at once sends their events as one message.
+                yield b"".join(_sse(event) for event in msgspec.json.decode(data))
+            else:
+                yield _sse(msgspec.json.decode(data), data)
 
     async def close() -> None:
         free()
@@ -701,6 +704,17 @@ async def events(request: Request) -> Response:
             await pubsub.aclose()
 
     return _EventStream(stream(), close)
+
+
+def _sse(event: dict[str, Any], raw: bytes | str | None = None) -> bytes:
+    """One server-sent event: its type, and its JSON as the script published it."""
+    data = _events_encoder.encode(event) if raw is None else raw
+    if isinstance(data, bytes):
+        data = data.decode()
+    return f"event: {event.get('type', 'message')}\ndata: {data}\n\n".encode()
+
+
+_events_encoder = msgspec.json.Encoder()
 
 
 class _EventStream(StreamingResponse):

@@ -68,22 +68,88 @@ local function job_of(id, t)
   return ''
 end
 local function left_running(t) t.st = nil; t.sf = nil; t.sb = '' end
+-- Scripts that change many tasks at once (a batch create, START, FINISH) merge the writes that
+-- commute, so that Redis runs one command for the batch where it ran one per task: counters
+-- (one HINCRBY per field), events (one message per owner, a JSON array), the wake-up (one, the
+-- earliest), and the sorted-set entries of records this script creates (one ZADD per key; a
+-- record that is not new may be removed again in the same batch, so its entries go at once).
+-- batching() turns it on; flush() writes what was merged and must run before the script returns.
+local ACC = nil
+local function batching()
+  ACC = {{inc = {{}}, incf = {{}}, ikeys = {{}}, z = {{}}, zkeys = {{}}, ev = {{}}, evo = {{}},
+    exp = {{}}, wake = nil}}
+end
+local function incr(key, field, by, float)
+  if not ACC then
+    redis.call(float and 'HINCRBYFLOAT' or 'HINCRBY', key, field, by)
+    return
+  end
+  local m = float and ACC.incf or ACC.inc
+  local k = m[key]
+  if not k then
+    k = {{}}; m[key] = k
+    ACC.ikeys[#ACC.ikeys + 1] = {{key, float}}
+  end
+  k[field] = (k[field] or 0) + tonumber(by)
+end
+local function zadd_new(key, score, member)
+  if not ACC then
+    redis.call('ZADD', key, score, member)
+    return
+  end
+  local l = ACC.z[key]
+  if not l then l = {{}}; ACC.z[key] = l; ACC.zkeys[#ACC.zkeys + 1] = key end
+  l[#l + 1] = score; l[#l + 1] = member
+end
+local function flush()
+  if not ACC then return end
+  local a = ACC
+  ACC = nil
+  for _, key in ipairs(a.zkeys) do
+    local l = a.z[key]
+    for i = 1, #l, 4000 do redis.call('ZADD', key, unpack(l, i, math.min(i + 3999, #l))) end
+  end
+  for _, kf in ipairs(a.ikeys) do
+    local key, float = kf[1], kf[2]
+    for field, by in pairs((float and a.incf or a.inc)[key]) do
+      if float then
+        redis.call('HINCRBYFLOAT', key, field, string.format('%.3f', by))
+      elseif by ~= 0 then
+        redis.call('HINCRBY', key, field, by)
+      end
+    end
+  end
+  for key, ttl in pairs(a.exp) do redis.call('EXPIRE', key, ttl) end
+  for _, owner in ipairs(a.evo) do
+    local l = a.ev[owner]
+    local msg = l[1]
+    if #l > 1 then msg = '[' .. table.concat(l, ',') .. ']' end
+    redis.call('PUBLISH', '{c.EVENTS_CHANNEL_PREFIX}' .. owner, msg)
+  end
+  if a.wake then redis.call('PUBLISH', '{c.WAKE_CHANNEL}', a.wake) end
+end
 local function move_status(ix, kind, owner, id, old, new)
   if old == new then return end
   if old then
     redis.call('ZREM', P .. ix .. owner .. ':' .. old, id)
-    redis.call('HINCRBY', P .. '{c.STATS}', kind .. ':' .. old, -1)
+    incr(P .. '{c.STATS}', kind .. ':' .. old, -1)
+    redis.call('ZADD', P .. ix .. owner .. ':' .. new, 0, id)
+  else
+    zadd_new(P .. ix .. owner .. ':' .. new, 0, id)
   end
-  redis.call('ZADD', P .. ix .. owner .. ':' .. new, 0, id)
-  redis.call('HINCRBY', P .. '{c.STATS}', kind .. ':' .. new, 1)
+  incr(P .. '{c.STATS}', kind .. ':' .. new, 1)
 end
 -- ``q``: the task's named queue ('' or nil for default), whose own status index moves too.
 local function move_task(owner, id, old, new, q)
   move_status('{c.TASK_INDEX}', 'tasks', owner, id, old, new)
   if q and q ~= '' and old ~= new then
     local ix = P .. '{c.QUEUE_INDEX}' .. owner .. ':' .. q .. ':'
-    if old then redis.call('ZREM', ix .. old, id) end
-    redis.call('ZADD', ix .. new, 0, id)
+    if old then
+      redis.call('ZREM', ix .. old, id)
+      redis.call('ZADD', ix .. new, 0, id)
+    else
+      zadd_new(ix .. new, 0, id)
+    end
   end
 end
 local function move_orc(owner, id, old, new)
@@ -118,8 +184,14 @@ local function job_live(job)
   return redis.call('EXISTS', P .. '{c.JOB}' .. job) == 1
 end
 local function publish(owner, kind, id, status)
-  redis.call('PUBLISH', '{c.EVENTS_CHANNEL_PREFIX}' .. owner,
-    cjson.encode({{type = kind, id = id, status = status}}))
+  local msg = cjson.encode({{type = kind, id = id, status = status}})
+  if not ACC then
+    redis.call('PUBLISH', '{c.EVENTS_CHANNEL_PREFIX}' .. owner, msg)
+    return
+  end
+  local l = ACC.ev[owner]
+  if not l then l = {{}}; ACC.ev[owner] = l; ACC.evo[#ACC.evo + 1] = owner end
+  l[#l + 1] = msg
 end
 -- An Idempotency-Key: the id already created under it, or nil after claiming it for ``id``.
 -- The key lives only as long as the record it names: once retention has deleted that record
@@ -166,7 +238,12 @@ local function finished(kind, id, now)
   redis.call('ZADD', P .. '{c.FINISHED}', now, kind .. ':' .. id)
 end
 local function wake(due, now, ahead)
-  if due - now <= ahead then redis.call('PUBLISH', '{c.WAKE_CHANNEL}', due) end
+  if due - now > ahead then return end
+  if not ACC then
+    redis.call('PUBLISH', '{c.WAKE_CHANNEL}', due)
+  elseif not ACC.wake or due < ACC.wake then
+    ACC.wake = due
+  end
 end
 -- Named queues (issue #12; taskorch/queues.py explains the flow). A queue's settings and state
 -- are one hash qc:<owner>:<queue> (rate, mc, paused, next: the next free dispatch slot, run: its
@@ -221,7 +298,7 @@ local function new_task(id, owner, url, spec, name, due, now, orc, ahead, q, sch
     sc = sched}})
   move_task(owner, id, nil, 'scheduled', q)
   if q and q ~= '' then redis.call('SADD', P .. '{c.QUEUE_NAMES}' .. owner, q) end
-  redis.call('ZADD', QUEUE, due, id .. '.1')
+  zadd_new(QUEUE, due, id .. '.1')
   publish(owner, 'task', id, 'scheduled')
   wake(due, now, ahead)
 end
@@ -265,6 +342,7 @@ CREATE_TASKS = (
 if past_deadline(ARGV[4]) then return {-1} end
 local now, ttl, ahead = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3])
 local out = {}
+batching()
 for i = 7, #ARGV, 8 do
   local id, owner = ARGV[i], ARGV[i + 1]
   local existing, elsewhere = idempotent(ARGV[i + 6], id, ttl, P .. 't:', ARGV[5], ARGV[6])
@@ -279,6 +357,7 @@ for i = 7, #ARGV, 8 do
     out[#out + 1] = {1}
   end
 end
+flush()
 return out
 """
 )
@@ -494,6 +573,7 @@ START = (
     + """
 local now, worker, lease = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3])
 local out = {}
+batching()
 for i = 4, #ARGV, 2 do
   local id, job = ARGV[i], ARGV[i + 1]
   local t = load(id)
@@ -524,6 +604,7 @@ for i = 4, #ARGV, 2 do
     out[#out + 1] = 0
   end
 end
+flush()
 return out
 """
 )
@@ -543,8 +624,8 @@ local function finish(a)
   for i = 7, #a do
     local f, by = string.match(a[i], '^(.+)=(.+)$')  -- "name=x" adds x, a bare name adds 1
     if string.sub(a[i], 1, 1) == '~' then lat = string.sub(a[i], 2)
-    elseif f then redis.call('HINCRBYFLOAT', P .. 'm', f, by)
-    else redis.call('HINCRBY', P .. 'm', a[i], 1) end
+    elseif f then incr(P .. 'm', f, by, true)
+    else incr(P .. 'm', a[i], 1) end
   end
   local t = load(id)
   if not t then return 0 end
@@ -566,10 +647,12 @@ local function finish(a)
     local lk = P .. '"""
     + c.LATENESS_BY_MINUTE
     + """' .. t.o .. ':' .. math.floor(now / 60000)
-    redis.call('HINCRBY', lk, lat, 1)
-    redis.call('EXPIRE', lk, """
+    incr(lk, lat, 1)
+    if ACC then ACC.exp[lk] = """
     + str(c.LATENESS_TTL_S)
-    + """)
+    + """ else redis.call('EXPIRE', lk, """
+    + str(c.LATENESS_TTL_S)
+    + """) end
   end
   drop_job(job)
   left_running(t)
@@ -600,6 +683,7 @@ local function finish(a)
 end
 local out = {}
 local i = 2
+batching()
 while i <= #ARGV do
   local n = tonumber(ARGV[i])
   local row = {}
@@ -607,6 +691,7 @@ while i <= #ARGV do
   out[#out + 1] = finish(row)
   i = i + n + 1
 end
+flush()
 return out
 """
 )

@@ -172,6 +172,36 @@ async def test_event_stream_sends_the_owners_changes_only(
     await http.aclose()
 
 
+async def test_event_stream_sends_one_event_per_task_of_a_batch(
+    api: Api, live_server: LiveServer
+) -> None:
+    # A batch's script publishes its events as one message: the stream still sends each.
+    token = api.token("alice")
+    lines: list[str] = []
+    http = httpx.AsyncClient(base_url=live_server.url)
+
+    async def listen() -> None:
+        async with http.stream("GET", f"/v1/events?access_token={token}") as r:
+            async for line in r.aiter_lines():
+                if line.startswith(("data:", "event:")):
+                    lines.append(line)
+                    if len(lines) == 12:
+                        return
+
+    listener = asyncio.create_task(listen())
+    await asyncio.sleep(0.3)
+    body = {"tasks": [{"url": "https://example.com", "delay": 60}] * 6}
+    r = await api.http.post("/v1/tasks/batch", json=body, headers=api.auth("alice"))
+    assert r.status_code == 200, r.text
+    ids = {item["task"]["id"] for item in r.json()["items"]}
+    await asyncio.wait_for(listener, 5)
+    assert lines[::2] == ["event: task"] * 6
+    events = [json.loads(line[5:]) for line in lines[1::2]]
+    assert {e["id"] for e in events} == ids
+    assert all(e == {"type": "task", "id": e["id"], "status": "scheduled"} for e in events)
+    await http.aclose()
+
+
 async def test_stats_counts_by_status_per_owner(api: Api) -> None:
     for _ in range(3):
         await api.create({"url": "https://example.com", "delay": 60})
