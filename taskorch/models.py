@@ -530,8 +530,10 @@ _HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 
 
 @functools.lru_cache(maxsize=4096)  # a client's tasks mostly call a few URLs
+@functools.lru_cache(maxsize=4096)
 def url_problem(url: str) -> str | None:
-    """Why ``url`` cannot be a target, or None when it can."""
+    """Why ``url`` cannot be a target, or None when it can (remembered: a batch's tasks mostly
+    share their url)."""
     from urllib.parse import urlsplit
 
     try:
@@ -617,6 +619,7 @@ QUEUE_NAME_MESSAGE = (
 )
 
 
+@functools.lru_cache(maxsize=1024)
 def queue_name_ok(name: str) -> bool:
     return _QUEUE_NAME.fullmatch(name) is not None
 

@@ -9,6 +9,8 @@ decided by one compare-and-set on the task's current job id.
 from __future__ import annotations
 
 import asyncio
+import functools
+import os
 import re
 import secrets
 import time
@@ -519,10 +521,15 @@ class Store:
         now = now_ms()
         groups: dict[int, list[int]] = {}
         args_by: dict[int, list[Any]] = {}
-        ids: list[str] = []
         dues: list[int] = []
+        rand = os.urandom(2 * len(items))
+        places = [
+            _place(layout, owner, item, int.from_bytes(rand[2 * i : 2 * i + 2]))
+            for i, item in enumerate(items)
+        ]
+        ids = partitions.ids_at("tsk", places, layout.n, now)
         for i, item in enumerate(items):
-            p = _place(layout, owner, item)
+            p = places[i]
             groups.setdefault(p, []).append(i)
             args = args_by.setdefault(
                 p,
@@ -536,7 +543,6 @@ class Store:
                 ],
             )
             body = item.body
-            ids.append(partitions.id_at("tsk", p, layout.n, now))
             dues.append(due_ms(body.run_at, body.delay, now))
             args += [
                 ids[i],
@@ -556,6 +562,8 @@ class Store:
         )
         out: list[tuple[Task, bool] | TaskorchError | None] = [None] * len(items)
         elsewhere: dict[int, str] = {}
+        stamp = fmt_ms(now) or ""
+        times = functools.lru_cache(maxsize=64)(fmt_ms)  # a batch's tasks mostly share due times
         for p, reply in zip(ps, replies, strict=True):
             if isinstance(reply, REDIS_DOWN):
                 # This partition's node was out of reach while others may have stored theirs:
@@ -571,7 +579,7 @@ class Store:
                 raise reply
             for i, row in zip(groups[p], reply, strict=True):
                 if row[0] == 1:
-                    out[i] = (_created_view(ids[i], items[i].body, now, dues[i]), True)
+                    out[i] = (_created_view(ids[i], items[i].body, stamp, times(dues[i])), True)
                 elif row[0] == 2:
                     elsewhere[i] = row[1]
                 else:
@@ -1039,12 +1047,12 @@ class Store:
             await pipe.execute()
 
 
-def _place(layout: Layout, owner: str, item: BatchItem) -> int:
+def _place(layout: Layout, owner: str, item: BatchItem, rand16: int | None = None) -> int:
     """The partition of a new task: its named queue's (with its Idempotency-Key, so that a
-    repeat of the same body finds it), else its key's, else any."""
+    repeat of the same body finds it), else its key's, else any (see Layout.pick)."""
     if item.body.queue != c.DEFAULT_QUEUE:
         return layout.queue_partition(owner, item.body.queue)
-    return layout.pick(owner, item.idempotency_key)
+    return layout.pick(owner, item.idempotency_key, rand16)
 
 
 def idempotency_redis_key(prefix: str, owner: str, kind: str, key: str | None) -> str:
@@ -1074,9 +1082,10 @@ async def until_reachable(op: Callable[[], Awaitable[T]], *, what: str) -> T:
             delay = min(delay * 2, 1.0)
 
 
-class _StoredRest(msgspec.Struct, omit_defaults=True, kw_only=True):
+class _StoredRest(msgspec.Struct, omit_defaults=True):
     """A spec but its url, as a task record keeps it: one-letter names, defaults left out (the
-    record is most of what a pending task costs Redis; issue #10)."""
+    record is most of what a pending task costs Redis; issue #10). _spec_parts passes the
+    fields in this order."""
 
     m: str = "POST"
     h: dict[str, str] = {}
@@ -1123,9 +1132,16 @@ def _spec_parts(
     """A task's (url, rest of its spec) as its record keeps them ('' when the rest is defaults)."""
     rest = _stored_encoder.encode(
         _StoredRest(
-            **{short: getattr(body, full) for short, full in _REST_NAMES.items()},
-            cb=_stored_callback(callback),
-            fc=_stored_callback(failure_callback),
+            body.method,
+            body.headers,
+            body.payload,
+            body.retries,
+            body.retry_delay,
+            body.backoff,
+            body.max_retry_delay,
+            body.timeout,
+            _stored_callback(callback),
+            _stored_callback(failure_callback),
         )
     ).decode()
     return body.url, "" if rest == "{}" else rest
@@ -1181,29 +1197,46 @@ def _raise_for(res: list[str], task_id: str, verb: str) -> None:
         )
 
 
-# The Task fields a create's body gives as they are (every field both have, by name: a field
-# added to both is carried without a change here).
-_FROM_BODY = tuple(
-    f for f in Task.__struct_fields__ if f in TaskCreate.__struct_fields__ and f != "run_at"
-)
+# The order of Task's fields, as _created_view passes them: a batch of 1,000 answers builds
+# 1,000 Tasks, and positional arguments cost a fifth of keywords. A field added to Task stops
+# the import here until _created_view passes it too.
+_VIEW_ORDER = (
+    "id", "name", "status", "url", "method", "headers", "payload", "retries", "retry_delay",
+    "backoff", "max_retry_delay", "timeout", "run_at", "created_at", "updated_at", "finished_at",
+    "orchestration_id", "attempts", "schedule_id", "queue", "callback", "failure_callback",
+    "callback_attempts",
+)  # fmt: skip
+assert Task.__struct_fields__ == _VIEW_ORDER, "Task changed: update _created_view"
 
 
-def _created_view(task_id: str, body: TaskCreate, now: int, due: int) -> Task:
+def _created_view(task_id: str, body: TaskCreate, stamp: str, run_at: str | None) -> Task:
     """The view of a task a create has just stored as given, built from its body: what reading
-    its record back would answer (tests/test_batch.py compares the two)."""
-    stamp = fmt_ms(now) or ""
-    given = {f: getattr(body, f) for f in _FROM_BODY}
-    given["name"] = body.name or None
+    its record back would answer (tests/test_batch.py compares the two). ``stamp`` is its
+    creation time and ``run_at`` its due time, formatted (fmt_ms)."""
     return Task(
-        id=task_id,
-        status=TaskStatus.scheduled,
-        run_at=fmt_ms(due),
-        created_at=stamp,
-        updated_at=stamp,
-        finished_at=None,
-        orchestration_id=None,
-        attempts=[],
-        **given,
+        task_id,
+        body.name or None,
+        TaskStatus.scheduled,
+        body.url,
+        body.method,
+        body.headers,
+        body.payload,
+        body.retries,
+        body.retry_delay,
+        body.backoff,
+        body.max_retry_delay,
+        body.timeout,
+        run_at,
+        stamp,
+        stamp,
+        None,
+        None,
+        [],
+        None,
+        body.queue,
+        body.callback,
+        body.failure_callback,
+        [],
     )
 
 
