@@ -272,6 +272,9 @@ START_BATCH = 500  # compare-and-sets per START round trip
 WORKER_CALLS = 256
 LAUNCH_BATCH = 32  # calls set up per loop iteration, so that the first ones are sent at once
 HOST_CALLS = 100
+# How long a worker tries to open a connection ahead of the calls due at a host (outbound.warm)
+# before it leaves the connecting to the calls themselves.
+WARM_TIMEOUT_S = 5.0
 CALL_STALL_S = 0.1
 # A worker holds no more claims than it can call within CLAIM_BACKLOG_S at the rate it has
 # shown while busy (assumed WORKER_RATE_FLOOR calls/s until it has shown more): what it could

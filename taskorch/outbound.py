@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 import msgspec
+from yarl import URL
 
 from taskorch import constants as c
 from taskorch import signing
@@ -144,6 +145,40 @@ def make_session(*, allow_private: bool, trusted_url: str | None = None) -> aioh
         skip_auto_headers=("User-Agent",),
         headers={"User-Agent": "taskorch/0.1"},
     )
+
+
+async def warm(session: aiohttp.ClientSession, *, url: str, count: int, timeout_s: float) -> int:
+    """Open keep-alive connections to ``url``'s host ahead of calls due there, so that at their
+    due time they find them open instead of making the TCP (and TLS) handshake then: a burst's
+    first call arrived 35 to 60 ms late on new connections, however small the burst.
+
+    Opens ``count`` less the idle connections the session already keeps for that host, through
+    the session's own connector (the private-address guard applies), and hands them to its pool.
+    Returns how many it opened; a host that cannot be reached is left to the calls to report.
+    """
+    connector = session.connector
+    if connector is None or count <= 0:
+        return 0
+    try:
+        # The connector takes what a connection is for from a request: the same key as a call's.
+        req = aiohttp.ClientRequest(
+            "GET", URL(url), loop=asyncio.get_running_loop(), session=session
+        )
+    except (ValueError, TypeError):
+        return 0
+    pool: Any = getattr(connector, "_conns", {})  # aiohttp's idle connections, by key
+    count -= len(pool.get(req.connection_key, ()))
+    timeout = aiohttp.ClientTimeout(total=timeout_s, connect=timeout_s)
+
+    async def one() -> None:
+        conn = await connector.connect(req, traces=[], timeout=timeout)
+        conn.release()
+
+    done = await asyncio.gather(*(one() for _ in range(count)), return_exceptions=True)
+    for result in done:
+        if isinstance(result, asyncio.CancelledError):
+            raise result
+    return sum(1 for result in done if result is None)
 
 
 @dataclass(slots=True)

@@ -636,3 +636,72 @@ async def test_stopping_ends_a_background_loop_that_swallowed_a_cancellation() -
     await asyncio.sleep(0)
     await asyncio.wait_for(cancel_all([task]), 5)
     assert swallowed.is_set() and task.cancelled()
+
+
+class _ConnTarget(asyncio.Protocol):
+    """A raw HTTP target that records when each connection was accepted and, per call, its
+    task, connection and arrival (answers 200 to everything, keeping the connection open)."""
+
+    def __init__(self, accepted: list[float], calls: list[tuple[str, int, float]]) -> None:
+        self.accepted, self.calls = accepted, calls
+        self.buf = b""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport: asyncio.Transport = transport  # type: ignore[assignment]
+        self.conn = len(self.accepted)
+        self.accepted.append(time.time())
+
+    def data_received(self, data: bytes) -> None:
+        arrived = time.time()
+        self.buf += data
+        while (end := self.buf.find(b"\r\n\r\n")) >= 0:
+            head = self.buf[:end].decode("latin-1").split("\r\n")
+            fields = {
+                k.strip().lower(): v.strip() for k, _, v in (h.partition(":") for h in head[1:])
+            }
+            length = int(fields.get("content-length", "0"))
+            if len(self.buf) < end + 4 + length:
+                return
+            self.buf = self.buf[end + 4 + length :]
+            self.calls.append((fields.get("x-taskorch-task-id", ""), self.conn, arrived))
+            self.transport.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
+
+
+@pytest.mark.parametrize("private_allowed", [True, False])
+async def test_connections_for_calls_due_together_are_open_before_their_due_time(
+    api: Api, workers: WorkerProcs, private_allowed: bool
+) -> None:
+    # 30 calls due in one millisecond to a host the worker never called: each arrives on a
+    # connection opened ahead of the due time (no handshake at the due time), none early, none
+    # twice. A host the private-address guard refuses is not even connected to ahead.
+    accepted: list[float] = []
+    calls: list[tuple[str, int, float]] = []
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(lambda: _ConnTarget(accepted, calls), "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    workers.start(TASKORCH_ALLOW_PRIVATE_TARGETS="1" if private_allowed else "0")
+    try:
+        due = time.time() + 3.0
+        ids = [
+            (
+                await api.create(
+                    {"url": f"http://127.0.0.1:{port}/together", "run_at": _at(due), "retries": 0}
+                )
+            )["id"]
+            for _ in range(30)
+        ]
+        due = round(due, 3)
+        if not private_allowed:
+            await api.wait_status(ids[-1], "failed", timeout_s=15)
+            assert accepted == [] and calls == []
+            return
+        await until(lambda: len(calls) >= 30, timeout_s=15)
+        await asyncio.sleep(0.5)
+        assert sorted(task for task, _, _ in calls) == sorted(ids)
+        assert min(at for _, _, at in calls) >= due, "a call arrived before its due time"
+        used = {conn for _, conn, _ in calls}
+        late = [conn for conn in used if accepted[conn] >= due]
+        assert late == [], f"{len(late)} of {len(used)} connections were opened at the due time"
+        assert len(accepted) <= 30
+    finally:
+        server.close()
