@@ -275,6 +275,9 @@ HOST_CALLS = 100
 # How long a worker tries to open a connection ahead of the calls due at a host (outbound.warm)
 # before it leaves the connecting to the calls themselves.
 WARM_TIMEOUT_S = 5.0
+# Calls due sooner than this after their claim connect themselves: opening connections for them
+# as well would race them and open up to twice as many (bench_burst with two workers).
+WARM_AHEAD_MIN_MS = 150
 CALL_STALL_S = 0.1
 # A worker holds no more claims than it can call within CLAIM_BACKLOG_S at the rate it has
 # shown while busy (assumed WORKER_RATE_FLOOR calls/s until it has shown more): what it could

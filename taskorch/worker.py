@@ -366,8 +366,10 @@ class Worker:
         open (outbound.warm). Calls spread in time need one, which the session mostly keeps."""
         crowds: Counter[tuple[str, int]] = Counter()
         sample: dict[str, str] = {}
+        # Calls due sooner than connections open would open their own besides: twice as many.
+        soon = now_ms() + c.WARM_AHEAD_MIN_MS
         for cl in claimed:
-            if cl.function == "fire_task" and cl.spec is not None:
+            if cl.function == "fire_task" and cl.spec is not None and cl.due_ms >= soon:
                 host = _host(cl.spec.url)
                 crowds[host, cl.due_ms] += 1
                 sample.setdefault(host, cl.spec.url)
