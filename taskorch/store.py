@@ -47,6 +47,7 @@ from taskorch.models import (
     Attempt,
     Callback,
     CallbackAttempt,
+    CallPolicy,
     Task,
     TaskCreate,
     TaskPage,
@@ -1124,6 +1125,12 @@ _REST_NAMES = dict(
 _stored_encoder = msgspec.json.Encoder()
 _rest_decoder = msgspec.json.Decoder(_StoredRest)
 _stored_spec_decoder = msgspec.json.Decoder(_StoredSpec)
+
+
+# _spec_parts passes a spec's call policy positionally, in CallPolicy's order (written out there and
+# in _created_view: a star of attrgetter cost a batch 1.4 us per task more).
+assert tuple(_REST_NAMES.values()) == CallPolicy.__struct_fields__, "see _spec_parts"
+assert _StoredRest.__struct_fields__[:8] == tuple(_REST_NAMES), "see _spec_parts"
 
 
 def _spec_parts(

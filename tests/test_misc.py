@@ -139,30 +139,37 @@ def test_address_guard(ip: str, forbidden: bool) -> None:
     assert address_forbidden(ip) is forbidden
 
 
-async def test_event_stream_sends_the_owners_changes_only(
-    api: Api, live_server: LiveServer
-) -> None:
-    token = api.token("alice")
-    got: list[str] = []
-    http = httpx.AsyncClient(base_url=live_server.url)
+def _listen_sse(
+    http: httpx.AsyncClient, token: str, lines: list[str], n: int
+) -> asyncio.Task[None]:
+    """Collect the first ``n`` ``event:`` and ``data:`` lines of the owner's event stream."""
 
     async def listen() -> None:
         async with http.stream("GET", f"/v1/events?access_token={token}") as r:
             assert r.status_code == 200
             assert r.headers["content-type"].startswith("text/event-stream")
             async for line in r.aiter_lines():
-                if line.startswith("data:"):
-                    got.append(line)
-                    if len(got) == 2:
+                if line.startswith(("data:", "event:")):
+                    lines.append(line)
+                    if len(lines) == n:
                         return
 
-    listener = asyncio.create_task(listen())
+    return asyncio.create_task(listen())
+
+
+async def test_event_stream_sends_the_owners_changes_only(
+    api: Api, live_server: LiveServer
+) -> None:
+    lines: list[str] = []
+    http = httpx.AsyncClient(base_url=live_server.url)
+    listener = _listen_sse(http, api.token("alice"), lines, 4)
     await asyncio.sleep(0.3)
     await api.create({"url": "https://example.com", "delay": 60}, sub="bob")
     task = await api.create({"url": "https://example.com", "delay": 60}, sub="alice")
     await api.http.post(f"/v1/tasks/{task['id']}/cancel", headers=api.auth("alice"))
     await asyncio.wait_for(listener, 5)
-    events = [json.loads(line[5:]) for line in got]
+    assert lines[::2] == ["event: task"] * 2
+    events = [json.loads(line[5:]) for line in lines[1::2]]
     assert events == [
         {"type": "task", "id": task["id"], "status": "scheduled"},
         {"type": "task", "id": task["id"], "status": "cancelled"},
@@ -176,19 +183,9 @@ async def test_event_stream_sends_one_event_per_task_of_a_batch(
     api: Api, live_server: LiveServer
 ) -> None:
     # A batch's script publishes its events as one message: the stream still sends each.
-    token = api.token("alice")
     lines: list[str] = []
     http = httpx.AsyncClient(base_url=live_server.url)
-
-    async def listen() -> None:
-        async with http.stream("GET", f"/v1/events?access_token={token}") as r:
-            async for line in r.aiter_lines():
-                if line.startswith(("data:", "event:")):
-                    lines.append(line)
-                    if len(lines) == 12:
-                        return
-
-    listener = asyncio.create_task(listen())
+    listener = _listen_sse(http, api.token("alice"), lines, 12)
     await asyncio.sleep(0.3)
     body = {"tasks": [{"url": "https://example.com", "delay": 60}] * 6}
     r = await api.http.post("/v1/tasks/batch", json=body, headers=api.auth("alice"))
