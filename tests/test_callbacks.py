@@ -15,8 +15,8 @@ from standardwebhooks.webhooks import Webhook
 
 from taskorch import constants as c
 from taskorch import partitions
-from taskorch.models import Callback, TaskCreate
-from taskorch.store import Store, connect, encode_attempt, now_ms
+from taskorch.models import Callback, Task, TaskCreate
+from taskorch.store import Claimed, Store, connect, encode_attempt, now_ms
 from tests.conftest import Api, Target, WorkerProcs, until
 
 
@@ -212,21 +212,24 @@ async def test_a_killed_worker_neither_loses_nor_doubles_a_callback(
     assert len((await api.get(in_flight["id"]))["callback_attempts"]) == 1
 
 
+async def _started(store: Store, lease_ms: int, **callbacks: Callback) -> tuple[Task, Claimed, int]:
+    """Alice's task with ``callbacks``, claimed and started by worker "w" with ``lease_ms``:
+    the worker's own first steps, one script at a time. Returns the task, its claim and the
+    attempt number."""
+    task, _ = await store.create_task("alice", TaskCreate(url="https://example.com/x", **callbacks))
+    [cl] = await store.claim(worker="w", horizon_ms=now_ms() + 5000, lease_ms=lease_ms, limit=9)
+    [n] = await store.start([(task.id, cl.job)], worker="w", lease_ms=lease_ms)
+    return task, cl, n
+
+
 async def test_an_outcome_recorded_twice_schedules_one_callback(redis_url: str) -> None:
     """FINISH sent again (its reply lost with the connection) records nothing more: the callback
     is scheduled once, with the outcome."""
     client = connect(redis_url)
     store = Store(client)
     try:
-        task, _ = await store.create_task(
-            "alice",
-            TaskCreate(
-                url="https://example.com/x", callback=Callback(url="https://example.com/cb")
-            ),
-        )
-        [cl] = await store.claim(worker="w", horizon_ms=now_ms() + 5000, lease_ms=30_000, limit=9)
+        task, cl, n = await _started(store, 30_000, callback=Callback(url="https://example.com/cb"))
         assert cl.owner == "alice" and cl.base == 0
-        [n] = await store.start([(task.id, cl.job)], worker="w", lease_ms=30_000)
         now = now_ms()
         attempt = encode_attempt(
             number=n,
@@ -299,15 +302,9 @@ async def test_a_task_failed_by_lost_attempts_schedules_its_failure_callback(
     client = connect(redis_url)
     store = Store(client)
     try:
-        task, _ = await store.create_task(
-            "alice",
-            TaskCreate(
-                url="https://example.com/x",
-                failure_callback=Callback(url="https://example.com/failed"),
-            ),
+        task, _, _ = await _started(
+            store, 1, failure_callback=Callback(url="https://example.com/failed")
         )
-        [cl] = await store.claim(worker="w", horizon_ms=now_ms() + 5000, lease_ms=1, limit=9)
-        await store.start([(task.id, cl.job)], worker="w", lease_ms=1)
         await asyncio.sleep(0.05)  # the lease lapses: the worker "died"
         assert await store.reap(gap_ms=60_000, grace_ms=0) == 1
         got = await store.task_record(task.id)
