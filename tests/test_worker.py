@@ -642,14 +642,34 @@ class _ConnTarget(asyncio.Protocol):
     """A raw HTTP target that records when each connection was accepted and, per call, its
     task, connection and arrival (answers 200 to everything, keeping the connection open)."""
 
-    def __init__(self, accepted: list[float], calls: list[tuple[str, int, float]]) -> None:
+    def __init__(
+        self,
+        accepted: list[float],
+        calls: list[tuple[str, int, float]],
+        idle_close_s: float | None = None,
+        pieces: int = 1,
+    ) -> None:
         self.accepted, self.calls = accepted, calls
+        self.idle_close_s, self.pieces = idle_close_s, pieces
+        self.writers: set[asyncio.Future[None]] = set()
         self.buf = b""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport: asyncio.Transport = transport  # type: ignore[assignment]
         self.conn = len(self.accepted)
         self.accepted.append(time.time())
+        if self.idle_close_s is not None:  # a server with a short keep-alive, like many
+            asyncio.get_running_loop().call_later(self.idle_close_s, self._close_if_idle)
+
+    def _close_if_idle(self) -> None:
+        if not any(conn == self.conn for _, conn, _ in self.calls):
+            self.transport.close()
+
+    async def _answer_in_pieces(self, answer: bytes) -> None:
+        step = -(-len(answer) // self.pieces)
+        for i in range(0, len(answer), step):
+            self.transport.write(answer[i : i + step])
+            await asyncio.sleep(0.02)
 
     def data_received(self, data: bytes) -> None:
         arrived = time.time()
@@ -664,7 +684,13 @@ class _ConnTarget(asyncio.Protocol):
                 return
             self.buf = self.buf[end + 4 + length :]
             self.calls.append((fields.get("x-taskorch-task-id", ""), self.conn, arrived))
-            self.transport.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
+            answer = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}"
+            if self.pieces == 1:
+                self.transport.write(answer)
+            else:
+                writer = asyncio.ensure_future(self._answer_in_pieces(answer))
+                self.writers.add(writer)
+                writer.add_done_callback(self.writers.discard)
 
 
 @pytest.mark.parametrize("private_allowed", [True, False])
@@ -703,5 +729,39 @@ async def test_connections_for_calls_due_together_are_open_before_their_due_time
         late = [conn for conn in used if accepted[conn] >= due]
         assert late == [], f"{len(late)} of {len(used)} connections were opened at the due time"
         assert len(accepted) <= 30
+    finally:
+        server.close()
+
+
+async def test_calls_due_together_succeed_when_the_host_closes_idle_connections_early(
+    api: Api, workers: WorkerProcs
+) -> None:
+    # The connections a worker opens ahead are closed by the host after 0.3 s idle (long before
+    # the due time), and answers come in 3 pieces: every call still succeeds at its first
+    # attempt, once, on connections the calls open themselves.
+    accepted: list[float] = []
+    calls: list[tuple[str, int, float]] = []
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(
+        lambda: _ConnTarget(accepted, calls, idle_close_s=0.3, pieces=3), "127.0.0.1", 0
+    )
+    port = server.sockets[0].getsockname()[1]
+    workers.start()
+    try:
+        due = time.time() + 3.0
+        ids = [
+            (
+                await api.create(
+                    {"url": f"http://127.0.0.1:{port}/closing", "run_at": _at(due), "retries": 2}
+                )
+            )["id"]
+            for _ in range(30)
+        ]
+        for task_id in ids:
+            done = await api.wait_status(task_id, "succeeded", timeout_s=15)
+            assert [a["status_code"] for a in done["attempts"]] == [200], done["attempts"]
+        assert sorted(task for task, _, _ in calls) == sorted(ids)
+        warmed = [at for at in accepted if at < round(due, 3)]
+        assert warmed, "no connection was opened ahead (the test would prove nothing)"
     finally:
         server.close()
