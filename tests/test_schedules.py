@@ -647,13 +647,16 @@ async def test_a_short_downtime_skips_overdue_occurrences_made_before_it(
     client = connect(settings.redis_url)
     sch = Schedules(client)
     try:
-        start = (int(time.time()) + 1) * 1000
+        # Far enough ahead that all three are created before it (a busy CI machine took over a
+        # second for the three, and a start_at already past is not made: the test then failed).
+        start = (int(time.time()) + 3) * 1000
         ids = {}
         for mode in ("none", "one", "all"):
             body = {"every": 1, "catch_up": mode, "start_at": _utc(start),
                     "task": {"url": target.url("/x")}}  # fmt: skip
             ids[mode] = (await _create(api, body))["id"]
             await until(lambda mode=mode: _made_at_least(api, ids[mode], 5))
+            await asyncio.sleep(0.6)  # a busy machine
         await asyncio.sleep(max(0.0, (start + 7_500) / 1000 - time.time()))
         layout = await partitions.load(client)
         for p in {layout.partition_of(sid) for sid in ids.values()}:
