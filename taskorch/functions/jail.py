@@ -16,7 +16,7 @@ A process is started as
   prefix) plus the function's code at `/var/task` (read-only except while building), a fresh
   size-limited tmpfs on `/tmp` and `/dev/shm`, its own `/proc` and a minimal `/dev`; no nested
   user namespaces; `--die-with-parent` and `--new-session`; and a seccomp filter (built with
-  libseccomp) that refuses what a function never needs.
+  libseccomp) that refuses what a function never needs, socket families included.
 
 `Jail.probe()` checks all of this once at start and raises SandboxUnavailable saying why.
 """
@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import errno
 import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -65,15 +66,35 @@ _JOIN_SCRIPT = (
     'while [ "$1" != "--" ]; do echo $$ > "$1" || exit 125; shift; done; shift; exec "$@"'
 )
 # Syscalls a function never needs. Refused with EPERM (a clear error), not a kill, so runtimes
-# that probe for features (the JVM, glibc) carry on.
+# that probe for features (the JVM, glibc, libuv's io_uring) carry on. Besides the privileged
+# calls: io_uring (its own large kernel surface, and it bypasses this filter's view of syscalls),
+# modify_ldt, inotify and fanotify (watches on the shared read-only /usr and runtime prefix show
+# what another tenant's function opens), and the mount API and mount inspection.
 _DENIED = (
-    "mount umount2 pivot_root chroot move_mount open_tree fsopen fsconfig fsmount fspick "
-    "mount_setattr setns unshare ptrace process_vm_readv process_vm_writev kcmp keyctl add_key "
-    "request_key bpf perf_event_open userfaultfd kexec_load kexec_file_load init_module "
-    "finit_module delete_module reboot swapon swapoff acct quotactl syslog iopl ioperm "
-    "open_by_handle_at name_to_handle_at lookup_dcookie vhangup settimeofday clock_settime "
-    "clock_adjtime adjtimex personality"
+    "mount umount2 pivot_root chroot move_mount open_tree open_tree_attr fsopen fsconfig fsmount "
+    "fspick mount_setattr statmount listmount setns unshare ptrace process_vm_readv "
+    "process_vm_writev kcmp keyctl add_key request_key bpf perf_event_open userfaultfd kexec_load "
+    "kexec_file_load init_module finit_module delete_module reboot swapon swapoff acct quotactl "
+    "syslog iopl ioperm open_by_handle_at name_to_handle_at lookup_dcookie vhangup settimeofday "
+    "clock_settime clock_adjtime adjtimex personality io_uring_setup io_uring_enter "
+    "io_uring_register modify_ldt inotify_init inotify_init1 inotify_add_watch inotify_rm_watch "
+    "fanotify_init fanotify_mark"
 ).split()
+# Calls newer than some libseccomp releases (2.5 knows neither statmount nor listmount): by
+# number where the number is known. Since Linux 5.1 new calls have one number on every
+# architecture but alpha, mips and ia64, so these hold for x86_64 and aarch64.
+_NEWER = {"statmount": 457, "listmount": 458, "open_tree_attr": 467}
+_NEWER_ARCHES = ("x86_64", "aarch64")
+# Socket families a function may open: AF_UNIX, AF_INET and AF_INET6 (its own loopback), and
+# AF_NETLINK for NETLINK_ROUTE only, which sees the sandbox's network namespace (a function's
+# has only its loopback) and without capabilities can only read: glibc's getifaddrs, if_nameindex and
+# getaddrinfo(AI_ADDRCONFIG) and Node's os.networkInterfaces() ask it. All others answer
+# EAFNOSUPPORT, as if the kernel lacked them: AF_VSOCK (not namespaced: the host's and the
+# hypervisor's vsock ports), the other netlink protocols (uevents, audit, genetlink, ...),
+# AF_PACKET, AF_ALG, ...
+_AF_UNIX, _AF_INET, _AF_INET6, _AF_NETLINK = 1, 2, 10, 16
+_FAMILIES = (_AF_UNIX, _AF_INET, _AF_INET6, _AF_NETLINK)
+_NETLINK_ROUTE = 0
 _CLONE_NEW_FLAGS = (
     0x00020000,  # CLONE_NEWNS
     0x02000000,  # CLONE_NEWCGROUP
@@ -94,8 +115,26 @@ def seccomp_filter() -> bytes:
     for name in _DENIED:
         try:
             flt.add_rule(seccomp.ERRNO(errno.EPERM), name)
-        except (OSError, ValueError, RuntimeError):  # unknown to this libseccomp: not callable
-            continue
+        except (OSError, ValueError, RuntimeError):  # unknown to this libseccomp
+            number = _NEWER.get(name)
+            if number is None or platform.machine() not in _NEWER_ARCHES:
+                continue  # its number unknown too: skipped
+            flt.add_rule(seccomp.ERRNO(errno.EPERM), number)
+    # The domain and protocol are ints: the kernel drops the upper 32 bits the filter sees, so
+    # anything above the highest allowed family (high bits included) is refused, below it each
+    # family not allowed, and netlink with any protocol but NETLINK_ROUTE.
+    refused = seccomp.ERRNO(errno.EAFNOSUPPORT)
+    for call in ("socket", "socketpair"):
+        flt.add_rule(refused, call, seccomp.Arg(0, seccomp.GT, max(_FAMILIES)))
+        for family in range(max(_FAMILIES)):
+            if family not in _FAMILIES:
+                flt.add_rule(refused, call, seccomp.Arg(0, seccomp.EQ, family))
+        flt.add_rule(
+            refused,
+            call,
+            seccomp.Arg(0, seccomp.EQ, _AF_NETLINK),
+            seccomp.Arg(2, seccomp.NE, _NETLINK_ROUTE),
+        )
     for flag in _CLONE_NEW_FLAGS:
         flt.add_rule(
             seccomp.ERRNO(errno.EPERM), "clone", seccomp.Arg(0, seccomp.MASKED_EQ, flag, flag)
