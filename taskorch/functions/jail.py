@@ -14,7 +14,8 @@ A process is started as
 - `bwrap` (bubblewrap): new user, PID, IPC, UTS, network, mount and cgroup namespaces; a root
   made of read-only binds of the runtime only (`/usr`, a few files of `/etc`, the interpreter's
   prefix) plus the function's code at `/var/task` (read-only except while building), a fresh
-  size-limited tmpfs on `/tmp` and `/dev/shm`, its own `/proc` and a minimal `/dev`; no nested
+  size-limited tmpfs on `/tmp` and `/dev/shm`, its own `/proc` (its global counters of the
+  host's activity covered by neutral stand-ins, HIDDEN_PROC) and a minimal `/dev`; no nested
   user namespaces; `--die-with-parent` and `--new-session`; and a seccomp filter (built with
   libseccomp) that refuses what a function never needs, socket families included.
 
@@ -26,6 +27,7 @@ from __future__ import annotations
 import errno
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -62,6 +64,23 @@ _ETC = (
     "java-21-openjdk",
     "nsswitch.conf",
 )
+# Global files of /proc that show the whole host's activity whatever the namespaces: CPU time,
+# load, context switches and forks (stat, loadavg, schedstat, the idle time in uptime),
+# interrupts, disk and memory traffic, open files and ptys, and the kernel's command line. Each
+# is covered by a neutral stand-in of the same layout with every counter at 0, so what parses
+# them still works: glibc counts the CPUs in /proc/stat when /sys is absent (the JVM's and
+# Python's CPU count), Node's os.cpus() reads it too, the JVM reads Hugepagesize and Node
+# os.totalmem() MemTotal from /proc/meminfo. Kept as they are: btime, MemTotal, Hugepagesize
+# (the host's configuration, not its activity); MemFree and MemAvailable read as MemTotal.
+HIDDEN_PROC = (
+    "stat loadavg cmdline uptime meminfo swaps interrupts softirqs diskstats vmstat schedstat "
+    "zoneinfo buddyinfo sys/fs/file-nr sys/fs/inode-nr sys/fs/inode-state sys/fs/dentry-state "
+    "sys/fs/aio-nr sys/kernel/pty/nr"
+).split()
+_KEPT = re.compile(r"^(btime|MemTotal|Hugepagesize)\b")
+_NUMBER = re.compile(r"(?<![\w.])\d+(?:\.(\d+))?(?![\w.])")
+# The host's /etc/hosts names its networks: the sandbox has only its loopback.
+_HOSTS = b"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
 _JOIN_SCRIPT = (
     'while [ "$1" != "--" ]; do echo $$ > "$1" || exit 125; shift; done; shift; exec "$@"'
 )
@@ -152,6 +171,49 @@ def seccomp_filter() -> bytes:
         return f.read()
 
 
+def neutral_proc(name: str, text: str) -> str:
+    """A stand-in for the host's /proc/`name`: the same layout, its counters at 0."""
+    if name == "cmdline":
+        return "\n"
+    lines = []
+    total = ""
+    for line in text.splitlines(keepends=True):
+        if _KEPT.match(line):
+            total = line.split(":")[1] if line.startswith("MemTotal") else total
+            lines.append(line)
+        elif total and line.startswith(("MemFree:", "MemAvailable:")):
+            lines.append(line.split(":")[0] + ":" + total)
+        else:
+            lines.append(_NUMBER.sub(lambda m: "0." + "0" * len(m[1]) if m[1] else "0", line))
+    return "".join(lines)
+
+
+def _proc_stand_ins() -> dict[str, bytes]:
+    """Stand-ins for the HIDDEN_PROC files this kernel has (but uptime, made at each start)."""
+    found = {}
+    for name in HIDDEN_PROC:
+        try:
+            text = Path("/proc", name).read_text()
+        except OSError:  # not in this kernel (schedstat without CONFIG_SCHEDSTATS, ...)
+            continue
+        found[name] = neutral_proc(name, text).encode()
+    return found
+
+
+def _memfd(data: bytes) -> int:
+    # A memfd, not a pipe: /proc/interrupts of a large host is beyond a pipe's 64 KiB.
+    fd = os.memfd_create("taskorch-jail", 0)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.lseek(fd, 0, os.SEEK_SET)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
 @dataclass(frozen=True)
 class Mount:
     """A folder of the host bound into the sandbox."""
@@ -199,6 +261,8 @@ class Jail:
         self.root = os.geteuid() == 0
         self._runtime_dirs = [d for d in runtime_dirs if not d.is_relative_to("/usr")]
         self._seccomp = seccomp_filter()
+        self._proc = _proc_stand_ins()
+        self._pressure = Path("/proc/pressure").is_dir()
         self._merged_usr = Path("/bin").is_symlink()
 
     @classmethod
@@ -318,18 +382,48 @@ class Jail:
         if uid is not None:
             command += [self.setpriv, f"--reuid={uid}", f"--regid={uid}", "--clear-groups"]
             command += ["--inh-caps=-all", "--no-new-privs", "--"]
-        read_fd, write_fd = os.pipe()
+        fds: list[int] = []
         try:
-            os.write(write_fd, self._seccomp)
-        finally:
-            os.close(write_fd)
-        command += [self.bwrap, *self._namespaces(network), "--seccomp", str(read_fd)]
-        command += self._mounts(task_dir, limits, writable_task=writable_task, extra=extra)
+            read_fd, write_fd = os.pipe()
+            fds.append(read_fd)
+            try:
+                os.write(write_fd, self._seccomp)
+            finally:
+                os.close(write_fd)
+            command += [self.bwrap, *self._namespaces(network), "--seccomp", str(read_fd)]
+            command += self._mounts(task_dir, limits, writable_task=writable_task)
+            command += self._stand_ins(fds)
+            for mount in extra:  # after the stand-ins: a caller's own /etc file wins
+                command += ["--bind" if mount.writable else "--ro-bind"]
+                command += [str(mount.source), mount.target]
+            command += ["--remount-ro", "/"]
+        except BaseException:
+            for fd in fds:
+                os.close(fd)
+            raise
         command += ["--chdir", TASK_DIR, "--clearenv"]
         for key, value in env.items():
             command += ["--setenv", key, value]
         command += ["--", *argv]
-        return command, [read_fd]
+        return command, fds
+
+    def _stand_ins(self, fds: list[int]) -> list[str]:
+        """Neutral files over the host's /etc/hosts and global /proc files (HIDDEN_PROC)."""
+        try:
+            uptime = Path("/proc/uptime").read_text().split()[0]
+        except (OSError, IndexError):
+            uptime = "0.00"
+        files = {"/etc/hosts": _HOSTS}
+        files |= {f"/proc/{name}": data for name, data in self._proc.items()}
+        if "uptime" in self._proc:  # when this instance started; the host's idle time hidden
+            files["/proc/uptime"] = f"{uptime} 0.00\n".encode()
+        args = []
+        for target, data in files.items():
+            fds.append(_memfd(data))
+            args += ["--perms", "0444", "--ro-bind-data", str(fds[-1]), target]
+        if self._pressure:  # pressure stall information: the host's CPU, memory and I/O waits
+            args += ["--tmpfs", "/proc/pressure", "--remount-ro", "/proc/pressure"]
+        return args
 
     @staticmethod
     def _namespaces(network: bool) -> list[str]:
@@ -342,9 +436,7 @@ class Jail:
             args.append("--unshare-net")
         return args
 
-    def _mounts(
-        self, task_dir: Path, limits: Limits, *, writable_task: bool, extra: Sequence[Mount]
-    ) -> list[str]:
+    def _mounts(self, task_dir: Path, limits: Limits, *, writable_task: bool) -> list[str]:
         args = ["--ro-bind", "/usr", "/usr"]
         for name in ("bin", "sbin", "lib", "lib64", "lib32", "libx32"):
             if Path(f"/{name}").is_symlink():
@@ -360,9 +452,6 @@ class Jail:
         args += ["--size", size, "--perms", "1777", "--tmpfs", "/tmp"]
         args += ["--size", size, "--perms", "1777", "--tmpfs", "/dev/shm"]
         args += ["--bind" if writable_task else "--ro-bind", str(task_dir), TASK_DIR]
-        for mount in extra:
-            args += ["--bind" if mount.writable else "--ro-bind", str(mount.source), mount.target]
-        args += ["--remount-ro", "/"]
         return args
 
 
