@@ -77,6 +77,10 @@ HIDDEN_PROC = (
     "zoneinfo buddyinfo sys/fs/file-nr sys/fs/inode-nr sys/fs/inode-state sys/fs/dentry-state "
     "sys/fs/aio-nr sys/kernel/pty/nr"
 ).split()
+# Folders of /proc with more of the same, covered by an empty read-only folder: pressure stall
+# information (the host's CPU, memory and I/O waits) and the file systems' global statistics
+# (/proc/fs/ext4/<disk>/mb_groups shows its free blocks, /proc/fs/xfs/stat its I/O).
+HIDDEN_PROC_DIRS = ("pressure", "fs")
 _KEPT = re.compile(r"^(btime|MemTotal|Hugepagesize)\b")
 _NUMBER = re.compile(r"(?<![\w.])\d+(?:\.(\d+))?(?![\w.])")
 # The host's /etc/hosts names its networks: the sandbox has only its loopback.
@@ -262,7 +266,7 @@ class Jail:
         self._runtime_dirs = [d for d in runtime_dirs if not d.is_relative_to("/usr")]
         self._seccomp = seccomp_filter()
         self._proc = _proc_stand_ins()
-        self._pressure = Path("/proc/pressure").is_dir()
+        self._proc_dirs = [name for name in HIDDEN_PROC_DIRS if Path("/proc", name).is_dir()]
         self._merged_usr = Path("/bin").is_symlink()
 
     @classmethod
@@ -408,7 +412,7 @@ class Jail:
         return command, fds
 
     def _stand_ins(self, fds: list[int]) -> list[str]:
-        """Neutral files over the host's /etc/hosts and global /proc files (HIDDEN_PROC)."""
+        """Neutral files over the host's /etc/hosts and global /proc files and folders."""
         try:
             uptime = Path("/proc/uptime").read_text().split()[0]
         except (OSError, IndexError):
@@ -421,8 +425,8 @@ class Jail:
         for target, data in files.items():
             fds.append(_memfd(data))
             args += ["--perms", "0444", "--ro-bind-data", str(fds[-1]), target]
-        if self._pressure:  # pressure stall information: the host's CPU, memory and I/O waits
-            args += ["--tmpfs", "/proc/pressure", "--remount-ro", "/proc/pressure"]
+        for name in self._proc_dirs:
+            args += ["--tmpfs", f"/proc/{name}", "--remount-ro", f"/proc/{name}"]
         return args
 
     @staticmethod

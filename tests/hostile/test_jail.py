@@ -55,6 +55,9 @@ def read(path):
     except OSError as exc:
         return type(exc).__name__
 
+def ls(path):
+    return sorted(os.listdir(path)) if os.path.isdir(path) else []
+
 def watch():
     fd = libc.inotify_init1(os.O_NONBLOCK)
     if fd < 0:
@@ -84,7 +87,7 @@ def handler(event, context):
     return {
         "seen": seen(),
         "proc": {name: read(f"/proc/{name}") for name in event["files"]},
-        "pressure": sorted(os.listdir("/proc/pressure")) if os.path.isdir("/proc/pressure") else [],
+        "dirs": {name: ls(f"/proc/{name}") for name in ("pressure", "fs")},
         "cpus": os.cpu_count(),
     }
 """
@@ -129,7 +132,7 @@ async def test_a_function_sees_nothing_of_the_host_or_other_tenants(
             assert zero == [], f"/proc/{name} shows the host's counters: {after[:300]!r}"
     assert result["proc"]["cmdline"].strip() == ""
     assert watching["inotify"] == "Operation not permitted", watching["inotify"]
-    assert result["pressure"] == []
+    assert result["dirs"] == {"pressure": [], "fs": []}
     # Runtimes still count the host's CPUs (glibc reads them from /proc/stat without /sys).
     assert result["cpus"] == os.cpu_count()
     await rt.remove("fn_victim")
