@@ -92,7 +92,8 @@ _JOIN_SCRIPT = (
 # that probe for features (the JVM, glibc, libuv's io_uring) carry on. Besides the privileged
 # calls: io_uring (its own large kernel surface, and it bypasses this filter's view of syscalls),
 # modify_ldt, inotify and fanotify (watches on the shared read-only /usr and runtime prefix show
-# what another tenant's function opens), and the mount API and mount inspection.
+# what another tenant's function opens; cachestat likewise shows what of them is in the page
+# cache), and the mount API and mount inspection.
 _DENIED = (
     "mount umount2 pivot_root chroot move_mount open_tree open_tree_attr fsopen fsconfig fsmount "
     "fspick mount_setattr statmount listmount setns unshare ptrace process_vm_readv "
@@ -101,12 +102,15 @@ _DENIED = (
     "syslog iopl ioperm open_by_handle_at name_to_handle_at lookup_dcookie vhangup settimeofday "
     "clock_settime clock_adjtime adjtimex personality io_uring_setup io_uring_enter "
     "io_uring_register modify_ldt inotify_init inotify_init1 inotify_add_watch inotify_rm_watch "
-    "fanotify_init fanotify_mark"
+    "fanotify_init fanotify_mark cachestat"
 ).split()
 # Calls newer than some libseccomp releases (2.5 knows neither statmount nor listmount): by
 # number where the number is known. Since Linux 5.1 new calls have one number on every
 # architecture but alpha, mips and ia64, so these hold for x86_64 and aarch64.
-_NEWER = {"statmount": 457, "listmount": 458, "open_tree_attr": 467}
+_NEWER = {"cachestat": 451, "statmount": 457, "listmount": 458, "open_tree_attr": 467}
+# preadv2's RWF_NOWAIT reads only what is already in the page cache: tried on the shared /usr,
+# it tells which files another tenant's function has just loaded. Refused as unsupported.
+_RWF_NOWAIT = 0x8
 _NEWER_ARCHES = ("x86_64", "aarch64")
 # Socket families a function may open: AF_UNIX, AF_INET and AF_INET6 (its own loopback), and
 # AF_NETLINK for NETLINK_ROUTE only, which sees the sandbox's network namespace (a function's
@@ -165,6 +169,11 @@ def seccomp_filter() -> bytes:
     # clone3 passes its flags in memory, where a filter cannot look: make libc fall back to
     # clone(2), which the rules above can judge.
     flt.add_rule(seccomp.ERRNO(errno.ENOSYS), "clone3")
+    flt.add_rule(
+        seccomp.ERRNO(errno.EOPNOTSUPP),
+        "preadv2",
+        seccomp.Arg(5, seccomp.MASKED_EQ, _RWF_NOWAIT, _RWF_NOWAIT),
+    )
     # TIOCSTI pushes input into a terminal; --new-session already detaches, this is belt and braces.
     flt.add_rule(
         seccomp.ERRNO(errno.EPERM), "ioctl", seccomp.Arg(1, seccomp.MASKED_EQ, 0xFFFFFFFF, 0x5412)

@@ -159,8 +159,21 @@ def sock(family, kind):
 def syscall(number, *args):
     return outcome(libc.syscall(ctypes.c_long(number), *[ctypes.c_long(a) for a in args]))
 
+def nowait_read(path):
+    # RWF_NOWAIT: answers from the page cache only, EAGAIN when the file is not cached.
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.preadv(fd, [bytearray(16)], 0, os.RWF_NOWAIT)
+        return "ok"
+    except OSError as exc:
+        return errno.errorcode[exc.errno]
+    finally:
+        os.close(fd)
+
 def handler(event, context):
     params = ctypes.create_string_buffer(120)  # struct io_uring_params, all zero
+    usr = os.open("/usr/bin/env", os.O_RDONLY)
+    cstat = ctypes.create_string_buffer(64)  # struct cachestat_range and cachestat
     ldt = ctypes.create_string_buffer(64)
     pair = (ctypes.c_int * 2)()
     return {
@@ -199,10 +212,13 @@ def handler(event, context):
         "mount_setattr": syscall(442, -100, 0, 0, 0, 0),
         "statmount": syscall(457, 0, 0, 0, 0),
         "listmount": syscall(458, 0, 0, 0, 0),
+        "cachestat": syscall(451, usr, ctypes.addressof(cstat), ctypes.addressof(cstat) + 16, 0),
+        "preadv2_nowait": nowait_read(os.__file__),
+        "preadv2": outcome(os.preadv(usr, [bytearray(16)], 0, 0)),  # without flags: reads
     }
 """
 
-ALLOWED = {"unix", "inet", "inet6", "unix_pair", "netlink_route"}
+ALLOWED = {"unix", "inet", "inet6", "unix_pair", "netlink_route", "preadv2"}
 REFUSED_FAMILIES = {"vsock", "vsock_dgram", "vsock_pair", "packet", "alg", "unspec"}
 REFUSED_FAMILIES |= {"netlink_uevent", "netlink_audit", "netlink_route_high_bits"}
 REFUSED_FAMILIES |= {"vsock_high_bits", "netlink_high_bits"}
@@ -218,6 +234,7 @@ async def test_only_the_socket_families_and_syscalls_a_function_needs(
     assert isinstance(result, dict)
     assert {name: result[name] for name in ALLOWED} == dict.fromkeys(ALLOWED, "ok"), result
     assert result.pop("interfaces") == ["lo"]
+    assert result.pop("preadv2_nowait") == "ENOTSUP"  # EOPNOTSUPP, the same number
     families = {name: result[name] for name in REFUSED_FAMILIES}
     assert families == dict.fromkeys(REFUSED_FAMILIES, "EAFNOSUPPORT"), families
     calls = {name: value for name, value in result.items() if name not in ALLOWED | families.keys()}
