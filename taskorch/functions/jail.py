@@ -14,9 +14,10 @@ A process is started as
 - `bwrap` (bubblewrap): new user, PID, IPC, UTS, network, mount and cgroup namespaces; a root
   made of read-only binds of the runtime only (`/usr`, a few files of `/etc`, the interpreter's
   prefix) plus the function's code at `/var/task` (read-only except while building), a fresh
-  size-limited tmpfs on `/tmp` and `/dev/shm`, its own `/proc` and a minimal `/dev`; no nested
+  size-limited tmpfs on `/tmp` and `/dev/shm`, its own `/proc` (its global counters of the
+  host's activity covered by neutral stand-ins, HIDDEN_PROC) and a minimal `/dev`; no nested
   user namespaces; `--die-with-parent` and `--new-session`; and a seccomp filter (built with
-  libseccomp) that refuses what a function never needs.
+  libseccomp) that refuses what a function never needs, socket families included.
 
 `Jail.probe()` checks all of this once at start and raises SandboxUnavailable saying why.
 """
@@ -25,6 +26,8 @@ from __future__ import annotations
 
 import errno
 import os
+import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -61,19 +64,64 @@ _ETC = (
     "java-21-openjdk",
     "nsswitch.conf",
 )
+# Global files of /proc that show the whole host's activity whatever the namespaces: CPU time,
+# load, context switches and forks (stat, loadavg, schedstat, the idle time in uptime),
+# interrupts, disk and memory traffic, open files and ptys, and the kernel's command line. Each
+# is covered by a neutral stand-in of the same layout with every counter at 0, so what parses
+# them still works: glibc counts the CPUs in /proc/stat when /sys is absent (the JVM's and
+# Python's CPU count), Node's os.cpus() reads it too, the JVM reads Hugepagesize and Node
+# os.totalmem() MemTotal from /proc/meminfo. Kept as they are: btime, MemTotal, Hugepagesize
+# (the host's configuration, not its activity); MemFree and MemAvailable read as MemTotal.
+HIDDEN_PROC = (
+    "stat loadavg cmdline uptime meminfo swaps interrupts softirqs diskstats vmstat schedstat "
+    "zoneinfo buddyinfo sys/fs/file-nr sys/fs/inode-nr sys/fs/inode-state sys/fs/dentry-state "
+    "sys/fs/aio-nr sys/kernel/pty/nr"
+).split()
+# Folders of /proc with more of the same, covered by an empty read-only folder: pressure stall
+# information (the host's CPU, memory and I/O waits) and the file systems' global statistics
+# (/proc/fs/ext4/<disk>/mb_groups shows its free blocks, /proc/fs/xfs/stat its I/O).
+HIDDEN_PROC_DIRS = ("pressure", "fs")
+_KEPT = re.compile(r"^(btime|MemTotal|Hugepagesize)\b")
+_NUMBER = re.compile(r"(?<![\w.])\d+(?:\.(\d+))?(?![\w.])")
+# The host's /etc/hosts names its networks: the sandbox has only its loopback.
+_HOSTS = b"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
 _JOIN_SCRIPT = (
     'while [ "$1" != "--" ]; do echo $$ > "$1" || exit 125; shift; done; shift; exec "$@"'
 )
 # Syscalls a function never needs. Refused with EPERM (a clear error), not a kill, so runtimes
-# that probe for features (the JVM, glibc) carry on.
+# that probe for features (the JVM, glibc, libuv's io_uring) carry on. Besides the privileged
+# calls: io_uring (its own large kernel surface, and it bypasses this filter's view of syscalls),
+# modify_ldt, inotify and fanotify (watches on the shared read-only /usr and runtime prefix show
+# what another tenant's function opens; cachestat likewise shows what of them is in the page
+# cache), and the mount API and mount inspection.
 _DENIED = (
-    "mount umount2 pivot_root chroot move_mount open_tree fsopen fsconfig fsmount fspick "
-    "mount_setattr setns unshare ptrace process_vm_readv process_vm_writev kcmp keyctl add_key "
-    "request_key bpf perf_event_open userfaultfd kexec_load kexec_file_load init_module "
-    "finit_module delete_module reboot swapon swapoff acct quotactl syslog iopl ioperm "
-    "open_by_handle_at name_to_handle_at lookup_dcookie vhangup settimeofday clock_settime "
-    "clock_adjtime adjtimex personality"
+    "mount umount2 pivot_root chroot move_mount open_tree open_tree_attr fsopen fsconfig fsmount "
+    "fspick mount_setattr statmount listmount setns unshare ptrace process_vm_readv "
+    "process_vm_writev kcmp keyctl add_key request_key bpf perf_event_open userfaultfd kexec_load "
+    "kexec_file_load init_module finit_module delete_module reboot swapon swapoff acct quotactl "
+    "syslog iopl ioperm open_by_handle_at name_to_handle_at lookup_dcookie vhangup settimeofday "
+    "clock_settime clock_adjtime adjtimex personality io_uring_setup io_uring_enter "
+    "io_uring_register modify_ldt inotify_init inotify_init1 inotify_add_watch inotify_rm_watch "
+    "fanotify_init fanotify_mark cachestat"
 ).split()
+# Calls newer than some libseccomp releases (2.5 knows neither statmount nor listmount): by
+# number where the number is known. Since Linux 5.1 new calls have one number on every
+# architecture but alpha, mips and ia64, so these hold for x86_64 and aarch64.
+_NEWER = {"cachestat": 451, "statmount": 457, "listmount": 458, "open_tree_attr": 467}
+# preadv2's RWF_NOWAIT reads only what is already in the page cache: tried on the shared /usr,
+# it tells which files another tenant's function has just loaded. Refused as unsupported.
+_RWF_NOWAIT = 0x8
+_NEWER_ARCHES = ("x86_64", "aarch64")
+# Socket families a function may open: AF_UNIX, AF_INET and AF_INET6 (its own loopback), and
+# AF_NETLINK for NETLINK_ROUTE only, which sees the sandbox's network namespace (a function's
+# has only its loopback) and without capabilities can only read: glibc's getifaddrs, if_nameindex and
+# getaddrinfo(AI_ADDRCONFIG) and Node's os.networkInterfaces() ask it. All others answer
+# EAFNOSUPPORT, as if the kernel lacked them: AF_VSOCK (not namespaced: the host's and the
+# hypervisor's vsock ports), the other netlink protocols (uevents, audit, genetlink, ...),
+# AF_PACKET, AF_ALG, ...
+_AF_UNIX, _AF_INET, _AF_INET6, _AF_NETLINK = 1, 2, 10, 16
+_FAMILIES = (_AF_UNIX, _AF_INET, _AF_INET6, _AF_NETLINK)
+_NETLINK_ROUTE = 0
 _CLONE_NEW_FLAGS = (
     0x00020000,  # CLONE_NEWNS
     0x02000000,  # CLONE_NEWCGROUP
@@ -94,8 +142,26 @@ def seccomp_filter() -> bytes:
     for name in _DENIED:
         try:
             flt.add_rule(seccomp.ERRNO(errno.EPERM), name)
-        except (OSError, ValueError, RuntimeError):  # unknown to this libseccomp: not callable
-            continue
+        except (OSError, ValueError, RuntimeError):  # unknown to this libseccomp
+            number = _NEWER.get(name)
+            if number is None or platform.machine() not in _NEWER_ARCHES:
+                continue  # its number unknown too: skipped
+            flt.add_rule(seccomp.ERRNO(errno.EPERM), number)
+    # The domain and protocol are ints: the kernel drops the upper 32 bits the filter sees, so
+    # anything above the highest allowed family (high bits included) is refused, below it each
+    # family not allowed, and netlink with any protocol but NETLINK_ROUTE.
+    refused = seccomp.ERRNO(errno.EAFNOSUPPORT)
+    for call in ("socket", "socketpair"):
+        flt.add_rule(refused, call, seccomp.Arg(0, seccomp.GT, max(_FAMILIES)))
+        for family in range(max(_FAMILIES)):
+            if family not in _FAMILIES:
+                flt.add_rule(refused, call, seccomp.Arg(0, seccomp.EQ, family))
+        flt.add_rule(
+            refused,
+            call,
+            seccomp.Arg(0, seccomp.EQ, _AF_NETLINK),
+            seccomp.Arg(2, seccomp.NE, _NETLINK_ROUTE),
+        )
     for flag in _CLONE_NEW_FLAGS:
         flt.add_rule(
             seccomp.ERRNO(errno.EPERM), "clone", seccomp.Arg(0, seccomp.MASKED_EQ, flag, flag)
@@ -103,6 +169,11 @@ def seccomp_filter() -> bytes:
     # clone3 passes its flags in memory, where a filter cannot look: make libc fall back to
     # clone(2), which the rules above can judge.
     flt.add_rule(seccomp.ERRNO(errno.ENOSYS), "clone3")
+    flt.add_rule(
+        seccomp.ERRNO(errno.EOPNOTSUPP),
+        "preadv2",
+        seccomp.Arg(5, seccomp.MASKED_EQ, _RWF_NOWAIT, _RWF_NOWAIT),
+    )
     # TIOCSTI pushes input into a terminal; --new-session already detaches, this is belt and braces.
     flt.add_rule(
         seccomp.ERRNO(errno.EPERM), "ioctl", seccomp.Arg(1, seccomp.MASKED_EQ, 0xFFFFFFFF, 0x5412)
@@ -111,6 +182,49 @@ def seccomp_filter() -> bytes:
         flt.export_bpf(f)
         f.seek(0)
         return f.read()
+
+
+def neutral_proc(name: str, text: str) -> str:
+    """A stand-in for the host's /proc/`name`: the same layout, its counters at 0."""
+    if name == "cmdline":
+        return "\n"
+    lines = []
+    total = ""
+    for line in text.splitlines(keepends=True):
+        if _KEPT.match(line):
+            total = line.split(":")[1] if line.startswith("MemTotal") else total
+            lines.append(line)
+        elif total and line.startswith(("MemFree:", "MemAvailable:")):
+            lines.append(line.split(":")[0] + ":" + total)
+        else:
+            lines.append(_NUMBER.sub(lambda m: "0." + "0" * len(m[1]) if m[1] else "0", line))
+    return "".join(lines)
+
+
+def _proc_stand_ins() -> dict[str, bytes]:
+    """Stand-ins for the HIDDEN_PROC files this kernel has (but uptime, made at each start)."""
+    found = {}
+    for name in HIDDEN_PROC:
+        try:
+            text = Path("/proc", name).read_text()
+        except OSError:  # not in this kernel (schedstat without CONFIG_SCHEDSTATS, ...)
+            continue
+        found[name] = neutral_proc(name, text).encode()
+    return found
+
+
+def _memfd(data: bytes) -> int:
+    # A memfd, not a pipe: /proc/interrupts of a large host is beyond a pipe's 64 KiB.
+    fd = os.memfd_create("taskorch-jail", 0)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.lseek(fd, 0, os.SEEK_SET)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 @dataclass(frozen=True)
@@ -160,6 +274,8 @@ class Jail:
         self.root = os.geteuid() == 0
         self._runtime_dirs = [d for d in runtime_dirs if not d.is_relative_to("/usr")]
         self._seccomp = seccomp_filter()
+        self._proc = _proc_stand_ins()
+        self._proc_dirs = [name for name in HIDDEN_PROC_DIRS if Path("/proc", name).is_dir()]
         self._merged_usr = Path("/bin").is_symlink()
 
     @classmethod
@@ -279,18 +395,48 @@ class Jail:
         if uid is not None:
             command += [self.setpriv, f"--reuid={uid}", f"--regid={uid}", "--clear-groups"]
             command += ["--inh-caps=-all", "--no-new-privs", "--"]
-        read_fd, write_fd = os.pipe()
+        fds: list[int] = []
         try:
-            os.write(write_fd, self._seccomp)
-        finally:
-            os.close(write_fd)
-        command += [self.bwrap, *self._namespaces(network), "--seccomp", str(read_fd)]
-        command += self._mounts(task_dir, limits, writable_task=writable_task, extra=extra)
+            read_fd, write_fd = os.pipe()
+            fds.append(read_fd)
+            try:
+                os.write(write_fd, self._seccomp)
+            finally:
+                os.close(write_fd)
+            command += [self.bwrap, *self._namespaces(network), "--seccomp", str(read_fd)]
+            command += self._mounts(task_dir, limits, writable_task=writable_task)
+            command += self._stand_ins(fds)
+            for mount in extra:  # after the stand-ins: a caller's own /etc file wins
+                command += ["--bind" if mount.writable else "--ro-bind"]
+                command += [str(mount.source), mount.target]
+            command += ["--remount-ro", "/"]
+        except BaseException:
+            for fd in fds:
+                os.close(fd)
+            raise
         command += ["--chdir", TASK_DIR, "--clearenv"]
         for key, value in env.items():
             command += ["--setenv", key, value]
         command += ["--", *argv]
-        return command, [read_fd]
+        return command, fds
+
+    def _stand_ins(self, fds: list[int]) -> list[str]:
+        """Neutral files over the host's /etc/hosts and global /proc files and folders."""
+        try:
+            uptime = Path("/proc/uptime").read_text().split()[0]
+        except (OSError, IndexError):
+            uptime = "0.00"
+        files = {"/etc/hosts": _HOSTS}
+        files |= {f"/proc/{name}": data for name, data in self._proc.items()}
+        if "uptime" in self._proc:  # when this instance started; the host's idle time hidden
+            files["/proc/uptime"] = f"{uptime} 0.00\n".encode()
+        args = []
+        for target, data in files.items():
+            fds.append(_memfd(data))
+            args += ["--perms", "0444", "--ro-bind-data", str(fds[-1]), target]
+        for name in self._proc_dirs:
+            args += ["--tmpfs", f"/proc/{name}", "--remount-ro", f"/proc/{name}"]
+        return args
 
     @staticmethod
     def _namespaces(network: bool) -> list[str]:
@@ -303,9 +449,7 @@ class Jail:
             args.append("--unshare-net")
         return args
 
-    def _mounts(
-        self, task_dir: Path, limits: Limits, *, writable_task: bool, extra: Sequence[Mount]
-    ) -> list[str]:
+    def _mounts(self, task_dir: Path, limits: Limits, *, writable_task: bool) -> list[str]:
         args = ["--ro-bind", "/usr", "/usr"]
         for name in ("bin", "sbin", "lib", "lib64", "lib32", "libx32"):
             if Path(f"/{name}").is_symlink():
@@ -321,9 +465,6 @@ class Jail:
         args += ["--size", size, "--perms", "1777", "--tmpfs", "/tmp"]
         args += ["--size", size, "--perms", "1777", "--tmpfs", "/dev/shm"]
         args += ["--bind" if writable_task else "--ro-bind", str(task_dir), TASK_DIR]
-        for mount in extra:
-            args += ["--bind" if mount.writable else "--ro-bind", str(mount.source), mount.target]
-        args += ["--remount-ro", "/"]
         return args
 
 
