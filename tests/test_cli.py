@@ -1,6 +1,7 @@
-"""The ``taskorch tasks|schedules|queues`` verbs against the real service (``taskorch serve`` and
-a real worker): the README's walk-through run line by line as written, what each verb prints,
-``--json``, the exit codes scripts rely on, and ``--help`` with an example for every verb."""
+"""The ``taskorch`` command against the real service (``taskorch serve`` and a real worker): the
+README's walk-throughs run line by line as written with ``taskorch dev`` of the installed wheel,
+what each verb prints, ``--json``, the exit codes scripts rely on, ``--help`` with an example
+for every command, ``--version`` and the token as users paste it, on the installed package."""
 
 from __future__ import annotations
 

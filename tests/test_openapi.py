@@ -9,6 +9,7 @@ runs the full count.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import shutil
@@ -21,11 +22,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import jsonschema_rs
 import pytest
 
+from taskorch import constants as c
 from taskorch.api import ROUTES
 from taskorch.auth import mint_token
-from tests.conftest import SECRET, free_port, make_settings
+from taskorch.store import connect
+from tests.conftest import SECRET, Api, free_port, make_settings
 
 EXAMPLES = int(os.environ.get("TASKORCH_OPENAPI_EXAMPLES", "4"))
 # The API alone: function builds (compilers, pip) stay off, so created functions stay "building"
@@ -204,3 +208,53 @@ async def test_document_names_every_answer_a_client_can_get(served: str) -> None
         }
         op_ids = [op["operationId"] for ops in doc["paths"].values() for op in ops.values()]
         assert len(op_ids) == len(set(op_ids))
+
+
+async def test_the_changes_the_service_publishes_are_documented_events(api: Api) -> None:
+    """What ``/v1/events`` sends as each event's data, as the scripts publish it: a task's,
+    an orchestration's and a schedule's changes, their deletion included, all fit the
+    document's Event (schemathesis above sees the stream's schedule and task events only)."""
+    doc = (await api.http.get("/openapi.json")).json()
+    event = jsonschema_rs.Draft202012Validator(doc["components"]["schemas"]["Event"])
+    sse = doc["paths"]["/v1/events"]["get"]["responses"]["200"]["content"]["text/event-stream"]
+    assert sse["schema"]["properties"]["data"]["contentSchema"] == {
+        "$ref": "#/components/schemas/Event"
+    }
+    listener = connect(api.settings.redis_url)
+    pubsub = listener.pubsub()
+    await pubsub.subscribe(c.EVENTS_CHANNEL_PREFIX + "alice")
+    try:
+        auth = api.auth()
+        later = {"url": "https://example.com/hook", "delay": 3600}
+        task = (await api.http.post("/v1/tasks", json=later, headers=auth)).json()
+        await api.http.post(f"/v1/tasks/{task['id']}/cancel", headers=auth)
+        steps = {"steps": [{"url": "https://example.com/hook"}], "delay": 3600}
+        orc = await api.http.post("/v1/orchestrations", json=steps, headers=auth)
+        await api.http.post(f"/v1/orchestrations/{orc.json()['id']}/cancel", headers=auth)
+        body = {"every": 3600, "task": {"url": "https://example.com/hook"}}
+        sch = (await api.http.post("/v1/schedules", json=body, headers=auth)).json()
+        await api.http.post(f"/v1/schedules/{sch['id']}/pause", headers=auth)
+        assert (await api.http.delete(f"/v1/schedules/{sch['id']}", headers=auth)).status_code < 300
+        want = {
+            ("task", "scheduled"),
+            ("task", "cancelled"),
+            ("orchestration", "scheduled"),
+            ("orchestration", "cancelled"),
+            ("schedule", "active"),
+            ("schedule", "paused"),
+            ("schedule", "deleted"),
+        }
+        seen: set[tuple[str, str]] = set()
+        deadline = time.monotonic() + 15
+        while not want <= seen:
+            assert time.monotonic() < deadline, (want - seen, seen)
+            msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+            if msg is None:
+                continue
+            data = json.loads(msg["data"])
+            for published in data if isinstance(data, list) else [data]:
+                assert event.is_valid(published), published
+                seen.add((published["type"], published["status"]))
+    finally:
+        await pubsub.aclose()
+        await listener.aclose()
