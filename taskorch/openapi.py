@@ -676,20 +676,23 @@ def _queue_paths() -> dict[str, Any]:
     }
 
 
+# What ``GET /v1/events`` reports changes of, as the store's scripts and the functions' records
+# publish them: each kind's id prefix, its statuses, and the status its deletion is published as.
+_EVENT_KINDS: dict[str, tuple[str, type[enum.Enum], tuple[str, ...]]] = {
+    "task": ("tsk", models.TaskStatus, ()),
+    "orchestration": ("orc", models.OrchestrationStatus, ()),
+    "schedule": ("sch", models.ScheduleStatus, ("deleted",)),
+    "function": ("fn", models.FunctionStatus, ("deleted",)),
+}
+
+
 def _event_schema() -> dict[str, Any]:
-    """One change of ``GET /v1/events``, as the store's scripts and the functions' records
-    publish it: what changed (``type``, ``id``) and its status now (or ``deleted``)."""
-    kinds = {
-        "task": ("tsk", models.TaskStatus, ()),
-        "orchestration": ("orc", models.OrchestrationStatus, ()),
-        "schedule": ("sch", models.ScheduleStatus, ("deleted",)),
-        "function": ("fn", models.FunctionStatus, ("deleted",)),
-    }
+    """One change of ``GET /v1/events``: what changed (``type``, ``id``) and its status now."""
     return {
         "type": "object",
         "required": ["type", "id", "status"],
         "properties": {
-            "type": {"type": "string", "enum": list(kinds)},
+            "type": {"type": "string", "enum": list(_EVENT_KINDS)},
             "id": {"type": "string"},
             "status": {"type": "string"},
         },
@@ -701,7 +704,7 @@ def _event_schema() -> dict[str, Any]:
                     "status": {"enum": [*(s.value for s in statuses), *more]},
                 }
             }
-            for kind, (prefix, statuses, more) in kinds.items()
+            for kind, (prefix, statuses, more) in _EVENT_KINDS.items()
         ],
     }
 
@@ -714,7 +717,7 @@ def _sse_event() -> dict[str, Any]:
         "type": "object",
         "required": ["event", "data"],
         "properties": {
-            "event": {"type": "string", "enum": ["task", "orchestration", "schedule", "function"]},
+            "event": {"type": "string", "enum": list(_EVENT_KINDS)},
             "data": {
                 "type": "string",
                 "contentMediaType": "application/json",
