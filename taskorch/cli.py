@@ -6,40 +6,112 @@ import argparse
 import asyncio
 import getpass
 import sys
+from importlib import metadata
 
 from taskorch import commands
+from taskorch.commands import subcommand
 from taskorch.errors import ConfigError
 from taskorch.settings import Settings
 
 
+def _version() -> str:
+    """The installed package's version (its metadata, as pip shows it)."""
+    try:
+        return metadata.version("taskorch")
+    except metadata.PackageNotFoundError:  # a source tree on sys.path, never installed
+        return "unknown (not installed)"
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="taskorch", description="Scheduled HTTP tasks on Redis.")
+    p = argparse.ArgumentParser(
+        prog="taskorch",
+        description="Scheduled HTTP tasks on Redis.",
+        epilog="examples:\n  taskorch dev\n  taskorch tasks create --help",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--version", action="version", version=f"taskorch {_version()}")
     sub = p.add_subparsers(dest="command", required=True)
-    sub.add_parser("dev", help="run Redis, the API and a worker on this machine, for trying out")
-    sub.add_parser("serve", help="run the API (TASKORCH_HOST:TASKORCH_PORT)")
-    sub.add_parser("worker", help="run a worker; run as many as you like")
-    sub.add_parser(
+    redis = "TASKORCH_REDIS_URL=redis://127.0.0.1:6379/0"
+    subcommand(
+        sub,
+        "dev",
+        "run Redis, the API and a worker on this machine, for trying out",
+        "taskorch dev        # then, in another shell: export TASKORCH_TOKEN=$(cat "
+        ".taskorch/dev-token)",
+        description="Run Redis, the API and a worker on this machine, for trying out. It prints "
+        "the API's address and a token for the owner 'dev' (also in .taskorch/dev-token; the "
+        "Redis URL and signing secret, for another shell, in .taskorch/dev.env). Ctrl-C stops "
+        "everything.",
+    )
+    subcommand(
+        sub,
+        "serve",
+        "run the API (TASKORCH_HOST:TASKORCH_PORT)",
+        f"export {redis} TASKORCH_JWT_SECRET=$(openssl rand -hex 32)\ntaskorch serve",
+        description="Run the API on TASKORCH_HOST:TASKORCH_PORT (127.0.0.1:3000, or every "
+        "interface on PORT), in WEB_CONCURRENCY processes. Every setting: docs/configuration.md.",
+    )
+    subcommand(
+        sub,
+        "worker",
+        "run a worker; run as many as you like",
+        f"{redis} taskorch worker",
+        description="Run a worker: it makes the calls that are due. Run as many as you like, "
+        "anywhere that reaches TASKORCH_REDIS_URL.",
+    )
+    subcommand(
+        sub,
         "migrate",
-        help="rewrite an old single-node Redis layout into partitions, in place (stop the old "
+        "rewrite an old single-node Redis layout into partitions, in place (stop the old "
         "workers and API processes first)",
+        f"{redis} taskorch migrate",
     )
-    sub.add_parser(
+    subcommand(
+        sub,
         "check",
-        help="check the settings and Redis's eviction policy (a release step); exit 2 if wrong",
+        "check the settings and Redis's eviction policy (a release step); exit 2 if wrong",
+        "taskorch check && taskorch serve    # the Procfile's release step, then the API",
     )
-    t = sub.add_parser("token", help="print a signed token")
+    t = subcommand(
+        sub,
+        "token",
+        "print a signed token",
+        "taskorch token --sub dashboard --scope read --ttl 86400",
+        description="Print a token signed with TASKORCH_JWT_SECRET, for the owner --sub.",
+    )
     t.add_argument("--sub", required=True, help="the owner the token acts for")
     t.add_argument("--ttl", type=int, default=None, help="seconds until it expires")
     t.add_argument("--scope", nargs="*", default=None, help="read, write (default: all)")
-    u = sub.add_parser("user", help="manage users who sign in with a password")
+    u = subcommand(
+        sub,
+        "user",
+        "manage users who sign in with a password",
+        "echo 'a long password' | taskorch user add alice\ntaskorch user passwd alice\n"
+        "taskorch user remove alice",
+        description="Manage users who sign in with a password (POST /v1/auth/token), in the "
+        "Redis of TASKORCH_REDIS_URL.",
+    )
     usub = u.add_subparsers(dest="user_command", required=True)
-    add = usub.add_parser("add", help="add or reset a user (password from a prompt or stdin)")
+    add = subcommand(
+        usub,
+        "add",
+        "add or reset a user (password from a prompt or stdin)",
+        "echo 'a long password' | taskorch user add alice",
+    )
     add.add_argument("name")
-    pw = usub.add_parser(
-        "passwd", help="change a user's password and revoke every token issued to them before"
+    pw = subcommand(
+        usub,
+        "passwd",
+        "change a user's password and revoke every token issued to them before",
+        "taskorch user passwd alice     # asks for the new password twice",
     )
     pw.add_argument("name")
-    rm = usub.add_parser("remove", help="remove a user and revoke every token issued to them")
+    rm = subcommand(
+        usub,
+        "remove",
+        "remove a user and revoke every token issued to them",
+        "taskorch user remove alice",
+    )
     rm.add_argument("name")
     commands.add_verbs(sub)  # tasks, schedules, queues: the API through taskorch.client
     return p

@@ -16,6 +16,7 @@ import asyncio
 import datetime as dt
 import email.utils
 import os
+import re
 import time
 import urllib.parse
 import uuid
@@ -60,6 +61,7 @@ __all__ = [
     "ScheduleFields",
     "Stats",
     "TaskFields",
+    "bare_token",
 ]
 
 T = TypeVar("T")
@@ -70,6 +72,18 @@ Time = dt.datetime | str
 API_URL_ENV = "TASKORCH_API_URL"
 TOKEN_ENV = "TASKORCH_TOKEN"
 PAGE_SIZE = c.CLIENT_PAGE_SIZE
+_BEARER = re.compile(r"bearer\s+", re.IGNORECASE)
+
+
+def bare_token(value: str | None) -> str | None:
+    """A token as people paste it, made bare: the whitespace around it and a leading ``Bearer ``
+    (any case) removed, so ``TASKORCH_TOKEN="Bearer eyJ..."`` works as the bare token does;
+    None when nothing is left."""
+    if value is None:
+        return None
+    value = value.strip()
+    prefix = _BEARER.match(value)
+    return (value[prefix.end() :] if prefix else value) or None
 
 
 # -- what the methods take ---------------------------------------------------------------------
@@ -539,7 +553,7 @@ class _Base:
         if not url:
             raise errors.ConfigError(f"No API address: pass base_url or set {API_URL_ENV}.")
         self.base_url = url.rstrip("/")
-        self.token = token if token is not None else os.environ.get(TOKEN_ENV)
+        self.token = bare_token(token if token is not None else os.environ.get(TOKEN_ENV))
         self._calls = _Calls(idempotency_keys=idempotency_keys)
         self._retry = _Retry(retries=retries, max_wait_s=max_retry_wait_s)
 

@@ -16,13 +16,14 @@ import datetime as dt
 import json
 import re
 import sys
+import textwrap
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import msgspec
 
 from taskorch import errors
-from taskorch.client import API_URL_ENV, TOKEN_ENV, Client
+from taskorch.client import API_URL_ENV, TOKEN_ENV, Client, bare_token
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -143,17 +144,25 @@ def _short(text: str | None, width: int = 48) -> str:
 # -- the parsers ---------------------------------------------------------------------------------
 
 
+def subcommand(
+    sub: Any, name: str, help: str, example: str, *, description: str | None = None
+) -> argparse.ArgumentParser:
+    """A ``taskorch`` verb whose ``--help`` ends with an example (one or more command lines)."""
+    p: argparse.ArgumentParser = sub.add_parser(
+        name,
+        help=help,
+        description=textwrap.fill(description or help[0].upper() + help[1:] + ".", 78),
+        epilog="example:\n" + "\n".join(f"  {line}" for line in example.splitlines()),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    return p
+
+
 def _verb(
     sub: Any, name: str, help: str, example: str, run: Callable[[Client, Any], int]
 ) -> argparse.ArgumentParser:
     _EXAMPLES.setdefault(id(sub), []).append(example)
-    p: argparse.ArgumentParser = sub.add_parser(
-        name,
-        help=help,
-        description=help[0].upper() + help[1:] + ".",
-        epilog=f"example:\n  {example}",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = subcommand(sub, name, help, example)
     p.add_argument("--json", action="store_true", help="print the API's answer as JSON")
     p.set_defaults(run=run)
     return p
@@ -169,7 +178,12 @@ def _examples(group: argparse.ArgumentParser, sub: Any) -> None:
 
 def _call_options(p: argparse.ArgumentParser, *, url_required: bool = True) -> None:
     p.add_argument("--url", required=url_required, help="the http(s) URL to call")
-    p.add_argument("--method", choices=["GET", "POST", "PUT", "PATCH", "DELETE"], type=str.upper)
+    p.add_argument(
+        "--method",
+        choices=["GET", "POST", "PUT", "PATCH", "DELETE"],
+        type=str.upper,
+        help="the HTTP method of the call (POST)",
+    )
     p.add_argument("--payload", type=_payload, help="JSON sent as the body, e.g. '{\"a\": 1}'")
     p.add_argument(
         "--header", action="append", type=_header, default=[], help="Name:value (repeatable)"
@@ -259,7 +273,7 @@ def add_verbs(sub: Any) -> None:
         _schedule_list,
     )
     p.add_argument("--status", choices=["active", "paused", "ended"])
-    p.add_argument("--limit", type=int, default=20)
+    p.add_argument("--limit", type=int, default=20, help="at most this many (20)")
     p.add_argument("--cursor")
     p.add_argument("--all", action="store_true", help="every page")
     for verb, text, run in (
@@ -318,7 +332,7 @@ def run(args: argparse.Namespace) -> int:
     """Run a client verb; the exit code (EXIT_*) says how it went."""
     import os
 
-    url, token = os.environ.get(API_URL_ENV), os.environ.get(TOKEN_ENV)
+    url, token = os.environ.get(API_URL_ENV), bare_token(os.environ.get(TOKEN_ENV))
     if not url:
         return _fail(f"set {API_URL_ENV} to the API's address, such as http://127.0.0.1:3000")
     if not token:

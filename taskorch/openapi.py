@@ -676,6 +676,59 @@ def _queue_paths() -> dict[str, Any]:
     }
 
 
+# What ``GET /v1/events`` reports changes of, as the store's scripts and the functions' records
+# publish them: each kind's id prefix, its statuses, and the status its deletion is published as.
+_EVENT_KINDS: dict[str, tuple[str, type[enum.Enum], tuple[str, ...]]] = {
+    "task": ("tsk", models.TaskStatus, ()),
+    "orchestration": ("orc", models.OrchestrationStatus, ()),
+    "schedule": ("sch", models.ScheduleStatus, ("deleted",)),
+    "function": ("fn", models.FunctionStatus, ("deleted",)),
+}
+
+
+def _event_schema() -> dict[str, Any]:
+    """One change of ``GET /v1/events``: what changed (``type``, ``id``) and its status now."""
+    return {
+        "type": "object",
+        "required": ["type", "id", "status"],
+        "properties": {
+            "type": {"type": "string", "enum": list(_EVENT_KINDS)},
+            "id": {"type": "string"},
+            "status": {"type": "string"},
+        },
+        "oneOf": [
+            {
+                "properties": {
+                    "type": {"const": kind},
+                    "id": {"pattern": ID_PATTERN.format(prefix=prefix)},
+                    "status": {"enum": [*(s.value for s in statuses), *more]},
+                }
+            }
+            for kind, (prefix, statuses, more) in _EVENT_KINDS.items()
+        ],
+    }
+
+
+def _sse_event() -> dict[str, Any]:
+    """One server-sent event of ``GET /v1/events``. Before OpenAPI 3.2 (``itemSchema``), the
+    ``schema`` of a ``text/event-stream`` describes each event, as the SSE parser reads it: an
+    object of its fields, ``data`` a string (here the JSON of an Event)."""
+    return {
+        "type": "object",
+        "required": ["event", "data"],
+        "properties": {
+            "event": {"type": "string", "enum": list(_EVENT_KINDS)},
+            "data": {
+                "type": "string",
+                "contentMediaType": "application/json",
+                "contentSchema": _ref("Event"),
+            },
+            "id": {"type": "string"},
+            "retry": {"type": "integer", "minimum": 0},
+        },
+    }
+
+
 def _lateness_schemas() -> dict[str, Any]:
     """GET /v1/stats/lateness's answer (issue #13): a minute's or the window's figures."""
     ms = {"type": ["number", "null"]}
@@ -722,6 +775,7 @@ def document(settings: Settings) -> dict[str, Any]:
         provider = {"type": "null", "default": None}
     schemas["FunctionCreate"]["properties"]["provider"] = provider
     schemas.update(_lateness_schemas())
+    schemas["Event"] = _event_schema()
     upload = _function_upload()
     upload["requestBody"]["content"]["multipart/form-data"]["schema"]["properties"]["provider"] = {
         "type": "string",
@@ -889,11 +943,13 @@ def document(settings: Settings) -> dict[str, Any]:
             "/v1/events": {
                 "get": _op(
                     "Server-sent events of the owner's changes (event: task, orchestration, "
-                    "schedule, function; data: {type, id, status})",
+                    "schedule, function; data: the JSON of an Event, {type, id, status})",
                     {
                         "200": {
-                            "description": "An endless text/event-stream",
-                            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+                            "description": "An endless text/event-stream: `retry: 2000`, then "
+                            "an event per change (`event: <type>`, `data: <Event as JSON>`) and "
+                            "a comment line every 15 s. The schema describes each event.",
+                            "content": {"text/event-stream": {"schema": _sse_event()}},
                         }
                     },
                     op_id="events",

@@ -1,15 +1,22 @@
-"""The ``taskorch tasks|schedules|queues`` verbs against the real service (``taskorch serve`` and
-a real worker): the README's walk-through run line by line as written, what each verb prints,
-``--json``, the exit codes scripts rely on, and ``--help`` with an example for every verb."""
+"""The ``taskorch`` command against the real service (``taskorch serve`` and a real worker): the
+README's walk-throughs run line by line as written with ``taskorch dev`` of the installed wheel,
+what each verb prints, ``--json``, the exit codes scripts rely on, ``--help`` with an example
+for every command, ``--version`` and the token as users paste it, on the installed package."""
 
 from __future__ import annotations
 
+import argparse
 import datetime as dt
 import json
 import os
 import re
+import shlex
+import shutil
+import signal
 import subprocess
+import tempfile
 import time
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -19,49 +26,104 @@ from taskorch import cli, commands
 from taskorch.client import Client
 from tests.client_live import Service, new_owner, run_cli, service
 from tests.conftest import ROOT
+from tests.test_dev import _run_dev, _wait_ready
 
 __all__ = ["service"]  # the module's fixture
 
 
-def readme_cli_lines() -> list[str]:
-    """The command lines of the README's command-line walk-through, as written."""
+# The README's shell blocks a newcomer runs, in order, in one shell, with `taskorch dev` running:
+# the command line's walk-through, curl's, tokens with a password, a schedule, an orchestration.
+# (The functions block needs the trigger URL its first answer gives, so it is not run as written.)
+WALK_THROUGHS = (
+    "## A walk-through with the command line",
+    "## The same walk-through with curl",
+    "Tokens with a password instead",
+    "## Recurring schedules",
+    "## Orchestrations",
+)
+
+
+def readme_lines() -> list[str]:
+    """The command lines of the README's walk-throughs (WALK_THROUGHS), as written: a line
+    continued with a backslash or an open quote is one line."""
     text = (ROOT / "README.md").read_text()
-    section = text.split("## A walk-through with the command line", 1)[1]
-    block = section.split("```sh\n", 1)[1].split("```", 1)[0]
-    return [
-        line for line in block.splitlines() if line.strip() and not line.lstrip().startswith("#")
-    ]
+    lines: list[str] = []
+    for heading in WALK_THROUGHS:
+        section = text.split(heading, 1)[1]
+        block = section.split("```sh\n", 1)[1].split("```", 1)[0]
+        command = ""
+        for line in block.splitlines():
+            if not command and (not line.strip() or line.lstrip().startswith("#")):
+                continue
+            command += line + "\n"
+            if not line.endswith("\\") and _complete(command):
+                lines.append(command.rstrip("\n"))
+                command = ""
+        assert not command, f"an unfinished line under {heading!r}: {command}"
+    return lines
 
 
-def test_the_readme_walk_through_runs_as_written(service: Service, tmp_path: Path) -> None:
-    lines = readme_cli_lines()
-    assert any(line.startswith("taskorch tasks create") or "tasks create" in line for line in lines)
-    # The folder `./scripts/dev` leaves: the venv, and the token `taskorch dev` wrote.
-    (tmp_path / ".venv").symlink_to(ROOT / ".venv")
-    (tmp_path / ".taskorch").mkdir()
-    (tmp_path / ".taskorch" / "dev-token").write_text(service.token(new_owner()) + "\n")
-    script = ["set -e"]
-    for i, line in enumerate(lines):
-        # The one address the README says may differ: the one `taskorch dev` printed.
-        line = line.replace("http://127.0.0.1:3000", service.url)
-        script += [f"echo '@@@ {i}'", line]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TASKORCH_")}
-    env["PATH"] = "/usr/bin:/bin"  # `taskorch` comes from the venv the walk-through activates
-    done = subprocess.run(
-        ["bash", "-c", "\n".join(script)],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=90,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-    parts = re.split(r"^@@@ (\d+)\n", done.stdout, flags=re.M)[1:]
-    out = {
-        lines[int(n)].split("#")[0].strip(): text
-        for n, text in zip(parts[::2], parts[1::2], strict=True)
-    }
+def _complete(command: str) -> bool:
+    """Whether a shell command's quotes are all closed (a `#` comment may hold an apostrophe)."""
+    try:
+        shlex.split(command, comments=True)
+    except ValueError:  # "No closing quotation"
+        return False
+    return True
 
+
+@pytest.mark.timeout(600)  # the first test to use `installed` builds and installs the wheel
+def test_the_readme_walk_throughs_run_as_written(installed: Path) -> None:
+    """Every walk-through of the README, line by line, as a newcomer runs them with the
+    installed package: `taskorch dev` in a folder whose .venv holds the wheel, then the lines
+    in a second shell. Each line succeeds, prints what the README says, and no task or
+    orchestration they make ends failed."""
+    lines = readme_lines()
+    assert any("taskorch tasks create" in line for line in lines)
+    folder = Path(tempfile.mkdtemp(prefix="taskorch-readme-"))
+    folder.chmod(0o711)  # the functions' sandbox uid enters it, as in tests/test_dev.py
+    (folder / ".venv").symlink_to(installed)
+    dev, port = _run_dev(folder, with_redis=True, taskorch=[str(installed / "bin" / "taskorch")])
+    try:
+        banner = _wait_ready(dev)
+        url = f"http://127.0.0.1:{port}"
+        assert url in banner
+        script = ["set -e"]
+        for i, line in enumerate(lines):
+            # The one address the README says may differ: the one `taskorch dev` printed.
+            script += [f"echo '@@@ {i}'", line.replace("http://127.0.0.1:3000", url)]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("TASKORCH_")}
+        env["PATH"] = "/usr/bin:/bin"  # `taskorch` comes from the venv the walk-through activates
+        done = subprocess.run(
+            ["bash", "-c", "\n".join(script)],
+            cwd=folder,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+        parts = re.split(r"^@@@ (\d+)\n", done.stdout, flags=re.M)[1:]
+        out = {
+            lines[int(n)].split("#")[0].strip(): text
+            for n, text in zip(parts[::2], parts[1::2], strict=True)
+        }
+        _check_cli_walk_through(out)
+        _check_curl_walk_through(out)
+        token = (folder / ".taskorch" / "dev-token").read_text().strip()
+        with Client(url, token=token) as client:
+            _nothing_failed(client)
+    finally:
+        dev.send_signal(signal.SIGTERM)
+        try:
+            dev.wait(60)
+        finally:
+            if dev.stdout:
+                dev.stdout.close()
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _check_cli_walk_through(out: dict[str, str]) -> None:
     task = out["taskorch tasks get $TASK"]
     assert re.search(r"^status:\s+succeeded$", task, re.M), task
     assert re.search(r"^1\s+\S.*\s200\s+\d+ ms\s+\d+\.\d ms", task, re.M), task  # its attempt
@@ -76,9 +138,50 @@ def test_the_readme_walk_through_runs_as_written(service: Service, tmp_path: Pat
     assert "rate:           5/s" in out["taskorch queues set hooks --rate 5 --max-concurrent 2"]
     schedule = out["taskorch schedules get $SCHEDULE"]
     assert "every 1m" in schedule and schedule.count(" in ") >= 5  # five next runs, "in 42 s"
+    assert re.search(r"^call:\s+GET http", schedule, re.M), schedule
     assert re.search(r"^status:\s+paused$", out["taskorch schedules pause $SCHEDULE"], re.M)
     queues = out["taskorch queues list"].splitlines()
     assert [row.split()[0] for row in queues] == ["NAME", "default", "hooks"]
+
+
+def _check_curl_walk_through(out: dict[str, str]) -> None:
+    by_start = {line.split("\n")[0]: text for line, text in out.items()}
+
+    def answer(start: str) -> Any:
+        (text,) = [t for line, t in by_start.items() if line.startswith(start)]
+        return json.loads(text)
+
+    task = answer("curl -s $API/v1/tasks/$TASK")
+    assert task["status"] == "succeeded" and task["attempts"][0]["status_code"] == 200, task
+    assert answer("curl -s -X POST $API/v1/tasks/$OTHER/cancel")["status"] == "cancelled"
+    assert answer('curl -s "$API/v1/tasks?status=failed"')["items"] == []
+    assert answer("curl -s -X POST $API/v1/auth/token")["token_type"] == "bearer"
+    assert answer("curl -s -X POST $API/v1/schedules")["status"] == "active"
+    assert answer("curl -s -X POST $API/v1/orchestrations")["status"] in ("scheduled", "running")
+
+
+def _nothing_failed(client: Client, timeout_s: float = 60) -> None:
+    """Wait until every task and orchestration the lines made has settled (nothing running or
+    retrying, nothing due in the next minute), then check that none failed."""
+    horizon = dt.datetime.now(dt.UTC) + dt.timedelta(minutes=1)
+
+    def settled() -> bool:
+        for t in client.iter_tasks():
+            if t.status.value in ("running", "retrying"):
+                return False
+            due = dt.datetime.fromisoformat(t.run_at) if t.run_at else None
+            if t.status.value == "scheduled" and due is not None and due < horizon:
+                return False
+        return all(
+            o.status.value not in ("scheduled", "running") for o in client.iter_orchestrations()
+        )
+
+    _wait(settled, timeout_s)
+    tasks = list(client.iter_tasks())
+    assert tasks and not [t for t in tasks if t.status.value == "failed"], [
+        (t.id, t.method, t.url, t.status.value, t.schedule_id) for t in tasks
+    ]
+    assert [o.status.value for o in client.iter_orchestrations()] == ["succeeded"]
 
 
 # -- every verb, in process (the same code path as the command, without a process each) ---------
@@ -238,6 +341,98 @@ def test_help_shows_an_example_for_every_verb(capsys: Any) -> None:
             text = capsys.readouterr().out
             assert ended.value.code == 0
             assert re.search(rf"^example:\n  taskorch {group} {verb}\b", text, re.M), text
+
+
+def test_help_shows_the_default_method_of_a_call(capsys: Any) -> None:
+    for group in ("tasks", "schedules"):
+        with pytest.raises(SystemExit):
+            cli.main([group, "create", "--help"])
+        text = " ".join(capsys.readouterr().out.split())
+        assert "--method {GET,POST,PUT,PATCH,DELETE} the HTTP method of the call (POST)" in text
+
+
+def _leaves(parser: argparse.ArgumentParser, words: tuple[str, ...] = ()) -> Any:
+    """Every command of a parser's tree, as the words that name it."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, child in action.choices.items():
+                yield (*words, name)
+                yield from _leaves(child, (*words, name))
+
+
+def test_every_command_has_an_example_in_its_help(capsys: Any) -> None:
+    """The README: "Every verb has --help with an example"; each of the command's own."""
+    commands_ = list(_leaves(cli._parser()))
+    assert ("serve",) in commands_ and ("user", "passwd") in commands_
+    for words in commands_:
+        with pytest.raises(SystemExit) as ended:
+            cli.main([*words, "--help"])
+        text = capsys.readouterr().out
+        assert ended.value.code == 0
+        example = re.search(r"^examples?:\n((?:  .*\n?)+)", text, re.M)
+        assert example, text
+        assert f"taskorch {' '.join(words)}" in example.group(1), text
+
+
+def _installed(
+    venv: Path, cwd: Path, *args: str, program: str = "taskorch", **env: str
+) -> subprocess.CompletedProcess[str]:
+    """A program of the installed wheel's venv (``taskorch`` by default), run with a bare PATH
+    outside the checkout."""
+    return subprocess.run(
+        [str(venv / "bin" / program), *args],
+        env={"PATH": "/usr/bin:/bin", "HOME": str(cwd), **env},
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+@pytest.mark.timeout(600)  # the first test to use `installed` builds and installs the wheel
+def test_installed_command_prints_its_version(installed: Path, tmp_path: Path) -> None:
+    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    done = _installed(installed, tmp_path, "--version")
+    assert (done.returncode, done.stdout) == (0, f"taskorch {version}\n"), done.stderr
+
+
+@pytest.mark.timeout(600)
+def test_installed_service_commands_show_an_example(installed: Path, tmp_path: Path) -> None:
+    for verb in ("dev", "serve", "worker", "token", "user", "check", "migrate"):
+        done = _installed(installed, tmp_path, verb, "--help")
+        assert done.returncode == 0, done.stderr
+        example = re.search(r"^example:\n((?:  .*\n)+)", done.stdout, re.M)
+        assert example and f"taskorch {verb}" in example.group(1), done.stdout
+
+
+@pytest.mark.timeout(600)
+def test_installed_command_and_client_take_a_bearer_token(
+    installed: Path, service: Service, tmp_path: Path
+) -> None:
+    """TASKORCH_TOKEN pasted with its scheme (any case) and whitespace around it."""
+    token = service.token()
+    for pasted in (f"Bearer {token}", f"bearer {token}\n", f"  BEARER   {token} "):
+        done = _installed(
+            installed,
+            tmp_path,
+            "tasks",
+            "list",
+            TASKORCH_API_URL=service.url,
+            TASKORCH_TOKEN=pasted,
+        )
+        assert (done.returncode, done.stdout) == (0, "no tasks\n"), done.stderr
+    # The Python client reads TASKORCH_TOKEN the same way.
+    probe = "from taskorch.client import Client; print(Client().list_tasks().items)"
+    done = _installed(
+        installed,
+        tmp_path,
+        "-c",
+        probe,
+        program="python",
+        TASKORCH_API_URL=service.url,
+        TASKORCH_TOKEN=f"Bearer {token}\n",
+    )
+    assert (done.returncode, done.stdout) == (0, "[]\n"), done.stderr
 
 
 def test_missing_settings_and_an_unreachable_api_exit_clearly(service: Service) -> None:

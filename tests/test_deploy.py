@@ -136,35 +136,6 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
             proc.wait()
 
 
-@pytest.fixture(scope="module")
-def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A fresh venv, outside the checkout, with only the built wheel installed in it."""
-    where = tmp_path_factory.mktemp("installed")
-    dist = where / "dist"
-    subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(dist), str(ROOT)],
-        check=True,
-        capture_output=True,
-        timeout=300,
-    )
-    (wheel,) = dist.glob("taskorch-*.whl")
-    venv = where / "venv"
-    base = getattr(sys, "_base_executable", sys.executable)
-    subprocess.run([base, "-m", "venv", str(venv)], check=True, timeout=120)
-    # The versions requirements.txt (the lock Heroku installs from) pins, taskorch from the wheel.
-    pins = where / "constraints.txt"
-    lock = (ROOT / "requirements.txt").read_text().splitlines()
-    pins.write_text("\n".join(line for line in lock if line.strip() != ".") + "\n")
-    pip = [str(venv / "bin" / "pip"), "install", "-q", "--disable-pip-version-check"]
-    subprocess.run(
-        [*pip, "-c", str(pins), str(wheel)],
-        check=True,
-        capture_output=True,
-        timeout=600,
-    )
-    return venv
-
-
 # Building the wheel and installing it with its dependencies into an empty venv takes minutes
 # on a busy machine; the default 120 s covers the fixture too.
 @pytest.mark.timeout(900)

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import httpx
@@ -17,7 +18,11 @@ import pytest
 from tests.conftest import free_port
 
 
-def _run_dev(folder: Path, *, with_redis: bool) -> tuple[subprocess.Popen[str], int]:
+def _run_dev(
+    folder: Path, *, with_redis: bool, taskorch: Sequence[str] = (sys.executable, "-m", "taskorch")
+) -> tuple[subprocess.Popen[str], int]:
+    """``taskorch dev`` started in ``folder`` (``taskorch``: the command, this checkout's by
+    default) on a free port, its output piped."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("TASKORCH_")}
     env.update(TASKORCH_PORT=str(port), TASKORCH_FUNCTIONS_DIR=str(folder / "functions"))
@@ -26,7 +31,7 @@ def _run_dev(folder: Path, *, with_redis: bool) -> tuple[subprocess.Popen[str], 
         bindir.mkdir()
         env["PATH"] = str(bindir)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "taskorch", "dev"],
+        [*taskorch, "dev"],
         cwd=folder,
         env=env,
         stdout=subprocess.PIPE,
