@@ -56,10 +56,14 @@ class SandboxLimits:
         disk_mb: size of the instance's /tmp (and of its /dev/shm); counted in `memory_mb`.
         max_processes: processes and threads of the instance together.
         cpus: CPU share of the instance (1.0 = one core).
-        cpu_s: CPU seconds of one process (a warm process is recycled at half of it).
+        cpu_s: CPU seconds of one process (RLIMIT_CPU); a warm instance is recycled once it
+            has used half of it, all its processes together as the kernel counts them.
         file_size_mb: the largest file a function may write.
         idle_s: a warm instance idle this long is stopped.
         max_instances: warm instances per function serving calls in parallel.
+        max_waiting: calls per function that may wait for a busy instance; a call beyond is
+            refused at once (`FunctionBusy`, 429 at the trigger URL).
+        max_wait_s: the longest a call waits for an instance before it is refused so.
     """
 
     timeout_s: float = 30.0
@@ -71,6 +75,8 @@ class SandboxLimits:
     file_size_mb: int = 64
     idle_s: float = 300.0
     max_instances: int = 4
+    max_waiting: int = 8
+    max_wait_s: float = 5.0
 
 
 class LocalRuntime:
@@ -122,6 +128,8 @@ class LocalRuntime:
             cpu_s=limits.cpu_s,
             idle_s=limits.idle_s,
             max_instances=limits.max_instances,
+            max_waiting=limits.max_waiting,
+            max_wait_s=limits.max_wait_s,
         )
 
     @property
@@ -188,6 +196,7 @@ class LocalRuntime:
             KeyError: the function is not built.
             FunctionError: the handler raised, or its process died.
             FunctionTimeout: no answer within `timeout_s`.
+            FunctionBusy: every instance is busy and no more calls may wait.
         """
         try:
             payload = msgspec.json.encode(event)
