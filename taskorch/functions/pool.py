@@ -235,14 +235,16 @@ class Pools:
                 for inst in list(pool.idle):
                     if now - inst.last_used >= self.idle_s or not inst.alive:
                         pool.idle.remove(inst)
-                        try:
-                            await self._retire(pool, inst, "idle" if inst.alive else "died")
-                        except Exception:
-                            log.exception("function.instance.stop_failed")
+                        # Not awaited here: `close()` cancels the reaper, and a stop cut short
+                        # would leave the instance running; `close()` waits for these.
+                        self._background(self._retire(pool, inst, "idle" if inst.alive else "died"))
 
     def _background(self, coro: Awaitable[None]) -> None:
         async def run() -> None:
-            await coro
+            try:
+                await coro
+            except Exception:
+                log.exception("function.instance.stop_failed")
 
         task = asyncio.create_task(run())
         self._tasks.add(task)

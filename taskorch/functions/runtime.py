@@ -5,8 +5,9 @@ Each function lives in `<base_dir>/<function_id>/` (mode 0700). When the service
 the folder belongs to a uid of the function's own, picked in 100000..164999 and remembered as
 the folder's owner. Every process runs in the sandbox of `jail.py`, each instance in cgroups of
 its own (`cgroups.py`); the code is read-only at `/var/task`, `/tmp` a fresh size-limited tmpfs.
-Invocations travel as one JSON document per line: requests on the child's stdin, answers on its
-stdout; the bootstrap sends the handler's own output to stderr, logged as `function.output`.
+Invocations travel as one JSON document per line: requests on the child's stdin, answers on a
+pipe of their own; the child's stdout and stderr (the handler's output, the runtime's warnings)
+are its log, `function.output`. An instance is frozen between calls (see `process.py`).
 
 Without a sandbox (`SandboxUnavailable` at start) the runtime refuses to exist, unless the
 operator passes `unsafe=True` (TASKORCH_UNSAFE_FUNCTIONS=1): functions then run as plain
@@ -234,15 +235,23 @@ class LocalRuntime:
     # -- processes ----------------------------------------------------------------------------
 
     async def _start(self, function_id: str, spec: Spec) -> Sandboxed:
-        argv, env = self._command(spec, "serve", function_id)
+        frame_pipe = os.pipe()  # the answers' own pipe: stdout is only a log (process.py)
+        try:
+            argv, env = self._command(spec, "serve", function_id, frame_fd=frame_pipe[1])
+            uid = self._owner(function_id)
+        except BaseException:
+            os.close(frame_pipe[0])
+            os.close(frame_pipe[1])
+            raise
         return await spawn(
             self._jail,
             argv,
             function_id=function_id,
             fn_dir=self._base / function_id,
-            uid=self._owner(function_id),
+            uid=uid,
             limits=self._process_limits(self._limits.memory_mb, cpu_s=self._limits.cpu_s),
             env=env,
+            frame_pipe=frame_pipe,
         )
 
     def _process_limits(self, memory_mb: int, *, cpu_s: int, processes: int = 0) -> Limits:
@@ -258,12 +267,16 @@ class LocalRuntime:
         )
 
     def _command(
-        self, spec: Spec, mode: str, function_id: str = ""
+        self, spec: Spec, mode: str, function_id: str = "", *, frame_fd: int = 1
     ) -> tuple[list[str], dict[str, str]]:
-        """The argv and environment of a bootstrap in `mode` (relative to the code folder)."""
+        """The argv and environment of a bootstrap in `mode` (relative to the code folder).
+
+        `frame_fd`: the file descriptor the bootstrap writes its answers to (1, stdout, for a
+        build's "check"; a pipe of its own for a warm instance, see `process.py`).
+        """
         memory_mb = self._limits.memory_mb
         env = {"PATH": SAFE_PATH, "HOME": "/tmp", "LANG": "C.UTF-8", "TMPDIR": "/tmp"}
-        args = [mode, spec.handler, function_id, str(memory_mb)]
+        args = [mode, spec.handler, function_id, str(memory_mb), str(frame_fd)]
         heap_mb = max(64, memory_mb * 3 // 4)
         if spec.runtime == "python":
             return [self._python, "-I", "-u", "_taskorch_bootstrap.py", *args], env
@@ -274,7 +287,10 @@ class LocalRuntime:
         # glibc gives each thread a 64 MiB malloc arena reservation; the JVM has many threads.
         env["MALLOC_ARENA_MAX"] = "2"
         java = self._tools["java"] or "java"
-        argv = [java, *self._jvm_flags(), "-cp", "classes", "TaskorchBootstrap", *args]
+        # The bootstrap writes its answers to `frame_fd`, which Java can open only through
+        # FileDescriptor's private field.
+        opens = ["--add-opens=java.base/java.io=ALL-UNNAMED"]
+        argv = [java, *self._jvm_flags(), *opens, "-cp", "classes", "TaskorchBootstrap", *args]
         return argv, env
 
     def _jvm_flags(self) -> list[str]:
