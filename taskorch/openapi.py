@@ -896,6 +896,13 @@ def document(settings: Settings) -> dict[str, Any]:
                         "400": _ERRORS["400"],
                         "404": _json("Error", "Wrong id or key"),
                         "413": _ERRORS["413"],
+                        "429": {
+                            **_json(
+                                "Error",
+                                "Every instance is busy and enough calls wait (function_busy)",
+                            ),
+                            "headers": _RETRY_AFTER,
+                        },
                         "500": _json("Error", "The handler raised (function_error)"),
                         "503": _ERRORS["503"],
                         "504": _json(

@@ -11,6 +11,7 @@
 from taskorch.functions.errors import (
     AwsProviderError,
     BuildError,
+    FunctionBusy,
     FunctionError,
     FunctionTimeout,
     SandboxUnavailable,
@@ -21,6 +22,7 @@ from taskorch.functions.runtime import LocalRuntime, SandboxLimits, local_runtim
 __all__ = [
     "AwsProviderError",
     "BuildError",
+    "FunctionBusy",
     "FunctionError",
     "FunctionTimeout",
     "Functions",

@@ -2,15 +2,22 @@
 
 Each warm process and each build step of a function gets a cgroup of its own, made before the
 process starts and joined by it before it runs anything else, so every descendant is counted
-and can be found again: killing an instance kills everything in its cgroup (under v2 frozen
-first; under v1 the kill goes round until none is left, which `pids.max` keeps short), then the
-cgroup is removed. (The v1 freezer is not used: each hierarchy joined costs a cold start about
-10 ms, and killing the PID namespace's first process already takes all the others with it.)
+and can be found again: killing an instance kills everything in its cgroup (frozen first where
+a v2 cgroup is at hand; under v1 alone the kill goes round until none is left, which `pids.max`
+keeps short), then the cgroup is removed.
 
 cgroup v2 is used where this process may delegate from its own cgroup; otherwise cgroup v1 with
-the memory, pids and cpu controllers. `Cgroups.detect()` returns
-None with the reason when neither is usable; the runtime then says so at start and falls back to
-rlimits (see docs/functions.md).
+the memory, pids and cpu controllers. On a hybrid host (v1 controllers plus a cgroup2 mount at
+`/sys/fs/cgroup/unified`, as systemd and Docker set up) each instance also gets a directory in
+that v2 hierarchy: no controller is needed there for what it gives, the freezer
+(`cgroup.freeze`, `cgroup.events`), `cgroup.kill` and the CPU the instance used
+(`cpu.stat` `usage_usec`, every process of it counted, children included). The runtime freezes
+an instance between calls and counts its CPU from there (see `process.py`). Under v1 alone there
+is no freezer (the v1 freezer is not used: joining one more v1 hierarchy costs a cold start
+about 10 ms), and an instance's CPU is read from its main process.
+
+`Cgroups.detect()` returns None with the reason when neither is usable; the runtime then says
+so at start and falls back to rlimits (see docs/functions.md).
 """
 
 from __future__ import annotations
@@ -41,7 +48,9 @@ class InstanceCgroup:
     """The cgroup(s) of one instance: one directory per v1 hierarchy, or one under v2."""
 
     dirs: list[Path]
-    freezer: Path | None  # the v2 directory (cgroup.freeze), None under v1
+    # The instance's v2 directory (cgroup.freeze, cgroup.kill, cpu.stat): the one directory
+    # under v2, the one in the hybrid host's unified hierarchy under v1, else None.
+    freezer: Path | None
     v2: bool
     _removed: bool = field(default=False, repr=False)
 
@@ -69,11 +78,45 @@ class InstanceCgroup:
                             return True
         return False
 
+    def cpu_usage_us(self) -> int | None:
+        """CPU microseconds every process of the instance used so far, or None (no v2 dir)."""
+        if self.freezer is None:
+            return None
+        try:
+            for line in (self.freezer / "cpu.stat").read_text().splitlines():
+                key, _, value = line.partition(" ")
+                if key == "usage_usec":
+                    return int(value)
+        except (OSError, ValueError):
+            pass
+        return None
+
+    def freeze(self) -> None:
+        """Stops every process of the instance where it stands (no CPU, no progress).
+
+        The kernel freezes asynchronously: `frozen()` says when it is done. A frozen process
+        still dies of SIGKILL; `thaw()` lets the others run on.
+        """
+        self._freeze(True)
+
+    def thaw(self) -> None:
+        self._freeze(False)
+
+    def frozen(self) -> bool:
+        """Whether every process of the instance is frozen now (`cgroup.events`)."""
+        if self.freezer is None:
+            return False
+        with contextlib.suppress(OSError):
+            for line in (self.freezer / "cgroup.events").read_text().splitlines():
+                if line.strip() == "frozen 1":
+                    return True
+        return False
+
     def kill(self, *, timeout_s: float = 2.0) -> bool:
         """SIGKILLs every process in the instance; returns whether none is left."""
-        if self.v2 and (self.dirs[0] / "cgroup.kill").exists():
+        if self.freezer is not None and (self.freezer / "cgroup.kill").exists():
             with contextlib.suppress(OSError):
-                (self.dirs[0] / "cgroup.kill").write_text("1")
+                (self.freezer / "cgroup.kill").write_text("1")
         # Frozen, no process can fork while the kill goes round; a killed process dies only
         # once thawed.
         self._freeze(True)
@@ -153,12 +196,15 @@ class Cgroups:
             _write(d / "cpu.max", f"{int(cpus * _CPU_PERIOD_US)} {_CPU_PERIOD_US}")
             return InstanceCgroup([d], d, v2=True)
         dirs: list[Path] = []
+        unified = None
         try:
             for controller, parent in self.parents.items():
                 d = parent / name
                 d.mkdir()
                 dirs.append(d)
-                if controller == "memory":
+                if controller == "unified":  # the hybrid host's v2 hierarchy: no limits there
+                    unified = d
+                elif controller == "memory":
                     limit = str(memory_mb * 1024 * 1024)
                     _write(d / "memory.limit_in_bytes", limit)
                     if (d / "memory.memsw.limit_in_bytes").exists():  # no escape into swap
@@ -169,9 +215,9 @@ class Cgroups:
                     _write(d / "cpu.cfs_period_us", str(_CPU_PERIOD_US))
                     _write(d / "cpu.cfs_quota_us", str(int(cpus * _CPU_PERIOD_US)))
         except OSError:
-            InstanceCgroup(dirs, None, v2=False).remove()
+            InstanceCgroup(dirs, unified, v2=False).remove()
             raise
-        return InstanceCgroup(dirs, None, v2=False)
+        return InstanceCgroup(dirs, unified, v2=False)
 
     def close(self) -> None:
         """Removes the instance cgroups left and this process's parent cgroups."""
@@ -191,12 +237,18 @@ class Cgroups:
         self, parents: Iterable[Path], *, keep: set[Path] | frozenset[Path] = frozenset()
     ) -> None:
         for parent in parents:
+            v2_dir = self.version == 2 or parent.parent == self._unified_base()
             with contextlib.suppress(OSError):
                 for entry in parent.iterdir():
                     if entry.is_dir():
-                        InstanceCgroup([entry], None, v2=self.version == 2).remove()
+                        # A v2 directory may hold frozen processes: thawed or killed on remove.
+                        InstanceCgroup([entry], entry if v2_dir else None, v2=v2_dir).remove()
                 if parent not in keep:
                     parent.rmdir()
+
+    def _unified_base(self) -> Path | None:
+        parent = self.parents.get("unified")
+        return None if parent is None else parent.parent
 
 
 def _write(path: Path, value: str) -> None:
@@ -255,4 +307,29 @@ def _try_v1(own: dict[str, str]) -> tuple[Cgroups | None, str]:
         except OSError as exc:
             return None, f"cannot make a cgroup under {parent.parent}: {exc.strerror}"
         parents[controller] = parent
+    unified = _hybrid_unified(own)
+    if unified is not None:
+        parents["unified"] = unified
     return Cgroups(1, parents), ""
+
+
+def _hybrid_unified(own: dict[str, str]) -> Path | None:
+    """Our parent in a hybrid host's cgroup2 hierarchy (the freezer and CPU count), or None."""
+    mount = _ROOT / "unified"
+    if "" not in own or not (mount / "cgroup.procs").exists():
+        return None
+    parent = mount / own[""].lstrip("/") / f"{_PARENT_NAME}-{os.getpid()}"
+    try:
+        parent.mkdir(exist_ok=True)
+        probe = parent / "probe"
+        probe.mkdir(exist_ok=True)
+        usable = all((probe / f).exists() for f in ("cgroup.freeze", "cgroup.events", "cpu.stat"))
+        probe.rmdir()
+    except OSError as exc:
+        log.info("function.cgroup.no_unified", path=str(parent), error=exc.strerror)
+        return None
+    if not usable:  # a kernel before 5.2 has no v2 freezer
+        with contextlib.suppress(OSError):
+            parent.rmdir()
+        return None
+    return parent

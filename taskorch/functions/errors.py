@@ -5,6 +5,7 @@ TaskorchError
 │                       step failed; `message` is what the user sees on the function
 ├── FunctionError       the handler raised or its process died ("<ExcType>: <msg>")
 ├── FunctionTimeout     no answer (or no start) within the limit; the instance was killed
+├── FunctionBusy        every instance is busy and the calls waiting for one are at their bound
 ├── SandboxUnavailable  the sandbox cannot be made on this host; says why and how to fix it
 └── AwsProviderError    building or deploying for AWS Lambda failed; says what to check
 """
@@ -44,6 +45,19 @@ class FunctionTimeout(TaskorchError):
         super().__init__(self.message)
         self.function_id = function_id
         self.timeout_s = timeout_s
+
+
+class FunctionBusy(TaskorchError):
+    """Every instance of the function is busy and no more calls may wait: try again later."""
+
+    def __init__(self, function_id: str, *, instances: int, waiting: int, retry_after_s: int):
+        self.message = (
+            f"function {function_id} is busy: its {instances} instance(s) are serving calls and "
+            f"{waiting} more are waiting; retry after {retry_after_s} s or send fewer calls at once"
+        )
+        super().__init__(self.message)
+        self.function_id = function_id
+        self.retry_after_s = retry_after_s
 
 
 class SandboxUnavailable(TaskorchError):

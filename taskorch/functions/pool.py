@@ -1,10 +1,13 @@
 """Warm instances of local functions: start, reuse, retire, reap the idle.
 
-A warm instance serves one invocation at a time. A function keeps up to
-`SandboxLimits.max_instances` of them; further calls wait for one to be free (the wait does not
-count against `timeout_s`). An instance idle for `idle_s`, one that timed out or died, and one
-that has used half its `cpu_s` budget are stopped, which kills every process it started (see
-`process.py`); the next call starts a new one.
+A warm instance serves one invocation at a time and is frozen between them (`process.py`). A
+function keeps up to `SandboxLimits.max_instances` of them; further calls wait for one to be
+free (the wait does not count against `timeout_s`), at most `max_waiting` calls per function
+and each at most `max_wait_s`: beyond either, the call is refused at once with `FunctionBusy`
+(429 with Retry-After at the trigger URL), as AWS Lambda throttles. An instance idle for
+`idle_s`, one that timed out or died, and one that has used half its `cpu_s` budget (all its
+processes together, as the kernel counts them) are stopped, which kills every process it
+started (see `process.py`); the next call starts a new one.
 """
 
 from __future__ import annotations
@@ -20,13 +23,15 @@ from typing import Any
 import structlog
 
 from taskorch.functions.build import Spec, relative
-from taskorch.functions.errors import FunctionError, FunctionTimeout
+from taskorch.functions.errors import FunctionBusy, FunctionError, FunctionTimeout
 from taskorch.functions.process import Gone, Instance, Sandboxed
 
 log = structlog.get_logger("taskorch.functions")
 
 # Lambda gives a function 10 s to initialise, separately from the invocation timeout.
 _INIT_TIMEOUT_S = 10.0
+# What a refused call is told to wait before it tries again.
+_BUSY_RETRY_AFTER_S = 1
 
 
 @dataclass
@@ -39,6 +44,7 @@ class Pool:
     idle: list[Instance] = field(default_factory=list)
     instances: set[Instance] = field(default_factory=set)
     closed: bool = False  # the function was rebuilt, removed or the runtime closed
+    waiting: int = 0  # calls waiting for a free instance
 
 
 class Pools:
@@ -46,7 +52,7 @@ class Pools:
 
     Args:
         start: starts a sandboxed bootstrap in "serve" mode for a function.
-        timeout_s, cpu_s, idle_s, max_instances: see `SandboxLimits`.
+        timeout_s, cpu_s, idle_s, max_instances, max_waiting, max_wait_s: see `SandboxLimits`.
     """
 
     def __init__(
@@ -57,12 +63,16 @@ class Pools:
         cpu_s: int,
         idle_s: float,
         max_instances: int,
+        max_waiting: int = 8,
+        max_wait_s: float = 5.0,
     ) -> None:
         self._start_process = start
         self.timeout_s = timeout_s
         self.cpu_s = cpu_s
         self.idle_s = idle_s
         self.max_instances = max_instances
+        self.max_waiting = max_waiting
+        self.max_wait_s = max_wait_s
         self._pools: dict[str, Pool] = {}
         self._reaper: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -78,13 +88,39 @@ class Pools:
         return self._pools.get(function_id)
 
     async def invoke(self, pool: Pool, payload: bytes) -> dict[str, Any] | None:
-        """One call on a warm (or new) instance; None when the pool closed while waiting."""
+        """One call on a warm (or new) instance; None when the pool closed while waiting.
+
+        Raises:
+            FunctionBusy: every instance is busy and `max_waiting` calls wait already, or none
+                came free within `max_wait_s`.
+        """
         self._start_reaper()
-        async with pool.slots:
+        if pool.slots.locked() and pool.waiting >= self.max_waiting:
+            raise self._busy(pool)
+        pool.waiting += 1
+        try:
+            async with asyncio.timeout(self.max_wait_s):
+                await pool.slots.acquire()
+        except TimeoutError:
+            raise self._busy(pool) from None
+        finally:
+            pool.waiting -= 1
+        try:
             if pool.closed:
                 return None
             inst = self._take_idle(pool) or await self._start(pool)
             return await self._call(pool, inst, payload)
+        finally:
+            pool.slots.release()
+
+    def _busy(self, pool: Pool) -> FunctionBusy:
+        log.info("function.invoke.busy", function_id=pool.function_id, waiting=pool.waiting)
+        return FunctionBusy(
+            pool.function_id,
+            instances=self.max_instances,
+            waiting=pool.waiting,
+            retry_after_s=_BUSY_RETRY_AFTER_S,
+        )
 
     async def stop(self, function_id: str) -> None:
         """Stops every instance of a function."""
@@ -199,14 +235,16 @@ class Pools:
                 for inst in list(pool.idle):
                     if now - inst.last_used >= self.idle_s or not inst.alive:
                         pool.idle.remove(inst)
-                        try:
-                            await self._retire(pool, inst, "idle" if inst.alive else "died")
-                        except Exception:
-                            log.exception("function.instance.stop_failed")
+                        # Not awaited here: `close()` cancels the reaper, and a stop cut short
+                        # would leave the instance running; `close()` waits for these.
+                        self._background(self._retire(pool, inst, "idle" if inst.alive else "died"))
 
     def _background(self, coro: Awaitable[None]) -> None:
         async def run() -> None:
-            await coro
+            try:
+                await coro
+            except Exception:
+                log.exception("function.instance.stop_failed")
 
         task = asyncio.create_task(run())
         self._tasks.add(task)

@@ -23,7 +23,8 @@ import msgspec
 import structlog
 
 from taskorch import constants as c
-from taskorch.errors import NotFound, ValidationFailed
+from taskorch.errors import NotFound, TooManyRequests, ValidationFailed
+from taskorch.functions.errors import FunctionBusy
 from taskorch.models import (
     Function,
     FunctionCreate,
@@ -167,7 +168,11 @@ class Functions:
         log.info("function.deleted", function_id=fid, owner=owner)
 
     async def invoke(self, fid: str, key: str, event: object) -> object:
-        """Call a ready local function through its trigger; wrong id or key is NotFound."""
+        """Call a ready local function through its trigger; wrong id or key is NotFound.
+
+        Every instance busy and its waiting calls at their bound: 429 `function_busy` with
+        Retry-After (TooManyRequests), as AWS Lambda throttles.
+        """
         h = await self.redis.hgetall(c.FUNCTION_KEY_PREFIX + fid)
         if not h or not hmac.compare_digest(h.get("key", "").encode(), key.encode()):
             raise NotFound("No function answers at this URL.")
@@ -180,11 +185,16 @@ class Functions:
 
             raise Conflict(f"The function is {h['status']}: it can be called once it is ready.")
         try:
-            return await self.runtime.invoke(fid, event)
-        except KeyError:
-            # Built by another API process, or before this one restarted: build it here first.
-            await self._build_local(fid, h)
-            return await self.runtime.invoke(fid, event)
+            try:
+                return await self.runtime.invoke(fid, event)
+            except KeyError:
+                # Built by another API process, or before this one restarted: build it here first.
+                await self._build_local(fid, h)
+                return await self.runtime.invoke(fid, event)
+        except FunctionBusy as exc:
+            raise TooManyRequests(
+                exc.message, retry_after_s=exc.retry_after_s, code="function_busy"
+            ) from None
 
     # -- builds ----------------------------------------------------------------------------
 

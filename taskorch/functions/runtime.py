@@ -5,8 +5,9 @@ Each function lives in `<base_dir>/<function_id>/` (mode 0700). When the service
 the folder belongs to a uid of the function's own, picked in 100000..164999 and remembered as
 the folder's owner. Every process runs in the sandbox of `jail.py`, each instance in cgroups of
 its own (`cgroups.py`); the code is read-only at `/var/task`, `/tmp` a fresh size-limited tmpfs.
-Invocations travel as one JSON document per line: requests on the child's stdin, answers on its
-stdout; the bootstrap sends the handler's own output to stderr, logged as `function.output`.
+Invocations travel as one JSON document per line: requests on the child's stdin, answers on a
+pipe of their own; the child's stdout and stderr (the handler's output, the runtime's warnings)
+are its log, `function.output`. An instance is frozen between calls (see `process.py`).
 
 Without a sandbox (`SandboxUnavailable` at start) the runtime refuses to exist, unless the
 operator passes `unsafe=True` (TASKORCH_UNSAFE_FUNCTIONS=1): functions then run as plain
@@ -56,10 +57,14 @@ class SandboxLimits:
         disk_mb: size of the instance's /tmp (and of its /dev/shm); counted in `memory_mb`.
         max_processes: processes and threads of the instance together.
         cpus: CPU share of the instance (1.0 = one core).
-        cpu_s: CPU seconds of one process (a warm process is recycled at half of it).
+        cpu_s: CPU seconds of one process (RLIMIT_CPU); a warm instance is recycled once it
+            has used half of it, all its processes together as the kernel counts them.
         file_size_mb: the largest file a function may write.
         idle_s: a warm instance idle this long is stopped.
         max_instances: warm instances per function serving calls in parallel.
+        max_waiting: calls per function that may wait for a busy instance; a call beyond is
+            refused at once (`FunctionBusy`, 429 at the trigger URL).
+        max_wait_s: the longest a call waits for an instance before it is refused so.
     """
 
     timeout_s: float = 30.0
@@ -71,6 +76,8 @@ class SandboxLimits:
     file_size_mb: int = 64
     idle_s: float = 300.0
     max_instances: int = 4
+    max_waiting: int = 8
+    max_wait_s: float = 5.0
 
 
 class LocalRuntime:
@@ -122,6 +129,8 @@ class LocalRuntime:
             cpu_s=limits.cpu_s,
             idle_s=limits.idle_s,
             max_instances=limits.max_instances,
+            max_waiting=limits.max_waiting,
+            max_wait_s=limits.max_wait_s,
         )
 
     @property
@@ -188,6 +197,7 @@ class LocalRuntime:
             KeyError: the function is not built.
             FunctionError: the handler raised, or its process died.
             FunctionTimeout: no answer within `timeout_s`.
+            FunctionBusy: every instance is busy and no more calls may wait.
         """
         try:
             payload = msgspec.json.encode(event)
@@ -225,15 +235,23 @@ class LocalRuntime:
     # -- processes ----------------------------------------------------------------------------
 
     async def _start(self, function_id: str, spec: Spec) -> Sandboxed:
-        argv, env = self._command(spec, "serve", function_id)
+        frame_pipe = os.pipe()  # the answers' own pipe: stdout is only a log (process.py)
+        try:
+            argv, env = self._command(spec, "serve", function_id, frame_fd=frame_pipe[1])
+            uid = self._owner(function_id)
+        except BaseException:
+            os.close(frame_pipe[0])
+            os.close(frame_pipe[1])
+            raise
         return await spawn(
             self._jail,
             argv,
             function_id=function_id,
             fn_dir=self._base / function_id,
-            uid=self._owner(function_id),
+            uid=uid,
             limits=self._process_limits(self._limits.memory_mb, cpu_s=self._limits.cpu_s),
             env=env,
+            frame_pipe=frame_pipe,
         )
 
     def _process_limits(self, memory_mb: int, *, cpu_s: int, processes: int = 0) -> Limits:
@@ -249,12 +267,16 @@ class LocalRuntime:
         )
 
     def _command(
-        self, spec: Spec, mode: str, function_id: str = ""
+        self, spec: Spec, mode: str, function_id: str = "", *, frame_fd: int = 1
     ) -> tuple[list[str], dict[str, str]]:
-        """The argv and environment of a bootstrap in `mode` (relative to the code folder)."""
+        """The argv and environment of a bootstrap in `mode` (relative to the code folder).
+
+        `frame_fd`: the file descriptor the bootstrap writes its answers to (1, stdout, for a
+        build's "check"; a pipe of its own for a warm instance, see `process.py`).
+        """
         memory_mb = self._limits.memory_mb
         env = {"PATH": SAFE_PATH, "HOME": "/tmp", "LANG": "C.UTF-8", "TMPDIR": "/tmp"}
-        args = [mode, spec.handler, function_id, str(memory_mb)]
+        args = [mode, spec.handler, function_id, str(memory_mb), str(frame_fd)]
         heap_mb = max(64, memory_mb * 3 // 4)
         if spec.runtime == "python":
             return [self._python, "-I", "-u", "_taskorch_bootstrap.py", *args], env
@@ -265,7 +287,10 @@ class LocalRuntime:
         # glibc gives each thread a 64 MiB malloc arena reservation; the JVM has many threads.
         env["MALLOC_ARENA_MAX"] = "2"
         java = self._tools["java"] or "java"
-        argv = [java, *self._jvm_flags(), "-cp", "classes", "TaskorchBootstrap", *args]
+        # The bootstrap writes its answers to `frame_fd`, which Java can open only through
+        # FileDescriptor's private field.
+        opens = ["--add-opens=java.base/java.io=ALL-UNNAMED"]
+        argv = [java, *self._jvm_flags(), *opens, "-cp", "classes", "TaskorchBootstrap", *args]
         return argv, env
 
     def _jvm_flags(self) -> list[str]:

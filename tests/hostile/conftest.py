@@ -95,3 +95,48 @@ def uid_of(base_dir: Path, function_id: str) -> int:
 async def build(rt: LocalRuntime, function_id: str, runtime: str, code: str, **kw: Any) -> None:
     handler = kw.pop("handler", "Attack::handle" if runtime == "java" else "handler")
     await rt.build(function_id, runtime=runtime, code=code, handler=handler, **kw)
+
+
+def cpu_of(uid: int) -> float:
+    """CPU seconds (user + system) the processes of `uid` that run now have used, from /proc."""
+    total = 0
+    for line in processes_of(uid):
+        pid = line.split()[1]
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                data = f.read()
+        except OSError:
+            continue
+        fields = data[data.rfind(b")") + 2 :].split()
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def v2_cgroup_of(uid: int) -> Path | None:
+    """The cgroup v2 directory a process of `uid` is in (the hybrid host's unified one too)."""
+    for line in processes_of(uid):
+        pid = line.split()[1]
+        try:
+            entries = Path(f"/proc/{pid}/cgroup").read_text().splitlines()
+        except OSError:
+            continue
+        for entry in entries:
+            if entry.startswith("0::"):
+                path = entry[3:].lstrip("/")
+                unified = Path("/sys/fs/cgroup/unified")
+                mount = unified if (unified / "cgroup.procs").exists() else Path("/sys/fs/cgroup")
+                return mount / path
+    return None
+
+
+async def frozen(cgroup: Path | None, wait_s: float = 3.0) -> bool:
+    """Waits until `cgroup.events` says every process of the cgroup is frozen (or `wait_s`)."""
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        try:
+            if cgroup is not None and "frozen 1" in (cgroup / "cgroup.events").read_text():
+                return True
+        except OSError:
+            pass
+        await asyncio.sleep(0.01)
+    return False

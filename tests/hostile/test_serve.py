@@ -276,3 +276,34 @@ async def test_a_killed_server_takes_its_functions_processes_with_it(serve: Serv
     serve.proc.wait()
 
     assert await nothing_left(uid) == [], "processes outlived the server that started them (ps)"
+
+
+SLOW = "import time\ndef handler(event, context):\n    time.sleep(0.5)\n    return 'done'\n"
+
+
+async def test_a_burst_beyond_the_instances_is_refused_with_429(serve: Serve) -> None:
+    # 4 instances (the default), 8 calls waiting for them at most: of 40 calls at once, the
+    # rest are refused at once with 429 and Retry-After, not queued for 5 s.
+    fn = await serve.create("mallory", {"name": "slow", "runtime": "python", "code": SLOW})
+    assert (await serve.http.post(fn["url"], json={})).json() == "done"
+    started = time.monotonic()
+
+    async def call() -> tuple[httpx.Response, float]:
+        r = await serve.http.post(fn["url"], json={})
+        return r, time.monotonic() - started
+
+    answers = await asyncio.gather(*(call() for _ in range(40)))
+
+    codes = sorted(r.status_code for r, _ in answers)
+    assert set(codes) <= {200, 429}, codes
+    busy = [(r, t) for r, t in answers if r.status_code == 429]
+    assert busy, "40 calls at once were all queued (no 429)"
+    assert codes.count(200) >= 4, codes
+    first_s = min(t for _, t in busy)
+    assert first_s < 1.5, f"the first 429 came after {first_s:.1f} s"
+    for r, _ in busy:
+        assert r.headers["Retry-After"] == "1"
+        body = r.json()
+        assert body["error"]["code"] == "function_busy" and body["error"]["details"] == [], body
+        assert "busy" in body["error"]["message"], body
+    assert max(t for _, t in answers) < 8.0

@@ -1,10 +1,12 @@
 // Bootstrap that runs inside a sandboxed Java function process (JDK only, no jars).
 //
 // taskorch.functions compiles this file next to the user's class and starts it as
-// `java ... TaskorchBootstrap MODE Class::method FUNCTION_NAME MEMORY_MB` with the function's
-// folder as cwd. It resolves the handler, answers {"ready": ...} once, then (MODE "serve") reads
-// one JSON request per line from stdin and writes one JSON response per line to stdout:
-// {"id", "event", ...} -> {"id", "ok": true, "result", "cpu_s"} or {"id", "ok": false, "error"}.
+// `java ... TaskorchBootstrap MODE Class::method FUNCTION_NAME MEMORY_MB FRAME_FD` with the
+// function's folder as cwd. It resolves the handler, answers {"ready": ...} once, then (MODE
+// "serve") reads one JSON request per line from stdin and writes one JSON response per line to
+// FRAME_FD (a pipe of its own; 1 is stdout): {"id", "event", ...} -> {"id", "ok": true,
+// "result"} or {"id", "ok": false, "error"}. stdout and stderr are the function's log, so the
+// JVM's own warnings there ("Failed to start thread") cannot break the protocol.
 // The handler is a public method taking one argument (Map<String, Object>), static or not.
 
 import java.io.BufferedReader;
@@ -25,7 +27,6 @@ import java.lang.reflect.RecordComponent;
 import java.math.BigDecimal;
 import java.math.BigInteger;
 import java.nio.charset.StandardCharsets;
-import java.time.Duration;
 import java.util.ArrayList;
 import java.util.Iterator;
 import java.util.LinkedHashMap;
@@ -34,16 +35,25 @@ import java.util.Map;
 
 public final class TaskorchBootstrap {
     private static final int MAX_TRACE_CHARS = 8000;
+    // A result is at most 6 MB of JSON, AWS Lambda's limit for a response (as in every runtime).
+    private static final int MAX_RESULT_BYTES = 6 * 1024 * 1024;
+    private static final String TOO_LARGE = "ResultTooLarge: the result is larger than "
+            + (MAX_RESULT_BYTES >> 20) + " MB of JSON (the limit of a function's answer): return less, "
+            + "or store it elsewhere and return where";
+
+    /** Thrown while writing a result that is over MAX_RESULT_BYTES. */
+    static final class ResultTooLarge extends RuntimeException {
+        ResultTooLarge() {
+            super(TOO_LARGE, null, false, false);
+        }
+    }
 
     private TaskorchBootstrap() {}
 
-    public static void main(String[] args) throws IOException {
+    public static void main(String[] args) throws Exception {
         String mode = args[0];
         String handler = args[1];
-        // The protocol owns the real stdout; System.out (the handler's prints) goes to stderr,
-        // which the host keeps as the function's log.
-        OutputStream out = new FileOutputStream(FileDescriptor.out);
-        System.setOut(System.err);
+        OutputStream out = frames(Integer.parseInt(args[4]));
         BufferedReader in = new BufferedReader(new InputStreamReader(System.in, StandardCharsets.UTF_8));
         System.setIn(new ByteArrayInputStream(new byte[0]));
 
@@ -80,8 +90,15 @@ public final class TaskorchBootstrap {
                             + " but the event is a " + Json.typeName(event));
                 }
                 Object result = method.invoke(target, event);
-                reply = "{\"id\":" + Json.write(id) + ",\"ok\":true,\"result\":" + Json.write(result)
-                        + ",\"cpu_s\":" + cpuSeconds() + "}";
+                reply = "{\"id\":" + Json.write(id) + ",\"ok\":true,\"result\":"
+                        + Json.write(result, MAX_RESULT_BYTES) + "}";
+                if (reply.length() > MAX_RESULT_BYTES / 3
+                        && reply.getBytes(StandardCharsets.UTF_8).length > MAX_RESULT_BYTES) {
+                    throw new ResultTooLarge();
+                }
+            } catch (ResultTooLarge t) {
+                reply = "{\"id\":" + Json.write(id) + ",\"ok\":false,\"error\":" + Json.quote(TOO_LARGE)
+                        + ",\"trace\":\"\"}";
             } catch (Throwable t) {
                 Throwable cause = unwrap(t);
                 reply = "{\"id\":" + Json.write(id) + ",\"ok\":false,\"error\":" + Json.quote(describe(cause))
@@ -133,9 +150,21 @@ public final class TaskorchBootstrap {
         return text.length() > MAX_TRACE_CHARS ? text.substring(0, MAX_TRACE_CHARS) : text;
     }
 
-    private static double cpuSeconds() {
-        Duration cpu = ProcessHandle.current().info().totalCpuDuration().orElse(Duration.ZERO);
-        return cpu.toNanos() / 1e9;
+    /** The stream the answers go to: file descriptor `fd`, a pipe of its own (or 1, stdout). */
+    private static OutputStream frames(int fd) throws ReflectiveOperationException {
+        if (fd == 1) {
+            // Answers on stdout (a build's check): System.out (the handler's prints) goes to stderr.
+            OutputStream out = new FileOutputStream(FileDescriptor.out);
+            System.setOut(System.err);
+            return out;
+        }
+        // Java opens no file descriptor by number: set FileDescriptor's own field (the JVM is
+        // started with --add-opens java.base/java.io for this).
+        FileDescriptor descriptor = new FileDescriptor();
+        Field field = FileDescriptor.class.getDeclaredField("fd");
+        field.setAccessible(true);
+        field.setInt(descriptor, fd);
+        return new FileOutputStream(descriptor);
     }
 
     private static void send(OutputStream out, String message) throws IOException {
@@ -307,8 +336,13 @@ public final class TaskorchBootstrap {
         }
 
         static String write(Object value) {
+            return write(value, Integer.MAX_VALUE);
+        }
+
+        /** `value` as JSON; ResultTooLarge as soon as it grows past `limit` characters. */
+        static String write(Object value, int limit) {
             StringBuilder sb = new StringBuilder();
-            write(sb, value, 0);
+            write(sb, value, 0, limit);
             return sb.toString();
         }
 
@@ -349,14 +383,21 @@ public final class TaskorchBootstrap {
             return i > 0 && Character.isHighSurrogate(s.charAt(i - 1));
         }
 
-        private static void write(StringBuilder sb, Object value, int depth) {
+        private static void write(StringBuilder sb, Object value, int depth, int limit) {
             if (depth > MAX_DEPTH) {
                 throw new IllegalArgumentException("result nested too deeply (a cycle?)");
+            }
+            if (sb.length() > limit) {
+                throw new ResultTooLarge();
             }
             if (value == null) {
                 sb.append("null");
             } else if (value instanceof String || value instanceof Character || value instanceof Enum) {
-                quote(sb, value instanceof Enum ? ((Enum<?>) value).name() : value.toString());
+                String text = value instanceof Enum ? ((Enum<?>) value).name() : value.toString();
+                if (sb.length() + text.length() > limit) {
+                    throw new ResultTooLarge();  // before the copy, not after
+                }
+                quote(sb, text);
             } else if (value instanceof Boolean) {
                 sb.append(value.toString());
             } else if (value instanceof Double || value instanceof Float) {
@@ -377,14 +418,14 @@ public final class TaskorchBootstrap {
                     first = false;
                     quote(sb, String.valueOf(entry.getKey()));
                     sb.append(':');
-                    write(sb, entry.getValue(), depth + 1);
+                    write(sb, entry.getValue(), depth + 1, limit);
                 }
                 sb.append('}');
             } else if (value instanceof Iterable) {
                 sb.append('[');
                 Iterator<?> it = ((Iterable<?>) value).iterator();
                 while (it.hasNext()) {
-                    write(sb, it.next(), depth + 1);
+                    write(sb, it.next(), depth + 1, limit);
                     if (it.hasNext()) sb.append(',');
                 }
                 sb.append(']');
@@ -393,11 +434,11 @@ public final class TaskorchBootstrap {
                 int n = Array.getLength(value);
                 for (int i = 0; i < n; i++) {
                     if (i > 0) sb.append(',');
-                    write(sb, Array.get(value, i), depth + 1);
+                    write(sb, Array.get(value, i), depth + 1, limit);
                 }
                 sb.append(']');
             } else {
-                write(sb, bean(value), depth + 1);
+                write(sb, bean(value), depth + 1, limit);
             }
         }
 

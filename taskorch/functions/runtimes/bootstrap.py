@@ -1,11 +1,12 @@
 """Bootstrap that runs inside a sandboxed Python function process (stdlib only).
 
 `taskorch.functions` copies this file into the function's folder and starts it as
-`python -I -u bootstrap.py MODE HANDLER FUNCTION_NAME MEMORY_MB` with the folder as cwd.
+`python -I -u bootstrap.py MODE HANDLER FUNCTION_NAME MEMORY_MB FRAME_FD` with the folder as cwd.
 It imports `handler.py`, answers `{"ready": ...}` once, then (MODE "serve") reads one JSON
-request per line from stdin and writes one JSON response per line to the original stdout:
-`{"id", "event", "request_id", "deadline_ms"}` -> `{"id", "ok": true, "result", "cpu_s"}` or
-`{"id", "ok": false, "error": "ValueError: boom", "trace"}`. MODE "check" stops after "ready".
+request per line from stdin and writes one JSON response per line to FRAME_FD (a pipe of its
+own; 1 means the original stdout): `{"id", "event", "request_id", "deadline_ms"}` ->
+`{"id", "ok": true, "result"}` or `{"id", "ok": false, "error": "ValueError: boom", "trace"}`.
+MODE "check" stops after "ready". fds 1 and 2 are the function's log.
 """
 
 from __future__ import annotations
@@ -14,12 +15,19 @@ import json
 import os
 import sys
 import time
+from collections.abc import Iterator
 from typing import IO, Any
 
 # asyncio, inspect and traceback are imported when first needed: together they are most of
 # a cold start's import time, and most handlers are plain functions that never fail.
 
 _MAX_TRACE_CHARS = 8000
+# A result is at most 6 MB of JSON, AWS Lambda's limit for a response (the same in every runtime).
+MAX_RESULT_BYTES = 6 * 1024 * 1024
+_TOO_LARGE = (
+    f"ResultTooLarge: the result is larger than {MAX_RESULT_BYTES >> 20} MB of JSON "
+    "(the limit of a function's answer): return less, or store it elsewhere and return where"
+)
 
 
 class Context:
@@ -67,6 +75,44 @@ def _dumps(obj: object) -> bytes:
     return json.dumps(obj, allow_nan=False, separators=(",", ":")).encode() + b"\n"
 
 
+def _over_limit(obj: object) -> bool:
+    """Whether `obj` is surely over the result limit, found without serializing it.
+
+    A lower bound of its JSON size (a string its length and quotes, a number 1), walked with an
+    early stop, no copy, and each container once (so a cycle stops too); `_serve` checks the
+    exact size once it is serialized.
+    """
+    total = 0
+    seen: set[int] = set()
+    end = object()
+    stack: list[Iterator[object]] = [iter((obj,))]
+    while stack:
+        value = next(stack[-1], end)
+        if value is end:
+            stack.pop()
+            continue
+        if isinstance(value, str):
+            total += len(value) + 2
+        elif isinstance(value, dict | list | tuple):
+            if id(value) in seen:
+                continue
+            seen.add(id(value))
+            total += 1 + max(len(value), 1)  # brackets and commas
+            if isinstance(value, dict):
+                for key in value:
+                    total += (len(key) if isinstance(key, str) else 1) + 3  # "key":
+                    if total > MAX_RESULT_BYTES:
+                        return True
+                stack.append(iter(value.values()))
+            else:
+                stack.append(iter(value))
+        else:
+            total += 1
+        if total > MAX_RESULT_BYTES:
+            return True
+    return False
+
+
 def _send(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
@@ -101,9 +147,11 @@ def _serve(fn: Any, requests: IO[bytes], out: int, function_name: str, memory_mb
                 # loop-bound clients (aiohttp sessions, ...) warm between calls.
                 loop = loop or asyncio.new_event_loop()
                 result = loop.run_until_complete(result)
-            reply = {"id": request["id"], "ok": True, "result": result}
-            reply["cpu_s"] = time.process_time()
-            data = _dumps(reply)
+            data = b""
+            if not _over_limit(result):
+                data = _dumps({"id": request["id"], "ok": True, "result": result})
+            if not data or len(data) > MAX_RESULT_BYTES:
+                data = _dumps({"id": request["id"], "ok": False, "error": _TOO_LARGE, "trace": ""})
         except Exception as exc:
             data = _dumps(
                 {"id": request["id"], "ok": False, "error": _describe(exc), "trace": _trace(exc)}
@@ -116,10 +164,11 @@ def _serve(fn: Any, requests: IO[bytes], out: int, function_name: str, memory_mb
 
 def main() -> int:
     """Load the handler, report readiness, then serve requests until stdin closes."""
-    mode, handler_name, function_name, memory_mb = sys.argv[1:5]
-    # Keep private copies of the protocol pipes and point fds 0 and 1 elsewhere, so that
-    # print(), C extensions and child processes write to the log instead of the protocol.
-    out = os.dup(1)
+    mode, handler_name, function_name, memory_mb, frame_fd = sys.argv[1:6]
+    # Keep private copies of the protocol pipes (not inherited by child processes) and point
+    # fds 0 and 1 elsewhere, so that print(), C extensions and child processes write to the log.
+    out = os.dup(1) if frame_fd == "1" else int(frame_fd)
+    os.set_inheritable(out, False)
     requests = os.fdopen(os.dup(0), "rb")
     os.dup2(2, 1)
     devnull = os.open(os.devnull, os.O_RDONLY)
