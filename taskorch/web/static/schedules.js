@@ -60,12 +60,13 @@ function listView(root) {
           h("ol", null, rest.map((t) => h("li", null, when(t)))),
         )
       : null;
+    // data-label names each cell where a phone shows the row as a card, without the header.
     return [
       h("td", null, badge(s.status)),
-      h("td", { class: "task" }, h("strong", null, s.name || s.id), h("div", { class: "sub" }, `${s.task.method ?? "POST"} ${s.task.url}`)),
-      h("td", null, h("code", null, s.cron ?? every(s.every)), h("div", { class: "sub" }, s.timezone)),
-      h("td", { class: "runs" }, first ? when(first) : h("span", { class: "muted" }, "none"), more),
-      h("td", null, s.last_task_id ? h("a", { href: `#/tasks/${s.last_task_id}` }, s.last_task_id) : h("span", { class: "muted" }, "—")),
+      h("td", { class: "task" }, h("strong", null, s.name || s.id), h("div", { class: "sub" }, s.task ? `${s.task.method ?? "POST"} ${s.task.url}` : "starts an orchestration")),
+      h("td", { class: "when", "data-label": "When" }, h("code", null, s.cron ?? every(s.every)), h("div", { class: "sub" }, s.timezone)),
+      h("td", { class: "runs", "data-label": "Next runs" }, first ? when(first) : h("span", { class: "muted" }, "none"), more),
+      h("td", { "data-label": "Last task" }, s.last_task_id ? h("a", { href: `#/tasks/${s.last_task_id}` }, s.last_task_id) : h("span", { class: "muted" }, "—")),
     ];
   }
 
