@@ -7,18 +7,29 @@ Screenshots land in artifacts/screenshots/.
 
 from __future__ import annotations
 
+import asyncio
+import re
+import time
+from datetime import datetime
 from typing import Any
+from zoneinfo import ZoneInfo
 
+import jwt
 import pytest
 from playwright.async_api import Page, expect
 
+from taskorch import auth
 from tests import test_web
 from tests.conftest import Target
 from tests.test_web import (
+    USER,
     Web,
+    api_task,
+    error_at,
     schedule_row,
     shot,
     sign_in,
+    task_row,
 )
 
 pytestmark = pytest.mark.browser
@@ -107,3 +118,72 @@ async def test_the_schedules_table_keeps_its_buttons_inside_its_box(
     await expect(row.locator(".badge")).to_have_text("paused")
     await row.get_by_role("button", name="Resume").click()
     await expect(row.locator(".badge")).to_have_text("active")
+
+
+# -- items 15a and 15d: the token sign-in, and tokens refused in a person's words -----------------
+
+
+async def test_the_token_sign_in_is_in_sight_and_refusals_read_as_sentences(web: Web) -> None:
+    page = await web.page()
+    await page.goto(web.base + "/")
+    box = page.get_by_label("Access token (JWT)")
+    await expect(box).to_be_visible()  # nothing to open first
+    hint = page.locator("#token-hint")
+    await expect(hint).to_contain_text("Printed by taskorch dev")
+    await expect(hint).to_contain_text("taskorch token --sub NAME")
+    await expect(box).to_have_attribute("aria-describedby", re.compile("token-hint"))
+    await shot(page, "sign-in-with-a-token")
+
+    other_secret = jwt.encode(
+        {"sub": USER, "iat": int(time.time()), "exp": int(time.time()) + 600},
+        "another-service-s-secret-of-32-bytes-or-more",
+        algorithm="HS256",
+    )
+    refused = {
+        "not-a-token": "it is not a whole token",  # what the tester pasted
+        "abc.def.ghi": "it is not a whole token",  # three parts, but not a token: the API says so
+        other_secret: "signed with another secret",
+        auth.mint_token(web.settings, USER, ttl_s=1): "That token has expired",
+    }
+    await asyncio.sleep(1.1)  # the 1 s token's time is up
+    use = page.get_by_role("button", name="Use this token")
+    for token, words in refused.items():
+        await box.fill(token)
+        await use.click()
+        shown = error_at(page, "token")
+        await expect(shown).to_contain_text(words)
+        await expect(shown).to_contain_text(
+            re.compile(r"^That token (is not valid \(|has expired)")
+        )
+        text = await page.locator("#token-form").inner_text()
+        for jargon in ("segments", "padding", "Signature verification", "Invalid"):
+            assert jargon not in text, text
+    await shot(page, "sign-in-token-refused")
+
+    # The token as a terminal prints it: after "Bearer ", broken over two lines.
+    token = web.token()
+    await box.fill(f"Bearer {token[:40]}\n{token[40:]}\n")
+    await use.click()
+    await expect(page.locator("#who")).to_have_text(f"Signed in as {USER}")
+
+
+# -- item 15f: times show their date --------------------------------------------------------------
+
+
+async def test_every_time_shows_its_date_in_the_browser_s_language(
+    web: Web, target: Target
+) -> None:
+    task = await api_task(web, {"url": target.url("/ok"), "delay": 600, "name": "soon"})
+    page = await web.page(locale="en-GB", timezone_id="Asia/Tokyo")
+    await sign_in(page, web.base)
+
+    def as_shown(iso: str) -> str:  # en-GB's medium date and time, in the browser's zone
+        d = datetime.fromisoformat(iso).astimezone(ZoneInfo("Asia/Tokyo"))
+        return f"{d.day} {d:%b} {d.year}, {d:%H:%M:%S}"
+
+    due = task_row(page, task["id"]).locator("time")
+    await expect(due).to_contain_text(as_shown(task["run_at"]))  # today's or not
+    await task_row(page, task["id"]).get_by_role("link", name="soon").click()
+    created = page.locator("dl.facts dt:text-is('Created') + dd time")
+    await expect(created).to_contain_text(as_shown(task["created_at"]))
+    await shot(page, "task-times-with-dates")

@@ -1,7 +1,7 @@
 // The page's frame: sign in and out, the hash router (#/tasks, #/tasks/tsk_…, #/orchestrations/new,
 // …), the live event stream fanned out to the open view, and the clock for relative times.
 
-import { api, listen, session } from "./api.js";
+import { ApiError, api, listen, session } from "./api.js";
 import { tick, timeZone } from "./dom.js";
 import { clearErrors, onSubmit, showErrors } from "./forms.js";
 
@@ -74,20 +74,42 @@ onSubmit($("password-form"), async () => {
 });
 
 onSubmit($("token-form"), async () => {
-  const token = $("token").value.trim();
+  // A token copied from a terminal may come wrapped over lines, or with its "Bearer " in front.
+  const token = $("token").value.replace(/^\s*Bearer\s+/i, "").replace(/\s+/g, "");
+  const refuse = (message) => {
+    throw new ApiError(401, { code: "invalid_token", message, details: [{ field: "token", message }] });
+  };
   if (!token) {
     showErrors($("token-form"), { message: "Paste a token.", details: [{ field: "token", message: "is required" }] });
     return;
   }
+  if (!/^[\w-]+\.[\w-]+\.[\w-]+$/.test(token)) refuse(NOT_WHOLE);
   try {
     await api("GET", "/v1/tasks?limit=1", undefined, { token });
   } catch (err) {
-    if (err.status === 401 || err.status === 403) err.details = [{ field: "token", message: err.message }];
+    if (err.status === 401 || err.status === 403) refuse(tokenProblem(err));
     throw err;
   }
   session.set(token);
   signedIn();
 });
+
+const NOT_WHOLE =
+  "That token is not valid (it is not a whole token: copy all of it, three parts joined by dots, " +
+  "as taskorch dev or taskorch token printed it).";
+
+/** Why the API refused a token, in a person's words (its own reasons are PyJWT's). */
+function tokenProblem(err) {
+  if (err.status === 403) return "That token is valid but may not read here (its scope lacks read).";
+  if (err.code === "token_expired") return "That token has expired: get a new one with taskorch token --sub NAME (or restart taskorch dev).";
+  if (err.code === "token_revoked") return "That token was revoked (its user's password was changed, or the user removed): sign in again.";
+  const reason = err.message.replace(/^The token is not valid: /, "").replace(/\.$/, "");
+  if (/signature verification/i.test(reason)) {
+    return "That token is not valid (it was signed with another secret than this service's TASKORCH_JWT_SECRET: was it made for another taskorch?).";
+  }
+  if (/segments|padding|invalid (header|payload|crypto)|decod|token type/i.test(reason)) return NOT_WHOLE;
+  return `That token is not valid (${reason}).`;
+}
 
 $("signout").addEventListener("click", () => {
   session.clear();
