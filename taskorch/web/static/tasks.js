@@ -377,7 +377,8 @@ function liveLateness(figure) {
   return { soon: t.soon, now: t.now, stop: () => (clearInterval(timer), t.cancel()) };
 }
 
-const clock = new Intl.DateTimeFormat(undefined, { timeStyle: "short" });
+// A minute of the last hour, with its date as every time on the page has (the hour may span midnight).
+const clock = new Intl.DateTimeFormat(undefined, { dateStyle: "medium", timeStyle: "short" });
 
 function renderChart(figure, { items, total }) {
   const caption = total.count
