@@ -11,19 +11,25 @@ import asyncio
 import re
 import time
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import httpx
 import jwt
 import pytest
 from playwright.async_api import Page, expect
 
 from taskorch import auth
+from taskorch.settings import Settings
 from tests import test_web
-from tests.conftest import Target
+from tests.conftest import Target, free_port
+from tests.live import serving, start_serve, stop_serve
 from tests.test_web import (
     USER,
     Web,
+    _add_user,
+    _browser,
     api_task,
     error_at,
     schedule_row,
@@ -187,3 +193,76 @@ async def test_every_time_shows_its_date_in_the_browser_s_language(
     created = page.locator("dl.facts dt:text-is('Created') + dd time")
     await expect(created).to_contain_text(as_shown(task["created_at"]))
     await shot(page, "task-times-with-dates")
+
+
+# -- item 15c: the page when the API goes away, and when it is back -------------------------------
+
+
+async def test_the_page_says_offline_when_its_server_stops_and_recovers(
+    settings: Settings, redis_url: str, target: Target, tmp_path: Path
+) -> None:
+    port = free_port()  # the same address after the restart, as a restarted server has
+    await _add_user(redis_url)
+    first = start_serve(redis_url, tmp_path / "first.log", port=port)
+    try:
+        async with _browser() as browser:
+            web = Web(first.url, settings, browser)
+            made = await _schedule(
+                web, {"name": "nightly", "cron": "0 3 * * *", "task": {"url": target.url("/n")}}
+            )
+            page = await web.page()
+            await sign_in(page, web.base)
+            await page.get_by_role("link", name="Schedules").click()
+            row = schedule_row(page, "nightly")
+            await expect(row.locator(".badge")).to_have_text("active")
+
+            # Requests lost on the way while the stream stays open (a stream can outlive its
+            # server's listener): the failed click says so, and so does the badge, until the
+            # service answers again.
+            live = page.locator("#live")
+            await page.route("**/v1/schedules/*/pause", lambda route: route.abort())
+            await row.get_by_role("button", name="Pause").click()
+            await expect(page.get_by_role("alert")).to_contain_text("cannot be reached")
+            await expect(live).to_have_text("Offline, reconnecting…")
+            await page.unroute("**/v1/schedules/*/pause")
+            await expect(live).to_have_text("Live")
+            await expect(row.locator(".badge")).to_have_text("active")
+
+            # The server stops (taskorch dev's Ctrl-C): the badge says so, not in green.
+            stop_serve(first.proc)
+            await expect(live).to_have_text("Offline, reconnecting…")
+            dot = await live.evaluate("(el) => getComputedStyle(el, '::before').color")
+            assert dot not in ("rgb(110, 231, 135)",), dot  # the green of "Live"
+            await shot(page, "offline-badge")
+            # A click that cannot reach the service says why, where the user looks.
+            await row.get_by_role("button", name="Pause").click()
+            await expect(page.get_by_role("alert")).to_contain_text("cannot be reached")
+            await page.get_by_role("link", name="Tasks").click()
+            await expect(page.get_by_role("alert")).to_contain_text("cannot be reached")
+            await page.get_by_role("link", name="Schedules").click()
+            await expect(page.get_by_role("alert")).to_contain_text("cannot be reached")
+            await shot(page, "offline-click")
+
+            # Meanwhile another server pauses the schedule; the page was away and missed it.
+            with serving(redis_url, tmp_path / "other.log") as other:
+                async with httpx.AsyncClient(base_url=other.url) as http:
+                    r = await http.post(
+                        f"/v1/schedules/{made['id']}/pause",
+                        headers={"Authorization": f"Bearer {web.token()}"},
+                    )
+                    assert r.status_code == 200, r.text
+
+            # Back on its address: live again, and the view shows what happened meanwhile.
+            second = start_serve(redis_url, tmp_path / "second.log", port=port)
+            try:
+                await expect(live).to_have_text("Live", timeout=15_000)
+                await expect(row.locator(".badge")).to_have_text("paused")
+                await expect(page.get_by_role("alert")).to_be_hidden()
+                await row.get_by_role("button", name="Resume").click()
+                await expect(row.locator(".badge")).to_have_text("active")
+                await shot(page, "offline-recovered")
+            finally:
+                stop_serve(second.proc)
+        assert not web.errors, web.errors
+    finally:
+        stop_serve(first.proc)

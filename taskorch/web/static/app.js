@@ -1,7 +1,7 @@
 // The page's frame: sign in and out, the hash router (#/tasks, #/tasks/tsk_…, #/orchestrations/new,
 // …), the live event stream fanned out to the open view, and the clock for relative times.
 
-import { ApiError, api, listen, session } from "./api.js";
+import { ApiError, api, listen, onReachability, session } from "./api.js";
 import { tick, timeZone } from "./dom.js";
 import { clearErrors, onSubmit, showErrors } from "./forms.js";
 
@@ -25,6 +25,8 @@ let stopListening = null;
 function showSignIn(note = "") {
   stopListening?.();
   stopListening = null;
+  clearInterval(probe);
+  probe = null;
   current?.unmount?.();
   current = null;
   for (const section of loaded) section.reset?.();
@@ -123,17 +125,54 @@ session.onExpired(() => {
 
 // -- live updates --------------------------------------------------------------------------------
 
-function startListening({ missed = false } = {}) {
-  stopListening?.();
+// The badge: "Live" while the event stream is open; "Offline, reconnecting…" as soon as the stream
+// drops or a request cannot reach the service (a stream can outlive its server for a while), until
+// the service answers again: then the stream is opened afresh and the view reloads what it missed.
+const BADGE = { connecting: "Connecting…", live: "Live", offline: "Offline, reconnecting…" };
+let probe = null; // while offline: asks /healthz every PROBE_MS until the service answers
+const PROBE_MS = 2000;
+
+function showBadge(state) {
   const live = $("live");
   live.hidden = false;
-  live.textContent = "Connecting…";
+  live.dataset.state = state;
+  live.textContent = BADGE[state];
+}
+
+function offline() {
+  if (!session.token) return;
+  showBadge("offline");
+  probe ??= setInterval(async () => {
+    try {
+      if ((await fetch("/healthz", { cache: "no-store" })).ok) back();
+    } catch {
+      // still away
+    }
+  }, PROBE_MS);
+}
+
+function back() {
+  clearInterval(probe);
+  probe = null;
+  if (session.token && $("live").dataset.state !== "live") startListening({ missed: true });
+}
+
+onReachability((reached) => (reached ? probe && back() : offline()));
+
+function startListening({ missed = false } = {}) {
+  stopListening?.();
+  showBadge(missed ? "offline" : "connecting");
   const stop = listen(
     (event) => current?.onEvent?.(event),
     (state, wasDown) => {
-      live.dataset.state = state;
-      live.textContent = { live: "Live", reconnecting: "Reconnecting…", closed: "Offline" }[state];
-      if (state === "live" && wasDown) current?.refresh?.();
+      if (state === "live") {
+        clearInterval(probe);
+        probe = null;
+        showBadge("live");
+        if (wasDown) current?.refresh?.();
+        return;
+      }
+      showBadge("offline");
       // EventSource stops retrying after an error answer (a restarting proxy, say); try again
       // later unless the session ended meanwhile (an expired token signs out instead).
       if (state === "closed") {

@@ -145,7 +145,9 @@ function listView(root) {
       cursor = answer.next_cursor;
       footer();
     } catch (err) {
-      if (turn === asked) problem.show(err.message);
+      if (turn !== asked) return;
+      problem.show(err.message);
+      if (!rows.size) shown.textContent = ""; // not "No schedules yet": they could not be read
     }
   }
 
