@@ -567,6 +567,12 @@ async def get_function(request: Request) -> Response:
     return JSON(await fns.get(p.sub, request.path_params["fn_id"]))
 
 
+async def get_function_code(request: Request) -> Response:
+    p = await principal(request, "read")
+    fns: Functions = request.state.functions
+    return JSON(await fns.code(p.sub, request.path_params["fn_id"]))
+
+
 async def delete_function(request: Request) -> Response:
     p = await principal(request, "write")
     fns: Functions = request.state.functions
@@ -952,6 +958,7 @@ ROUTES: list[tuple[str, Callable[[Request], Awaitable[Response]], str]] = [
     ("/v1/functions", list_functions, "GET"),
     ("/v1/functions/{fn_id}", get_function, "GET"),
     ("/v1/functions/{fn_id}", delete_function, "DELETE"),
+    ("/v1/functions/{fn_id}/code", get_function_code, "GET"),
     ("/fn/{fn_id}/{key}", trigger_function, "POST"),
     ("/fn/{fn_id}/{key}", trigger_preflight, "OPTIONS"),
     ("/v1/stats", stats, "GET"),

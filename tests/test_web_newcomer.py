@@ -23,13 +23,14 @@ from playwright.async_api import Page, expect
 from taskorch import auth
 from taskorch.settings import Settings
 from tests import test_web
-from tests.conftest import Target, free_port
+from tests.conftest import Target, WorkerProcs, free_port, until
 from tests.live import serving, start_serve, stop_serve
 from tests.test_web import (
     USER,
     Web,
     _add_user,
     _browser,
+    api_get,
     api_task,
     error_at,
     schedule_row,
@@ -266,3 +267,78 @@ async def test_the_page_says_offline_when_its_server_stops_and_recovers(
         assert not web.errors, web.errors
     finally:
         stop_serve(first.proc)
+
+
+# -- item 17: a function's code, and what calls it ------------------------------------------------
+
+SOURCE = """def handler(event, context):
+    # greets whoever the schedule names
+    return {"hello": event.get("name", "world")}
+"""
+
+
+async def test_the_function_page_shows_its_code_and_the_schedules_that_call_it(
+    web_public: Web, workers: WorkerProcs
+) -> None:
+    web = web_public
+    workers.start(TASKORCH_PUBLIC_URL=web.base)
+    async with web.http() as http:
+        r = await http.post(
+            "/v1/functions",
+            json={
+                "name": "greet",
+                "runtime": "python",
+                "code": SOURCE,
+                "schedule": {"delay": 3600},
+            },
+        )
+        assert r.status_code == 201, r.text
+        fid = r.json()["id"]
+    fn = await until(lambda: _ready(web, fid), timeout_s=90)
+    # A schedule that calls it every second, and one that calls something else.
+    calls = await _schedule(
+        web,
+        {
+            "name": "greet the team",
+            "every": 1,
+            "task": {"url": fn["url"], "payload": {"name": "team"}},
+        },
+    )
+    await _schedule(
+        web, {"name": "unrelated", "every": 3600, "task": {"url": web.base + "/healthz"}}
+    )
+
+    page = await web.page()
+    await sign_in(page, web.base)
+    await page.goto(f"{web.base}/#/functions/{fid}")
+    await expect(page.get_by_role("heading", name="greet", exact=True)).to_be_visible()
+    code = page.get_by_label("The function's code")
+    await expect(code).to_have_text(SOURCE)
+    callers = page.locator("ul.callers li")
+    await expect(callers).to_have_count(2)
+    await expect(callers.nth(0).get_by_role("link")).to_have_text(fn["task_id"])
+    link = callers.nth(1).get_by_role("link", name="greet the team")
+    await expect(callers.nth(1)).to_contain_text("every 1 s")
+    await expect(page.get_by_text("unrelated")).to_have_count(0)
+    await shot(page, "function-code-and-callers")
+
+    # The link leads to that schedule, picked out in the list; its tasks call the function.
+    await link.click()
+    row = page.locator(f'table.schedules tr[data-id="{calls["id"]}"]')
+    await expect(row).to_have_class(re.compile(r"\bpicked\b"))
+    await expect(row).to_be_in_viewport()
+    last = row.locator("td").nth(4).get_by_role("link")
+    await expect(last).to_have_text(re.compile(r"^tsk_"), timeout=15_000)
+    await last.click()
+    await expect(page.locator(".status-line .badge")).to_have_text("succeeded", timeout=15_000)
+    await expect(page.locator(".attempts, table")).to_contain_text("200")
+    # And the task's schedule link leads back to the schedule, picked out.
+    await page.locator("dl.facts").get_by_role("link", name=calls["id"]).click()
+    await expect(row).to_have_class(re.compile(r"\bpicked\b"))
+    await shot(page, "schedule-picked-out")
+
+
+async def _ready(web: Web, fid: str) -> dict[str, Any] | None:
+    fn = await api_get(web, f"/v1/functions/{fid}")
+    assert fn["status"] != "failed", fn
+    return fn if fn["status"] == "ready" else None

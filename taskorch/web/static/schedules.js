@@ -9,8 +9,9 @@ import { throttled } from "./tasks.js";
 
 const POLL_MS = 15000;
 
+/** #/schedules, #/schedules/new, and #/schedules/sch_… (the list with that one picked out). */
 export function mount(root, [id]) {
-  return id === "new" ? createView(root) : listView(root);
+  return id === "new" ? createView(root) : listView(root, id);
 }
 
 /** "every 5 min", "every 90 s", "every 2 h". */
@@ -20,7 +21,7 @@ export function every(s) {
   return `every ${s} s`;
 }
 
-function listView(root) {
+function listView(root, pick) {
   const rows = new Map();
   let cursor = null;
   const tbody = h("tbody");
@@ -144,11 +145,31 @@ function listView(root) {
       }
       cursor = answer.next_cursor;
       footer();
+      if (pick) await pickOut(pick);
+      pick = null;
     } catch (err) {
       if (turn !== asked) return;
       problem.show(err.message);
       if (!rows.size) shown.textContent = ""; // not "No schedules yet": they could not be read
     }
+  }
+
+  // The schedule a link named (from a function or a task): shown first if it is not on the first
+  // page, outlined, scrolled to.
+  async function pickOut(id) {
+    if (!rows.has(id)) {
+      try {
+        tbody.prepend(put(await api("GET", `/v1/schedules/${encodeURIComponent(id)}`)));
+        footer();
+      } catch (err) {
+        problem.show(err.status === 404 ? "That schedule does not exist (any more)." : err.message);
+        return;
+      }
+    }
+    const tr = rows.get(id);
+    tr.classList.add("picked");
+    tr.setAttribute("aria-current", "true");
+    tr.scrollIntoView({ block: "center" });
   }
 
   const refresh = throttled(() => load(true), 1000);

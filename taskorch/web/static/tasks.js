@@ -462,7 +462,7 @@ function detailView(root, id) {
         { class: "facts" },
         fact("Call", `${t.method} ${t.url}`),
         fact("Queue", t.queue ?? "default"),
-        t.schedule_id ? fact("Schedule", h("a", { href: "#/schedules" }, t.schedule_id)) : null,
+        t.schedule_id ? fact("Schedule", h("a", { href: `#/schedules/${t.schedule_id}` }, t.schedule_id)) : null,
         fact("Due", when(t.run_at)),
         fact("Created", when(t.created_at)),
         fact("Finished", when(t.finished_at)),
