@@ -116,13 +116,14 @@ function detailView(root, id) {
   const source = h("section", { "aria-labelledby": "fn-code" });
   fill(root, back(), title, problem, body, callers, source, invoke.el);
   let fn = null;
+  let callersOf; // the URL whose callers are shown
 
   async function load() {
     try {
       fn = await api("GET", `/v1/functions/${encodeURIComponent(id)}`);
       render();
       if (!source.hasChildNodes()) showCode(); // the source never changes: read it once
-      findCallers.soon();
+      if (fn.url !== callersOf) findCallers.now(); // once it has a URL; schedule events after
     } catch (err) {
       if (!fn) fill(body, h("p", { class: "form-error" }, err.message));
     }
@@ -144,15 +145,16 @@ function detailView(root, id) {
   }
 
   // What calls the trigger URL: the call scheduled at create (task_id) and every schedule whose
-  // task has this URL, from the schedules list (read up to CALLER_PAGES pages of 500).
+  // task has this URL, from the schedules list (read up to CALLER_PAGES pages of CALLER_LIMIT).
   const findCallers = throttled(async () => {
     const f = fn;
+    callersOf = f?.url;
     if (!f?.url) return fill(callers);
     const found = [];
     let cursor = null;
     try {
       for (let n = 0; n < CALLER_PAGES; n++) {
-        const answer = page(await api("GET", `/v1/schedules${query({ limit: 500, cursor })}`));
+        const answer = page(await api("GET", `/v1/schedules${query({ limit: CALLER_LIMIT, cursor })}`));
         found.push(...answer.items.filter((s) => s.task?.url === f.url));
         cursor = answer.next_cursor;
         if (!cursor) break;
@@ -172,9 +174,9 @@ function detailView(root, id) {
       items.length
         ? h("ul", { class: "callers" }, items)
         : h("p", { class: "muted" }, "No schedule calls this URL yet: create one with its trigger URL under ", h("a", { href: "#/schedules/new" }, "New schedule"), "."),
-      cursor ? h("p", { class: "muted" }, `Only the newest ${CALLER_PAGES * 500} schedules were looked at.`) : null,
+      cursor ? h("p", { class: "muted" }, `Only the newest ${CALLER_PAGES * CALLER_LIMIT} schedules were looked at.`) : null,
     );
-  }, 300);
+  }, 1000);
 
   function render() {
     const f = fn;
@@ -233,7 +235,8 @@ function detailView(root, id) {
   };
 }
 
-const CALLER_PAGES = 4;
+const CALLER_PAGES = 5;
+const CALLER_LIMIT = 200;
 
 function invokeForm() {
   const event = textarea({ rows: 4 }, '{"name": "taskorch"}');
