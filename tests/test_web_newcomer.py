@@ -75,6 +75,14 @@ async def _inside(page: Page, box_selector: str, item: Any) -> None:
         }"""
     )
     assert hit, f"{await item.text_content()!r} is covered at its centre"
+    lines = await item.evaluate(
+        """(el) => {
+            const range = document.createRange();
+            range.selectNodeContents(el);
+            return new Set([...range.getClientRects()].map((r) => Math.round(r.top))).size;
+        }"""
+    )
+    assert lines == 1, f"{await item.text_content()!r} is broken over {lines} lines"
 
 
 # -- item 15b: the schedules table fits its box --------------------------------------------------
