@@ -567,6 +567,12 @@ async def get_function(request: Request) -> Response:
     return JSON(await fns.get(p.sub, request.path_params["fn_id"]))
 
 
+async def get_function_code(request: Request) -> Response:
+    p = await principal(request, "read")
+    fns: Functions = request.state.functions
+    return JSON(await fns.code(p.sub, request.path_params["fn_id"]))
+
+
 async def delete_function(request: Request) -> Response:
     p = await principal(request, "write")
     fns: Functions = request.state.functions
@@ -684,19 +690,25 @@ async def events(request: Request) -> Response:
             await pubsub.aclose()
         raise
 
+    stopping: asyncio.Event = request.state.stopping
+
     async def stream() -> AsyncIterator[bytes]:
         yield b"retry: 2000\n: connected\n\n"
-        while True:
-            msg = await pubsub.get_message(timeout=15.0)
-            if msg is None:
-                yield b": ping\n\n"
-                continue
-            data = msg["data"]
-            if data[:1] in (b"[", "["):
-                # A script that changed many tasks at once sends their events as one message.
-                yield b"".join(_sse(event) for event in msgspec.json.decode(data))
-            else:
-                yield _sse(msgspec.json.decode(data), data)
+        # The stream ends when the server shuts down (see _Server): an open stream would hold
+        # uvicorn's graceful shutdown until its browser tab is closed.
+        stop = asyncio.ensure_future(stopping.wait())
+        get: asyncio.Future[Any] | None = None
+        try:
+            while True:
+                get = asyncio.ensure_future(pubsub.get_message(timeout=15.0))
+                await asyncio.wait({get, stop}, return_when=asyncio.FIRST_COMPLETED)
+                if not get.done():  # the server is stopping
+                    return
+                yield _sse_message(get.result())
+        finally:
+            stop.cancel()
+            if get is not None:
+                get.cancel()
 
     async def close() -> None:
         free()
@@ -704,6 +716,17 @@ async def events(request: Request) -> Response:
             await pubsub.aclose()
 
     return _EventStream(stream(), close)
+
+
+def _sse_message(msg: dict[str, Any] | None) -> bytes:
+    """What one pub/sub message (or none within 15 s: a ping) becomes on the event stream."""
+    if msg is None:
+        return b": ping\n\n"
+    data = msg["data"]
+    if data[:1] in (b"[", "["):
+        # A script that changed many tasks at once sends their events as one message.
+        return b"".join(_sse(event) for event in msgspec.json.decode(data))
+    return _sse(msgspec.json.decode(data), data)
 
 
 def _sse(event: dict[str, Any], raw: bytes | str | None = None) -> bytes:
@@ -935,6 +958,7 @@ ROUTES: list[tuple[str, Callable[[Request], Awaitable[Response]], str]] = [
     ("/v1/functions", list_functions, "GET"),
     ("/v1/functions/{fn_id}", get_function, "GET"),
     ("/v1/functions/{fn_id}", delete_function, "DELETE"),
+    ("/v1/functions/{fn_id}/code", get_function_code, "GET"),
     ("/fn/{fn_id}/{key}", trigger_function, "POST"),
     ("/fn/{fn_id}/{key}", trigger_preflight, "OPTIONS"),
     ("/v1/stats", stats, "GET"),
@@ -1058,6 +1082,9 @@ def create_app(
     set_read_timeout(settings.read_timeout_s)
     aws = lambda_provider(settings)
     runtime = local_runtime(settings) if settings.local_functions else None
+    # Set when the server begins to shut down (``taskorch serve`` does, see _Server): the event
+    # streams end then, so that an open status page does not hold the shutdown.
+    stopping = asyncio.Event()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
@@ -1094,6 +1121,7 @@ def create_app(
                 "verifier": auth.TokenVerifier(settings, redis=client),
                 "signin": signin,
                 "streams": StreamSlots(),
+                "stopping": stopping,
             }
         finally:
             await schedules.close()
@@ -1104,12 +1132,14 @@ def create_app(
             if redis_client is None:
                 await client.aclose()
 
-    return Starlette(
+    app = Starlette(
         routes=_routes(extra_routes or []),
         lifespan=lifespan,
         exception_handlers={HTTPException: _http_error, Exception: _unexpected},
         middleware=[Middleware(Edge, limit_for=body_limit, direct=_direct_routes())],
     )
+    app.state.stopping = stopping
+    return app
 
 
 _CHILD_ENV = "TASKORCH_SERVE_CHILD"  # set by serve() in the API processes it starts
@@ -1148,11 +1178,29 @@ def serve(settings: Settings) -> None:
         http=DeadlineHTTPProtocol,  # read deadlines: see taskorch/limits.py
         timeout_keep_alive=settings.keep_alive_s,
     )
-    server = uvicorn.Server(config)
+    server = _server(config, app.state.stopping)
     if child:
         server.run(sockets=[_reuseport_socket(settings.host, settings.port)])
     else:
         server.run()
+
+
+def _server(config: Any, stopping: asyncio.Event) -> Any:
+    """A uvicorn server that ends the app's event streams as it begins to shut down.
+
+    uvicorn's graceful shutdown waits for every response to finish and tells the app nothing
+    (the lifespan's shutdown comes after), so an open status page's stream would hold it until
+    the tab is closed. Setting ``stopping`` first ends each stream; EventSource reconnects to
+    whichever server answers next.
+    """
+    import uvicorn
+
+    class _Server(uvicorn.Server):
+        async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+            stopping.set()
+            await super().shutdown(sockets)
+
+    return _Server(config)
 
 
 def _reuseport_socket(host: str, port: int) -> socket.socket:

@@ -367,6 +367,17 @@ class FunctionPage(Struct):
     next_cursor: str | None
 
 
+class FunctionCode(Struct):
+    """A function's source as it was uploaded, apart from the Function itself so that lists and
+    every refetch of one stay small (the code may be 512 KiB)."""
+
+    id: str
+    runtime: str
+    handler: str
+    code: str
+    requirements: str | None
+
+
 class ScheduleStatus(enum.StrEnum):
     """Whether a schedule makes occurrences: ``active``; ``paused`` until resumed; ``ended``
     once its ``end_at`` has come."""

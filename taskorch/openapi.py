@@ -417,6 +417,7 @@ def _components() -> dict[str, Any]:
             models.FunctionCreate,
             models.Function,
             models.FunctionPage,
+            models.FunctionCode,
             models.SigningKeys,
             models.ScheduleCreate,
             models.SchedulePatch,
@@ -544,7 +545,12 @@ def _function_upload() -> dict[str, Any]:
         op_id="createFunction",
         body="FunctionCreate",
         codes=("400", "413", "422"),
-        links=_links("fn_id", GetFunction="getFunction", DeleteFunction="deleteFunction"),
+        links=_links(
+            "fn_id",
+            GetFunction="getFunction",
+            GetFunctionCode="getFunctionCode",
+            DeleteFunction="deleteFunction",
+        ),
     )
     # The multipart form carries the same fields; `code` may be a file of UTF-8 text, `schedule`
     # is the FunctionSchedule object as JSON text (an empty field means none).
@@ -880,6 +886,15 @@ def document(settings: Settings) -> dict[str, Any]:
                     "Delete a function (and its Lambda function and URL)",
                     {"204": {"description": "Deleted"}},
                     op_id="deleteFunction",
+                    codes=("404",),
+                    params=fn_id,
+                ),
+            },
+            "/v1/functions/{fn_id}/code": {
+                "get": _op(
+                    "Get a function's source and requirements as uploaded",
+                    {"200": _json("FunctionCode", "Its source")},
+                    op_id="getFunctionCode",
                     codes=("404",),
                     params=fn_id,
                 ),

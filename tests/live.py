@@ -58,8 +58,9 @@ class Serve:
         return self.log_path.read_text(errors="replace")
 
 
-def start_serve(redis_url: str, log_path: Path, **env: str) -> Serve:
-    port = free_port()
+def start_serve(redis_url: str, log_path: Path, *, port: int | None = None, **env: str) -> Serve:
+    """``taskorch serve`` on ``port`` (a free one by default), once it answers /healthz."""
+    port = port or free_port()
     full = {
         **{k: v for k, v in os.environ.items() if not k.startswith("TASKORCH_")},
         "TASKORCH_REDIS_URL": redis_url,

@@ -93,3 +93,36 @@ def test_dev_runs_everything_and_stops_on_sigterm(with_redis: bool) -> None:
     assert proc.returncode == 0
     with pytest.raises(httpx.TransportError):
         httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1)
+
+
+def test_dev_stops_within_2_s_while_a_status_page_listens() -> None:
+    """Ctrl-C with the status page's event stream open (issue #19): the stream ends as the API
+    shuts down, instead of holding uvicorn's graceful shutdown until the tab is closed."""
+    folder = Path(tempfile.mkdtemp(prefix="taskorch-dev-"))
+    folder.chmod(0o711)
+    proc, port = _run_dev(folder, with_redis=True)
+    try:
+        _wait_ready(proc)
+        token = (folder / ".taskorch" / "dev-token").read_text().strip()
+        base = f"http://127.0.0.1:{port}"
+        with (
+            httpx.Client(timeout=30) as http,
+            http.stream("GET", f"{base}/v1/events", params={"access_token": token}) as stream,
+        ):
+            assert stream.status_code == 200
+            lines = stream.iter_lines()
+            assert next(lines) == "retry: 2000"  # the stream is open, as a page holds it
+            started = time.monotonic()
+            proc.send_signal(signal.SIGINT)
+            proc.wait(20)
+            took = time.monotonic() - started
+            list(lines)  # the server ended the stream; this client never hung up
+        assert proc.returncode == 0
+        assert took < 2.5, f"taskorch dev took {took:.1f} s to stop with a stream open"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if proc.stdout:
+            proc.stdout.close()
+        shutil.rmtree(folder, ignore_errors=True)

@@ -267,6 +267,31 @@ async def test_owner_isolation_and_delete(live: Live) -> None:
     ).status_code == 404
 
 
+async def test_the_code_route_answers_the_source_as_uploaded_to_its_owner_only(
+    live: Live,
+) -> None:
+    """GET /v1/functions/{id}/code (issue #19, for the status page's function view)."""
+    fn = await live.settle(
+        (await live.create({"name": "mine", "runtime": "python", "code": PY}))["id"]
+    )
+    path = f"/v1/functions/{fn['id']}/code"
+    r = await live.http.get(path, headers=live.auth())
+    assert r.status_code == 200, r.text
+    assert r.json() == {
+        "id": fn["id"],
+        "runtime": "python",
+        "handler": "handler",
+        "code": PY,
+        "requirements": None,
+    }
+    r = await live.http.get(path, headers=live.auth("bob"))
+    assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
+    assert (
+        await live.http.delete(f"/v1/functions/{fn['id']}", headers=live.auth())
+    ).status_code == 204
+    assert (await live.http.get(path, headers=live.auth())).status_code == 404
+
+
 async def test_validation(live: Live) -> None:
     r = await live.http.post(
         "/v1/functions", json={"name": "x", "runtime": "cobol", "code": ""}, headers=live.auth()

@@ -27,6 +27,7 @@ from taskorch.errors import NotFound, TooManyRequests, ValidationFailed
 from taskorch.functions.errors import FunctionBusy
 from taskorch.models import (
     Function,
+    FunctionCode,
     FunctionCreate,
     FunctionPage,
     FunctionSchedule,
@@ -132,6 +133,19 @@ class Functions:
         if not h or h.get("owner") != owner:
             raise NotFound(f"No function {fid!r} exists for this account.")
         return self._view(h)
+
+    async def code(self, owner: str, fid: str) -> FunctionCode:
+        """The source and requirements as uploaded (what the build used)."""
+        h = await self.redis.hgetall(c.FUNCTION_KEY_PREFIX + fid)
+        if not h or h.get("owner") != owner:
+            raise NotFound(f"No function {fid!r} exists for this account.")
+        return FunctionCode(
+            id=h["id"],
+            runtime=h["runtime"],
+            handler=h["handler"],
+            code=h["code"],
+            requirements=h.get("requirements") or None,
+        )
 
     async def list(self, owner: str, *, limit: int, cursor: str | None) -> FunctionPage:
         ids, next_cursor = await page_ids(

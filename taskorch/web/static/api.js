@@ -14,6 +14,12 @@ export class ApiError extends Error {
 }
 
 let onExpired = () => {};
+let onReach = () => {};
+
+/** `fn(false)` when a request could not reach the service, `fn(true)` when one did again. */
+export function onReachability(fn) {
+  onReach = fn;
+}
 
 export const session = {
   get token() {
@@ -53,11 +59,13 @@ export async function api(method, path, body, { token = session.token } = {}) {
   try {
     res = await fetch(path, init);
   } catch {
+    onReach(false);
     throw new ApiError(0, {
       code: "unreachable",
       message: "The service cannot be reached; check the connection and try again.",
     });
   }
+  onReach(true);
   const text = await res.text();
   let data = null;
   try {

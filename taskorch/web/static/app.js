@@ -1,7 +1,7 @@
 // The page's frame: sign in and out, the hash router (#/tasks, #/tasks/tsk_…, #/orchestrations/new,
 // …), the live event stream fanned out to the open view, and the clock for relative times.
 
-import { api, listen, session } from "./api.js";
+import { ApiError, api, listen, onReachability, session } from "./api.js";
 import { tick, timeZone } from "./dom.js";
 import { clearErrors, onSubmit, showErrors } from "./forms.js";
 
@@ -25,6 +25,8 @@ let stopListening = null;
 function showSignIn(note = "") {
   stopListening?.();
   stopListening = null;
+  clearInterval(probe);
+  probe = null;
   current?.unmount?.();
   current = null;
   for (const section of loaded) section.reset?.();
@@ -74,20 +76,42 @@ onSubmit($("password-form"), async () => {
 });
 
 onSubmit($("token-form"), async () => {
-  const token = $("token").value.trim();
+  // A token copied from a terminal may come wrapped over lines, or with its "Bearer " in front.
+  const token = $("token").value.replace(/^\s*Bearer\s+/i, "").replace(/\s+/g, "");
+  const refuse = (message) => {
+    throw new ApiError(401, { code: "invalid_token", message, details: [{ field: "token", message }] });
+  };
   if (!token) {
     showErrors($("token-form"), { message: "Paste a token.", details: [{ field: "token", message: "is required" }] });
     return;
   }
+  if (!/^[\w-]+\.[\w-]+\.[\w-]+$/.test(token)) refuse(NOT_WHOLE);
   try {
     await api("GET", "/v1/tasks?limit=1", undefined, { token });
   } catch (err) {
-    if (err.status === 401 || err.status === 403) err.details = [{ field: "token", message: err.message }];
+    if (err.status === 401 || err.status === 403) refuse(tokenProblem(err));
     throw err;
   }
   session.set(token);
   signedIn();
 });
+
+const NOT_WHOLE =
+  "That token is not valid (it is not a whole token: copy all of it, three parts joined by dots, " +
+  "as taskorch dev or taskorch token printed it).";
+
+/** Why the API refused a token, in a person's words (its own reasons are PyJWT's). */
+function tokenProblem(err) {
+  if (err.status === 403) return "That token is valid but may not read here (its scope lacks read).";
+  if (err.code === "token_expired") return "That token has expired: get a new one with taskorch token --sub NAME (or restart taskorch dev).";
+  if (err.code === "token_revoked") return "That token was revoked (its user's password was changed, or the user removed): sign in again.";
+  const reason = err.message.replace(/^The token is not valid: /, "").replace(/\.$/, "");
+  if (/signature verification/i.test(reason)) {
+    return "That token is not valid (it was signed with another secret than this service's TASKORCH_JWT_SECRET: was it made for another taskorch?).";
+  }
+  if (/segments|padding|invalid (header|payload|crypto)|decod|token type/i.test(reason)) return NOT_WHOLE;
+  return `That token is not valid (${reason}).`;
+}
 
 $("signout").addEventListener("click", () => {
   session.clear();
@@ -101,17 +125,54 @@ session.onExpired(() => {
 
 // -- live updates --------------------------------------------------------------------------------
 
-function startListening({ missed = false } = {}) {
-  stopListening?.();
+// The badge: "Live" while the event stream is open; "Offline, reconnecting…" as soon as the stream
+// drops or a request cannot reach the service (a stream can outlive its server for a while), until
+// the service answers again: then the stream is opened afresh and the view reloads what it missed.
+const BADGE = { connecting: "Connecting…", live: "Live", offline: "Offline, reconnecting…" };
+let probe = null; // while offline: asks /healthz every PROBE_MS until the service answers
+const PROBE_MS = 2000;
+
+function showBadge(state) {
   const live = $("live");
   live.hidden = false;
-  live.textContent = "Connecting…";
+  live.dataset.state = state;
+  live.textContent = BADGE[state];
+}
+
+function offline() {
+  if (!session.token) return;
+  showBadge("offline");
+  probe ??= setInterval(async () => {
+    try {
+      if ((await fetch("/healthz", { cache: "no-store" })).ok) back();
+    } catch {
+      // still away
+    }
+  }, PROBE_MS);
+}
+
+function back() {
+  clearInterval(probe);
+  probe = null;
+  if (session.token && $("live").dataset.state !== "live") startListening({ missed: true });
+}
+
+onReachability((reached) => (reached ? probe && back() : offline()));
+
+function startListening({ missed = false } = {}) {
+  stopListening?.();
+  showBadge(missed ? "offline" : "connecting");
   const stop = listen(
     (event) => current?.onEvent?.(event),
     (state, wasDown) => {
-      live.dataset.state = state;
-      live.textContent = { live: "Live", reconnecting: "Reconnecting…", closed: "Offline" }[state];
-      if (state === "live" && wasDown) current?.refresh?.();
+      if (state === "live") {
+        clearInterval(probe);
+        probe = null;
+        showBadge("live");
+        if (wasDown) current?.refresh?.();
+        return;
+      }
+      showBadge("offline");
       // EventSource stops retrying after an error answer (a restarting proxy, say); try again
       // later unless the session ended meanwhile (an expired token signs out instead).
       if (state === "closed") {

@@ -35,7 +35,6 @@ export function fill(el, ...children) {
 // -- time ----------------------------------------------------------------------------------------
 
 export const timeZone = Intl.DateTimeFormat().resolvedOptions().timeZone;
-const timeOnly = new Intl.DateTimeFormat(undefined, { timeStyle: "medium" });
 const dateTime = new Intl.DateTimeFormat(undefined, { dateStyle: "medium", timeStyle: "medium" });
 const full = new Intl.DateTimeFormat(undefined, {
   dateStyle: "full",
@@ -43,11 +42,10 @@ const full = new Intl.DateTimeFormat(undefined, {
 });
 const relative = new Intl.RelativeTimeFormat(undefined, { numeric: "auto", style: "short" });
 
-/** "14:03:07" today, "26 Nov 2026, 14:03:07" on other days, in the browser's time zone. */
+/** "26 Nov 2026, 14:03:07" in the browser's language and time zone: always with its date, so
+ * that a time is never read as today's (or tomorrow's) by mistake, and every column lines up. */
 export function absTime(iso) {
-  const d = new Date(iso);
-  const today = new Date().toDateString() === d.toDateString();
-  return (today ? timeOnly : dateTime).format(d);
+  return dateTime.format(new Date(iso));
 }
 
 /** "in 3 sec.", "2 min. ago", as the browser's language says it. */

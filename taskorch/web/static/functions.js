@@ -4,6 +4,7 @@
 import { api, page, query } from "./api.js";
 import { alertBox, backLink, badge, confirmButton, fill, h, heading, pretty, when } from "./dom.js";
 import { field, input, onSubmit, Problems, readJson, select, textarea } from "./forms.js";
+import { every } from "./schedules.js";
 import { throttled } from "./tasks.js";
 
 const RUNTIMES = {
@@ -111,17 +112,71 @@ function detailView(root, id) {
   const problem = alertBox();
   const body = h("div", { "aria-live": "polite" }, h("p", { class: "muted" }, "Loading…"));
   const invoke = invokeForm();
-  fill(root, back(), title, problem, body, invoke.el);
+  const callers = h("section", { "aria-labelledby": "fn-callers" });
+  const source = h("section", { "aria-labelledby": "fn-code" });
+  fill(root, back(), title, problem, body, callers, source, invoke.el);
   let fn = null;
+  let callersOf; // the URL whose callers are shown
 
   async function load() {
     try {
       fn = await api("GET", `/v1/functions/${encodeURIComponent(id)}`);
       render();
+      if (!source.hasChildNodes()) showCode(); // the source never changes: read it once
+      if (fn.url !== callersOf) findCallers.now(); // once it has a URL; schedule events after
     } catch (err) {
       if (!fn) fill(body, h("p", { class: "form-error" }, err.message));
     }
   }
+
+  async function showCode() {
+    fill(source, h("h2", { id: "fn-code" }, "Code"), h("p", { class: "muted" }, "Loading…"));
+    try {
+      const c = await api("GET", `/v1/functions/${encodeURIComponent(id)}/code`);
+      fill(
+        source,
+        h("h2", { id: "fn-code" }, "Code"),
+        h("pre", { class: "source", tabindex: 0, "aria-label": "The function's code" }, h("code", null, c.code)),
+        c.requirements ? [h("h2", null, "Requirements"), h("pre", { class: "source" }, c.requirements)] : null,
+      );
+    } catch (err) {
+      fill(source, h("h2", { id: "fn-code" }, "Code"), h("p", { class: "form-error" }, `The code could not be read (${err.message})`));
+    }
+  }
+
+  // What calls the trigger URL: the call scheduled at create (task_id) and every schedule whose
+  // task has this URL, from the schedules list (read up to CALLER_PAGES pages of CALLER_LIMIT).
+  const findCallers = throttled(async () => {
+    const f = fn;
+    callersOf = f?.url;
+    if (!f?.url) return fill(callers);
+    const found = [];
+    let cursor = null;
+    try {
+      for (let n = 0; n < CALLER_PAGES; n++) {
+        const answer = page(await api("GET", `/v1/schedules${query({ limit: CALLER_LIMIT, cursor })}`));
+        found.push(...answer.items.filter((s) => s.task?.url === f.url));
+        cursor = answer.next_cursor;
+        if (!cursor) break;
+      }
+    } catch (err) {
+      return fill(callers, h("h2", { id: "fn-callers" }, "Called by"), h("p", { class: "form-error" }, err.message));
+    }
+    const items = [
+      f.task_id ? h("li", null, "The call scheduled when it was made: ", h("a", { href: `#/tasks/${f.task_id}` }, f.task_id)) : null,
+      found.map((s) =>
+        h("li", null, "Schedule ", h("a", { href: `#/schedules/${s.id}` }, s.name || s.id), ` (${s.cron ?? every(s.every)}, ${s.timezone}) `, badge(s.status)),
+      ),
+    ].flat().filter(Boolean);
+    fill(
+      callers,
+      h("h2", { id: "fn-callers" }, "Called by"),
+      items.length
+        ? h("ul", { class: "callers" }, items)
+        : h("p", { class: "muted" }, "No schedule calls this URL yet: create one with its trigger URL under ", h("a", { href: "#/schedules/new" }, "New schedule"), "."),
+      cursor ? h("p", { class: "muted" }, `Only the newest ${CALLER_PAGES * CALLER_LIMIT} schedules were looked at.`) : null,
+    );
+  }, 1000);
 
   function render() {
     const f = fn;
@@ -148,7 +203,6 @@ function detailView(root, id) {
         h("dd", null, f.provider),
         h("dt", null, "Created"),
         h("dd", null, when(f.created_at)),
-        f.task_id ? [h("dt", null, "Scheduled call"), h("dd", null, h("a", { href: `#/tasks/${f.task_id}` }, f.task_id))] : null,
       ),
       h(
         "div",
@@ -169,6 +223,7 @@ function detailView(root, id) {
   load();
   return {
     onEvent(e) {
+      if (e.type === "schedule") return findCallers.soon();
       if (e.type !== "function" || e.id !== id) return;
       if (e.status !== "deleted") return refetch.soon();
       refetch.cancel();
@@ -176,9 +231,12 @@ function detailView(root, id) {
       fill(body, h("p", { class: "muted" }, "This function has been deleted."));
     },
     refresh: load,
-    unmount: () => refetch.cancel(),
+    unmount: () => (refetch.cancel(), findCallers.cancel()),
   };
 }
+
+const CALLER_PAGES = 5;
+const CALLER_LIMIT = 200;
 
 function invokeForm() {
   const event = textarea({ rows: 4 }, '{"name": "taskorch"}');

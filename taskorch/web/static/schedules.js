@@ -9,8 +9,9 @@ import { throttled } from "./tasks.js";
 
 const POLL_MS = 15000;
 
+/** #/schedules, #/schedules/new, and #/schedules/sch_… (the list with that one picked out). */
 export function mount(root, [id]) {
-  return id === "new" ? createView(root) : listView(root);
+  return id === "new" ? createView(root) : listView(root, id);
 }
 
 /** "every 5 min", "every 90 s", "every 2 h". */
@@ -20,7 +21,7 @@ export function every(s) {
   return `every ${s} s`;
 }
 
-function listView(root) {
+function listView(root, pick) {
   const rows = new Map();
   let cursor = null;
   const tbody = h("tbody");
@@ -60,12 +61,13 @@ function listView(root) {
           h("ol", null, rest.map((t) => h("li", null, when(t)))),
         )
       : null;
+    // data-label names each cell where a phone shows the row as a card, without the header.
     return [
       h("td", null, badge(s.status)),
-      h("td", { class: "task" }, h("strong", null, s.name || s.id), h("div", { class: "sub" }, `${s.task.method ?? "POST"} ${s.task.url}`)),
-      h("td", null, h("code", null, s.cron ?? every(s.every)), h("div", { class: "sub" }, s.timezone)),
-      h("td", { class: "runs" }, first ? when(first) : h("span", { class: "muted" }, "none"), more),
-      h("td", null, s.last_task_id ? h("a", { href: `#/tasks/${s.last_task_id}` }, s.last_task_id) : h("span", { class: "muted" }, "—")),
+      h("td", { class: "task" }, h("strong", null, s.name || s.id), h("div", { class: "sub" }, s.task ? `${s.task.method ?? "POST"} ${s.task.url}` : "starts an orchestration")),
+      h("td", { class: "when", "data-label": "When" }, h("code", null, s.cron ?? every(s.every)), h("div", { class: "sub" }, s.timezone)),
+      h("td", { class: "runs", "data-label": "Next runs" }, first ? when(first) : h("span", { class: "muted" }, "none"), more),
+      h("td", { "data-label": "Last task" }, s.last_task_id ? h("a", { href: `#/tasks/${s.last_task_id}` }, s.last_task_id) : h("span", { class: "muted" }, "—")),
     ];
   }
 
@@ -143,9 +145,31 @@ function listView(root) {
       }
       cursor = answer.next_cursor;
       footer();
+      if (pick) await pickOut(pick);
+      pick = null;
     } catch (err) {
-      if (turn === asked) problem.show(err.message);
+      if (turn !== asked) return;
+      problem.show(err.message);
+      if (!rows.size) shown.textContent = ""; // not "No schedules yet": they could not be read
     }
+  }
+
+  // The schedule a link named (from a function or a task): shown first if it is not on the first
+  // page, outlined, scrolled to.
+  async function pickOut(id) {
+    if (!rows.has(id)) {
+      try {
+        tbody.prepend(put(await api("GET", `/v1/schedules/${encodeURIComponent(id)}`)));
+        footer();
+      } catch (err) {
+        problem.show(err.status === 404 ? "That schedule does not exist (any more)." : err.message);
+        return;
+      }
+    }
+    const tr = rows.get(id);
+    tr.classList.add("picked");
+    tr.setAttribute("aria-current", "true");
+    tr.scrollIntoView({ block: "center" });
   }
 
   const refresh = throttled(() => load(true), 1000);

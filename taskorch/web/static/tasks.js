@@ -377,7 +377,8 @@ function liveLateness(figure) {
   return { soon: t.soon, now: t.now, stop: () => (clearInterval(timer), t.cancel()) };
 }
 
-const clock = new Intl.DateTimeFormat(undefined, { timeStyle: "short" });
+// A minute of the last hour, with its date as every time on the page has (the hour may span midnight).
+const clock = new Intl.DateTimeFormat(undefined, { dateStyle: "medium", timeStyle: "short" });
 
 function renderChart(figure, { items, total }) {
   const caption = total.count
@@ -461,7 +462,7 @@ function detailView(root, id) {
         { class: "facts" },
         fact("Call", `${t.method} ${t.url}`),
         fact("Queue", t.queue ?? "default"),
-        t.schedule_id ? fact("Schedule", h("a", { href: "#/schedules" }, t.schedule_id)) : null,
+        t.schedule_id ? fact("Schedule", h("a", { href: `#/schedules/${t.schedule_id}` }, t.schedule_id)) : null,
         fact("Due", when(t.run_at)),
         fact("Created", when(t.created_at)),
         fact("Finished", when(t.finished_at)),
