@@ -1145,7 +1145,8 @@ def serve(settings: Settings) -> None:
         log_config=None,  # uvicorn's lines go through logs.configure's handler, which redacts
         proxy_headers=True,
         access_log=False,  # the Edge middleware logs each request as http.request
-        http=DeadlineHTTPProtocol,  # read deadlines: see taskorch/limits.py
+        http=DeadlineHTTPProtocol,  # read deadlines and head limits: see taskorch/limits.py
+        h11_max_incomplete_event_size=c.MAX_HEAD_BYTES,  # h11's own cap, if it is the parser
         timeout_keep_alive=settings.keep_alive_s,
     )
     server = uvicorn.Server(config)

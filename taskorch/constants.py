@@ -166,6 +166,17 @@ SIGNIN_MAX_WAITING = 32
 # time is cut off with 408 instead of holding a connection for ever.
 DEFAULT_READ_TIMEOUT_S = 10.0
 MIN_BODY_RATE_BPS = 32 * 1024
+# A request's line and headers are counted as their bytes arrive, before uvicorn's parser holds
+# them (httptools keeps any number of headers of any size; h11 caps only the whole head): beyond
+# MAX_REQUEST_LINE_BYTES the answer is 414, beyond any header limit 431, and the connection is
+# closed. As large as nginx's defaults (8 KiB per line), so whatever a proxy passes on, we take:
+# a JWT of a few KiB, cookies, tracing headers. A client gets its refusal before the close: the
+# connection is half-closed and what else it sends is read and dropped for HEAD_REFUSED_LINGER_S.
+MAX_REQUEST_LINE_BYTES = 8 * 1024
+MAX_HEADER_LINE_BYTES = 8 * 1024
+MAX_HEADERS = 100
+MAX_HEAD_BYTES = 64 * 1024  # the request line and all headers together
+HEAD_REFUSED_LINGER_S = 1.0
 DEFAULT_KEEP_ALIVE_S = 5  # an idle keep-alive connection is closed after this (uvicorn's default)
 # Live event streams (GET /v1/events) one owner may hold open per API process; beyond it 429.
 # Each holds a Redis pub/sub connection; a dashboard needs one per open tab.
