@@ -385,10 +385,11 @@ async def resume_schedule(request: Request) -> Response:
 
 
 async def get_signing_keys(request: Request) -> Response:
-    """The secrets that sign the owner's calls (the first is made on first use)."""
+    """The secrets that sign the owner's calls (the first is made on first use); a token that
+    may only read sees their ids and ages alone: with a secret one could forge the owner's calls."""
     p = await principal(request, "read")
     keys: signing.SigningStore = request.state.signing
-    return JSON(signing.view(await keys.read(p.sub)))
+    return JSON(signing.view(await keys.read(p.sub), secrets=p.may("write")))
 
 
 async def rotate_signing_keys(request: Request) -> Response:
@@ -403,7 +404,7 @@ async def rotate_signing_keys(request: Request) -> Response:
     log.info("signing.rotated", owner=p.sub)
     with off_the_redis_clock():
         await asyncio.sleep(c.SIGNING_CACHE_S + c.SIGNING_ROTATE_MARGIN_S)
-    return JSON(signing.view(stored))
+    return JSON(signing.view(stored, secrets=True))
 
 
 async def retry_task(request: Request) -> Response:

@@ -36,8 +36,11 @@ class Principal:
     sub: str
     scopes: frozenset[str] | None
 
+    def may(self, scope: str) -> bool:
+        return self.scopes is None or scope in self.scopes
+
     def require(self, scope: str) -> None:
-        if self.scopes is not None and scope not in self.scopes:
+        if not self.may(scope):
             raise Forbidden(f"This token lacks the {scope!r} scope needed here.")
 
 
@@ -102,10 +105,7 @@ class TokenVerifier:
             raise _invalid(
                 f"it lives longer than TASKORCH_TOKEN_MAX_TTL_S ({self.settings.token_max_ttl_s} s)"
             )
-        scope = claims.get("scope", _ABSENT)
-        if scope is not _ABSENT and not isinstance(scope, str):
-            raise _invalid("the scope claim must be a space-separated string")
-        scopes = frozenset(scope.split()) if isinstance(scope, str) else None
+        scopes = _scopes(claims)
         # PyJWT refuses a token once int(exp) <= now; the cache stops trusting it at that moment.
         return Principal(sub=sub, scopes=scopes), iat, int(claims["exp"])
 
@@ -157,6 +157,25 @@ class TokenVerifier:
 
 
 _ABSENT = object()
+
+
+def _scopes(claims: dict[str, Any]) -> frozenset[str] | None:
+    """The token's scopes: ``scope`` (a space-separated string), or where it has none ``scp`` (a
+    string or a list of strings, as some identity providers write it); None when it has neither.
+    """
+    scope = claims.get("scope", _ABSENT)
+    if scope is not _ABSENT:
+        if not isinstance(scope, str):
+            raise _invalid("the scope claim must be a space-separated string")
+        return frozenset(scope.split())
+    scp = claims.get("scp", _ABSENT)
+    if scp is _ABSENT:
+        return None
+    if isinstance(scp, str):
+        return frozenset(scp.split())
+    if isinstance(scp, list) and all(isinstance(s, str) for s in scp):
+        return frozenset(part for s in scp for part in s.split())
+    raise _invalid("the scp claim must be a space-separated string or a list of strings")
 
 
 def _number(value: Any) -> float | None:

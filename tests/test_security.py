@@ -81,6 +81,39 @@ async def test_a_string_scope_still_limits_and_no_scope_grants_all(api: Api) -> 
     assert r.status_code == 201
 
 
+@pytest.mark.parametrize(
+    ("claims", "reads", "writes"),
+    [
+        ({"scp": "read"}, 200, 403),
+        ({"scp": ["read"]}, 200, 403),
+        ({"scp": "read write"}, 200, 201),
+        ({"scp": ["read", "write"]}, 200, 201),
+        ({"scp": ["write"]}, 403, 201),
+        ({"scp": []}, 403, 403),
+        ({"scope": "read", "scp": "read write"}, 200, 403),  # scope wins
+    ],
+)
+async def test_scp_is_the_scope_of_a_token_without_one(
+    api: Api, claims: dict[str, Any], reads: int, writes: int
+) -> None:
+    """Issue #19 item 9: ``scp`` (a string or a list, as some identity providers write it) is
+    read as the scope where a token has no ``scope``; before, it granted everything."""
+    h = _bearer(_token(**claims))
+    assert (await api.http.get("/v1/tasks", headers=h)).status_code == reads
+    r = await api.http.post("/v1/tasks", json={"url": TARGET, "delay": 60}, headers=h)
+    assert r.status_code == writes, r.text
+    if writes == 403:
+        assert r.json()["error"]["code"] == "forbidden"
+
+
+@pytest.mark.parametrize("scp", [0, True, None, {"read": 1}, ["read", 1]])
+async def test_an_scp_that_is_neither_a_string_nor_a_list_of_strings_is_invalid(
+    api: Api, scp: Any
+) -> None:
+    r = await api.http.get("/v1/tasks", headers=_bearer(_token(scp=scp)))
+    assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_token", r.text
+
+
 # -- item 9: iat, lifetime cap, revocation, sign-in throttling --------------------------------
 
 
