@@ -662,7 +662,10 @@ async def stats(request: Request) -> Response:
 async def issue_token(request: Request) -> Response:
     body = decode_body(await read_body(request), TokenRequest)
     signin: auth.SignIn = request.state.signin
-    if not await signin.authenticate(body.username, body.password):
+    # The client's address as uvicorn gives it: X-Forwarded-For from a trusted proxy
+    # (FORWARDED_ALLOW_IPS), else the peer. Sign-ins are throttled by it (auth.SignIn).
+    address = request.client.host if request.client else None
+    if not await signin.authenticate(body.username, body.password, address=address):
         raise Unauthorized("Wrong username or password.", code="invalid_credentials")
     settings: Settings = request.state.settings
     token = auth.mint_token(settings, body.username)
