@@ -279,9 +279,10 @@ class _HeadLimits(_ReadDeadline):
 
     The head is scanned from the first byte of a request to its blank line, and that much alone
     is handed to the parser first, so that its state tells whether a body follows; scanning starts
-    again once the parser has the whole request. One case is approximate: a pipelined head that
-    begins inside the same read as the previous request's body ends is scanned from the next read
-    on, so it may hold one read (at most 256 KiB) more than the limits, never more.
+    again once the parser has the whole request. Pipelining is approximate: a head that begins
+    inside the same read as the previous request's body ends is scanned from the next read on, so
+    it may hold one read (at most 256 KiB) more than the limits; and h11 keeps a request sent
+    behind one still being answered to itself, within its own cap (set to MAX_HEAD_BYTES).
     """
 
     _head_open = True  # reading a request's line and headers (else a body, or waiting on one)
