@@ -385,10 +385,11 @@ async def resume_schedule(request: Request) -> Response:
 
 
 async def get_signing_keys(request: Request) -> Response:
-    """The secrets that sign the owner's calls (the first is made on first use)."""
+    """The secrets that sign the owner's calls (the first is made on first use); a token that
+    may only read sees their ids and ages alone: with a secret one could forge the owner's calls."""
     p = await principal(request, "read")
     keys: signing.SigningStore = request.state.signing
-    return JSON(signing.view(await keys.read(p.sub)))
+    return JSON(signing.view(await keys.read(p.sub), secrets=p.may("write")))
 
 
 async def rotate_signing_keys(request: Request) -> Response:
@@ -403,7 +404,7 @@ async def rotate_signing_keys(request: Request) -> Response:
     log.info("signing.rotated", owner=p.sub)
     with off_the_redis_clock():
         await asyncio.sleep(c.SIGNING_CACHE_S + c.SIGNING_ROTATE_MARGIN_S)
-    return JSON(signing.view(stored))
+    return JSON(signing.view(stored, secrets=True))
 
 
 async def retry_task(request: Request) -> Response:
@@ -667,7 +668,10 @@ async def stats(request: Request) -> Response:
 async def issue_token(request: Request) -> Response:
     body = decode_body(await read_body(request), TokenRequest)
     signin: auth.SignIn = request.state.signin
-    if not await signin.authenticate(body.username, body.password):
+    # The client's address as uvicorn gives it: X-Forwarded-For from a trusted proxy
+    # (FORWARDED_ALLOW_IPS), else the peer. Sign-ins are throttled by it (auth.SignIn).
+    address = request.client.host if request.client else None
+    if not await signin.authenticate(body.username, body.password, address=address):
         raise Unauthorized("Wrong username or password.", code="invalid_credentials")
     settings: Settings = request.state.settings
     token = auth.mint_token(settings, body.username)
@@ -1175,7 +1179,8 @@ def serve(settings: Settings) -> None:
         log_config=None,  # uvicorn's lines go through logs.configure's handler, which redacts
         proxy_headers=True,
         access_log=False,  # the Edge middleware logs each request as http.request
-        http=DeadlineHTTPProtocol,  # read deadlines: see taskorch/limits.py
+        http=DeadlineHTTPProtocol,  # read deadlines and head limits: see taskorch/limits.py
+        h11_max_incomplete_event_size=c.MAX_HEAD_BYTES,  # h11's own cap, if it is the parser
         timeout_keep_alive=settings.keep_alive_s,
     )
     server = _server(config, app.state.stopping)

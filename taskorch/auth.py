@@ -9,11 +9,14 @@ password change or removal are refused.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import hmac
+import ipaddress
 import math
 import secrets
 import time
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -36,8 +39,11 @@ class Principal:
     sub: str
     scopes: frozenset[str] | None
 
+    def may(self, scope: str) -> bool:
+        return self.scopes is None or scope in self.scopes
+
     def require(self, scope: str) -> None:
-        if self.scopes is not None and scope not in self.scopes:
+        if not self.may(scope):
             raise Forbidden(f"This token lacks the {scope!r} scope needed here.")
 
 
@@ -102,10 +108,7 @@ class TokenVerifier:
             raise _invalid(
                 f"it lives longer than TASKORCH_TOKEN_MAX_TTL_S ({self.settings.token_max_ttl_s} s)"
             )
-        scope = claims.get("scope", _ABSENT)
-        if scope is not _ABSENT and not isinstance(scope, str):
-            raise _invalid("the scope claim must be a space-separated string")
-        scopes = frozenset(scope.split()) if isinstance(scope, str) else None
+        scopes = _scopes(claims)
         # PyJWT refuses a token once int(exp) <= now; the cache stops trusting it at that moment.
         return Principal(sub=sub, scopes=scopes), iat, int(claims["exp"])
 
@@ -157,6 +160,25 @@ class TokenVerifier:
 
 
 _ABSENT = object()
+
+
+def _scopes(claims: dict[str, Any]) -> frozenset[str] | None:
+    """The token's scopes: ``scope`` (a space-separated string), or where it has none ``scp`` (a
+    string or a list of strings, as some identity providers write it); None when it has neither.
+    """
+    scope = claims.get("scope", _ABSENT)
+    if scope is not _ABSENT:
+        if not isinstance(scope, str):
+            raise _invalid("the scope claim must be a space-separated string")
+        return frozenset(scope.split())
+    scp = claims.get("scp", _ABSENT)
+    if scp is _ABSENT:
+        return None
+    if isinstance(scp, str):
+        return frozenset(scp.split())
+    if isinstance(scp, list) and all(isinstance(s, str) for s in scp):
+        return frozenset(part for s in scp for part in s.split())
+    raise _invalid("the scp claim must be a space-separated string or a list of strings")
 
 
 def _number(value: Any) -> float | None:
@@ -272,57 +294,171 @@ async def remove_user(redis: Redis, name: str) -> None:
     await redis.delete(c.SIGNIN_ATTEMPTS_KEY_PREFIX + name)
 
 
-# KEYS: the name's attempts counter; ARGV: the window in s. The window starts with the first
-# attempt; returns {attempts, seconds left in the window}.
+# KEYS: the name's attempts hash; ARGV: the client address, the window in s. The window starts
+# with the name's first attempt from anywhere; returns {this address's attempts, seconds left}.
 _COUNT_ATTEMPT = """
-redis.call('SET', KEYS[1], 0, 'EX', ARGV[1], 'NX')
-return {redis.call('INCR', KEYS[1]), redis.call('TTL', KEYS[1])}
+local n = redis.call('HINCRBY', KEYS[1], ARGV[1], 1)
+if redis.call('TTL', KEYS[1]) < 0 then redis.call('EXPIRE', KEYS[1], ARGV[2]) end
+return {n, redis.call('TTL', KEYS[1])}
+"""
+# KEYS: the address's failures counter; ARGV: 1 to count a failure, 0 to read; the window in s.
+# Returns {failures in the window, seconds left in it}.
+_ADDRESS_FAILURES = """
+if ARGV[1] == '1' then
+  redis.call('SET', KEYS[1], 0, 'EX', ARGV[2], 'NX')
+  redis.call('INCR', KEYS[1])
+end
+return {tonumber(redis.call('GET', KEYS[1]) or '0'), redis.call('TTL', KEYS[1])}
 """
 
 
-class SignIn:
-    """Password sign-in with per-name throttling and scrypt on threads of its own.
+def address_key(host: str | None) -> str:
+    """The address sign-ins are counted by: an IPv4 address, an IPv6 one by its /64 (one
+    subscriber's whole network), an IPv4-mapped IPv6 one as its IPv4; anything else as given."""
+    if not host:
+        return "unknown"
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return host[:100]
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return str(ip)
 
-    Each attempt is counted before the password is checked (one INCR), so concurrent guesses
-    cannot slip past the limit; a success clears the count. scrypt runs on SCRYPT_THREADS
-    threads with at most SIGNIN_MAX_WAITING checks queued, so a flood neither blocks the event
-    loop nor takes the default executor's threads.
+
+class _FairChecks:
+    """Password checks on SCRYPT_THREADS threads of their own, shared out among the addresses
+    waiting: those with no failed sign-in in the window first, then those with some; within
+    each, the addresses in turn, one check each. A flood from one address waits behind itself;
+    a user signing in from an address that has not been failing waits for the checks already
+    running and those of other such addresses, never for a flood of failures."""
+
+    def __init__(self, threads: int) -> None:
+        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="taskorch-scrypt")
+        self._threads = threads
+        self._running = 0
+        # [clean addresses, failing addresses], each address -> its waiting checks, in turn
+        self._waiting: tuple[_Turns, _Turns] = ({}, {})
+        self._count = 0
+
+    async def check(self, address: str, password: str, stored: str, *, failing: bool) -> bool:
+        if self._count >= c.SIGNIN_MAX_WAITING:
+            raise TooManyRequests("Too many sign-ins at once; try again shortly.", retry_after_s=1)
+        done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._waiting[failing].setdefault(address, deque()).append((done, password, stored))
+        self._count += 1
+        self._start()
+        return await done
+
+    def _start(self) -> None:
+        while self._running < self._threads and (turns := self._waiting[0] or self._waiting[1]):
+            address = next(iter(turns))
+            queue = turns.pop(address)
+            done, password, stored = queue.popleft()
+            self._count -= 1
+            if queue:
+                turns[address] = queue  # its next check: after every other address's
+            if done.done():
+                continue  # its request went away while it waited
+            self._running += 1
+            job = done.get_loop().run_in_executor(self._pool, check_password, password, stored)
+            job.add_done_callback(functools.partial(self._finished, done))
+
+    def _finished(self, done: asyncio.Future[bool], job: asyncio.Future[bool]) -> None:
+        self._running -= 1
+        if not done.done():
+            if job.cancelled():
+                done.cancel()
+            elif (exc := job.exception()) is not None:
+                done.set_exception(exc)
+            else:
+                done.set_result(job.result())
+        self._start()
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+_Turns = dict[str, deque[tuple[asyncio.Future[bool], str, str]]]
+
+
+class SignIn:
+    """Password sign-in, throttled per client address, with scrypt on threads of its own.
+
+    Args:
+        redis: the users and the attempt counters.
+
+    For one name, each attempt from an address is counted before the password is checked (one
+    script), so concurrent guesses cannot slip past SIGNIN_MAX_ATTEMPTS; a success clears that
+    address's count. Failures from one address, whatever the name, are counted too, up to
+    SIGNIN_ADDRESS_MAX_FAILURES. Neither limit touches other addresses: a user whose name is
+    being guessed from elsewhere signs in as ever. One address has at most
+    SIGNIN_ADDRESS_CONCURRENCY sign-ins in progress, and the checks are shared out among the
+    addresses, those that have not been failing first (:class:`_FairChecks`), so a flood
+    neither blocks the event loop nor makes anyone else's sign-in wait behind it.
     """
 
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
         self._count = redis.register_script(_COUNT_ATTEMPT)
-        self._pool = ThreadPoolExecutor(c.SCRYPT_THREADS, thread_name_prefix="taskorch-scrypt")
-        self._waiting = 0
+        self._failures = redis.register_script(_ADDRESS_FAILURES)
+        self._checks = _FairChecks(c.SCRYPT_THREADS)
+        self._busy: dict[str, int] = {}  # address -> its sign-ins in progress here
 
-    async def authenticate(self, name: str, password: str) -> bool:
+    async def authenticate(self, name: str, password: str, *, address: str | None = None) -> bool:
+        """Whether ``password`` is ``name``'s, or 429 (TooManyRequests) for this address.
+
+        Args:
+            address: the client's address (``request.client.host``); None counts as one
+                address of its own.
+        """
+        who = address_key(address)
+        busy = self._busy.get(who, 0)
+        if busy >= c.SIGNIN_ADDRESS_CONCURRENCY:
+            raise TooManyRequests(
+                "Too many sign-ins at once from this address; try again shortly.", retry_after_s=1
+            )
+        self._busy[who] = busy + 1
+        try:
+            return await self._authenticate(name, password, who)
+        finally:
+            left = self._busy[who] - 1
+            if left:
+                self._busy[who] = left
+            else:
+                del self._busy[who]
+
+    async def _authenticate(self, name: str, password: str, who: str) -> bool:
         key = c.SIGNIN_ATTEMPTS_KEY_PREFIX + name
-        # The count is one script on its own key (the user's record may lie in another slot of
-        # a Redis Cluster, where one transaction cannot hold both); both go out at once.
-        (attempts, ttl), stored = await asyncio.gather(
-            self._count(keys=[key], args=[c.SIGNIN_WINDOW_S]),
+        address_key_ = c.SIGNIN_ADDRESS_KEY_PREFIX + who
+        # One script per key (the user's record, the name's count and the address's lie in
+        # different slots of a Redis Cluster, where one transaction cannot hold them); all go
+        # out at once.
+        (attempts, ttl), (failures, address_ttl), stored = await asyncio.gather(
+            self._count(keys=[key], args=[who, c.SIGNIN_WINDOW_S]),
+            self._failures(keys=[address_key_], args=[0, c.SIGNIN_WINDOW_S]),
             self.redis.hget(c.USER_KEY_PREFIX + name, "password"),
         )
+        if failures >= c.SIGNIN_ADDRESS_MAX_FAILURES:
+            raise TooManyRequests(
+                "Too many failed sign-ins from this address; try again later.",
+                retry_after_s=address_ttl if address_ttl > 0 else c.SIGNIN_WINDOW_S,
+            )
         if attempts > c.SIGNIN_MAX_ATTEMPTS:
             raise TooManyRequests(
                 "Too many sign-in attempts for this user; try again later.",
                 retry_after_s=ttl if ttl > 0 else c.SIGNIN_WINDOW_S,
             )
-        if self._waiting >= c.SIGNIN_MAX_WAITING:
-            raise TooManyRequests("Too many sign-ins at once; try again shortly.", retry_after_s=1)
-        self._waiting += 1
-        try:
-            loop = asyncio.get_running_loop()
-            with off_the_redis_clock():  # CPU, and a queue of sign-ins: not Redis work
-                ok = await loop.run_in_executor(
-                    self._pool, check_password, password, stored or _DUMMY
-                )
-        finally:
-            self._waiting -= 1
+        with off_the_redis_clock():  # CPU, and a turn among sign-ins: not Redis work
+            ok = await self._checks.check(who, password, stored or _DUMMY, failing=failures > 0)
         ok = ok and stored is not None
         if ok:
-            await self.redis.delete(key)
+            await self.redis.hdel(key, who)
+        else:
+            await self._failures(keys=[address_key_], args=[1, c.SIGNIN_WINDOW_S])
         return ok
 
     def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._checks.close()

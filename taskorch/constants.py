@@ -76,8 +76,11 @@ USER_KEY_PREFIX = KEY_PREFIX + "user:"
 # Per user: the time (epoch seconds, a float) before which every token issued to them is revoked.
 # `taskorch user passwd|remove` sets it; the API refuses a token whose iat is earlier.
 USER_NOT_BEFORE_KEY_PREFIX = KEY_PREFIX + "user-nbf:"
-# Per user name: sign-in attempts in the current window (a counter that expires with it).
-SIGNIN_ATTEMPTS_KEY_PREFIX = KEY_PREFIX + "signin:"
+# Per user name: sign-in attempts in the current window by client address (a hash address ->
+# count that expires with the window). Not "signin:", the counter of one name before issue #19.
+SIGNIN_ATTEMPTS_KEY_PREFIX = KEY_PREFIX + "signin-name:"
+# Per client address: failed sign-ins in the current window, whatever the name (a counter).
+SIGNIN_ADDRESS_KEY_PREFIX = KEY_PREFIX + "signin-addr:"
 EVENTS_CHANNEL_PREFIX = KEY_PREFIX + "events:"  # pub/sub channel per owner, for /v1/events
 WAKE_CHANNEL = KEY_PREFIX + "wake"  # published when work becomes due sooner than a worker's poll
 WORKERS_KEY = KEY_PREFIX + "workers"  # zset worker id -> last heartbeat ms, for /metrics
@@ -150,22 +153,43 @@ NOT_BEFORE_CACHE_S = 1.0
 # more than its Redis script did. Revocation is still checked on every request (above).
 VERIFIED_TOKEN_CACHE_S = 60.0
 VERIFIED_TOKEN_CACHE_SIZE = 10_000
-# Sign-in throttling: at most this many attempts per user name per window; beyond it 429 with
-# Retry-After until the window ends. Attempts are counted before the password is checked, so a
-# flood of concurrent guesses costs at most this many scrypt runs; a success clears the count.
+# Sign-in throttling, per client address (as uvicorn reads it: X-Forwarded-For from an address
+# in FORWARDED_ALLOW_IPS, else the peer; an IPv6 address by its /64). For one user name, at most
+# SIGNIN_MAX_ATTEMPTS attempts per address per window; beyond it that address gets 429 with
+# Retry-After until the window ends, whether or not the password is right, while the user signs
+# in from any other address as before: strangers cannot lock a user out. Attempts are counted
+# before the password is checked, so concurrent guesses cannot slip past; a success clears the
+# address's count for that name. Whatever the names, at most SIGNIN_ADDRESS_MAX_FAILURES failed
+# sign-ins per address per window (one guess each on many names is guessing too): this bounds
+# what one address can guess, and with the scrypt cost what all of them can.
 SIGNIN_MAX_ATTEMPTS = 5
 SIGNIN_WINDOW_S = 300
-# scrypt (16 MiB, ~50 ms) runs on its own threads, this many at once, so a flood of sign-ins for
-# many names cannot take the threads the rest of the API uses; beyond SIGNIN_MAX_WAITING queued
-# checks a sign-in answers 429 at once instead of waiting behind the flood.
+SIGNIN_ADDRESS_MAX_FAILURES = 20
+# scrypt (16 MiB, ~50 ms) runs on its own threads, this many at once, so a flood of sign-ins
+# cannot take the threads the rest of the API uses. Waiting checks are taken from the addresses
+# in turn, one each, so a sign-in waits for at most one check per other address waiting, never
+# behind a flood; one address has at most SIGNIN_ADDRESS_CONCURRENCY sign-ins in progress (more
+# answer 429 at once), and at most SIGNIN_MAX_WAITING checks wait in all (bounding memory).
 SCRYPT_THREADS = 2
-SIGNIN_MAX_WAITING = 32
+SIGNIN_ADDRESS_CONCURRENCY = 4
+SIGNIN_MAX_WAITING = 1024
 # Slow clients (TASKORCH_READ_TIMEOUT_S, default below): a request's line and headers must arrive
 # within the timeout of its first byte (or of the connection opening); its body within the
 # timeout plus one second per MIN_BODY_RATE_BPS bytes received. A client that drips a byte at a
 # time is cut off with 408 instead of holding a connection for ever.
 DEFAULT_READ_TIMEOUT_S = 10.0
 MIN_BODY_RATE_BPS = 32 * 1024
+# A request's line and headers are counted as their bytes arrive, before uvicorn's parser holds
+# them (httptools keeps any number of headers of any size; h11 caps only the whole head): beyond
+# MAX_REQUEST_LINE_BYTES the answer is 414, beyond any header limit 431, and the connection is
+# closed. As large as nginx's defaults (8 KiB per line), so whatever a proxy passes on, we take:
+# a JWT of a few KiB, cookies, tracing headers. A client gets its refusal before the close: the
+# connection is half-closed and what else it sends is read and dropped for HEAD_REFUSED_LINGER_S.
+MAX_REQUEST_LINE_BYTES = 8 * 1024
+MAX_HEADER_LINE_BYTES = 8 * 1024
+MAX_HEADERS = 100
+MAX_HEAD_BYTES = 64 * 1024  # the request line and all headers together
+HEAD_REFUSED_LINGER_S = 1.0
 DEFAULT_KEEP_ALIVE_S = 5  # an idle keep-alive connection is closed after this (uvicorn's default)
 # Live event streams (GET /v1/events) one owner may hold open per API process; beyond it 429.
 # Each holds a Redis pub/sub connection; a dashboard needs one per open tab.

@@ -10,7 +10,9 @@
 * ``DeadlineHTTPProtocol`` is uvicorn's HTTP protocol with read deadlines: the request line and
   headers must arrive within ``read_timeout_s`` of the request's first byte (or of the connection
   opening), the body within ``read_timeout_s`` plus one second per ``MIN_BODY_RATE_BPS`` bytes. A
-  client that drips a byte at a time gets 408 and a closed connection.
+  client that drips a byte at a time gets 408 and a closed connection. Its request line and
+  headers are counted as they arrive, before the parser holds them: past ``MAX_REQUEST_LINE_BYTES``
+  414, past ``MAX_HEADERS``, ``MAX_HEADER_LINE_BYTES`` or ``MAX_HEAD_BYTES`` 431.
 * :class:`StreamSlots` counts an owner's open event streams.
 * :class:`RedisDeadline` bounds the time one request may spend on Redis in total.
 """
@@ -249,6 +251,126 @@ class _ReadDeadline:
         self.transport.close()
 
 
+def _refusal(status: int, code: str, message: str) -> bytes:
+    body = msgspec.json.encode({"error": {"code": code, "message": message, "details": []}})
+    reason = {414: b"URI Too Long", 431: b"Request Header Fields Too Large"}[status]
+    return (
+        b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\nconnection: close\r\n"
+        b"content-length: %d\r\n\r\n%s" % (status, reason, len(body), body)
+    )
+
+
+_414 = _refusal(
+    414,
+    "uri_too_long",
+    f"The request line is longer than {c.MAX_REQUEST_LINE_BYTES} bytes; shorten the URL.",
+)
+_431 = _refusal(
+    431,
+    "headers_too_large",
+    f"The request's headers are too large: at most {c.MAX_HEADERS} headers of "
+    f"{c.MAX_HEADER_LINE_BYTES} bytes each, {c.MAX_HEAD_BYTES} bytes in all.",
+)
+
+
+class _HeadLimits(_ReadDeadline):
+    """Mixed into uvicorn's HTTP protocol: a request's line and headers are counted in the bytes
+    as they arrive, before the parser sees them, and refused past their limits (constants.py).
+
+    The head is scanned from the first byte of a request to its blank line, and that much alone
+    is handed to the parser first, so that its state tells whether a body follows; scanning starts
+    again once the parser has the whole request. Pipelining is approximate: a head that begins
+    inside the same read as the previous request's body ends is scanned from the next read on, so
+    it may hold one read (at most 256 KiB) more than the limits; and h11 keeps a request sent
+    behind one still being answered to itself, within its own cap (set to MAX_HEAD_BYTES).
+    """
+
+    _head_open = True  # reading a request's line and headers (else a body, or waiting on one)
+    _head_of: Any = None  # the parser's cycle when this head began (the previous request's)
+    _head_bytes = 0
+    _line_bytes = 0  # of the line being read, its end of line included
+    _lines = 0  # complete lines of this head that are not blank: the request line, then headers
+    _prev_cr = False  # the last byte scanned was a CR (a CRLF split over two reads)
+    _refused = False
+
+    def data_received(self, data: bytes) -> None:
+        while data and not self._refused and not self.transport.is_closing():
+            if not self._head_open:
+                super().data_received(data)
+                self._after_feed()
+                return
+            end = self._scan(data)
+            if self._refused:
+                return
+            if end is None:
+                super().data_received(data)
+                return
+            super().data_received(data[:end])
+            data = data[end:]
+            self._head_open = False
+            self._after_feed()
+
+    def _after_feed(self) -> None:
+        cycle = self.cycle
+        if cycle is not None and cycle is not self._head_of and not cycle.more_body:
+            self._open_head()  # the parser has this whole request: the next bytes are a head
+
+    def _open_head(self) -> None:
+        self._head_open = True
+        self._head_of = self.cycle
+        self._head_bytes = self._line_bytes = self._lines = 0
+        self._prev_cr = False
+
+    def _scan(self, data: bytes) -> int | None:
+        """Count ``data`` into the head: the offset just past the head's blank line if it ends
+        in ``data``, else None (and ``_refused`` set if a limit was passed)."""
+        start, size = 0, len(data)
+        while start < size:
+            nl = data.find(b"\n", start)
+            stop = size if nl < 0 else nl + 1
+            self._line_bytes += stop - start
+            self._head_bytes += stop - start
+            line_cap = c.MAX_REQUEST_LINE_BYTES if self._lines == 0 else c.MAX_HEADER_LINE_BYTES
+            if self._line_bytes > line_cap + 2:  # + CRLF
+                self._refuse(_414 if self._lines == 0 else _431, "line")
+                return None
+            if self._head_bytes > c.MAX_HEAD_BYTES:
+                self._refuse(_431, "size")
+                return None
+            if nl < 0:
+                self._prev_cr = data[-1:] == b"\r"
+                return None
+            before = data[nl - 1 : nl] if nl > start else (b"\r" if self._prev_cr else b"")
+            blank = self._line_bytes == 1 or (self._line_bytes == 2 and before == b"\r")
+            self._line_bytes = 0
+            self._prev_cr = False
+            start = stop
+            if not blank:
+                self._lines += 1
+                if self._lines > c.MAX_HEADERS + 1:  # + the request line
+                    self._refuse(_431, "count")
+                    return None
+            elif self._lines:  # (blank lines before a request line are skipped, as RFC 9112 asks)
+                return stop
+        return None
+
+    def _refuse(self, answer: bytes, reason: str) -> None:
+        """Answer 414/431 and close: half-close at once, and drop what else arrives for
+        HEAD_REFUSED_LINGER_S, so that the client reads the answer rather than a reset."""
+        self._refused = True
+        self._disarm()
+        transport = self.transport
+        log.info("http.head_refused", status=int(answer[9:12]), reason=reason)
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete:
+            transport.close()  # a pipelined request is still being answered: no room for ours
+            return
+        transport.write(answer)
+        if transport.can_write_eof():
+            transport.write_eof()
+        self.loop.call_later(c.HEAD_REFUSED_LINGER_S, transport.close)
+
+
 def set_read_timeout(read_timeout_s: float) -> None:
     """Set this process's read deadline (TASKORCH_READ_TIMEOUT_S) for DeadlineHTTPProtocol."""
     _ReadDeadline.read_timeout_s = read_timeout_s
@@ -256,13 +378,13 @@ def set_read_timeout(read_timeout_s: float) -> None:
 
 def __getattr__(name: str) -> Any:
     """``DeadlineHTTPProtocol``: uvicorn's HTTP protocol (httptools when installed, else h11) with
-    the read deadlines. Built on first use, so that a worker importing this package does not
+    the read deadlines and the head limits. Built on first use, so that a worker importing this package does not
     import uvicorn; reachable by name, so that uvicorn's worker processes can unpickle it."""
     if name != "DeadlineHTTPProtocol":
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
-    cls = type(name, (_ReadDeadline, AutoHTTPProtocol), {"__module__": __name__})
+    cls = type(name, (_HeadLimits, AutoHTTPProtocol), {"__module__": __name__})
     globals()[name] = cls
     return cls
 

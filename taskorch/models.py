@@ -476,13 +476,18 @@ class SchedulePage(Struct):
 
 
 class SigningKey(Struct):
-    """One secret that signs an owner's calls (Standard Webhooks ``whsec_...``)."""
+    """One secret that signs an owner's calls (Standard Webhooks ``whsec_...``).
 
-    secret: str
+    ``secret`` and ``used_until`` are shown only to a token that may write (or has no scope); a
+    read-only token sees ``id`` and ``created_at`` alone, since the secret lets one forge calls.
+    """
+
+    id: str  # key_ and 16 hex digits of the secret's SHA-256: names a key without revealing it
     created_at: Timestamp
+    secret: str | UnsetType = UNSET
     # null for the current secret; for the previous one, when it stops signing (24 h after
     # the rotation that replaced it)
-    used_until: Timestamp | None
+    used_until: Timestamp | UnsetType | None = UNSET
 
 
 class SigningKeys(Struct):

@@ -587,12 +587,13 @@ def _calls_paths() -> dict[str, Any]:
         "/v1/signing-keys": {
             "get": _op(
                 "The secrets that sign the caller's calls (Standard Webhooks; the first is made "
-                "on first use), current first",
+                "on first use), current first. A token with the read scope alone sees each "
+                "key's id and created_at only",
                 {
                     "200": _json(
                         "SigningKeys",
-                        "The current secret, and the previous one while it "
-                        "still signs (used_until)",
+                        "The current secret, and the previous one while it still signs "
+                        "(used_until); secret and used_until only for a token that may write",
                     )
                 },
                 op_id="getSigningKeys",

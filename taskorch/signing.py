@@ -125,17 +125,22 @@ class SigningStore:
         return out
 
 
-def view(stored: _Stored) -> SigningKeys:
-    """What ``GET /v1/signing-keys`` answers."""
-    items = [SigningKey(secret=stored.cur, created_at=fmt_ms(stored.cur_at) or "", used_until=None)]
+def key_id(secret: str) -> str:
+    """A key's id: its secret's fingerprint, which names it without revealing it."""
+    return "key_" + hashlib.sha256(secret.encode()).hexdigest()[:16]
+
+
+def view(stored: _Stored, *, secrets: bool) -> SigningKeys:
+    """What ``GET /v1/signing-keys`` answers; the secrets themselves only when ``secrets``."""
+    rows: list[tuple[str, int, str | None]] = [(stored.cur, stored.cur_at, None)]
     if stored.prev and stored.prev_at is not None:
-        items.append(
-            SigningKey(
-                secret=stored.prev,
-                created_at=fmt_ms(stored.prev_at) or "",
-                used_until=fmt_ms(stored.prev_until),
-            )
-        )
+        rows.append((stored.prev, stored.prev_at, fmt_ms(stored.prev_until)))
+    items = []
+    for secret, at, until in rows:
+        key = SigningKey(id=key_id(secret), created_at=fmt_ms(at) or "")
+        if secrets:
+            key.secret, key.used_until = secret, until
+        items.append(key)
     return SigningKeys(keys=items)
 
 

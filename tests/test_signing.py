@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import json
 import shutil
 import subprocess
@@ -13,13 +14,14 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import jwt
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from taskorch import signing
-from tests.conftest import Api, WorkerProcs, until
+from tests.conftest import SECRET, Api, WorkerProcs, until
 
 
 @dataclass
@@ -124,6 +126,35 @@ async def test_signing_keys_made_on_first_use_per_owner_and_scoped(api: Api) -> 
     assert r.status_code == 403
     r = await api.http.get("/v1/signing-keys")
     assert r.status_code == 401
+
+
+async def test_a_read_only_token_sees_key_ids_and_ages_not_secrets(api: Api) -> None:
+    """Issue #19 item 9: a secret lets its holder forge the owner's calls, so only a token that
+    may write sees it; a dashboard's read-only token (``scope`` or ``scp``) sees ids and ages."""
+    now = int(time.time())
+    scp_read = jwt.encode({"sub": "alice", "iat": now, "exp": now + 60, "scp": ["read"]}, SECRET)
+    readers = [api.auth(scope="read"), {"Authorization": f"Bearer {scp_read}"}]
+    writers = [api.auth(), api.auth(scope="read write")]
+    for rotated in (False, True):
+        if rotated:
+            r = await api.http.post("/v1/signing-keys/rotate", headers=api.auth(scope="write"))
+            assert r.status_code == 200, r.text
+        seen = [await api.http.get("/v1/signing-keys", headers=h) for h in readers]
+        for r in seen:
+            assert r.status_code == 200, r.text
+            assert "whsec_" not in r.text, "a read-only token was shown the secret"
+        full = [(await api.http.get("/v1/signing-keys", headers=h)).json() for h in writers]
+        assert full[0] == full[1]
+        keys = full[0]["keys"]
+        assert len(keys) == (2 if rotated else 1)
+        for key in keys:
+            assert key["secret"].startswith("whsec_") and "used_until" in key
+            fingerprint = hashlib.sha256(key["secret"].encode()).hexdigest()[:16]
+            assert key["id"] == "key_" + fingerprint
+        for r in seen:
+            assert r.json()["keys"] == [
+                {"id": k["id"], "created_at": k["created_at"]} for k in keys
+            ]
 
 
 async def test_every_call_verifies_before_and_during_a_rotation(
