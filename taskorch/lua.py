@@ -456,12 +456,23 @@ local function clock()
 end
 """
 
-# ARGV: horizon_ms, now_ms, lease_ms, worker_id, limit.
+# ARGV: horizon_ms, now_ms, lease_ms, worker_id, limit, claim id, then the ids of this worker's
+# earlier claims whose replies it never got.
 # Moves this partition's due jobs from its queue to its leases set, owned by this worker, and
 # returns for each {job, due, function, argument, url, spec, base, owner[, scheduled]} (a
 # task's url, spec, attempts made before its last redrive and owner; '', '', 0, '' for other
-# jobs; scheduled, for a task of a named queue, is the time it was due, when it goes later than
-# that). A task's job that is no longer the task's current one is dropped.
+# jobs; scheduled, for a task, is the time it was due for this attempt: a named queue's task
+# goes later than that, at its dispatch slot, and a task a reaper took back from a dead worker
+# is in the queue from when it was taken back). A task's job that is no longer the task's
+# current one is dropped.
+#
+# Issue #19: a claim is safe to lose. A claim whose reply was lost (a Redis frozen past the
+# worker's socket timeout runs the script when it resumes) leaves its jobs in this worker's
+# leases without the worker knowing; they would wait a whole lease. So each claim records what it
+# claimed under its claim id (cr:<id>, for as long as a lease) and the worker names the claims it
+# gave up on in its next claim, which adopts whatever of theirs is still leased to it. A claim
+# that has not run yet when a later one names it finds a tombstone there and claims nothing
+# (Redis may run them in either order), and a claim sent twice answers its first result again.
 #
 # Queues (issue #12): a due task of a named queue that is limited (a rate, a concurrency cap,
 # paused) or has tasks waiting goes into the queue's line (qw) instead; then each queue whose
@@ -475,6 +486,55 @@ CLAIM = (
 local horizon, lease, limit = tonumber(ARGV[1]), tonumber(ARGV[3]), tonumber(ARGV[5])
 local now = clock()
 local out = {{}}
+local CR, cid, worker = P .. '{c.CLAIM_RECORD}', ARGV[6] or '', ARGV[4]
+local seen = {{}}
+-- the jobs of an earlier claim (its record) still leased to this worker, as the claim answered
+local function adopt(rec)
+  local flat = cjson.decode(rec)
+  for i = 1, #flat, 2 do
+    local job, due = flat[i], flat[i + 1]
+    if not seen[job] and redis.call('HGET', LEASE_OWNER, job) == worker
+      and redis.call('ZSCORE', LEASES, job) then
+      local row = nil
+      if is_task_job(job) then
+        local id = task_of_job(job)
+        local t = id and load(id)
+        if t and job_of(id, t) == job and (t.s == 'scheduled' or t.s == 'retrying') then
+          row = {{job, due, 'fire_task', id, t.h, t.p, t.b or 0, t.o,
+            int(math.min(t.r, tonumber(due)))}}
+        end
+      else
+        local data = redis.call('GET', P .. '{c.JOB}' .. job)
+        if data then
+          local d = cjson.decode(data)
+          row = {{job, due, d.f, d.a[1], '', '', 0, ''}}
+        end
+      end
+      if row then
+        seen[job] = true
+        out[#out + 1] = row
+        redis.call('ZADD', LEASES, math.max(tonumber(due), now) + lease, job)
+      end
+    end
+  end
+end
+if cid ~= '' then
+  local mine = redis.call('GET', CR .. cid)
+  if mine == '' then return {{}} end  -- a later claim gave up on this one first: claim nothing
+  if mine then  -- this same claim ran before (sent twice): its answer again
+    adopt(mine)
+    return out
+  end
+end
+for i = 7, #ARGV do
+  local rec = redis.call('GET', CR .. ARGV[i])
+  if rec == false then
+    redis.call('SET', CR .. ARGV[i], '', 'PX', lease)  -- not run yet: when it does, nothing
+  elseif rec ~= '' then
+    adopt(rec)
+  end
+end
+limit = limit + #out  -- what was adopted does not take the new claims' room
 local gates, lines, held = {{}}, {{}}, 0
 local function gated(t)  -- queues: whether t's queue decides when t goes
   local key = t.o .. ':' .. t.q
@@ -486,6 +546,7 @@ local function gated(t)  -- queues: whether t's queue decides when t goes
   return gates[key]
 end
 repeat
+  if #out >= limit then break end
   local items = redis.call('ZRANGEBYSCORE', QUEUE, '-inf', horizon, 'WITHSCORES', 'LIMIT', 0,
     limit - #out)
   local held_now = 0
@@ -556,6 +617,11 @@ for _, member in ipairs(ready) do
   if admitted > 0 then redis.call('HINCRBY', qc, 'run', admitted) end
   if interval and nxt ~= cf.next then redis.call('HSET', qc, 'next', string.format('%.3f', nxt)) end
   queue_kick(owner, q, now, nil)
+end
+if cid ~= '' and #out > 0 then
+  local flat = {{}}
+  for _, row in ipairs(out) do flat[#flat + 1] = row[1]; flat[#flat + 1] = row[2] end
+  redis.call('SET', CR .. cid, cjson.encode(flat), 'PX', lease)
 end
 return out
 """
