@@ -565,7 +565,7 @@ repeat
         else
           fn, arg, url, spec = 'fire_task', id, t.h, t.p
           base, owner = t.b or 0, t.o  -- #12: attempts before a redrive; the owner signs the call
-          if t.q ~= '' then sched = int(t.r) end
+          sched = int(math.min(t.r, due))  -- #19: its own due time, not when a reaper put it back
         end
       end
     else

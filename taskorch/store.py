@@ -394,8 +394,10 @@ def _attempt_view(a: _StoredAttempt) -> Attempt:
 class Claimed(msgspec.Struct):
     """A job this worker now holds: due at ``due_ms``, its function, argument and task spec.
 
-    ``scheduled_ms`` is when the task was due, where its queue made it wait for a later dispatch
-    slot (``due_ms``): its attempt's lateness counts from then (0: the same as ``due_ms``).
+    ``scheduled_ms`` is when a task was due for this attempt, where it goes later (``due_ms``):
+    its queue made it wait for a later dispatch slot, or a reaper took it back from a dead worker
+    and queued it again at that time. Its attempt's lateness, ``X-Taskorch-Scheduled-For`` and
+    the lateness figures count from ``scheduled_ms`` (0: the same as ``due_ms``).
     """
 
     job: str
