@@ -240,6 +240,9 @@ SCHEDULE_MAKE_EVERY_S = 1.0
 # the schedule's catch_up decides: "one" runs the latest missed one, "none" none, "all" every one
 # (at most SCHEDULE_CATCH_UP_MAX, the latest). Anything less late just runs late.
 SCHEDULE_LATE_MS = 5_000
+# A downtime, once seen by a maker, holds this long: every worker back within it makes its first
+# round with the same verdict and cut-off before it claims (lua.SCHED_DUE).
+SCHEDULE_DOWN_DECIDED_MS = 10_000
 SCHEDULE_CATCH_UP_MAX = 100
 SCHEDULE_MAKE_BATCH = 100  # occurrences per make script; a schedule behind is made in turns
 SCHEDULE_DUE_BATCH = 100  # schedules per partition per makers' round

@@ -387,7 +387,7 @@ async def _make_at(
     await until(lambda: _version_at_least(sch, pre + "sc:" + sid, 2))
     await sch.redis.hset(pre + "sc:" + sid, "mu", since if since is not None else at - 60_000)
     h, _ = await _view_raw(sch, layout, p, sid)
-    n = await sch.make(layout, p, sid, h, downtime=False, now=at)
+    n = await sch.make(layout, p, sid, h, downtime=None, now=at)
     tasks = await _tasks(api, sid)
     assert n == len(tasks) and all(t["schedule_id"] == sid for t in tasks)
     return sorted(_ms(t["run_at"]) for t in tasks)
@@ -417,7 +417,7 @@ async def test_makers_with_the_same_view_make_each_occurrence_once(
         h, _ = await _view_raw(sch, layout, p, sid)
         # Twenty makers read the same version and race: one makes, the others make nothing.
         got = await asyncio.gather(
-            *(sch.make(layout, p, sid, h, downtime=False, now=at) for _ in range(20))
+            *(sch.make(layout, p, sid, h, downtime=None, now=at) for _ in range(20))
         )
         assert sorted(got, reverse=True)[:2] == [11, -1] and got.count(-1) == 19
         tasks = await _tasks(api, sid)
