@@ -10,11 +10,13 @@ together with the version of the schedule it read. The script makes them only if
 is still at that version, and moves the version on: however many makers look at once, each
 occurrence is made once, and while any worker lives none is missed.
 
-When every worker was down (the partition's makers' round was not run for ``SCHEDULE_LATE_MS``),
-the times missed meanwhile follow the schedule's ``catch_up``: ``one`` runs the latest of them
-late, then the grid goes on; ``none`` runs none; ``all`` runs each (at most
-``SCHEDULE_CATCH_UP_MAX``, the latest). Occurrences made before the downtime count as missed
-times too: ``none`` and ``one`` cancel the ones they do not run.
+When every worker was down (the partition's makers' round was not run for ``SCHEDULE_LATE_MS``
+and no maker vouches that it was alive meanwhile: see lua.SCHED_DUE), the times missed meanwhile
+follow the schedule's ``catch_up``: ``one`` runs the latest of them late, then the grid goes on;
+``none`` runs none; ``all`` runs each (at most ``SCHEDULE_CATCH_UP_MAX``, the latest).
+Occurrences made before the downtime count as missed times too: ``none`` and ``one`` cancel the
+ones they do not run. A Redis outage while workers live is no downtime: the times it held are
+made when Redis is back and run late, each once.
 """
 
 from __future__ import annotations

@@ -65,6 +65,9 @@ Redis outages (killed, restarting, frozen) are waited out, and work done meanwhi
 * **Whatever is given up is handed back**: claims not started on shutdown or after a crash of
   ours are released to the queue, or, when Redis cannot be reached, simply no longer renewed, so
   their leases lapse and a reaper hands them back.
+* **A claim is safe to lose.** A claim whose reply is given up (a frozen Redis runs it when it
+  resumes) is named in the next claim, which adopts the jobs it took (``lua.CLAIM``): they
+  fire when Redis is back instead of waiting a lease in this worker's leases.
 * **A frozen Redis is noticed**: every command has a socket timeout
   (:attr:`~taskorch.leases.LeaseTimes.socket_timeout_s`), so a SIGSTOPped Redis reads as an outage, not a hang.
 
