@@ -456,7 +456,8 @@ local function clock()
 end
 """
 
-# ARGV: horizon_ms, now_ms, lease_ms, worker_id, limit, claim id, then the ids of this worker's
+# ARGV: horizon_ms, now_ms, lease_ms, worker_id, limit, claim id, the id of this worker's last
+# claim whose reply it got ('' for none: its record is no longer needed), then the ids of its
 # earlier claims whose replies it never got.
 # Moves this partition's due jobs from its queue to its leases set, owned by this worker, and
 # returns for each {job, due, function, argument, url, spec, base, owner[, scheduled]} (a
@@ -526,7 +527,8 @@ if cid ~= '' then
     return out
   end
 end
-for i = 7, #ARGV do
+if ARGV[7] and ARGV[7] ~= '' then redis.call('DEL', CR .. ARGV[7]) end
+for i = 8, #ARGV do
   local rec = redis.call('GET', CR .. ARGV[i])
   if rec == false then
     redis.call('SET', CR .. ARGV[i], '', 'PX', lease)  -- not run yet: when it does, nothing

@@ -880,6 +880,7 @@ class Store:
         limit: int,
         claim_id: str = "",
         lost: Sequence[str] = (),
+        answered: str = "",
     ) -> list[Claimed]:
         """Claim due jobs from every partition at once, at most ``limit`` in all.
 
@@ -890,11 +891,12 @@ class Store:
         ``claim_id`` (unique per claim) makes the claim safe to lose: name it in ``lost`` in a
         later claim, after this one's reply never came, and that claim also answers the jobs
         this one took that are still leased to ``worker`` (see lua.CLAIM). The answer may then
-        hold more than ``limit``.
+        hold more than ``limit``. ``answered`` names the last claim whose reply came, whose
+        record is then dropped.
         """
         layout = await self.layout()
         n, now = layout.n, now_ms()
-        extra = [claim_id, *lost] if claim_id else []
+        extra = [claim_id, answered, *lost] if claim_id else []
         limit = max(limit, 0)
         first = self._claim_turn % n
         self._claim_turn += 1

@@ -194,6 +194,7 @@ class Worker:
         self._held: dict[str, Claimed] = {}  # job -> claim, from claim until outcome recorded
         self._claim_ids = itertools.count(1)
         self._lost_claims: list[str] = []  # ids of claims whose replies never came (lua.CLAIM)
+        self._answered_claim = ""  # the last claim whose reply came: its record can go
         self._slots: dict[int, list[Claimed]] = {}  # due ms -> claims waiting for it
         self._timers: dict[int, tuple[float, asyncio.TimerHandle]] = {}  # due ms -> (at, timer)
         self._gates: dict[int, asyncio.Future[None]] = {}  # due ms -> opens at that time
@@ -328,6 +329,7 @@ class Worker:
                             limit=min(c.CLAIM_SLICE, room),
                             claim_id=claim_id,
                             lost=self._lost_claims,
+                            answered=self._answered_claim,
                         )
                     except REDIS_DOWN:
                         # Its reply is lost, not necessarily the claim: a frozen Redis runs it
@@ -342,6 +344,7 @@ class Worker:
                             jobs=len(claimed),
                         )
                         self._lost_claims.clear()
+                    self._answered_claim = claim_id
                     claimed = [cl for cl in claimed if cl.job not in self._held]
                     for cl in claimed:
                         self._arm(cl)

@@ -483,6 +483,11 @@ async def test_a_claim_whose_reply_was_lost_is_adopted_by_the_next_claim(
         await store.create_task("alice", TaskCreate(url="http://example.com/y"))
         assert await store.claim(worker="w1", claim_id="w1:3", lost=["w1:4"], **kw) != []
         assert await store.claim(worker="w1", claim_id="w1:4", **kw) == []
+        # The record of a claim whose reply came goes with the next claim.
+        record = layout.prefixes[p] + c.CLAIM_RECORD + "w1:2"
+        assert await store.redis.exists(record)
+        await store.claim(worker="w1", claim_id="w1:5", answered="w1:2", **kw)
+        assert not await store.redis.exists(record)
     finally:
         await store.redis.aclose()
 
