@@ -25,6 +25,9 @@ JOB = "j:"
 # worker renews it. A lapsed claim means the worker died; any worker's reaper then recovers it.
 LEASES = "l"
 LEASE_OWNER = "lo"  # hash job id -> worker id, so a worker renews only its own claims
+# What one claim took (cr:<claim id>: its jobs and due times, JSON, kept for a lease), so that a
+# worker that lost the claim's reply adopts them in its next claim (lua.CLAIM).
+CLAIM_RECORD = "cr:"
 # A task record: ONE msgpack string with short field names, defaults left out (see lua.py);
 # ``:a`` holds its attempts list.
 TASK = "t:"
@@ -261,6 +264,9 @@ SCHEDULE_MAKE_EVERY_S = 1.0
 # the schedule's catch_up decides: "one" runs the latest missed one, "none" none, "all" every one
 # (at most SCHEDULE_CATCH_UP_MAX, the latest). Anything less late just runs late.
 SCHEDULE_LATE_MS = 5_000
+# A downtime, once seen by a maker, holds this long: every worker back within it makes its first
+# round with the same verdict and cut-off before it claims (lua.SCHED_DUE).
+SCHEDULE_DOWN_DECIDED_MS = 10_000
 SCHEDULE_CATCH_UP_MAX = 100
 SCHEDULE_MAKE_BATCH = 100  # occurrences per make script; a schedule behind is made in turns
 SCHEDULE_DUE_BATCH = 100  # schedules per partition per makers' round
@@ -312,6 +318,10 @@ WORKER_RATE_FLOOR = 4000
 # Jobs one claim takes when more are due: a burst is claimed in slices, and the first worker to
 # see it wakes the others (WAKE_CHANNEL), so that their slices interleave and it spreads.
 CLAIM_SLICE = 250
+# A worker names at most this many of its claims whose replies it lost in its next claim (one
+# is lost per socket timeout of an outage: this covers minutes of it, longer than a claim's record
+# and lease last).
+LOST_CLAIMS_MAX = 64
 
 # -- the Python client (taskorch.client) and the `taskorch tasks|schedules|queues` verbs --------
 # A list page as the client's iterators fetch it: the API's largest, as few round trips as it

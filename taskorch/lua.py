@@ -456,12 +456,24 @@ local function clock()
 end
 """
 
-# ARGV: horizon_ms, now_ms, lease_ms, worker_id, limit.
+# ARGV: horizon_ms, now_ms, lease_ms, worker_id, limit, claim id, the id of this worker's last
+# claim whose reply it got ('' for none: its record is no longer needed), then the ids of its
+# earlier claims whose replies it never got.
 # Moves this partition's due jobs from its queue to its leases set, owned by this worker, and
 # returns for each {job, due, function, argument, url, spec, base, owner[, scheduled]} (a
 # task's url, spec, attempts made before its last redrive and owner; '', '', 0, '' for other
-# jobs; scheduled, for a task of a named queue, is the time it was due, when it goes later than
-# that). A task's job that is no longer the task's current one is dropped.
+# jobs; scheduled, for a task, is the time it was due for this attempt: a named queue's task
+# goes later than that, at its dispatch slot, and a task a reaper took back from a dead worker
+# is in the queue from when it was taken back). A task's job that is no longer the task's
+# current one is dropped.
+#
+# Issue #19: a claim is safe to lose. A claim whose reply was lost (a Redis frozen past the
+# worker's socket timeout runs the script when it resumes) leaves its jobs in this worker's
+# leases without the worker knowing; they would wait a whole lease. So each claim records what it
+# claimed under its claim id (cr:<id>, for as long as a lease) and the worker names the claims it
+# gave up on in its next claim, which adopts whatever of theirs is still leased to it. A claim
+# that has not run yet when a later one names it finds a tombstone there and claims nothing
+# (Redis may run them in either order), and a claim sent twice answers its first result again.
 #
 # Queues (issue #12): a due task of a named queue that is limited (a rate, a concurrency cap,
 # paused) or has tasks waiting goes into the queue's line (qw) instead; then each queue whose
@@ -475,6 +487,56 @@ CLAIM = (
 local horizon, lease, limit = tonumber(ARGV[1]), tonumber(ARGV[3]), tonumber(ARGV[5])
 local now = clock()
 local out = {{}}
+local CR, cid, worker = P .. '{c.CLAIM_RECORD}', ARGV[6] or '', ARGV[4]
+local seen = {{}}
+-- the jobs of an earlier claim (its record) still leased to this worker, as the claim answered
+local function adopt(rec)
+  local flat = cjson.decode(rec)
+  for i = 1, #flat, 2 do
+    local job, due = flat[i], flat[i + 1]
+    if not seen[job] and redis.call('HGET', LEASE_OWNER, job) == worker
+      and redis.call('ZSCORE', LEASES, job) then
+      local row = nil
+      if is_task_job(job) then
+        local id = task_of_job(job)
+        local t = id and load(id)
+        if t and job_of(id, t) == job and (t.s == 'scheduled' or t.s == 'retrying') then
+          row = {{job, due, 'fire_task', id, t.h, t.p, t.b or 0, t.o,
+            int(math.min(t.r, tonumber(due)))}}
+        end
+      else
+        local data = redis.call('GET', P .. '{c.JOB}' .. job)
+        if data then
+          local d = cjson.decode(data)
+          row = {{job, due, d.f, d.a[1], '', '', 0, ''}}
+        end
+      end
+      if row then
+        seen[job] = true
+        out[#out + 1] = row
+        redis.call('ZADD', LEASES, math.max(tonumber(due), now) + lease, job)
+      end
+    end
+  end
+end
+if cid ~= '' then
+  local mine = redis.call('GET', CR .. cid)
+  if mine == '' then return {{}} end  -- a later claim gave up on this one first: claim nothing
+  if mine then  -- this same claim ran before (sent twice): its answer again
+    adopt(mine)
+    return out
+  end
+end
+if ARGV[7] and ARGV[7] ~= '' then redis.call('DEL', CR .. ARGV[7]) end
+for i = 8, #ARGV do
+  local rec = redis.call('GET', CR .. ARGV[i])
+  if rec == false then
+    redis.call('SET', CR .. ARGV[i], '', 'PX', lease)  -- not run yet: when it does, nothing
+  elseif rec ~= '' then
+    adopt(rec)
+  end
+end
+limit = limit + #out  -- what was adopted does not take the new claims' room
 local gates, lines, held = {{}}, {{}}, 0
 local function gated(t)  -- queues: whether t's queue decides when t goes
   local key = t.o .. ':' .. t.q
@@ -486,6 +548,7 @@ local function gated(t)  -- queues: whether t's queue decides when t goes
   return gates[key]
 end
 repeat
+  if #out >= limit then break end
   local items = redis.call('ZRANGEBYSCORE', QUEUE, '-inf', horizon, 'WITHSCORES', 'LIMIT', 0,
     limit - #out)
   local held_now = 0
@@ -504,7 +567,7 @@ repeat
         else
           fn, arg, url, spec = 'fire_task', id, t.h, t.p
           base, owner = t.b or 0, t.o  -- #12: attempts before a redrive; the owner signs the call
-          if t.q ~= '' then sched = int(t.r) end
+          sched = int(math.min(t.r, due))  -- #19: its own due time, not when a reaper put it back
         end
       end
     else
@@ -556,6 +619,11 @@ for _, member in ipairs(ready) do
   if admitted > 0 then redis.call('HINCRBY', qc, 'run', admitted) end
   if interval and nxt ~= cf.next then redis.call('HSET', qc, 'next', string.format('%.3f', nxt)) end
   queue_kick(owner, q, now, nil)
+end
+if cid ~= '' and #out > 0 then
+  local flat = {{}}
+  for _, row in ipairs(out) do flat[#flat + 1] = row[1]; flat[#flat + 1] = row[2] end
+  redis.call('SET', CR .. cid, cjson.encode(flat), 'PX', lease)
 end
 return out
 """
@@ -1213,36 +1281,63 @@ return {'ok', sched_view(id, bound)}
 """
 )
 
-# ARGV: now, limit. The makers' round in this partition: {gap, schedules}, the schedules whose
-# next occurrences are due to be made, each {id, hash}, after the ms since the previous round by
-# Redis's clock (-1 for none): a gap longer than SCHEDULE_LATE_MS means no worker made anything
-# here meanwhile. Redis's clock, so that workers whose clocks differ agree on a gap.
+# ARGV: now, limit, this maker's own last round here (Redis ms; '' when it cannot vouch that it
+# has been trying every second since). The makers' round in this partition: {down, schedules,
+# at, cut, from}: the schedules whose next occurrences are due to be made, each {id, hash};
+# down = 1 when every worker was down, so that what was missed follows each schedule's
+# catch_up, with the missed cut-off (when the downtime was seen, less SCHEDULE_LATE_MS) cut ms
+# ago and the last round before the downtime from ms ago; at, this round's time, for the maker
+# to name in its next round. Redis's clock, so that workers whose clocks differ agree.
+#
+# Issue #19: a gap in the makers' rounds is not a downtime when the maker that looks was alive
+# through it (a Redis outage stops every round, not the workers): a maker that ran a round here
+# before the gap and has tried every second since says so, and nothing is caught up; the
+# missed times are made as late runs. A gap seen without that is a downtime, decided once for
+# SCHEDULE_DOWN_DECIDED_MS: every worker that comes back in that time makes its first round
+# with the same verdict and cut-off before it claims, so none of them fires an overdue
+# occurrence beside the catch-up.
 SCHED_DUE = (
     LEASE_CLOCK
     + f"""
 local now, at = tonumber(ARGV[1]), clock()
+local mine = tonumber(ARGV[3] or '')
 local M = P .. '{c.SCHEDULE_MAKERS}'
-local prev = tonumber(redis.call('HGET', M, 'last') or '')
+local r = redis.call('HMGET', M, 'last', 'down_at', 'down_cut', 'down_from')
+local prev, down_at = tonumber(r[1] or ''), tonumber(r[2] or '')
+local cut, from = tonumber(r[3] or ''), tonumber(r[4] or '')
+if down_at and at - down_at > {c.SCHEDULE_DOWN_DECIDED_MS} then down_at = nil end
+local down = 0
+if mine and (not down_at or mine < down_at) then
+  down_at = nil  -- alive through the gap: no downtime (nor one another maker took for it)
+elseif down_at then
+  down = 1
+elseif not prev or at - prev > {c.SCHEDULE_LATE_MS} then
+  down, down_at, cut, from = 1, at, at - {c.SCHEDULE_LATE_MS}, prev or 0
+  redis.call('HSET', M, 'down_at', at, 'down_cut', cut, 'down_from', from)
+end
+if not down_at then redis.call('HDEL', M, 'down_at', 'down_cut', 'down_from') end
 redis.call('HSET', M, 'last', at)
-local gap = -1
-if prev then gap = at - prev end
 local out = {{}}
 for _, id in ipairs(redis.call('ZRANGEBYSCORE', SZ, '-inf', now, 'LIMIT', 0, ARGV[2])) do
   local h = redis.call('HGETALL', skey(id))
   if #h == 0 then redis.call('ZREM', SZ, id) else out[#out + 1] = {{id, h}} end
 end
-return {{gap, out}}
+if down == 0 then return {{0, out, at, 0, 0}} end
+return {{1, out, at, at - cut, at - from}}
 """
 )
 
 # KEYS: queue, sc:<id>, sz. ARGV: id, expected version, now, made until, next look (ms, or ''
 # when the schedule has ended), wake_ms, catch-up ('' for none, else the missed cut-off ms and
 # the mode one|none|all), caught-up count (the first occurrences are missed times being caught
-# up), the schedule's queue ('' for default), then per occurrence: task id, due, url, spec, name.
+# up), the downtime's start (ms: the last round before it), the schedule's queue ('' for
+# default), then per occurrence: task id, due, url, spec, name.
 # Returns how many tasks it made, or -1 when the schedule changed since it was read.
 # With a catch-up, occurrences made earlier and still not started at the cut-off were missed too:
 # "none" cancels them, "one" keeps the latest missed time only (a new one, or the latest of them),
-# "all" keeps them.
+# "all" keeps them. For "one", an overdue occurrence that has started since the downtime began
+# (it raced this script) is that one late run: the others are cancelled and the caught-up
+# occurrence is not made (issue #19).
 SCHED_MAKE = (
     """
 local id, now = ARGV[1], tonumber(ARGV[3])
@@ -1251,11 +1346,14 @@ local s = redis.call('HMGET', key, 'o', 's', 'v')
 if not s[1] or s[2] ~= 'active' or s[3] ~= ARGV[2] then return -1 end
 local owner = s[1]
 local made = made_key(owner, id)
+local skip = 0  -- caught-up occurrences not to make: one already ran
 if ARGV[7] ~= '' then
   local cut, mode, fresh = tonumber(ARGV[7]), ARGV[8], tonumber(ARGV[9])
-  local kept = fresh > 0
+  local from = tonumber(ARGV[10]) + """
+    + str(2 * c.CLAIM_AHEAD_MS)
+    + """  -- started later than this: during the downtime
   if mode ~= 'all' then
-    local off = 0
+    local off, waiting, started = 0, {}, false
     while off < """
     + str(c.SCHEDULE_CANCEL_SCAN)
     + """ do
@@ -1266,18 +1364,24 @@ if ARGV[7] ~= '' then
         local t = load(tid)
         if not t then stop = true; break end
         if t.s == 'scheduled' and t.r <= cut then
-          if mode == 'one' and not kept then kept = true else cancel_task(tid, now) end
-        elseif t.s ~= 'scheduled' and t.r < cut then
-          stop = true; break
+          waiting[#waiting + 1] = tid
+        elseif t.s ~= 'scheduled' and t.r <= cut then
+          if t.r <= from then stop = true; break end
+          if t.s ~= 'cancelled' then started = true end
         end
       end
       if stop then break end
       off = off + 100
     end
+    local keep = mode == 'one' and fresh == 0 and not started
+    if mode == 'one' and started then skip = fresh end
+    for i, tid in ipairs(waiting) do
+      if not (keep and i == 1) then cancel_task(tid, now) end
+    end
   end
 end
-local ahead, n, q = tonumber(ARGV[6]), 0, ARGV[10]
-for i = 11, #ARGV, 5 do
+local ahead, n, q = tonumber(ARGV[6]), 0, ARGV[11]
+for i = 12 + 5 * skip, #ARGV, 5 do
   local tid = ARGV[i]
   new_task(tid, owner, ARGV[i + 2], ARGV[i + 3], ARGV[i + 4], tonumber(ARGV[i + 1]), now, '', ahead, q, id)
   redis.call('ZADD', made, 0, tid)

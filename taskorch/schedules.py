@@ -10,16 +10,19 @@ together with the version of the schedule it read. The script makes them only if
 is still at that version, and moves the version on: however many makers look at once, each
 occurrence is made once, and while any worker lives none is missed.
 
-When every worker was down (the partition's makers' round was not run for ``SCHEDULE_LATE_MS``),
-the times missed meanwhile follow the schedule's ``catch_up``: ``one`` runs the latest of them
-late, then the grid goes on; ``none`` runs none; ``all`` runs each (at most
-``SCHEDULE_CATCH_UP_MAX``, the latest). Occurrences made before the downtime count as missed
-times too: ``none`` and ``one`` cancel the ones they do not run.
+When every worker was down (the partition's makers' round was not run for ``SCHEDULE_LATE_MS``
+and no maker vouches that it was alive meanwhile: see lua.SCHED_DUE), the times missed meanwhile
+follow the schedule's ``catch_up``: ``one`` runs the latest of them late, then the grid goes on;
+``none`` runs none; ``all`` runs each (at most ``SCHEDULE_CATCH_UP_MAX``, the latest).
+Occurrences made before the downtime count as missed times too: ``none`` and ``one`` cancel the
+ones they do not run. A Redis outage while workers live is no downtime: the times it held are
+made when Redis is back and run late, each once.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -144,6 +147,8 @@ class Schedules:
         self._list = reg(lua.PRELUDE + lua.LIST_IDS)
         self._view_tasks = reg(lua.PRELUDE + lua.VIEW_TASKS)
         self._soon: set[asyncio.Task[None]] = set()
+        self._rounds: dict[int, int] = {}  # partition -> this maker's last round there (Redis ms)
+        self._tried: float | None = None  # when this maker's last round ended, ok or not
 
     async def _keys(self, sid: str) -> tuple[Layout, int, list[str]]:
         """A schedule's layout, partition and the keys its scripts name: queue, record, sz."""
@@ -361,7 +366,7 @@ class Schedules:
 
         async def make() -> None:
             try:
-                await self.make(layout, p, sid, h, downtime=False)
+                await self.make(layout, p, sid, h, downtime=None)
             except (TimeoutError, *REDIS_DOWN) as exc:
                 log.warning("schedule.make_deferred", schedule_id=sid, error=str(exc))
 
@@ -381,14 +386,27 @@ class Schedules:
         occurrences it made."""
         layout = await partitions.load(self.redis)
         now = now_ms() if now is None else now
-        rows = await run_many(
-            self.redis,
-            self._due,
-            [([layout.queue(p)], [now, c.SCHEDULE_DUE_BATCH]) for p in range(layout.n)],
-        )
+        # Whether this maker can vouch that it was alive through any gap since its last round
+        # here: it has tried every SCHEDULE_MAKE_EVERY_S since (a Redis outage fails the tries,
+        # it does not stop them). A pause of its own (a stopped process) vouches for nothing.
+        began = time.monotonic()
+        if self._tried is None or began - self._tried > c.SCHEDULE_LATE_MS / 1000:
+            self._rounds.clear()
+        try:
+            rows = await run_many(
+                self.redis,
+                self._due,
+                [
+                    ([layout.queue(p)], [now, c.SCHEDULE_DUE_BATCH, self._rounds.get(p, "")])
+                    for p in range(layout.n)
+                ],
+            )
+        finally:
+            self._tried = time.monotonic()
         jobs, sids = [], []
-        for p, (gap, items) in enumerate(rows):
-            downtime = not 0 <= int(gap) <= c.SCHEDULE_LATE_MS
+        for p, (down, items, at, cut_ago, from_ago) in enumerate(rows):
+            self._rounds[p] = int(at)
+            downtime = (now - int(cut_ago), now - int(from_ago)) if int(down) else None
             for sid, flat in items:
                 jobs.append(self.make(layout, p, sid, from_flat(flat), downtime=downtime, now=now))
                 sids.append(sid)
@@ -407,22 +425,28 @@ class Schedules:
         sid: str,
         h: dict[str, str],
         *,
-        downtime: bool,
+        downtime: tuple[int, int] | None,
         now: int | None = None,
     ) -> int:
         """Make the occurrences of schedule ``sid`` (its hash ``h`` as read) up to
         SCHEDULE_AHEAD_MS from ``now`` (tests name a time); -1 when another maker or a change
-        came first."""
+        came first.
+
+        ``downtime`` is (missed cut-off, the last round before it), Redis ms, when every worker
+        was down (lua.SCHED_DUE): what was due before the cut-off follows ``catch_up``. Without
+        it nothing is caught up: times a maker alive all along could not make (Redis was out of
+        reach) are made now, each due at its own time, and run late."""
         if h.get("s") != ScheduleStatus.active:
             return -1
         now = now_ms() if now is None else now
         rule = rule_of(h)
         made_until = int(h["mu"])
-        cut = now - c.SCHEDULE_LATE_MS
-        catch: list[Any] = ["", "", 0]
+        catch: list[Any] = ["", "", 0, 0]
         missed: list[int] = []
         since = made_until
-        if downtime or made_until < cut:
+        cut = now - c.SCHEDULE_LATE_MS
+        if downtime is not None:
+            cut = downtime[0]
             mode = h.get("cu", "one")
             if made_until < cut:
                 if mode == "one":
@@ -430,7 +454,7 @@ class Schedules:
                 elif mode == "all":
                     missed = rule.before(cut, made_until, c.SCHEDULE_CATCH_UP_MAX)[::-1]
                 since = cut
-            catch = [cut, mode, len(missed)]
+            catch = [cut, mode, len(missed), downtime[1]]
         times = rule.after(since, now + c.SCHEDULE_AHEAD_MS, c.SCHEDULE_MAKE_BATCH)
         full = len(times) == c.SCHEDULE_MAKE_BATCH
         until = times[-1] if full else now + c.SCHEDULE_AHEAD_MS

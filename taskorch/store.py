@@ -394,8 +394,10 @@ def _attempt_view(a: _StoredAttempt) -> Attempt:
 class Claimed(msgspec.Struct):
     """A job this worker now holds: due at ``due_ms``, its function, argument and task spec.
 
-    ``scheduled_ms`` is when the task was due, where its queue made it wait for a later dispatch
-    slot (``due_ms``): its attempt's lateness counts from then (0: the same as ``due_ms``).
+    ``scheduled_ms`` is when a task was due for this attempt, where it goes later (``due_ms``):
+    its queue made it wait for a later dispatch slot, or a reaper took it back from a dead worker
+    and queued it again at that time. Its attempt's lateness, ``X-Taskorch-Scheduled-For`` and
+    the lateness figures count from ``scheduled_ms`` (0: the same as ``due_ms``).
     """
 
     job: str
@@ -870,20 +872,36 @@ class Store:
     # -- the worker's side -----------------------------------------------------------------
 
     async def claim(
-        self, *, worker: str, horizon_ms: int, lease_ms: int, limit: int
+        self,
+        *,
+        worker: str,
+        horizon_ms: int,
+        lease_ms: int,
+        limit: int,
+        claim_id: str = "",
+        lost: Sequence[str] = (),
+        answered: str = "",
     ) -> list[Claimed]:
         """Claim due jobs from every partition at once, at most ``limit`` in all.
 
         The partitions share ``limit`` (the worker's room: it never holds more than it can
         start), the remainder going to each in turn. Afterwards ``more_due`` says whether a
         partition answered its whole share, so that more may be waiting there now.
+
+        ``claim_id`` (unique per claim) makes the claim safe to lose: name it in ``lost`` in a
+        later claim, after this one's reply never came, and that claim also answers the jobs
+        this one took that are still leased to ``worker`` (see lua.CLAIM). The answer may then
+        hold more than ``limit``. ``answered`` names the last claim whose reply came, whose
+        record is then dropped.
         """
         layout = await self.layout()
         n, now = layout.n, now_ms()
+        extra = [claim_id, answered, *lost] if claim_id else []
+        limit = max(limit, 0)
         first = self._claim_turn % n
         self._claim_turn += 1
         rows: list[Any] = []
-        if limit < n:
+        if limit < n and not lost:
             # Too little room to share: partitions in turn until it is taken (a worker this
             # full is rare; the common case below is one round trip).
             left = limit
@@ -892,7 +910,7 @@ class Store:
                     break
                 q = layout.queue((first + i) % n)
                 row = await run_script(
-                    self.redis, self._claim, [q], [horizon_ms, now, lease_ms, worker, left]
+                    self.redis, self._claim, [q], [horizon_ms, now, lease_ms, worker, left, *extra]
                 )
                 rows.append(row)
                 left -= len(row)
@@ -903,7 +921,7 @@ class Store:
                 self.redis,
                 self._claim,
                 [
-                    ([layout.queue(p)], [horizon_ms, now, lease_ms, worker, share])
+                    ([layout.queue(p)], [horizon_ms, now, lease_ms, worker, share, *extra])
                     for p, share in enumerate(shares)
                 ],
             )

@@ -65,6 +65,9 @@ Redis outages (killed, restarting, frozen) are waited out, and work done meanwhi
 * **Whatever is given up is handed back**: claims not started on shutdown or after a crash of
   ours are released to the queue, or, when Redis cannot be reached, simply no longer renewed, so
   their leases lapse and a reaper hands them back.
+* **A claim is safe to lose.** A claim whose reply is given up (a frozen Redis runs it when it
+  resumes) is named in the next claim, which adopts the jobs it took (``lua.CLAIM``): they
+  fire when Redis is back instead of waiting a lease in this worker's leases.
 * **A frozen Redis is noticed**: every command has a socket timeout
   (:attr:`~taskorch.leases.LeaseTimes.socket_timeout_s`), so a SIGSTOPped Redis reads as an outage, not a hang.
 
@@ -189,6 +192,9 @@ class Worker:
         self.retention_s = retention_s
         self.id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{random.randrange(16**6):06x}"
         self._held: dict[str, Claimed] = {}  # job -> claim, from claim until outcome recorded
+        self._claim_ids = itertools.count(1)
+        self._lost_claims: list[str] = []  # ids of claims whose replies never came (lua.CLAIM)
+        self._answered_claim = ""  # the last claim whose reply came: its record can go
         self._slots: dict[int, list[Claimed]] = {}  # due ms -> claims waiting for it
         self._timers: dict[int, tuple[float, asyncio.TimerHandle]] = {}  # due ms -> (at, timer)
         self._gates: dict[int, asyncio.Future[None]] = {}  # due ms -> opens at that time
@@ -311,15 +317,35 @@ class Worker:
             try:
                 room = self._claim_room()
                 more = False
-                if room > 0:
+                if room > 0 or self._lost_claims:
                     # The store shares the slice over the partitions; more_due says whether a
                     # partition gave its whole share, so that more may be waiting now.
-                    claimed = await self.store.claim(
-                        worker=self.id,
-                        horizon_ms=now_ms() + self.claim_ahead_ms,
-                        lease_ms=self.expiry_ms,
-                        limit=min(c.CLAIM_SLICE, room),
-                    )
+                    claim_id = f"{self.id}:{next(self._claim_ids)}"
+                    try:
+                        claimed = await self.store.claim(
+                            worker=self.id,
+                            horizon_ms=now_ms() + self.claim_ahead_ms,
+                            lease_ms=self.expiry_ms,
+                            limit=min(c.CLAIM_SLICE, room),
+                            claim_id=claim_id,
+                            lost=self._lost_claims,
+                            answered=self._answered_claim,
+                        )
+                    except REDIS_DOWN:
+                        # Its reply is lost, not necessarily the claim: a frozen Redis runs it
+                        # when it resumes. The next claim adopts what it took (lua.CLAIM).
+                        self._lost_claims.append(claim_id)
+                        del self._lost_claims[: -c.LOST_CLAIMS_MAX]
+                        raise
+                    if self._lost_claims:
+                        log.info(
+                            "worker.claims_recovered",
+                            lost_replies=len(self._lost_claims),
+                            jobs=len(claimed),
+                        )
+                        self._lost_claims.clear()
+                    self._answered_claim = claim_id
+                    claimed = [cl for cl in claimed if cl.job not in self._held]
                     for cl in claimed:
                         self._arm(cl)
                     self.signer.warm({cl.owner for cl in claimed if cl.owner})

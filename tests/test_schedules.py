@@ -20,7 +20,7 @@ from taskorch import partitions
 from taskorch.cron import Rule, zone
 from taskorch.models import fmt_ms
 from taskorch.schedules import Schedules
-from taskorch.store import connect, from_flat
+from taskorch.store import Store, connect, from_flat
 from tests.conftest import Api, Target, WorkerProcs, until
 
 FULL = os.environ.get("TASKORCH_FAULTS", "") == "full"
@@ -387,7 +387,7 @@ async def _make_at(
     await until(lambda: _version_at_least(sch, pre + "sc:" + sid, 2))
     await sch.redis.hset(pre + "sc:" + sid, "mu", since if since is not None else at - 60_000)
     h, _ = await _view_raw(sch, layout, p, sid)
-    n = await sch.make(layout, p, sid, h, downtime=False, now=at)
+    n = await sch.make(layout, p, sid, h, downtime=None, now=at)
     tasks = await _tasks(api, sid)
     assert n == len(tasks) and all(t["schedule_id"] == sid for t in tasks)
     return sorted(_ms(t["run_at"]) for t in tasks)
@@ -417,7 +417,7 @@ async def test_makers_with_the_same_view_make_each_occurrence_once(
         h, _ = await _view_raw(sch, layout, p, sid)
         # Twenty makers read the same version and race: one makes, the others make nothing.
         got = await asyncio.gather(
-            *(sch.make(layout, p, sid, h, downtime=False, now=at) for _ in range(20))
+            *(sch.make(layout, p, sid, h, downtime=None, now=at) for _ in range(20))
         )
         assert sorted(got, reverse=True)[:2] == [11, -1] and got.count(-1) == 19
         tasks = await _tasks(api, sid)
@@ -668,6 +668,42 @@ async def test_a_short_downtime_skips_overdue_occurrences_made_before_it(
             tasks = {_ms(t["run_at"]): t["status"] for t in await _tasks(api, ids[mode])}
             assert {t for t in overdue if tasks[t] == "scheduled"} == kept, (mode, tasks)
             assert {s for t, s in tasks.items() if t not in overdue} == {"scheduled"}, mode
+    finally:
+        await client.aclose()
+
+
+async def test_catch_up_one_counts_an_overdue_occurrence_that_started_as_its_one_run(
+    api: Api, target: Target, settings: Any
+) -> None:
+    """Issue #19: a worker started one overdue occurrence before the first maker's round after a
+    downtime applied ``catch_up: one`` (their scripts raced): that start is the one late run, and
+    the round cancels the other overdue ones instead of keeping one of them besides."""
+    client = connect(settings.redis_url)
+    sch, store = Schedules(client), Store(client)
+    try:
+        start = (int(time.time()) + 2) * 1000
+        body = {"every": 1, "catch_up": "one", "start_at": _utc(start),
+                "task": {"url": target.url("/x")}}  # fmt: skip
+        sid = (await _create(api, body))["id"]
+        await until(lambda: _made_at_least(api, sid, 5))
+        await asyncio.sleep(max(0.0, (start + 7_500) / 1000 - time.time()))
+        overdue = {start: "", start + 1000: "", start + 2000: ""}  # > SCHEDULE_LATE_MS late
+        claimed = await store.claim(worker="w", horizon_ms=start + 2000, lease_ms=60_000, limit=99)
+        for cl in claimed:
+            overdue[cl.scheduled_ms] = cl.arg
+        assert all(overdue.values()), overdue
+        # The middle one started (a worker's START won the race); the others wait.
+        assert await store.start([(overdue[start + 1000], f"{overdue[start + 1000]}.1")],
+                                 worker="w", lease_ms=60_000) == [1]  # fmt: skip
+        layout = await partitions.load(client)
+        await client.hset(layout.prefixes[layout.partition_of(sid)] + "sm", "last", 0)
+        await sch.make_due()
+        tasks = {_ms(t["run_at"]): t["status"] for t in await _tasks(api, sid)}
+        assert {t: tasks[t] for t in overdue} == {
+            start: "cancelled",
+            start + 1000: "running",
+            start + 2000: "cancelled",
+        }, tasks
     finally:
         await client.aclose()
 

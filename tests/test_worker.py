@@ -451,6 +451,47 @@ async def test_a_repeated_start_answers_the_same_attempt_to_its_worker_only(
     await store.redis.aclose()
 
 
+async def test_a_claim_whose_reply_was_lost_is_adopted_by_the_next_claim(
+    redis_url: str,
+) -> None:
+    """Issue #19: the jobs a claim took (a task, a callback job) come back in the next claim that
+    names it; a claim named before it ran claims nothing when it runs; a claim sent twice answers
+    its first result again; another worker's claim cannot adopt them."""
+    store = Store(connect(redis_url))
+    try:
+        horizon = now_ms() + 5_000
+        task, _ = await store.create_task("alice", TaskCreate(url="http://example.com/x"))
+        layout = await store.layout()
+        p = layout.partition_of(task.id)
+        event = "orc_x.step.done"  # a non-task job, as a callback or an orchestration event has
+        await store.redis.set(layout.prefixes[p] + c.JOB + event, '{"f": "cb", "a": ["x"]}')
+        await store.redis.zadd(layout.queue(p), {event: now_ms()})
+        kw: dict[str, Any] = {"horizon_ms": horizon, "lease_ms": 60_000, "limit": 100}
+        lost = await store.claim(worker="w1", claim_id="w1:1", **kw)  # its reply never came
+        assert sorted(cl.job for cl in lost) == sorted([f"{task.id}.1", event])
+        assert await store.claim(worker="w2", claim_id="w2:1", lost=["w1:1"], **kw) == []
+        again = await store.claim(worker="w1", claim_id="w1:1", **kw)  # sent twice
+        assert sorted(cl.job for cl in again) == sorted(cl.job for cl in lost)
+        adopted = await store.claim(worker="w1", claim_id="w1:2", lost=["w1:1"], **kw)
+        by_job = {cl.job: cl for cl in adopted}
+        assert sorted(by_job) == sorted(cl.job for cl in lost)
+        t = by_job[f"{task.id}.1"]
+        [first] = [cl for cl in lost if cl.job == t.job]
+        assert (t.arg, t.function, t.owner, t.spec) == (task.id, "fire_task", "alice", first.spec)
+        assert by_job[event].function == "cb" and by_job[event].arg == "x"
+        # A claim named by a later one before it ran (Redis runs them in any order): nothing.
+        await store.create_task("alice", TaskCreate(url="http://example.com/y"))
+        assert await store.claim(worker="w1", claim_id="w1:3", lost=["w1:4"], **kw) != []
+        assert await store.claim(worker="w1", claim_id="w1:4", **kw) == []
+        # The record of a claim whose reply came goes with the next claim.
+        record = layout.prefixes[p] + c.CLAIM_RECORD + "w1:2"
+        assert await store.redis.exists(record)
+        await store.claim(worker="w1", claim_id="w1:5", answered="w1:2", **kw)
+        assert not await store.redis.exists(record)
+    finally:
+        await store.redis.aclose()
+
+
 async def test_a_live_workers_outcome_wins_over_a_lost_retry_not_yet_started(
     redis_url: str,
 ) -> None:
