@@ -30,6 +30,8 @@ import redis
 
 from taskorch.functions import BuildError, LocalRuntime
 from taskorch.functions import build as build_module
+from taskorch.functions.aws_package import package
+from taskorch.functions.errors import AwsProviderError
 from taskorch.functions.fetch import IndexProxy, pip_sources
 from tests.hostile.conftest import build, needs_root
 
@@ -397,3 +399,27 @@ def test_the_index_settings_of_pip_conf_and_the_environment() -> None:
     assert "/usr/share" in [m.target for m in sources.mounts]
     default = pip_sources({"PIP_CONFIG_FILE": os.devnull}, python="/usr/bin/python3")
     assert default.hosts == {("pypi.org", 443), ("files.pythonhosted.org", 443)}
+
+
+def test_aws_packaging_refuses_a_direct_reference_and_builds_nothing(
+    shared_dir: Path, index: Path, redis_server: Any
+) -> None:
+    # The AWS provider's pip runs on the host (it needs no sandbox): it must build nothing.
+    marker = shared_dir / "MARKER"
+    tree = make_source_tree(shared_dir, marker, redis_server.port)
+    links = Path(os.environ["PIP_FIND_LINKS"])
+    make_wheel(links, "carrier", "1.0", "", requires=[f"evil @ {tree.as_uri()}"])
+
+    with pytest.raises(AwsProviderError) as caught:
+        package(
+            runtime="python",
+            code="def h(e, c):\n    return 1\n",
+            handler="h",
+            requirements="carrier==1.0",
+        )
+
+    assert str(caught.value) == (
+        f"carrier depends on evil @ {tree.as_uri()}, a direct reference to a URL or path: "
+        "refused (only packages from the index are installed)"
+    )
+    assert not marker.exists(), "a dependency's build backend ran on the host"

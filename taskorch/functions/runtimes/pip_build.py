@@ -1,15 +1,18 @@
-"""taskorch's pip launcher for a python function's build: runs in the sandbox, never on the host.
+"""taskorch's pip launcher: pip that follows no direct reference and builds nothing.
 
     python -I pip_build.py fetch SOCKET -- <pip download options and requirements>
     python -I pip_build.py install WHEELS MAX_UNPACKED_MB MAX_FILES -- <pip install options>
+    python -I pip_build.py pip -- <pip command and options>
 
-`fetch` forwards connections from the sandbox's loopback to SOCKET (the host's index-only proxy,
-see taskorch/functions/fetch.py) and runs `pip download --proxy` through it. `install` first
-reads every wheel in WHEELS (its METADATA and its zip's declared sizes), then runs
-`pip install` with no network. In both, pip is run in this process with two of its steps
-replaced, so that it can neither follow a direct reference (`name @ URL or path`) from a
-package's metadata nor build anything from source. A refusal is the last line of stdout, as
-JSON `{"refused": "..."}`, with exit code 97.
+`fetch` and `install` are a local function's build steps, in the sandbox. `fetch` forwards
+connections from the sandbox's loopback to SOCKET (the host's index-only proxy, see
+taskorch/functions/fetch.py) and runs `pip download --proxy` through it. `install` first reads
+every wheel in WHEELS (its METADATA and its zip's declared sizes), then runs `pip install` with
+no network. `pip` runs a pip command as given (the AWS provider's packaging, on the host). In
+each, pip runs in this process with two of its steps replaced, so that it can neither follow a
+direct reference (`name @ URL or path`) from a package's metadata nor build anything from
+source. A refusal is the last line of stdout and of stderr, as JSON `{"refused": "..."}`, with
+exit code 97.
 """
 
 from __future__ import annotations
@@ -35,7 +38,8 @@ def main(argv: list[str]) -> int:
     mode, rest = argv[0], argv[1:]
     split = rest.index("--")
     own, pip_args = rest[:split], rest[split + 1 :]
-    os.chdir(os.environ.get("TMPDIR", "/tmp"))  # an empty folder: nothing to take for a project
+    if mode != "pip":  # an empty folder: nothing to take for a project
+        os.chdir(os.environ.get("TMPDIR", "/tmp"))
     if mode == "fetch":
         port = forward(own[0])
         return run_pip(["download", "--proxy", f"http://127.0.0.1:{port}", *pip_args])
@@ -44,12 +48,15 @@ def main(argv: list[str]) -> int:
         if problem:
             return refuse(problem)
         return run_pip(["install", *pip_args])
+    if mode == "pip":
+        return run_pip(pip_args)
     raise SystemExit(f"unknown mode {mode!r}")
 
 
 def refuse(message: str) -> int:
-    sys.stdout.flush()
-    print("\n" + json.dumps({"refused": message}), flush=True)
+    line = "\n" + json.dumps({"refused": message})
+    for stream in (sys.stdout, sys.stderr):
+        print(line, file=stream, flush=True)
     return REFUSED
 
 
