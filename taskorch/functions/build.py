@@ -96,8 +96,12 @@ class Builder:
             files[PIP_LAUNCHER] = bootstrap_source("pip_build.py")
         await asyncio.to_thread(self.write_files, files)
         if requirements:
-            await self._fetch_wheels(requirements)
-            await self._install_wheels(requirements)
+            try:
+                await self._fetch_wheels(requirements)
+                await self._install_wheels(requirements)
+            finally:  # the wheels, pip's scratch folder and settings, the launcher
+                for name in ("wheels", _BUILD_TMP, PIP_LAUNCHER):
+                    await remove_tree(self.fn_dir / name)
         spec = Spec("python", handler, "handler.py")
         await self.check(spec)
         return spec
@@ -113,9 +117,12 @@ class Builder:
             fetch.pip_sources, os.environ, python=self._tool("python")
         )
         await asyncio.to_thread(self._make_dirs, "wheels", _BUILD_TMP)
+        conf = self.fn_dir / _BUILD_TMP / "pip.conf"
+        await asyncio.to_thread(self._write_private, conf, sources.pip_conf())
         argv = [*self._launcher(), "fetch", fetch.SOCKET_IN_JAIL if self.jail else "", "--"]
         argv += ["--only-binary=:all:", *_PIP_QUIET, "--dest", self._inside("wheels")]
-        argv += [*sources.args, "--", *requirements]
+        argv += ["--", *requirements]
+        env = {**self._pip_env(), "PIP_CONFIG_FILE": self._inside(f"{_BUILD_TMP}/pip.conf")}
         proxy = fetch.IndexProxy(sources.hosts, uid=self.uid)
         async with proxy as socket_path:
             if self.jail is None:
@@ -123,13 +130,14 @@ class Builder:
             mounts = (*sources.mounts, Mount(socket_path, fetch.SOCKET_IN_JAIL))
             rc, out, err = await self.run(
                 argv,
-                self._pip_env(),
+                env,
                 _PIP_TIMEOUT_S,
                 "pip download",
                 writable=True,
                 file_size_mb=_MAX_WHEELS_MB,
                 extra=mounts if self.jail else (),
             )
+        await asyncio.to_thread(conf.unlink)  # before pip install: nothing else needs it
         refused = list(dict.fromkeys(proxy.refused))
         text = out + ("\n" + err if err.strip() else "")
         self._raise_refusal(rc, out)
@@ -162,18 +170,14 @@ class Builder:
         argv += ["--no-index", "--find-links", self._inside("wheels"), "--only-binary=:all:"]
         argv += ["--target", self._inside("deps"), *_PIP_QUIET, "--no-warn-script-location"]
         argv += ["--", *requirements]
-        try:
-            rc, out, err = await self.run(
-                argv,
-                self._pip_env(),
-                _PIP_TIMEOUT_S,
-                "pip install",
-                writable=True,
-                file_size_mb=_MAX_UNPACKED_MB,
-            )
-        finally:
-            for name in ("wheels", _BUILD_TMP, PIP_LAUNCHER):
-                await remove_tree(self.fn_dir / name)
+        rc, out, err = await self.run(
+            argv,
+            self._pip_env(),
+            _PIP_TIMEOUT_S,
+            "pip install",
+            writable=True,
+            file_size_mb=_MAX_UNPACKED_MB,
+        )
         self._raise_refusal(rc, out)
         if rc != 0:
             raise BuildError(
@@ -191,7 +195,7 @@ class Builder:
         tmp = self._inside(_BUILD_TMP)
         # On the function's folder, not the sandbox's small /tmp: pip unpacks there first.
         env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": tmp, "TMPDIR": tmp}
-        env["PIP_CONFIG_FILE"] = os.devnull  # the host's settings arrive as options
+        env["PIP_CONFIG_FILE"] = os.devnull  # none of the host's; fetch writes its own
         return env
 
     def _make_dirs(self, *names: str) -> None:
@@ -199,6 +203,13 @@ class Builder:
             (self.fn_dir / name).mkdir(mode=0o700, exist_ok=True)
             if self.uid is not None:
                 os.lchown(self.fn_dir / name, self.uid, self.uid)
+
+    def _write_private(self, path: Path, text: str) -> None:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        if self.uid is not None:
+            os.lchown(path, self.uid, self.uid)
 
     def _raise_refusal(self, rc: int, out: str) -> None:
         if rc != _REFUSED:

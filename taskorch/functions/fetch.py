@@ -52,15 +52,21 @@ class PipSources:
     """Where the fetch step's pip may take packages from.
 
     Args:
-        args: pip options naming the indexes, folders and certificate (read on the host).
+        settings: pip settings naming the indexes, folders, certificate and constraints, read
+            on the host; given to pip in the sandbox as a pip.conf (`pip_conf`), not on its
+            command line, where an index URL's password would show in `ps` on the host.
         hosts: the (host, port) pairs the proxy lets the build reach.
         mounts: folders and files bound read-only into the sandbox (file:// indexes, find-links
             folders, the certificate bundle, constraint files), at the same path.
     """
 
-    args: list[str]
+    settings: dict[str, str]
     hosts: frozenset[tuple[str, int]]
     mounts: tuple[Mount, ...]
+
+    def pip_conf(self) -> str:
+        lines = ["[global]", *(f"{key} = {value}" for key, value in self.settings.items())]
+        return "\n".join(lines) + "\n"
 
 
 def pip_sources(environ: Mapping[str, str], *, python: str) -> PipSources:
@@ -106,7 +112,7 @@ def _config_files(environ: Mapping[str, str], python: str) -> list[Path]:
 
 
 def _sources(values: dict[str, str]) -> PipSources:
-    args: list[str] = []
+    settings: dict[str, str] = {}
     hosts: set[tuple[str, int]] = set()
     mounts: dict[str, Mount] = {}
     no_index = values.get("no-index", "").strip().lower() in _TRUE
@@ -114,23 +120,25 @@ def _sources(values: dict[str, str]) -> PipSources:
     extra = [] if no_index else values.get("extra-index-url", "").split()
     links = values.get("find-links", "").split()
     if no_index:
-        args.append("--no-index")
+        settings["no-index"] = "true"
     else:
-        args += ["--index-url", indexes[0]]
-        args += [a for url in extra for a in ("--extra-index-url", url)]
-    args += [a for link in links for a in ("--find-links", link)]
+        settings["index-url"] = indexes[0]
+        if extra:
+            settings["extra-index-url"] = " ".join(extra)
+    if links:
+        settings["find-links"] = " ".join(links)
     for location in (*indexes, *extra, *links):
         _reach(location, hosts, mounts, index=location not in links)
-    for host in values.get("trusted-host", "").split():
-        args += ["--trusted-host", host]
+    if trusted := values.get("trusted-host", "").split():
+        settings["trusted-host"] = " ".join(trusted)
     for key in ("cert", "constraint"):
         if path := values.get(key, "").strip():
-            args += [f"--{key}", path]
+            settings[key] = path
             _bind(Path(path), mounts, key)
     for key in ("timeout", "retries"):
         if value := values.get(key, "").strip():
-            args.append(f"--{key}={value}")
-    return PipSources(args, frozenset(hosts), tuple(mounts.values()))
+            settings[key] = value
+    return PipSources(settings, frozenset(hosts), tuple(mounts.values()))
 
 
 def _reach(
