@@ -123,7 +123,8 @@ class Builder:
         argv += ["--only-binary=:all:", *_PIP_QUIET, "--dest", self._inside("wheels")]
         argv += ["--", *requirements]
         env = {**self._pip_env(), "PIP_CONFIG_FILE": self._inside(f"{_BUILD_TMP}/pip.conf")}
-        proxy = fetch.IndexProxy(sources.hosts, uid=self.uid)
+        outbound, no_proxy = fetch.outbound_proxies(os.environ)
+        proxy = fetch.IndexProxy(sources.hosts, uid=self.uid, outbound=outbound, no_proxy=no_proxy)
         async with proxy as socket_path:
             if self.jail is None:
                 argv[argv.index("fetch") + 1] = str(socket_path)

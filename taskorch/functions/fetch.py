@@ -16,15 +16,16 @@ is end to end (CONNECT), so pip checks the index's certificate itself.
 from __future__ import annotations
 
 import asyncio
+import base64
 import configparser
 import contextlib
 import os
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 from urllib.request import url2pathname
 
 import structlog
@@ -187,16 +188,50 @@ def _readable_by_all(path: Path) -> bool:
         return False
 
 
+@dataclass(frozen=True)
+class OutboundProxy:
+    """The operator's own proxy (the service's `http_proxy`/`https_proxy`): builds go out via it."""
+
+    host: str
+    port: int
+    authorization: str = ""  # a Proxy-Authorization header line, or ""
+
+
+def outbound_proxies(environ: Mapping[str, str]) -> tuple[dict[str, OutboundProxy], list[str]]:
+    """The service's proxies by scheme ("http", "https"), and its `no_proxy` entries."""
+    found: dict[str, OutboundProxy] = {}
+    for scheme in ("http", "https"):
+        url = environ.get(f"{scheme}_proxy") or environ.get(f"{scheme.upper()}_PROXY") or ""
+        parts = urlsplit(url if "://" in url else f"http://{url}")
+        try:
+            port = parts.port or 80
+        except ValueError:
+            continue
+        if not url or parts.scheme.lower() != "http" or not parts.hostname:
+            continue  # pip itself would not speak TLS to a proxy either
+        auth = ""
+        if parts.username is not None:
+            user = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
+            auth = f"Proxy-Authorization: Basic {base64.b64encode(user.encode()).decode()}"
+        found[scheme] = OutboundProxy(parts.hostname, port, auth)
+    no_proxy = environ.get("no_proxy") or environ.get("NO_PROXY") or ""
+    return found, [e.strip().lower().lstrip(".") for e in no_proxy.split(",") if e.strip()]
+
+
 @dataclass
 class IndexProxy:
     """An HTTP proxy on a unix socket that connects only to `hosts` (see the module's text).
 
     Use as `async with IndexProxy(hosts, uid=...) as socket_path:`; `refused` then lists the
-    host:port pairs the build asked for and did not get.
+    host:port pairs the build asked for and did not get. With `outbound` (the service's own
+    proxies, see `outbound_proxies`), the allowed connections go out through them, as pip's
+    would have, except to hosts matching `no_proxy`.
     """
 
     hosts: frozenset[tuple[str, int]]
     uid: int | None = None
+    outbound: Mapping[str, OutboundProxy] = field(default_factory=dict)
+    no_proxy: Sequence[str] = ()
     refused: list[str] = field(default_factory=list)
     _dir: str = ""
     _server: asyncio.AbstractServer | None = None
@@ -227,25 +262,27 @@ class IndexProxy:
         upstream: asyncio.StreamWriter | None = None
         try:
             async with asyncio.timeout(_CONNECT_TIMEOUT_S):
-                head = await reader.readuntil(b"\r\n\r\n")
-                request = _parse_head(head)
+                request = _parse_head(await reader.readuntil(b"\r\n\r\n"))
                 if request is None:
                     return await _answer(writer, 400, "not an HTTP proxy request")
-                method, host, port, forward = request
-                if (host, port) not in self.hosts:
-                    target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-                    self.refused.append(target)
-                    log.warning("function.build.refused_connection", target=target)
-                    return await _answer(writer, 403, f"{target} is not a package index")
+                if (request.host, request.port) not in self.hosts:
+                    self.refused.append(request.target)
+                    log.warning("function.build.refused_connection", target=request.target)
+                    return await _answer(writer, 403, f"{request.target} is not a package index")
+                via = self._via(request)
                 try:
-                    up_reader, upstream = await asyncio.open_connection(host, port)
+                    up_reader, upstream = await asyncio.open_connection(
+                        via.host if via else request.host, via.port if via else request.port
+                    )
                 except OSError as exc:
-                    return await _answer(writer, 502, f"cannot reach {host}:{port}: {exc}")
-            self._writers.add(upstream)
-            if method == "CONNECT":
-                writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
-            else:
-                upstream.write(forward)
+                    return await _answer(writer, 502, f"cannot reach {request.target}: {exc}")
+                self._writers.add(upstream)
+                if request.method == "CONNECT":
+                    if via is not None and not await _tunnel(up_reader, upstream, request, via):
+                        return await _answer(writer, 502, f"the proxy refused {request.target}")
+                    writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                else:
+                    upstream.write(request.forward(via))
             # The answer decides the end: the upstream closing (or pip's connection) ends both.
             sending = asyncio.ensure_future(_pump(reader, upstream))
             try:
@@ -260,9 +297,42 @@ class IndexProxy:
                     self._writers.discard(w)
                     w.close()
 
+    def _via(self, request: _Request) -> OutboundProxy | None:
+        host = request.host
+        if any(e == "*" or host == e or host.endswith("." + e) for e in self.no_proxy):
+            return None
+        return self.outbound.get("https" if request.method == "CONNECT" else "http")
 
-def _parse_head(head: bytes) -> tuple[str, str, int, bytes] | None:
-    """(method, host, port, the request to send upstream) of a proxy request, or None."""
+
+@dataclass(frozen=True)
+class _Request:
+    method: str
+    host: str
+    port: int
+    url: str  # plain HTTP: the absolute URL asked for
+    headers: tuple[str, ...]
+
+    @property
+    def target(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+    def forward(self, via: OutboundProxy | None) -> bytes:
+        """The request for the next hop: origin form to the index, absolute form to a proxy.
+
+        One request per connection (`Connection: close`): the next may be for another host.
+        """
+        if via is None:
+            parts = urlsplit(self.url)
+            first = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        else:
+            first = self.url
+        lines = [f"{self.method} {first} HTTP/1.1", *self.headers]
+        lines += [via.authorization] if via and via.authorization else []
+        return "\r\n".join([*lines, "Connection: close", "", ""]).encode("latin-1")
+
+
+def _parse_head(head: bytes) -> _Request | None:
+    """The request of a proxy's client, or None if it is not one."""
     try:
         lines = head.decode("latin-1").split("\r\n")
         method, target, _version = lines[0].split(" ")
@@ -270,16 +340,12 @@ def _parse_head(head: bytes) -> tuple[str, str, int, bytes] | None:
         return None
     if method == "CONNECT":
         found = _host_port(f"//{target}", None)
-        return None if found is None else (method, *found, b"")
+        return None if found is None else _Request(method, *found, "", ())
     if urlsplit(target).scheme.lower() != "http" or (found := _host_port(target, 80)) is None:
         return None
-    # One request per connection, sent in origin form: the next request may be for another host.
-    parts = urlsplit(target)
-    path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     hop_by_hop = ("connection", "keep-alive", "proxy-connection", "proxy-authorization")
     headers = [h for h in lines[1:] if h and h.split(":", 1)[0].strip().lower() not in hop_by_hop]
-    forward = "\r\n".join([f"{method} {path} HTTP/1.1", *headers, "Connection: close", "", ""])
-    return method, *found, forward.encode("latin-1")
+    return _Request(method, *found, target, tuple(headers))
 
 
 def _host_port(url: str, default_port: int | None) -> tuple[str, int] | None:
@@ -291,6 +357,20 @@ def _host_port(url: str, default_port: int | None) -> tuple[str, int] | None:
     if not parts.hostname or port is None:
         return None
     return parts.hostname.lower(), port
+
+
+async def _tunnel(
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    request: _Request,
+    via: OutboundProxy,
+) -> bool:
+    """Asks the operator's proxy for a tunnel to the index; whether it answered 200."""
+    lines = [f"CONNECT {request.target} HTTP/1.1", f"Host: {request.target}"]
+    lines += [via.authorization] if via.authorization else []
+    writer.write("\r\n".join([*lines, "", ""]).encode("latin-1"))
+    head = await reader.readuntil(b"\r\n\r\n")
+    return head.split(b" ", 2)[1:2] == [b"200"]
 
 
 async def _answer(writer: asyncio.StreamWriter, status: int, reason: str) -> None:

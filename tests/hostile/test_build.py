@@ -32,7 +32,7 @@ from taskorch.functions import BuildError, LocalRuntime
 from taskorch.functions import build as build_module
 from taskorch.functions.aws_package import package
 from taskorch.functions.errors import AwsProviderError
-from taskorch.functions.fetch import IndexProxy, pip_sources
+from taskorch.functions.fetch import IndexProxy, outbound_proxies, pip_sources
 from tests.hostile.conftest import build, needs_root
 
 pytestmark = needs_root
@@ -305,18 +305,20 @@ async def test_wheels_from_an_http_index_install_through_the_proxy(
     }
 
 
+async def ask(path: Path, request: bytes, *, to_end: bool = False) -> bytes:
+    """Sends one request to the proxy's socket; its first bytes back (or all, to its end)."""
+    reader, writer = await asyncio.open_unix_connection(str(path))
+    writer.write(request)
+    answer = await (reader.read() if to_end else reader.read(200))
+    writer.close()
+    return answer
+
+
 async def test_the_index_proxy_reaches_the_index_only(
     http_index: HttpIndex, redis_server: Any
 ) -> None:
     http_index.add(make_wheel(http_index.root, "goodpkg", "1.0", ""))
     proxy = IndexProxy(frozenset({("127.0.0.1", http_index.port)}))
-
-    async def ask(path: Path, request: bytes) -> bytes:
-        reader, writer = await asyncio.open_unix_connection(str(path))
-        writer.write(request)
-        answer = await reader.read(200)
-        writer.close()
-        return answer
 
     async with proxy as path:
         tunnel = await ask(path, f"CONNECT 127.0.0.1:{http_index.port} HTTP/1.1\r\n\r\n".encode())
@@ -338,6 +340,52 @@ async def test_the_index_proxy_reaches_the_index_only(
     assert by_get.startswith(b"HTTP/1.1 403")
     assert garbage.startswith(b"HTTP/1.1 400")
     assert proxy.refused == [f"127.0.0.1:{redis_server.port}", f"localhost:{redis_server.port}"]
+
+
+async def test_the_index_proxy_goes_out_through_the_service_s_own_proxy() -> None:
+    seen: list[bytes] = []
+
+    async def outbound(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        seen.append(head)
+        if head.startswith(b"CONNECT"):
+            writer.write(b"HTTP/1.1 200 OK\r\n\r\ntunnelled")
+        else:
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(outbound, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    proxies, no_proxy = outbound_proxies(
+        {
+            "http_proxy": f"http://u:p%40ss@127.0.0.1:{port}",
+            "HTTPS_PROXY": f"127.0.0.1:{port}",
+            "no_proxy": "localhost,.direct.example",
+        }
+    )
+    allowed = frozenset({("pkgs.example", 443), ("pkgs.example", 80)})
+    async with IndexProxy(allowed, outbound=proxies, no_proxy=no_proxy) as path:
+        tunnel = await ask(path, b"CONNECT pkgs.example:443 HTTP/1.1\r\n\r\n", to_end=True)
+        page = await ask(
+            path,
+            b"GET http://pkgs.example/simple/ HTTP/1.1\r\nHost: pkgs.example\r\n"
+            b"Proxy-Connection: keep-alive\r\n\r\n",
+            to_end=True,
+        )
+        refused = await ask(path, b"CONNECT other.example:443 HTTP/1.1\r\n\r\n", to_end=True)
+    server.close()
+
+    assert no_proxy == ["localhost", "direct.example"]
+    assert tunnel == b"HTTP/1.1 200 Connection established\r\n\r\ntunnelled"
+    assert page.endswith(b"\r\n\r\nok")
+    assert refused.startswith(b"HTTP/1.1 403")
+    token = base64.b64encode(b"u:p@ss").decode()
+    assert seen == [
+        b"CONNECT pkgs.example:443 HTTP/1.1\r\nHost: pkgs.example:443\r\n\r\n",
+        b"GET http://pkgs.example/simple/ HTTP/1.1\r\nHost: pkgs.example\r\n"
+        + f"Proxy-Authorization: Basic {token}\r\nConnection: close\r\n\r\n".encode(),
+    ]
 
 
 async def test_a_wheel_bomb_is_refused_by_name_before_it_unpacks(
