@@ -248,7 +248,7 @@ def make_source_tree(folder: Path, marker: Path, redis_port: int) -> Path:
     return tree
 
 
-@pytest.mark.parametrize("reference", ["source tree", "wheel url"])
+@pytest.mark.parametrize("reference", ["source tree", "wheel url", "an extra's source tree"])
 async def test_a_dependency_s_direct_reference_is_refused_and_nothing_runs(
     rt: LocalRuntime,
     base_dir: Path,
@@ -258,12 +258,15 @@ async def test_a_dependency_s_direct_reference_is_refused_and_nothing_runs(
     reference: str,
 ) -> None:
     marker = shared_dir / "MARKER"
-    if reference == "source tree":
-        target = make_source_tree(shared_dir, marker, redis_server.port).as_uri()
-    else:  # a wheel on the index itself: nothing would be built, yet it is not the index's
+    if reference == "wheel url":  # a wheel on the index itself: nothing would be built
         http_index.add(make_wheel(shared_dir, "evil", "1.0", "STOLEN = True\n"))
         target = f"{http_index.url}/files/evil-1.0-py3-none-any.whl"
-    http_index.add(make_wheel(shared_dir, "carrier", "1.0", "", requires=[f"evil @ {target}"]))
+    else:
+        target = make_source_tree(shared_dir, marker, redis_server.port).as_uri()
+    # An extra nobody asks for never reaches pip's resolver: the wheels' METADATA check finds it.
+    marks = " ; extra == 'dev'" if "extra" in reference else ""
+    requires = [f"evil @ {target}{marks}"]
+    http_index.add(make_wheel(shared_dir, "carrier", "1.0", "", requires=requires))
     victim = redis.Redis(port=redis_server.port)
     victim.delete("stolen")
     connections = victim.info("stats")["total_connections_received"]
@@ -277,13 +280,39 @@ async def test_a_dependency_s_direct_reference_is_refused_and_nothing_runs(
             requirements="carrier==1.0",
         )
 
-    assert "carrier depends on evil @ " in caught.value.message
+    by = "carrier 1.0 depends on evil @ " if marks else "carrier depends on evil @ "
+    assert caught.value.message.startswith(by + target)
     assert "a direct reference to a URL or path: refused" in caught.value.message
     assert not marker.exists(), "a dependency's build backend ran on the host"
     assert victim.get("stolen") is None
     assert victim.info("stats")["total_connections_received"] == connections
     assert not (base_dir / "fn_carrier" / "deps").exists()
     assert "/files/evil-1.0-py3-none-any.whl" not in http_index.paths
+
+
+async def test_an_index_page_linking_another_host_is_refused_by_the_proxy(
+    rt: LocalRuntime, shared_dir: Path, http_index: HttpIndex
+) -> None:
+    # The same server under another name: what the index may link is its own host:port only.
+    http_index.add(make_wheel(shared_dir, "goodpkg", "1.0", ""))
+    page = http_index.root / "simple" / "goodpkg" / "index.html"
+    elsewhere = f"http://localhost:{http_index.port}/files/"
+    page.write_text(page.read_text().replace("../../files/", elsewhere))
+
+    with pytest.raises(BuildError) as caught:
+        await build(
+            rt,
+            "fn_links",
+            "python",
+            "def handler(e, c):\n    return 1\n",
+            requirements="goodpkg==1.0",
+        )
+
+    assert caught.value.message.startswith(
+        f"pip download failed: the build may reach only the package index, and it asked for "
+        f"localhost:{http_index.port}; pip said:"
+    )
+    assert "/files/goodpkg-1.0-py3-none-any.whl" not in http_index.paths
 
 
 async def test_wheels_from_an_http_index_install_through_the_proxy(
