@@ -138,7 +138,7 @@ class Builder:
                 file_size_mb=_MAX_WHEELS_MB,
                 extra=mounts if self.jail else (),
             )
-        await asyncio.to_thread(conf.unlink)  # before pip install: nothing else needs it
+        await asyncio.to_thread(conf.unlink, True)  # missing_ok; nothing after needs it
         refused = list(dict.fromkeys(proxy.refused))
         text = out + ("\n" + err if err.strip() else "")
         self._raise_refusal(rc, out)
