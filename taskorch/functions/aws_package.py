@@ -1,19 +1,24 @@
 """The deployment zip of a function for AWS Lambda: one source file in, the zip Lambda runs out.
 
-Requirements are fetched as wheels for Lambda's platform (never built, so no package code runs
-on this host), Java is compiled here. The rules for handlers, requirements and ES modules are
+Requirements are fetched as wheels for Lambda's platform by pip on this host (not in the sandbox:
+the AWS provider needs none), through our launcher `runtimes/pip_build.py`, so that pip builds
+nothing and follows no direct reference (`x @ URL or path`) in a package's metadata: no package
+code runs here. Java is compiled here. The rules for handlers, requirements and ES modules are
 those of `taskorch.functions.source`, the same as the local runtime's.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
+import json
 import os
 import subprocess
 import sys
 import tempfile
 import zipfile
 from collections.abc import Mapping
+from importlib import resources
 from pathlib import Path
 
 from taskorch.functions import source
@@ -46,6 +51,7 @@ _DIRECT_UPLOAD_LIMIT_BYTES = 50 * 1024 * 1024
 # Keep the tail of compiler/pip output: the actual error is at the end, and it ends up in the
 # function's `error` field shown to the user.
 _BUILD_OUTPUT_LIMIT = 4000
+_PIP_REFUSED = 97  # runtimes/pip_build.py: a refusal, said in its last line of output
 
 
 def package(
@@ -95,35 +101,51 @@ def _build_python(root: Path, build: Path, code: str, handler: str, lines: list[
         req_file = build / "requirements.txt"  # outside the zip root: not shipped
         req_file.write_text("\n".join(lines) + "\n", encoding="utf-8")
         platforms = [arg for p in _PIP_PLATFORMS for arg in ("--platform", p)]
-        _run(
-            [
-                sys.executable,
-                "-m",
-                "pip",
-                "install",
-                "--target",
-                str(root),
-                *platforms,
-                "--python-version",
-                _PIP_PYTHON_VERSION,
-                "--implementation",
-                "cp",
-                # Wheels only: required with --platform, and it means no package's setup.py ever
-                # runs on this host.
-                "--only-binary=:all:",
-                # .pyc files made here suit this interpreter, not Lambda's: dead weight.
-                "--no-compile",
-                "--no-input",
-                "--disable-pip-version-check",
-                "--quiet",
-                "-r",
-                str(req_file),
-            ],
-            what="pip install of the requirements",
-            build=build,
-            timeout_s=_PIP_TIMEOUT_S,
-        )
+        # Through our launcher: pip then refuses a direct reference (`x @ URL or path`) in a
+        # package's metadata and any build from source, instead of running it on this host.
+        launcher = resources.files("taskorch.functions") / "runtimes" / "pip_build.py"
+        with resources.as_file(launcher) as script:
+            _pip(
+                [
+                    sys.executable,
+                    "-I",
+                    str(script),
+                    "pip",
+                    "--",
+                    "install",
+                    "--target",
+                    str(root),
+                    *platforms,
+                    "--python-version",
+                    _PIP_PYTHON_VERSION,
+                    "--implementation",
+                    "cp",
+                    # Wheels only: required with --platform, and it means no package's setup.py ever
+                    # runs on this host.
+                    "--only-binary=:all:",
+                    # .pyc files made here suit this interpreter, not Lambda's: dead weight.
+                    "--no-compile",
+                    "--no-input",
+                    "--disable-pip-version-check",
+                    "--quiet",
+                    "-r",
+                    str(req_file),
+                ],
+                build=build,
+            )
     return f"handler.{handler}"
+
+
+def _pip(cmd: list[str], *, build: Path) -> None:
+    try:
+        _run(cmd, what="pip install of the requirements", build=build, timeout_s=_PIP_TIMEOUT_S)
+    except AwsProviderError as exc:
+        # The launcher's refusal: its last line of output, as JSON.
+        lines = str(exc).strip().splitlines()
+        if f"(exit {_PIP_REFUSED})" in (lines[0] if lines else ""):
+            with contextlib.suppress(ValueError, KeyError, TypeError):
+                raise AwsProviderError(str(json.loads(lines[-1])["refused"])) from None
+        raise
 
 
 def _build_node(root: Path, code: str, handler: str) -> str:

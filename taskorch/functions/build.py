@@ -1,8 +1,11 @@
-"""The build steps of a local function; none runs the user's code or a package's code on the host.
+"""The build steps of a local function; each runs in the sandbox, none on the host.
 
-- python: requirements are fetched as wheels only (`pip download --only-binary=:all:`, which
-  runs nothing), then installed inside the sandbox with no network; a requirement without a
-  wheel fails the build and says so;
+- python: pip resolves and downloads the requirements as wheels only, in the sandbox, reaching
+  nothing but the package index (`fetch.py`: an index-only proxy on the host); our launcher
+  (`runtimes/pip_build.py`) makes pip refuse direct references (`name @ URL or path`) and
+  source builds; then, in the sandbox with no network, every wheel's METADATA and unpacked size
+  are checked and the wheels installed; a requirement without a wheel fails the build and says
+  so;
 - node: `node --check` in the sandbox;
 - java: `javac -proc:none` (no annotation processors) in the sandbox;
 - then the handler is loaded once in the sandbox, read-only, as a cold start would.
@@ -15,19 +18,17 @@ import contextlib
 import json
 import os
 import re
-import shutil
-import tempfile
 from collections import deque
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
 
 import structlog
 
-from taskorch.functions import source
+from taskorch.functions import fetch, source
 from taskorch.functions.errors import BuildError
-from taskorch.functions.jail import TASK_DIR, Jail, Limits
+from taskorch.functions.jail import TASK_DIR, Jail, Limits, Mount
 from taskorch.functions.process import TAIL_LINES, describe_exit, spawn
 
 log = structlog.get_logger("taskorch.functions")
@@ -35,6 +36,7 @@ log = structlog.get_logger("taskorch.functions")
 PY_BOOTSTRAP = "_taskorch_bootstrap.py"
 JS_BOOTSTRAP = "_taskorch_bootstrap.js"
 JAVA_BOOTSTRAP = "TaskorchBootstrap"
+PIP_LAUNCHER = "_taskorch_pip.py"
 _CHECK_TIMEOUT_S = 60.0
 _COMPILE_TIMEOUT_S = 180.0
 _PIP_TIMEOUT_S = 600.0
@@ -42,6 +44,15 @@ _BUILD_CPU_S = 600
 # Wheels a function may bring: what a cold start can load in reasonable time, and a bound on
 # the disk one build can fill.
 _MAX_WHEELS_MB = 300
+# What the wheels may unpack to (their zips' declared sizes, which pip's unzip never exceeds),
+# read before anything installs: a wheel bomb is refused by name instead of filling the disk.
+_MAX_UNPACKED_MB = 1024
+_MAX_UNPACKED_FILES = 200_000
+# The pip launcher's exit code for a refusal (its last stdout line says why).
+_REFUSED = 97
+# pip's scratch folder, in the function's folder: the sandbox's /tmp is too small to unpack in.
+_BUILD_TMP = ".build-tmp"
+_PIP_QUIET = ["--no-cache-dir", "--no-input", "--progress-bar=off", "--disable-pip-version-check"]
 _MAX_MESSAGE_CHARS = 4096
 _NODE_NOISE = re.compile(r"\s+at .*\(node:internal/|Node\.js v\d")
 
@@ -81,53 +92,57 @@ class Builder:
 
     async def python(self, code: str, handler: str, requirements: list[str]) -> Spec:
         files = {"handler.py": code, PY_BOOTSTRAP: bootstrap_source("bootstrap.py")}
+        if requirements:
+            files[PIP_LAUNCHER] = bootstrap_source("pip_build.py")
         await asyncio.to_thread(self.write_files, files)
         if requirements:
-            await self._fetch_wheels(requirements)
-            await self._install_wheels(requirements)
+            try:
+                await self._fetch_wheels(requirements)
+                await self._install_wheels(requirements)
+            finally:  # the wheels, pip's scratch folder and settings, the launcher
+                for name in ("wheels", _BUILD_TMP, PIP_LAUNCHER):
+                    await remove_tree(self.fn_dir / name)
         spec = Spec("python", handler, "handler.py")
         await self.check(spec)
         return spec
 
     async def _fetch_wheels(self, requirements: list[str]) -> None:
-        """Downloads wheels only: pip neither builds nor runs anything with --only-binary."""
-        wheels = self.fn_dir / "wheels"
-        wheels.mkdir(exist_ok=True)
-        argv = [self._tool("python"), "-I", "-m", "pip", "download", "--only-binary=:all:"]
-        argv += [
-            "--no-cache-dir",
-            "--no-input",
-            "--progress-bar=off",
-            "--disable-pip-version-check",
-        ]
-        argv += ["--dest", str(wheels), "--", *requirements]
-        env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": str(wheels)}
-        # The operator's index, mirror, certificate and proxy settings apply to the download.
-        env.update(
-            (key, value)
-            for key, value in os.environ.items()
-            if key.startswith("PIP_") or key.lower() in ("http_proxy", "https_proxy", "no_proxy")
+        """Resolves and downloads wheels in the sandbox, reaching only the package index.
+
+        pip runs in the sandbox as the function's uid, behind `fetch.IndexProxy`, with
+        `--only-binary=:all:` and our launcher's guards: a direct reference or a source build
+        is refused before it is fetched or run.
+        """
+        sources = await asyncio.to_thread(
+            fetch.pip_sources, os.environ, python=self._tool("python")
         )
-        with tempfile.TemporaryDirectory(prefix="taskorch-pip-") as empty:
-            proc = await asyncio.create_subprocess_exec(
-                *argv,
-                cwd=empty,  # nothing here for pip to mistake for a project
-                env=env,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.STDOUT,
+        await asyncio.to_thread(self._make_dirs, "wheels", _BUILD_TMP)
+        conf = self.fn_dir / _BUILD_TMP / "pip.conf"
+        await asyncio.to_thread(self._write_private, conf, sources.pip_conf())
+        argv = [*self._launcher(), "fetch", fetch.SOCKET_IN_JAIL if self.jail else "", "--"]
+        argv += ["--only-binary=:all:", *_PIP_QUIET, "--dest", self._inside("wheels")]
+        argv += ["--", *requirements]
+        env = {**self._pip_env(), "PIP_CONFIG_FILE": self._inside(f"{_BUILD_TMP}/pip.conf")}
+        outbound, no_proxy = fetch.outbound_proxies(os.environ)
+        proxy = fetch.IndexProxy(sources.hosts, uid=self.uid, outbound=outbound, no_proxy=no_proxy)
+        async with proxy as socket_path:
+            if self.jail is None:
+                argv[argv.index("fetch") + 1] = str(socket_path)
+            mounts = (*sources.mounts, Mount(socket_path, fetch.SOCKET_IN_JAIL))
+            rc, out, err = await self.run(
+                argv,
+                env,
+                _PIP_TIMEOUT_S,
+                "pip download",
+                writable=True,
+                file_size_mb=_MAX_WHEELS_MB,
+                extra=mounts if self.jail else (),
             )
-            try:
-                async with asyncio.timeout(_PIP_TIMEOUT_S):
-                    out, _ = await proc.communicate()
-            except TimeoutError:
-                proc.kill()
-                await proc.wait()
-                raise BuildError(
-                    f"pip download did not finish within {_PIP_TIMEOUT_S:g} s"
-                ) from None
-        text = out.decode(errors="replace")
-        if proc.returncode != 0:
+        await asyncio.to_thread(conf.unlink, True)  # missing_ok; nothing after needs it
+        refused = list(dict.fromkeys(proxy.refused))
+        text = out + ("\n" + err if err.strip() else "")
+        self._raise_refusal(rc, out)
+        if rc != 0:
             missing = re.findall(r"No matching distribution found for (\S+)", text)
             if missing:
                 raise BuildError(
@@ -135,27 +150,78 @@ class Builder:
                     "as wheels can be installed (nothing is built from source); pip said:\n"
                     + trim(text, self.fn_dir, keep_end=True)
                 )
+            if refused:
+                raise BuildError(
+                    f"pip download failed: the build may reach only the package index, and it "
+                    f"asked for {', '.join(refused[:5])}; pip said:\n"
+                    + trim(text, self.fn_dir, keep_end=True)
+                )
             raise BuildError("pip download failed:\n" + trim(text, self.fn_dir, keep_end=True))
-        size = sum(p.stat().st_size for p in wheels.iterdir())
+        wheels = self.fn_dir / "wheels"
+        size = sum(p.lstat().st_size for p in wheels.iterdir())
         if size > _MAX_WHEELS_MB * 1024 * 1024:
             raise BuildError(
                 f"the requirements' wheels take {size / 1e6:.0f} MB, above {_MAX_WHEELS_MB} MB"
             )
-        if self.uid is not None:
-            await asyncio.to_thread(chown_tree, wheels, self.uid)
 
     async def _install_wheels(self, requirements: list[str]) -> None:
-        argv = [self._tool("python"), "-I", "-m", "pip", "install", "--no-index"]
-        argv += ["--find-links", f"{TASK_DIR}/wheels", "--only-binary=:all:", "--target"]
-        argv += [f"{TASK_DIR}/deps", "--no-cache-dir", "--no-input", "--progress-bar=off"]
-        argv += ["--disable-pip-version-check", "--no-warn-script-location", "--", *requirements]
-        env = {"PATH": "/usr/bin:/bin", "HOME": "/tmp", "LANG": "C.UTF-8", "TMPDIR": "/tmp"}
-        rc, out, err = await self.run(argv, env, _PIP_TIMEOUT_S, "pip install", writable=True)
-        await asyncio.to_thread(shutil.rmtree, self.fn_dir / "wheels", True)
+        """Checks the wheels (metadata, unpacked size) and installs them, in the sandbox."""
+        argv = [*self._launcher(), "install", self._inside("wheels")]
+        argv += [str(_MAX_UNPACKED_MB), str(_MAX_UNPACKED_FILES), "--"]
+        argv += ["--no-index", "--find-links", self._inside("wheels"), "--only-binary=:all:"]
+        argv += ["--target", self._inside("deps"), *_PIP_QUIET, "--no-warn-script-location"]
+        argv += ["--", *requirements]
+        rc, out, err = await self.run(
+            argv,
+            self._pip_env(),
+            _PIP_TIMEOUT_S,
+            "pip install",
+            writable=True,
+            file_size_mb=_MAX_UNPACKED_MB,
+        )
+        self._raise_refusal(rc, out)
         if rc != 0:
             raise BuildError(
                 "pip install failed:\n" + trim(out + "\n" + err, self.fn_dir, keep_end=True)
             )
+
+    def _launcher(self) -> list[str]:
+        return [self._tool("python"), "-I", "-u", PIP_LAUNCHER]
+
+    def _inside(self, name: str) -> str:
+        """The path of a file of the function's folder as the build step sees it."""
+        return f"{TASK_DIR}/{name}" if self.jail is not None else str(self.fn_dir / name)
+
+    def _pip_env(self) -> dict[str, str]:
+        tmp = self._inside(_BUILD_TMP)
+        # On the function's folder, not the sandbox's small /tmp: pip unpacks there first.
+        env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": tmp, "TMPDIR": tmp}
+        env["PIP_CONFIG_FILE"] = os.devnull  # none of the host's; fetch writes its own
+        return env
+
+    def _make_dirs(self, *names: str) -> None:
+        for name in names:
+            (self.fn_dir / name).mkdir(mode=0o700, exist_ok=True)
+            if self.uid is not None:
+                os.lchown(self.fn_dir / name, self.uid, self.uid)
+
+    def _write_private(self, path: Path, text: str) -> None:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        if self.uid is not None:
+            os.lchown(path, self.uid, self.uid)
+
+    def _raise_refusal(self, rc: int, out: str) -> None:
+        if rc != _REFUSED:
+            return
+        lines = out.strip().splitlines()
+        try:
+            refusal = json.loads(lines[-1])["refused"] if lines else None
+        except (ValueError, KeyError, TypeError):
+            refusal = None
+        if isinstance(refusal, str):
+            raise BuildError(trim(refusal, self.fn_dir, keep_end=False))
 
     async def node(self, code: str, handler: str) -> Spec:
         node = self._tool("node")
@@ -231,17 +297,23 @@ class Builder:
         what: str,
         *,
         writable: bool = False,
+        file_size_mb: int = 0,
+        extra: Sequence[Mount] = (),
     ) -> tuple[int, str, str]:
         """Runs a build step in the sandbox; returns (exit code, stdout, stderr)."""
+        limits = self.limits
+        if file_size_mb > limits.file_size_mb:
+            limits = replace(limits, file_size_mb=file_size_mb)
         box = await spawn(
             self.jail,
             argv,
             function_id=self.function_id,
             fn_dir=self.fn_dir,
             uid=self.uid,
-            limits=self.limits,
+            limits=limits,
             env=env,
             writable_task=writable,
+            extra=extra,
             stdin=asyncio.subprocess.DEVNULL,
         )
         proc = box.proc
