@@ -387,31 +387,6 @@ for i = 1, math.min(#all, limit + 1) do out[i] = all[i] end
 return out
 """
 
-# As LIST_IDS, but only the tasks of the default queue (``GET /v1/tasks?queue=default``): the
-# owner's indexes hold every task, so those of named queues are skipped, a page at a time.
-LIST_DEFAULT_IDS = """
-local ix, cursor, limit = P .. ARGV[1], ARGV[2], tonumber(ARGV[3])
-local all = {}
-for i = 4, #ARGV do
-  local top = '+'
-  if cursor ~= '' then top = '(' .. cursor end
-  local got = 0
-  while got <= limit do
-    local ids = redis.call('ZREVRANGEBYLEX', ix .. ARGV[i], top, '-', 'LIMIT', 0, limit + 1)
-    for _, id in ipairs(ids) do
-      local t = load(id)
-      if t and t.q == '' then all[#all + 1] = id; got = got + 1 end
-    end
-    if #ids <= limit then break end
-    top = '(' .. ids[#ids]
-  end
-end
-table.sort(all, function(a, b) return a > b end)
-local out = {}
-for i = 1, math.min(#all, limit + 1) do out[i] = all[i] end
-return out
-"""
-
 # ARGV: id, owner, now.
 # Returns {'ok', view, attempts} | {'not_found'} | {'conflict', status} | {'in_orchestration', id}
 CANCEL_TASK = """
@@ -1296,32 +1271,28 @@ return n
 """
 )
 
-# ARGV: owner, schedule id, cursor|'', limit, status|''. One newest-first page (up to limit + 1)
-# of the tasks a schedule made, below the cursor, of that status when one is given: {ids, the
-# last id looked at when it stopped after SCHEDULE_LIST_SCAN without filling the page, else ''}.
-SCHED_TASK_IDS = f"""
+# ARGV: owner, schedule id, cursor|'', limit, status|'', budget. One newest-first page (up to
+# limit + 1) of the tasks a schedule made, below the cursor, of that status when one is given: {ids,
+# the last id read when a status filter had read budget records without filling the page, else
+# ''} (as LIST_SCAN: the budget bounds the request's Redis time).
+SCHED_TASK_IDS = """
 local key = made_key(ARGV[1], ARGV[2])
 local top = '+'
 if ARGV[3] ~= '' then top = '(' .. ARGV[3] end
-local limit, want = tonumber(ARGV[4]), ARGV[5]
-local out, off = {{}}, 0
-while #out <= limit do
-  if off >= {c.SCHEDULE_LIST_SCAN} then return {{out, redis.call('ZREVRANGEBYLEX', key, top, '-',
-    'LIMIT', off - 1, 1)[1] or ''}} end
-  local ids = redis.call('ZREVRANGEBYLEX', key, top, '-', 'LIMIT', off, 200)
-  if #ids == 0 then break end
-  for _, tid in ipairs(ids) do
-    if want == '' then
-      out[#out + 1] = tid
-    else
-      local t = load(tid)
-      if t and t.s == want then out[#out + 1] = tid end
-    end
-    if #out > limit then break end
+local limit, want, budget = tonumber(ARGV[4]), ARGV[5], tonumber(ARGV[6])
+if want == '' then return {redis.call('ZREVRANGEBYLEX', key, top, '-', 'LIMIT', 0, limit + 1), ''} end
+local ids = redis.call('ZREVRANGEBYLEX', key, top, '-', 'LIMIT', 0, budget + 1)
+local out, last = {}, ''
+for i = 1, math.min(#ids, budget) do
+  local t = load(ids[i])
+  if t and t.s == want then
+    out[#out + 1] = ids[i]
+    if #out > limit then return {out, ''} end
   end
-  off = off + 200
+  last = ids[i]
 end
-return {{out, ''}}
+if #ids > budget then return {out, last} end
+return {out, ''}
 """
 # -- signed calls (issue #12) -------------------------------------------------------------------
 # An owner's signing secrets: the hash KEYS[1] = sk:<owner> in the owner's partition, fields cur,
@@ -1493,19 +1464,21 @@ return 1
 )
 
 
-# -- GET /v1/tasks?name= (issue #12) ------------------------------------------------------------
-# ARGV: index prefix ('i:<owner>:'), cursor|'', limit, name prefix, scan limit, then statuses.
-# As LIST_IDS, but only tasks whose name starts with the prefix, found by reading the owner's
-# newest records below the cursor, at most scan-limit of them (no index: named tasks cost no more
-# memory than others). Returns {ids, stop}: up to limit + 1 matching ids, newest first, and,
-# when the scan limit ran out first, the last id read ('' otherwise): ids below it are unread.
-LIST_NAMED = """
+# -- GET /v1/tasks?name= and ?queue=default (issues #12, #19) ------------------------------------
+# ARGV: index prefix ('i:<owner>:'), cursor|'', limit, name prefix|'', '1' to keep only tasks of
+# the default queue|'', budget, then statuses. As LIST_IDS, but only the tasks that pass those
+# filters, found by reading the owner's newest records below the cursor, at most budget of them
+# (no index: a named task costs no more memory than another; the budget is what bounds the
+# request's Redis time, see constants.LIST_SCAN_BUDGET). Returns {ids, stop}: up to limit + 1
+# matching ids, newest first, and, when the budget ran out first, the last id read ('' otherwise):
+# ids below it are unread.
+LIST_SCAN = """
 local ix, cursor, limit, want = P .. ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
-local budget = tonumber(ARGV[5])
+local default_only, budget = ARGV[5] == '1', tonumber(ARGV[6])
 local top = '+'
 if cursor ~= '' then top = '(' .. cursor end
 local all = {}
-for i = 6, #ARGV do
+for i = 7, #ARGV do
   local ids = redis.call('ZREVRANGEBYLEX', ix .. ARGV[i], top, '-', 'LIMIT', 0, budget + 1)
   for _, id in ipairs(ids) do all[#all + 1] = id end
 end
@@ -1514,7 +1487,7 @@ local out, last = {}, ''
 for i = 1, math.min(#all, budget) do
   local id = all[i]
   local t = load(id)
-  if t and string.sub(t.n, 1, #want) == want then
+  if t and string.sub(t.n, 1, #want) == want and (not default_only or t.q == '') then
     out[#out + 1] = id
     if #out > limit then return {out, ''} end
   end

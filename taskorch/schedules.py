@@ -346,7 +346,7 @@ class Schedules:
             self.redis,
             self._task_ids,
             keys[:1],
-            [owner, sid, cursor or "", limit, status.value if status else ""],
+            [owner, sid, cursor or "", limit, status.value if status else "", c.LIST_SCAN_BUDGET],
         )
         more = len(ids) > limit
         ids = ids[:limit]

@@ -449,8 +449,7 @@ class Store:
         self._create = reg(lua.PRELUDE + lua.CREATE_TASKS)
         self._view = reg(lua.PRELUDE + lua.VIEW_TASKS)
         self._list = reg(lua.PRELUDE + lua.LIST_IDS)
-        self._list_default = reg(lua.PRELUDE + lua.LIST_DEFAULT_IDS)
-        self._list_named = reg(lua.PRELUDE + lua.LIST_NAMED)
+        self._list_scan = reg(lua.PRELUDE + lua.LIST_SCAN)
         self._cancel = reg(lua.PRELUDE + lua.CANCEL_TASK)
         self._modify = reg(lua.PRELUDE + lua.MODIFY_TASK)
         self._retry = reg(lua.PRELUDE + lua.RETRY_TASK)
@@ -658,7 +657,7 @@ class Store:
         name: str | None = None,
     ) -> TaskPage:
         """One newest-first page of the owner's tasks; ``name`` keeps those whose name starts
-        with it (see :meth:`_named_ids`)."""
+        with it, ``queue`` those of one queue (see :meth:`_scanned_ids`)."""
         layout = await self.layout()
         statuses = [status.value] if status else [s.value for s in TaskStatus]
         if queue is not None and queue != c.DEFAULT_QUEUE:
@@ -673,15 +672,15 @@ class Store:
             ids = sorted(got, reverse=True)
             next_cursor = ids[limit - 1] if len(ids) > limit else None
             ids = ids[:limit]
-        elif name:
-            ids, next_cursor = await self._named_ids(
-                layout, owner, statuses, name, limit=limit, cursor=cursor
+        elif name or queue is not None:
+            ids, next_cursor = await self._scanned_ids(
+                layout, owner, statuses, name or "", queue is not None, limit=limit, cursor=cursor
             )
         else:
             ids, next_cursor = await list_ids(
                 self.redis,
                 layout,
-                self._list if queue is None else self._list_default,
+                self._list,
                 f"{c.TASK_INDEX}{owner}:",
                 statuses,
                 limit=limit,
@@ -691,23 +690,26 @@ class Store:
         items = [views[i] for i in ids if i in views]
         return TaskPage(items=items, next_cursor=next_cursor)
 
-    async def _named_ids(
+    async def _scanned_ids(
         self,
         layout: Layout,
         owner: str,
         statuses: Sequence[str],
         name: str,
+        default_only: bool,
         *,
         limit: int,
         cursor: str | None,
     ) -> tuple[list[str], str | None]:
-        """A page of ids of tasks named ``name...``: each partition reads at most
-        NAME_SCAN_LIMIT of the owner's newest records below the cursor (lua.LIST_NAMED). Where
-        one stopped early, the page holds only what is newer than where it stopped and its
-        cursor goes on from there: a page may be short, even empty, with a next_cursor."""
+        """A page of ids of tasks named ``name...`` (and of the default queue alone when
+        ``default_only``), which no index narrows: the partitions read LIST_SCAN_BUDGET of the
+        owner's newest records below the cursor between them (lua.LIST_SCAN). Where one stopped
+        early, the page holds only what is newer than where it stopped and its cursor goes on
+        from there: a page may be short, even empty, with a next_cursor."""
+        budget = -(-c.LIST_SCAN_BUDGET // layout.n)  # per partition, at least 1
         rows = await run_many(
             self.redis,
-            self._list_named,
+            self._list_scan,
             [
                 (
                     [layout.queue(p)],
@@ -716,7 +718,8 @@ class Store:
                         cursor or "",
                         limit,
                         name,
-                        c.NAME_SCAN_LIMIT,
+                        "1" if default_only else "",
+                        budget,
                         *statuses,
                     ],
                 )
