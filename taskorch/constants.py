@@ -41,6 +41,16 @@ SCHEDULE_INDEX = "si:"
 SCHEDULES_DUE = "sz"
 SCHEDULE_TASKS = "iS:"
 SCHEDULE_MAKERS = "sm"
+# A deleted schedule's occurrences (issue #19: an every-second schedule with a big payload kept
+# growing Redis for the whole retention after its DELETE): ``sd`` and ``sdt`` hold
+# ``<schedule id>:<owner>`` scored by when it was deleted. The retention janitor (lua.PURGE)
+# trims the schedule's ``iS:`` to its newest DELETED_SCHEDULE_KEEP occurrences at its next round
+# (``sdt``), and deletes those DELETED_SCHEDULE_KEEP_S after the DELETE (``sd``), or at the
+# retention if that is shorter; occurrences still running then are left to the retention.
+SCHEDULES_DELETED = "sd"
+SCHEDULES_DELETED_TRIM = "sdt"
+DELETED_SCHEDULE_KEEP = 100
+DELETED_SCHEDULE_KEEP_S = 3600.0
 IDEMPOTENCY = "k:"  # k:<owner>:<kind>:<key> -> the id created under it
 STATS = "s"  # hash "tasks:<status>" / "orchestrations:<status>" -> count
 METRICS = "m"  # hash of attempt counters and the lateness histogram

@@ -1034,12 +1034,20 @@ class Store:
         )
 
     async def purge(self, *, older_than_ms: int, limit: int = 200) -> int:
-        """Delete up to ``limit`` records per partition that finished before ``older_than_ms``."""
+        """Delete up to ``limit`` records per partition that finished before ``older_than_ms``,
+        and the occurrences of deleted schedules (constants.SCHEDULES_DELETED): beyond their
+        newest DELETED_SCHEDULE_KEEP at once, those DELETED_SCHEDULE_KEEP_S after the delete (or
+        at ``older_than_ms``, when that comes first)."""
         layout = await self.layout()
+        now = now_ms()
+        gone = max(older_than_ms, now - int(c.DELETED_SCHEDULE_KEEP_S * 1000))
         got = await run_many(
             self.redis,
             self._purge,
-            [([layout.queue(p)], [older_than_ms, limit]) for p in range(layout.n)],
+            [
+                ([layout.queue(p)], [older_than_ms, limit, now, gone, c.DELETED_SCHEDULE_KEEP])
+                for p in range(layout.n)
+            ],
         )
         return sum(int(n) for n in got)
 
