@@ -206,6 +206,9 @@ SIGNING_ROTATE_MARGIN_S = 0.5
 # #19: 1,000 reads per partition made a search over 16 partitions cost 98 ms, and 8 loops of it
 # took Redis from everyone). Following next_cursor reads on, this many records a page.
 LIST_SCAN_BUDGET = 256
+# The budget is shared out over every partition, then what some left over (they had fewer
+# records below the cursor) over those that had more, in at most this many rounds of scripts.
+LIST_SCAN_ROUNDS = 3
 # List and search requests (every paged GET and GET /v1/queues) one owner may have in progress at
 # once in one API process; one more answers 429 with Retry-After (LIST_RETRY_AFTER_S). Each is
 # bounded (LIST_SCAN_BUDGET, MAX_LIST_LIMIT), and this bounds how much of Redis one owner's reads

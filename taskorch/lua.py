@@ -1516,9 +1516,9 @@ return 1
 # the default queue|'', budget, then statuses. As LIST_IDS, but only the tasks that pass those
 # filters, found by reading the owner's newest records below the cursor, at most budget of them
 # (no index: a named task costs no more memory than another; the budget is what bounds the
-# request's Redis time, see constants.LIST_SCAN_BUDGET). Returns {ids, stop}: up to limit + 1
-# matching ids, newest first, and, when the budget ran out first, the last id read ('' otherwise):
-# ids below it are unread.
+# request's Redis time, see constants.LIST_SCAN_BUDGET). Returns {ids, stop, read}: up to limit + 1
+# matching ids, newest first; when the budget ran out first, the last id read ('' otherwise: ids
+# below it are unread); and how many records it read.
 LIST_SCAN = """
 local ix, cursor, limit, want = P .. ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
 local default_only, budget = ARGV[5] == '1', tonumber(ARGV[6])
@@ -1536,10 +1536,10 @@ for i = 1, math.min(#all, budget) do
   local t = load(id)
   if t and string.sub(t.n, 1, #want) == want and (not default_only or t.q == '') then
     out[#out + 1] = id
-    if #out > limit then return {out, ''} end
+    if #out > limit then return {out, '', i} end
   end
   last = id
 end
-if #all > budget then return {out, last} end
-return {out, ''}
+if #all > budget then return {out, last, budget} end
+return {out, '', #all}
 """

@@ -703,32 +703,53 @@ class Store:
     ) -> tuple[list[str], str | None]:
         """A page of ids of tasks named ``name...`` (and of the default queue alone when
         ``default_only``), which no index narrows: the partitions read LIST_SCAN_BUDGET of the
-        owner's newest records below the cursor between them (lua.LIST_SCAN). Where one stopped
-        early, the page holds only what is newer than where it stopped and its cursor goes on
-        from there: a page may be short, even empty, with a next_cursor."""
-        budget = -(-c.LIST_SCAN_BUDGET // layout.n)  # per partition, at least 1
-        rows = await run_many(
-            self.redis,
-            self._list_scan,
-            [
-                (
-                    [layout.queue(p)],
-                    [
-                        f"{c.TASK_INDEX}{owner}:",
-                        cursor or "",
-                        limit,
-                        name,
-                        "1" if default_only else "",
-                        budget,
-                        *statuses,
-                    ],
-                )
-                for p in range(layout.n)
-            ],
-        )
-        stops = [stop for _, stop in rows if stop]
-        cutoff = max(stops) if stops else None
-        ids = sorted((i for found, _ in rows for i in found), reverse=True)
+        owner's newest records below the cursor between them (lua.LIST_SCAN). Each gets an equal
+        share first; what the partitions that ran out of records left over goes to those that
+        have more, in up to LIST_SCAN_ROUNDS rounds (an owner whose tasks are all in one named
+        queue has them in one partition). Where a partition stopped early, the page holds only
+        what is newer than where it stopped and its cursor goes on from there: a page may be
+        short, even empty, with a next_cursor."""
+        left = c.LIST_SCAN_BUDGET
+        todo = {p: cursor or "" for p in range(layout.n)}  # partition -> where it goes on
+        stops: dict[int, str] = {}
+        found: list[str] = []
+        for _ in range(c.LIST_SCAN_ROUNDS):
+            each = max(1, left // len(todo))
+            rows = await run_many(
+                self.redis,
+                self._list_scan,
+                [
+                    (
+                        [layout.queue(p)],
+                        [
+                            f"{c.TASK_INDEX}{owner}:",
+                            below,
+                            limit,
+                            name,
+                            "1" if default_only else "",
+                            each,
+                            *statuses,
+                        ],
+                    )
+                    for p, below in todo.items()
+                ],
+            )
+            more: dict[int, str] = {}
+            for p, (got, stop, read) in zip(todo, rows, strict=True):
+                found += got
+                left -= int(read)
+                if stop:
+                    more[p] = stops[p] = stop
+                else:
+                    stops.pop(p, None)
+            todo = more
+            cutoff = max(stops.values()) if stops else None
+            if not todo or left < len(todo):
+                break
+            if sum(1 for i in found if cutoff is None or i >= cutoff) > limit:
+                break  # a page is full above where any partition stopped: more cannot change it
+        cutoff = max(stops.values()) if stops else None
+        ids = sorted(found, reverse=True)
         if cutoff is not None:
             ids = [i for i in ids if i >= cutoff]  # below it, a partition has not looked
         if len(ids) > limit:

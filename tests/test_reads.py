@@ -195,3 +195,20 @@ async def test_an_owners_lists_in_progress_are_capped_per_process(api: Api) -> N
         assert [r.status_code for r in await asyncio.gather(*held)] == [200] * len(held)
     r = await api.http.get("/v1/schedules", headers=api.auth())
     assert r.status_code == 200, r.text
+
+
+async def test_a_search_over_one_partition_gets_the_whole_budget(api: Api) -> None:
+    """An owner whose tasks are all in one named queue has them in one partition: the budget
+    the other partitions leave unread goes to it (in LIST_SCAN_ROUNDS rounds), so a search pages
+    through them LIST_SCAN_BUDGET at a time, not LIST_SCAN_BUDGET / partitions."""
+    n = 3 * c.LIST_SCAN_BUDGET
+    tasks = [
+        {"url": "https://example.com/x", "delay": 3600, "name": f"t{i}", "queue": "bulk"}
+        for i in range(n)
+    ]
+    tasks[0]["name"] = "zzz-oldest"
+    r = await api.http.post("/v1/tasks/batch", json={"tasks": tasks}, headers=api.auth())
+    assert r.status_code == 200, r.text
+    pages = await _pages(api, "name=zzz&limit=500")
+    assert [name for p in pages for name in p] == ["zzz-oldest"]
+    assert len(pages) <= 4, len(pages)  # 3 * the budget, read a budget a page
