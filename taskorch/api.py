@@ -274,7 +274,7 @@ async def list_tasks(request: Request) -> Response:
         if schedule_id:  # the tasks one schedule made (another owner's: none); empty means all
             schedules: Schedules = request.state.schedules
             page = await schedules.tasks(
-                p.sub, schedule_id, status=status, limit=limit, cursor=cursor
+                p.sub, schedule_id, status=status, limit=limit, cursor=cursor, name=name
             )
         else:
             page = await request.state.store.list_tasks(

@@ -660,7 +660,18 @@ class Store:
         with it, ``queue`` those of one queue (see :meth:`_scanned_ids`)."""
         layout = await self.layout()
         statuses = [status.value] if status else [s.value for s in TaskStatus]
-        if queue is not None and queue != c.DEFAULT_QUEUE:
+        if queue is not None and queue != c.DEFAULT_QUEUE and name:
+            ids, next_cursor = await self._scanned_ids(
+                layout,
+                f"{c.QUEUE_INDEX}{owner}:{queue}:",
+                [layout.queue_partition(owner, queue)],
+                statuses,
+                name,
+                False,
+                limit=limit,
+                cursor=cursor,
+            )
+        elif queue is not None and queue != c.DEFAULT_QUEUE:
             # A named queue's tasks are all in its partition, in its own status indexes.
             p = layout.queue_partition(owner, queue)
             got = await run_script(
@@ -674,7 +685,14 @@ class Store:
             ids = ids[:limit]
         elif name or queue is not None:
             ids, next_cursor = await self._scanned_ids(
-                layout, owner, statuses, name or "", queue is not None, limit=limit, cursor=cursor
+                layout,
+                f"{c.TASK_INDEX}{owner}:",
+                range(layout.n),
+                statuses,
+                name or "",
+                queue is not None,
+                limit=limit,
+                cursor=cursor,
             )
         else:
             ids, next_cursor = await list_ids(
@@ -693,7 +711,8 @@ class Store:
     async def _scanned_ids(
         self,
         layout: Layout,
-        owner: str,
+        index: str,
+        parts: Iterable[int],
         statuses: Sequence[str],
         name: str,
         default_only: bool,
@@ -702,15 +721,16 @@ class Store:
         cursor: str | None,
     ) -> tuple[list[str], str | None]:
         """A page of ids of tasks named ``name...`` (and of the default queue alone when
-        ``default_only``), which no index narrows: the partitions read LIST_SCAN_BUDGET of the
-        owner's newest records below the cursor between them (lua.LIST_SCAN). Each gets an equal
+        ``default_only``) from ``index`` (a prefix: the owner's, or a named queue's) in ``parts``,
+        which no index narrows: the partitions read LIST_SCAN_BUDGET of the newest records below
+        the cursor between them (lua.LIST_SCAN). Each gets an equal
         share first; what the partitions that ran out of records left over goes to those that
         have more, in up to LIST_SCAN_ROUNDS rounds (an owner whose tasks are all in one named
         queue has them in one partition). Where a partition stopped early, the page holds only
         what is newer than where it stopped and its cursor goes on from there: a page may be
         short, even empty, with a next_cursor."""
         left = c.LIST_SCAN_BUDGET
-        todo = {p: cursor or "" for p in range(layout.n)}  # partition -> where it goes on
+        todo = {p: cursor or "" for p in parts}  # partition -> where it goes on
         stops: dict[int, str] = {}
         found: list[str] = []
         for _ in range(c.LIST_SCAN_ROUNDS):
@@ -722,7 +742,7 @@ class Store:
                     (
                         [layout.queue(p)],
                         [
-                            f"{c.TASK_INDEX}{owner}:",
+                            index,
                             below,
                             limit,
                             name,
