@@ -15,7 +15,7 @@ import redis
 
 from taskorch import constants as c
 from taskorch.auth import mint_token
-from tests.conftest import Api, make_settings, until
+from tests.conftest import ON_CLUSTER, Api, make_settings, until
 from tests.live import serving
 
 STORED = 10_000  # owner A's tasks, none of which a measured request matches
@@ -68,9 +68,10 @@ async def test_searches_cost_redis_little_and_one_owners_loops_leave_redis_to_ot
         async with httpx.AsyncClient(base_url=serve.url, timeout=30) as http:
             await _store_tasks(http, writer_a, STORED)
             # Redis's time per request, the least of five tries (the host is shared: one try
-            # can be slowed by others' processes, never made cheaper than it is).
+            # can be slowed by others' processes, never made cheaper than it is). On a cluster
+            # one node's INFO would see a part of it: measured on a single Redis.
             cost_ms: dict[str, float] = {}
-            for query in SEARCHES:
+            for query in [] if ON_CLUSTER else SEARCHES:
                 tries = []
                 for _ in range(5):
                     before = _redis_usec(sync)
@@ -81,7 +82,7 @@ async def test_searches_cost_redis_little_and_one_owners_loops_leave_redis_to_ot
                     assert r.status_code == 200, r.text
                     assert r.json()["items"] == [] and r.json()["next_cursor"], query
                 cost_ms[query] = min(tries)
-            assert max(cost_ms.values()) < MAX_REQUEST_REDIS_MS, cost_ms
+            assert max(cost_ms.values(), default=0) < MAX_REQUEST_REDIS_MS, cost_ms
 
             # Eight keep-alive loops of the search from A's read-only token, ignoring
             # Retry-After, while B creates and lists: B's answers are all 2xx.
