@@ -8,7 +8,6 @@ from __future__ import annotations
 import time
 
 import pytest
-import redis
 
 from taskorch import constants as c
 from taskorch.store import Store, connect, now_ms
@@ -65,10 +64,10 @@ async def test_a_deleted_schedule_stops_at_once_and_its_occurrences_are_not_kept
         await store.purge(older_than_ms=now_ms() - WEEK_MS)
         assert [await status(t) for t in finished] == [404] * len(finished)
         assert await status(marker["id"]) == 200  # other tasks keep their retention
-        raw = redis.Redis.from_url(redis_url)
-        left = [k for k in raw.scan_iter(match=f"*{c.SCHEDULE_TASKS}alice:{sid}")]
-        assert left == []
-        assert [k for k in raw.scan_iter(match=f"*}}:{c.SCHEDULES_DELETED}*")] == []
+        prefix = (await store.layout()).prefix_of(sid)  # the schedule's partition
+        assert await store.redis.exists(f"{prefix}{c.SCHEDULE_TASKS}alice:{sid}") == 0
+        for key in [c.SCHEDULES_DELETED, c.SCHEDULES_DELETED_TRIM]:
+            assert await store.redis.zcard(prefix + key) == 0
         assert await store.purge(older_than_ms=now_ms() - WEEK_MS) == 0
     finally:
         await store.redis.aclose()
