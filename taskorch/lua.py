@@ -991,7 +991,8 @@ return 'next'
 """
 
 # ARGV: id, step, attempt, passed (1/0), attempt_json, now, next_task_id, fallback_task_id, wake_ms
-ORC_CHECK_DONE = """
+ORC_CHECK_DONE = (
+    """
 local id, i, n, now = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[6])
 local ahead = tonumber(ARGV[9])
 local key = okey(id)
@@ -1009,7 +1010,10 @@ if ARGV[4] == '1' then
 end
 local cond = cjson.decode(condition_for(id, i, o[6]))
 if n <= (tonumber(cond.retries) or 0) then
-  local wait = math.floor((tonumber(cond.retry_delay) or 1) * 1000)
+  -- never sooner than constants.MIN_RETRY_DELAY_S, as a task's retries
+  local wait = math.max("""
+    + str(int(c.MIN_RETRY_DELAY_S * 1000))
+    + """, math.floor((tonumber(cond.retry_delay) or 1) * 1000))
   schedule_check(id, i, n + 1, now + wait, now, ahead)
   publish(o[5], 'orchestration', id, 'running')
   return 'recheck'
@@ -1019,6 +1023,7 @@ finish_orc(id, o[5], 'running', 'stopped', now)
 run_fallback(id, o[5], o[7], ARGV[8], now, ahead)
 return 'stopped'
 """
+)
 
 
 # ARGV: cutoff_ms, limit. Deletes this partition's records that finished before the cutoff (the

@@ -55,3 +55,25 @@ async def test_retry_delay_0_waits_the_floor_between_calls(
     assert len(arrived) == 5
     gaps = [b - a for a, b in itertools.pairwise(arrived)]
     assert min(gaps) >= FLOOR - 0.002, gaps  # (ms rounding of the due time)
+
+
+async def test_a_condition_check_with_retry_delay_0_waits_the_floor(
+    api: Api, target: Target, workers: WorkerProcs
+) -> None:
+    """An orchestration's failing condition check is repeated after its retry_delay: never
+    sooner than the floor either."""
+    workers.start()
+    r = await api.http.post(
+        "/v1/orchestrations",
+        json={
+            "steps": [{"url": target.url("/a")}, {"url": target.url("/b")}],
+            "condition": {"url": target.url("/status/500"), "retries": 3, "retry_delay": 0},
+        },
+        headers=api.auth(),
+    )
+    assert r.status_code == 201, r.text
+    await api.wait_status(r.json()["id"], {"stopped", "failed"}, kind="orchestrations")
+    checks = [call.at for call in target.calls_to("/status/500")]
+    assert len(checks) == 4
+    gaps = [b - a for a, b in itertools.pairwise(checks)]
+    assert min(gaps) >= FLOOR - 0.002, gaps
