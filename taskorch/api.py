@@ -50,6 +50,7 @@ from taskorch.functions import Functions
 from taskorch.functions.runtime import local_runtime
 from taskorch.limits import (
     Edge,
+    ListSlots,
     RedisDeadline,
     StreamSlots,
     note_request,
@@ -267,15 +268,18 @@ async def list_tasks(request: Request) -> Response:
     limit, cursor = _limit_param(request), _cursor_param(request, "tsk")
     queue, name = _queue_param(request), _name_param(request)
     schedule_id = request.query_params.get("schedule_id")
-    if schedule_id:  # the tasks one schedule made (another owner's: none); empty means all
-        if not is_id(schedule_id, "sch"):
-            raise _invalid_param("schedule_id", "is not a schedule id (sch_...)")
-        schedules: Schedules = request.state.schedules
-        page = await schedules.tasks(p.sub, schedule_id, status=status, limit=limit, cursor=cursor)
-    else:
-        page = await request.state.store.list_tasks(
-            p.sub, status=status, limit=limit, cursor=cursor, queue=queue, name=name
-        )
+    if schedule_id and not is_id(schedule_id, "sch"):
+        raise _invalid_param("schedule_id", "is not a schedule id (sch_...)")
+    with _list_slot(request, p.sub):
+        if schedule_id:  # the tasks one schedule made (another owner's: none); empty means all
+            schedules: Schedules = request.state.schedules
+            page = await schedules.tasks(
+                p.sub, schedule_id, status=status, limit=limit, cursor=cursor, name=name
+            )
+        else:
+            page = await request.state.store.list_tasks(
+                p.sub, status=status, limit=limit, cursor=cursor, queue=queue, name=name
+            )
     # Filters given together all apply. Each list above walks one index (a schedule's tasks, a
     # named queue's, or the owner's); what it cannot narrow is taken out of its page here, so a
     # page may be short, even empty, with a next_cursor (as a name= page already may).
@@ -285,6 +289,13 @@ async def list_tasks(request: Request) -> Response:
         if (queue is None or t.queue == queue) and (not name or (t.name or "").startswith(name))
     ]
     return JSON(page)
+
+
+def _list_slot(request: Request, owner: str) -> contextlib.AbstractContextManager[None]:
+    """One of the owner's list slots in this process for a list or search (429 when its
+    MAX_LISTS_PER_OWNER are all in progress): see limits.ListSlots."""
+    slots: ListSlots = request.state.lists
+    return slots.held(owner)
 
 
 def _name_param(request: Request) -> str | None:
@@ -336,12 +347,10 @@ async def create_schedule(request: Request) -> Response:
 async def list_schedules(request: Request) -> Response:
     p = await principal(request, "read")
     schedules: Schedules = request.state.schedules
-    page = await schedules.list_page(
-        p.sub,
-        status=_status_param(request, ScheduleStatus),
-        limit=_limit_param(request),
-        cursor=_cursor_param(request, "sch"),
-    )
+    status, limit = _status_param(request, ScheduleStatus), _limit_param(request)
+    cursor = _cursor_param(request, "sch")
+    with _list_slot(request, p.sub):
+        page = await schedules.list_page(p.sub, status=status, limit=limit, cursor=cursor)
     return JSON(page)
 
 
@@ -418,7 +427,8 @@ async def retry_task(request: Request) -> Response:
 async def list_queues(request: Request) -> Response:
     p = await principal(request, "read")
     queues: Queues = request.state.queues
-    return JSON(await queues.list(p.sub))
+    with _list_slot(request, p.sub):
+        return JSON(await queues.list(p.sub))
 
 
 async def get_queue(request: Request) -> Response:
@@ -469,12 +479,10 @@ async def create_orchestration(request: Request) -> Response:
 async def list_orchestrations(request: Request) -> Response:
     p = await principal(request, "read")
     orcs: Orchestrations = request.state.orchestrations
-    page = await orcs.list(
-        p.sub,
-        status=_status_param(request, OrchestrationStatus),
-        limit=_limit_param(request),
-        cursor=_cursor_param(request, "orc"),
-    )
+    status, limit = _status_param(request, OrchestrationStatus), _limit_param(request)
+    cursor = _cursor_param(request, "orc")
+    with _list_slot(request, p.sub):
+        page = await orcs.list(p.sub, status=status, limit=limit, cursor=cursor)
     return JSON(page)
 
 
@@ -558,7 +566,9 @@ async def _function_form(request: Request) -> dict[str, Any]:
 async def list_functions(request: Request) -> Response:
     p = await principal(request, "read")
     fns: Functions = request.state.functions
-    page = await fns.list(p.sub, limit=_limit_param(request), cursor=_cursor_param(request, "fn"))
+    limit, cursor = _limit_param(request), _cursor_param(request, "fn")
+    with _list_slot(request, p.sub):
+        page = await fns.list(p.sub, limit=limit, cursor=cursor)
     return JSON(page)
 
 
@@ -1126,6 +1136,7 @@ def create_app(
                 "signin": signin,
                 "streams": StreamSlots(),
                 "stopping": stopping,
+                "lists": ListSlots(),
             }
         finally:
             await schedules.close()

@@ -16,10 +16,15 @@ hour would run twice. Iterating naive wall times and mapping each to an instant 
 (:func:`_instant`) gives the same answer for every expression.
 
 ``every`` schedules are elapsed time: ``start + k * every``, whatever the zone says.
+
+A day of month ``nW`` (the weekday nearest the n-th, within its month) is ours too: cronsim takes
+only ``LW``. :func:`_cron` walks the candidate days n-2..n+2 with cronsim and keeps the one that
+is the nearest weekday in each month (:func:`nearest_weekday`).
 """
 
 from __future__ import annotations
 
+import calendar
 import datetime as dt
 import re
 import zoneinfo
@@ -48,6 +53,48 @@ def zone(name: str) -> zoneinfo.ZoneInfo | None:
         return None
 
 
+_GIVE_UP = dt.timedelta(days=50 * 366)
+_NEAREST_WEEKDAY = re.compile(r"(0?[1-9]|[12][0-9]|3[01])W", re.IGNORECASE)
+
+
+def nearest_weekday(year: int, month: int, day: int) -> int | None:
+    """The day of month that ``dayW`` means in that month (cron's and Quartz's rule): ``day``
+    itself on a weekday; a Saturday moves to the Friday before and a Sunday to the Monday after,
+    never across the month's edge (the 1st on a Saturday is Monday the 3rd, the last day on a
+    Sunday the Friday before). None when the month is shorter than ``day``."""
+    last = calendar.monthrange(year, month)[1]
+    if day > last:
+        return None
+    weekday = dt.date(year, month, day).weekday()  # Monday 0 .. Sunday 6
+    if weekday == 5:
+        return day - 1 if day > 1 else day + 2
+    if weekday == 6:
+        return day + 1 if day < last else day - 2
+    return day
+
+
+def _cron(expr: str, start: dt.datetime, *, reverse: bool = False) -> Iterator[dt.datetime]:
+    """cronsim's matches of ``expr`` from ``start`` (naive wall times), with ``nW`` in the day of
+    month read as the weekday nearest the n-th. Raises CronSimError as cronsim does."""
+    fields = expr.split()
+    w = _NEAREST_WEEKDAY.fullmatch(fields[2]) if len(fields) == 5 else None
+    if w is None:
+        yield from CronSim(expr, start, reverse=reverse)
+        return
+    if fields[4] not in ("*", "?"):
+        raise CronSimError("a day of month nW cannot be combined with a day of week (give *)")
+    n = int(w.group(1))
+    fields[2] = ",".join(str(d) for d in range(max(1, n - 2), min(31, n + 2) + 1))
+    fields[4] = "*"
+    since = start  # the last match (or the start): as cronsim, give up after 50 years of none
+    for wall in CronSim(" ".join(fields), start, reverse=reverse):
+        if wall.day == nearest_weekday(wall.year, wall.month, n):
+            since = wall
+            yield wall
+        elif abs(wall - since) > _GIVE_UP:
+            return
+
+
 def cron_problem(expr: str) -> str | None:
     """Why ``expr`` is not a 5-field cron expression we run, or None when it is."""
     if len(expr) > 200 or not expr.isascii() or not expr.isprintable():
@@ -55,7 +102,7 @@ def cron_problem(expr: str) -> str | None:
     if len(expr.split()) != 5:
         return "must have 5 fields (minute hour day-of-month month day-of-week)"
     try:
-        it = CronSim(expr, dt.datetime(2000, 1, 1))
+        it = _cron(expr, dt.datetime(2000, 1, 1))
         next(it)
     except CronSimError as exc:
         return f"is not a valid cron expression ({exc})"
@@ -144,7 +191,7 @@ class Rule:
             if local.fold:
                 naive += _MAX_FOLD
         last: int | None = None
-        it = CronSim(self.cron, naive, reverse=reverse)
+        it = _cron(self.cron, naive, reverse=reverse)
         for _ in range(MAX_ITERATIONS):
             try:
                 wall = next(it)

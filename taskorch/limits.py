@@ -13,7 +13,8 @@
   client that drips a byte at a time gets 408 and a closed connection. Its request line and
   headers are counted as they arrive, before the parser holds them: past ``MAX_REQUEST_LINE_BYTES``
   414, past ``MAX_HEADERS``, ``MAX_HEADER_LINE_BYTES`` or ``MAX_HEAD_BYTES`` 431.
-* :class:`StreamSlots` counts an owner's open event streams.
+* :class:`StreamSlots` counts an owner's open event streams, :class:`ListSlots` its list and
+  search requests in progress.
 * :class:`RedisDeadline` bounds the time one request may spend on Redis in total.
 """
 
@@ -23,7 +24,7 @@ import asyncio
 import contextlib
 import contextvars
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import msgspec
@@ -418,6 +419,36 @@ class StreamSlots:
                     self._open.pop(owner, None)
 
         return free
+
+
+class ListSlots:
+    """List and search requests in progress per owner in this process, at most
+    MAX_LISTS_PER_OWNER each: one owner looping on many connections holds that much of Redis at
+    a time, and the rest answer 429 with Retry-After at once (no Redis work)."""
+
+    def __init__(self, limit: int = c.MAX_LISTS_PER_OWNER) -> None:
+        self.limit = limit
+        self._busy: dict[str, int] = {}
+
+    @contextlib.contextmanager
+    def held(self, owner: str) -> Iterator[None]:
+        """Hold one of ``owner``'s slots for the block, or raise 429 when all are taken."""
+        n = self._busy.get(owner, 0)
+        if n >= self.limit:
+            raise TooManyRequests(
+                f"This account already has {n} list or search requests in progress in this "
+                "server; wait for one to answer before sending another.",
+                retry_after_s=c.LIST_RETRY_AFTER_S,
+            )
+        self._busy[owner] = n + 1
+        try:
+            yield
+        finally:
+            left = self._busy.get(owner, 1) - 1
+            if left > 0:
+                self._busy[owner] = left
+            else:
+                self._busy.pop(owner, None)
 
 
 class _LoopLag:

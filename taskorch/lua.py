@@ -387,31 +387,6 @@ for i = 1, math.min(#all, limit + 1) do out[i] = all[i] end
 return out
 """
 
-# As LIST_IDS, but only the tasks of the default queue (``GET /v1/tasks?queue=default``): the
-# owner's indexes hold every task, so those of named queues are skipped, a page at a time.
-LIST_DEFAULT_IDS = """
-local ix, cursor, limit = P .. ARGV[1], ARGV[2], tonumber(ARGV[3])
-local all = {}
-for i = 4, #ARGV do
-  local top = '+'
-  if cursor ~= '' then top = '(' .. cursor end
-  local got = 0
-  while got <= limit do
-    local ids = redis.call('ZREVRANGEBYLEX', ix .. ARGV[i], top, '-', 'LIMIT', 0, limit + 1)
-    for _, id in ipairs(ids) do
-      local t = load(id)
-      if t and t.q == '' then all[#all + 1] = id; got = got + 1 end
-    end
-    if #ids <= limit then break end
-    top = '(' .. ids[#ids]
-  end
-end
-table.sort(all, function(a, b) return a > b end)
-local out = {}
-for i = 1, math.min(#all, limit + 1) do out[i] = all[i] end
-return out
-"""
-
 # ARGV: id, owner, now.
 # Returns {'ok', view, attempts} | {'not_found'} | {'conflict', status} | {'in_orchestration', id}
 CANCEL_TASK = """
@@ -1084,7 +1059,8 @@ return 'next'
 """
 
 # ARGV: id, step, attempt, passed (1/0), attempt_json, now, next_task_id, fallback_task_id, wake_ms
-ORC_CHECK_DONE = """
+ORC_CHECK_DONE = (
+    """
 local id, i, n, now = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[6])
 local ahead = tonumber(ARGV[9])
 local key = okey(id)
@@ -1102,7 +1078,10 @@ if ARGV[4] == '1' then
 end
 local cond = cjson.decode(condition_for(id, i, o[6]))
 if n <= (tonumber(cond.retries) or 0) then
-  local wait = math.floor((tonumber(cond.retry_delay) or 1) * 1000)
+  -- never sooner than constants.MIN_RETRY_DELAY_S, as a task's retries
+  local wait = math.max("""
+    + str(int(c.MIN_RETRY_DELAY_S * 1000))
+    + """, math.floor((tonumber(cond.retry_delay) or 1) * 1000))
   schedule_check(id, i, n + 1, now + wait, now, ahead)
   publish(o[5], 'orchestration', id, 'running')
   return 'recheck'
@@ -1112,25 +1091,28 @@ finish_orc(id, o[5], 'running', 'stopped', now)
 run_fallback(id, o[5], o[7], ARGV[8], now, ahead)
 return 'stopped'
 """
+)
 
 
 # ARGV: cutoff_ms, limit. Deletes this partition's records that finished before the cutoff (the
 # retention janitor): a task with its attempts, or an orchestration with its steps' hashes and
 # checks, and their index entries. Step and fallback tasks are tasks and expire on their own.
-PURGE = """
+PURGE = (
+    """
+local function drop_task(id, t)
+  redis.call('ZREM', P .. 'i:' .. t.o .. ':' .. t.s, id)
+  if t.sc ~= '' then redis.call('ZREM', P .. 'iS:' .. t.o .. ':' .. t.sc, id) end  -- sched
+  if t.q ~= '' then redis.call('ZREM', P .. 'iq:' .. t.o .. ':' .. t.q .. ':' .. t.s, id) end
+  redis.call('HINCRBY', P .. 's', 'tasks:' .. t.s, -1)
+  redis.call('DEL', tkey(id), tkey(id) .. ':a', tkey(id) .. ':cb')  -- :cb callback attempts
+end
 local items = redis.call('ZRANGEBYSCORE', P .. 'f', '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
 for _, member in ipairs(items) do
   redis.call('ZREM', P .. 'f', member)
   local kind, id = string.sub(member, 1, 1), string.sub(member, 3)
   if kind == 't' then
     local t = load(id)
-    if t then
-      redis.call('ZREM', P .. 'i:' .. t.o .. ':' .. t.s, id)
-      if t.sc ~= '' then redis.call('ZREM', P .. 'iS:' .. t.o .. ':' .. t.sc, id) end  -- sched
-      if t.q ~= '' then redis.call('ZREM', P .. 'iq:' .. t.o .. ':' .. t.q .. ':' .. t.s, id) end
-      redis.call('HINCRBY', P .. 's', 'tasks:' .. t.s, -1)
-      redis.call('DEL', tkey(id), tkey(id) .. ':a', tkey(id) .. ':cb')  -- :cb callback attempts
-    end
+    if t then drop_task(id, t) end
   else
     local key = okey(id)
     local o = redis.call('HMGET', key, 'owner', 'status', 'n')
@@ -1142,8 +1124,45 @@ for _, member in ipairs(items) do
     end
   end
 end
-return #items
+local done = #items
+if not ARGV[3] then return done end
+-- Deleted schedules (constants.SCHEDULES_DELETED), ARGV: now, the cutoff for all of them, keep.
+-- The oldest occurrences beyond the newest ``keep`` go now (sdt), the rest once their
+-- schedule was deleted before the cutoff (sd). Finished ones are deleted; any other only leaves
+-- the schedule's list, and the retention deletes it once it finishes, like any task.
+local budget = tonumber(ARGV[2]) - done
+local function reap(zset, cutoff, keep)
+  for _, member in ipairs(redis.call('ZRANGEBYSCORE', zset, '-inf', cutoff, 'LIMIT', 0, 10)) do
+    if budget <= 0 then return end
+    local sep = string.find(member, ':', 1, true)
+    local made = P .. '"""
+    + c.SCHEDULE_TASKS
+    + """' .. string.sub(member, sep + 1) .. ':' .. string.sub(member, 1, sep - 1)
+    local n = math.min(budget, redis.call('ZCARD', made) - keep)
+    if n > 0 then
+      for _, tid in ipairs(redis.call('ZRANGE', made, 0, n - 1)) do
+        local t = load(tid)
+        if t and (t.s == 'succeeded' or t.s == 'failed' or t.s == 'cancelled') then
+          redis.call('ZREM', P .. 'f', 't:' .. tid)
+          drop_task(tid, t)
+        end
+        redis.call('ZREM', made, tid)
+      end
+      budget = budget - n
+      done = done + n
+    end
+    if redis.call('ZCARD', made) <= keep then redis.call('ZREM', zset, member) end
+  end
+end
+reap(P .. '"""
+    + c.SCHEDULES_DELETED_TRIM
+    + """', ARGV[3], tonumber(ARGV[5]))
+reap(P .. '"""
+    + c.SCHEDULES_DELETED
+    + """', ARGV[4], 0)
+return done
 """
+)
 
 
 # -- recurring schedules (issue #12) -------------------------------------------------------------
@@ -1240,6 +1259,14 @@ if ARGV[6] ~= '' and s[3] ~= ARGV[6] then return {'stale'} end
 local status, v = s[2], tonumber(s[3]) + 1
 if op == 'delete' then
   cancel_made(owner, id, now, true)
+  if redis.call('EXISTS', made_key(owner, id)) == 1 then  -- for the janitor (lua.PURGE)
+    redis.call('ZADD', P .. '"""
+    + c.SCHEDULES_DELETED_TRIM
+    + """', now, id .. ':' .. owner)
+    redis.call('ZADD', P .. '"""
+    + c.SCHEDULES_DELETED
+    + """', now, id .. ':' .. owner)
+  end
   redis.call('DEL', key)
   redis.call('ZREM', KEYS[3], id)
   redis.call('ZREM', P .. '"""
@@ -1400,32 +1427,30 @@ return n
 """
 )
 
-# ARGV: owner, schedule id, cursor|'', limit, status|''. One newest-first page (up to limit + 1)
-# of the tasks a schedule made, below the cursor, of that status when one is given: {ids, the
-# last id looked at when it stopped after SCHEDULE_LIST_SCAN without filling the page, else ''}.
-SCHED_TASK_IDS = f"""
+# ARGV: owner, schedule id, cursor|'', limit, status|'', budget, name prefix|''. One newest-first
+# page (up to limit + 1) of the tasks a schedule made, below the cursor, of that status and name
+# when given: {ids, the last id read when a filter had read budget records without filling the
+# page, else ''} (as LIST_SCAN: the budget bounds the request's Redis time).
+SCHED_TASK_IDS = """
 local key = made_key(ARGV[1], ARGV[2])
 local top = '+'
 if ARGV[3] ~= '' then top = '(' .. ARGV[3] end
-local limit, want = tonumber(ARGV[4]), ARGV[5]
-local out, off = {{}}, 0
-while #out <= limit do
-  if off >= {c.SCHEDULE_LIST_SCAN} then return {{out, redis.call('ZREVRANGEBYLEX', key, top, '-',
-    'LIMIT', off - 1, 1)[1] or ''}} end
-  local ids = redis.call('ZREVRANGEBYLEX', key, top, '-', 'LIMIT', off, 200)
-  if #ids == 0 then break end
-  for _, tid in ipairs(ids) do
-    if want == '' then
-      out[#out + 1] = tid
-    else
-      local t = load(tid)
-      if t and t.s == want then out[#out + 1] = tid end
-    end
-    if #out > limit then break end
-  end
-  off = off + 200
+local limit, want, budget, name = tonumber(ARGV[4]), ARGV[5], tonumber(ARGV[6]), ARGV[7]
+if want == '' and name == '' then
+  return {redis.call('ZREVRANGEBYLEX', key, top, '-', 'LIMIT', 0, limit + 1), ''}
 end
-return {{out, ''}}
+local ids = redis.call('ZREVRANGEBYLEX', key, top, '-', 'LIMIT', 0, budget + 1)
+local out, last = {}, ''
+for i = 1, math.min(#ids, budget) do
+  local t = load(ids[i])
+  if t and (want == '' or t.s == want) and string.sub(t.n, 1, #name) == name then
+    out[#out + 1] = ids[i]
+    if #out > limit then return {out, ''} end
+  end
+  last = ids[i]
+end
+if #ids > budget then return {out, last} end
+return {out, ''}
 """
 # -- signed calls (issue #12) -------------------------------------------------------------------
 # An owner's signing secrets: the hash KEYS[1] = sk:<owner> in the owner's partition, fields cur,
@@ -1597,19 +1622,21 @@ return 1
 )
 
 
-# -- GET /v1/tasks?name= (issue #12) ------------------------------------------------------------
-# ARGV: index prefix ('i:<owner>:'), cursor|'', limit, name prefix, scan limit, then statuses.
-# As LIST_IDS, but only tasks whose name starts with the prefix, found by reading the owner's
-# newest records below the cursor, at most scan-limit of them (no index: named tasks cost no more
-# memory than others). Returns {ids, stop}: up to limit + 1 matching ids, newest first, and,
-# when the scan limit ran out first, the last id read ('' otherwise): ids below it are unread.
-LIST_NAMED = """
+# -- GET /v1/tasks?name= and ?queue=default (issues #12, #19) ------------------------------------
+# ARGV: index prefix ('i:<owner>:'), cursor|'', limit, name prefix|'', '1' to keep only tasks of
+# the default queue|'', budget, then statuses. As LIST_IDS, but only the tasks that pass those
+# filters, found by reading the owner's newest records below the cursor, at most budget of them
+# (no index: a named task costs no more memory than another; the budget is what bounds the
+# request's Redis time, see constants.LIST_SCAN_BUDGET). Returns {ids, stop, read}: up to limit + 1
+# matching ids, newest first; when the budget ran out first, the last id read ('' otherwise: ids
+# below it are unread); and how many records it read.
+LIST_SCAN = """
 local ix, cursor, limit, want = P .. ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
-local budget = tonumber(ARGV[5])
+local default_only, budget = ARGV[5] == '1', tonumber(ARGV[6])
 local top = '+'
 if cursor ~= '' then top = '(' .. cursor end
 local all = {}
-for i = 6, #ARGV do
+for i = 7, #ARGV do
   local ids = redis.call('ZREVRANGEBYLEX', ix .. ARGV[i], top, '-', 'LIMIT', 0, budget + 1)
   for _, id in ipairs(ids) do all[#all + 1] = id end
 end
@@ -1618,12 +1645,12 @@ local out, last = {}, ''
 for i = 1, math.min(#all, budget) do
   local id = all[i]
   local t = load(id)
-  if t and string.sub(t.n, 1, #want) == want then
+  if t and string.sub(t.n, 1, #want) == want and (not default_only or t.q == '') then
     out[#out + 1] = id
-    if #out > limit then return {out, ''} end
+    if #out > limit then return {out, '', i} end
   end
   last = id
 end
-if #all > budget then return {out, last} end
-return {out, ''}
+if #all > budget then return {out, last, budget} end
+return {out, '', #all}
 """

@@ -692,15 +692,18 @@ def retry_wait_s(
     """The wait before retry ``retry_number`` (1-based), as the contract defines it.
 
     ``jitter`` is a draw in [0, 1): the wait is lengthened by up to RETRY_JITTER of itself.
-    A ``Retry-After`` replaces the computed wait, still capped by ``max_retry_delay``.
+    A ``Retry-After`` replaces the computed wait, still capped by ``max_retry_delay``. No wait is
+    shorter than MIN_RETRY_DELAY_S, and a ``retry_delay`` below it counts as it.
     """
+    floor = c.MIN_RETRY_DELAY_S
     if retry_after_s is not None:
-        return min(max(retry_after_s, 0.0), spec.max_retry_delay)
+        return max(floor, min(retry_after_s, spec.max_retry_delay))
     try:
-        base = min(spec.retry_delay * spec.backoff ** (retry_number - 1), spec.max_retry_delay)
+        base = max(spec.retry_delay, floor) * spec.backoff ** (retry_number - 1)
+        base = min(base, spec.max_retry_delay)
     except OverflowError:  # a large backoff to a high power: the cap applies
         base = spec.max_retry_delay
-    return min(base * (1 + c.RETRY_JITTER * jitter), max(spec.max_retry_delay, base))
+    return max(floor, min(base * (1 + c.RETRY_JITTER * jitter), max(spec.max_retry_delay, base)))
 
 
 # -- decoding with every problem reported -------------------------------------------------------

@@ -42,7 +42,10 @@ _ERRORS = {
     "413": _json("Error", "The body is too large"),
     "422": _json("Error", "Validation failed; one detail per field"),
     "429": {
-        **_json("Error", "Too many requests (sign-ins for one user, open event streams)"),
+        **_json(
+            "Error",
+            "Too many requests (sign-ins for one user, open event streams, lists in progress)",
+        ),
         "headers": _RETRY_AFTER,
     },
     "503": {
@@ -178,7 +181,7 @@ def _steerable(
                 f"List {noun}s, newest first",
                 {"200": _json(f"{model}Page", "A page")},
                 op_id=f"list{model}s",
-                codes=("422",),
+                codes=("422", "429"),
                 params=[*_list_params(statuses, _ID_PREFIX[id_name]), *filters],
             ),
         },
@@ -484,7 +487,7 @@ def _schedule_paths() -> dict[str, Any]:
                 "List schedules, newest first",
                 {"200": _json("SchedulePage", "A page")},
                 op_id="listSchedules",
-                codes=("422",),
+                codes=("422", "429"),
                 params=_list_params(models.ScheduleStatus, "sch"),
             ),
         },
@@ -661,6 +664,7 @@ def _queue_paths() -> dict[str, Any]:
                 "List the owner's queues: default first, then the named ones",
                 {"200": _json("QueueList", "Every queue, with its settings and counts")},
                 op_id="listQueues",
+                codes=("429",),
             )
         },
         "/v1/queues/{queue}": {
@@ -871,7 +875,7 @@ def document(settings: Settings) -> dict[str, Any]:
                     "List functions, newest first",
                     {"200": _json("FunctionPage", "A page")},
                     op_id="listFunctions",
-                    codes=("422",),
+                    codes=("422", "429"),
                     params=_list_params(None, "fn"),
                 ),
             },

@@ -344,14 +344,24 @@ class Schedules:
         status: TaskStatus | None,
         limit: int,
         cursor: str | None,
+        name: str | None = None,
     ) -> TaskPage:
-        """``GET /v1/tasks?schedule_id=``: the tasks a schedule made, newest first."""
+        """``GET /v1/tasks?schedule_id=``: the tasks a schedule made, newest first (of
+        ``status`` and named ``name...`` when given: a scan of LIST_SCAN_BUDGET a request)."""
         _, _, keys = await self._keys(sid)
         ids, stopped = await run_script(
             self.redis,
             self._task_ids,
             keys[:1],
-            [owner, sid, cursor or "", limit, status.value if status else ""],
+            [
+                owner,
+                sid,
+                cursor or "",
+                limit,
+                status.value if status else "",
+                c.LIST_SCAN_BUDGET,
+                name or "",
+            ],
         )
         more = len(ids) > limit
         ids = ids[:limit]

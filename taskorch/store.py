@@ -451,8 +451,7 @@ class Store:
         self._create = reg(lua.PRELUDE + lua.CREATE_TASKS)
         self._view = reg(lua.PRELUDE + lua.VIEW_TASKS)
         self._list = reg(lua.PRELUDE + lua.LIST_IDS)
-        self._list_default = reg(lua.PRELUDE + lua.LIST_DEFAULT_IDS)
-        self._list_named = reg(lua.PRELUDE + lua.LIST_NAMED)
+        self._list_scan = reg(lua.PRELUDE + lua.LIST_SCAN)
         self._cancel = reg(lua.PRELUDE + lua.CANCEL_TASK)
         self._modify = reg(lua.PRELUDE + lua.MODIFY_TASK)
         self._retry = reg(lua.PRELUDE + lua.RETRY_TASK)
@@ -660,10 +659,21 @@ class Store:
         name: str | None = None,
     ) -> TaskPage:
         """One newest-first page of the owner's tasks; ``name`` keeps those whose name starts
-        with it (see :meth:`_named_ids`)."""
+        with it, ``queue`` those of one queue (see :meth:`_scanned_ids`)."""
         layout = await self.layout()
         statuses = [status.value] if status else [s.value for s in TaskStatus]
-        if queue is not None and queue != c.DEFAULT_QUEUE:
+        if queue is not None and queue != c.DEFAULT_QUEUE and name:
+            ids, next_cursor = await self._scanned_ids(
+                layout,
+                f"{c.QUEUE_INDEX}{owner}:{queue}:",
+                [layout.queue_partition(owner, queue)],
+                statuses,
+                name,
+                False,
+                limit=limit,
+                cursor=cursor,
+            )
+        elif queue is not None and queue != c.DEFAULT_QUEUE:
             # A named queue's tasks are all in its partition, in its own status indexes.
             p = layout.queue_partition(owner, queue)
             got = await run_script(
@@ -675,15 +685,22 @@ class Store:
             ids = sorted(got, reverse=True)
             next_cursor = ids[limit - 1] if len(ids) > limit else None
             ids = ids[:limit]
-        elif name:
-            ids, next_cursor = await self._named_ids(
-                layout, owner, statuses, name, limit=limit, cursor=cursor
+        elif name or queue is not None:
+            ids, next_cursor = await self._scanned_ids(
+                layout,
+                f"{c.TASK_INDEX}{owner}:",
+                range(layout.n),
+                statuses,
+                name or "",
+                queue is not None,
+                limit=limit,
+                cursor=cursor,
             )
         else:
             ids, next_cursor = await list_ids(
                 self.redis,
                 layout,
-                self._list if queue is None else self._list_default,
+                self._list,
                 f"{c.TASK_INDEX}{owner}:",
                 statuses,
                 limit=limit,
@@ -693,41 +710,68 @@ class Store:
         items = [views[i] for i in ids if i in views]
         return TaskPage(items=items, next_cursor=next_cursor)
 
-    async def _named_ids(
+    async def _scanned_ids(
         self,
         layout: Layout,
-        owner: str,
+        index: str,
+        parts: Iterable[int],
         statuses: Sequence[str],
         name: str,
+        default_only: bool,
         *,
         limit: int,
         cursor: str | None,
     ) -> tuple[list[str], str | None]:
-        """A page of ids of tasks named ``name...``: each partition reads at most
-        NAME_SCAN_LIMIT of the owner's newest records below the cursor (lua.LIST_NAMED). Where
-        one stopped early, the page holds only what is newer than where it stopped and its
-        cursor goes on from there: a page may be short, even empty, with a next_cursor."""
-        rows = await run_many(
-            self.redis,
-            self._list_named,
-            [
-                (
-                    [layout.queue(p)],
-                    [
-                        f"{c.TASK_INDEX}{owner}:",
-                        cursor or "",
-                        limit,
-                        name,
-                        c.NAME_SCAN_LIMIT,
-                        *statuses,
-                    ],
-                )
-                for p in range(layout.n)
-            ],
-        )
-        stops = [stop for _, stop in rows if stop]
-        cutoff = max(stops) if stops else None
-        ids = sorted((i for found, _ in rows for i in found), reverse=True)
+        """A page of ids of tasks named ``name...`` (and of the default queue alone when
+        ``default_only``) from ``index`` (a prefix: the owner's, or a named queue's) in ``parts``,
+        which no index narrows: the partitions read LIST_SCAN_BUDGET of the newest records below
+        the cursor between them (lua.LIST_SCAN). Each gets an equal
+        share first; what the partitions that ran out of records left over goes to those that
+        have more, in up to LIST_SCAN_ROUNDS rounds (an owner whose tasks are all in one named
+        queue has them in one partition). Where a partition stopped early, the page holds only
+        what is newer than where it stopped and its cursor goes on from there: a page may be
+        short, even empty, with a next_cursor."""
+        left = c.LIST_SCAN_BUDGET
+        todo = {p: cursor or "" for p in parts}  # partition -> where it goes on
+        stops: dict[int, str] = {}
+        found: list[str] = []
+        for _ in range(c.LIST_SCAN_ROUNDS):
+            each = max(1, left // len(todo))
+            rows = await run_many(
+                self.redis,
+                self._list_scan,
+                [
+                    (
+                        [layout.queue(p)],
+                        [
+                            index,
+                            below,
+                            limit,
+                            name,
+                            "1" if default_only else "",
+                            each,
+                            *statuses,
+                        ],
+                    )
+                    for p, below in todo.items()
+                ],
+            )
+            more: dict[int, str] = {}
+            for p, (got, stop, read) in zip(todo, rows, strict=True):
+                found += got
+                left -= int(read)
+                if stop:
+                    more[p] = stops[p] = stop
+                else:
+                    stops.pop(p, None)
+            todo = more
+            cutoff = max(stops.values()) if stops else None
+            if not todo or left < len(todo):
+                break
+            if sum(1 for i in found if cutoff is None or i >= cutoff) > limit:
+                break  # a page is full above where any partition stopped: more cannot change it
+        cutoff = max(stops.values()) if stops else None
+        ids = sorted(found, reverse=True)
         if cutoff is not None:
             ids = [i for i in ids if i >= cutoff]  # below it, a partition has not looked
         if len(ids) > limit:
@@ -1049,12 +1093,20 @@ class Store:
         )
 
     async def purge(self, *, older_than_ms: int, limit: int = 200) -> int:
-        """Delete up to ``limit`` records per partition that finished before ``older_than_ms``."""
+        """Delete up to ``limit`` records per partition that finished before ``older_than_ms``,
+        and the occurrences of deleted schedules (constants.SCHEDULES_DELETED): beyond their
+        newest DELETED_SCHEDULE_KEEP at once, those DELETED_SCHEDULE_KEEP_S after the delete (or
+        at ``older_than_ms``, when that comes first)."""
         layout = await self.layout()
+        now = now_ms()
+        gone = max(older_than_ms, now - int(c.DELETED_SCHEDULE_KEEP_S * 1000))
         got = await run_many(
             self.redis,
             self._purge,
-            [([layout.queue(p)], [older_than_ms, limit]) for p in range(layout.n)],
+            [
+                ([layout.queue(p)], [older_than_ms, limit, now, gone, c.DELETED_SCHEDULE_KEEP])
+                for p in range(layout.n)
+            ],
         )
         return sum(int(n) for n in got)
 

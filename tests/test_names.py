@@ -46,7 +46,7 @@ async def test_name_prefix_filter_pages_newest_first(
     )
     # A scan limit far below the owner's tasks: pages come short (even empty) with a cursor,
     # and going on finds every match once, in order.
-    monkeypatch.setattr(c, "NAME_SCAN_LIMIT", 2)
+    monkeypatch.setattr(c, "LIST_SCAN_BUDGET", 4)  # 2 per partition
     pages = await _pages(api, "name=report-&limit=2")
     assert [n for p in pages for n in p] == want
     assert len(pages) > len(want) / 2

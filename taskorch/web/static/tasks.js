@@ -9,6 +9,8 @@ import { field, input, onSubmit, Problems, specEditor, whenEditor } from "./form
 export const STATUSES = ["scheduled", "running", "retrying", "succeeded", "failed", "cancelled"];
 const CHANGEABLE = new Set(["scheduled", "retrying"]);
 const LIMIT = 50;
+// Requests one load makes at most to fill a page of a search (each reads up to 256 tasks).
+const SEARCH_REQUESTS = 100;
 const MAX_INSERTS = 50; // more new tasks than this at once: reload the first page instead
 
 // Kept across views: the status filter and the name searched for.
@@ -237,9 +239,18 @@ function listView(root) {
     const gen = fresh ? ++generation : generation;
     more.disabled = true;
     try {
-      const path = `/v1/tasks${query({ status: filter, name: search, limit: LIMIT, cursor: fresh ? null : cursor })}`;
-      const answer = page(await api("GET", path));
-      if (gen !== generation) return;
+      // A name search reads a bounded number of tasks per request, so its pages can be short,
+      // even empty, with a next_cursor: read on until a page's worth is found (or the end).
+      let after = fresh ? null : cursor;
+      const answer = { items: [], next_cursor: null };
+      for (let request = 0; request < SEARCH_REQUESTS; request++) {
+        const path = `/v1/tasks${query({ status: filter, name: search, limit: LIMIT - answer.items.length, cursor: after })}`;
+        const got = page(await api("GET", path));
+        if (gen !== generation) return;
+        answer.items.push(...got.items);
+        answer.next_cursor = after = got.next_cursor;
+        if (!after || answer.items.length >= LIMIT) break;
+      }
       problem.show("");
       if (fresh) {
         rows.clear();
