@@ -19,6 +19,11 @@ from msgspec import UNSET, Meta, Struct, UnsetType
 from taskorch import constants as c
 from taskorch.errors import ApiError, BadRequest, PayloadTooLarge, ValidationFailed
 
+# QUEUE_NAME_MESSAGE and queue_name_ok are re-exported: the API and the queues use them.
+from taskorch.rules import QUEUE_NAME_MESSAGE as QUEUE_NAME_MESSAGE
+from taskorch.rules import URL_MAX_LENGTH, header_problems, url_problem
+from taskorch.rules import queue_name_ok as queue_name_ok
+
 Method = Literal["GET", "POST", "PUT", "PATCH", "DELETE"]
 # Capped so that no duration overflows a timestamp (about 300 years; JSON's 1e400 is infinity).
 Seconds = Annotated[float, Meta(ge=0, le=1e10, description="seconds, fractions allowed")]
@@ -26,6 +31,8 @@ Timestamp = Annotated[str, Meta(extra_json_schema={"format": "date-time"})]
 # A queue's name: checked by _queue_rule (a message a person can act on), documented in the
 # OpenAPI document with the pattern (openapi._tighten).
 QueueName = Annotated[str, Meta(min_length=1, max_length=64)]
+# A target URL: checked by _url_rule (rules.url_problem), published as rules.URL_SCHEMA.
+Url = Annotated[str, Meta(min_length=1, max_length=URL_MAX_LENGTH)]
 
 
 class TaskStatus(enum.StrEnum):
@@ -63,13 +70,13 @@ class CallPolicy(_Input, kw_only=True):
 class TaskSpec(CallPolicy, kw_only=True):
     """What one HTTP call is and how it is retried: the part shared by tasks and steps."""
 
-    url: Annotated[str, Meta(min_length=1, max_length=8192)]
+    url: Url
 
 
 class Callback(_Input):
     """Where a task's final Task is POSTed (issue #12): a url and headers, as a task's."""
 
-    url: Annotated[str, Meta(min_length=1, max_length=8192)]
+    url: Url
     headers: dict[str, str] = {}
 
 
@@ -99,7 +106,7 @@ class TaskBatch(_Input):
 class TaskPatch(_Input):
     """Body of ``PATCH /v1/tasks/{id}``: any creation field; absent ones stay as they are."""
 
-    url: Annotated[str, Meta(min_length=1, max_length=8192)] | UnsetType = UNSET
+    url: Url | UnsetType = UNSET
     method: Method | UnsetType = UNSET
     headers: dict[str, str] | UnsetType = UNSET
     payload: Any | UnsetType = UNSET
@@ -223,7 +230,7 @@ class OrchestrationStatus(enum.StrEnum):
 class ConditionSpec(_Input):
     """The check run after a step: passes on a 2xx unless the body says ``false``."""
 
-    url: Annotated[str, Meta(min_length=1, max_length=8192)]
+    url: Url
     method: Method = "POST"
     headers: dict[str, str] = {}
     timeout: Annotated[float, Meta(ge=1, le=c.MAX_TIMEOUT_S)] = c.DEFAULT_TIMEOUT_S
@@ -542,56 +549,14 @@ class TaskBatchResult(Struct):
 
 # -- helpers -----------------------------------------------------------------------------------
 
-_HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-
-
-@functools.lru_cache(maxsize=4096)  # a client's tasks mostly call a few URLs
-@functools.lru_cache(maxsize=4096)
-def url_problem(url: str) -> str | None:
-    """Why ``url`` cannot be a target, or None when it can (remembered: a batch's tasks mostly
-    share their url)."""
-    from urllib.parse import urlsplit
-
-    try:
-        parts = urlsplit(url)
-        parts.port  # noqa: B018 - raises ValueError on a bad port
-    except ValueError as exc:
-        return f"is not a valid URL ({exc})"
-    if parts.scheme not in ("http", "https"):
-        return "must be an http or https URL"
-    if not parts.hostname:
-        return "must name a host"
-    return None
-
 
 def _url_rule(value: Any) -> list[tuple[str, str]]:
     msg = url_problem(value) if isinstance(value, str) else None
     return [("", msg)] if msg else []
 
 
-# Headers that frame the message or belong to one connection: the HTTP client sets them from the
-# request itself, and a task that set them could smuggle a second request or confuse a proxy.
-_RESERVED_HEADERS = frozenset(
-    {"host", "content-length", "transfer-encoding", "connection", "keep-alive", "te", "trailer"}
-    | {"upgrade"}
-)
-# A header value: visible characters, spaces and tabs (RFC 9110 field-value), Latin-1 at most.
-_HEADER_VALUE = re.compile(r"[\t\x20-\x7e\x80-\xff]*")
-
-
 def _headers_rule(value: Any) -> list[tuple[str, str]]:
-    problems = []
-    for name, text in (value or {}).items():
-        lower = name.lower()
-        if not _HEADER_NAME.fullmatch(name):
-            problems.append((name, "is not a valid HTTP header name"))
-        elif lower in _RESERVED_HEADERS or lower.startswith("proxy-"):
-            problems.append((name, "is set by the service itself and cannot be given"))
-        elif "\r" in text or "\n" in text:
-            problems.append((name, "must not contain line breaks"))
-        elif not _HEADER_VALUE.fullmatch(text):
-            problems.append((name, "must hold only visible characters, spaces and tabs"))
-    return problems
+    return header_problems(value or {})
 
 
 # Rules for one field, by name, in every request struct. They run as soon as that field is well
@@ -627,17 +592,6 @@ def _zone_rule(value: Any) -> list[tuple[str, str]]:
     if isinstance(value, str) and zone(value) is None:
         return [("", "is not an IANA time zone name, such as Europe/Berlin")]
     return []
-
-
-_QUEUE_NAME = re.compile(c.QUEUE_NAME_PATTERN)
-QUEUE_NAME_MESSAGE = (
-    "must be a short name: 1 to 64 letters, digits, - or _, starting with a letter or digit"
-)
-
-
-@functools.lru_cache(maxsize=1024)
-def queue_name_ok(name: str) -> bool:
-    return _QUEUE_NAME.fullmatch(name) is not None
 
 
 def _queue_rule(value: Any) -> list[tuple[str, str]]:

@@ -10,8 +10,7 @@ from typing import Any
 
 import msgspec
 
-from taskorch import constants as c
-from taskorch import models
+from taskorch import models, rules
 from taskorch.settings import Settings
 
 _REF = "#/components/schemas/{name}"
@@ -53,9 +52,7 @@ _ERRORS = {
         "headers": _RETRY_AFTER,
     },
 }
-# An id as the service makes them: a type prefix, then 24 hex digits (time, then randomness).
-ID_PATTERN = "^{prefix}_[0-9a-f]{{24}}$"
-_ID_PREFIX = {"task_id": "tsk", "orc_id": "orc", "fn_id": "fn", "sch_id": "sch"}
+_ID_PREFIX = rules.ID_PREFIXES
 
 
 def _op(
@@ -93,7 +90,7 @@ def _op(
 def _path_id(name: str) -> list[dict[str, Any]]:
     schema: dict[str, Any] = {"type": "string"}
     if name in _ID_PREFIX:
-        schema["pattern"] = ID_PATTERN.format(prefix=_ID_PREFIX[name])
+        schema["pattern"] = rules.id_pattern(_ID_PREFIX[name])
     return [{"name": name, "in": "path", "required": True, "schema": schema}]
 
 
@@ -117,7 +114,7 @@ def _list_params(statuses: type[enum.Enum] | None, prefix: str) -> list[dict[str
             "in": "query",
             "description": "next_cursor from the previous page",
             # Empty means the first page, like no cursor at all.
-            "schema": {"type": "string", "pattern": f"^({prefix}_[0-9a-f]{{24}})?$"},
+            "schema": {"type": "string", "pattern": f"^({prefix}_{rules.ID_BODY})?$"},
         },
     ]
     if statuses is not None:
@@ -216,34 +213,10 @@ def _steerable(
 
 # What the API accepts beyond each field's type, written into the generated schemas so that a
 # client (or a fuzzer) that follows them is never refused: http(s) URLs with a host, header names
-# and values as HTTP allows (minus those the service sets itself), and times with an offset.
-_URL = {
-    "type": "string",
-    "minLength": 1,
-    "maxLength": 8192,
-    "description": "http or https URL with a host",
-    "pattern": r"^[Hh][Tt][Tt][Pp][Ss]?://[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)*(:[1-9][0-9]{0,3})?(/[A-Za-z0-9._~!$&'()*+,;=:@%-]*)*$",
-}
-
-
-def _ci(word: str) -> str:
-    return "".join(f"[{ch.upper()}{ch.lower()}]" if ch.isalpha() else ch for ch in word)
-
-
-_SET_BY_US = ("host", "content-length", "transfer-encoding", "connection", "keep-alive", "te")
-_RESERVED = "|".join(_ci(w) for w in (*_SET_BY_US, "trailer", "upgrade"))
-_HEADERS = {
-    "type": "object",
-    "description": "Sent as given. Not Host, Content-Length, Transfer-Encoding, Connection, "
-    "Keep-Alive, TE, Trailer, Upgrade or Proxy-*: the service sets those.",
-    "propertyNames": {
-        "pattern": r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$",
-        "not": {"pattern": f"^(({_RESERVED})$|{_ci('proxy-')})"},
-    },
-    # Visible characters, spaces and tabs, Latin-1 at most (RFC 9110 field values).
-    "additionalProperties": {"type": "string", "pattern": "^[\t\u0020-\u007e\u0080-\u00ff]*$"},
-    "default": {},
-}
+# and values as HTTP allows (minus those the service sets itself), and times with an offset. The
+# URL and header rules are stated once, in taskorch.rules, with the server's checks.
+_URL = rules.URL_SCHEMA
+_HEADERS = rules.HEADERS_SCHEMA
 _RUN_AT = {
     "type": "string",
     "description": "RFC 3339 with an offset, before the year 9999",
@@ -256,15 +229,11 @@ _UNIX_TIME = {
     "maximum": 253370764799,
     "description": "unix seconds",
 }
-# A queue's name (models.queue_name_ok); PUT takes any but default, which cannot be changed.
-_QUEUE_NAME = {
-    "type": "string",
-    "pattern": c.QUEUE_NAME_PATTERN,
-    "description": "a queue: 1 to 64 letters, digits, - or _, starting with a letter or digit",
-}
+# A queue's name (rules.queue_name_ok); PUT takes any but default, which cannot be changed.
+_QUEUE_NAME = rules.QUEUE_NAME_SCHEMA
 _QUEUE_SETTABLE = {
     **_QUEUE_NAME,
-    "pattern": "^(?!default$)" + c.QUEUE_NAME_PATTERN[1:],
+    "pattern": "^(?!default$)" + rules.QUEUE_NAME_PATTERN[1:],
     "description": "a named queue (default cannot be limited or paused)",
 }
 _HANDLER = r"^[A-Za-z_$][A-Za-z0-9_$]*$"
@@ -636,7 +605,7 @@ _SCHEDULE_FILTER = {
     "name": "schedule_id",
     "in": "query",
     "description": "only the tasks this schedule made (latest time first)",
-    "schema": {"type": "string", "pattern": "^(sch_[0-9a-f]{24})?$"},
+    "schema": {"type": "string", "pattern": f"^(sch_{rules.ID_BODY})?$"},
 }
 
 
@@ -711,7 +680,7 @@ def _event_schema() -> dict[str, Any]:
             {
                 "properties": {
                     "type": {"const": kind},
-                    "id": {"pattern": ID_PATTERN.format(prefix=prefix)},
+                    "id": {"pattern": rules.id_pattern(prefix)},
                     "status": {"enum": [*(s.value for s in statuses), *more]},
                 }
             }
@@ -851,7 +820,7 @@ def document(settings: Settings) -> dict[str, Any]:
                         # Empty means every queue, like no parameter at all.
                         "schema": {
                             "type": "string",
-                            "pattern": "^(" + c.QUEUE_NAME_PATTERN[1:-1] + ")?$",
+                            "pattern": "^(" + rules.QUEUE_NAME_PATTERN[1:-1] + ")?$",
                         },
                     },
                 ),

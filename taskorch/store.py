@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import os
-import re
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -82,13 +81,8 @@ def new_id(prefix: str) -> str:
     return f"{prefix}_{now_ms():012x}{secrets.token_hex(6)}"
 
 
-_ID_BODY = re.compile(r"[0-9a-f]{24}")
-
-
-def is_id(value: str, prefix: str) -> bool:
-    """Whether ``value`` has the exact form :func:`new_id` gives ids of ``prefix``."""
-    head, sep, body = value.partition("_")
-    return head == prefix and sep == "_" and _ID_BODY.fullmatch(body) is not None
+# Whether a value has the exact form new_id gives ids of a prefix (the rule: taskorch.rules).
+from taskorch.rules import is_id as is_id  # noqa: E402
 
 
 def connect(url: str, **kwargs: Any) -> Redis:
