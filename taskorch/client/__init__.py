@@ -13,46 +13,10 @@ Inside: ``_async.py`` is written by hand; ``_sync.py`` is generated from it
 (``python taskorch/client/_unasync.py``); ``_common.py`` holds what both use and is no I/O.
 """
 
+# The options and answers, named once in _common.__all__ (as httpx's modules name theirs).
+from taskorch.client import _common
 from taskorch.client._async import AsyncClient
-from taskorch.client._common import (
-    API_URL_ENV,
-    PAGE_SIZE,
-    TOKEN_ENV,
-    Event,
-    Health,
-    OrchestrationFields,
-    OrchestrationPatchFields,
-    QueueSettings,
-    ScheduleFields,
-    SchedulePatchFields,
-    Seconds,
-    Stats,
-    TaskFields,
-    TaskPatchFields,
-    Time,
-    bare_token,
-    error_from,
-)
+from taskorch.client._common import *  # noqa: F403
 from taskorch.client._sync import Client
 
-__all__ = [
-    "API_URL_ENV",
-    "PAGE_SIZE",
-    "TOKEN_ENV",
-    "AsyncClient",
-    "Client",
-    "Event",
-    "Health",
-    "OrchestrationFields",
-    "OrchestrationPatchFields",
-    "QueueSettings",
-    "ScheduleFields",
-    "SchedulePatchFields",
-    "Seconds",
-    "Stats",
-    "TaskFields",
-    "TaskPatchFields",
-    "Time",
-    "bare_token",
-    "error_from",
-]
+__all__ = ["AsyncClient", "Client", *_common.__all__]

@@ -53,6 +53,8 @@ from taskorch.models import (
     TokenResponse,
 )
 
+__all__ = ["AsyncClient"]
+
 
 class AsyncClient(_Base):
     """The API, awaited: ``iter_*`` and ``events`` are async iterators.

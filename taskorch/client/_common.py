@@ -40,6 +40,26 @@ from taskorch.models import (
     TokenResponse,
 )
 
+__all__ = [
+    "API_URL_ENV",
+    "PAGE_SIZE",
+    "TOKEN_ENV",
+    "Event",
+    "Health",
+    "OrchestrationFields",
+    "OrchestrationPatchFields",
+    "QueueSettings",
+    "ScheduleFields",
+    "SchedulePatchFields",
+    "Seconds",
+    "Stats",
+    "TaskFields",
+    "TaskPatchFields",
+    "Time",
+    "bare_token",
+    "error_from",
+]
+
 T = TypeVar("T")
 Seconds = float | dt.timedelta
 Time = dt.datetime | str

@@ -52,6 +52,8 @@ from taskorch.models import (
     TokenResponse,
 )
 
+__all__ = ["Client"]
+
 
 class Client(_Base):
     """The API, blocking: ``iter_*`` and ``events`` are iterators.
