@@ -30,47 +30,28 @@ import structlog
 from taskorch import constants as c
 from taskorch import lua, partitions
 from taskorch.errors import ConfigError
+from taskorch.oldlayout import (
+    OLD_IDEM,
+    OLD_JOB,
+    OLD_LEASE_OWNER,
+    OLD_LEASES,
+    OLD_MARKERS,
+    OLD_METRICS,
+    OLD_ORCH,
+    OLD_QUEUE,
+    OLD_REAPER,
+    OLD_TASK,
+    old_layout_present,
+)
+from taskorch.store import connect
 
 log = structlog.get_logger("taskorch.migrate")
 
-OLD_QUEUE = c.KEY_PREFIX + "queue"
-OLD_JOB = c.KEY_PREFIX + "job:"
-OLD_LEASES = c.KEY_PREFIX + "leases"
-OLD_LEASE_OWNER = c.KEY_PREFIX + "lease-owner"
-OLD_TASK = c.KEY_PREFIX + "task:"
-OLD_ORCH = c.KEY_PREFIX + "orc:"
-OLD_IDEM = c.KEY_PREFIX + "idem:"
-OLD_STATS = c.KEY_PREFIX + "stats"
-OLD_METRICS = c.KEY_PREFIX + "metrics"
-OLD_FINISHED = c.KEY_PREFIX + "finished"
-OLD_REAPER = c.KEY_PREFIX + "reaper"
-# Any of these means an old deployment's data is here (each is written by its first task).
-OLD_MARKERS = (OLD_STATS, OLD_QUEUE, OLD_FINISHED, OLD_LEASES, OLD_METRICS)
 LOCK_TTL_MS = 10 * 60 * 1000
 _LIVE = ("scheduled", "retrying", "running")
 
-MESSAGE = (
-    "Redis holds taskorch data in the old single-node layout: stop every old worker and API "
-    "process, run `taskorch migrate` once, then start this version"
-)
 
 _IDEM = re.compile(r"^(.*?):(tsk|orc):(.*)$", re.S)
-
-
-async def old_layout_present(redis: Any) -> bool:
-    """Whether an old single-node deployment's data is in this Redis (one key per EXISTS, so a
-    cluster client can route each)."""
-    for key in OLD_MARKERS:
-        if await redis.exists(key):
-            return True
-    return False
-
-
-async def refuse_old_layout(redis: Any) -> None:
-    """At worker and API start: stop with a message naming ``taskorch migrate`` when the old
-    layout is present (running on it would leave its tasks unfired)."""
-    if await old_layout_present(redis):
-        raise ConfigError(MESSAGE)
 
 
 async def migrate(redis: Any) -> dict[str, int]:
@@ -164,7 +145,6 @@ def run_migrate(settings: Any) -> None:
     import asyncio
 
     from taskorch.logs import configure
-    from taskorch.store import connect
 
     configure(fmt=settings.log_format, level=settings.log_level)
 

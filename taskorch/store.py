@@ -32,7 +32,7 @@ from redis.asyncio.sentinel import (
 )
 from redis.backoff import NoBackoff
 
-from taskorch import cluster, lua, partitions
+from taskorch import cluster, lua, oldlayout, partitions
 from taskorch import constants as c
 from taskorch.cluster import run_many, run_script
 from taskorch.errors import (
@@ -202,11 +202,9 @@ def check_redis(settings: Any, *, require_reachable: bool = False) -> None:
     log = structlog.get_logger("taskorch.redis")
 
     async def read() -> tuple[str | None, bool]:
-        from taskorch.migrate import old_layout_present
-
         client = connect(settings.redis_url, socket_connect_timeout=5, socket_timeout=5)
         try:
-            return await eviction_policy(client), await old_layout_present(client)
+            return await eviction_policy(client), await oldlayout.old_layout_present(client)
         finally:
             await client.aclose()
 
@@ -218,9 +216,7 @@ def check_redis(settings: Any, *, require_reachable: bool = False) -> None:
         log.warning("redis.unreachable_at_start", error=str(exc) or type(exc).__name__)
         return
     if old_layout:  # its tasks would never fire: see taskorch/migrate.py
-        from taskorch.migrate import MESSAGE
-
-        raise ConfigError(MESSAGE)
+        raise ConfigError(oldlayout.MESSAGE)
     if settings.redis_policy_check == "off":
         return
     if policy is None:

@@ -977,7 +977,7 @@ def run_worker(settings: Settings) -> None:
 
         redis = make_redis()
         # The old single-node layout's tasks would never fire here: stop, naming the way out.
-        from taskorch.migrate import refuse_old_layout
+        from taskorch.oldlayout import refuse_old_layout
 
         # (on a client of its own: one used before the worker's own start kept the worker from
         # exiting on SIGTERM, tests/test_misc.py::test_worker_needs_no_token_settings)
