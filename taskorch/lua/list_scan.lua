@@ -1,6 +1,6 @@
 -- KEYS[1]: the partition's queue, taskorch:{<tag>}:q (every key the script names is in its slot).
 -- ARGV: index prefix ('i:<owner>:'), cursor|'', limit, name prefix|'', '1' to keep only tasks of
--- the default queue|'', budget, then statuses. As LIST_IDS, but only the tasks that pass those
+-- the default queue|'', budget, then statuses. As list_ids.lua, but only the tasks that pass those
 -- filters, found by reading the owner's newest records below the cursor, at most budget of them
 -- (no index: a named task costs no more memory than another; the budget is what bounds the
 -- request's Redis time, see constants.LIST_SCAN_BUDGET). Returns {ids, stop, read}: up to limit + 1

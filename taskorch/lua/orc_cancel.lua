@@ -1,6 +1,6 @@
 -- KEYS[1]: the partition's queue, taskorch:{<tag>}:q (every key the script names is in its slot).
 -- ARGV: id, owner, now. Cancels the pending start or check job and a step task not yet called.
--- Returns as ORC_MODIFY does.
+-- Returns as orc_modify.lua does.
 --- @include "prelude"
 --- @include "orchestration"
 

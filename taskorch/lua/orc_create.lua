@@ -1,7 +1,7 @@
 -- KEYS[1]: the partition's queue, taskorch:{<tag>}:q (every key the script names is in its slot).
 -- ARGV: id, owner, name, due, now, condition|'', fallback|'', idem_key|'', idem_ttl, wake_ms, n,
 --       then n step specs, then n step conditions ('' where the step has none), then
---       deadline_ms|'' (see PAST_DEADLINE), partitions, this partition.
+--       deadline_ms|'' (see lib/past_deadline.lua), partitions, this partition.
 -- Returns {created (1/0), hash, state, own-condition step indexes} (see orc_view), {2, id} (see
 -- idempotent), or {-1}.
 --- @include "prelude"

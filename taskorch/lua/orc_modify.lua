@@ -1,6 +1,6 @@
 -- KEYS[1]: the partition's queue, taskorch:{<tag>}:q (every key the script names is in its slot).
 -- ARGV: id, owner, now, expected_gen, name, due, condition, fallback, n (-1: steps unchanged),
---       wake_ms, then n specs and n conditions. Returns as MODIFY_TASK does, with orc_view's
+--       wake_ms, then n specs and n conditions. Returns as modify_task.lua does, with orc_view's
 --       three parts after 'ok'.
 --- @include "prelude"
 --- @include "orchestration"

@@ -2,7 +2,7 @@
 -- ARGV: owner, schedule id, cursor|'', limit, status|'', budget, name prefix|''. One newest-first
 -- page (up to limit + 1) of the tasks a schedule made, below the cursor, of that status and name
 -- when given: {ids, the last id read when a filter had read budget records without filling the
--- page, else ''} (as LIST_SCAN: the budget bounds the request's Redis time).
+-- page, else ''} (as list_scan.lua: the budget bounds the request's Redis time).
 -- Returns {ids, the last id read or ''} as above.
 --- @include "prelude"
 --- @include "schedule"

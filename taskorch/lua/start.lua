@@ -1,7 +1,7 @@
 -- KEYS[1]: the partition's queue, taskorch:{<tag>}:q (every key the script names is in its slot).
 -- ARGV: now, worker_id, lease_ms, then pairs task_id, job. Returns per pair the attempt number,
 -- or 0 when the task was cancelled or modified since it was claimed (the compare-and-set that
--- keeps old versions from ever firing). Idempotent per job and worker: a START repeated by the
+-- keeps old versions from ever firing). Idempotent per job and worker: a start repeated by the
 -- worker that made it (its reply was lost: Redis crashed or froze) answers the same number again,
 -- so the worker calls once instead of leaving the task running with no call. The starting worker
 -- also takes the job's lease, wherever a reaper put it while this worker was out of reach: the

@@ -1,6 +1,6 @@
 -- A task that ends succeeded (or failed) with a callback (failure_callback) in its spec gets a job
 -- 'cb' that POSTs the final Task there (taskorch/callbacks.py). It is made by the script that
--- records the outcome (FINISH, or REAP when lost attempts run out), so there is one per outcome,
+-- records the outcome (finish.lua, or reap.lua when lost attempts run out), so there is one per outcome,
 -- in the task's partition, whatever becomes of the worker. The job is <id>.cb<gen>.<n> (n the
 -- delivery attempt), its argument <id>|<gen>|<status>|<n>; the record's cj names it while due.
 -- The spec is JSON the record never decodes: its callbacks show as '"cb":{' / '"fc":{' (a payload

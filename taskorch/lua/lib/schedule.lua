@@ -2,7 +2,7 @@
 -- JSON), sa start_at, ea end_at ('' none), cu catch_up, c/u created/updated, v version, mu "made
 -- until": every run time up to it was made or skipped). Its occurrences are ordinary tasks with sc
 -- set, listed in iS:<owner>:<id>. Every change bumps v; the makers compute the next occurrences in
--- Python and hand them to SCHED_MAKE with the version they read, so two makers with the same view
+-- Python and hand them to sched_make.lua with the version they read, so two makers with the same view
 -- make them once (the second finds v moved on and makes nothing).
 --- @include "prelude"
 
