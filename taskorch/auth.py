@@ -24,6 +24,7 @@ from typing import Any
 import jwt
 
 from taskorch import constants as c
+from taskorch import lua
 from taskorch.errors import Forbidden, TooManyRequests, Unauthorized
 from taskorch.limits import off_the_redis_clock
 from taskorch.settings import Settings
@@ -294,24 +295,6 @@ async def remove_user(redis: Redis, name: str) -> None:
     await redis.delete(c.SIGNIN_ATTEMPTS_KEY_PREFIX + name)
 
 
-# KEYS: the name's attempts hash; ARGV: the client address, the window in s. The window starts
-# with the name's first attempt from anywhere; returns {this address's attempts, seconds left}.
-_COUNT_ATTEMPT = """
-local n = redis.call('HINCRBY', KEYS[1], ARGV[1], 1)
-if redis.call('TTL', KEYS[1]) < 0 then redis.call('EXPIRE', KEYS[1], ARGV[2]) end
-return {n, redis.call('TTL', KEYS[1])}
-"""
-# KEYS: the address's failures counter; ARGV: 1 to count a failure, 0 to read; the window in s.
-# Returns {failures in the window, seconds left in it}.
-_ADDRESS_FAILURES = """
-if ARGV[1] == '1' then
-  redis.call('SET', KEYS[1], 0, 'EX', ARGV[2], 'NX')
-  redis.call('INCR', KEYS[1])
-end
-return {tonumber(redis.call('GET', KEYS[1]) or '0'), redis.call('TTL', KEYS[1])}
-"""
-
-
 def address_key(host: str | None) -> str:
     """The address sign-ins are counted by: an IPv4 address, an IPv6 one by its /64 (one
     subscriber's whole network), an IPv4-mapped IPv6 one as its IPv4; anything else as given."""
@@ -402,8 +385,8 @@ class SignIn:
 
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
-        self._count = redis.register_script(_COUNT_ATTEMPT)
-        self._failures = redis.register_script(_ADDRESS_FAILURES)
+        self._count = lua.register(redis, "count_attempt")
+        self._failures = lua.register(redis, "address_failures")
         self._checks = _FairChecks(c.SCRYPT_THREADS)
         self._busy: dict[str, int] = {}  # address -> its sign-ins in progress here
 

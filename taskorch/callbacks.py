@@ -1,11 +1,11 @@
 """Callbacks (issue #12): the final Task POSTed to ``callback`` or ``failure_callback``.
 
 The script that records a task's final outcome also schedules a ``cb`` job in the task's
-partition (``lua.CALLBACKS``), so there is one delivery per outcome whatever becomes of the
+partition (``lua/lib/callbacks.lua``), so there is one delivery per outcome whatever becomes of the
 worker. This handler makes one delivery attempt: it reads the task, POSTs the Task as
 ``GET /v1/tasks/{id}`` answers it, signed as every call is, and records the attempt and the next
 one (the task's own retry policy: ``retries``, ``retry_delay``, ``backoff``,
-``max_retry_delay``, ``Retry-After``, ``timeout``) in one script (``lua.CALLBACK_DONE``).
+``max_retry_delay``, ``Retry-After``, ``timeout``) in one script (``lua/callback_done.lua``).
 
 Each delivery of one outcome carries ``webhook-id`` and ``Idempotency-Key``
 ``<task id>.cb<n>`` (the same for its retries, another for a later outcome after a redrive):

@@ -26,9 +26,9 @@ JOB = "j:"
 LEASES = "l"
 LEASE_OWNER = "lo"  # hash job id -> worker id, so a worker renews only its own claims
 # What one claim took (cr:<claim id>: its jobs and due times, JSON, kept for a lease), so that a
-# worker that lost the claim's reply adopts them in its next claim (lua.CLAIM).
+# worker that lost the claim's reply adopts them in its next claim (lua/claim.lua).
 CLAIM_RECORD = "cr:"
-# A task record: ONE msgpack string with short field names, defaults left out (see lua.py);
+# A task record: ONE msgpack string with short field names, defaults left out (see lua/lib/prelude.lua);
 # ``:a`` holds its attempts list.
 TASK = "t:"
 ORCH = "o:"  # hash per orchestration; :specs, :conds, :state, :check:<i>
@@ -46,7 +46,7 @@ SCHEDULE_TASKS = "iS:"
 SCHEDULE_MAKERS = "sm"
 # A deleted schedule's occurrences (issue #19: an every-second schedule with a big payload kept
 # growing Redis for the whole retention after its DELETE): ``sd`` and ``sdt`` hold
-# ``<schedule id>:<owner>`` scored by when it was deleted. The retention janitor (lua.PURGE)
+# ``<schedule id>:<owner>`` scored by when it was deleted. The retention janitor (lua/purge.lua)
 # trims the schedule's ``iS:`` to its newest DELETED_SCHEDULE_KEEP occurrences at its next round
 # (``sdt``), and deletes those DELETED_SCHEDULE_KEEP_S after the DELETE (``sd``), or at the
 # retention if that is shorter; occurrences still running then are left to the retention.
@@ -67,7 +67,7 @@ LATENESS_WINDOW_MIN = 60  # the longest window the route answers
 LATENESS_TTL_S = (LATENESS_WINDOW_MIN + 5) * 60  # a little over the window: the oldest minute whole
 FINISHED = "f"  # zset "t:<id>" / "o:<id>" scored by when it finished, for retention
 # Hash with the time of the last reap by any worker ("last") and the end of the pause reapers take
-# after an outage ("grace_until"): see lua.REAP.
+# after an outage ("grace_until"): see lua/reap.lua.
 REAPER = "r"
 # -- issue #12: signed calls and callbacks (the calls helper) ---------------------------------
 # An owner's signing secrets, a hash in the owner's partition (Layout.owner_partition): the
@@ -295,7 +295,7 @@ SCHEDULE_MAKE_EVERY_S = 1.0
 # (at most SCHEDULE_CATCH_UP_MAX, the latest). Anything less late just runs late.
 SCHEDULE_LATE_MS = 5_000
 # A downtime, once seen by a maker, holds this long: every worker back within it makes its first
-# round with the same verdict and cut-off before it claims (lua.SCHED_DUE).
+# round with the same verdict and cut-off before it claims (lua/sched_due.lua).
 SCHEDULE_DOWN_DECIDED_MS = 10_000
 SCHEDULE_CATCH_UP_MAX = 100
 SCHEDULE_MAKE_BATCH = 100  # occurrences per make script; a schedule behind is made in turns

@@ -30,160 +30,28 @@ import structlog
 from taskorch import constants as c
 from taskorch import lua, partitions
 from taskorch.errors import ConfigError
+from taskorch.oldlayout import (
+    OLD_IDEM,
+    OLD_JOB,
+    OLD_LEASE_OWNER,
+    OLD_LEASES,
+    OLD_MARKERS,
+    OLD_METRICS,
+    OLD_ORCH,
+    OLD_QUEUE,
+    OLD_REAPER,
+    OLD_TASK,
+    old_layout_present,
+)
+from taskorch.store import connect
 
 log = structlog.get_logger("taskorch.migrate")
 
-OLD_QUEUE = c.KEY_PREFIX + "queue"
-OLD_JOB = c.KEY_PREFIX + "job:"
-OLD_LEASES = c.KEY_PREFIX + "leases"
-OLD_LEASE_OWNER = c.KEY_PREFIX + "lease-owner"
-OLD_TASK = c.KEY_PREFIX + "task:"
-OLD_ORCH = c.KEY_PREFIX + "orc:"
-OLD_IDEM = c.KEY_PREFIX + "idem:"
-OLD_STATS = c.KEY_PREFIX + "stats"
-OLD_METRICS = c.KEY_PREFIX + "metrics"
-OLD_FINISHED = c.KEY_PREFIX + "finished"
-OLD_REAPER = c.KEY_PREFIX + "reaper"
-# Any of these means an old deployment's data is here (each is written by its first task).
-OLD_MARKERS = (OLD_STATS, OLD_QUEUE, OLD_FINISHED, OLD_LEASES, OLD_METRICS)
 LOCK_TTL_MS = 10 * 60 * 1000
 _LIVE = ("scheduled", "retrying", "running")
 
-MESSAGE = (
-    "Redis holds taskorch data in the old single-node layout: stop every old worker and API "
-    "process, run `taskorch migrate` once, then start this version"
-)
-
-# Lua for one old record (runs on the single Redis that holds the old layout, so it may touch the
-# old global keys and the new partition's keys in one script; KEYS[1] is the new partition's queue).
-_MOVE = """
-local OLDP = 'taskorch:'
-local function old_job_moves(job, newjob)
-  local s = redis.call('ZSCORE', OLDP .. 'queue', job)
-  if s then redis.call('ZADD', QUEUE, s, newjob) end
-  local l = redis.call('ZSCORE', OLDP .. 'leases', job)
-  if l then
-    redis.call('ZADD', LEASES, l, newjob)
-    local w = redis.call('HGET', OLDP .. 'lease-owner', job)
-    if w then redis.call('HSET', LEASE_OWNER, newjob, w) end
-  end
-  redis.call('ZREM', OLDP .. 'queue', job)
-  redis.call('ZREM', OLDP .. 'leases', job)
-  redis.call('HDEL', OLDP .. 'lease-owner', job)
-end
-local function renamed(job, old, id)
-  if not job or job == '' then return '' end
-  if string.sub(job, 1, #old) == old then return id .. string.sub(job, #old + 1) end
-  return job
-end
--- The old hash taskorch:task:<old> becomes the record t:<id> (id == old unless re-minted).
-local function migrate_task(old, id, orc)
-  local ok = OLDP .. 'task:' .. old
-  local h = redis.call('HGETALL', ok)
-  if #h == 0 then return 0 end
-  local f = {}
-  for i = 1, #h, 2 do f[h[i]] = h[i + 1] end
-  local t = {o = f.owner, s = f.status, h = '', p = f.spec, n = f.name or '',
-    r = tonumber(f.run_at), c = tonumber(f.created_at), u = tonumber(f.updated_at),
-    g = tonumber(f.gen or '1'), a = tonumber(f.attempt or '0'), l = tonumber(f.lost or '0'),
-    oi = orc ~= '' and orc or (f.orchestration_id or ''), sb = '', lj = '', rj = ''}
-  if f.status == 'running' then
-    t.st = tonumber(f.started_at); t.sf = tonumber(f.scheduled_for); t.sb = f.started_by or ''
-  end
-  if f.status == 'retrying' then
-    t.lj = renamed(f.lost_job, old, id); t.rj = renamed(f.retry_job, old, id)
-  end
-  if f.finished_at and f.finished_at ~= '' then t.ft = tonumber(f.finished_at) end
-  save(id, t)
-  if redis.call('EXISTS', ok .. ':attempts') == 1 then
-    redis.call('RENAME', ok .. ':attempts', tkey(id) .. ':a')
-  end
-  move_task(t.o, id, nil, t.s)
-  if f.job and f.job ~= '' then
-    old_job_moves(f.job, renamed(f.job, old, id))
-    redis.call('DEL', OLDP .. 'job:' .. f.job)
-  end
-  local fin = redis.call('ZSCORE', OLDP .. 'finished', 't:' .. old)
-  if fin then
-    redis.call('ZADD', P .. 'f', fin, 't:' .. id)
-    redis.call('ZREM', OLDP .. 'finished', 't:' .. old)
-  end
-  redis.call('DEL', ok)
-  return 1
-end
-"""
-
-# ARGV: old id, new id.
-MIGRATE_TASK = lua.PRELUDE + _MOVE + "return migrate_task(ARGV[1], ARGV[2], '')"
-
-# ARGV: orchestration id, n moved steps, then n pairs (old task id, new task id), then the old
-# jobs of this orchestration (its start/check job and step-ended events) with their data
-# translated by the caller: triples (old job, new job, new data).
-MIGRATE_ORC = (
-    lua.PRELUDE
-    + lua.ORC_PRELUDE
-    + _MOVE
-    + """
-local oid = ARGV[1]
-local ok = OLDP .. 'orc:' .. oid
-if redis.call('EXISTS', ok) == 0 then return 0 end
-local n = tonumber(ARGV[2])
-local map = {}
-for i = 3, 2 + 2 * n, 2 do
-  migrate_task(ARGV[i], ARGV[i + 1], oid)
-  map[ARGV[i]] = ARGV[i + 1]
-end
-local key = okey(oid)
-for _, suffix in ipairs({'', ':specs', ':conds', ':state'}) do
-  if redis.call('EXISTS', ok .. suffix) == 1 then redis.call('RENAME', ok .. suffix, key .. suffix) end
-end
-local o = redis.call('HMGET', key, 'owner', 'status', 'n', 'fallback_task')
-for i = 0, tonumber(o[3] or '0') - 1 do
-  if redis.call('EXISTS', ok .. ':check:' .. i) == 1 then
-    redis.call('RENAME', ok .. ':check:' .. i, key .. ':check:' .. i)
-  end
-end
-local state = redis.call('HGETALL', key .. ':state')
-for i = 1, #state, 2 do
-  if map[state[i + 1]] then redis.call('HSET', key .. ':state', state[i], map[state[i + 1]]) end
-end
-if o[4] and map[o[4]] then redis.call('HSET', key, 'fallback_task', map[o[4]]) end
-move_orc(o[1], oid, nil, o[2])
-local fin = redis.call('ZSCORE', OLDP .. 'finished', 'o:' .. oid)
-if fin then
-  redis.call('ZADD', P .. 'f', fin, 'o:' .. oid)
-  redis.call('ZREM', OLDP .. 'finished', 'o:' .. oid)
-end
-for i = 3 + 2 * n, #ARGV, 3 do
-  local job, newjob = ARGV[i], ARGV[i + 1]
-  local ttl = redis.call('PTTL', OLDP .. 'job:' .. job)
-  if ttl > 0 then
-    redis.call('SET', P .. 'j:' .. newjob, ARGV[i + 2], 'PX', ttl)
-    old_job_moves(job, newjob)
-  end
-  redis.call('DEL', OLDP .. 'job:' .. job)
-end
-return 1
-"""
-)
 
 _IDEM = re.compile(r"^(.*?):(tsk|orc):(.*)$", re.S)
-
-
-async def old_layout_present(redis: Any) -> bool:
-    """Whether an old single-node deployment's data is in this Redis (one key per EXISTS, so a
-    cluster client can route each)."""
-    for key in OLD_MARKERS:
-        if await redis.exists(key):
-            return True
-    return False
-
-
-async def refuse_old_layout(redis: Any) -> None:
-    """At worker and API start: stop with a message naming ``taskorch migrate`` when the old
-    layout is present (running on it would leave its tasks unfired)."""
-    if await old_layout_present(redis):
-        raise ConfigError(MESSAGE)
 
 
 async def migrate(redis: Any) -> dict[str, int]:
@@ -203,8 +71,8 @@ async def migrate(redis: Any) -> dict[str, int]:
 async def _migrate(redis: Any) -> dict[str, int]:
     layout = await partitions.load(redis)
     n = layout.n
-    move_task = redis.register_script(MIGRATE_TASK)
-    move_orc = redis.register_script(MIGRATE_ORC)
+    move_task = lua.register(redis, "migrate_task")
+    move_orc = lua.register(redis, "migrate_orc")
     counts = {"tasks": 0, "orchestrations": 0, "idempotency_keys": 0, "renamed_steps": 0}
     old_jobs = set(await redis.zrange(OLD_QUEUE, 0, -1)) | set(
         await redis.zrange(OLD_LEASES, 0, -1)
@@ -277,7 +145,6 @@ def run_migrate(settings: Any) -> None:
     import asyncio
 
     from taskorch.logs import configure
-    from taskorch.store import connect
 
     configure(fmt=settings.log_format, level=settings.log_level)
 

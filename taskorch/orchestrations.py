@@ -75,12 +75,11 @@ class Orchestrations:
 
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
-        pre = lua.PRELUDE + lua.ORC_PRELUDE
-        self._create = redis.register_script(pre + lua.ORC_CREATE)
-        self._modify = redis.register_script(pre + lua.ORC_MODIFY)
-        self._cancel = redis.register_script(pre + lua.ORC_CANCEL)
-        self._list = redis.register_script(lua.PRELUDE + lua.LIST_IDS)
-        self._view_tasks = redis.register_script(lua.PRELUDE + lua.VIEW_TASKS)
+        self._create = lua.register(redis, "orc_create")
+        self._modify = lua.register(redis, "orc_modify")
+        self._cancel = lua.register(redis, "orc_cancel")
+        self._list = lua.register(redis, "list_ids")
+        self._view_tasks = lua.register(redis, "view_tasks")
 
     async def _where(self, oid: str) -> tuple[str, str]:
         """An orchestration's partition prefix and the key its scripts are routed by."""

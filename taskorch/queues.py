@@ -5,13 +5,13 @@ tasks spread over every partition as before. A named queue's tasks, its settings
 live in one partition (:meth:`taskorch.partitions.Layout.queue_partition`), so that the scripts
 that claim, start and finish its tasks enforce its limits atomically, across every worker:
 
-* **Claim** (``lua.CLAIM``): a due task of a limited queue (or one with tasks already waiting)
+* **Claim** (``lua/claim.lua``): a due task of a limited queue (or one with tasks already waiting)
   is not claimed but joins the queue's line, ``qw:<owner>:<queue>``, scored by its due time.
   Then each queue whose turn has come admits its first waiting tasks, in due order: each at its
   dispatch slot (the next free one, ``1000 / rate`` ms after the last: a slot schedule, GCRA
   without a burst) and while fewer than ``max_concurrent`` of its tasks are admitted. An
   admitted task is claimed for its slot like any task and carries ``qa`` until its attempt ends.
-* **Start** (``lua.START``): an admitted task whose queue was paused since is put back in line,
+* **Start** (``lua/start.lua``): an admitted task whose queue was paused since is put back in line,
   not called.
 * **Finish, reap, cancel, modify**: the task's room goes back (``run`` down by one) and the next
   waiting task may be admitted at once (the workers are woken). A worker killed mid-call gives
@@ -80,10 +80,9 @@ class Queues:
 
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
-        pre = lua.PRELUDE + lua.QUEUE_PRELUDE
-        self._get = redis.register_script(pre + lua.QUEUE_GET)
-        self._put = redis.register_script(pre + lua.QUEUE_PUT)
-        self._list = redis.register_script(pre + lua.QUEUE_LIST)
+        self._get = lua.register(redis, "queue_get")
+        self._put = lua.register(redis, "queue_put")
+        self._list = lua.register(redis, "queue_list")
 
     async def put(self, owner: str, name: str, body: QueueUpdate) -> Queue:
         """Set a queue's limits (fields left out keep theirs); the queue exists from then on."""

@@ -11,7 +11,7 @@ is still at that version, and moves the version on: however many makers look at 
 occurrence is made once, and while any worker lives none is missed.
 
 When every worker was down (the partition's makers' round was not run for ``SCHEDULE_LATE_MS``
-and no maker vouches that it was alive meanwhile: see lua.SCHED_DUE), the times missed meanwhile
+and no maker vouches that it was alive meanwhile: see lua/sched_due.lua), the times missed meanwhile
 follow the schedule's ``catch_up``: ``one`` runs the latest of them late, then the grid goes on;
 ``none`` runs none; ``all`` runs each (at most ``SCHEDULE_CATCH_UP_MAX``, the latest).
 Occurrences made before the downtime count as missed times too: ``none`` and ``one`` cancel the
@@ -136,16 +136,14 @@ class Schedules:
 
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
-        reg = redis.register_script
-        pre = lua.PRELUDE + lua.SCHED_PRELUDE
-        self._create = reg(pre + lua.SCHED_CREATE)
-        self._view_script = reg(pre + lua.SCHED_VIEW)
-        self._change = reg(pre + lua.SCHED_CHANGE)
-        self._due = reg(pre + lua.SCHED_DUE)
-        self._make = reg(pre + lua.SCHED_MAKE)
-        self._task_ids = reg(pre + lua.SCHED_TASK_IDS)
-        self._list = reg(lua.PRELUDE + lua.LIST_IDS)
-        self._view_tasks = reg(lua.PRELUDE + lua.VIEW_TASKS)
+        self._create = lua.register(redis, "sched_create")
+        self._view_script = lua.register(redis, "sched_view")
+        self._change = lua.register(redis, "sched_change")
+        self._due = lua.register(redis, "sched_due")
+        self._make = lua.register(redis, "sched_make")
+        self._task_ids = lua.register(redis, "sched_task_ids")
+        self._list = lua.register(redis, "list_ids")
+        self._view_tasks = lua.register(redis, "view_tasks")
         self._soon: set[asyncio.Task[None]] = set()
         self._rounds: dict[int, int] = {}  # partition -> this maker's last round there (Redis ms)
         self._tried: float | None = None  # when this maker's last round ended, ok or not
@@ -443,7 +441,7 @@ class Schedules:
         came first.
 
         ``downtime`` is (missed cut-off, the last round before it), Redis ms, when every worker
-        was down (lua.SCHED_DUE): what was due before the cut-off follows ``catch_up``. Without
+        was down (lua/sched_due.lua): what was due before the cut-off follows ``catch_up``. Without
         it nothing is caught up: times a maker alive all along could not make (Redis was out of
         reach) are made now, each due at its own time, and run late."""
         if h.get("s") != ScheduleStatus.active:

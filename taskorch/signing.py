@@ -91,9 +91,8 @@ class SigningStore:
 
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
-        reg = redis.register_script
-        self._read = reg(lua.SIGNING_READ)
-        self._rotate = reg(lua.SIGNING_ROTATE)
+        self._read = lua.register(redis, "signing_read")
+        self._rotate = lua.register(redis, "signing_rotate")
 
     async def _key(self, owner: str) -> str:
         layout = await partitions.load(self.redis)

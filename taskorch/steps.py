@@ -71,10 +71,9 @@ class StepMachine:
         self.redis = redis
         self.session = session
         self.signer = signer or Signer(SigningStore(redis))
-        pre = lua.PRELUDE + lua.ORC_PRELUDE
-        self._start = redis.register_script(pre + lua.ORC_START)
-        self._step_done = redis.register_script(pre + lua.ORC_STEP_DONE)
-        self._check_done = redis.register_script(pre + lua.ORC_CHECK_DONE)
+        self._start = lua.register(redis, "orc_start")
+        self._step_done = lua.register(redis, "orc_step_done")
+        self._check_done = lua.register(redis, "orc_check_done")
 
     async def handle(self, arg: str) -> None:
         kind, oid, *rest = arg.split("|")

@@ -31,7 +31,7 @@ from redis.asyncio.sentinel import (
 )
 from redis.backoff import NoBackoff
 
-from taskorch import cluster, lua, partitions
+from taskorch import cluster, lua, oldlayout, partitions
 from taskorch import constants as c
 from taskorch.cluster import run_many, run_script
 from taskorch.errors import (
@@ -196,11 +196,9 @@ def check_redis(settings: Any, *, require_reachable: bool = False) -> None:
     log = structlog.get_logger("taskorch.redis")
 
     async def read() -> tuple[str | None, bool]:
-        from taskorch.migrate import old_layout_present
-
         client = connect(settings.redis_url, socket_connect_timeout=5, socket_timeout=5)
         try:
-            return await eviction_policy(client), await old_layout_present(client)
+            return await eviction_policy(client), await oldlayout.old_layout_present(client)
         finally:
             await client.aclose()
 
@@ -212,9 +210,7 @@ def check_redis(settings: Any, *, require_reachable: bool = False) -> None:
         log.warning("redis.unreachable_at_start", error=str(exc) or type(exc).__name__)
         return
     if old_layout:  # its tasks would never fire: see taskorch/migrate.py
-        from taskorch.migrate import MESSAGE
-
-        raise ConfigError(MESSAGE)
+        raise ConfigError(oldlayout.MESSAGE)
     if settings.redis_policy_check == "off":
         return
     if policy is None:
@@ -259,7 +255,7 @@ async def list_ids(
     """One newest-first page of an owner's ids merged over every partition and ``statuses``.
 
     ``index`` is the owner's index prefix within a partition (``i:<owner>:``). Each partition
-    answers its own newest ``limit + 1`` ids below the cursor in one script (lua.LIST_IDS); they
+    answers its own newest ``limit + 1`` ids below the cursor in one script (lua/list_ids.lua); they
     are merged here. Ids sort by creation time and the cursor is the last id handed out, so pages
     stay stable while tasks change status (a task is listed by its id, whatever index it is in).
     """
@@ -441,23 +437,22 @@ class Store:
         self.redis = redis
         self.more_due = False  # see claim
         self._claim_turn = 0
-        reg = redis.register_script
-        self._create = reg(lua.PRELUDE + lua.CREATE_TASKS)
-        self._view = reg(lua.PRELUDE + lua.VIEW_TASKS)
-        self._list = reg(lua.PRELUDE + lua.LIST_IDS)
-        self._list_scan = reg(lua.PRELUDE + lua.LIST_SCAN)
-        self._cancel = reg(lua.PRELUDE + lua.CANCEL_TASK)
-        self._modify = reg(lua.PRELUDE + lua.MODIFY_TASK)
-        self._retry = reg(lua.PRELUDE + lua.RETRY_TASK)
-        self._claim = reg(lua.PRELUDE + lua.CLAIM)
-        self._start = reg(lua.PRELUDE + lua.START)
-        self._finish = reg(lua.PRELUDE + lua.CALLBACKS + lua.FINISH)
-        self._reap = reg(lua.PRELUDE + lua.CALLBACKS + lua.REAP)
-        self._callback_done = reg(lua.PRELUDE + lua.CALLBACK_DONE)
-        self._release = reg(lua.PRELUDE + lua.RELEASE)
-        self._renew = reg(lua.PRELUDE + lua.RENEW)
-        self._done = reg(lua.PRELUDE + lua.DONE)
-        self._purge = reg(lua.PRELUDE + lua.ORC_PRELUDE + lua.PURGE)
+        self._create = lua.register(redis, "create_tasks")
+        self._view = lua.register(redis, "view_tasks")
+        self._list = lua.register(redis, "list_ids")
+        self._list_scan = lua.register(redis, "list_scan")
+        self._cancel = lua.register(redis, "cancel_task")
+        self._modify = lua.register(redis, "modify_task")
+        self._retry = lua.register(redis, "retry_task")
+        self._claim = lua.register(redis, "claim")
+        self._start = lua.register(redis, "start")
+        self._finish = lua.register(redis, "finish")
+        self._reap = lua.register(redis, "reap")
+        self._callback_done = lua.register(redis, "callback_done")
+        self._release = lua.register(redis, "release")
+        self._renew = lua.register(redis, "renew")
+        self._done = lua.register(redis, "done")
+        self._purge = lua.register(redis, "purge")
 
     async def layout(self) -> Layout:
         """The deployment's partitions (read from Redis once per client)."""
@@ -719,7 +714,7 @@ class Store:
         """A page of ids of tasks named ``name...`` (and of the default queue alone when
         ``default_only``) from ``index`` (a prefix: the owner's, or a named queue's) in ``parts``,
         which no index narrows: the partitions read LIST_SCAN_BUDGET of the newest records below
-        the cursor between them (lua.LIST_SCAN). Each gets an equal
+        the cursor between them (lua/list_scan.lua). Each gets an equal
         share first; what the partitions that ran out of records left over goes to those that
         have more, in up to LIST_SCAN_ROUNDS rounds (an owner whose tasks are all in one named
         queue has them in one partition). Where a partition stopped early, the page holds only
@@ -804,7 +799,7 @@ class Store:
         next_arg: str = "",
         next_due_ms: int = 0,
     ) -> bool:
-        """Record a callback delivery and schedule the next (lua.CALLBACK_DONE); False when
+        """Record a callback delivery and schedule the next (lua/callback_done.lua); False when
         the job was no longer the task's callback job."""
         layout = await self.layout()
         res = await run_script(
@@ -816,7 +811,7 @@ class Store:
         return bool(res)
 
     async def retry_task(self, owner: str, task_id: str) -> Task:
-        """Redrive a failed task: scheduled again now with a fresh retry budget (lua.RETRY_TASK)."""
+        """Redrive a failed task: scheduled again now with a fresh retry budget (lua/retry_task.lua)."""
         layout = await self.layout()
         res = await run_script(
             self.redis,
@@ -928,7 +923,7 @@ class Store:
 
         ``claim_id`` (unique per claim) makes the claim safe to lose: name it in ``lost`` in a
         later claim, after this one's reply never came, and that claim also answers the jobs
-        this one took that are still leased to ``worker`` (see lua.CLAIM). The answer may then
+        this one took that are still leased to ``worker`` (see lua/claim.lua). The answer may then
         hold more than ``limit``. ``answered`` names the last claim whose reply came, whose
         record is then dropped.
         """
@@ -1042,7 +1037,7 @@ class Store:
 
     async def reap(self, *, gap_ms: int, grace_ms: int, limit: int = 200) -> int:
         """Recover lapsed claims in every partition; -1 while reapers hold back after an outage
-        and nothing was recovered (see lua.REAP)."""
+        and nothing was recovered (see lua/reap.lua)."""
         layout = await self.layout()
         args = [now_ms(), limit, c.MAX_LOST_ATTEMPTS, gap_ms, grace_ms]
         got = await run_many(
@@ -1160,7 +1155,7 @@ class _StoredRest(msgspec.Struct, omit_defaults=True):
     x: float = c.DEFAULT_BACKOFF
     mx: float = c.DEFAULT_MAX_RETRY_DELAY_S
     t: float = c.DEFAULT_TIMEOUT_S
-    # issue #12: callback and failure_callback. lua.CALLBACKS looks for '"cb":{' and '"fc":{'.
+    # issue #12: callback and failure_callback. lua/lib/callbacks.lua looks for '"cb":{' and '"fc":{'.
     cb: _StoredCallback | None = None
     fc: _StoredCallback | None = None
 

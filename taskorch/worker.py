@@ -58,15 +58,15 @@ Redis outages (killed, restarting, frozen) are waited out, and work done meanwhi
   it meanwhile, so exactly one worker calls it.
 * **An outage is not a death.** While Redis is away nobody can renew, so every lease may have
   lapsed when it is back. Reapers notice that nobody reaped for a while and hold back for a
-  grace period in which every live worker renews what it holds (see ``lua.REAP``): a call that
+  grace period in which every live worker renews what it holds (see ``lua/reap.lua``): a call that
   completed during the outage is then recorded by its worker, not repeated. Should a reaper
   still take a live worker's attempt for lost (a worker stalled past its lease), the worker's
-  outcome wins as long as the retry has not started (``lua.FINISH``).
+  outcome wins as long as the retry has not started (``lua/finish.lua``).
 * **Whatever is given up is handed back**: claims not started on shutdown or after a crash of
   ours are released to the queue, or, when Redis cannot be reached, simply no longer renewed, so
   their leases lapse and a reaper hands them back.
 * **A claim is safe to lose.** A claim whose reply is given up (a frozen Redis runs it when it
-  resumes) is named in the next claim, which adopts the jobs it took (``lua.CLAIM``): they
+  resumes) is named in the next claim, which adopts the jobs it took (``lua/claim.lua``): they
   fire when Redis is back instead of waiting a lease in this worker's leases.
 * **A frozen Redis is noticed**: every command has a socket timeout
   (:attr:`~taskorch.leases.LeaseTimes.socket_timeout_s`), so a SIGSTOPped Redis reads as an outage, not a hang.
@@ -193,7 +193,7 @@ class Worker:
         self.id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{random.randrange(16**6):06x}"
         self._held: dict[str, Claimed] = {}  # job -> claim, from claim until outcome recorded
         self._claim_ids = itertools.count(1)
-        self._lost_claims: list[str] = []  # ids of claims whose replies never came (lua.CLAIM)
+        self._lost_claims: list[str] = []  # ids of claims whose replies never came (lua/claim.lua)
         self._answered_claim = ""  # the last claim whose reply came: its record can go
         self._slots: dict[int, list[Claimed]] = {}  # due ms -> claims waiting for it
         self._timers: dict[int, tuple[float, asyncio.TimerHandle]] = {}  # due ms -> (at, timer)
@@ -250,7 +250,7 @@ class Worker:
         if self.retention_s > 0:
             self._background.append(asyncio.create_task(self._purge(), name="janitor"))
         # One makers' round before the first claim: after every worker was down, the catch-up
-        # of each schedule (lua.SCHED_MAKE) is decided before its overdue occurrences can fire.
+        # of each schedule (lua/sched_make.lua) is decided before its overdue occurrences can fire.
         await self._make_round()
         self._background.append(asyncio.create_task(self._make_schedules(), name="maker"))
         try:
@@ -333,7 +333,7 @@ class Worker:
                         )
                     except REDIS_DOWN:
                         # Its reply is lost, not necessarily the claim: a frozen Redis runs it
-                        # when it resumes. The next claim adopts what it took (lua.CLAIM).
+                        # when it resumes. The next claim adopts what it took (lua/claim.lua).
                         self._lost_claims.append(claim_id)
                         del self._lost_claims[: -c.LOST_CLAIMS_MAX]
                         raise
@@ -977,7 +977,7 @@ def run_worker(settings: Settings) -> None:
 
         redis = make_redis()
         # The old single-node layout's tasks would never fire here: stop, naming the way out.
-        from taskorch.migrate import refuse_old_layout
+        from taskorch.oldlayout import refuse_old_layout
 
         # (on a client of its own: one used before the worker's own start kept the worker from
         # exiting on SIGTERM, tests/test_misc.py::test_worker_needs_no_token_settings)

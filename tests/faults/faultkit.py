@@ -365,7 +365,7 @@ def task_statuses(r: redis.Redis, ids: list[str]) -> dict[str, str | None]:
     """Each task's status straight from Redis (cheap enough to poll thousands of tasks): the
     records are msgpack, read through the store's own view script, per partition."""
     layout = _layout(r)
-    view = r.register_script(lua.PRELUDE + lua.VIEW_TASKS)
+    view = lua.register(r, "view_tasks")
     groups: dict[int, list[str]] = defaultdict(list)
     for tid in ids:
         groups[layout.partition_of(tid)].append(tid)

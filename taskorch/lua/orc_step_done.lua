@@ -1,0 +1,41 @@
+-- KEYS[1]: the partition's queue, taskorch:{<tag>}:q (every key the script names is in its slot).
+-- ARGV: id, task_id, task_status, now, next_task_id, fallback_task_id, wake_ms.
+-- A step's (or the fallback's) task ended.
+-- Returns what follows: 'next', 'check', 'succeeded', 'failed', 'fallback', or 'stale' (not the
+-- current step's task).
+--- @include "prelude"
+--- @include "orchestration"
+
+local id, tid, tstatus, now = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
+local ahead = tonumber(ARGV[7])
+local key = okey(id)
+local o = redis.call('HMGET', key, 'status', 'phase', 'current_step', 'owner', 'n', 'condition',
+  'fallback', 'fallback_task')
+if o[8] == tid then
+  redis.call('HSET', key, 'fallback_status', tstatus, 'updated_at', now)
+  publish(o[4], 'orchestration', id, o[1])
+  return 'fallback'
+end
+if o[1] ~= 'running' or o[2] ~= 'step' then return 'stale' end
+local i = tonumber(o[3])
+if redis.call('HGET', key .. ':state', 't' .. i) ~= tid then return 'stale' end
+redis.call('HSET', key .. ':state', 's' .. i, tstatus)
+if tstatus ~= 'succeeded' then
+  finish_orc(id, o[4], 'running', 'failed', now)
+  run_fallback(id, o[4], o[7], ARGV[6], now, ahead)
+  return 'failed'
+end
+if i == tonumber(o[5]) - 1 then
+  finish_orc(id, o[4], 'running', 'succeeded', now)
+  return 'succeeded'
+end
+local cond = condition_for(id, i, o[6])
+if cond then
+  local delay = tonumber(cjson.decode(cond).delay) or 0
+  redis.call('HSET', key, 'phase', 'check', 'check_n', 0, 'updated_at', now)
+  schedule_check(id, i, 1, now + math.floor(delay * 1000), now, ahead)
+  publish(o[4], 'orchestration', id, 'running')
+  return 'check'
+end
+start_step(id, o[4], i + 1, ARGV[5], now, ahead)
+return 'next'
