@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import sys
 import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -310,6 +311,26 @@ async def test_validation(live: Live) -> None:
         headers=live.auth(),
     )
     assert r.status_code == 422 and r.json()["error"]["details"][0]["field"] == "provider"
+    assert "TASKORCH_AWS_REGION" in r.json()["error"]["message"]
+
+
+async def test_aws_function_without_the_aws_extra_names_it(
+    live: Live, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An API without boto3 refuses provider=aws saying what to install, not what to set."""
+    monkeypatch.setitem(sys.modules, "boto3", None)  # as if `pip install taskorch` only
+    r = await live.http.post(
+        "/v1/functions",
+        json={"name": "x", "runtime": "python", "code": "x", "provider": "aws"},
+        headers=live.auth(),
+    )
+    assert r.status_code == 422, r.text
+    assert r.json()["error"]["details"] == [
+        {
+            "field": "provider",
+            "message": "the aws provider needs boto3: pip install 'taskorch[aws]' (not installed on this API)",
+        }
+    ]
 
 
 async def test_aws_provider_through_the_api_with_moto(redis_url: str, role_arn: str) -> None:
