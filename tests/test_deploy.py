@@ -313,19 +313,26 @@ def test_dev_without_redis_server_or_fakeredis_says_what_to_install(
     PATH, `taskorch dev` stops with the two ways out, before starting anything."""
     bindir = tmp_path / "bin"
     bindir.mkdir()
-    done = subprocess.run(
+    dev = subprocess.Popen(
         [str(installed / "bin" / "taskorch"), "dev"],
         env={"PATH": str(bindir), "HOME": str(tmp_path)},
         cwd=tmp_path,
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=60,
+        start_new_session=True,  # its own group: if it did start the API and a worker, both go
     )
-    assert done.returncode == 1
-    assert done.stderr.splitlines()[-1] == (
+    try:
+        _, err = dev.communicate(timeout=60)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(dev.pid, signal.SIGKILL)
+        dev.wait()
+    assert dev.returncode == 1, err
+    assert err.splitlines()[-1] == (
         "taskorch dev: no redis-server on PATH: install Redis (apt-get install redis-server), "
         "or pip install 'taskorch[embedded]' to try it with an in-process fakeredis"
-    ), done.stderr
+    ), err
 
 
 def _token(venv: Path, cwd: Path) -> str:
