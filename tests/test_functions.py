@@ -12,7 +12,6 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 
 from taskorch.api import create_app
 from taskorch.auth import mint_token
@@ -20,7 +19,8 @@ from taskorch.functions import Functions, local_runtime
 from taskorch.models import FunctionCreate
 from taskorch.settings import Settings
 from taskorch.store import Store, connect
-from tests.conftest import WorkerProcs, free_port, make_settings
+from tests.conftest import WorkerProcs, make_settings
+from tests.helpers import free_port, live_api
 
 PY = """
 import os
@@ -90,19 +90,10 @@ async def live(redis_url: str) -> AsyncIterator[Live]:
         functions_dir=str(folder),
         function_timeout_s=2.0,
     )
-    server = uvicorn.Server(
-        uvicorn.Config(
-            create_app(settings), host="127.0.0.1", port=port, log_level="warning", lifespan="on"
-        )
-    )
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        await asyncio.sleep(0.02)
-    live = Live(f"http://127.0.0.1:{port}", settings)
-    yield live
-    await live.http.aclose()
-    server.should_exit = True
-    await task
+    async with live_api(settings) as url:
+        live = Live(url, settings)
+        yield live
+        await live.http.aclose()
     shutil.rmtree(folder, ignore_errors=True)
 
 
