@@ -9,9 +9,10 @@ FROM python:3.11-slim AS build
 WORKDIR /src
 COPY pyproject.toml README.md requirements.txt ./
 COPY taskorch ./taskorch
-# Wheels of exactly what requirements.txt (the lock file) pins, and of taskorch itself.
+# Wheels of exactly what requirements.txt (the lock file) pins, and of taskorch itself with the
+# aws extra (boto3): the api image is the one for functions on AWS Lambda.
 RUN pip wheel --no-cache-dir --wheel-dir /wheels --requirement requirements.txt \
-    && { grep -v '^\.$' requirements.txt; echo taskorch; } > /wheels/install.txt
+    && { grep -v '^\.' requirements.txt; echo 'taskorch[aws]'; } > /wheels/install.txt
 
 FROM python:3.11-slim AS runtime
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 \

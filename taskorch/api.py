@@ -1068,8 +1068,20 @@ async def _unexpected(request: Request, exc: Exception) -> Response:
 
 
 def lambda_provider(settings: Settings) -> Any | None:
-    """The AWS provider when AWS is configured; required when it is the default provider."""
-    from taskorch.functions.aws import AwsProviderError, AwsSettings, LambdaProvider
+    """The AWS provider when AWS is configured; required when it is the default provider.
+
+    boto3 is the ``aws`` extra: without it there is no provider, and choosing it stops the start.
+    """
+    from taskorch.functions.errors import AWS_EXTRA_MISSING
+
+    try:
+        from taskorch.functions.aws import AwsProviderError, AwsSettings, LambdaProvider
+    except ModuleNotFoundError as exc:
+        if exc.name not in ("boto3", "botocore"):
+            raise
+        if settings.function_provider == "aws":
+            raise ConfigError(f"TASKORCH_FUNCTION_PROVIDER=aws {AWS_EXTRA_MISSING}") from None
+        return None
 
     env = dict(os.environ)
     if settings.aws_region:

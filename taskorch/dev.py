@@ -1,8 +1,8 @@
 """``taskorch dev``: Redis, the API and a worker on one machine, with a token ready to use.
 
 Redis is a ``redis-server`` from PATH with its data under ``.taskorch/redis`` (append-only, so
-tasks survive a restart of ``taskorch dev``); without one, fakeredis's in-process server stands
-in, and we say loudly that nothing it holds survives.
+tasks survive a restart of ``taskorch dev``); without one, fakeredis's in-process server (the ``embedded`` extra)
+stands in, and we say loudly that nothing it holds survives.
 """
 
 from __future__ import annotations
@@ -128,7 +128,13 @@ def _start_redis() -> tuple[str, subprocess.Popen[bytes] | None, object | None]:
             )
         print(f"redis      redis-server on 127.0.0.1:{port}, data in {folder}/")
         return f"redis://127.0.0.1:{port}/0", proc, None
-    from fakeredis import TcpFakeServer
+    try:
+        from fakeredis import TcpFakeServer
+    except ModuleNotFoundError:
+        raise SystemExit(
+            "taskorch dev: no redis-server on PATH: install Redis (apt-get install redis-server), "
+            "or pip install 'taskorch[embedded]' to try it with an in-process fakeredis"
+        ) from None
 
     fake = TcpFakeServer(("127.0.0.1", port), server_type="redis")
     threading.Thread(target=fake.serve_forever, daemon=True).start()

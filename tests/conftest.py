@@ -10,12 +10,11 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
 from collections import defaultdict
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,14 +30,13 @@ from taskorch.auth import mint_token
 from taskorch.settings import Settings
 from taskorch.store import connect
 
+# The shared helpers, still importable from here (tests that say `from tests.conftest import`).
+from tests.helpers import free_port as free_port
+from tests.helpers import live_api
+from tests.helpers import until as until
+
 SECRET = "test-secret-0123456789abcdef0123456789abcdef"
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
@@ -358,20 +356,6 @@ def workers(redis_url: str, tmp_path: Path) -> Iterator[WorkerProcs]:
     w.stop_all()
 
 
-async def until(check: Callable[[], Any], timeout_s: float = 15, every_s: float = 0.05) -> Any:
-    """Poll ``check`` (sync or async) until it returns something truthy."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = check()
-        if asyncio.iscoroutine(value):
-            value = await value
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout_s} s")
-        await asyncio.sleep(every_s)
-
-
 @dataclass
 class LiveServer:
     url: str
@@ -381,19 +365,8 @@ class LiveServer:
 @pytest.fixture
 async def live_server(settings: Settings) -> AsyncIterator[LiveServer]:
     """The API on a real socket (uvicorn in this loop), for streams and browser tests."""
-    import uvicorn
-
-    port = free_port()
-    config = uvicorn.Config(
-        create_app(settings), host="127.0.0.1", port=port, log_level="warning", lifespan="on"
-    )
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        await asyncio.sleep(0.02)
-    yield LiveServer(f"http://127.0.0.1:{port}", settings)
-    server.should_exit = True
-    await task
+    async with live_api(settings, free_port()) as url:
+        yield LiveServer(url, settings)
 
 
 # -- AWS, mocked by moto (shared by the provider's tests and the API's) --------------------------
@@ -448,8 +421,8 @@ def role_arn(aws: None) -> str:
 
 @pytest.fixture(scope="session")
 def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A fresh venv, outside the checkout, with only the built wheel installed in it: the package
-    as users get it (tests/test_deploy.py, the command line in tests/test_cli.py)."""
+    """A fresh venv, outside the checkout, with only the built wheel installed in it, no extras:
+    the package as users get it (tests/test_deploy.py, the command line in tests/test_cli.py)."""
     where = tmp_path_factory.mktemp("installed")
     dist = where / "dist"
     subprocess.run(
@@ -462,10 +435,11 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     venv = where / "venv"
     base = getattr(sys, "_base_executable", sys.executable)
     subprocess.run([base, "-m", "venv", str(venv)], check=True, timeout=120)
-    # The versions requirements.txt (the lock Heroku installs from) pins, taskorch from the wheel.
+    # The versions requirements.txt (the lock Heroku installs from) pins, taskorch from the wheel
+    # (without its aws extra: the lock's pins of boto3 only constrain, they install nothing).
     pins = where / "constraints.txt"
     lock = (ROOT / "requirements.txt").read_text().splitlines()
-    pins.write_text("\n".join(line for line in lock if line.strip() != ".") + "\n")
+    pins.write_text("\n".join(line for line in lock if not line.startswith(".")) + "\n")
     pip = [str(venv / "bin" / "pip"), "install", "-q", "--disable-pip-version-check"]
     subprocess.run(
         [*pip, "-c", str(pins), str(wheel)],

@@ -15,7 +15,6 @@ import shutil
 import signal
 import subprocess
 import tempfile
-import time
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ from taskorch import cli, commands
 from taskorch.client import Client
 from tests.client_live import Service, new_owner, run_cli, service
 from tests.conftest import ROOT
+from tests.helpers import wait_for
 from tests.test_dev import _run_dev, _wait_ready
 
 __all__ = ["service"]  # the module's fixture
@@ -176,7 +176,7 @@ def _nothing_failed(client: Client, timeout_s: float = 60) -> None:
             o.status.value not in ("scheduled", "running") for o in client.iter_orchestrations()
         )
 
-    _wait(settled, timeout_s)
+    wait_for(settled, timeout_s)
     tasks = list(client.iter_tasks())
     assert tasks and not [t for t in tasks if t.status.value == "failed"], [
         (t.id, t.method, t.url, t.status.value, t.schedule_id) for t in tasks
@@ -258,10 +258,10 @@ def test_retry_and_queue_redrive(service: Service, as_user: Any) -> None:
         for _ in range(3)
     ]
     for t in failing:
-        _wait(lambda t=t: c.get_task(t.id).status == "failed")
+        wait_for(lambda t=t: c.get_task(t.id).status == "failed")
     code, out, _ = as_user("tasks", "retry", failing[0].id)
     assert code == 0 and re.search(r"^status:\s+(scheduled|running|failed)$", out, re.M)
-    _wait(
+    wait_for(
         lambda: (
             len(c.get_task(failing[0].id).attempts) == 2
             and c.get_task(failing[0].id).status == "failed"
@@ -272,16 +272,9 @@ def test_retry_and_queue_redrive(service: Service, as_user: Any) -> None:
     assert code == 0, err
     assert "retried 3 failed task(s) of queue rd" in out and "3/3" in err
     for t in failing:
-        _wait(lambda t=t: len(c.get_task(t.id).attempts) == (3 if t is failing[0] else 2))
+        wait_for(lambda t=t: len(c.get_task(t.id).attempts) == (3 if t is failing[0] else 2))
     code, out, _ = as_user("queues", "redrive", "empty", "--json")
     assert code == 0 and json.loads(out) == {"queue": "empty", "retried": [], "refused": []}
-
-
-def _wait(check: Any, timeout_s: float = 20) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.05)
 
 
 def test_schedules_and_queues_verbs(service: Service, as_user: Any) -> None:

@@ -5,6 +5,7 @@ platform's variables; the release check of Redis's eviction policy; the dev comm
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -229,6 +230,111 @@ def test_installed_wheel_runs_as_the_procfile_says(
     assert not _children(web.pid)
 
 
+AWS_EXTRA_MISSING = (
+    "taskorch: TASKORCH_FUNCTION_PROVIDER=aws needs boto3: pip install 'taskorch[aws]'"
+)
+
+
+@pytest.mark.timeout(900)  # the first test to use `installed` builds and installs the wheel
+def test_installed_core_needs_no_extras_and_names_the_aws_one(
+    installed: Path, redis_url: str, tmp_path: Path
+) -> None:
+    """`pip install taskorch` has neither boto3 nor fakeredis; the core imports without them, the
+    aws provider then stops the start with one line saying what to install, and `taskorch[aws]`
+    is what pulls boto3 in (read from the wheel's metadata, not installed)."""
+    python = installed / "bin" / "python"
+    probe = subprocess.run(
+        [
+            str(python),
+            "-c",
+            "import importlib.util as u, json, importlib.metadata as m\n"
+            "import taskorch, taskorch.api, taskorch.worker, taskorch.client, taskorch.cli\n"
+            "import taskorch.functions, taskorch.dev, sys\n"
+            "print(json.dumps({'absent': [n for n in ('boto3', 'botocore', 'fakeredis', 'lupa')"
+            " if u.find_spec(n) is None], 'loaded': sorted(n for n in sys.modules"
+            " if n.split('.')[0] in ('boto3', 'botocore', 'fakeredis')),"
+            " 'requires': m.requires('taskorch')}))",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    found = json.loads(probe.stdout)
+    assert found["absent"] == ["boto3", "botocore", "fakeredis", "lupa"]
+    assert found["loaded"] == []
+    requires = set(found["requires"])
+    assert 'boto3>=1.34; extra == "aws"' in requires
+    assert 'fakeredis[lua]>=2.26; extra == "embedded"' in requires
+    assert not {r for r in requires if r.startswith(("boto3", "fakeredis")) and "extra" not in r}
+    env = {
+        "PATH": f"{installed / 'bin'}:/usr/bin:/bin",
+        "HOME": str(tmp_path),
+        "TASKORCH_REDIS_URL": redis_url,
+        "TASKORCH_JWT_SECRET": SECRET,
+        "TASKORCH_PORT": str(free_port()),
+        "TASKORCH_AWS_REGION": "eu-west-1",
+        "TASKORCH_AWS_LAMBDA_ROLE": "arn:aws:iam::123456789012:role/taskorch",
+    }
+    serve = subprocess.run(
+        [str(installed / "bin" / "taskorch"), "serve"],
+        env={**env, "TASKORCH_FUNCTION_PROVIDER": "aws"},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert (serve.returncode, serve.stderr.splitlines()) == (2, [AWS_EXTRA_MISSING]), serve.stderr
+    # The local provider needs no boto3: the API builds, and a function asked of AWS is refused
+    # with the same fix.
+    app = subprocess.run(
+        [
+            str(python),
+            "-c",
+            "from taskorch.api import create_app, lambda_provider\n"
+            "from taskorch.settings import Settings\n"
+            "s = Settings.from_env()\n"
+            "create_app(s)\n"
+            "print(lambda_provider(s))",
+        ],
+        env={**env, "TASKORCH_FUNCTION_PROVIDER": "local", "TASKORCH_LOCAL_FUNCTIONS": "0"},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert app.stdout.splitlines()[-1:] == ["None"], app.stderr
+
+
+def test_dev_without_redis_server_or_fakeredis_says_what_to_install(
+    installed: Path, tmp_path: Path
+) -> None:
+    """The embedded fallback is the `embedded` extra: without it and without a redis-server on
+    PATH, `taskorch dev` stops with the two ways out, before starting anything."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    dev = subprocess.Popen(
+        [str(installed / "bin" / "taskorch"), "dev"],
+        env={"PATH": str(bindir), "HOME": str(tmp_path)},
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its own group: if it did start the API and a worker, both go
+    )
+    try:
+        _, err = dev.communicate(timeout=60)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(dev.pid, signal.SIGKILL)
+        dev.wait()
+    assert dev.returncode == 1, err
+    assert err.splitlines()[-1] == (
+        "taskorch dev: no redis-server on PATH: install Redis (apt-get install redis-server), "
+        "or pip install 'taskorch[embedded]' to try it with an in-process fakeredis"
+    ), err
+
+
 def _token(venv: Path, cwd: Path) -> str:
     p = subprocess.run(
         [str(venv / "bin" / "taskorch"), "token", "--sub", "heroku"],
@@ -361,12 +467,14 @@ def test_readme_links_only_what_the_repository_has() -> None:
 def test_procfile_and_lock_file_for_heroku() -> None:
     lock = (ROOT / "requirements.txt").read_text().splitlines()
     pins = [line for line in lock if line and not line.startswith("#")]
-    assert "." in pins, "requirements.txt installs the package itself"
-    deps = [p for p in pins if p != "."]
+    # The package itself, with boto3: on a platform, functions can only run on AWS Lambda.
+    assert ".[aws]" in pins, "requirements.txt installs the package itself, with the aws extra"
+    deps = [p for p in pins if p != ".[aws]"]
     assert deps and all("==" in p for p in deps), deps
     names = {p.split("==")[0].lower().replace("_", "-") for p in deps}
     assert {"starlette", "redis", "uvicorn", "prometheus-client"} <= names
     assert "arq" not in names
+    assert "boto3" in names and "fakeredis" not in names
 
 
 # -- /metrics ----------------------------------------------------------------------------------

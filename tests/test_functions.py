@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import sys
 import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -11,7 +12,6 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 
 from taskorch.api import create_app
 from taskorch.auth import mint_token
@@ -19,7 +19,8 @@ from taskorch.functions import Functions, local_runtime
 from taskorch.models import FunctionCreate
 from taskorch.settings import Settings
 from taskorch.store import Store, connect
-from tests.conftest import WorkerProcs, free_port, make_settings
+from tests.conftest import WorkerProcs, make_settings
+from tests.helpers import free_port, live_api
 
 PY = """
 import os
@@ -89,19 +90,10 @@ async def live(redis_url: str) -> AsyncIterator[Live]:
         functions_dir=str(folder),
         function_timeout_s=2.0,
     )
-    server = uvicorn.Server(
-        uvicorn.Config(
-            create_app(settings), host="127.0.0.1", port=port, log_level="warning", lifespan="on"
-        )
-    )
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        await asyncio.sleep(0.02)
-    live = Live(f"http://127.0.0.1:{port}", settings)
-    yield live
-    await live.http.aclose()
-    server.should_exit = True
-    await task
+    async with live_api(settings) as url:
+        live = Live(url, settings)
+        yield live
+        await live.http.aclose()
     shutil.rmtree(folder, ignore_errors=True)
 
 
@@ -310,6 +302,26 @@ async def test_validation(live: Live) -> None:
         headers=live.auth(),
     )
     assert r.status_code == 422 and r.json()["error"]["details"][0]["field"] == "provider"
+    assert "TASKORCH_AWS_REGION" in r.json()["error"]["message"]
+
+
+async def test_aws_function_without_the_aws_extra_names_it(
+    live: Live, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An API without boto3 refuses provider=aws saying what to install, not what to set."""
+    monkeypatch.setitem(sys.modules, "boto3", None)  # as if `pip install taskorch` only
+    r = await live.http.post(
+        "/v1/functions",
+        json={"name": "x", "runtime": "python", "code": "x", "provider": "aws"},
+        headers=live.auth(),
+    )
+    assert r.status_code == 422, r.text
+    assert r.json()["error"]["details"] == [
+        {
+            "field": "provider",
+            "message": "the aws provider needs boto3: pip install 'taskorch[aws]' (not installed on this API)",
+        }
+    ]
 
 
 async def test_aws_provider_through_the_api_with_moto(redis_url: str, role_arn: str) -> None:

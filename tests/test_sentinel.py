@@ -12,7 +12,7 @@ import signal
 import subprocess
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,6 +23,7 @@ import redis
 from taskorch.api import create_app
 from taskorch.store import connect
 from tests.conftest import Target, WorkerProcs, _WithState, free_port, make_settings, mint_token
+from tests.helpers import wait_for
 
 SERVICE = "taskorch-test"
 
@@ -57,16 +58,9 @@ class Cluster:
                 p.wait()
 
 
-def _wait(check: object, what: str, timeout_s: float = 20) -> None:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            if check():  # type: ignore[operator]
-                return
-        except redis.RedisError:
-            pass
-        assert time.monotonic() < deadline, what
-        time.sleep(0.05)
+def _wait(check: Callable[[], object], what: str, timeout_s: float = 20) -> None:
+    """Until ``check`` holds, a Redis error (a failover under way) counting as not yet."""
+    wait_for(check, timeout_s, what=what, ignore=(redis.RedisError,))
 
 
 @pytest.fixture

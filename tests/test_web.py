@@ -22,15 +22,14 @@ from zoneinfo import ZoneInfo
 
 import httpx
 import pytest
-import uvicorn
 from playwright.async_api import Browser, Page, Response, Route, async_playwright, expect
 
 from taskorch import auth
-from taskorch.api import create_app
 from taskorch.models import TaskCreate
 from taskorch.settings import Settings
 from taskorch.store import Store, connect
-from tests.conftest import ROOT, LiveServer, Target, WorkerProcs, free_port, until
+from tests.conftest import ROOT, LiveServer, Target, WorkerProcs
+from tests.helpers import free_port, live_api, until
 
 pytestmark = pytest.mark.browser
 
@@ -119,22 +118,12 @@ async def web_public(settings: Settings, redis_url: str) -> AsyncIterator[Web]:
     URLs it hands out can be called from the page."""
     port = free_port()
     settings = dataclasses.replace(settings, public_url=f"http://127.0.0.1:{port}")
-    config = uvicorn.Config(
-        create_app(settings), host="127.0.0.1", port=port, log_level="warning", lifespan="on"
-    )
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        await asyncio.sleep(0.02)
-    await _add_user(redis_url)
-    try:
+    async with live_api(settings, port):
+        await _add_user(redis_url)
         async with _browser() as browser:
             w = Web(settings.public_url, settings, browser)
             yield w
         assert not w.errors, f"the page threw: {w.errors}"
-    finally:
-        server.should_exit = True
-        await task
 
 
 async def skip_unless_route(base: str, path: str) -> None:

@@ -14,6 +14,9 @@ from __future__ import annotations
 
 from taskorch.errors import TaskorchError
 
+# boto3 is the `aws` extra (pyproject.toml): what an API without it says when the provider is asked for.
+AWS_EXTRA_MISSING = "needs boto3: pip install 'taskorch[aws]'"
+
 
 class BuildError(TaskorchError):
     """The function could not be built; `message` holds the reason or the tool's output."""

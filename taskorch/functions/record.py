@@ -24,7 +24,7 @@ import structlog
 
 from taskorch import constants as c
 from taskorch.errors import NotFound, TooManyRequests, ValidationFailed
-from taskorch.functions.errors import FunctionBusy
+from taskorch.functions.errors import AWS_EXTRA_MISSING, FunctionBusy
 from taskorch.models import (
     Function,
     FunctionCode,
@@ -85,6 +85,8 @@ class Functions:
         provider = body.provider or self.default_provider
         if provider == "aws" and self.aws is None:
             message = "the aws provider is not configured: set TASKORCH_AWS_REGION and TASKORCH_AWS_LAMBDA_ROLE"
+            if not _boto3_installed():
+                message = f"the aws provider {AWS_EXTRA_MISSING} (not installed on this API)"
             raise ValidationFailed(
                 f"provider: {message}.", details=[{"field": "provider", "message": message}]
             )
@@ -344,3 +346,12 @@ class Functions:
             task_id=h.get("task_id") or None,
             created_at=fmt_ms(int(h["created_at"])) or "",
         )
+
+
+def _boto3_installed() -> bool:
+    """Whether the ``aws`` extra is here (imported only when a function asks for AWS)."""
+    try:
+        import boto3  # noqa: F401
+    except ImportError:
+        return False
+    return True

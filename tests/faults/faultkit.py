@@ -12,7 +12,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -30,6 +29,8 @@ from aiohttp import web
 from taskorch import constants as c
 from taskorch import lua, partitions
 from tests.conftest import RedisServer
+from tests.helpers import free_port as free_port
+from tests.helpers import until
 
 SECRET = "faults-secret-0123456789abcdef0123456789abcdef"
 ROOT = Path(__file__).resolve().parents[2]
@@ -39,12 +40,6 @@ FULL = os.environ.get("TASKORCH_FAULTS", "").strip().lower() == "full"
 def count(small: int, full: int) -> int:
     """The small count in the default run, the full one under ``TASKORCH_FAULTS=full``."""
     return full if FULL else small
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def report(name: str, **figures: Any) -> None:
@@ -395,15 +390,8 @@ def attempts(r: redis.Redis, task_id: str) -> list[str]:
 async def wait_until(
     check: Callable[[], Any], *, timeout_s: float, every_s: float = 0.2, what: str = ""
 ) -> Any:
-    """Poll ``check`` until it returns something truthy; fail naming ``what`` otherwise."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout_s} s: {what}")
-        await asyncio.sleep(every_s)
+    """``until`` with the fault tests' slower poll and a timeout always stated."""
+    return await until(check, timeout_s, every_s, what=what)
 
 
 @contextlib.contextmanager
