@@ -10,7 +10,7 @@ import os
 import re
 import urllib.parse
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Generic, Literal, TypedDict, TypeVar
@@ -199,6 +199,11 @@ class _Call(Generic[T]):
     repeatable: bool = True
     auth: bool = True
     answers: frozenset[int] = frozenset()  # statuses beyond 2xx that are answers, not errors
+
+    def __iter__(self) -> Generator[_Call[Any], Any, T]:
+        """A plan's step (``_declare.py``): ``answer = yield from call`` sends it, typed."""
+        answer: T = yield self
+        return answer
 
 
 def _json(kind: type[T]) -> Callable[[httpx.Response], T]:
