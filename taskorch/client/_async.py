@@ -20,7 +20,7 @@ __all__ = ["AsyncClient"]
 class AsyncClient(_Methods[httpx.AsyncBaseTransport]):
     """The API, awaited: ``iter_*`` and ``events`` are async iterators.
 
-    Use it as an async context manager, or close it with :meth:`aclose`. Its arguments:
+    Use it as an async context manager, or close it with :meth:`aclose`. Its arguments: see
     ``__init__``.
     """
 

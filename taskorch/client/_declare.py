@@ -34,13 +34,9 @@ from typing import (
     overload,
 )
 
-from taskorch.client._common import (
-    T,
-    _Call,
-)
+from taskorch.client._common import T, _Call
 
 P = ParamSpec("P")
-_Transport = TypeVar("_Transport")  # httpx.BaseTransport or httpx.AsyncBaseTransport
 T_co = TypeVar("T_co", covariant=True)
 # A method's requests: it yields each one, is sent its answer, and returns what the method does.
 _Plan: TypeAlias = Generator[_Call[Any], Any, T]

@@ -7,20 +7,8 @@ only what differs: sending one request or sleeping (``_do``), running a plan (``
 from __future__ import annotations
 
 import os
-from collections.abc import (
-    Callable,
-    Generator,
-    Mapping,
-    Sequence,
-)
-from typing import (
-    IO,
-    Any,
-    ClassVar,
-    Generic,
-    Literal,
-    Unpack,
-)
+from collections.abc import Callable, Generator, Mapping, Sequence
+from typing import IO, Any, ClassVar, Generic, Literal, TypeVar, Unpack
 
 import httpx
 
@@ -43,7 +31,7 @@ from taskorch.client._common import (
     _unreachable,
     error_from,
 )
-from taskorch.client._declare import _endpoint, _Fetch, _paged, _Plan, _step, _Transport
+from taskorch.client._declare import _endpoint, _Fetch, _paged, _Plan, _step
 from taskorch.models import (
     Function,
     FunctionPage,
@@ -62,9 +50,11 @@ from taskorch.models import (
     TokenResponse,
 )
 
+_Transport = TypeVar("_Transport")  # httpx.BaseTransport (Client), httpx.AsyncBaseTransport
+
 
 class _Methods(_Base, Generic[_Transport]):
-    """The methods of both clients; each client class adds how it sends (``_HTTP``, ``_send``,
+    """The methods of both clients; each client class adds how it sends (``_HTTP``, ``_do``,
     ``_run``, ``_iterate``), ``events`` and how it closes."""
 
     _HTTP: ClassVar[Callable[..., Any]]  # httpx.Client or httpx.AsyncClient
@@ -81,16 +71,18 @@ class _Methods(_Base, Generic[_Transport]):
         idempotency_keys: bool = True,
         transport: _Transport | None = None,
     ) -> None:
-        """Args:
-        base_url: the API's address (``http://127.0.0.1:3000``); default ``$TASKORCH_API_URL``.
-        token: a JWT (``taskorch token``, :meth:`sign_in`); default ``$TASKORCH_TOKEN``.
-        timeout_s: per request. ``rotate_signing_keys`` alone takes about 2 s.
-        retries: further sends of a request answered 503/429 (or lost) where that is safe.
-        max_retry_wait_s: the longest ``Retry-After`` waited out; a longer one raises at once.
-        idempotency_keys: give each create an ``Idempotency-Key`` you did not (stored 24 h),
-            so that a create answered 503 ``unknown`` or lost is sent again safely.
-        transport: an ``httpx`` transport (``httpx.MockTransport``; ``httpx.WSGITransport`` for
-            Client, ``httpx.ASGITransport`` for AsyncClient...).
+        """A client of the API at ``base_url``; it connects at its first request.
+
+        Args:
+            base_url: the API's address (``http://127.0.0.1:3000``); default ``$TASKORCH_API_URL``.
+            token: a JWT (``taskorch token``, :meth:`sign_in`); default ``$TASKORCH_TOKEN``.
+            timeout_s: per request. ``rotate_signing_keys`` alone takes about 2 s.
+            retries: further sends of a request answered 503/429 (or lost) where that is safe.
+            max_retry_wait_s: the longest ``Retry-After`` waited out; a longer one raises at once.
+            idempotency_keys: give each create an ``Idempotency-Key`` you did not (stored 24 h),
+                so that a create answered 503 ``unknown`` or lost is sent again safely.
+            transport: an ``httpx`` transport (``httpx.MockTransport``; ``httpx.WSGITransport`` for
+                Client, ``httpx.ASGITransport`` for AsyncClient...).
         """
         super().__init__(
             base_url,

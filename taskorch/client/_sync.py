@@ -20,7 +20,7 @@ __all__ = ["Client"]
 class Client(_Methods[httpx.BaseTransport]):
     """The API, blocking: ``iter_*`` and ``events`` are iterators.
 
-    Use it as a context manager, or close it with :meth:`close`. Its arguments: ``__init__``.
+    Use it as a context manager, or close it with :meth:`close`. Its arguments: see ``__init__``.
     """
 
     _HTTP = httpx.Client
