@@ -151,7 +151,7 @@ class _Methods(_Base, Generic[_Transport]):
     @_endpoint
     def get_task(self, task_id: str) -> _Plan[Task]:
         """``GET /v1/tasks/{id}``: the task with its attempts."""
-        return (yield from self._calls.get_task(task_id))
+        return (yield from self._calls.tasks.get(task_id))
 
     @_endpoint
     def list_tasks(
@@ -173,7 +173,7 @@ class _Methods(_Base, Generic[_Transport]):
             limit=limit,
             cursor=cursor,
         )
-        return (yield from self._calls.list_tasks(params))
+        return (yield from self._calls.tasks.list(params))
 
     @_paged
     def iter_tasks(
@@ -198,17 +198,17 @@ class _Methods(_Base, Generic[_Transport]):
     @_endpoint
     def modify_task(self, task_id: str, **fields: Unpack[TaskPatchFields]) -> _Plan[Task]:
         """``PATCH /v1/tasks/{id}`` while ``scheduled`` or ``retrying`` (else ``Conflict``)."""
-        return (yield from self._calls.modify_task(task_id, fields))
+        return (yield from self._calls.tasks.modify(task_id, fields))
 
     @_endpoint
     def cancel_task(self, task_id: str) -> _Plan[Task]:
         """``POST /v1/tasks/{id}/cancel`` while ``scheduled`` or ``retrying`` (else ``Conflict``)."""
-        return (yield from self._calls.task_action(task_id, "cancel"))
+        return (yield from self._calls.tasks.action(task_id, "cancel"))
 
     @_endpoint
     def retry_task(self, task_id: str) -> _Plan[Task]:
         """``POST /v1/tasks/{id}/retry``: a ``failed`` task again now, with fresh retries."""
-        return (yield from self._calls.task_action(task_id, "retry"))
+        return (yield from self._calls.tasks.action(task_id, "retry"))
 
     # -- orchestrations --
     @_endpoint
@@ -225,7 +225,7 @@ class _Methods(_Base, Generic[_Transport]):
     @_endpoint
     def get_orchestration(self, orchestration_id: str) -> _Plan[Orchestration]:
         """``GET /v1/orchestrations/{id}``."""
-        return (yield from self._calls.get_orchestration(orchestration_id))
+        return (yield from self._calls.orchestrations.get(orchestration_id))
 
     @_endpoint
     def list_orchestrations(
@@ -237,7 +237,7 @@ class _Methods(_Base, Generic[_Transport]):
     ) -> _Plan[OrchestrationPage]:
         """``GET /v1/orchestrations``: one page, newest first."""
         params = _params(status=status, limit=limit, cursor=cursor)
-        return (yield from self._calls.list_orchestrations(params))
+        return (yield from self._calls.orchestrations.list(params))
 
     @_paged
     def iter_orchestrations(
@@ -253,12 +253,12 @@ class _Methods(_Base, Generic[_Transport]):
         self, orchestration_id: str, **fields: Unpack[OrchestrationPatchFields]
     ) -> _Plan[Orchestration]:
         """``PATCH /v1/orchestrations/{id}`` while ``scheduled``."""
-        return (yield from self._calls.modify_orchestration(orchestration_id, fields))
+        return (yield from self._calls.orchestrations.modify(orchestration_id, fields))
 
     @_endpoint
     def cancel_orchestration(self, orchestration_id: str) -> _Plan[Orchestration]:
         """``POST /v1/orchestrations/{id}/cancel`` while ``scheduled`` or ``running``."""
-        return (yield from self._calls.cancel_orchestration(orchestration_id))
+        return (yield from self._calls.orchestrations.action(orchestration_id, "cancel"))
 
     # -- functions --
     @_endpoint
@@ -289,14 +289,14 @@ class _Methods(_Base, Generic[_Transport]):
     @_endpoint
     def get_function(self, function_id: str) -> _Plan[Function]:
         """``GET /v1/functions/{id}``: ``status`` building, ready (with ``url``) or failed."""
-        return (yield from self._calls.get_function(function_id))
+        return (yield from self._calls.functions.get(function_id))
 
     @_endpoint
     def list_functions(
         self, *, limit: int | None = None, cursor: str | None = None
     ) -> _Plan[FunctionPage]:
         """``GET /v1/functions``: one page, newest first."""
-        return (yield from self._calls.list_functions(_params(limit=limit, cursor=cursor)))
+        return (yield from self._calls.functions.list(_params(limit=limit, cursor=cursor)))
 
     @_paged
     def iter_functions(self, *, page_size: int = PAGE_SIZE) -> _Fetch[Function]:
@@ -306,7 +306,7 @@ class _Methods(_Base, Generic[_Transport]):
     @_endpoint
     def delete_function(self, function_id: str) -> _Plan[None]:
         """``DELETE /v1/functions/{id}``."""
-        yield from self._calls.delete_function(function_id)
+        yield from self._calls.functions.delete(function_id)
 
     # -- schedules --
     @_endpoint
@@ -320,7 +320,7 @@ class _Methods(_Base, Generic[_Transport]):
     @_endpoint
     def get_schedule(self, schedule_id: str) -> _Plan[Schedule]:
         """``GET /v1/schedules/{id}``, with its ``next_runs``."""
-        return (yield from self._calls.get_schedule(schedule_id))
+        return (yield from self._calls.schedules.get(schedule_id))
 
     @_endpoint
     def list_schedules(
@@ -332,7 +332,7 @@ class _Methods(_Base, Generic[_Transport]):
     ) -> _Plan[SchedulePage]:
         """``GET /v1/schedules``: one page, newest first."""
         params = _params(status=status, limit=limit, cursor=cursor)
-        return (yield from self._calls.list_schedules(params))
+        return (yield from self._calls.schedules.list(params))
 
     @_paged
     def iter_schedules(
@@ -348,22 +348,22 @@ class _Methods(_Base, Generic[_Transport]):
         **fields: Unpack[SchedulePatchFields],
     ) -> _Plan[Schedule]:
         """``PATCH /v1/schedules/{id}``: ``cron`` replaces an ``every`` and the other way round."""
-        return (yield from self._calls.modify_schedule(schedule_id, fields))
+        return (yield from self._calls.schedules.modify(schedule_id, fields))
 
     @_endpoint
     def delete_schedule(self, schedule_id: str) -> _Plan[None]:
         """``DELETE /v1/schedules/{id}``."""
-        yield from self._calls.delete_schedule(schedule_id)
+        yield from self._calls.schedules.delete(schedule_id)
 
     @_endpoint
     def pause_schedule(self, schedule_id: str) -> _Plan[Schedule]:
         """``POST /v1/schedules/{id}/pause``."""
-        return (yield from self._calls.schedule_action(schedule_id, "pause"))
+        return (yield from self._calls.schedules.action(schedule_id, "pause"))
 
     @_endpoint
     def resume_schedule(self, schedule_id: str) -> _Plan[Schedule]:
         """``POST /v1/schedules/{id}/resume``."""
-        return (yield from self._calls.schedule_action(schedule_id, "resume"))
+        return (yield from self._calls.schedules.action(schedule_id, "resume"))
 
     # -- queues --
     @_endpoint
@@ -384,12 +384,12 @@ class _Methods(_Base, Generic[_Transport]):
     @_endpoint
     def get_queue(self, name: str) -> _Plan[Queue]:
         """``GET /v1/queues/{name}``: settings, task counts by status, tasks waiting their turn."""
-        return (yield from self._calls.get_queue(name))
+        return (yield from self._calls.queues.get(name))
 
     @_endpoint
     def list_queues(self) -> _Plan[list[Queue]]:
         """``GET /v1/queues``: every queue of the owner, ``default`` first."""
-        queues = yield from self._calls.list_queues()
+        queues = yield from self._calls.queues.list({})
         return queues.items
 
     # -- signing keys --
