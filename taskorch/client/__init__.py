@@ -9,8 +9,10 @@ and ``status_code``. Lists page on through ``iter_*``; a 503 or 429 is waited ou
 is sent with an ``Idempotency-Key`` (one is made unless you give yours), so a repeat after a 503
 ``unknown`` stores it at most once (docs/reliability.md). docs/client.md shows it at work.
 
-Inside: ``_async.py`` is written by hand; ``_sync.py`` is generated from it
-(``python taskorch/client/_unasync.py``); ``_common.py`` holds what both use and is no I/O.
+Inside: ``_methods.py`` declares every method once (signature, docstring, the requests it makes)
+and ``_declare.py`` makes of each a method of both clients; ``_sync.py`` and ``_async.py`` hold
+only how each sends, pages on, follows events and closes; ``_common.py`` holds what all use and is
+no I/O.
 """
 
 # The options and answers, named once in _common.__all__ (as httpx's modules name theirs).

@@ -10,7 +10,7 @@ import os
 import re
 import urllib.parse
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Generic, Literal, TypedDict, TypeVar
@@ -61,6 +61,7 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+_PageT = TypeVar("_PageT")
 Seconds = float | dt.timedelta
 Time = dt.datetime | str
 
@@ -200,6 +201,11 @@ class _Call(Generic[T]):
     auth: bool = True
     answers: frozenset[int] = frozenset()  # statuses beyond 2xx that are answers, not errors
 
+    def __iter__(self) -> Generator[_Call[Any], Any, T]:
+        """A plan's step (``_declare.py``): ``answer = yield from call`` sends it, typed."""
+        answer: T = yield self
+        return answer
+
 
 def _json(kind: type[T]) -> Callable[[httpx.Response], T]:
     decoder = msgspec.json.Decoder(kind)
@@ -259,8 +265,44 @@ def _check_id(value: str, what: str) -> str:
     return urllib.parse.quote(value, safe="")
 
 
+@dataclass(frozen=True)
+class _Items(Generic[T, _PageT]):
+    """The routes of one kind of item, ``/v1/tasks`` and ``/v1/tasks/{id}``, as :class:`_Call`."""
+
+    path: str
+    id_name: str  # in the error of an empty id
+    item: type[T]
+    page: type[_PageT]
+
+    def at(self, item_id: str, *rest: str) -> str:
+        return "/".join([self.path, _check_id(item_id, self.id_name), *rest])
+
+    def get(self, item_id: str) -> _Call[T]:
+        return _Call("GET", self.at(item_id), _json(self.item))
+
+    def list(self, params: Mapping[str, str]) -> _Call[_PageT]:
+        return _Call("GET", self.path, _json(self.page), params=params)
+
+    def modify(self, item_id: str, fields: Mapping[str, Any]) -> _Call[T]:
+        return _Call("PATCH", self.at(item_id), _json(self.item), body=_body(fields))
+
+    def action(self, item_id: str, action: str) -> _Call[T]:
+        return _Call("POST", self.at(item_id, action), _json(self.item), repeatable=False)
+
+    def delete(self, item_id: str) -> _Call[None]:
+        return _Call("DELETE", self.at(item_id), _nothing)
+
+
 class _Calls:
     """Every route as a :class:`_Call`: what both clients send, and how each answer decodes."""
+
+    tasks = _Items("/v1/tasks", "task_id", Task, TaskPage)
+    orchestrations = _Items(
+        "/v1/orchestrations", "orchestration_id", Orchestration, OrchestrationPage
+    )
+    functions = _Items("/v1/functions", "function_id", Function, FunctionPage)
+    schedules = _Items("/v1/schedules", "schedule_id", Schedule, SchedulePage)
+    queues = _Items("/v1/queues", "queue name", Queue, QueueList)
 
     def __init__(self, *, idempotency_keys: bool) -> None:
         self.keys = idempotency_keys
@@ -300,41 +342,12 @@ class _Calls:
             repeatable=every_key,
         )
 
-    def get_task(self, task_id: str) -> _Call[Task]:
-        return _Call("GET", f"/v1/tasks/{_check_id(task_id, 'task_id')}", _json(Task))
-
-    def list_tasks(self, params: dict[str, str]) -> _Call[TaskPage]:
-        return _Call("GET", "/v1/tasks", _json(TaskPage), params=params)
-
-    def modify_task(self, task_id: str, fields: Mapping[str, Any]) -> _Call[Task]:
-        path = f"/v1/tasks/{_check_id(task_id, 'task_id')}"
-        return _Call("PATCH", path, _json(Task), body=_body(fields))
-
-    def task_action(self, task_id: str, action: str) -> _Call[Task]:
-        path = f"/v1/tasks/{_check_id(task_id, 'task_id')}/{action}"
-        return _Call("POST", path, _json(Task), repeatable=False)
-
     # orchestrations
     def create_orchestration(
         self, steps: Sequence[Mapping[str, Any]], key: str | None, fields: Mapping[str, Any]
     ) -> _Call[Orchestration]:
         body = {"steps": _value(list(steps)), **_body(fields)}
         return self._create("/v1/orchestrations", body, key, Orchestration)
-
-    def get_orchestration(self, orc_id: str) -> _Call[Orchestration]:
-        path = f"/v1/orchestrations/{_check_id(orc_id, 'orchestration_id')}"
-        return _Call("GET", path, _json(Orchestration))
-
-    def list_orchestrations(self, params: dict[str, str]) -> _Call[OrchestrationPage]:
-        return _Call("GET", "/v1/orchestrations", _json(OrchestrationPage), params=params)
-
-    def modify_orchestration(self, orc_id: str, fields: Mapping[str, Any]) -> _Call[Orchestration]:
-        path = f"/v1/orchestrations/{_check_id(orc_id, 'orchestration_id')}"
-        return _Call("PATCH", path, _json(Orchestration), body=_body(fields))
-
-    def cancel_orchestration(self, orc_id: str) -> _Call[Orchestration]:
-        path = f"/v1/orchestrations/{_check_id(orc_id, 'orchestration_id')}/cancel"
-        return _Call("POST", path, _json(Orchestration), repeatable=False)
 
     # functions
     def create_function(
@@ -365,15 +378,6 @@ class _Calls:
         form = (data, {"code": (filename, content)})
         return _Call("POST", "/v1/functions", _json(Function), form=form, repeatable=False)
 
-    def get_function(self, fn_id: str) -> _Call[Function]:
-        return _Call("GET", f"/v1/functions/{_check_id(fn_id, 'function_id')}", _json(Function))
-
-    def list_functions(self, params: dict[str, str]) -> _Call[FunctionPage]:
-        return _Call("GET", "/v1/functions", _json(FunctionPage), params=params)
-
-    def delete_function(self, fn_id: str) -> _Call[None]:
-        return _Call("DELETE", f"/v1/functions/{_check_id(fn_id, 'function_id')}", _nothing)
-
     # schedules
     def create_schedule(
         self, task: Mapping[str, Any], fields: Mapping[str, Any]
@@ -382,33 +386,9 @@ class _Calls:
         # No Idempotency-Key on schedules: a repeat after a lost answer could make a second one.
         return _Call("POST", "/v1/schedules", _json(Schedule), body=body, repeatable=False)
 
-    def get_schedule(self, sch_id: str) -> _Call[Schedule]:
-        return _Call("GET", f"/v1/schedules/{_check_id(sch_id, 'schedule_id')}", _json(Schedule))
-
-    def list_schedules(self, params: dict[str, str]) -> _Call[SchedulePage]:
-        return _Call("GET", "/v1/schedules", _json(SchedulePage), params=params)
-
-    def modify_schedule(self, sch_id: str, fields: Mapping[str, Any]) -> _Call[Schedule]:
-        path = f"/v1/schedules/{_check_id(sch_id, 'schedule_id')}"
-        return _Call("PATCH", path, _json(Schedule), body=_body(fields))
-
-    def delete_schedule(self, sch_id: str) -> _Call[None]:
-        return _Call("DELETE", f"/v1/schedules/{_check_id(sch_id, 'schedule_id')}", _nothing)
-
-    def schedule_action(self, sch_id: str, action: str) -> _Call[Schedule]:
-        path = f"/v1/schedules/{_check_id(sch_id, 'schedule_id')}/{action}"
-        return _Call("POST", path, _json(Schedule), repeatable=False)
-
     # queues
     def put_queue(self, name: str, settings: Mapping[str, Any]) -> _Call[Queue]:
-        path = f"/v1/queues/{_check_id(name, 'queue name')}"
-        return _Call("PUT", path, _json(Queue), body=dict(settings))
-
-    def get_queue(self, name: str) -> _Call[Queue]:
-        return _Call("GET", f"/v1/queues/{_check_id(name, 'queue name')}", _json(Queue))
-
-    def list_queues(self) -> _Call[QueueList]:
-        return _Call("GET", "/v1/queues", _json(QueueList))
+        return _Call("PUT", self.queues.at(name), _json(Queue), body=dict(settings))
 
     # signing keys, operations
     def signing_keys(self) -> _Call[SigningKeys]:

@@ -135,3 +135,38 @@ export function heading(text, ...extra) {
 
 /** The "← All …" link back to a section's list. */
 export const backLink = (href, label) => h("p", null, h("a", { href }, `← ${label}`));
+
+/** A list's table in its scrolling box: `heads` are column titles, or [title, class] pairs. */
+export function listTable(cls, heads, tbody) {
+  const th = (head) => {
+    const [title, thClass] = [head].flat();
+    return h("th", { scope: "col", class: thClass }, title);
+  };
+  return h("div", { class: "scroll" }, h("table", { class: cls }, h("thead", null, h("tr", null, heads.map(th))), tbody));
+}
+
+/** A list's row for an item with a status: its badge, its name (or id) linking to `href`, `cells`. */
+export function statusRow(item, href, ...cells) {
+  return h(
+    "tr",
+    { "data-id": item.id, "data-status": item.status },
+    h("td", null, badge(item.status)),
+    h("td", null, h("a", { href }, item.name || item.id)),
+    ...cells,
+  );
+}
+
+/** A detail view's `load()`: `fetch()` then `render(answer)`; until an answer came, an error
+ * takes the place of `body`'s "Loading…" (later ones are left to the view's own problem line). */
+export function loader(body, fetch, render) {
+  let answered = false;
+  return async () => {
+    try {
+      const answer = await fetch();
+      answered = true;
+      render(answer);
+    } catch (err) {
+      if (!answered) fill(body, h("p", { class: "form-error" }, err.message));
+    }
+  };
+}

@@ -48,6 +48,16 @@ function number(value, placeholder, props) {
 
 const METHODS = ["POST", "GET", "PUT", "PATCH", "DELETE"].map((m) => [m]);
 
+/** A view's form: a card whose first line is where onSubmit shows an error that has no field. */
+export function formCard(...children) {
+  return h(
+    "form",
+    { class: "card", novalidate: true },
+    h("p", { class: "form-error", role: "alert", tabindex: -1, hidden: true }),
+    ...children,
+  );
+}
+
 /** Collects (field, message) problems found before sending, with the group's prefix. */
 export class Problems {
   constructor() {
@@ -103,6 +113,45 @@ export function readJson(text, path, problems, empty = undefined) {
   }
 }
 
+/** The URL, method and headers of a call (a task's, a condition's check) in controls `c`. */
+function callFields(c, urlLabel) {
+  return [
+    h("div", { class: "row" }, field(urlLabel, c.url, { rel: "url", cls: "grow" }), field("Method", c.method, { rel: "method" })),
+    field("Headers", c.headers, { rel: "headers", hint: "One per line: Name: value" }),
+  ];
+}
+
+/** Reads callFields: [{url, method}, the headers read], a missing URL added to `problems`. */
+function readCall(c, prefix, problems) {
+  const out = { url: c.url.value.trim(), method: c.method.value };
+  if (!out.url) problems.add(join(prefix, "url"), "is required");
+  return [out, readHeaders(c.headers.value, join(prefix, "headers"), problems)];
+}
+
+/** A row of number fields, one a [label, key] of `labels`: the control `c[key]`, named `key`. */
+function numberRow(c, labels) {
+  return h("div", { class: "row wrap" }, labels.map(([label, key]) => field(label, c[key], { rel: key })));
+}
+
+/** Reads the fields of numberRow(c, labels) into `out`. */
+function readNumbers(c, labels, prefix, problems, out) {
+  for (const [, key] of labels) readNumber(c[key], join(prefix, key), problems, out, key);
+}
+
+const POLICY = [
+  ["Retries", "retries"],
+  ["First retry after (s)", "retry_delay"],
+  ["Backoff ×", "backoff"],
+  ["Longest wait (s)", "max_retry_delay"],
+  ["Timeout (s)", "timeout"],
+];
+const CHECKS = [
+  ["Wait before check (s)", "delay"],
+  ["Re-checks", "retries"],
+  ["Between re-checks (s)", "retry_delay"],
+  ["Timeout (s)", "timeout"],
+];
+
 /**
  * The fields of one HTTP call with its retry policy (a task, a step, a fallback).
  * `values` prefills it (a Task when modifying). `read(prefix, problems)` returns the spec.
@@ -125,39 +174,21 @@ export function specEditor(values = {}, { patch = false } = {}) {
   const el = h(
     "div",
     { class: "spec" },
-    h(
-      "div",
-      { class: "row" },
-      field("URL", c.url, { rel: "url", cls: "grow" }),
-      field("Method", c.method, { rel: "method" }),
-    ),
-    field("Headers", c.headers, { rel: "headers", hint: "One per line: Name: value" }),
+    callFields(c, "URL"),
     field("Payload (JSON)", c.payload, { rel: "payload", hint: "Sent as the JSON body; empty means null." }),
     h(
       "details",
       { class: "policy" },
       h("summary", null, "Retry policy and timeout"),
-      h(
-        "div",
-        { class: "row wrap" },
-        field("Retries", c.retries, { rel: "retries" }),
-        field("First retry after (s)", c.retry_delay, { rel: "retry_delay" }),
-        field("Backoff ×", c.backoff, { rel: "backoff" }),
-        field("Longest wait (s)", c.max_retry_delay, { rel: "max_retry_delay" }),
-        field("Timeout (s)", c.timeout, { rel: "timeout" }),
-      ),
+      numberRow(c, POLICY),
     ),
   );
   function read(prefix, problems) {
-    const out = { url: c.url.value.trim(), method: c.method.value };
-    if (!out.url) problems.add(join(prefix, "url"), "is required");
-    const headers = readHeaders(c.headers.value, join(prefix, "headers"), problems);
+    const [out, headers] = readCall(c, prefix, problems);
     if (patch || Object.keys(headers).length) out.headers = headers;
     const payload = readJson(c.payload.value, join(prefix, "payload"), problems, patch ? null : undefined);
     if (payload !== undefined) out.payload = payload;
-    for (const key of ["retries", "retry_delay", "backoff", "max_retry_delay", "timeout"]) {
-      readNumber(c[key], join(prefix, key), problems, out, key);
-    }
+    readNumbers(c, POLICY, prefix, problems, out);
     return out;
   }
   return { el, read, controls: c };
@@ -177,30 +208,13 @@ export function conditionEditor() {
   const el = h(
     "div",
     { class: "spec", "data-group": "condition" },
-    h(
-      "div",
-      { class: "row" },
-      field("Check URL", c.url, { rel: "url", cls: "grow" }),
-      field("Method", c.method, { rel: "method" }),
-    ),
-    field("Headers", c.headers, { rel: "headers", hint: "One per line: Name: value" }),
-    h(
-      "div",
-      { class: "row wrap" },
-      field("Wait before check (s)", c.delay, { rel: "delay" }),
-      field("Re-checks", c.retries, { rel: "retries" }),
-      field("Between re-checks (s)", c.retry_delay, { rel: "retry_delay" }),
-      field("Timeout (s)", c.timeout, { rel: "timeout" }),
-    ),
+    callFields(c, "Check URL"),
+    numberRow(c, CHECKS),
   );
   function read(prefix, problems) {
-    const out = { url: c.url.value.trim(), method: c.method.value };
-    if (!out.url) problems.add(join(prefix, "url"), "is required");
-    const headers = readHeaders(c.headers.value, join(prefix, "headers"), problems);
+    const [out, headers] = readCall(c, prefix, problems);
     if (Object.keys(headers).length) out.headers = headers;
-    for (const key of ["delay", "retries", "retry_delay", "timeout"]) {
-      readNumber(c[key], join(prefix, key), problems, out, key);
-    }
+    readNumbers(c, CHECKS, prefix, problems, out);
     return out;
   }
   return { el, read };
@@ -219,6 +233,15 @@ export function optional(label, editor) {
   return { el, read: (prefix, problems) => (box.checked ? editor.read(prefix, problems) : undefined), box };
 }
 
+/** Shows, of `fields` ({value: field}), only the one the select `choice` has chosen, as it changes. */
+export function showChosen(choice, fields) {
+  const sync = () => {
+    for (const [value, el] of Object.entries(fields)) el.hidden = choice.value !== value;
+  };
+  choice.addEventListener("change", sync);
+  sync();
+}
+
 /** When it runs: now (or as it is, when modifying), after a delay, or at a local date and time. */
 export function whenEditor({ patch = false } = {}) {
   const first = patch ? ["keep", "Keep its due time"] : ["now", "Now"];
@@ -227,12 +250,7 @@ export function whenEditor({ patch = false } = {}) {
   const at = input({ type: "datetime-local", step: 1 });
   const delayField = field("Delay (s)", delay, { rel: "delay" });
   const atField = field("Run at (your time)", at, { rel: "run_at" });
-  const sync = () => {
-    delayField.hidden = mode.value !== "delay";
-    atField.hidden = mode.value !== "at";
-  };
-  mode.addEventListener("change", sync);
-  sync();
+  showChosen(mode, { delay: delayField, at: atField });
   const el = h("div", { class: "row wrap" }, field("When", mode, { rel: "when" }), delayField, atField);
   function read(problems) {
     if (mode.value === "delay") {

@@ -2,8 +2,8 @@
 // invoke it with an event.
 
 import { api, page, query } from "./api.js";
-import { alertBox, backLink, badge, confirmButton, fill, h, heading, pretty, when } from "./dom.js";
-import { field, input, onSubmit, Problems, readJson, select, textarea } from "./forms.js";
+import { alertBox, backLink, badge, confirmButton, fill, h, heading, listTable, loader, pretty, statusRow, when } from "./dom.js";
+import { field, formCard, input, onSubmit, Problems, readJson, select, textarea } from "./forms.js";
 import { every } from "./schedules.js";
 import { throttled } from "./tasks.js";
 
@@ -52,33 +52,13 @@ function listView(root) {
     root,
     heading("Functions", h("a", { href: "#/functions/new", class: "button primary" }, "New function")),
     problem,
-    h(
-      "div",
-      { class: "scroll" },
-      h(
-        "table",
-        { class: "list" },
-        h(
-          "thead",
-          null,
-          h(
-            "tr",
-            null,
-            ["Status", "Function", "Runtime", "Trigger URL"].map((c) => h("th", { scope: "col" }, c)),
-            h("th", { scope: "col", class: "opt" }, "Created"),
-          ),
-        ),
-        tbody,
-      ),
-    ),
+    listTable("list", ["Status", "Function", "Runtime", "Trigger URL", ["Created", "opt"]], tbody),
     h("div", { class: "pager" }, shown, more),
   );
   const row = (f) =>
-    h(
-      "tr",
-      { "data-id": f.id, "data-status": f.status },
-      h("td", null, badge(f.status)),
-      h("td", null, h("a", { href: `#/functions/${f.id}` }, f.name || f.id)),
+    statusRow(
+      f,
+      `#/functions/${f.id}`,
       h("td", null, RUNTIMES[f.runtime]?.label ?? f.runtime),
       h("td", null, f.url ? copyable(f.url) : h("span", { class: "muted" }, "—")),
       h("td", { class: "opt" }, when(f.created_at)),
@@ -118,16 +98,12 @@ function detailView(root, id) {
   let fn = null;
   let callersOf; // the URL whose callers are shown
 
-  async function load() {
-    try {
-      fn = await api("GET", `/v1/functions/${encodeURIComponent(id)}`);
-      render();
-      if (!source.hasChildNodes()) showCode(); // the source never changes: read it once
-      if (fn.url !== callersOf) findCallers.now(); // once it has a URL; schedule events after
-    } catch (err) {
-      if (!fn) fill(body, h("p", { class: "form-error" }, err.message));
-    }
-  }
+  const load = loader(body, () => api("GET", `/v1/functions/${encodeURIComponent(id)}`), (answer) => {
+    fn = answer;
+    render();
+    if (!source.hasChildNodes()) showCode(); // the source never changes: read it once
+    if (fn.url !== callersOf) findCallers.now(); // once it has a URL; schedule events after
+  });
 
   async function showCode() {
     fill(source, h("h2", { id: "fn-code" }, "Code"), h("p", { class: "muted" }, "Loading…"));
@@ -314,10 +290,7 @@ function createView(root) {
     if (!name.value) name.value = chosen.name.replace(/\.[^.]+$/, "");
   });
 
-  const form = h(
-    "form",
-    { class: "card", novalidate: true },
-    h("p", { class: "form-error", role: "alert", tabindex: -1, hidden: true }),
+  const form = formCard(
     h(
       "div",
       { class: "row wrap" },

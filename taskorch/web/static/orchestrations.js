@@ -2,8 +2,8 @@
 // create form with any number of steps and a shared or per-step condition.
 
 import { api, page, query } from "./api.js";
-import { alertBox, backLink, badge, confirmButton, fill, h, heading, when } from "./dom.js";
-import { conditionEditor, field, input, onSubmit, optional, Problems, select, specEditor, whenEditor } from "./forms.js";
+import { alertBox, backLink, badge, confirmButton, fill, h, heading, listTable, loader, statusRow, when } from "./dom.js";
+import { conditionEditor, field, formCard, input, onSubmit, optional, Problems, select, specEditor, whenEditor } from "./forms.js";
 import { liveStats, reason, throttled } from "./tasks.js";
 
 const STATUSES = ["scheduled", "running", "succeeded", "failed", "stopped", "cancelled"];
@@ -63,39 +63,11 @@ function listView(root) {
     heading("Orchestrations", h("a", { href: "#/orchestrations/new", class: "button primary" }, "New orchestration")),
     h("div", { class: "toolbar" }, field("Status", filter, { rel: "status" })),
     problem,
-    h(
-      "div",
-      { class: "scroll" },
-      h(
-        "table",
-        { class: "list" },
-        h(
-          "thead",
-          null,
-          h(
-            "tr",
-            null,
-            h("th", { scope: "col" }, "Status"),
-            h("th", { scope: "col" }, "Orchestration"),
-            h("th", { scope: "col" }, "Steps done"),
-            h("th", { scope: "col", class: "opt" }, "Starts"),
-          ),
-        ),
-        tbody,
-      ),
-    ),
+    listTable("list", ["Status", "Orchestration", "Steps done", ["Starts", "opt"]], tbody),
     h("div", { class: "pager" }, shown, more),
   );
 
-  const row = (o) =>
-    h(
-      "tr",
-      { "data-id": o.id, "data-status": o.status },
-      h("td", null, badge(o.status)),
-      h("td", null, h("a", { href: `#/orchestrations/${o.id}` }, o.name || o.id)),
-      h("td", null, progress(o)),
-      h("td", { class: "opt" }, when(o.run_at)),
-    );
+  const row = (o) => statusRow(o, `#/orchestrations/${o.id}`, h("td", null, progress(o)), h("td", { class: "opt" }, when(o.run_at)));
 
   async function load(fresh) {
     try {
@@ -166,14 +138,10 @@ function detailView(root, id) {
   fill(root, back(), title, problem, body);
   let orc = null;
 
-  async function load() {
-    try {
-      orc = await api("GET", `/v1/orchestrations/${encodeURIComponent(id)}`);
-      render();
-    } catch (err) {
-      if (!orc) fill(body, h("p", { class: "form-error" }, err.message));
-    }
-  }
+  const load = loader(body, () => api("GET", `/v1/orchestrations/${encodeURIComponent(id)}`), (answer) => {
+    orc = answer;
+    render();
+  });
 
   function render() {
     const o = orc;
@@ -389,10 +357,7 @@ function orcForm(root, orc) {
   // Modifying: the steps (and the shared check) are replaced only when asked to.
   const stepsBlock = h("div", null, stepsField, h("div", { class: "actions" }, addButton), h("h2", null, "Between steps"), shared.el);
   const replace = patch ? optional("Replace its steps and the check between them", { el: stepsBlock, read: () => true }) : null;
-  const form = h(
-    "form",
-    { class: "card", novalidate: true },
-    h("p", { class: "form-error", role: "alert", tabindex: -1, hidden: true }),
+  const form = formCard(
     field("Name", name, { rel: "name" }),
     whenEd.el,
     replace ? replace.el : stepsBlock,

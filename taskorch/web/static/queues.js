@@ -3,8 +3,8 @@
 // (POST /v1/tasks/{id}/retry), page by page, with progress and a summary of what was refused.
 
 import { api, page, query } from "./api.js";
-import { alertBox, badge, fill, h, heading } from "./dom.js";
-import { field, input, onSubmit, Problems } from "./forms.js";
+import { alertBox, badge, fill, h, heading, listTable } from "./dom.js";
+import { field, formCard, input, onSubmit, Problems } from "./forms.js";
 import { inBatches, STATUSES, throttled } from "./tasks.js";
 
 const counts = (q) => q.counts ?? {};
@@ -23,10 +23,7 @@ export function mount(root) {
     max: input({ type: "number", min: 1, step: 1, placeholder: "unlimited" }),
     paused: input({ type: "checkbox" }),
   };
-  const form = h(
-    "form",
-    { class: "card", novalidate: true },
-    h("p", { class: "form-error", role: "alert", tabindex: -1, hidden: true }),
+  const form = formCard(
     h(
       "div",
       { class: "row wrap" },
@@ -55,16 +52,7 @@ export function mount(root) {
     heading("Queues"),
     form,
     problem,
-    h(
-      "div",
-      { class: "scroll" },
-      h(
-        "table",
-        { class: "list queues" },
-        h("thead", null, h("tr", null, ["Queue", "Rate", "Max concurrent", "Tasks", "Actions"].map((t) => h("th", { scope: "col" }, t)))),
-        tbody,
-      ),
-    ),
+    listTable("list queues", ["Queue", "Rate", "Max concurrent", "Tasks", "Actions"], tbody),
     h("p", { class: "pager" }, shown),
   );
 

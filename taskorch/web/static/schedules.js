@@ -3,8 +3,8 @@
 // a slow poll, as next runs move on with the clock) refresh the list.
 
 import { api, page, query } from "./api.js";
-import { alertBox, badge, confirmButton, fill, h, heading, timeZone, when } from "./dom.js";
-import { field, input, onSubmit, Problems, select, specEditor } from "./forms.js";
+import { alertBox, badge, confirmButton, fill, h, heading, listTable, timeZone, when } from "./dom.js";
+import { field, formCard, input, onSubmit, Problems, select, showChosen, specEditor } from "./forms.js";
 import { throttled } from "./tasks.js";
 
 const POLL_MS = 15000;
@@ -33,16 +33,7 @@ function listView(root, pick) {
     root,
     heading("Schedules", h("a", { href: "#/schedules/new", class: "button primary" }, "New schedule")),
     problem,
-    h(
-      "div",
-      { class: "scroll" },
-      h(
-        "table",
-        { class: "list schedules" },
-        h("thead", null, h("tr", null, cols.map((c) => h("th", { scope: "col" }, c)))),
-        tbody,
-      ),
-    ),
+    listTable("list schedules", cols, tbody),
     h("div", { class: "pager" }, shown, more),
   );
 
@@ -199,16 +190,8 @@ function createView(root) {
   const spec = specEditor({});
   const cronField = field("Cron", cron, { rel: "cron", cls: "grow", hint: "minute hour day-of-month month day-of-week, read in the time zone" });
   const secsField = field("Every (s)", secs, { rel: "every" });
-  const sync = () => {
-    cronField.hidden = kind.value !== "cron";
-    secsField.hidden = kind.value !== "every";
-  };
-  kind.addEventListener("change", sync);
-  sync();
-  const form = h(
-    "form",
-    { class: "card", novalidate: true },
-    h("p", { class: "form-error", role: "alert", tabindex: -1, hidden: true }),
+  showChosen(kind, { cron: cronField, every: secsField });
+  const form = formCard(
     field("Name", name, { rel: "name" }),
     h("div", { class: "row wrap" }, field("Repeat", kind, { rel: "kind" }), cronField, secsField),
     h("div", { class: "row wrap" }, field("Time zone", tz, { rel: "timezone", cls: "grow" }), field("After downtime", catchUp, { rel: "catch_up", cls: "grow" })),

@@ -3,8 +3,8 @@
 // place and refresh the counts.
 
 import { api, page, query } from "./api.js";
-import { alertBox, badge, confirmButton, fill, h, heading, ms, pretty, svg, when } from "./dom.js";
-import { field, input, onSubmit, Problems, specEditor, whenEditor } from "./forms.js";
+import { alertBox, badge, confirmButton, fill, h, heading, loader, ms, pretty, svg, when } from "./dom.js";
+import { field, formCard, input, onSubmit, Problems, specEditor, whenEditor } from "./forms.js";
 
 export const STATUSES = ["scheduled", "running", "retrying", "succeeded", "failed", "cancelled"];
 const CHANGEABLE = new Set(["scheduled", "retrying"]);
@@ -432,14 +432,10 @@ function detailView(root, id) {
   fill(root, h("p", null, h("a", { href: "#/tasks" }, "← All tasks")), title, problem, body);
   let task = null;
 
-  async function load() {
-    try {
-      task = await api("GET", `/v1/tasks/${encodeURIComponent(id)}`);
-      render();
-    } catch (err) {
-      if (!task) fill(body, h("p", { class: "form-error" }, err.message));
-    }
-  }
+  const load = loader(body, () => api("GET", `/v1/tasks/${encodeURIComponent(id)}`), (answer) => {
+    task = answer;
+    render();
+  });
 
   function render() {
     title.querySelector("h1").textContent = task.name || task.id;
@@ -554,10 +550,7 @@ function taskForm(values, { patch }) {
   const whenEd = whenEditor({ patch });
   const spec = specEditor(values, { patch });
   const queue = input({ placeholder: "default", maxlength: 64, readonly: patch, value: values.queue ?? "" }); // fixed once made
-  const form = h(
-    "form",
-    { class: "card", novalidate: true },
-    h("p", { class: "form-error", role: "alert", tabindex: -1, hidden: true }),
+  const form = formCard(
     h("div", { class: "row" }, field("Name", name, { rel: "name", cls: "grow" }), field("Queue", queue, { rel: "queue" })),
     whenEd.el,
     spec.el,
