@@ -81,8 +81,8 @@ def new_id(prefix: str) -> str:
     return f"{prefix}_{now_ms():012x}{secrets.token_hex(6)}"
 
 
-# Whether a value has the exact form new_id gives ids of a prefix (the rule: taskorch.rules).
-from taskorch.rules import is_id as is_id  # noqa: E402
+# Whether a value has the exact form new_id gives ids of a prefix (the rule: taskorch.models.rules).
+from taskorch.models.rules import is_id as is_id  # noqa: E402
 
 
 def connect(url: str, **kwargs: Any) -> Redis:
