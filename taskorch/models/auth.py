@@ -8,6 +8,8 @@ from msgspec import UNSET, Meta, Struct, UnsetType
 
 from taskorch.models.shared import Timestamp, _Input
 
+__all__ = ["SigningKey", "SigningKeys", "TokenRequest", "TokenResponse"]
+
 
 class SigningKey(Struct):
     """One secret that signs an owner's calls (Standard Webhooks ``whsec_...``).

@@ -20,6 +20,8 @@ from taskorch.models.rules import QUEUE_NAME_MESSAGE, header_problems, queue_nam
 from taskorch.models.shared import Callback, _Input
 from taskorch.models.tasks import TaskBatchItem, TaskCreate, TaskPatch
 
+__all__ = ["convert", "decode_batch", "decode_body", "parse_json"]
+
 
 def _url_rule(value: Any) -> list[tuple[str, str]]:
     msg = url_problem(value) if isinstance(value, str) else None

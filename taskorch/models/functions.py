@@ -13,6 +13,15 @@ from msgspec import Meta, Struct
 from taskorch import constants as c
 from taskorch.models.shared import CallPolicy, Seconds, Timestamp, _Input
 
+__all__ = [
+    "Function",
+    "FunctionCode",
+    "FunctionCreate",
+    "FunctionPage",
+    "FunctionSchedule",
+    "FunctionStatus",
+]
+
 
 class FunctionSchedule(CallPolicy, kw_only=True):
     """Task fields for the task that calls a function once it is ready (its url is the trigger)."""

@@ -12,6 +12,20 @@ from msgspec import UNSET, Meta, Struct, UnsetType
 from taskorch import constants as c
 from taskorch.models.shared import Method, Seconds, TaskSpec, Timestamp, Url, _Input
 
+__all__ = [
+    "CheckAttempt",
+    "ConditionSpec",
+    "ConditionState",
+    "FallbackState",
+    "Orchestration",
+    "OrchestrationCreate",
+    "OrchestrationPage",
+    "OrchestrationPatch",
+    "OrchestrationStatus",
+    "StepSpec",
+    "StepState",
+]
+
 
 class OrchestrationStatus(enum.StrEnum):
     """Where an orchestration is. Only ``scheduled`` can be modified; ``running`` can be cancelled."""

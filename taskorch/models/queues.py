@@ -9,6 +9,8 @@ from msgspec import UNSET, Meta, Struct, UnsetType
 from taskorch import constants as c
 from taskorch.models.shared import _Input
 
+__all__ = ["Queue", "QueueList", "QueueUpdate"]
+
 
 class QueueUpdate(_Input):
     """Body of ``PUT /v1/queues/{name}``: a field left out keeps its value (a new queue's:

@@ -12,6 +12,20 @@ from msgspec import UNSET, Meta, Struct, UnsetType
 from taskorch import constants as c
 from taskorch.models.shared import QueueName, TaskSpec, Timestamp, _Input
 
+__all__ = [
+    "CatchUp",
+    "Cron",
+    "Every",
+    "Schedule",
+    "ScheduleCreate",
+    "SchedulePage",
+    "SchedulePatch",
+    "ScheduleStatus",
+    "ScheduleTask",
+    "ZoneName",
+    "schedule_problems",
+]
+
 
 class ScheduleStatus(enum.StrEnum):
     """Whether a schedule makes occurrences: ``active``; ``paused`` until resumed; ``ended``

@@ -10,6 +10,20 @@ from msgspec import Meta, Struct
 from taskorch import constants as c
 from taskorch.models.rules import URL_MAX_LENGTH
 
+__all__ = [
+    "CallPolicy",
+    "Callback",
+    "Error",
+    "ErrorBody",
+    "ErrorDetail",
+    "Method",
+    "QueueName",
+    "Seconds",
+    "TaskSpec",
+    "Timestamp",
+    "Url",
+]
+
 Method = Literal["GET", "POST", "PUT", "PATCH", "DELETE"]
 # Capped so that no duration overflows a timestamp (about 300 years; JSON's 1e400 is infinity).
 Seconds = Annotated[float, Meta(ge=0, le=1e10, description="seconds, fractions allowed")]

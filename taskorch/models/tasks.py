@@ -22,6 +22,20 @@ from taskorch.models.shared import (
     _Input,
 )
 
+__all__ = [
+    "Attempt",
+    "CallbackAttempt",
+    "Task",
+    "TaskBatch",
+    "TaskBatchItem",
+    "TaskBatchOutcome",
+    "TaskBatchResult",
+    "TaskCreate",
+    "TaskPage",
+    "TaskPatch",
+    "TaskStatus",
+]
+
 
 class TaskStatus(enum.StrEnum):
     """Where a task is in its life. Only ``scheduled`` and ``retrying`` can still change."""

@@ -9,6 +9,8 @@ import functools
 from taskorch import constants as c
 from taskorch.models.shared import TaskSpec
 
+__all__ = ["due_ms", "fmt_ms", "retry_wait_s"]
+
 
 def due_ms(run_at: dt.datetime | None, delay: float | None, now_ms: int) -> int:
     """The due time in epoch ms: ``run_at``, else now + ``delay``; never before now."""
