@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import calendar
 import datetime as dt
+import itertools
 import re
 import zoneinfo
 from collections.abc import Iterator
@@ -124,53 +125,34 @@ class Rule:
 
     def after(self, after_ms: int, until_ms: int, limit: int) -> list[int]:
         """Up to ``limit`` run times in ``(after_ms, until_ms]``, earliest first (epoch ms)."""
-        lo = max(after_ms, self.start_ms - 1)
-        hi = until_ms if self.end_ms is None else min(until_ms, self.end_ms)
+        lo, hi = self._window(after_ms, until_ms)
         if hi <= lo or limit <= 0:
             return []
+        times: Iterator[int]
         if self.every_ms is not None:
             k = max(0, (lo - self.start_ms) // self.every_ms + 1)
-            out: list[int] = []
-            while len(out) < limit:
-                t = self.start_ms + k * self.every_ms
-                if t > hi:
-                    break
-                out.append(t)
-                k += 1
-            return out
-        out = []
-        for t in self._walk(lo, reverse=False):
-            if t > hi:
-                break
-            out.append(t)
-            if len(out) >= limit:
-                break
-        return out
+            times = (self.start_ms + i * self.every_ms for i in itertools.count(k))
+        else:
+            times = self._walk(lo, reverse=False)
+        return list(itertools.islice(itertools.takewhile(lambda t: t <= hi, times), limit))
 
     def before(self, before_ms: int, after_ms: int, limit: int) -> list[int]:
         """Up to ``limit`` run times in ``(after_ms, before_ms]``, latest first (epoch ms)."""
-        lo = max(after_ms, self.start_ms - 1)
-        hi = before_ms if self.end_ms is None else min(before_ms, self.end_ms)
+        lo, hi = self._window(after_ms, before_ms)
         if hi <= lo or limit <= 0:
             return []
+        times: Iterator[int]
         if self.every_ms is not None:
             k = (hi - self.start_ms) // self.every_ms
-            out: list[int] = []
-            while len(out) < limit and k >= 0:
-                t = self.start_ms + k * self.every_ms
-                if t <= lo:
-                    break
-                out.append(t)
-                k -= 1
-            return out
-        out = []
-        for t in self._walk(hi, reverse=True):
-            if t <= lo:
-                break
-            out.append(t)
-            if len(out) >= limit:
-                break
-        return out
+            times = (self.start_ms + i * self.every_ms for i in range(k, -1, -1))
+        else:
+            times = self._walk(hi, reverse=True)
+        return list(itertools.islice(itertools.takewhile(lambda t: t > lo, times), limit))
+
+    def _window(self, after_ms: int, until_ms: int) -> tuple[int, int]:
+        """``(after_ms, until_ms]`` narrowed to the rule's own, from ``start_ms`` to ``end_ms``."""
+        lo = max(after_ms, self.start_ms - 1)
+        return lo, until_ms if self.end_ms is None else min(until_ms, self.end_ms)
 
     def next_after(self, after_ms: int) -> int | None:
         """The first run time after ``after_ms``, or None when there is none."""
