@@ -237,13 +237,8 @@ public final class TaskorchBootstrap {
 
         private Map<String, Object> object(int depth) {
             Map<String, Object> map = new LinkedHashMap<>();
-            pos++;
-            skipSpace();
-            if (pos < text.length() && text.charAt(pos) == '}') {
-                pos++;
-                return map;
-            }
-            while (true) {
+            if (empty('}')) return map;
+            do {
                 skipSpace();
                 if (pos >= text.length() || text.charAt(pos) != '"') throw error("expected a key");
                 String key = string();
@@ -251,30 +246,39 @@ public final class TaskorchBootstrap {
                 if (pos >= text.length() || text.charAt(pos) != ':') throw error("expected ':'");
                 pos++;
                 map.put(key, value(depth + 1));
-                skipSpace();
-                if (pos >= text.length()) throw error("unexpected end");
-                char c = text.charAt(pos++);
-                if (c == '}') return map;
-                if (c != ',') throw error("expected ',' or '}'");
-            }
+            } while (another('}'));
+            return map;
         }
 
         private List<Object> array(int depth) {
             List<Object> list = new ArrayList<>();
+            if (empty(']')) return list;
+            do {
+                list.add(value(depth + 1));
+            } while (another(']'));
+            return list;
+        }
+
+        /** Past an object's or array's opening character and any space; true, and past
+         *  {@code close} too, when nothing is inside. */
+        private boolean empty(char close) {
             pos++;
             skipSpace();
-            if (pos < text.length() && text.charAt(pos) == ']') {
+            if (pos < text.length() && text.charAt(pos) == close) {
                 pos++;
-                return list;
+                return true;
             }
-            while (true) {
-                list.add(value(depth + 1));
-                skipSpace();
-                if (pos >= text.length()) throw error("unexpected end");
-                char c = text.charAt(pos++);
-                if (c == ']') return list;
-                if (c != ',') throw error("expected ',' or ']'");
-            }
+            return false;
+        }
+
+        /** After a member: true past a ',' (another follows), false past {@code close}. */
+        private boolean another(char close) {
+            skipSpace();
+            if (pos >= text.length()) throw error("unexpected end");
+            char c = text.charAt(pos++);
+            if (c == close) return false;
+            if (c != ',') throw error("expected ',' or '" + close + "'");
+            return true;
         }
 
         private String string() {
