@@ -29,7 +29,7 @@ import datetime as dt
 import itertools
 import re
 import zoneinfo
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 from cronsim import CronSim, CronSimError
@@ -125,34 +125,30 @@ class Rule:
 
     def after(self, after_ms: int, until_ms: int, limit: int) -> list[int]:
         """Up to ``limit`` run times in ``(after_ms, until_ms]``, earliest first (epoch ms)."""
-        lo, hi = self._window(after_ms, until_ms)
-        if hi <= lo or limit <= 0:
-            return []
-        times: Iterator[int]
-        if self.every_ms is not None:
-            k = max(0, (lo - self.start_ms) // self.every_ms + 1)
-            times = (self.start_ms + i * self.every_ms for i in itertools.count(k))
-        else:
-            times = self._walk(lo, reverse=False)
-        return list(itertools.islice(itertools.takewhile(lambda t: t <= hi, times), limit))
+        return self._times(after_ms, until_ms, limit, reverse=False)
 
     def before(self, before_ms: int, after_ms: int, limit: int) -> list[int]:
         """Up to ``limit`` run times in ``(after_ms, before_ms]``, latest first (epoch ms)."""
-        lo, hi = self._window(after_ms, before_ms)
+        return self._times(after_ms, before_ms, limit, reverse=True)
+
+    def _times(self, after_ms: int, until_ms: int, limit: int, *, reverse: bool) -> list[int]:
+        """Up to ``limit`` run times in ``(after_ms, until_ms]`` narrowed to the rule's own
+        (``start_ms`` to ``end_ms``): earliest first, or with ``reverse`` latest first."""
+        lo = max(after_ms, self.start_ms - 1)
+        hi = until_ms if self.end_ms is None else min(until_ms, self.end_ms)
         if hi <= lo or limit <= 0:
             return []
-        times: Iterator[int]
-        if self.every_ms is not None:
-            k = (hi - self.start_ms) // self.every_ms
-            times = (self.start_ms + i * self.every_ms for i in range(k, -1, -1))
+        times: Iterable[int]
+        if self.every_ms is None:
+            times = self._walk(hi if reverse else lo, reverse=reverse)
+        elif reverse:
+            ks: Iterable[int] = range((hi - self.start_ms) // self.every_ms, -1, -1)
+            times = (self.start_ms + k * self.every_ms for k in ks)
         else:
-            times = self._walk(hi, reverse=True)
-        return list(itertools.islice(itertools.takewhile(lambda t: t > lo, times), limit))
-
-    def _window(self, after_ms: int, until_ms: int) -> tuple[int, int]:
-        """``(after_ms, until_ms]`` narrowed to the rule's own, from ``start_ms`` to ``end_ms``."""
-        lo = max(after_ms, self.start_ms - 1)
-        return lo, until_ms if self.end_ms is None else min(until_ms, self.end_ms)
+            ks = itertools.count(max(0, (lo - self.start_ms) // self.every_ms + 1))
+            times = (self.start_ms + k * self.every_ms for k in ks)
+        inside: Callable[[int], bool] = (lambda t: t > lo) if reverse else (lambda t: t <= hi)
+        return list(itertools.islice(itertools.takewhile(inside, times), limit))
 
     def next_after(self, after_ms: int) -> int | None:
         """The first run time after ``after_ms``, or None when there is none."""
