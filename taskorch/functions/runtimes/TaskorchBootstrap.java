@@ -175,6 +175,9 @@ public final class TaskorchBootstrap {
     /** A small JSON reader and writer: objects become LinkedHashMap, arrays ArrayList. */
     static final class Json {
         private static final int MAX_DEPTH = 512;
+        // JSON's one-letter escapes (the letter after the backslash) and what each stands for.
+        private static final String ESCAPES = "\"\\/bfnrt";
+        private static final String ESCAPED = "\"\\/\b\f\n\r\t";
         private final String text;
         private int pos;
 
@@ -294,21 +297,15 @@ public final class TaskorchBootstrap {
                 }
                 if (pos >= text.length()) throw error("unterminated escape");
                 char e = text.charAt(pos++);
-                switch (e) {
-                    case '"': sb.append('"'); break;
-                    case '\\': sb.append('\\'); break;
-                    case '/': sb.append('/'); break;
-                    case 'b': sb.append('\b'); break;
-                    case 'f': sb.append('\f'); break;
-                    case 'n': sb.append('\n'); break;
-                    case 'r': sb.append('\r'); break;
-                    case 't': sb.append('\t'); break;
-                    case 'u':
-                        if (pos + 4 > text.length()) throw error("bad \\u escape");
-                        sb.append((char) Integer.parseInt(text.substring(pos, pos + 4), 16));
-                        pos += 4;
-                        break;
-                    default: throw error("bad escape");
+                int letter = ESCAPES.indexOf(e);
+                if (letter >= 0) {
+                    sb.append(ESCAPED.charAt(letter));
+                } else if (e == 'u') {
+                    if (pos + 4 > text.length()) throw error("bad \\u escape");
+                    sb.append((char) Integer.parseInt(text.substring(pos, pos + 4), 16));
+                    pos += 4;
+                } else {
+                    throw error("bad escape");
                 }
             }
         }
