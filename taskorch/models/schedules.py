@@ -49,7 +49,7 @@ class ScheduleTask(TaskSpec):
     # The queue its tasks are dispatched through: the schedule lives in that queue's partition,
     # so it cannot be changed by PATCH (409), as a task cannot move between queues.
     queue: QueueName = c.DEFAULT_QUEUE
-    # Named in the 422 instead of "is not a known field" (see _problems).
+    # Named in the 422 instead of "is not a known field" (see decode._problems).
     _field_hints: ClassVar[dict[str, str]] = {
         "run_at": "cannot be given: the schedule sets each task's time",
         "delay": "cannot be given: the schedule sets each task's time",
@@ -57,7 +57,7 @@ class ScheduleTask(TaskSpec):
 
 
 def schedule_problems(cron: str | None, every: float | None) -> list[tuple[str, str]]:
-    """The rules that span a schedule's fields (each field's own are in _FIELD_RULES). An
+    """The rules that span a schedule's fields (each field's own are in decode._FIELD_RULES). An
     ``end_at`` before ``start_at`` or now is not one: the schedule is ``ended`` at once."""
     problems = []
     if (cron is None) == (every is None):
