@@ -81,7 +81,7 @@ def new_id(prefix: str) -> str:
     return f"{prefix}_{now_ms():012x}{secrets.token_hex(6)}"
 
 
-# Whether a value has the exact form new_id gives ids of a prefix (the rule: taskorch.models.rules).
+# Whether a value has the exact form new_id gives ids of a prefix (the rule: taskorch.rules).
 from taskorch.models.rules import is_id as is_id  # noqa: E402
 
 
