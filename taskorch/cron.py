@@ -26,9 +26,10 @@ from __future__ import annotations
 
 import calendar
 import datetime as dt
+import itertools
 import re
 import zoneinfo
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 from cronsim import CronSim, CronSimError
@@ -124,53 +125,30 @@ class Rule:
 
     def after(self, after_ms: int, until_ms: int, limit: int) -> list[int]:
         """Up to ``limit`` run times in ``(after_ms, until_ms]``, earliest first (epoch ms)."""
+        return self._times(after_ms, until_ms, limit, reverse=False)
+
+    def before(self, before_ms: int, after_ms: int, limit: int) -> list[int]:
+        """Up to ``limit`` run times in ``(after_ms, before_ms]``, latest first (epoch ms)."""
+        return self._times(after_ms, before_ms, limit, reverse=True)
+
+    def _times(self, after_ms: int, until_ms: int, limit: int, *, reverse: bool) -> list[int]:
+        """Up to ``limit`` run times in ``(after_ms, until_ms]`` narrowed to the rule's own
+        (``start_ms`` to ``end_ms``): earliest first, or with ``reverse`` latest first."""
         lo = max(after_ms, self.start_ms - 1)
         hi = until_ms if self.end_ms is None else min(until_ms, self.end_ms)
         if hi <= lo or limit <= 0:
             return []
-        if self.every_ms is not None:
-            k = max(0, (lo - self.start_ms) // self.every_ms + 1)
-            out: list[int] = []
-            while len(out) < limit:
-                t = self.start_ms + k * self.every_ms
-                if t > hi:
-                    break
-                out.append(t)
-                k += 1
-            return out
-        out = []
-        for t in self._walk(lo, reverse=False):
-            if t > hi:
-                break
-            out.append(t)
-            if len(out) >= limit:
-                break
-        return out
-
-    def before(self, before_ms: int, after_ms: int, limit: int) -> list[int]:
-        """Up to ``limit`` run times in ``(after_ms, before_ms]``, latest first (epoch ms)."""
-        lo = max(after_ms, self.start_ms - 1)
-        hi = before_ms if self.end_ms is None else min(before_ms, self.end_ms)
-        if hi <= lo or limit <= 0:
-            return []
-        if self.every_ms is not None:
-            k = (hi - self.start_ms) // self.every_ms
-            out: list[int] = []
-            while len(out) < limit and k >= 0:
-                t = self.start_ms + k * self.every_ms
-                if t <= lo:
-                    break
-                out.append(t)
-                k -= 1
-            return out
-        out = []
-        for t in self._walk(hi, reverse=True):
-            if t <= lo:
-                break
-            out.append(t)
-            if len(out) >= limit:
-                break
-        return out
+        times: Iterable[int]
+        if self.every_ms is None:
+            times = self._walk(hi if reverse else lo, reverse=reverse)
+        elif reverse:
+            ks: Iterable[int] = range((hi - self.start_ms) // self.every_ms, -1, -1)
+            times = (self.start_ms + k * self.every_ms for k in ks)
+        else:
+            ks = itertools.count(max(0, (lo - self.start_ms) // self.every_ms + 1))
+            times = (self.start_ms + k * self.every_ms for k in ks)
+        inside: Callable[[int], bool] = (lambda t: t > lo) if reverse else (lambda t: t <= hi)
+        return list(itertools.islice(itertools.takewhile(inside, times), limit))
 
     def next_after(self, after_ms: int) -> int | None:
         """The first run time after ``after_ms``, or None when there is none."""

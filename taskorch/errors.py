@@ -39,6 +39,17 @@ class ApiError(TaskorchError):
     status_code = 400
     code = "bad_request"
 
+    def __init_subclass__(
+        cls, *, status_code: int | None = None, code: str | None = None, **kwargs: Any
+    ) -> None:
+        # Each error names its status and code in its class line (``class NotFound(ApiError,
+        # status_code=404, code="not_found")``); a subclass that names none keeps its parent's.
+        super().__init_subclass__(**kwargs)
+        if status_code is not None:
+            cls.status_code = status_code
+        if code is not None:
+            cls.code = code
+
     def __init__(
         self,
         message: str,
@@ -67,61 +78,59 @@ class ApiError(TaskorchError):
         return f"{type(self).__name__}({self.status_code}, {self.code!r}, {self.message!r})"
 
 
-class BadRequest(ApiError):
-    status_code = 400
-    code = "bad_request"
+class BadRequest(ApiError, status_code=400, code="bad_request"):
+    """Malformed JSON (``invalid_json``) or another bad request."""
 
 
-class Unauthorized(ApiError):
-    status_code = 401
-    code = "unauthorized"
+class Unauthorized(ApiError, status_code=401, code="unauthorized"):
+    """A missing or invalid token (``missing_token``, ``invalid_token``); always with
+    ``WWW-Authenticate: Bearer``."""
 
     def __init__(self, message: str, **kwargs: Any) -> None:
         kwargs.setdefault("headers", {"WWW-Authenticate": "Bearer"})
         super().__init__(message, **kwargs)
 
 
-class Forbidden(ApiError):
-    status_code = 403
-    code = "forbidden"
+class Forbidden(ApiError, status_code=403, code="forbidden"):
+    """The token lacks the scope the route needs."""
 
 
-class NotFound(ApiError):
-    status_code = 404
-    code = "not_found"
+class NotFound(ApiError, status_code=404, code="not_found"):
+    """Not found, or another owner's (the two are not told apart)."""
 
 
-class Conflict(ApiError):
-    status_code = 409
-    code = "conflict"
+class Conflict(ApiError, status_code=409, code="conflict"):
+    """The status forbids the change; the message names the status."""
 
 
-class PayloadTooLarge(ApiError):
-    status_code = 413
-    code = "payload_too_large"
+class PayloadTooLarge(ApiError, status_code=413, code="payload_too_large"):
+    """The body is too large."""
 
 
-class ValidationFailed(ApiError):
-    status_code = 422
-    code = "validation_failed"
+class ValidationFailed(ApiError, status_code=422, code="validation_failed"):
+    """One detail per invalid field, each naming its path."""
 
 
-class TooManyRequests(ApiError):
-    status_code = 429
-    code = "too_many_requests"
+class TooManyRequests(ApiError, status_code=429, code="too_many_requests"):
+    """Too many sign-ins for one user, open event streams or lists in progress; with
+    ``Retry-After``."""
 
     def __init__(self, message: str, *, retry_after_s: int, **kwargs: Any) -> None:
-        kwargs.setdefault("headers", {"Retry-After": str(max(1, retry_after_s))})
-        super().__init__(message, **kwargs)
+        super().__init__(message, **_retry_after(retry_after_s, kwargs))
 
 
-class Unavailable(ApiError):
-    status_code = 503
-    code = "unavailable"
+class Unavailable(ApiError, status_code=503, code="unavailable"):
+    """Redis is unreachable or too slow; with ``Retry-After``."""
 
     def __init__(self, message: str, *, retry_after_s: int = 1, **kwargs: Any) -> None:
-        kwargs.setdefault("headers", {"Retry-After": str(max(1, retry_after_s))})
-        super().__init__(message, **kwargs)
+        super().__init__(message, **_retry_after(retry_after_s, kwargs))
+
+
+def _retry_after(seconds: int, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """An error's keyword arguments with a Retry-After of ``seconds`` (at least 1) unless they
+    give their own headers."""
+    kwargs.setdefault("headers", {"Retry-After": str(max(1, seconds))})
+    return kwargs
 
 
 # The one detail of a 503 on a create: whether it was stored.

@@ -10,7 +10,8 @@ from typing import Any
 
 import msgspec
 
-from taskorch import models, rules
+from taskorch import models
+from taskorch.models import rules
 from taskorch.settings import Settings
 
 _REF = "#/components/schemas/{name}"

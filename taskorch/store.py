@@ -82,7 +82,7 @@ def new_id(prefix: str) -> str:
 
 
 # Whether a value has the exact form new_id gives ids of a prefix (the rule: taskorch.rules).
-from taskorch.rules import is_id as is_id  # noqa: E402
+from taskorch.models.rules import is_id as is_id  # noqa: E402
 
 
 def connect(url: str, **kwargs: Any) -> Redis:

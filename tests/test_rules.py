@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from taskorch.errors import ApiError
 from taskorch.models import ScheduleCreate, TaskCreate, decode_body
-from taskorch.rules import URL_SCHEMA, url_problem
+from taskorch.models.rules import URL_SCHEMA, url_problem
 from taskorch.store import is_id
 from tests.conftest import Api
 

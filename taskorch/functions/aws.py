@@ -47,6 +47,11 @@ _NAME_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
 # lambda:InvokeFunction too, which InvokedViaFunctionUrl limits to calls through the URL.
 _URL_STATEMENT_ID = "taskorch-public-url"
 _INVOKE_STATEMENT_ID = "taskorch-public-url-invoke"
+# Those two statements, each added where the policy lacks it.
+_PUBLIC_STATEMENTS: tuple[tuple[str, dict[str, Any]], ...] = (
+    (_URL_STATEMENT_ID, {"Action": "lambda:InvokeFunctionUrl", "FunctionUrlAuthType": "NONE"}),
+    (_INVOKE_STATEMENT_ID, {"Action": "lambda:InvokeFunction", "InvokedViaFunctionUrl": True}),
+)
 _CREDENTIAL_CODES = frozenset(
     {
         "UnrecognizedClientException",
@@ -266,22 +271,11 @@ class LambdaProvider:
             if _code(exc) != "ResourceNotFoundException":  # no policy yet
                 raise
             present = set()
-        if _URL_STATEMENT_ID not in present:
-            self._client.add_permission(
-                FunctionName=name,
-                StatementId=_URL_STATEMENT_ID,
-                Action="lambda:InvokeFunctionUrl",
-                Principal="*",
-                FunctionUrlAuthType="NONE",
-            )
-        if _INVOKE_STATEMENT_ID not in present:
-            self._client.add_permission(
-                FunctionName=name,
-                StatementId=_INVOKE_STATEMENT_ID,
-                Action="lambda:InvokeFunction",
-                Principal="*",
-                InvokedViaFunctionUrl=True,
-            )
+        for sid, grant in _PUBLIC_STATEMENTS:
+            if sid not in present:
+                self._client.add_permission(
+                    FunctionName=name, StatementId=sid, Principal="*", **grant
+                )
 
     def _wait(self, name: str, waiter_name: str) -> None:
         attempts = max(1, int(self._settings.ready_timeout_s // _WAIT_DELAY_S))

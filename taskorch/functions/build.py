@@ -18,6 +18,7 @@ import contextlib
 import json
 import os
 import re
+from asyncio.subprocess import DEVNULL, PIPE
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -388,27 +389,16 @@ async def remove_tree(path: Path) -> None:
         return
     for attempt in range(2):
         if attempt or os.geteuid() != 0:
-            chmod = await asyncio.create_subprocess_exec(
-                "chmod",
-                "-R",
-                "u+rwx",
-                "--",
-                str(path),
-                stdout=asyncio.subprocess.DEVNULL,
-                stderr=asyncio.subprocess.DEVNULL,
-            )
+            chmod = await _quiet("chmod", "-R", "u+rwx", "--", str(path))
             await chmod.wait()
-        rm = await asyncio.create_subprocess_exec(
-            "rm",
-            "-rf",
-            "--one-file-system",
-            "--",
-            str(path),
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.PIPE,
-        )
+        rm = await _quiet("rm", "-rf", "--one-file-system", "--", str(path), stderr=PIPE)
         _, err = await rm.communicate()
         if not await asyncio.to_thread(os.path.lexists, path):
             return
     with contextlib.suppress(Exception):
         log.warning("function.remove_incomplete", path=str(path), error=err.decode()[:500])
+
+
+async def _quiet(*argv: str, stderr: int = DEVNULL) -> asyncio.subprocess.Process:
+    """``argv`` started with its output thrown away (and its errors too, unless ``stderr``)."""
+    return await asyncio.create_subprocess_exec(*argv, stdout=DEVNULL, stderr=stderr)

@@ -175,6 +175,9 @@ public final class TaskorchBootstrap {
     /** A small JSON reader and writer: objects become LinkedHashMap, arrays ArrayList. */
     static final class Json {
         private static final int MAX_DEPTH = 512;
+        // JSON's one-letter escapes (the letter after the backslash) and what each stands for.
+        private static final String ESCAPES = "\"\\/bfnrt";
+        private static final String ESCAPED = "\"\\/\b\f\n\r\t";
         private final String text;
         private int pos;
 
@@ -237,13 +240,8 @@ public final class TaskorchBootstrap {
 
         private Map<String, Object> object(int depth) {
             Map<String, Object> map = new LinkedHashMap<>();
-            pos++;
-            skipSpace();
-            if (pos < text.length() && text.charAt(pos) == '}') {
-                pos++;
-                return map;
-            }
-            while (true) {
+            if (empty('}')) return map;
+            do {
                 skipSpace();
                 if (pos >= text.length() || text.charAt(pos) != '"') throw error("expected a key");
                 String key = string();
@@ -251,30 +249,39 @@ public final class TaskorchBootstrap {
                 if (pos >= text.length() || text.charAt(pos) != ':') throw error("expected ':'");
                 pos++;
                 map.put(key, value(depth + 1));
-                skipSpace();
-                if (pos >= text.length()) throw error("unexpected end");
-                char c = text.charAt(pos++);
-                if (c == '}') return map;
-                if (c != ',') throw error("expected ',' or '}'");
-            }
+            } while (another('}'));
+            return map;
         }
 
         private List<Object> array(int depth) {
             List<Object> list = new ArrayList<>();
+            if (empty(']')) return list;
+            do {
+                list.add(value(depth + 1));
+            } while (another(']'));
+            return list;
+        }
+
+        /** Past an object's or array's opening character and any space; true, and past
+         *  {@code close} too, when nothing is inside. */
+        private boolean empty(char close) {
             pos++;
             skipSpace();
-            if (pos < text.length() && text.charAt(pos) == ']') {
+            if (pos < text.length() && text.charAt(pos) == close) {
                 pos++;
-                return list;
+                return true;
             }
-            while (true) {
-                list.add(value(depth + 1));
-                skipSpace();
-                if (pos >= text.length()) throw error("unexpected end");
-                char c = text.charAt(pos++);
-                if (c == ']') return list;
-                if (c != ',') throw error("expected ',' or ']'");
-            }
+            return false;
+        }
+
+        /** After a member: true past a ',' (another follows), false past {@code close}. */
+        private boolean another(char close) {
+            skipSpace();
+            if (pos >= text.length()) throw error("unexpected end");
+            char c = text.charAt(pos++);
+            if (c == close) return false;
+            if (c != ',') throw error("expected ',' or '" + close + "'");
+            return true;
         }
 
         private String string() {
@@ -290,21 +297,15 @@ public final class TaskorchBootstrap {
                 }
                 if (pos >= text.length()) throw error("unterminated escape");
                 char e = text.charAt(pos++);
-                switch (e) {
-                    case '"': sb.append('"'); break;
-                    case '\\': sb.append('\\'); break;
-                    case '/': sb.append('/'); break;
-                    case 'b': sb.append('\b'); break;
-                    case 'f': sb.append('\f'); break;
-                    case 'n': sb.append('\n'); break;
-                    case 'r': sb.append('\r'); break;
-                    case 't': sb.append('\t'); break;
-                    case 'u':
-                        if (pos + 4 > text.length()) throw error("bad \\u escape");
-                        sb.append((char) Integer.parseInt(text.substring(pos, pos + 4), 16));
-                        pos += 4;
-                        break;
-                    default: throw error("bad escape");
+                int letter = ESCAPES.indexOf(e);
+                if (letter >= 0) {
+                    sb.append(ESCAPED.charAt(letter));
+                } else if (e == 'u') {
+                    if (pos + 4 > text.length()) throw error("bad \\u escape");
+                    sb.append((char) Integer.parseInt(text.substring(pos, pos + 4), 16));
+                    pos += 4;
+                } else {
+                    throw error("bad escape");
                 }
             }
         }
