@@ -20,10 +20,10 @@ import random
 import aiohttp
 import structlog
 
-from taskorch import outbound
 from taskorch.models import retry_wait_s
 from taskorch.signing import Signer, SigningStore
 from taskorch.store import Store, encode_callback_attempt, until_reachable
+from taskorch.worker import outbound
 
 log = structlog.get_logger("taskorch.callbacks")
 

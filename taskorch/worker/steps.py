@@ -26,12 +26,13 @@ import msgspec
 import structlog
 
 from taskorch import constants as c
-from taskorch import lua, outbound, partitions
+from taskorch import lua, partitions
 from taskorch.cluster import run_script
 from taskorch.models import ConditionSpec
 from taskorch.orchestrations import StoredCheck
 from taskorch.signing import Signer, SigningStore
 from taskorch.store import Redis, Store, now_ms, until_reachable
+from taskorch.worker import outbound
 
 log = structlog.get_logger("taskorch.steps")
 _enc = msgspec.json.Encoder()
