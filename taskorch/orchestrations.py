@@ -1,6 +1,6 @@
 """Orchestration records in Redis, for the API: create, read, list, modify, cancel.
 
-The worker's side (what happens when a step or a check ends) is :mod:`taskorch.steps`; both
+The worker's side (what happens when a step or a check ends) is :mod:`taskorch.worker.steps`; both
 change an orchestration only through the scripts in :mod:`taskorch.lua`.
 """
 

@@ -19,8 +19,8 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 import taskorch
 from taskorch.auth import TokenVerifier
 from taskorch.errors import Unauthorized
-from taskorch.outbound import address_forbidden
 from taskorch.settings import Settings
+from taskorch.worker.outbound import address_forbidden
 from tests.conftest import SECRET, Api, LiveServer
 
 

@@ -13,9 +13,9 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from taskorch import constants as c
-from taskorch import outbound
 from taskorch.models import Task, TaskCreate, TaskStatus
 from taskorch.store import Store, connect
+from taskorch.worker import outbound
 from tests.conftest import Api, Target, WorkerProcs, until
 
 

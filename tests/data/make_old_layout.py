@@ -21,8 +21,8 @@ import aiohttp
 
 from taskorch.models import OrchestrationCreate, StepSpec, TaskCreate
 from taskorch.orchestrations import Orchestrations
-from taskorch.steps import StepMachine
 from taskorch.store import Store, connect, encode_attempt, now_ms
+from taskorch.worker.steps import StepMachine
 
 TARGET = "http://127.0.0.1:1"
 

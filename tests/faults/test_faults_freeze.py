@@ -26,7 +26,7 @@ from faultkit import (
 )
 
 from taskorch import constants as c
-from taskorch.leases import LeaseTimes
+from taskorch.worker.leases import LeaseTimes
 
 
 def _iso(t: float) -> str:

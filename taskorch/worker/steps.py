@@ -24,14 +24,16 @@ from typing import Any
 import aiohttp
 import msgspec
 import structlog
+from redis.commands.core import AsyncScript
 
 from taskorch import constants as c
-from taskorch import lua, outbound, partitions
+from taskorch import lua, partitions
 from taskorch.cluster import run_script
 from taskorch.models import ConditionSpec
 from taskorch.orchestrations import StoredCheck
-from taskorch.signing import Signer, SigningStore
+from taskorch.signing import Signer
 from taskorch.store import Redis, Store, now_ms, until_reachable
+from taskorch.worker.sender import Sender
 
 log = structlog.get_logger("taskorch.steps")
 _enc = msgspec.json.Encoder()
@@ -62,18 +64,24 @@ def _parsed(text: str | None) -> Any:
         return text
 
 
-class StepMachine:
+class StepMachine(Sender):
     """Moves orchestrations on; one per worker process."""
 
     def __init__(
         self, redis: Redis, session: aiohttp.ClientSession, signer: Signer | None = None
     ) -> None:
+        super().__init__(redis, session, signer)
         self.redis = redis
-        self.session = session
-        self.signer = signer or Signer(SigningStore(redis))
         self._start = lua.register(redis, "orc_start")
         self._step_done = lua.register(redis, "orc_step_done")
         self._check_done = lua.register(redis, "orc_check_done")
+
+    async def _run(
+        self, script: AsyncScript, keys: list[str], args: list[Any], *, what: str
+    ) -> Any:
+        """Run one of the orchestration scripts, however long Redis is away (each is safe to
+        repeat)."""
+        return await until_reachable(lambda: run_script(self.redis, script, keys, args), what=what)
 
     async def handle(self, arg: str) -> None:
         kind, oid, *rest = arg.split("|")
@@ -86,9 +94,7 @@ class StepMachine:
 
         if kind == "start":
             args = [oid, rest[0], now_ms(), new_id("tsk"), c.CLAIM_AHEAD_MS]
-            moved = await until_reachable(
-                lambda: run_script(self.redis, self._start, keys, args), what="orc_start"
-            )
+            moved = await self._run(self._start, keys, args, what="orc_start")
             log.info(
                 "orchestration.started" if moved else "orchestration.start_skipped",
                 orchestration_id=oid,
@@ -96,9 +102,7 @@ class StepMachine:
         elif kind == "done":
             task_id, status = rest
             args = [oid, task_id, status, now_ms(), new_id("tsk"), new_id("tsk"), c.CLAIM_AHEAD_MS]
-            outcome = await until_reachable(
-                lambda: run_script(self.redis, self._step_done, keys, args), what="orc_step_done"
-            )
+            outcome = await self._run(self._step_done, keys, args, what="orc_step_done")
             log.info(
                 "orchestration.step_done",
                 orchestration_id=oid,
@@ -150,21 +154,18 @@ class StepMachine:
             "response": {"status_code": answer.get("code"), "body": _parsed(answer.get("body"))},
         }
         check_id = f"{oid}.check.{step}.{attempt}"
-        result = await outbound.call(
-            self.session,
-            url=cond.url,
+        result = await self.send(
+            cond,
+            envelope,
+            cond.timeout,
             method=cond.method,
-            headers=cond.headers,
-            payload=envelope,
-            timeout_s=cond.timeout,
+            msg_id=check_id,
+            owner=owner,
             extra_headers={
-                "Idempotency-Key": check_id,
                 "X-Taskorch-Orchestration-Id": oid,
                 "X-Taskorch-Step": str(step),
                 "X-Taskorch-Attempt": str(attempt),
             },
-            webhook_id=check_id,
-            keys=await self.signer.keys(owner),
         )
         passed = result.error is None and check_passes(result.status_code, result.body)
         record = StoredCheck(
@@ -187,9 +188,7 @@ class StepMachine:
             new_id("tsk"),
             c.CLAIM_AHEAD_MS,
         ]
-        outcome = await until_reachable(
-            lambda: run_script(self.redis, self._check_done, keys, args), what="orc_check_done"
-        )
+        outcome = await self._run(self._check_done, keys, args, what="orc_check_done")
         log.info(
             "orchestration.checked",
             orchestration_id=oid,

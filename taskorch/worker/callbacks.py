@@ -20,23 +20,22 @@ import random
 import aiohttp
 import structlog
 
-from taskorch import outbound
 from taskorch.models import retry_wait_s
-from taskorch.signing import Signer, SigningStore
+from taskorch.signing import Signer
 from taskorch.store import Store, encode_callback_attempt, until_reachable
+from taskorch.worker.sender import Sender
 
 log = structlog.get_logger("taskorch.callbacks")
 
 
-class Callbacks:
+class Callbacks(Sender):
     """The worker's handler of ``cb`` jobs."""
 
     def __init__(
         self, store: Store, session: aiohttp.ClientSession, signer: Signer | None = None
     ) -> None:
+        super().__init__(store.redis, session, signer)
         self.store = store
-        self.session = session
-        self.signer = signer or Signer(SigningStore(store.redis))
 
     async def handle(self, arg: str) -> None:
         task_id, gen, status, n_text = arg.split("|")
@@ -58,21 +57,18 @@ class Callbacks:
             )
             return
         msg_id = f"{task_id}.cb{gen}"
-        result = await outbound.call(
-            self.session,
-            url=target.url,
+        result = await self.send(
+            target,
+            task,
+            task.timeout,
             method="POST",
-            headers=target.headers,
-            payload=task,
-            timeout_s=task.timeout,
+            msg_id=msg_id,
+            owner=fields["owner"],
             extra_headers={
-                "Idempotency-Key": msg_id,
                 "X-Taskorch-Task-Id": task_id,
                 "X-Taskorch-Callback": kind,
                 "X-Taskorch-Attempt": str(n),
             },
-            webhook_id=msg_id,
-            keys=await self.signer.keys(fields["owner"]),
         )
         attempt = encode_callback_attempt(
             kind=kind,
