@@ -112,30 +112,29 @@ def verb(
 
 def verbs_on_one(
     sub: Any,
-    verbs: Iterable[tuple[str, str, Callable[[Any, str], Any]]],
+    verbs: Iterable[tuple[str, str, str]],
     example: str,
     arg: str,
     show: Callable[[Any, argparse.Namespace], int],
 ) -> None:
-    """Verbs (name, help, call) that act on the one thing their argument ``arg`` names
-    (``TASK_ID``): each calls ``call(client, args.task_id)``, a client method such as
-    ``Client.get_task``, and ``show``s its answer. ``example`` is each one's, with ``{verb}``
-    for its name."""
+    """Verbs (name, help, method) that act on the one thing their argument ``arg`` names
+    (``TASK_ID``): each calls the client's ``method`` (``get_task``) with ``args.task_id`` and
+    ``show``s its answer. ``example`` is each one's, with ``{verb}`` for its name."""
     dest = arg.lower()
-    for name, help, call in verbs:
-        run = functools.partial(_call_and_show, call, show, dest)
+    for name, help, method in verbs:
+        run = functools.partial(_call_and_show, method, show, dest)
         p = verb(sub, name, help, example.format(verb=name), run)
         p.add_argument(dest, metavar=arg)
 
 
 def _call_and_show(
-    call: Callable[[Any, str], Any],
+    method: str,
     show: Callable[[Any, argparse.Namespace], int],
     dest: str,
     client: Any,
     args: argparse.Namespace,
 ) -> int:
-    return show(call(client, getattr(args, dest)), args)
+    return show(getattr(client, method)(getattr(args, dest)), args)
 
 
 def examples(group: argparse.ArgumentParser, sub: Any) -> None:

@@ -49,8 +49,8 @@ def add(sub: Any, about: str) -> None:
     options.verbs_on_one(
         qsub,
         (
-            ("pause", "dispatch nothing from the queue until resumed", Client.pause_queue),
-            ("resume", "dispatch again", Client.resume_queue),
+            ("pause", "dispatch nothing from the queue until resumed", "pause_queue"),
+            ("resume", "dispatch again", "resume_queue"),
         ),
         "taskorch queues {verb} emails",
         "NAME",

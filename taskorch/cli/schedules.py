@@ -41,9 +41,9 @@ def add(sub: Any, about: str) -> None:
     options.verbs_on_one(
         ssub,
         (
-            ("get", "show a schedule and its next runs", Client.get_schedule),
-            ("pause", "make no more tasks until resumed", Client.pause_schedule),
-            ("resume", "make tasks again", Client.resume_schedule),
+            ("get", "show a schedule and its next runs", "get_schedule"),
+            ("pause", "make no more tasks until resumed", "pause_schedule"),
+            ("resume", "make tasks again", "resume_schedule"),
         ),
         example,
         "SCHEDULE_ID",

@@ -44,9 +44,9 @@ def add(sub: Any, about: str) -> None:
     options.verbs_on_one(
         tsub,
         (
-            ("get", "show a task and its attempts", Client.get_task),
-            ("cancel", "cancel a scheduled or retrying task", Client.cancel_task),
-            ("retry", "run a failed task again now, with fresh retries", Client.retry_task),
+            ("get", "show a task and its attempts", "get_task"),
+            ("cancel", "cancel a scheduled or retrying task", "cancel_task"),
+            ("retry", "run a failed task again now, with fresh retries", "retry_task"),
         ),
         "taskorch tasks {verb} tsk_0194c3a1b2c3d4e5f6a7b8c9",
         "TASK_ID",
