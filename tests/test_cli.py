@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from taskorch import cli, commands
+from taskorch import cli
 from taskorch.client import Client
 from tests.client_live import Service, new_owner, run_cli, service
 from tests.conftest import ROOT
@@ -229,14 +229,14 @@ def test_tasks_verbs_and_exit_codes(service: Service, as_user: Any) -> None:
 
     assert as_user("tasks", "cancel", task_id)[0] == 0
     code, _, err = as_user("tasks", "cancel", task_id)
-    assert code == commands.EXIT_CONFLICT == 4 and "cancelled" in err
+    assert code == cli.EXIT_CONFLICT == 4 and "cancelled" in err
     code, _, err = as_user("tasks", "get", "tsk_000000000000000000000000")
-    assert code == commands.EXIT_NOT_FOUND == 3 and "404 not_found" in err
+    assert code == cli.EXIT_NOT_FOUND == 3 and "404 not_found" in err
     code, out, err = as_user("tasks", "create", "--url", "ftp://x", "--json")
-    assert code == commands.EXIT_INVALID == 7 and "url:" in err
+    assert code == cli.EXIT_INVALID == 7 and "url:" in err
     assert json.loads(out)["error"]["details"][0]["field"] == "url"
     code, _, err = as_user("tasks", "create", "--url", "https://x", "--in", "soon")
-    assert code == commands.EXIT_USAGE == 2 and "not a duration" in err
+    assert code == cli.EXIT_USAGE == 2 and "not a duration" in err
 
     at = (dt.datetime.now(dt.UTC) + dt.timedelta(minutes=5)).strftime("%Y-%m-%dT%H:%M:%SZ")
     code, out, _ = as_user("tasks", "create", "--url", "https://x.example", "--at", at, "-q")
@@ -297,11 +297,11 @@ def test_schedules_and_queues_verbs(service: Service, as_user: Any) -> None:
     assert "status:        active" in as_user("schedules", "resume", sch)[1]
     assert json.loads(as_user("schedules", "get", sch, "--json")[1])["task"]["retries"] == 1
     assert as_user("schedules", "delete", sch) == (0, f"deleted {sch}\n", "")
-    assert as_user("schedules", "get", sch)[0] == commands.EXIT_NOT_FOUND
+    assert as_user("schedules", "get", sch)[0] == cli.EXIT_NOT_FOUND
     code, _, err = as_user(
         "schedules", "create", "--cron", "61 * * * *", "--url", "https://x.example"
     )
-    assert code == commands.EXIT_INVALID and "cron:" in err
+    assert code == cli.EXIT_INVALID and "cron:" in err
 
     code, out, _ = as_user("queues", "set", "mail", "--rate", "2.5", "--max-concurrent", "4")
     assert code == 0 and "rate:           2.5/s" in out and "max concurrent: 4" in out
@@ -313,8 +313,8 @@ def test_schedules_and_queues_verbs(service: Service, as_user: Any) -> None:
     rows = as_user("queues", "list")[1].splitlines()
     assert [r.split()[0] for r in rows] == ["NAME", "default", "mail"]
     code, _, err = as_user("queues", "pause", "default")
-    assert code == commands.EXIT_INVALID and "named queue" in err
-    assert as_user("queues", "set", "mail")[0] == commands.EXIT_USAGE
+    assert code == cli.EXIT_INVALID and "named queue" in err
+    assert as_user("queues", "set", "mail")[0] == cli.EXIT_USAGE
 
 
 def test_help_shows_an_example_for_every_verb(capsys: Any) -> None:
@@ -436,14 +436,14 @@ def test_missing_settings_and_an_unreachable_api_exit_clearly(service: Service) 
     assert done.returncode == 2 and "set TASKORCH_TOKEN" in done.stderr
     token = service.token()
     done = run_cli(["tasks", "list"], service.env(TASKORCH_TOKEN="not-a-token"))
-    assert done.returncode == commands.EXIT_AUTH == 6 and "401" in done.stderr
+    assert done.returncode == cli.EXIT_AUTH == 6 and "401" in done.stderr
     done = run_cli(["tasks", "list"], service.env(TASKORCH_TOKEN=token))
     assert done.returncode == 0 and done.stdout == "no tasks\n"
     from tests.conftest import free_port
 
     down = service.env(TASKORCH_TOKEN=token, TASKORCH_API_URL=f"http://127.0.0.1:{free_port()}")
     done = run_cli(["tasks", "list"], down)
-    assert done.returncode == commands.EXIT_UNAVAILABLE == 5 and "TASKORCH_API_URL" in done.stderr
+    assert done.returncode == cli.EXIT_UNAVAILABLE == 5 and "TASKORCH_API_URL" in done.stderr
 
 
 @pytest.mark.parametrize(
@@ -459,17 +459,17 @@ def test_missing_settings_and_an_unreachable_api_exit_clearly(service: Service) 
     ],
 )
 def test_durations(text: str, seconds: float) -> None:
-    assert commands.parse_duration(text) == seconds
+    assert cli.parse_duration(text) == seconds
 
 
 def test_times_read_as_a_person_reads_them() -> None:
     now = dt.datetime(2026, 11, 30, 12, 0, tzinfo=dt.UTC)
     at = lambda s: (now + dt.timedelta(seconds=s)).isoformat()  # noqa: E731
-    assert commands.relative(at(300), now) == "in 5 min"
-    assert commands.relative(at(-3), now) == "3 s ago"
-    assert commands.relative(at(0.2), now) == "now"
-    assert commands.relative(at(5400), now) == "in 1 h 30 min"
-    assert commands.relative(at(-2 * 86400), now) == "2 d ago"
+    assert cli.relative(at(300), now) == "in 5 min"
+    assert cli.relative(at(-3), now) == "3 s ago"
+    assert cli.relative(at(0.2), now) == "now"
+    assert cli.relative(at(5400), now) == "in 1 h 30 min"
+    assert cli.relative(at(-2 * 86400), now) == "2 d ago"
 
 
 def test_group_help_names_the_exit_codes(capsys: Any) -> None:

@@ -249,7 +249,7 @@ def test_installed_core_needs_no_extras_and_names_the_aws_one(
             "-c",
             "import importlib.util as u, json, importlib.metadata as m\n"
             "import taskorch, taskorch.api, taskorch.worker, taskorch.client, taskorch.cli\n"
-            "import taskorch.functions, taskorch.dev, sys\n"
+            "import taskorch.functions, taskorch.cli.dev, sys\n"
             "print(json.dumps({'absent': [n for n in ('boto3', 'botocore', 'fakeredis', 'lupa')"
             " if u.find_spec(n) is None], 'loaded': sorted(n for n in sys.modules"
             " if n.split('.')[0] in ('boto3', 'botocore', 'fakeredis')),"

@@ -1,15 +1,14 @@
-"""The ``taskorch`` command: builds settings and objects, then hands over. Nothing else lives here."""
+"""The ``taskorch`` command: its parser, and the dispatch that builds settings and objects and
+hands over. Nothing else lives here: each group of verbs is its own module."""
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import getpass
 import sys
 from importlib import metadata
 
-from taskorch import commands
-from taskorch.commands import subcommand
+from taskorch.cli import queues, schedules, tasks, users, verbs
+from taskorch.cli.options import subcommand
 from taskorch.errors import ConfigError
 from taskorch.settings import Settings
 
@@ -82,47 +81,19 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--sub", required=True, help="the owner the token acts for")
     t.add_argument("--ttl", type=int, default=None, help="seconds until it expires")
     t.add_argument("--scope", nargs="*", default=None, help="read, write (default: all)")
-    u = subcommand(
-        sub,
-        "user",
-        "manage users who sign in with a password",
-        "echo 'a long password' | taskorch user add alice\ntaskorch user passwd alice\n"
-        "taskorch user remove alice",
-        description="Manage users who sign in with a password (POST /v1/auth/token), in the "
-        "Redis of TASKORCH_REDIS_URL.",
-    )
-    usub = u.add_subparsers(dest="user_command", required=True)
-    add = subcommand(
-        usub,
-        "add",
-        "add or reset a user (password from a prompt or stdin)",
-        "echo 'a long password' | taskorch user add alice",
-    )
-    add.add_argument("name")
-    pw = subcommand(
-        usub,
-        "passwd",
-        "change a user's password and revoke every token issued to them before",
-        "taskorch user passwd alice     # asks for the new password twice",
-    )
-    pw.add_argument("name")
-    rm = subcommand(
-        usub,
-        "remove",
-        "remove a user and revoke every token issued to them",
-        "taskorch user remove alice",
-    )
-    rm.add_argument("name")
-    commands.add_verbs(sub)  # tasks, schedules, queues: the API through taskorch.client
+    users.add(sub)
+    # tasks, schedules, queues (verbs.GROUPS): the API through taskorch.client
+    for group in (tasks, schedules, queues):
+        group.add(sub, verbs.ABOUT)
     return p
 
 
 def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
-    if args.command in commands.GROUPS:  # a client of the API: no server settings needed
-        sys.exit(commands.run(args))
+    if args.command in verbs.GROUPS:  # a client of the API: no server settings needed
+        sys.exit(verbs.run(args))
     if args.command == "dev":
-        from taskorch.dev import run_dev
+        from taskorch.cli.dev import run_dev
 
         sys.exit(run_dev())
     try:
@@ -168,50 +139,4 @@ def _run(args: argparse.Namespace, settings: Settings) -> None:
             print(f"taskorch: --ttl: {exc}", file=sys.stderr)
             sys.exit(2)
     elif args.command == "user":
-        _user(settings, args.user_command, args.name)
-
-
-def _read_password(name: str) -> str:
-    if sys.stdin.isatty():
-        password = getpass.getpass(f"Password for {name}: ")
-        if getpass.getpass("Again: ") != password:
-            print("taskorch: the passwords differ", file=sys.stderr)
-            sys.exit(1)
-    else:
-        password = sys.stdin.readline().rstrip("\n")
-    if len(password) < 8:
-        print("taskorch: a password needs at least 8 characters", file=sys.stderr)
-        sys.exit(1)
-    return password
-
-
-def _user(settings: Settings, verb: str, name: str) -> None:
-    """``taskorch user add|passwd|remove NAME``; passwd and remove revoke the user's tokens."""
-    from taskorch import auth
-    from taskorch.store import connect
-
-    password = _read_password(name) if verb in ("add", "passwd") else ""
-
-    async def go() -> str:
-        redis = connect(settings.redis_url)
-        try:
-            if verb == "add":
-                existed = await auth.add_user(redis, name, password)
-                return "password changed, earlier tokens revoked" if existed else "saved"
-            if verb == "passwd":
-                await auth.set_password(redis, name, password)
-                return "password changed, earlier tokens revoked"
-            await auth.remove_user(redis, name)
-            return "removed, its tokens revoked"
-        finally:
-            await redis.aclose()
-
-    try:
-        outcome = asyncio.run(go())
-    except (OSError, ValueError, LookupError) as exc:
-        print(f"taskorch: {exc}", file=sys.stderr)
-        sys.exit(1)
-    except Exception as exc:  # redis errors, e.g. unreachable
-        print(f"taskorch: could not reach Redis at TASKORCH_REDIS_URL: {exc}", file=sys.stderr)
-        sys.exit(1)
-    print(f"user {name} {outcome}")
+        users.run(settings, args.user_command, args.name)
