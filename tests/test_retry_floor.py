@@ -77,3 +77,30 @@ async def test_a_condition_check_with_retry_delay_0_waits_the_floor(
     assert len(checks) == 4
     gaps = [b - a for a, b in itertools.pairwise(checks)]
     assert min(gaps) >= FLOOR - 0.002, gaps
+
+
+@pytest.mark.parametrize(
+    ("header", "low", "high"),
+    [
+        (None, None, None),
+        ("", None, None),
+        ("7", 7.0, 7.0),
+        ("2.5", 2.5, 2.5),
+        ("-3", 0.0, 0.0),  # never negative
+        ("soon", None, None),
+        ("Wed, 21 Oct 2015 07:28:00 GMT", 0.0, 0.0),  # a date in the past: now
+        # "-0000" makes a naive datetime: read as UTC, not a TypeError
+        ("Fri, 01 Jan 2100 00:00:00 -0000", 2e9, 4e9),
+    ],
+)
+def test_retry_after_is_read_the_same_by_worker_and_client(
+    header: str | None, low: float | None, high: float | None
+) -> None:
+    """One reading of ``Retry-After`` (the worker's from targets, the client's from the API)."""
+    from taskorch.models import retry_after_s
+
+    got = retry_after_s(header)
+    if low is None:
+        assert got is None
+    else:
+        assert got is not None and low <= got <= (high if high else got)

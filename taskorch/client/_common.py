@@ -5,7 +5,6 @@ raises, when to send again (``_Retry``) and the settings both read (``_Base``)."
 from __future__ import annotations
 
 import datetime as dt
-import email.utils
 import os
 import re
 import urllib.parse
@@ -39,6 +38,7 @@ from taskorch.models import (
     TaskStatus,
     TokenResponse,
 )
+from taskorch.models.times import retry_after_s
 
 __all__ = [
     "API_URL_ENV",
@@ -449,19 +449,6 @@ def error_from(r: httpx.Response) -> errors.ApiError:
     return exc
 
 
-def _retry_after_s(value: str | None) -> float | None:
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        try:
-            when = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError):
-            return None
-        return max(0.0, (when - dt.datetime.now(dt.UTC)).total_seconds())
-
-
 @dataclass(frozen=True)
 class _Retry:
     """When to send a request again (see the module docstring); None: raise now."""
@@ -489,7 +476,7 @@ class _Retry:
         stored_nothing = any(d.get("outcome") == "not_stored" for d in exc.details)
         if exc.status_code == 503 and not (call.repeatable or stored_nothing):
             return None
-        wait = _retry_after_s(exc.headers.get("Retry-After"))
+        wait = retry_after_s(exc.headers.get("Retry-After"))
         if wait is None:
             return self._backoff(attempt)
         # Asked to wait longer than we would (a sign-in throttled for minutes): say so now.

@@ -4,16 +4,10 @@
 -- limit + 1 ids below the cursor (ids sort by creation time; the cursor is the last id handed out).
 -- Returns the ids, newest first.
 --- @include "prelude"
+--- @include "newest_ids"
 
-local ix, cursor, limit = P .. ARGV[1], ARGV[2], tonumber(ARGV[3])
-local top = '+'
-if cursor ~= '' then top = '(' .. cursor end
-local all = {}
-for i = 4, #ARGV do
-  local ids = redis.call('ZREVRANGEBYLEX', ix .. ARGV[i], top, '-', 'LIMIT', 0, limit + 1)
-  for _, id in ipairs(ids) do all[#all + 1] = id end
-end
-table.sort(all, function(a, b) return a > b end)
+local limit = tonumber(ARGV[3])
+local all = newest_ids(P .. ARGV[1], ARGV[2], limit + 1, 4)
 local out = {}
 for i = 1, math.min(#all, limit + 1) do out[i] = all[i] end
 return out

@@ -7,17 +7,11 @@
 -- matching ids, newest first; when the budget ran out first, the last id read ('' otherwise: ids
 -- below it are unread); and how many records it read.
 --- @include "prelude"
+--- @include "newest_ids"
 
-local ix, cursor, limit, want = P .. ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
+local limit, want = tonumber(ARGV[3]), ARGV[4]
 local default_only, budget = ARGV[5] == '1', tonumber(ARGV[6])
-local top = '+'
-if cursor ~= '' then top = '(' .. cursor end
-local all = {}
-for i = 7, #ARGV do
-  local ids = redis.call('ZREVRANGEBYLEX', ix .. ARGV[i], top, '-', 'LIMIT', 0, budget + 1)
-  for _, id in ipairs(ids) do all[#all + 1] = id end
-end
-table.sort(all, function(a, b) return a > b end)
+local all = newest_ids(P .. ARGV[1], ARGV[2], budget + 1, 7)
 local out, last = {}, ''
 for i = 1, math.min(#all, budget) do
   local id = all[i]

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import time
+from email.utils import parsedate_to_datetime
 
 from taskorch import constants as c
 from taskorch.models.shared import TaskSpec
 
-__all__ = ["due_ms", "fmt_ms", "retry_wait_s"]
+__all__ = ["due_ms", "fmt_ms", "retry_after_s", "retry_wait_s"]
 
 
 def due_ms(run_at: dt.datetime | None, delay: float | None, now_ms: int) -> int:
@@ -54,3 +56,19 @@ def retry_wait_s(
     except OverflowError:  # a large backoff to a high power: the cap applies
         base = spec.max_retry_delay
     return max(floor, min(base * (1 + c.RETRY_JITTER * jitter), max(spec.max_retry_delay, base)))
+
+
+def retry_after_s(value: str | None) -> float | None:
+    """Seconds a ``Retry-After`` header asks to wait (delta seconds or an HTTP date, never
+    negative); None when it is absent or unreadable. The worker reads it from targets, the
+    client from the API."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+    except (TypeError, ValueError):
+        return None

@@ -15,7 +15,6 @@ import ipaddress
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -26,6 +25,7 @@ from yarl import URL
 from taskorch import constants as c
 from taskorch import signing
 from taskorch.errors import TargetBlocked, TargetConnectionError, TargetError, TargetTimeout
+from taskorch.models.times import retry_after_s
 
 # Cloud metadata endpoints (also inside the ranges below; named so a change there cannot drop them).
 _METADATA = {ipaddress.ip_address("fd00:ec2::254"), ipaddress.ip_address("100.100.100.200")}
@@ -202,19 +202,6 @@ class CallResult:
         return self.body[: c.RESPONSE_EXCERPT_BYTES].decode("utf-8", "replace")
 
 
-def _retry_after(value: str | None) -> float | None:
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
-    except (TypeError, ValueError):
-        return None
-
-
 async def _read_up_to(stream: aiohttp.StreamReader, n: int) -> bytes:
     """Read ``n`` bytes or to the end, whichever comes first. One ``read(n)`` returns whatever
     is buffered, which is a fraction of an answer that arrives in several TCP pieces."""
@@ -267,7 +254,7 @@ async def call(
                     resp.close()  # too long to keep reading; don't reuse the connection
                 retry_after = None
                 if resp.status in (429, 503):
-                    retry_after = _retry_after(resp.headers.get("Retry-After"))
+                    retry_after = retry_after_s(resp.headers.get("Retry-After"))
                 return CallResult(started, time.time() * 1000, resp.status, body, None, retry_after)
     except TimeoutError:
         err: TargetError = TargetTimeout(f"timed out after {timeout_s:g} s")
