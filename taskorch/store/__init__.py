@@ -6,10 +6,10 @@ commands cannot leave a task half-changed, and a cancel or modify that races the
 decided by one compare-and-set on the task's current job id.
 
 The package, one module per concern: ``connection`` (the client for a URL, the start checks, the
-waits on an outage), ``encoding`` (attempts and specs as a record keeps them), ``views`` (a
-record as the API answers it), ``listing`` (pages of ids), and :class:`Store`'s parts:
-``base`` (its client and scripts), ``creating``, ``tasks`` (the API's calls on one task) and
-``jobs`` (the worker's). What other modules import from ``taskorch.store`` is re-exported here.
+waits on an outage), ``records`` (a task's record as Redis keeps it and as the API answers it),
+``listing`` (pages of ids, the task list), and :class:`Store`'s parts: ``base`` (its client,
+scripts and reads by id), ``creating``, ``tasks`` (the API's calls on one task) and ``jobs`` (the
+worker's). What other modules import from ``taskorch.store`` is re-exported here.
 """
 
 from __future__ import annotations
@@ -28,18 +28,18 @@ from taskorch.store.connection import (
     until_reachable,
 )
 from taskorch.store.creating import BatchItem, Creates, idempotency_redis_key, run_create
-from taskorch.store.encoding import (
+from taskorch.store.jobs import Claimed, WorkerCalls
+from taskorch.store.listing import Listing, list_ids, page_ids
+from taskorch.store.records import (
     _spec_json,
     _spec_parts,
+    _task_view,
     decode_callbacks,
     decode_spec,
     encode_attempt,
     encode_callback_attempt,
 )
-from taskorch.store.jobs import Claimed, WorkerCalls
-from taskorch.store.listing import Listing, list_ids, page_ids
 from taskorch.store.tasks import TaskCalls
-from taskorch.store.views import _task_view
 
 
 class Store(Creates, TaskCalls, Listing, WorkerCalls):

@@ -5,13 +5,14 @@ and reading records by id.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from taskorch import lua, partitions
 from taskorch.cluster import run_many, run_script
 from taskorch.models import Task
 from taskorch.partitions import Layout
 from taskorch.store.connection import Redis, from_flat
-from taskorch.store.views import _task_view
+from taskorch.store.records import _task_view
 
 
 class StoreBase:
@@ -62,8 +63,11 @@ class StoreBase:
 
     async def read_task(self, task_id: str) -> dict[str, str] | None:
         """A task's fields as the scripts answer them (any owner), or None."""
-        layout = await self.layout()
-        [(h, _)] = await run_script(
-            self.redis, self._view, [layout.queue(layout.partition_of(task_id))], [task_id]
-        )
+        [(h, _)] = await self._run_at(task_id, self._view, [task_id])
         return from_flat(h) if h else None
+
+    async def _run_at(self, task_id: str, script: Any, args: list[Any]) -> Any:
+        """Run ``script`` in the partition ``task_id`` names (routed by its queue key)."""
+        layout = await self.layout()
+        q = layout.queue(layout.partition_of(task_id))
+        return await run_script(self.redis, script, [q], args)

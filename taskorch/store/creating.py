@@ -18,8 +18,7 @@ from taskorch.models import Task, TaskCreate, due_ms, fmt_ms
 from taskorch.partitions import Layout
 from taskorch.store.base import StoreBase
 from taskorch.store.connection import REDIS_DOWN, Redis, from_flat, now_ms
-from taskorch.store.encoding import _spec_parts
-from taskorch.store.views import _created_view, _task_view
+from taskorch.store.records import _created_view, _spec_parts, _task_view
 
 
 class BatchItem(msgspec.Struct):

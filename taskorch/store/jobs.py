@@ -14,7 +14,7 @@ from taskorch.cluster import run_many, run_script
 from taskorch.models import TaskSpec
 from taskorch.store.base import StoreBase
 from taskorch.store.connection import now_ms
-from taskorch.store.encoding import decode_spec
+from taskorch.store.records import decode_spec
 
 
 class Claimed(msgspec.Struct):
@@ -253,11 +253,9 @@ class WorkerCalls(StoreBase):
     ) -> bool:
         """Record a callback delivery and schedule the next (lua/callback_done.lua); False when
         the job was no longer the task's callback job."""
-        layout = await self.layout()
-        res = await run_script(
-            self.redis,
+        res = await self._run_at(
+            task_id,
             self._callback_done,
-            [layout.queue(layout.partition_of(task_id))],
             [task_id, job, attempt, now_ms(), next_job, next_arg, next_due_ms, c.CLAIM_AHEAD_MS],
         )
         return bool(res)

@@ -146,27 +146,14 @@ class Listing(StoreBase):
         todo = {p: cursor or "" for p in parts}  # partition -> where it goes on
         stops: dict[int, str] = {}
         found: list[str] = []
+        only_default = "1" if default_only else ""
         for _ in range(c.LIST_SCAN_ROUNDS):
             each = max(1, left // len(todo))
-            rows = await run_many(
-                self.redis,
-                self._list_scan,
-                [
-                    (
-                        [layout.queue(p)],
-                        [
-                            index,
-                            below,
-                            limit,
-                            name,
-                            "1" if default_only else "",
-                            each,
-                            *statuses,
-                        ],
-                    )
-                    for p, below in todo.items()
-                ],
-            )
+            calls = [
+                ([layout.queue(p)], [index, below, limit, name, only_default, each, *statuses])
+                for p, below in todo.items()
+            ]
+            rows = await run_many(self.redis, self._list_scan, calls)
             more: dict[int, str] = {}
             for p, (got, stop, read) in zip(todo, rows, strict=True):
                 found += got

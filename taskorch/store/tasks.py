@@ -10,39 +10,27 @@ from taskorch.errors import Conflict, NotFound
 from taskorch.models import Task, TaskPatch, TaskSpec, due_ms
 from taskorch.store.base import StoreBase
 from taskorch.store.connection import from_flat, now_ms
-from taskorch.store.encoding import _spec_parts, decode_callbacks, decode_spec
-from taskorch.store.views import _task_view
+from taskorch.store.records import _spec_parts, _task_view, decode_callbacks, decode_spec
 
 
 class TaskCalls(StoreBase):
     """Store's calls on one task by id, for the API."""
 
     async def get_task(self, owner: str, task_id: str) -> Task:
-        layout = await self.layout()
-        p = layout.partition_of(task_id)
-        [(h, attempts)] = await run_script(self.redis, self._view, [layout.queue(p)], [task_id])
+        [(h, attempts)] = await self._run_at(task_id, self._view, [task_id])
         view = from_flat(h)
         if not view or view.get("owner") != owner:
             raise NotFound(f"No task {task_id!r} exists for this account.")
         return _task_view(view, attempts)
 
     async def cancel_task(self, owner: str, task_id: str) -> Task:
-        layout = await self.layout()
-        res = await run_script(
-            self.redis,
-            self._cancel,
-            [layout.queue(layout.partition_of(task_id))],
-            [task_id, owner, now_ms()],
-        )
+        res = await self._run_at(task_id, self._cancel, [task_id, owner, now_ms()])
         _raise_for(res, task_id, "cancelled")
         return _task_view(from_flat(res[1]), res[2])
 
     async def task_record(self, task_id: str) -> tuple[dict[str, str], Task] | None:
         """A task's fields as the scripts answer them and its view (any owner), or None."""
-        layout = await self.layout()
-        [(h, attempts)] = await run_script(
-            self.redis, self._view, [layout.queue(layout.partition_of(task_id))], [task_id]
-        )
+        [(h, attempts)] = await self._run_at(task_id, self._view, [task_id])
         if not h:
             return None
         fields = from_flat(h)
@@ -50,13 +38,7 @@ class TaskCalls(StoreBase):
 
     async def retry_task(self, owner: str, task_id: str) -> Task:
         """Redrive a failed task: scheduled again now with a fresh retry budget (lua/retry_task.lua)."""
-        layout = await self.layout()
-        res = await run_script(
-            self.redis,
-            self._retry,
-            [layout.queue(layout.partition_of(task_id))],
-            [task_id, owner, now_ms(), c.CLAIM_AHEAD_MS],
-        )
+        res = await self._run_at(task_id, self._retry, [task_id, owner, now_ms(), c.CLAIM_AHEAD_MS])
         if res[0] == "conflict":
             raise Conflict(f"The task is {res[1]}: only a failed task can be retried.")
         if res[0] == "in_orchestration":
