@@ -1,8 +1,8 @@
 """The single-node layout of releases before issue #10: its key names, and the check at start.
 
-Both taskorch/store.py (``taskorch serve``'s and ``taskorch check``'s start-up check) and
-taskorch/migrate.py (the upgrade) need these; they live here so that neither imports the other
-inside a function to dodge an import circle (store.py is below migrate.py, which uses its client).
+Both taskorch/store/connection.py (``taskorch serve``'s and ``taskorch check``'s start-up check)
+and taskorch/migrate.py (the upgrade) need these; they live here so that neither imports the other
+inside a function to dodge an import circle (the store is below migrate.py, which uses its client).
 """
 
 from __future__ import annotations

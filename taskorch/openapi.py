@@ -215,7 +215,7 @@ def _steerable(
 # What the API accepts beyond each field's type, written into the generated schemas so that a
 # client (or a fuzzer) that follows them is never refused: http(s) URLs with a host, header names
 # and values as HTTP allows (minus those the service sets itself), and times with an offset. The
-# URL and header rules are stated once, in taskorch.rules, with the server's checks.
+# URL and header rules are stated once, in taskorch.models.rules, with the server's checks.
 _URL = rules.URL_SCHEMA
 _HEADERS = rules.HEADERS_SCHEMA
 _RUN_AT = {

@@ -24,7 +24,7 @@ lies in the same Redis Cluster slot. Nothing a script writes is global.
 A task record is ONE string: a msgpack map with short field names, defaults left out, the id not
 stored (it is in the key) and the spec an opaque JSON string that Lua never re-encodes (cjson would
 round numbers). Fields: o owner, s status, h url, p the rest of the spec (JSON, short names: see
-store._StoredSpec; a step's whole spec, url included, when h is absent), n name, r run_at (ms after the id's own time,
+store.records._StoredSpec; a step's whole spec, url included, when h is absent), n name, r run_at (ms after the id's own time,
 a small number), c created_at (left out when
 it is the id's own time), u updated_at (left out when it equals created_at), g generation,
 a attempt, l lost attempts, oi orchestration id, sc the schedule that made it, st/sf/sb started_at,
