@@ -75,11 +75,9 @@ class Orchestrations:
 
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
-        self._create = lua.register(redis, "orc_create")
-        self._modify = lua.register(redis, "orc_modify")
-        self._cancel = lua.register(redis, "orc_cancel")
-        self._list = lua.register(redis, "list_ids")
-        self._view_tasks = lua.register(redis, "view_tasks")
+        self._lua = lua.Scripts(
+            redis, "orc_create", "orc_modify", "orc_cancel", "list_ids", "view_tasks"
+        )
 
     async def _where(self, oid: str) -> tuple[str, str]:
         """An orchestration's partition prefix and the key its scripts are routed by."""
@@ -103,7 +101,7 @@ class Orchestrations:
         idem = idempotency_redis_key(layout.prefixes[p], owner, "orc", idempotency_key)
         reply = await run_create(
             self.redis,
-            self._create,
+            self._lua.orc_create,
             [layout.queue(p)],
             [
                 oid,
@@ -166,7 +164,7 @@ class Orchestrations:
         statuses = (
             [
                 from_flat(h).get("status")
-                for h, _ in await run_script(self.redis, self._view_tasks, [q], tids)
+                for h, _ in await run_script(self.redis, self._lua.view_tasks, [q], tids)
             ]
             if tids
             else []
@@ -210,7 +208,7 @@ class Orchestrations:
         ids, next_cursor = await list_ids(
             self.redis,
             layout,
-            self._list,
+            self._lua.list_ids,
             f"{c.ORCH_INDEX}{owner}:",
             statuses,
             limit=limit,
@@ -221,7 +219,7 @@ class Orchestrations:
 
     async def cancel(self, owner: str, oid: str) -> Orchestration:
         _, q = await self._where(oid)
-        res = await run_script(self.redis, self._cancel, [q], [oid, owner, now_ms()])
+        res = await run_script(self.redis, self._lua.orc_cancel, [q], [oid, owner, now_ms()])
         _raise_for(res, oid, "cancelled", "scheduled or running")
         return await self._view(from_flat(res[1]), from_flat(res[2]), set(res[3]))
 
@@ -254,7 +252,7 @@ class Orchestrations:
                 steps = _step_args(patch.steps)
             res = await run_script(
                 self.redis,
-                self._modify,
+                self._lua.orc_modify,
                 [q],
                 [oid, owner, now, h["gen"], name, due, cond, fb, n, c.CLAIM_AHEAD_MS, *steps],
             )

@@ -80,9 +80,7 @@ class Queues:
 
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
-        self._get = lua.register(redis, "queue_get")
-        self._put = lua.register(redis, "queue_put")
-        self._list = lua.register(redis, "queue_list")
+        self._lua = lua.Scripts(redis, "queue_get", "queue_put", "queue_list")
 
     async def put(self, owner: str, name: str, body: QueueUpdate) -> Queue:
         """Set a queue's limits (fields left out keep theirs); the queue exists from then on."""
@@ -98,7 +96,7 @@ class Queues:
         layout = await partitions.load(self.redis)
         row = await run_script(
             self.redis,
-            self._put,
+            self._lua.queue_put,
             [layout.queue(layout.queue_partition(owner, name))],
             [
                 owner,
@@ -121,7 +119,7 @@ class Queues:
         layout = await partitions.load(self.redis)
         row = await run_script(
             self.redis,
-            self._get,
+            self._lua.queue_get,
             [layout.queue(layout.queue_partition(owner, name))],
             [owner, name, *_STATUSES],
         )
@@ -135,7 +133,7 @@ class Queues:
         layout = await partitions.load(self.redis)
         rows = await run_many(
             self.redis,
-            self._list,
+            self._lua.queue_list,
             [([layout.queue(p)], [owner, *_STATUSES]) for p in range(layout.n)],
         )
         totals = [0] * len(_STATUSES)

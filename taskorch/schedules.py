@@ -136,14 +136,17 @@ class Schedules:
 
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
-        self._create = lua.register(redis, "sched_create")
-        self._view_script = lua.register(redis, "sched_view")
-        self._change = lua.register(redis, "sched_change")
-        self._due = lua.register(redis, "sched_due")
-        self._make = lua.register(redis, "sched_make")
-        self._task_ids = lua.register(redis, "sched_task_ids")
-        self._list = lua.register(redis, "list_ids")
-        self._view_tasks = lua.register(redis, "view_tasks")
+        self._lua = lua.Scripts(
+            redis,
+            "sched_create",
+            "sched_view",
+            "sched_change",
+            "sched_due",
+            "sched_make",
+            "sched_task_ids",
+            "list_ids",
+            "view_tasks",
+        )
         self._soon: set[asyncio.Task[None]] = set()
         self._rounds: dict[int, int] = {}  # partition -> this maker's last round there (Redis ms)
         self._tried: float | None = None  # when this maker's last round ended, ok or not
@@ -192,7 +195,7 @@ class Schedules:
         idem = idempotency_redis_key(layout.prefixes[p], owner, "sch", idempotency_key)
         created, got, (h, last) = await run_script(
             self.redis,
-            self._create,
+            self._lua.sched_create,
             keys,
             [sid, owner, now, _bound(now + 1), status, idem, c.IDEMPOTENCY_TTL_S, *fields],
         )
@@ -210,7 +213,7 @@ class Schedules:
     async def _read(self, sid: str) -> tuple[dict[str, str], str]:
         _, _, keys = await self._keys(sid)
         [(h, last)] = await run_script(
-            self.redis, self._view_script, keys[:1], [_bound(now_ms() + 1), sid]
+            self.redis, self._lua.sched_view, keys[:1], [_bound(now_ms() + 1), sid]
         )
         return from_flat(h), last
 
@@ -222,7 +225,7 @@ class Schedules:
         ids, next_cursor = await list_ids(
             self.redis,
             layout,
-            self._list,
+            self._lua.list_ids,
             f"{c.SCHEDULE_INDEX}{owner}:",
             statuses,
             limit=limit,
@@ -234,7 +237,7 @@ class Schedules:
             groups.setdefault(layout.partition_of(sid), []).append(sid)
         rows = await run_many(
             self.redis,
-            self._view_script,
+            self._lua.sched_view,
             [([layout.queue(p)], [_bound(now + 1), *g]) for p, g in groups.items()],
         )
         views: dict[str, Schedule] = {}
@@ -298,34 +301,32 @@ class Schedules:
 
     async def delete(self, owner: str, sid: str) -> None:
         """Remove a schedule and cancel the occurrences made but not started."""
-        _, _, keys = await self._keys(sid)
-        now = now_ms()
-        res = await run_script(
-            self.redis, self._change, keys, ["delete", sid, owner, now, _bound(now + 1), ""]
-        )
-        if res[0] == "not_found":
-            raise NotFound(f"No schedule {sid!r} exists for this account.")
+        await self._change("delete", owner, sid, "", [])
 
     async def _change_or_raise(self, op: str, owner: str, sid: str) -> Schedule:
         res = await self._run_change(op, owner, sid, "", [])
         assert res is not None  # no expected version: never stale
         return res
 
+    async def _change(
+        self, op: str, owner: str, sid: str, version: str, fields: list[Any]
+    ) -> tuple[Layout, int, int, list[Any]]:
+        """Run sched_change.lua's ``op`` on a schedule of ``owner``'s: its layout, partition, the
+        time it ran with, and the script's answer (NotFound when there is no such schedule)."""
+        layout, p, keys = await self._keys(sid)
+        now = now_ms()
+        args = [op, sid, owner, now, _bound(now + 1), version, *fields]
+        res = await run_script(self.redis, self._lua.sched_change, keys, args)
+        if res[0] == "not_found":
+            raise NotFound(f"No schedule {sid!r} exists for this account.")
+        return layout, p, now, res
+
     async def _run_change(
         self, op: str, owner: str, sid: str, version: str, fields: list[Any]
     ) -> Schedule | None:
-        layout, p, keys = await self._keys(sid)
-        now = now_ms()
-        res = await run_script(
-            self.redis,
-            self._change,
-            keys,
-            [op, sid, owner, now, _bound(now + 1), version, *fields],
-        )
+        layout, p, now, res = await self._change(op, owner, sid, version, fields)
         if res[0] == "stale":
             return None
-        if res[0] == "not_found":
-            raise NotFound(f"No schedule {sid!r} exists for this account.")
         if res[0] == "conflict":
             raise Conflict(f"The schedule is {res[1]}: it can no longer be changed.")
         h, last = res[1]
@@ -349,7 +350,7 @@ class Schedules:
         _, _, keys = await self._keys(sid)
         ids, stopped = await run_script(
             self.redis,
-            self._task_ids,
+            self._lua.sched_task_ids,
             keys[:1],
             [
                 owner,
@@ -363,7 +364,7 @@ class Schedules:
         )
         more = len(ids) > limit
         ids = ids[:limit]
-        rows = await run_script(self.redis, self._view_tasks, keys[:1], ids) if ids else []
+        rows = await run_script(self.redis, self._lua.view_tasks, keys[:1], ids) if ids else []
         items = [_task_view(from_flat(h), a) for h, a in rows if h]
         next_cursor = ids[-1] if more and ids else (stopped or None)
         return TaskPage(items=items, next_cursor=next_cursor)
@@ -403,7 +404,7 @@ class Schedules:
         try:
             rows = await run_many(
                 self.redis,
-                self._due,
+                self._lua.sched_due,
                 [
                     ([layout.queue(p)], [now, c.SCHEDULE_DUE_BATCH, self._rounds.get(p, "")])
                     for p in range(layout.n)
@@ -484,7 +485,7 @@ class Schedules:
         pre = layout.prefixes[p]
         n = await run_script(
             self.redis,
-            self._make,
+            self._lua.sched_make,
             [layout.queue(p), pre + c.SCHEDULE + sid, pre + c.SCHEDULES_DUE],
             [sid, h["v"], now, until, look, c.CLAIM_AHEAD_MS, *catch, queue, *occurrences],
         )

@@ -142,3 +142,19 @@ def test_store_and_migrate_form_no_import_circle() -> None:
         if isinstance(n, ast.ImportFrom)
     }
     assert "taskorch.store" in top  # at the top: nothing to dodge
+
+
+def test_an_owner_runs_only_the_scripts_it_registered() -> None:
+    """lua.Scripts names each script as its file; a script the owner did not register, or a
+    file that does not exist, is an error at once rather than a None run later."""
+
+    class _Fake:
+        def register_script(self, script: str) -> str:
+            return script
+
+    owned = lua.Scripts(_Fake(), "queue_get", "queue_put")  # type: ignore[arg-type]
+    assert owned.queue_put == lua.text("queue_put")
+    with pytest.raises(AttributeError, match="queue_list"):
+        _ = owned.queue_list
+    with pytest.raises(lua.LuaError, match="no_such_script"):
+        lua.Scripts(_Fake(), "no_such_script")  # type: ignore[arg-type]

@@ -129,3 +129,18 @@ def text(name: str) -> str:
 def register(redis: _Registers, name: str) -> AsyncScript:
     """``redis.register_script`` of script ``name``: what callers run with cluster.run_script."""
     return redis.register_script(SCRIPTS[name])
+
+
+class Scripts:
+    """The scripts one store object runs, registered once on its Redis client and named as their
+    files: ``Scripts(redis, "queue_get", "queue_put").queue_put``. A name not registered here is
+    an AttributeError; an unknown file is a LuaError at construction."""
+
+    def __init__(self, redis: _Registers, *names: str) -> None:
+        for name in names:
+            if name not in SCRIPTS:
+                raise LuaError(f"no Lua file taskorch/lua/{name}.lua")
+            self.__dict__[name] = register(redis, name)
+
+    def __getattr__(self, name: str) -> AsyncScript:
+        raise AttributeError(f"script {name!r} is not registered by this owner")
