@@ -106,9 +106,20 @@ class ParallelStep(_Step, kw_only=True):
 class MapSpec(_Input, kw_only=True):
     """``map``'s body: the items (a list, or one reference to a list), the task, the pace."""
 
-    items: Annotated[list[Any], Meta(max_length=MAX_MAP_ITEMS)] | str
+    # A list, or a string that is one reference (check_workflow): checked here rather than by
+    # the type, whose message would be "must be str | array".
+    items: Any
     task: TaskSpec
     max_concurrent: Annotated[int, Meta(ge=1, le=MAX_MAP_CONCURRENT)] = DEFAULT_MAP_CONCURRENT
+
+    def check(self) -> list[tuple[str, str]]:
+        if isinstance(self.items, list) and len(self.items) > MAX_MAP_ITEMS:
+            return [("items", f"must hold at most {MAX_MAP_ITEMS} items, not {len(self.items)}")]
+        if not isinstance(self.items, (list, str)):
+            return [
+                ("items", "must be a list, or one reference to a list such as {{ input.items }}")
+            ]
+        return []
 
 
 class MapStep(_Step, kw_only=True):

@@ -18,7 +18,7 @@ gives a partial one. Pure: no I/O, no clock.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -211,16 +211,33 @@ def _join(prefix: str, key: str | int) -> str:
     return f"{prefix}.{key}" if prefix else key
 
 
-def strings(value: Any, path: str) -> Iterator[tuple[str, str]]:
-    """Each string in a JSON value at any depth (not object keys), with its field path."""
-    if isinstance(value, str):
-        yield path, value
-    elif isinstance(value, dict):
-        for k, v in value.items():
-            yield from strings(v, _join(path, k))
-    elif isinstance(value, list):
-        for i, v in enumerate(value):
-            yield from strings(v, _join(path, i))
+Key = str | int
+
+
+def leaves(value: Any) -> Iterator[tuple[tuple[Key, ...], str]]:
+    """Each string in a JSON value at any depth (not object keys) with its path, in document
+    order. A loop, not recursion: a body may nest as deep as the JSON parser allows."""
+    stack: list[tuple[tuple[Key, ...], Any]] = [((), value)]
+    while stack:
+        path, v = stack.pop()
+        if isinstance(v, str):
+            yield path, v
+        elif isinstance(v, dict):
+            stack.extend(((*path, k), x) for k, x in reversed(v.items()))
+        elif isinstance(v, list):
+            stack.extend(((*path, i), v[i]) for i in range(len(v) - 1, -1, -1))
+
+
+def field_of(prefix: str, path: tuple[Key, ...]) -> str:
+    """A path as the contract's error details write it: ``payload.items[2].sku``."""
+    for key in path:
+        prefix = _join(prefix, key)
+    return prefix
+
+
+def strings(value: Any, prefix: str) -> Iterator[tuple[str, str]]:
+    """Each string in a JSON value at any depth, with its field path under ``prefix``."""
+    return ((field_of(prefix, path), text) for path, text in leaves(value))
 
 
 def spec_strings(
@@ -337,23 +354,39 @@ def _root_value(ref: Ref, ctx: Context, where: str) -> tuple[Any, bool]:
 def value_of(ref: Ref, ctx: Context, where: str = "") -> Any:
     """The JSON value ``ref`` names in ``ctx``; ReferenceMissing when there is none."""
     value, truncated = _root_value(ref, ctx, where)
+    if truncated and ref.parts:
+        walked = f"steps.{ref.step}.{ref.field}"
+        raise _missing(ref, where, f"{walked} was over 64 KiB and only its start was kept")
+    for part in ref.parts:
+        if isinstance(part, int):
+            if isinstance(value, list) and part < len(value):
+                value = value[part]
+                continue
+        elif isinstance(value, dict) and part in value:
+            value = value[part]
+            continue
+        raise _lost(ref, ctx, where)
+    return value
+
+
+def _lost(ref: Ref, ctx: Context, where: str) -> ReferenceMissing:
+    """The error for a path that leads nowhere, naming the part where it stops (walked again:
+    the way there is kept only when it is needed)."""
+    value, _ = _root_value(ref, ctx, where)
     walked = ref.root if ref.step is None else f"steps.{ref.step}.{ref.field}"
     for part in ref.parts:
-        if truncated:
-            raise _missing(ref, where, f"{walked} was over 64 KiB and only its start was kept")
         if isinstance(part, int):
             if not isinstance(value, list) or part >= len(value):
                 size = f"a list of {len(value)}" if isinstance(value, list) else _kind(value)
-                raise _missing(ref, where, f"{walked} is {size}, so it has no [{part}]")
-            value = value[part]
+                return _missing(ref, where, f"{walked} is {size}, so it has no [{part}]")
             walked += f"[{part}]"
+        elif not isinstance(value, dict) or part not in value:
+            what = "an object without that key" if isinstance(value, dict) else _kind(value)
+            return _missing(ref, where, f"{walked} is {what}, so it has no .{part}")
         else:
-            if not isinstance(value, dict) or part not in value:
-                what = "an object without that key" if isinstance(value, dict) else _kind(value)
-                raise _missing(ref, where, f"{walked} is {what}, so it has no .{part}")
-            value = value[part]
             walked += f".{part}"
-    return value
+        value = value[part]
+    raise AssertionError("the path was found")  # pragma: no cover - value_of found it missing
 
 
 def _kind(value: Any) -> str:
@@ -381,32 +414,65 @@ def _text(template: Template, ctx: Context, where: str) -> str:
     )
 
 
-Build = Callable[[Context], Any]
+class _Payload:
+    """Where a payload's references are, found once: the containers on the way to each (copied
+    per call, parents first, so the spec itself is never changed and constant parts are shared
+    between calls, not copied) and each reference's container and key. Resolving is a loop over
+    those, never a walk of the whole payload, and never recursion."""
+
+    __slots__ = ("containers", "holes", "payload", "whole")
+
+    def __init__(self, payload: Any) -> None:
+        self.payload = payload
+        self.whole: Template | None = None
+        # (parent container's index, key); index 0 is the payload itself
+        self.containers: list[tuple[int, Key]] = [(-1, "")]
+        self.holes: list[tuple[int, Key, Template, str]] = []
+        seen: dict[tuple[Key, ...], int] = {(): 0}
+        for path, text in leaves(payload):
+            template = parse(text)
+            if template is None:
+                continue
+            if not path:
+                self.whole = template
+                continue
+            parent = 0
+            for depth in range(1, len(path)):
+                j = seen.get(path[:depth])
+                if j is None:
+                    j = seen[path[:depth]] = len(self.containers)
+                    self.containers.append((parent, path[depth - 1]))
+                parent = j
+            self.holes.append((parent, path[-1], template, field_of("payload", path)))
+
+    def __bool__(self) -> bool:
+        return self.whole is not None or bool(self.holes)
+
+    def resolve(self, ctx: Context) -> Any:
+        if self.whole is not None:
+            return _value_or_text(self.whole, ctx, "payload")
+        values = [_value_or_text(t, ctx, where) for _, _, t, where in self.holes]
+        copies: list[Any] = [_copy(self.payload)]
+        for parent, key in self.containers[1:]:
+            child = _copy(copies[parent][key])
+            copies[parent][key] = child
+            copies.append(child)
+        for (at, key, _, _), value in zip(self.holes, values, strict=True):
+            copies[at][key] = value
+        return copies[0]
 
 
-def _compile(value: Any, where: str) -> Build | None:
-    """A function building ``value`` resolved, or None when it holds no reference (then the
-    value itself is used: constant parts are shared between calls, never copied)."""
-    if isinstance(value, str):
-        template = parse(value)
-        if template is None:
-            return None
-        if template.whole:
-            ref = template.pieces[0]
-            assert isinstance(ref, Ref)
-            return lambda ctx: value_of(ref, ctx, where)
-        return lambda ctx: _text(template, ctx, where)
-    if isinstance(value, dict):
-        entries = [(k, v, _compile(v, _join(where, k))) for k, v in value.items()]
-        if all(b is None for _, _, b in entries):
-            return None
-        return lambda ctx: {k: (v if b is None else b(ctx)) for k, v, b in entries}
-    if isinstance(value, list):
-        items = [(v, _compile(v, _join(where, i))) for i, v in enumerate(value)]
-        if all(b is None for _, b in items):
-            return None
-        return lambda ctx: [v if b is None else b(ctx) for v, b in items]
-    return None
+def _copy(container: Any) -> Any:
+    return dict(container) if isinstance(container, dict) else list(container)
+
+
+def _value_or_text(template: Template, ctx: Context, where: str) -> Any:
+    """A string that is one reference becomes its value; a longer one, text."""
+    if template.whole:
+        ref = template.pieces[0]
+        assert isinstance(ref, Ref)
+        return value_of(ref, ctx, where)
+    return _text(template, ctx, where)
 
 
 @dataclass(frozen=True, slots=True)
@@ -418,20 +484,40 @@ class Call:
     payload: Any
 
 
+# A url whose literal start holds its scheme and whole authority (up to the first /, ? or #):
+# whatever a reference inserts after that lands in the path, query or fragment, where the URL rule
+# refuses only control characters.
+_AUTHORITY = re.compile(r" *[Hh][Tt][Tt][Pp][Ss]?://[^/?#]*[/?#]")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _resolved_url_problem(url: str, tail_only: bool) -> str | None:
+    if len(url) > URL_MAX_LENGTH:
+        return f"is longer than {URL_MAX_LENGTH} characters"
+    if tail_only:
+        return "must not contain control characters" if _CONTROL.search(url) else None
+    return url_problem(url)
+
+
 class Plan:
     """A task spec's ``url``, header values and ``payload``, compiled once: :meth:`resolve`
     replaces the references for one call. Raises ReferenceSyntaxError on an ill-formed one
     (the create refused those, so only a record from elsewhere can hold one)."""
 
-    __slots__ = ("_headers", "_payload", "_url", "headers", "payload", "url")
+    __slots__ = ("_headers", "_payload", "_tail_only", "_url", "headers", "payload", "url")
 
     def __init__(self, url: str, headers: Mapping[str, str], payload: Any) -> None:
         self.url, self.headers, self.payload = url, dict(headers), payload
         self._url = parse(url)
-        self._headers = [(k, parse(v)) for k, v in self.headers.items()]
-        if all(t is None for _, t in self._headers):
-            self._headers = []
-        self._payload = _compile(payload, "payload")
+        # The full URL rule runs per call only where a reference can change the authority.
+        self._tail_only = (
+            self._url is not None
+            and isinstance(self._url.pieces[0], str)
+            and _AUTHORITY.match(self._url.pieces[0]) is not None
+            and url_problem(self._url.sample("0")) is None
+        )
+        self._headers = [(k, t) for k, v in self.headers.items() if (t := parse(v)) is not None]
+        self._payload = _Payload(payload)
 
     @property
     def has_refs(self) -> bool:
@@ -439,24 +525,23 @@ class Plan:
 
     def resolve(self, ctx: Context) -> Call:
         """The call for ``ctx``: all references replaced, or one ResolveError and no call."""
-        url = self.url if self._url is None else _text(self._url, ctx, "url")
-        headers = self.headers
-        if self._headers:
-            headers = {
-                k: (self.headers[k] if t is None else _text(t, ctx, f"headers.{k}"))
-                for k, t in self._headers
-            }
-        payload = self.payload if self._payload is None else self._payload(ctx)
+        url = self.url
         if self._url is not None:
-            problem = url_problem(url) if len(url) <= URL_MAX_LENGTH else "is too long"
+            url = _text(self._url, ctx, "url")
+            problem = _resolved_url_problem(url, self._tail_only)
             if problem:
                 raise ResolvedUrlInvalid(
                     f"The url {problem} once its references are replaced: {url[:200]!r}.",
                     field="url",
                 )
-        for name, message in header_problems(headers) if self._headers else ():
-            raise ResolvedHeaderInvalid(
-                f"The header {name} {message} once its references are replaced.",
-                field=f"headers.{name}",
-            )
+        headers = self.headers
+        if self._headers:
+            changed = {k: _text(t, ctx, f"headers.{k}") for k, t in self._headers}
+            for name, message in header_problems(changed):
+                raise ResolvedHeaderInvalid(
+                    f"The header {name} {message} once its references are replaced.",
+                    field=f"headers.{name}",
+                )
+            headers = {**headers, **changed}
+        payload = self._payload.resolve(ctx) if self._payload else self.payload
         return Call(url, headers, payload)
