@@ -385,3 +385,81 @@ def test_a_goto_to_no_step_is_a_clear_error(body: bytes) -> None:
         goto_target(body, NAMES)
     assert info.value.code == "goto_unknown"
     assert "charge, retry-pay" in info.value.message
+
+
+# -- no body makes anything but a 422 -----------------------------------------------------------------
+
+_SCALARS = (
+    st.none()
+    | st.booleans()
+    | st.integers(-3, 20_000)
+    | st.floats(-1, 1e3)
+    | st.sampled_from(
+        [
+            "",
+            "x",
+            URL,
+            "ftp://x",
+            "{{ input }}",
+            "{{ item }}",
+            "{{ steps.a }}",
+            "{{ steps.a.output }}",
+            "{{ input.base }}/x",
+            "a",
+            "7",
+            "Shipped",
+            "2027-01-01T00:00:00Z",
+            "2027-01-01T00:00:00",
+        ]
+    )
+)
+_ANY = st.recursive(
+    _SCALARS,
+    lambda x: (
+        st.lists(x, max_size=3)
+        | st.dictionaries(st.sampled_from(["url", "name", "payload", "x"]), x, max_size=3)
+    ),
+    max_leaves=6,
+)
+_FIELDS = st.sampled_from(
+    [
+        "url",
+        "name",
+        "payload",
+        "headers",
+        "retries",
+        "condition",
+        "parallel",
+        "map",
+        "sleep",
+        "sleep_until",
+        "wait_for_event",
+        "timeout",
+        "on_timeout",
+        "min_succeeded",
+        "items",
+        "task",
+        "max_concurrent",
+        "method",
+        "bogus",
+    ]
+)
+_STEP = st.dictionaries(
+    _FIELDS,
+    _ANY | st.just(TASK) | st.just([TASK, TASK]) | st.just({"items": "{{ input }}", "task": TASK}),
+    max_size=4,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(_STEP | _ANY, min_size=0, max_size=4), _ANY)
+def test_any_body_decodes_or_is_a_422_with_field_paths(steps: list[Any], fallback: Any) -> None:
+    body: dict[str, Any] = {"steps": steps}
+    if fallback is not None:
+        body["fallback"] = fallback
+    try:
+        wf = decode_workflow(body)
+    except ValidationFailed as exc:
+        assert exc.details and all(set(d) == {"field", "message"} for d in exc.details)
+        return
+    assert len(wf.steps) == len(steps)
