@@ -376,3 +376,15 @@ def test_a_payload_nested_as_deep_as_json_allows_resolves_without_recursion() ->
     for _ in range(depth):
         out = out[0]
     assert out == {"v": 1}
+
+
+def test_a_plan_names_the_steps_its_call_needs() -> None:
+    plan = Plan(
+        "https://t.example/{{ steps.0.output.id }}",
+        {"X-A": "{{ steps.charge.status_code }}", "X-B": "b"},
+        {"a": "{{ input.x }}", "b": ["{{ steps.ship.output }}", "{{ item }}"]},
+    )
+    assert plan.steps_needed() == {0, "charge", "ship"}
+    assert [r.root for r in plan.refs()] == ["steps", "steps", "input", "steps", "item"]
+    assert Plan(URL, {}, "{{ steps.a.output }}").steps_needed() == {"a"}
+    assert Plan(URL, {}, {"k": 1}).steps_needed() == set()

@@ -409,6 +409,8 @@ def keep_output(body: bytes, content_type: str | None) -> tuple[Any, bool]:
     A JSON answer (a JSON content type, or none given, and a body that parses) is its value; any
     other is text; an empty body is null. Over the limit, the first OUTPUT_MAX_BYTES (cut at a
     character's boundary) are kept as text and ``truncated`` is True: a reference into it fails.
+    The caller reads one byte more than the limit (``outbound.call(keep_body=OUTPUT_MAX_BYTES +
+    1)``), or it cannot tell an answer of exactly 64 KiB from a longer one.
     """
     if len(body) > OUTPUT_MAX_BYTES:
         cut = OUTPUT_MAX_BYTES

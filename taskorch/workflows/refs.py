@@ -523,6 +523,19 @@ class Plan:
     def has_refs(self) -> bool:
         return bool(self._url or self._headers or self._payload)
 
+    def refs(self) -> Iterator[Ref]:
+        """Every reference of the spec (url, then headers, then payload)."""
+        templates = [self._url, *(t for _, t in self._headers)]
+        templates += [self._payload.whole, *(t for _, _, t, _ in self._payload.holes)]
+        for template in templates:
+            if template is not None:
+                yield from template.refs()
+
+    def steps_needed(self) -> set[str | int]:
+        """The steps (names and indexes as written) whose results a call needs: the step machine
+        reads only those, so that step 9,999 of a long orchestration costs what step 1 does."""
+        return {r.step for r in self.refs() if r.step is not None}
+
     def resolve(self, ctx: Context) -> Call:
         """The call for ``ctx``: all references replaced, or one ResolveError and no call."""
         url = self.url
