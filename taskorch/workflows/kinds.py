@@ -453,33 +453,3 @@ def goto_target(body: bytes, names: Mapping[str, int]) -> int | None:
         f"step of this orchestration (its step names: {known}).",
         field="goto",
     )
-
-
-__all__ = [
-    "DEFAULT_MAP_CONCURRENT",
-    "DEFAULT_MAX_STEPS_RUN",
-    "MAX_MAP_CONCURRENT",
-    "MAX_MAP_ITEMS",
-    "MAX_PARALLEL",
-    "MAX_STEPS_RUN",
-    "OUTPUT_MAX_BYTES",
-    "GotoInvalid",
-    "MapItemsInvalid",
-    "MapSpec",
-    "MapStep",
-    "ParallelStep",
-    "SleepStep",
-    "SleepUntilStep",
-    "Step",
-    "TaskStep",
-    "WaitStep",
-    "Workflow",
-    "WorkflowCreate",
-    "check_workflow",
-    "decode_step",
-    "decode_workflow",
-    "goto_target",
-    "keep_output",
-    "map_items",
-    "step_type",
-]
