@@ -20,7 +20,8 @@ from msgspec import Meta
 
 from taskorch import constants as c
 from taskorch.errors import ValidationFailed
-from taskorch.models import ConditionSpec, Seconds, StepSpec, TaskSpec, _Input, convert
+from taskorch.models import ConditionSpec, Seconds, StepSpec, TaskSpec, convert
+from taskorch.models.shared import _Input
 from taskorch.workflows.refs import (
     Context,
     ReferenceSyntaxError,

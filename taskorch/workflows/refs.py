@@ -25,7 +25,7 @@ from typing import Any
 import msgspec
 
 from taskorch.errors import TaskorchError
-from taskorch.rules import URL_MAX_LENGTH, header_problems, url_problem
+from taskorch.models.rules import URL_MAX_LENGTH, header_problems, url_problem
 
 ROOTS = ("input", "steps", "item", "index", "orchestration_id")
 STEP_FIELDS = ("output", "status_code")
