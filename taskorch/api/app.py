@@ -291,8 +291,8 @@ def create_app(
     set_read_timeout(settings.read_timeout_s)
     aws = lambda_provider(settings)
     runtime = local_runtime(settings) if settings.local_functions else None
-    # Set when the server begins to shut down (``taskorch serve`` does, see _Server): the event
-    # streams end then, so that an open status page does not hold the shutdown.
+    # Set when the server begins to shut down (``taskorch serve`` does, see serve._server): the
+    # event streams end then, so that an open status page does not hold the shutdown.
     stopping = asyncio.Event()
 
     @contextlib.asynccontextmanager

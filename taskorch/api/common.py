@@ -121,15 +121,14 @@ def limit_param(request: Request) -> int:
     return int(raw)
 
 
-def page_params(
-    request: Request, statuses: type[E], prefix: str
-) -> tuple[E | None, int, str | None]:
-    """A list's ``status``, ``limit`` and ``cursor`` (an id with ``prefix``)."""
-    return status_param(request, statuses), limit_param(request), cursor_param(request, prefix)
-
-
-def invalid_param_body(name: str, message: str) -> ApiError:
-    return ValidationFailed(f"{name}: {message}.", details=[{"field": name, "message": message}])
+def page_query(request: Request, prefix: str, statuses: type[E] | None = None) -> dict[str, Any]:
+    """A list's query: its ``status`` (one of ``statuses``, when the list has them), ``limit``
+    and ``cursor`` (an id with ``prefix``), as keyword arguments of the list's method."""
+    query: dict[str, Any] = {}
+    if statuses is not None:
+        query["status"] = status_param(request, statuses)
+    query["limit"], query["cursor"] = limit_param(request), cursor_param(request, prefix)
+    return query
 
 
 def invalid_param(name: str, message: str) -> ApiError:

@@ -137,18 +137,10 @@ _ACCESS_TOKEN = {
     "schema": {"type": "string"},
 }
 
-ROUTES = [
-    spec.Endpoint(
-        "/v1/events",
-        events,
-        "GET",
-        spec.op(
-            "Server-sent events of the owner's changes (event: task, orchestration, schedule, "
-            "function; data: the JSON of an Event, {type, id, status})",
-            {"200": _STREAM},
-            op_id="events",
-            codes=("429",),
-            params=[_ACCESS_TOKEN],
-        ),
-    ),
-]
+_EVENTS = (
+    "Server-sent events of the owner's changes (event: task, orchestration, schedule, function; "
+    "data: the JSON of an Event, {type, id, status})"
+)
+_OP = spec.op(_EVENTS, {"200": _STREAM}, op_id="events", codes=("429",), params=[_ACCESS_TOKEN])
+
+ROUTES = [spec.Endpoint("/v1/events", events, "GET", _OP)]

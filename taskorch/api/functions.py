@@ -10,20 +10,11 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from taskorch import constants as c
-from taskorch.api import spec
-from taskorch.api.common import (
-    JSON,
-    cursor_param,
-    error_response,
-    invalid_param,
-    invalid_param_body,
-    limit_param,
-    list_slot,
-    principal,
-    read_body,
-)
+from taskorch.api import resources, spec
+from taskorch.api.common import JSON, error_response, invalid_param, principal, read_body
 from taskorch.api.openapi import FUNCTION_RULES
-from taskorch.errors import ApiError, BadRequest, PayloadTooLarge
+from taskorch.api.spec import Endpoint
+from taskorch.errors import ApiError, BadRequest, PayloadTooLarge, ValidationFailed
 from taskorch.functions import Functions
 from taskorch.models import FunctionCreate, convert, decode_body, parse_json
 from taskorch.settings import Settings
@@ -43,9 +34,13 @@ async def create_function(request: Request) -> Response:
             "local functions are off on this server (TASKORCH_LOCAL_FUNCTIONS=0): "
             "use the aws provider, or the server that runs the local runtime"
         )
-        raise invalid_param_body("provider", message)
+        raise _invalid_field("provider", message)
     fn = await fns.create(p.sub, body)
     return JSON(fn, status_code=201, headers={"Location": f"/v1/functions/{fn.id}"})
+
+
+def _invalid_field(name: str, message: str) -> ApiError:
+    return ValidationFailed(f"{name}: {message}.", details=[{"field": name, "message": message}])
 
 
 async def _function_form(request: Request) -> dict[str, Any]:
@@ -79,27 +74,6 @@ async def _function_form(request: Request) -> dict[str, Any]:
         except msgspec.DecodeError:
             raise invalid_param("schedule", "must be a JSON object") from None
     return data
-
-
-async def list_functions(request: Request) -> Response:
-    p = await principal(request, "read")
-    fns: Functions = request.state.functions
-    limit, cursor = limit_param(request), cursor_param(request, "fn")
-    with list_slot(request, p.sub):
-        page = await fns.list(p.sub, limit=limit, cursor=cursor)
-    return JSON(page)
-
-
-async def get_function(request: Request) -> Response:
-    p = await principal(request, "read")
-    fns: Functions = request.state.functions
-    return JSON(await fns.get(p.sub, request.path_params["fn_id"]))
-
-
-async def get_function_code(request: Request) -> Response:
-    p = await principal(request, "read")
-    fns: Functions = request.state.functions
-    return JSON(await fns.code(p.sub, request.path_params["fn_id"]))
 
 
 async def delete_function(request: Request) -> Response:
@@ -166,25 +140,23 @@ def _upload() -> dict[str, Any]:
     )
     # The multipart form carries the same fields; `code` may be a file of UTF-8 text, `schedule`
     # is the FunctionSchedule object as JSON text (an empty field means none).
+    form = {
+        "name": {"type": "string", "minLength": 1, "maxLength": 200},
+        "runtime": {"type": "string", "enum": ["python", "java", "node"]},
+        "code": {
+            "type": "string",
+            "minLength": 1,
+            "contentMediaType": "text/plain",
+            "description": "the source, as a file or a text field (UTF-8)",
+        },
+        "handler": {"type": "string"},
+        "requirements": {"type": "string", "maxLength": 65536},
+        "provider": {"type": "string", "enum": []},
+        "schedule": spec.ref("FunctionSchedule"),
+    }
     op["requestBody"]["content"]["multipart/form-data"] = {
         "schema": {
-            "type": "object",
-            "required": ["name", "runtime", "code"],
-            "additionalProperties": False,
-            "properties": {
-                "name": {"type": "string", "minLength": 1, "maxLength": 200},
-                "runtime": {"type": "string", "enum": ["python", "java", "node"]},
-                "code": {
-                    "type": "string",
-                    "minLength": 1,
-                    "contentMediaType": "text/plain",
-                    "description": "the source, as a file or a text field (UTF-8)",
-                },
-                "handler": {"type": "string"},
-                "requirements": {"type": "string", "maxLength": 65536},
-                "provider": {"type": "string", "enum": []},
-                "schedule": spec.ref("FunctionSchedule"),
-            },
+            **spec.closed_object(form, ["name", "runtime", "code"]),
             "allOf": FUNCTION_RULES,
         },
         "encoding": {"schedule": {"contentType": "application/json"}},
@@ -216,60 +188,25 @@ _TRIGGER = {
     },
 }
 _ONE = "/v1/functions/{fn_id}"
+_CODE = spec.op(
+    "Get a function's source and requirements as uploaded",
+    spec.it("FunctionCode", "Its source"),
+    op_id="getFunctionCode",
+    codes=("404",),
+    params=_FN_ID,
+)
+_DELETE = spec.delete_op(
+    "deleteFunction", "Delete a function (and its Lambda function and URL)", "fn_id"
+)
 
 # An upload builds the function, a delete removes it from the runtime or AWS, a trigger runs it:
 # more than Redis work, so no request-wide Redis deadline (each Redis call still has one).
 ROUTES = [
-    spec.Endpoint("/v1/functions", create_function, "POST", _upload(), bounded=False),
-    spec.Endpoint(
-        "/v1/functions",
-        list_functions,
-        "GET",
-        spec.op(
-            "List functions, newest first",
-            {"200": spec.json_answer("FunctionPage", "A page")},
-            op_id="listFunctions",
-            codes=("422", "429"),
-            params=spec.list_params(None, "fn"),
-        ),
-    ),
-    spec.Endpoint(
-        _ONE,
-        get_function,
-        "GET",
-        spec.op(
-            "Get a function",
-            spec.it("Function"),
-            op_id="getFunction",
-            codes=("404",),
-            params=_FN_ID,
-        ),
-    ),
-    spec.Endpoint(
-        _ONE,
-        delete_function,
-        "DELETE",
-        spec.op(
-            "Delete a function (and its Lambda function and URL)",
-            {"204": {"description": "Deleted"}},
-            op_id="deleteFunction",
-            codes=("404",),
-            params=_FN_ID,
-        ),
-        bounded=False,
-    ),
-    spec.Endpoint(
-        f"{_ONE}/code",
-        get_function_code,
-        "GET",
-        spec.op(
-            "Get a function's source and requirements as uploaded",
-            spec.it("FunctionCode", "Its source"),
-            op_id="getFunctionCode",
-            codes=("404",),
-            params=_FN_ID,
-        ),
-    ),
-    spec.Endpoint("/fn/{fn_id}/{key}", trigger_function, "POST", _TRIGGER, bounded=False),
-    spec.Endpoint("/fn/{fn_id}/{key}", trigger_preflight, "OPTIONS"),
+    Endpoint("/v1/functions", create_function, "POST", _upload(), bounded=False),
+    resources.page("/v1/functions", "function", "fn_id", "functions.list"),
+    resources.one(_ONE, "function", "functions.get"),
+    Endpoint(_ONE, delete_function, "DELETE", _DELETE, bounded=False),
+    Endpoint(f"{_ONE}/code", resources.owned("functions.code", "fn_id"), "GET", _CODE),
+    Endpoint("/fn/{fn_id}/{key}", trigger_function, "POST", _TRIGGER, bounded=False),
+    Endpoint("/fn/{fn_id}/{key}", trigger_preflight, "OPTIONS"),
 ]

@@ -14,7 +14,7 @@ from typing import Any
 import msgspec
 
 from taskorch import models, rules
-from taskorch.api.spec import REF, Endpoint, ref
+from taskorch.api.spec import REF, Endpoint, closed_object, ref
 from taskorch.settings import Settings
 
 # What the API accepts beyond each field's type, written into the generated schemas so that a
@@ -279,31 +279,12 @@ def _lateness_schemas() -> dict[str, Any]:
         "max_ms": ms,
     }
     minute = {**figures, "start": {"type": "string", "format": "date-time"}}
-    return {
-        "LatenessStats": {
-            "type": "object",
-            "required": ["minutes", "items", "total"],
-            "additionalProperties": False,
-            "properties": {
-                "minutes": {"type": "integer", "minimum": 1, "maximum": 60},
-                "items": {
-                    "type": "array",
-                    "items": {
-                        "type": "object",
-                        "required": list(minute),
-                        "additionalProperties": False,
-                        "properties": minute,
-                    },
-                },
-                "total": {
-                    "type": "object",
-                    "required": list(figures),
-                    "additionalProperties": False,
-                    "properties": figures,
-                },
-            },
-        }
+    window = {
+        "minutes": {"type": "integer", "minimum": 1, "maximum": 60},
+        "items": {"type": "array", "items": closed_object(minute, list(minute))},
+        "total": closed_object(figures, list(figures)),
     }
+    return {"LatenessStats": closed_object(window, ["minutes", "items", "total"])}
 
 
 def paths(routes: Iterable[Endpoint]) -> dict[str, Any]:

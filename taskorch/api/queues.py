@@ -8,7 +8,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from taskorch import rules
-from taskorch.api import spec
+from taskorch.api import resources, spec
 from taskorch.api.common import JSON, list_slot, log, principal, read_body
 from taskorch.models import QueueUpdate, decode_body
 from taskorch.queues import Queues
@@ -19,12 +19,6 @@ async def list_queues(request: Request) -> Response:
     queues: Queues = request.state.queues
     with list_slot(request, p.sub):
         return JSON(await queues.list(p.sub))
-
-
-async def get_queue(request: Request) -> Response:
-    p = await principal(request, "read")
-    queues: Queues = request.state.queues
-    return JSON(await queues.get(p.sub, request.path_params["queue"]))
 
 
 async def put_queue(request: Request) -> Response:
@@ -57,24 +51,26 @@ def _name(schema: dict[str, Any]) -> list[dict[str, Any]]:
     return [{"name": "queue", "in": "path", "required": True, "schema": schema}]
 
 
+_EVERY = {"200": spec.json_answer("QueueList", "Every queue, with its settings and counts")}
+_LIST = spec.op(
+    "List the owner's queues: default first, then the named ones",
+    _EVERY,
+    op_id="listQueues",
+    codes=("429",),
+)
+_GET = "Get a queue: its settings, its tasks counted by status, how many wait"
+_PUT = "Set a queue's rate, concurrency cap and pause (fields left out are kept)"
+_AS_SET = spec.it("Queue", "It, as set")
+_ONE = "/v1/queues/{queue}"
+
 ROUTES = [
+    spec.Endpoint("/v1/queues", list_queues, "GET", _LIST),
     spec.Endpoint(
-        "/v1/queues",
-        list_queues,
+        _ONE,
+        resources.owned("queues.get", "queue"),
         "GET",
         spec.op(
-            "List the owner's queues: default first, then the named ones",
-            {"200": spec.json_answer("QueueList", "Every queue, with its settings and counts")},
-            op_id="listQueues",
-            codes=("429",),
-        ),
-    ),
-    spec.Endpoint(
-        "/v1/queues/{queue}",
-        get_queue,
-        "GET",
-        spec.op(
-            "Get a queue: its settings, its tasks counted by status, how many wait",
+            _GET,
             spec.it("Queue"),
             op_id="getQueue",
             codes=("404",),
@@ -82,12 +78,12 @@ ROUTES = [
         ),
     ),
     spec.Endpoint(
-        "/v1/queues/{queue}",
+        _ONE,
         put_queue,
         "PUT",
         spec.op(
-            "Set a queue's rate, concurrency cap and pause (fields left out are kept)",
-            spec.it("Queue", "It, as set"),
+            _PUT,
+            _AS_SET,
             op_id="putQueue",
             body="QueueUpdate",
             codes=spec.BODY_CODES,

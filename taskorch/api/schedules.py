@@ -6,17 +6,9 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import Response
 
-from taskorch.api import spec
-from taskorch.api.common import (
-    JSON,
-    created,
-    idempotency_key,
-    list_slot,
-    log,
-    page_params,
-    principal,
-    read_body,
-)
+from taskorch.api import resources, spec
+from taskorch.api.common import created, idempotency_key, log, principal, read_body
+from taskorch.api.spec import Endpoint
 from taskorch.models import ScheduleCreate, SchedulePatch, ScheduleStatus, decode_body
 from taskorch.schedules import Schedules
 
@@ -35,30 +27,6 @@ async def create_schedule(request: Request) -> Response:
     return created(sch, was_created, f"/v1/schedules/{sch.id}")
 
 
-async def list_schedules(request: Request) -> Response:
-    p = await principal(request, "read")
-    schedules: Schedules = request.state.schedules
-    status, limit, cursor = page_params(request, ScheduleStatus, "sch")
-    with list_slot(request, p.sub):
-        page = await schedules.list_page(p.sub, status=status, limit=limit, cursor=cursor)
-    return JSON(page)
-
-
-async def get_schedule(request: Request) -> Response:
-    p = await principal(request, "read")
-    schedules: Schedules = request.state.schedules
-    return JSON(await schedules.get(p.sub, request.path_params["sch_id"]))
-
-
-async def modify_schedule(request: Request) -> Response:
-    p = await principal(request, "write")
-    patch = decode_body(await read_body(request), SchedulePatch)
-    schedules: Schedules = request.state.schedules
-    sch = await schedules.modify(p.sub, request.path_params["sch_id"], patch)
-    log.info("schedule.modified", schedule_id=sch.id, owner=p.sub)
-    return JSON(sch)
-
-
 async def delete_schedule(request: Request) -> Response:
     p = await principal(request, "write")
     schedules: Schedules = request.state.schedules
@@ -67,105 +35,36 @@ async def delete_schedule(request: Request) -> Response:
     return Response(status_code=204)
 
 
-async def pause_schedule(request: Request) -> Response:
-    p = await principal(request, "write")
-    schedules: Schedules = request.state.schedules
-    sch = await schedules.pause(p.sub, request.path_params["sch_id"])
-    log.info("schedule.paused", schedule_id=sch.id, owner=p.sub)
-    return JSON(sch)
-
-
-async def resume_schedule(request: Request) -> Response:
-    p = await principal(request, "write")
-    schedules: Schedules = request.state.schedules
-    sch = await schedules.resume(p.sub, request.path_params["sch_id"])
-    log.info("schedule.resumed", schedule_id=sch.id, owner=p.sub)
-    return JSON(sch)
-
-
 # -- routes ------------------------------------------------------------------------------------
 
-_IDS = spec.path_id("sch_id")
-_IT = spec.it("Schedule")
-_LINKS = spec.links(
-    "sch_id", "getSchedule", "modifySchedule", "pauseSchedule", "resumeSchedule", "deleteSchedule"
+_ONE = "/v1/schedules/{sch_id}"
+_LINKED = ("getSchedule", "modifySchedule", "pauseSchedule", "resumeSchedule", "deleteSchedule")
+_CREATE = spec.create_op(
+    "schedule", "Run a task on a cron expression or an interval", "sch_id", *_LINKED
 )
-_PAUSE = "Pause a schedule: no more occurrences, those not yet started are cancelled"
+_MODIFY = spec.modify_op(
+    "schedule", "Change a schedule (its occurrences not yet due are made anew)", "sch_id"
+)
+_DELETE = spec.delete_op(
+    "deleteSchedule", "Delete a schedule and cancel its occurrences not yet started", "sch_id"
+)
+_IT = spec.it("Schedule")
+_PAUSE = spec.change_op(
+    "pauseSchedule",
+    "Pause a schedule: no more occurrences, those not yet started are cancelled",
+    _IT,
+    "sch_id",
+)
+_RESUME = spec.change_op("resumeSchedule", "Resume a paused schedule from now on", _IT, "sch_id")
 
 ROUTES = [
-    spec.Endpoint(
-        "/v1/schedules",
-        create_schedule,
-        "POST",
-        spec.op(
-            "Run a task on a cron expression or an interval",
-            spec.created_answers("Schedule"),
-            op_id="createSchedule",
-            body="ScheduleCreate",
-            codes=spec.BODY_CODES,
-            params=[spec.IDEMPOTENCY],
-            links=_LINKS,
-        ),
+    Endpoint("/v1/schedules", create_schedule, "POST", _CREATE),
+    resources.page("/v1/schedules", "schedule", "sch_id", "schedules.list_page", ScheduleStatus),
+    resources.one(_ONE, "schedule", "schedules.get"),
+    resources.change(
+        "PATCH", _ONE, "schedules.modify", "schedule.modified", _MODIFY, SchedulePatch
     ),
-    spec.Endpoint(
-        "/v1/schedules",
-        list_schedules,
-        "GET",
-        spec.op(
-            "List schedules, newest first",
-            {"200": spec.json_answer("SchedulePage", "A page")},
-            op_id="listSchedules",
-            codes=("422", "429"),
-            params=spec.list_params(ScheduleStatus, "sch"),
-        ),
-    ),
-    spec.Endpoint(
-        "/v1/schedules/{sch_id}",
-        get_schedule,
-        "GET",
-        spec.op("Get a schedule", _IT, op_id="getSchedule", codes=("404",), params=_IDS),
-    ),
-    spec.Endpoint(
-        "/v1/schedules/{sch_id}",
-        modify_schedule,
-        "PATCH",
-        spec.op(
-            "Change a schedule (its occurrences not yet due are made anew)",
-            _IT,
-            op_id="modifySchedule",
-            body="SchedulePatch",
-            codes=("400", "404", "409", "413", "422"),
-            params=_IDS,
-        ),
-    ),
-    spec.Endpoint(
-        "/v1/schedules/{sch_id}",
-        delete_schedule,
-        "DELETE",
-        spec.op(
-            "Delete a schedule and cancel its occurrences not yet started",
-            {"204": {"description": "Deleted"}},
-            op_id="deleteSchedule",
-            codes=("404",),
-            params=_IDS,
-        ),
-    ),
-    spec.Endpoint(
-        "/v1/schedules/{sch_id}/pause",
-        pause_schedule,
-        "POST",
-        spec.op(_PAUSE, _IT, op_id="pauseSchedule", codes=spec.CHANGE_CODES, params=_IDS),
-    ),
-    spec.Endpoint(
-        "/v1/schedules/{sch_id}/resume",
-        resume_schedule,
-        "POST",
-        spec.op(
-            "Resume a paused schedule from now on",
-            _IT,
-            op_id="resumeSchedule",
-            codes=spec.CHANGE_CODES,
-            params=_IDS,
-        ),
-    ),
+    Endpoint(_ONE, delete_schedule, "DELETE", _DELETE),
+    resources.change("POST", f"{_ONE}/pause", "schedules.pause", "schedule.paused", _PAUSE),
+    resources.change("POST", f"{_ONE}/resume", "schedules.resume", "schedule.resumed", _RESUME),
 ]

@@ -75,9 +75,19 @@ ERRORS = {
         "headers": RETRY_AFTER,
     },
 }
-# The error codes of a body that is read and validated, and of a change a status may forbid.
+# The error codes of a body that is read and validated, and of a list.
 BODY_CODES = ("400", "413", "422")
-CHANGE_CODES = ("404", "409")
+LIST_CODES = ("422", "429")
+
+
+def closed_object(properties: dict[str, Any], required: list[str]) -> dict[str, Any]:
+    """An object schema of these ``properties``, no others, ``required`` of them."""
+    return {
+        "type": "object",
+        "required": required,
+        "additionalProperties": False,
+        "properties": properties,
+    }
 
 
 def op(
@@ -115,14 +125,6 @@ def op(
 def it(model: str, description: str = "It") -> dict[str, Any]:
     """The 200 answer of an operation on one resource."""
     return {"200": json_answer(model, description)}
-
-
-def created_answers(model: str) -> dict[str, Any]:
-    """A create's answers: 201, or 200 for an Idempotency-Key repeat."""
-    return {
-        "201": json_answer(model, "Created; Location names it"),
-        "200": json_answer(model, "An Idempotency-Key repeat: the first one"),
-    }
 
 
 def simple(summary: str, op_id: str, **responses: str) -> dict[str, Any]:
@@ -190,51 +192,65 @@ IDEMPOTENCY = {
 }
 
 
-def steerable(
-    noun: str,
-    *,
-    id_name: str,
-    statuses: type[enum.Enum],
-    create_summary: str,
-    patch_when: str,
-    cancel_when: str,
-    filters: tuple[dict[str, Any], ...] = (),
-) -> dict[str, dict[str, Any]]:
-    """The operations of the five routes tasks and orchestrations share, by name: create, list,
-    get, modify, cancel."""
+# The operations every kind of resource has, named by its noun ("task": the Task model, its
+# TaskCreate, TaskPatch and TaskPage, the operations createTask, listTasks, getTask, ...).
+
+
+def create_op(noun: str, summary: str, id_name: str, *linked: str) -> dict[str, Any]:
+    """A create that takes an Idempotency-Key; ``linked`` its links' operations."""
     model = noun.capitalize()
-    ids = path_id(id_name)
-    return {
-        "create": op(
-            create_summary,
-            created_answers(model),
-            op_id=f"create{model}",
-            body=f"{model}Create",
-            codes=BODY_CODES,
-            params=[IDEMPOTENCY],
-            links=links(id_name, f"get{model}", f"modify{model}", f"cancel{model}"),
-        ),
-        "list": op(
-            f"List {noun}s, newest first",
-            {"200": json_answer(f"{model}Page", "A page")},
-            op_id=f"list{model}s",
-            codes=("422", "429"),
-            params=[*list_params(statuses, rules.ID_PREFIXES[id_name]), *filters],
-        ),
-        "get": op(f"Get a {noun}", it(model), op_id=f"get{model}", codes=("404",), params=ids),
-        "modify": op(
-            f"Modify a {noun} while {patch_when}",
-            it(model),
-            op_id=f"modify{model}",
-            body=f"{model}Patch",
-            codes=("400", "404", "409", "413", "422"),
-            params=ids,
-        ),
-        "cancel": op(
-            f"Cancel a {noun} while {cancel_when}",
-            it(model),
-            op_id=f"cancel{model}",
-            codes=CHANGE_CODES,
-            params=ids,
-        ),
-    }
+    return op(
+        summary,
+        {
+            "201": json_answer(model, "Created; Location names it"),
+            "200": json_answer(model, "An Idempotency-Key repeat: the first one"),
+        },
+        op_id=f"create{model}",
+        body=f"{model}Create",
+        codes=BODY_CODES,
+        params=[IDEMPOTENCY],
+        links=links(id_name, *linked),
+    )
+
+
+def list_op(
+    noun: str, statuses: type[enum.Enum] | None, prefix: str, *filters: dict[str, Any]
+) -> dict[str, Any]:
+    """A page of the owner's, newest first."""
+    model = noun.capitalize()
+    page = {"200": json_answer(f"{model}Page", "A page")}
+    params = [*list_params(statuses, prefix), *filters]
+    return op(
+        f"List {noun}s, newest first", page, op_id=f"list{model}s", codes=LIST_CODES, params=params
+    )
+
+
+def get_op(noun: str, id_name: str) -> dict[str, Any]:
+    model = noun.capitalize()
+    return op(
+        f"Get a {noun}", it(model), op_id=f"get{model}", codes=("404",), params=path_id(id_name)
+    )
+
+
+def modify_op(noun: str, summary: str, id_name: str) -> dict[str, Any]:
+    """A PATCH of the {Noun}Patch fields, which the status may forbid."""
+    model = noun.capitalize()
+    codes = ("400", "404", "409", "413", "422")
+    return op(
+        summary,
+        it(model),
+        op_id=f"modify{model}",
+        body=f"{model}Patch",
+        codes=codes,
+        params=path_id(id_name),
+    )
+
+
+def change_op(op_id: str, summary: str, answer: dict[str, Any], id_name: str) -> dict[str, Any]:
+    """A POST without a body that changes one thing, which its status may forbid."""
+    return op(summary, answer, op_id=op_id, codes=("404", "409"), params=path_id(id_name))
+
+
+def delete_op(op_id: str, summary: str, id_name: str) -> dict[str, Any]:
+    deleted = {"204": {"description": "Deleted"}}
+    return op(summary, deleted, op_id=op_id, codes=("404",), params=path_id(id_name))

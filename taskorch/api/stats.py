@@ -72,28 +72,18 @@ _MINUTES = {
     "schema": {"type": "integer", "minimum": 1, "maximum": 60},
 }
 
+_STATS = spec.op(
+    "Counts by status of the caller's tasks and orchestrations", {"200": _COUNTS}, op_id="stats"
+)
+_BY_MINUTE = (
+    "The caller's attempts by minute over the last hour: count and p50/p99/max lateness (ms, to "
+    "2 significant digits), oldest minute first"
+)
+_LATENESS_OP = spec.op(
+    _BY_MINUTE, {"200": _LATENESS}, op_id="latenessStats", codes=("422",), params=[_MINUTES]
+)
+
 ROUTES = [
-    spec.Endpoint(
-        "/v1/stats",
-        stats,
-        "GET",
-        spec.op(
-            "Counts by status of the caller's tasks and orchestrations",
-            {"200": _COUNTS},
-            op_id="stats",
-        ),
-    ),
-    spec.Endpoint(
-        "/v1/stats/lateness",
-        lateness_stats,
-        "GET",
-        spec.op(
-            "The caller's attempts by minute over the last hour: count and p50/p99/max lateness "
-            "(ms, to 2 significant digits), oldest minute first",
-            {"200": _LATENESS},
-            op_id="latenessStats",
-            codes=("422",),
-            params=[_MINUTES],
-        ),
-    ),
+    spec.Endpoint("/v1/stats", stats, "GET", _STATS),
+    spec.Endpoint("/v1/stats/lateness", lateness_stats, "GET", _LATENESS_OP),
 ]

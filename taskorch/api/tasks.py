@@ -9,7 +9,7 @@ from starlette.responses import Response
 
 from taskorch import constants as c
 from taskorch import models, rules
-from taskorch.api import spec
+from taskorch.api import resources, spec
 from taskorch.api.common import (
     JSON,
     created,
@@ -18,21 +18,13 @@ from taskorch.api.common import (
     invalid_param,
     list_slot,
     log,
-    page_params,
+    page_query,
     principal,
     read_body,
 )
+from taskorch.api.spec import Endpoint
 from taskorch.errors import ApiError, CreateOutcomeUnknown, Unavailable
 from taskorch.limits import note_request, off_the_redis_clock
-from taskorch.models import (
-    TaskBatchItem,
-    TaskCreate,
-    TaskPatch,
-    TaskStatus,
-    decode_batch,
-    decode_body,
-    queue_name_ok,
-)
 from taskorch.schedules import Schedules
 from taskorch.store import BatchItem, Store, is_id
 
@@ -41,7 +33,7 @@ async def create_task(request: Request) -> Response:
     p = await principal(request, "write")
     raw = await read_body(request)
     with off_the_redis_clock():
-        body = decode_body(raw, TaskCreate)
+        body = models.decode_body(raw, models.TaskCreate)
     store: Store = request.state.store
     task, was_created = await store.create_task(
         p.sub, body, idempotency_key=idempotency_key(request), deadline_ms=deadline_ms()
@@ -56,9 +48,9 @@ async def create_tasks(request: Request) -> Response:
     p = await principal(request, "write")
     raw = await read_body(request, c.MAX_BATCH_BODY_BYTES)
     with off_the_redis_clock():  # up to 1,000 tasks to validate
-        parsed = decode_batch(raw)
-    valid = [i for i, item in enumerate(parsed) if isinstance(item, TaskBatchItem)]
-    items = [item for item in parsed if isinstance(item, TaskBatchItem)]
+        parsed = models.decode_batch(raw)
+    valid = [i for i, item in enumerate(parsed) if isinstance(item, models.TaskBatchItem)]
+    items = [item for item in parsed if isinstance(item, models.TaskBatchItem)]
     store: Store = request.state.store
     results = await store.create_tasks(
         p.sub,
@@ -94,14 +86,14 @@ def _queue_param(request: Request) -> str | None:
     raw = request.query_params.get("queue")
     if not raw:
         return None
-    if not queue_name_ok(raw):
+    if not models.queue_name_ok(raw):
         raise invalid_param("queue", models.QUEUE_NAME_MESSAGE)
     return raw
 
 
 async def list_tasks(request: Request) -> Response:
     p = await principal(request, "read")
-    status, limit, cursor = page_params(request, TaskStatus, "tsk")
+    query = page_query(request, "tsk", models.TaskStatus)
     queue, name = _queue_param(request), _name_param(request)
     schedule_id = request.query_params.get("schedule_id")
     if schedule_id and not is_id(schedule_id, "sch"):
@@ -109,13 +101,9 @@ async def list_tasks(request: Request) -> Response:
     with list_slot(request, p.sub):
         if schedule_id:  # the tasks one schedule made (another owner's: none); empty means all
             schedules: Schedules = request.state.schedules
-            page = await schedules.tasks(
-                p.sub, schedule_id, status=status, limit=limit, cursor=cursor, name=name
-            )
+            page = await schedules.tasks(p.sub, schedule_id, name=name, **query)
         else:
-            page = await request.state.store.list_tasks(
-                p.sub, status=status, limit=limit, cursor=cursor, queue=queue, name=name
-            )
+            page = await request.state.store.list_tasks(p.sub, queue=queue, name=name, **query)
     # Filters given together all apply. Each list above walks one index (a schedule's tasks, a
     # named queue's, or the owner's); what it cannot narrow is taken out of its page here, so a
     # page may be short, even empty, with a next_cursor (as a name= page already may).
@@ -135,31 +123,11 @@ def _name_param(request: Request) -> str | None:
     return name
 
 
-async def get_task(request: Request) -> Response:
-    p = await principal(request, "read")
-    return JSON(await request.state.store.get_task(p.sub, request.path_params["task_id"]))
-
-
 async def modify_task(request: Request) -> Response:
     p = await principal(request, "write")
-    patch = decode_body(await read_body(request), TaskPatch)
+    patch = models.decode_body(await read_body(request), models.TaskPatch)
     task = await request.state.store.modify_task(p.sub, request.path_params["task_id"], patch)
     log.info("task.modified", task_id=task.id, owner=p.sub, run_at=task.run_at)
-    return JSON(task)
-
-
-async def cancel_task(request: Request) -> Response:
-    p = await principal(request, "write")
-    task = await request.state.store.cancel_task(p.sub, request.path_params["task_id"])
-    log.info("task.cancelled", task_id=task.id, owner=p.sub)
-    return JSON(task)
-
-
-async def retry_task(request: Request) -> Response:
-    """Redrive a failed task (issue #12)."""
-    p = await principal(request, "write")
-    task = await request.state.store.retry_task(p.sub, request.path_params["task_id"])
-    log.info("task.redriven", task_id=task.id, owner=p.sub)
     return JSON(task)
 
 
@@ -182,15 +150,7 @@ _NAME_FILTER = {
 }
 # The server takes ?schedule_id= too (sch_..., empty: every task), but the published document
 # has never listed it: the parameter is left out here so that /openapi.json stays as it was.
-_OPS = spec.steerable(
-    "task",
-    id_name="task_id",
-    statuses=TaskStatus,
-    create_summary="Schedule an HTTP call",
-    patch_when="scheduled or retrying",
-    cancel_when="scheduled or retrying",
-    filters=(_QUEUE_FILTER, _NAME_FILTER),
-)
+_FILTERS = (_QUEUE_FILTER, _NAME_FILTER)
 _BATCH = spec.op(
     "Schedule up to 1,000 HTTP calls; each is answered in its place",
     {
@@ -205,21 +165,31 @@ _BATCH = spec.op(
     body="TaskBatch",
     codes=spec.BODY_CODES,
 )
-_RETRY = spec.op(
+_ONE = "/v1/tasks/{task_id}"
+_CREATE = spec.create_op(
+    "task", "Schedule an HTTP call", "task_id", "getTask", "modifyTask", "cancelTask"
+)
+_MODIFY = spec.modify_op("task", "Modify a task while scheduled or retrying", "task_id")
+_CANCEL = spec.change_op(
+    "cancelTask", "Cancel a task while scheduled or retrying", spec.it("Task"), "task_id"
+)
+_RETRY = spec.change_op(
+    "retryTask",
     "Redrive a failed task: scheduled again now with a fresh retry budget; its attempts are "
     "kept and numbering goes on",
     spec.it("Task", "It, scheduled"),
-    op_id="retryTask",
-    codes=spec.CHANGE_CODES,
-    params=spec.path_id("task_id"),
+    "task_id",
 )
 
 ROUTES = [
-    spec.Endpoint("/v1/tasks", create_task, "POST", _OPS["create"], create=True),
-    spec.Endpoint("/v1/tasks/batch", create_tasks, "POST", _BATCH, create=True),
-    spec.Endpoint("/v1/tasks", list_tasks, "GET", _OPS["list"]),
-    spec.Endpoint("/v1/tasks/{task_id}", get_task, "GET", _OPS["get"]),
-    spec.Endpoint("/v1/tasks/{task_id}", modify_task, "PATCH", _OPS["modify"]),
-    spec.Endpoint("/v1/tasks/{task_id}/cancel", cancel_task, "POST", _OPS["cancel"]),
-    spec.Endpoint("/v1/tasks/{task_id}/retry", retry_task, "POST", _RETRY),
+    Endpoint("/v1/tasks", create_task, "POST", _CREATE, create=True),
+    Endpoint("/v1/tasks/batch", create_tasks, "POST", _BATCH, create=True),
+    Endpoint(
+        "/v1/tasks", list_tasks, "GET", spec.list_op("task", models.TaskStatus, "tsk", *_FILTERS)
+    ),
+    resources.one(_ONE, "task", "store.get_task"),
+    Endpoint(_ONE, modify_task, "PATCH", _MODIFY),
+    # Redrive a failed task (issue #12).
+    resources.change("POST", f"{_ONE}/retry", "store.retry_task", "task.redriven", _RETRY),
+    resources.change("POST", f"{_ONE}/cancel", "store.cancel_task", "task.cancelled", _CANCEL),
 ]

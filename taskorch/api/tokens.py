@@ -28,18 +28,13 @@ async def issue_token(request: Request) -> Response:
     )
 
 
-ROUTES = [
-    spec.Endpoint(
-        "/v1/auth/token",
-        issue_token,
-        "POST",
-        spec.op(
-            "Exchange a username and password for a token",
-            spec.it("TokenResponse", "A bearer token"),
-            op_id="issueToken",
-            body="TokenRequest",
-            codes=("400", "401", "413", "422", "429"),
-            auth=False,
-        ),
-    ),
-]
+_SIGN_IN = spec.op(
+    "Exchange a username and password for a token",
+    spec.it("TokenResponse", "A bearer token"),
+    op_id="issueToken",
+    body="TokenRequest",
+    codes=("400", "401", "413", "422", "429"),
+    auth=False,
+)
+
+ROUTES = [spec.Endpoint("/v1/auth/token", issue_token, "POST", _SIGN_IN)]
