@@ -22,7 +22,7 @@ from taskorch import constants as c
 from taskorch.edge import Edge, note_request, set_read_timeout
 from taskorch.errors import TooManyRequests
 
-# The edge's names that api.py imports from here (and DeadlineHTTPProtocol, by __getattr__).
+# The edge's names that taskorch/api/ imports from here (and DeadlineHTTPProtocol, by __getattr__).
 __all__ = [
     "Edge",
     "ListSlots",

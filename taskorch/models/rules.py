@@ -1,7 +1,7 @@
 """Each input rule the API checks and the OpenAPI document publishes, stated once.
 
 A rule here gives both the server's check (used by :mod:`taskorch.models` and the store) and
-the JSON Schema fragment :mod:`taskorch.openapi` publishes. The schema never refuses what the
+the JSON Schema fragment :mod:`taskorch.api.openapi` publishes. The schema never refuses what the
 check accepts: where JSON Schema cannot say all of a rule (a URL's port range is said, a
 bracketed host being a real IPv6 address is not), the pattern is the expressible part, the check
 is that pattern *and* what the server adds, and the schema's description names the addition.

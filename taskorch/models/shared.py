@@ -29,7 +29,7 @@ Method = Literal["GET", "POST", "PUT", "PATCH", "DELETE"]
 Seconds = Annotated[float, Meta(ge=0, le=1e10, description="seconds, fractions allowed")]
 Timestamp = Annotated[str, Meta(extra_json_schema={"format": "date-time"})]
 # A queue's name: checked by decode._queue_rule (a message a person can act on), documented in the
-# OpenAPI document with the pattern (openapi._tighten).
+# OpenAPI document with the pattern (api.openapi._tighten).
 QueueName = Annotated[str, Meta(min_length=1, max_length=64)]
 # A target URL: checked by decode._url_rule (rules.url_problem), published as rules.URL_SCHEMA.
 Url = Annotated[str, Meta(min_length=1, max_length=URL_MAX_LENGTH)]
