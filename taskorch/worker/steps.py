@@ -83,6 +83,15 @@ class StepMachine(Sender):
         repeat)."""
         return await until_reachable(lambda: run_script(self.redis, script, keys, args), what=what)
 
+    async def _move(
+        self, script: AsyncScript, keys: list[str], args: list[Any], **log_as: Any
+    ) -> None:
+        """Run a script that moves the orchestration on (:meth:`_run`) and log its outcome:
+        ``log_as`` is the event (``event=``), the script's name (``what=``) and the fields."""
+        event, what = log_as.pop("event"), log_as.pop("what")
+        outcome = await self._run(script, keys, args, what=what)
+        log.info(event, **log_as, outcome=outcome)
+
     async def handle(self, arg: str) -> None:
         kind, oid, *rest = arg.split("|")
         layout = await until_reachable(lambda: partitions.load(self.redis), what="layout")
@@ -102,13 +111,15 @@ class StepMachine(Sender):
         elif kind == "done":
             task_id, status = rest
             args = [oid, task_id, status, now_ms(), new_id("tsk"), new_id("tsk"), c.CLAIM_AHEAD_MS]
-            outcome = await self._run(self._step_done, keys, args, what="orc_step_done")
-            log.info(
-                "orchestration.step_done",
+            await self._move(
+                self._step_done,
+                keys,
+                args,
+                event="orchestration.step_done",
+                what="orc_step_done",
                 orchestration_id=oid,
                 task_id=task_id,
                 task_status=status,
-                outcome=outcome,
             )
         elif kind == "check":
             await self._check(oid, int(rest[0]), int(rest[1]), layout.prefixes[p], new_id, keys)
@@ -188,16 +199,18 @@ class StepMachine(Sender):
             new_id("tsk"),
             c.CLAIM_AHEAD_MS,
         ]
-        outcome = await self._run(self._check_done, keys, args, what="orc_check_done")
-        log.info(
-            "orchestration.checked",
+        await self._move(
+            self._check_done,
+            keys,
+            args,
+            event="orchestration.checked",
+            what="orc_check_done",
             orchestration_id=oid,
             step=step,
             attempt=attempt,
             passed=passed,
             status_code=result.status_code,
             error=result.error,
-            outcome=outcome,
         )
 
 
