@@ -47,16 +47,10 @@ from taskorch.models import (
     fmt_ms,
 )
 from taskorch.partitions import Layout
-from taskorch.store import (
-    REDIS_DOWN,
-    Redis,
-    _spec_parts,
-    _task_view,
-    from_flat,
-    idempotency_redis_key,
-    list_ids,
-    now_ms,
-)
+from taskorch.store.connection import REDIS_DOWN, Redis, from_flat, now_ms
+from taskorch.store.creating import idempotency_redis_key
+from taskorch.store.listing import list_ids
+from taskorch.store.records import _spec_parts, _task_view
 
 log = structlog.get_logger("taskorch.schedules")
 _enc = msgspec.json.Encoder()
