@@ -682,7 +682,7 @@ async def test_stopping_ends_a_background_loop_that_swallowed_a_cancellation() -
     async def janitor() -> None:
         while True:
             try:
-                await asyncio.sleep(3600)  # the loop under test, idle: cancelled at once
+                await asyncio.Event().wait()  # the loop under test, idle until cancelled
             except asyncio.CancelledError:
                 if swallowed.is_set():
                     raise
