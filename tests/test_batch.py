@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,6 +22,7 @@ from tests.conftest import (
     make_settings,
     until,
 )
+from tests.helpers import wait_for
 from tests.live import frozen, own_redis_server, serving
 
 FAR = 3600  # seconds: tasks that must stay scheduled for the whole test
@@ -81,7 +80,10 @@ async def test_a_batch_is_stored_in_order_and_the_worker_fires_it(
             later = [task["id"] for sent, task in good if "/ok/" not in sent["url"]]
             for task_id in later:
                 assert (await http.get(f"/v1/tasks/{task_id}")).json()["status"] == "scheduled"
-    await asyncio.sleep(0.3)  # nothing fires twice
+            # a barrier, due after them: a second call of any would come first
+            r = await http.post("/v1/tasks", json={"url": target.url("/barrier"), "retries": 0})
+            assert r.status_code == 201, r.text
+            await until(lambda: target.calls_to("/barrier"), timeout_s=30, what="the barrier")
     assert all(target.by_task()[i] == 1 for i in due)
     assert not target.calls_to("/later") and not target.calls_to("/keyed")
 
@@ -212,9 +214,14 @@ def test_each_create_logs_one_line_with_what_it_made(redis_url: str, tmp_path: P
             task = http.post("/v1/tasks", json={"url": url, "delay": FAR}).json()
             body = _batch([{"url": url, "delay": FAR}, {"url": "ftp://x"}])
             assert http.post("/v1/tasks/batch", json=body).status_code == 200
-        time.sleep(0.3)
+
+        def posts_logged() -> list[dict[str, Any]]:  # each line is written once it is answered
+            lines = [json.loads(x) for x in serve.log().splitlines() if x.startswith("{")]
+            posts = [e for e in lines if e.get("event") == "http.request" and e["method"] == "POST"]
+            return posts if len(posts) >= 2 else []
+
+        posts = wait_for(posts_logged, what="both creates logged", ignore=(ValueError,))
         lines = [json.loads(x) for x in serve.log().splitlines() if x.startswith("{")]
-    posts = [e for e in lines if e.get("event") == "http.request" and e["method"] == "POST"]
     single = next(e for e in posts if e["path"] == "/v1/tasks")
     assert single["status"] == 201 and single["task_id"] == task["id"]
     assert single["owner"] == "alice" and single["run_at"] == task["run_at"]

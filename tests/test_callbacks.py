@@ -30,6 +30,15 @@ async def _delivered(api: Api, task_id: str, n: int, timeout_s: float = 20) -> d
     return await until(check, timeout_s=timeout_s)  # type: ignore[no-any-return]
 
 
+async def _callback_barrier(api: Api, target: Target) -> None:
+    """A task with a callback, made now, whose callback delivery is recorded: a delivery due
+    before it, had one been due, would have come first."""
+    task = await api.create(
+        {"url": target.url("/barrier"), "callback": {"url": target.url("/cb/barrier")}}
+    )
+    await _delivered(api, task["id"], 1)
+
+
 async def test_callback_fires_once_on_success_with_the_final_task_signed(
     api: Api, target: Target, workers: WorkerProcs
 ) -> None:
@@ -47,7 +56,7 @@ async def test_callback_fires_once_on_success_with_the_final_task_signed(
     assert task["failure_callback"] == {"url": target.url("/cb/failed"), "headers": {}}
     assert task["callback_attempts"] == []
     done = await _delivered(api, task["id"], 1, timeout_s=60)
-    await asyncio.sleep(1.0)  # room for a second delivery, which must not come
+    await _callback_barrier(api, target)  # a second delivery would come first
     [call] = target.calls_to("/cb/done")
     assert target.calls_to("/cb/failed") == []
     # The final Task, as GET answered it when the delivery was made (before it was recorded).
@@ -83,7 +92,7 @@ async def test_failure_callback_after_exhausted_retries_retried_until_delivered(
         }
     )
     done = await _delivered(api, task["id"], 2, timeout_s=60)
-    await asyncio.sleep(1.0)
+    await _callback_barrier(api, target)  # a success callback or a third delivery: first
     assert target.calls_to("/cb/succeeded") == []
     deliveries = target.calls_to("/fail-then-ok/1")
     assert len(deliveries) == 2
@@ -203,7 +212,9 @@ async def test_a_killed_worker_neither_loses_nor_doubles_a_callback(
     workers.start()
     a = await _delivered(api, in_flight["id"], 1, timeout_s=30)
     b = await _delivered(api, waiting["id"], 2, timeout_s=30)
-    await asyncio.sleep(2.5)  # a doubled delivery would have come by now
+    # the dead worker's claims were taken back before either was delivered: a doubled delivery
+    # is due by now, and would come before the barrier's
+    await _callback_barrier(api, target)
     assert a["status"] == "succeeded"
     assert "worker lost" in a["attempts"][0]["error"]
     assert len(target.calls_to("/cb/a")) == 1

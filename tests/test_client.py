@@ -17,35 +17,16 @@ from typing import Any
 
 import pytest
 
-from taskorch import errors
+from taskorch import constants, errors
 from taskorch.client import AsyncClient, Client, Event
 from taskorch.models import TaskStatus
 from tests.client_live import Service, new_owner, service
 from tests.conftest import ROOT
+from tests.helpers import until, wait_for
 
 __all__ = ["service"]  # the module's fixture
 
 HOUR = 3600
-
-
-def wait_for(check: Any, timeout_s: float = 20) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = check()
-        if value:
-            return value
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.05)
-
-
-async def await_for(check: Any, timeout_s: float = 20) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = await check()
-        if value:
-            return value
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.05)
 
 
 @pytest.fixture
@@ -313,7 +294,7 @@ async def test_async_client_every_route(service: Service, tmp_path: Any) -> None
         with pytest.raises(errors.Conflict):
             await c.cancel_task(t.id)
         failing = await c.create_task(url=f"{service.url}/nope", method="GET", retries=0)
-        await await_for(lambda: _status_is(c, failing.id, "failed"))
+        await until(lambda: _status_is(c, failing.id, "failed"))
         assert (await c.retry_task(failing.id)).id == failing.id
 
         outcomes = await c.create_tasks([{"url": ok, "delay": HOUR}] * 1000)
@@ -335,7 +316,7 @@ async def test_async_client_every_route(service: Service, tmp_path: Any) -> None
         assert (await c.get_function(fn.id)).name == "up"
         assert [x.id async for x in c.iter_functions()] == [fn.id]
         assert (await c.list_functions()).items[0].id == fn.id
-        await await_for(lambda: _built(c, fn.id), 90)
+        await until(lambda: _built(c, fn.id), 90)
         await c.delete_function(fn.id)
 
         sch = await c.create_schedule(task={"url": ok}, cron="0 4 * * *", timezone="UTC")
@@ -558,6 +539,10 @@ def test_docs_examples_run_as_written(service: Service, n: int) -> None:
 # -- a real outage: Redis frozen under the real API ----------------------------------------------
 
 
+def _met_503(log: str) -> bool:
+    return '"status": 503' in log or "api.redis_unavailable" in log
+
+
 def test_a_create_during_a_redis_freeze_is_stored_once_after_it(tmp_path: Any) -> None:
     """Redis stopped (SIGSTOP) under ``taskorch serve``: the create is answered 503 with
     Retry-After, the client sends it again with the same Idempotency-Key until Redis is back,
@@ -579,13 +564,16 @@ def test_a_create_during_a_redis_freeze_is_stored_once_after_it(tmp_path: Any) -
             started = time.monotonic()
             with frozen(redis_server):
                 maker.start()
-                time.sleep(2.5)  # Redis stays stopped this long; the create meets 503s
+                # Redis stays stopped until the create has met a 503
+                wait_for(lambda: _met_503(serve.log()), timeout_s=30, what="a 503 answered")
             maker.join(30)
             took_s = time.monotonic() - started
             assert results and results[0].status == "scheduled"
-            assert took_s >= 2.0  # it waited the freeze out, as Retry-After asked
+            assert (
+                took_s >= constants.UNAVAILABLE_RETRY_AFTER_S
+            )  # it waited, as Retry-After asked, and sent again
             assert [t.id for t in c.iter_tasks()] == [results[0].id]
-    assert '"status": 503' in serve.log() or "api.redis_unavailable" in serve.log()
+    assert _met_503(serve.log())
 
 
 def test_an_id_is_one_path_segment(client: Client) -> None:

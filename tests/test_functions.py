@@ -20,7 +20,7 @@ from taskorch.models import FunctionCreate
 from taskorch.settings import Settings
 from taskorch.store import Store, connect
 from tests.conftest import WorkerProcs, make_settings
-from tests.helpers import free_port, live_api
+from tests.helpers import free_port, live_api, until
 
 PY = """
 import os
@@ -407,7 +407,8 @@ async def test_a_resume_at_start_does_not_build_a_new_function_twice(
             if (await fns.get("alice", fn.id)).status != "building":
                 break
             await asyncio.sleep(0.05)
-        await asyncio.sleep(0.3)
+        # the resume and every build it could start have ended (a second build would be one)
+        await until(lambda: not fns._tasks, what="the resume ended")
         assert builds == [fn.id]
     finally:
         await fns.close()

@@ -21,7 +21,7 @@ from taskorch.auth import TokenVerifier
 from taskorch.errors import Unauthorized
 from taskorch.settings import Settings
 from taskorch.worker.outbound import address_forbidden
-from tests.conftest import SECRET, Api, LiveServer
+from tests.conftest import SECRET, Api, LiveServer, until
 
 
 def _cli(*args: str, stdin: str = "", **env: str) -> subprocess.CompletedProcess[str]:
@@ -139,22 +139,27 @@ def test_address_guard(ip: str, forbidden: bool) -> None:
     assert address_forbidden(ip) is forbidden
 
 
-def _listen_sse(
+async def _listen_sse(
     http: httpx.AsyncClient, token: str, lines: list[str], n: int
 ) -> asyncio.Task[None]:
-    """Collect the first ``n`` ``event:`` and ``data:`` lines of the owner's event stream."""
+    """Collect the first ``n`` ``event:`` and ``data:`` lines of the owner's event stream, in a
+    task returned once the stream is open (the server subscribes before it answers)."""
+    opened = asyncio.Event()
 
     async def listen() -> None:
         async with http.stream("GET", f"/v1/events?access_token={token}") as r:
             assert r.status_code == 200
             assert r.headers["content-type"].startswith("text/event-stream")
+            opened.set()
             async for line in r.aiter_lines():
                 if line.startswith(("data:", "event:")):
                     lines.append(line)
                     if len(lines) == n:
                         return
 
-    return asyncio.create_task(listen())
+    task = asyncio.create_task(listen())
+    await until(lambda: opened.is_set() or task.done(), what="the stream open")
+    return task
 
 
 async def test_event_stream_sends_the_owners_changes_only(
@@ -162,8 +167,7 @@ async def test_event_stream_sends_the_owners_changes_only(
 ) -> None:
     lines: list[str] = []
     http = httpx.AsyncClient(base_url=live_server.url)
-    listener = _listen_sse(http, api.token("alice"), lines, 4)
-    await asyncio.sleep(0.3)
+    listener = await _listen_sse(http, api.token("alice"), lines, 4)
     await api.create({"url": "https://example.com", "delay": 60}, sub="bob")
     task = await api.create({"url": "https://example.com", "delay": 60}, sub="alice")
     await api.http.post(f"/v1/tasks/{task['id']}/cancel", headers=api.auth("alice"))
@@ -185,8 +189,7 @@ async def test_event_stream_sends_one_event_per_task_of_a_batch(
     # A batch's script publishes its events as one message: the stream still sends each.
     lines: list[str] = []
     http = httpx.AsyncClient(base_url=live_server.url)
-    listener = _listen_sse(http, api.token("alice"), lines, 12)
-    await asyncio.sleep(0.3)
+    listener = await _listen_sse(http, api.token("alice"), lines, 12)
     body = {"tasks": [{"url": "https://example.com", "delay": 60}] * 6}
     r = await api.http.post("/v1/tasks/batch", json=body, headers=api.auth("alice"))
     assert r.status_code == 200, r.text

@@ -11,6 +11,7 @@ import msgspec
 
 from tests.conftest import Api, Target, WorkerProcs, until
 from tests.test_outbound import pieces_server
+from tests.waits import barrier
 
 
 def _ts(s: str) -> float:
@@ -126,7 +127,7 @@ async def test_checks_exhausted_stop_and_run_the_fallback_once(
         )
 
     assert await until(fallback_outcome) == "succeeded"
-    await asyncio.sleep(0.5)
+    await barrier(api, target.url("/barrier"))  # a next step or check would come first
     assert len(target.calls_to("/fallback")) == 1
     assert target.calls_to("/two") == [] and target.calls_to("/three") == []
     assert len(target.calls_to("/json-false")) == 2
@@ -154,7 +155,7 @@ async def test_step_failing_after_retries_fails_and_runs_the_fallback(
     assert done["steps"][0]["status"] == "failed"
     step_task = await api.get(done["steps"][0]["task_id"])
     assert [a["status_code"] for a in step_task["attempts"]] == [500, 500]
-    await asyncio.sleep(0.3)
+    await barrier(api, target.url("/barrier"))  # a next step or second fallback would come first
     assert target.calls_to("/never") == [] and len(target.calls_to("/fallback")) == 1
 
 
@@ -200,8 +201,16 @@ async def test_cancel_before_start_and_mid_run(
         r.json()["steps"][0]["task_id"], "succeeded"
     )  # in flight: finishes
     assert step["attempts"][0]["status_code"] == 200
-    await asyncio.sleep(1.0)
-    assert [c.path for c in target.calls] == ["/slow/1"]  # no check, no next step, no fallback
+
+    def handled() -> bool:  # the worker has taken the step's end in: nothing follows it
+        return any(
+            "orchestration.step_done" in line and step["id"] in line
+            for line in workers.logs().splitlines()
+        )
+
+    await until(handled, what="the step's end handled")
+    await barrier(api, target.url("/barrier"))  # a check, next step or fallback would come first
+    assert [c.path for c in target.calls] == ["/slow/1", "/barrier"]  # none of them came
     again = await api.http.post(f"/v1/orchestrations/{mid['id']}/cancel", headers=api.auth())
     assert again.status_code == 409 and "cancelled" in again.json()["error"]["message"]
 

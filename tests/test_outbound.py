@@ -231,7 +231,7 @@ async def hung_server() -> AsyncIterator[str]:
         handlers.append(task)
         with contextlib.suppress(ConnectionError, asyncio.CancelledError):
             await reader.readuntil(b"\r\n\r\n")
-            await asyncio.sleep(3600)
+            await asyncio.Event().wait()  # no answer, ever (until the server closes)
         writer.close()
 
     server = await asyncio.start_server(handle, "127.0.0.1", 0)
@@ -326,13 +326,17 @@ async def test_two_workers_share_a_burst(
         ids += [i for b in batch for i in b]
     assert dt.datetime.now(dt.UTC) < due - dt.timedelta(seconds=1.5), "created too late"
     await until(lambda: len(target.calls) >= n, timeout_s=60)
-    await asyncio.sleep(0.5)
-    assert sorted(target.by_task()) == sorted(ids)
-    assert set(target.by_task().values()) == {1}
+    # the barrier, due after the burst: a second call of any would come before it
+    [wall] = await _create_due(store, [target.url("/barrier")], dt.datetime.now(dt.UTC), 10)
+    await until(lambda: target.calls_to("/barrier"), timeout_s=30, what="the barrier")
+    counts = target.by_task()
+    assert counts.pop(wall) == 1
+    assert sorted(counts) == sorted(ids)
+    assert set(counts.values()) == {1}
     assert min(call.at for call in target.calls) >= due.timestamp()
-    await until(lambda: workers.logs().count('"task.attempt"') >= n, timeout_s=30)
+    await until(lambda: workers.logs().count('"task.attempt"') >= n + 1, timeout_s=30)
     shares = [
         (workers.log_dir / f"worker-{i}.log").read_text().count('"task.attempt"') for i in (0, 1)
     ]
-    assert sum(shares) == n and min(shares) > 0, shares
+    assert sum(shares) == n + 1 and min(shares) > 0, shares  # the burst and the barrier
     await store.redis.aclose()

@@ -29,6 +29,7 @@ from aiohttp.test_utils import TestServer
 from taskorch import partitions
 from taskorch.store import connect
 from tests.conftest import Api, WorkerProcs, until
+from tests.waits import barrier
 
 FULL = os.environ.get("TASKORCH_FAULTS", "") == "full"
 
@@ -309,8 +310,10 @@ async def test_pause_holds_every_call_and_resume_releases_them_in_order(
     # due in an order that is not their creation order
     tasks = [await api.create({**body, "delay": 0.1 * ((i * 7) % 10)}) for i in range(10)]
     cancelled, changed = tasks[3], tasks[5]
-    await asyncio.sleep(2.0)  # all due by now: none may go
-    assert counting.arrivals == []
+    # a barrier in the default queue, due after all ten: were they not held, they came first
+    wall = await barrier(api, counting.url("/barrier"), delay_s=1.0)
+    walls = {wall["id"]}
+    assert counting.ids() == [wall["id"]]
     q = await get_queue(api, "held")
     assert q["waiting"] == 10 and q["counts"]["scheduled"] == 10
     # a waiting task can still be cancelled and changed
@@ -321,16 +324,19 @@ async def test_pause_holds_every_call_and_resume_releases_them_in_order(
     )
     assert r.status_code == 200
     changed = r.json()
-    await asyncio.sleep(0.5)
-    assert counting.arrivals == []
+    wall = await barrier(api, counting.url("/barrier"))  # neither let one go
+    walls.add(wall["id"])
+    assert sorted(counting.ids()) == sorted(walls)
     resumed_at = time.time()
     await put_queue(api, "held", {"paused": False})
     live = [t for t in tasks if t["id"] != cancelled["id"]]
-    await until(lambda: len(counting.arrivals) >= len(live), timeout_s=15)
-    await asyncio.sleep(0.3)
+    await until(lambda: len(counting.arrivals) >= len(walls) + len(live), timeout_s=15)
+    # one at a time in due order: a barrier in the queue comes after a repeat of any of them
+    walls.add((await barrier(api, counting.url("/barrier"), queue="held"))["id"])
+    ids = [i for i in counting.ids() if i not in walls]
     due = {t["id"]: _ms(t["run_at"]) for t in [*live, changed]}
-    assert counting.ids() == sorted(due, key=lambda i: (due[i], i))  # due order, each once
-    assert cancelled["id"] not in counting.ids()
+    assert ids == sorted(due, key=lambda i: (due[i], i))  # due order, each once
+    assert cancelled["id"] not in ids
     [call] = [a for a in counting.arrivals if a.task_id == changed["id"]]
     assert msgspec.json.decode(call.body) == {"v": 2}
     # lateness is the whole wait
@@ -349,8 +355,8 @@ async def test_a_worker_killed_mid_call_does_not_keep_its_room(
     stuck = await api.create({"url": counting.url("/slow-once/60"), "queue": "single"})
     await until(lambda: len(counting.arrivals) == 1, timeout_s=15)
     behind = [await api.create({"url": counting.url("/ok"), "queue": "single"}) for _ in range(3)]
-    await asyncio.sleep(0.5)
-    assert len(counting.arrivals) == 1  # the one room is taken
+    wall = await barrier(api, counting.url("/barrier"))  # in the default queue, due after them
+    assert counting.ids() == [stuck["id"], wall["id"]]  # the one room is taken
     first.send_signal(signal.SIGKILL)
     first.wait(10)
     workers.start()  # the worker lost: its lease (3 s) lapses, a reaper takes the call for lost
@@ -404,12 +410,15 @@ async def test_a_pause_holds_the_calls_already_claimed_ahead(
     await start_workers(workers, 1)
     tasks = await batch(api, [{"url": counting.url("/ok"), "queue": "slow-drip"}] * 4)
     await until(lambda: len(counting.arrivals) >= 1, timeout_s=15, every_s=0.01)
-    await asyncio.sleep(0.5)  # the next is claimed by now, for its slot a second after the first
+    # a barrier in the default queue, due now: a claim pass ran after it was made, and claimed
+    # the next one ahead, for its slot a second after the first
+    walls = [(await barrier(api, counting.url("/barrier")))["id"]]
     await put_queue(api, "slow-drip", {"paused": True})
     held_from = len(counting.arrivals)
-    await asyncio.sleep(2.5)
-    assert len(counting.arrivals) == held_from
+    # due after that slot: had the pause not held the claim, the next came first
+    walls.append((await barrier(api, counting.url("/barrier"), delay_s=1.2))["id"])
+    assert len(counting.arrivals) == held_from + 1
     await put_queue(api, "slow-drip", {"paused": False})
     for t in tasks:
         await api.wait_status(t["id"], "succeeded", timeout_s=30)
-    assert sorted(counting.ids()) == sorted(t["id"] for t in tasks)
+    assert sorted(i for i in counting.ids() if i not in walls) == sorted(t["id"] for t in tasks)

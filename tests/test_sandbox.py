@@ -190,6 +190,7 @@ async def test_parallel_calls_get_their_own_processes(base_dir: Path) -> None:
     rt = LocalRuntime(base_dir, limits=SandboxLimits(timeout_s=5.0, max_instances=2))
     code = "import time, uuid\nTOKEN = uuid.uuid4().hex\ndef handler(event, context):\n"
     try:
+        # the function's own sleep is the subject: three calls that overlap
         await build_py(rt, "fn_par", code + "    time.sleep(0.4)\n    return TOKEN\n")
         await rt.invoke("fn_par", None)  # one warm process exists already
         started = time.monotonic()

@@ -27,6 +27,7 @@ from taskorch.errors import Unauthorized
 from taskorch.functions import Functions
 from taskorch.settings import Settings
 from tests.conftest import ROOT, SECRET, Api, LiveServer, RedisServer, make_settings
+from tests.helpers import until, wait_for
 from tests.live import frozen, own_redis_server, raw_socket, serving
 
 TARGET = "http://127.0.0.1:9/"
@@ -158,13 +159,54 @@ async def test_a_remembered_token_still_expires_on_time(api: Api) -> None:
     token = jwt.encode({"sub": "eve", "iat": now, "exp": exp}, SECRET, algorithm="HS256")
     assert (await api.http.get("/v1/tasks", headers=_bearer(token))).status_code == 200
     assert (await api.http.get("/v1/tasks", headers=_bearer(token))).status_code == 200
-    await asyncio.sleep(exp - time.time() + 0.05)
-    r = await api.http.get("/v1/tasks", headers=_bearer(token))
+
+    async def refused() -> httpx.Response | None:
+        r = await api.http.get("/v1/tasks", headers=_bearer(token))
+        return r if r.status_code != 200 else None
+
+    r = await until(refused, timeout_s=10, every_s=0.02, what="the token refused")
+    assert time.time() < exp + 0.5, "remembered past its exp"
     assert r.status_code == 401 and r.json()["error"]["code"] == "token_expired", r.text
     flip = "B" if token[-10] == "A" else "A"  # a full six bits of the signature
     tampered = token[:-10] + flip + token[-9:]
     r = await api.http.get("/v1/tasks", headers=_bearer(tampered))
     assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_token", r.text
+
+
+async def _until_refused(api: Api, token: str) -> httpx.Response:
+    """The first answer to ``token`` that is not a 200 (a revocation takes effect within
+    NOT_BEFORE_CACHE_S)."""
+
+    async def refused() -> httpx.Response | None:
+        r = await api.http.get("/v1/tasks", headers=_bearer(token))
+        return r if r.status_code != 200 else None
+
+    return await until(refused, timeout_s=10, every_s=0.02, what="the token refused")  # type: ignore[no-any-return]
+
+
+async def _revoke_while_in_use(
+    api: Api, sub: str, tokens: list[str], *args: str, **kw: str
+) -> tuple[subprocess.CompletedProcess[str], float]:
+    """``_cli`` (a command that revokes ``sub``'s ``tokens``) while they are in use, so that what the API
+    remembers of their owner is fresh when the change lands; returns the command's outcome and
+    when (monotonic) the change landed in Redis: a revocation counts within NOT_BEFORE_CACHE_S
+    of that."""
+    redis = api.http._transport.app.state["redis"]  # type: ignore[attr-defined]
+    key = c.USER_NOT_BEFORE_KEY_PREFIX + sub
+    before = await redis.get(key)
+    landed: list[float] = []
+    command = asyncio.ensure_future(asyncio.to_thread(_cli, *args, **kw))
+    while not command.done() or not landed:
+        for token in tokens:
+            await api.http.get("/v1/tasks", headers=_bearer(token))
+        if not landed and await redis.get(key) != before:
+            landed.append(time.monotonic())
+        if command.done() and not landed:
+            break  # the command failed: its outcome says why
+        await asyncio.sleep(0.01)
+    p = await command
+    assert landed, p.stderr
+    return p, landed[0]
 
 
 async def _sign_in(api: Api, name: str, password: str) -> httpx.Response:
@@ -179,20 +221,23 @@ async def test_user_passwd_and_remove_revoke_earlier_tokens(api: Api, redis_url:
     for token in (signed_in, minted):
         assert (await api.http.get("/v1/tasks", headers=_bearer(token))).status_code == 200
 
-    p = _cli("user", "passwd", "rosa", stdin="second password\n", **env)
+    p, changed = await _revoke_while_in_use(
+        api, "rosa", [signed_in, minted], "user", "passwd", "rosa", stdin="second password\n", **env
+    )
     assert p.returncode == 0, p.stderr
-    await asyncio.sleep(c.NOT_BEFORE_CACHE_S)  # the documented delay
     for token in (signed_in, minted):
-        r = await api.http.get("/v1/tasks", headers=_bearer(token))
+        r = await _until_refused(api, token)
         assert r.status_code == 401 and r.json()["error"]["code"] == "token_revoked", r.text
+    # within the documented delay of the change
+    assert time.monotonic() - changed < c.NOT_BEFORE_CACHE_S + 0.5
     assert (await _sign_in(api, "rosa", "first password")).status_code == 401
     fresh = (await _sign_in(api, "rosa", "second password")).json()["access_token"]
     assert (await api.http.get("/v1/tasks", headers=_bearer(fresh))).status_code == 200
 
-    p = _cli("user", "remove", "rosa", **env)
+    p, removed = await _revoke_while_in_use(api, "rosa", [fresh], "user", "remove", "rosa", **env)
     assert p.returncode == 0, p.stderr
-    await asyncio.sleep(c.NOT_BEFORE_CACHE_S)
-    assert (await api.http.get("/v1/tasks", headers=_bearer(fresh))).status_code == 401
+    assert (await _until_refused(api, fresh)).status_code == 401
+    assert time.monotonic() - removed < c.NOT_BEFORE_CACHE_S + 0.5
     assert (await _sign_in(api, "rosa", "second password")).status_code == 401
     for verb in ("passwd", "remove"):
         p = _cli("user", verb, "nobody", stdin="some password\n", **env)
@@ -773,6 +818,12 @@ def test_taskorch_serve_closes_connections_that_send_nothing(
 # -- item 11: trigger keys never reach a log ---------------------------------------------------
 
 
+def _answered(log: str, status: int) -> int:
+    """How many requests the access log says were answered ``status``."""
+    events = [json.loads(line) for line in log.splitlines() if line.startswith("{")]
+    return sum(e.get("event") == "http.request" and e.get("status") == status for e in events)
+
+
 @pytest.fixture
 def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
     with own_redis_server(tmp_path) as server:
@@ -793,14 +844,17 @@ def test_trigger_keys_never_reach_the_log(own_redis: RedisServer, tmp_path: Path
         sock.sendall(
             f"POST {path}?x=1 HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{{}}".encode()
         )
-        time.sleep(0.3)
         sock.close()
+        wait_for(lambda: "api.client_disconnected" in srv.log(), what="the hang-up logged")
         # The outage handler: Redis frozen, then gone.
         with frozen(own_redis):
             assert httpx.post(srv.url + path, json={}, timeout=30).status_code == 503
         own_redis.stop(9)
         assert httpx.post(srv.url + path, json={}, timeout=30).status_code == 503
-        time.sleep(0.5)
+        # the access log line of a request is written once it is answered: wait for both 503s'
+        wait_for(
+            lambda: _answered(srv.log(), 503) >= 2, what="the 503s logged", ignore=(ValueError,)
+        )
         log = srv.log()
     events = [json.loads(line) for line in log.splitlines() if line.startswith("{")]
     names = {e.get("event") for e in events}

@@ -7,7 +7,6 @@ Screenshots land in artifacts/screenshots/.
 
 from __future__ import annotations
 
-import asyncio
 import re
 import time
 from datetime import datetime
@@ -20,7 +19,6 @@ import jwt
 import pytest
 from playwright.async_api import Page, expect
 
-from taskorch import auth
 from taskorch.settings import Settings
 from tests import test_web
 from tests.conftest import Target, WorkerProcs, free_port, until
@@ -33,6 +31,7 @@ from tests.test_web import (
     api_get,
     api_task,
     error_at,
+    expired_token,
     schedule_row,
     shot,
     sign_in,
@@ -158,9 +157,8 @@ async def test_the_token_sign_in_is_in_sight_and_refusals_read_as_sentences(web:
         "not-a-token": "it is not a whole token",  # what the tester pasted
         "abc.def.ghi": "it is not a whole token",  # three parts, but not a token: the API says so
         other_secret: "signed with another secret",
-        auth.mint_token(web.settings, USER, ttl_s=1): "That token has expired",
+        expired_token(web.settings): "That token has expired",
     }
-    await asyncio.sleep(1.1)  # the 1 s token's time is up
     use = page.get_by_role("button", name="Use this token")
     for token, words in refused.items():
         await box.fill(token)

@@ -16,6 +16,7 @@ from taskorch import partitions
 from taskorch.models import TaskCreate, TaskStatus
 from taskorch.store import Store, connect, encode_attempt, now_ms
 from tests.conftest import Api, RedisServer, Target, WorkerProcs, free_port, until
+from tests.waits import barrier
 
 
 def _ts(s: str) -> float:
@@ -161,7 +162,7 @@ async def test_modify_and_cancel_before_firing_then_409_after(
     [call] = target.calls
     assert call.path == "/new" and msgspec.json.decode(call.body) == {"v": 2}
     assert call.at >= _ts(r.json()["updated_at"]) + 1.4
-    await asyncio.sleep(0.5)
+    # the moved task is the barrier: due 0.7 s after the old time of both, it came first
     assert target.calls_to("/cancelled") == [] and target.calls_to("/old") == []
     for method, path, body in [
         ("PATCH", f"/v1/tasks/{done['id']}", {"delay": 1}),
@@ -175,20 +176,20 @@ async def test_100_cancels_racing_the_due_time_never_both(
     api: Api, target: Target, workers: WorkerProcs
 ) -> None:
     workers.start()
-    await asyncio.sleep(0.5)
+    await until(lambda: "worker.started" in workers.logs(), timeout_s=60)
     run_at = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=2)
     tasks = [
         await api.create({"url": target.url("/race"), "run_at": run_at.isoformat(), "retries": 0})
         for _ in range(100)
     ]
-    # Cancel each within a few ms either side of its due time.
+    # Cancel each within a few ms either side of its due time: this sleep is the race itself.
     await asyncio.sleep(max(0.0, run_at.timestamp() - time.time() - 0.01))
     results = await asyncio.gather(
         *[api.http.post(f"/v1/tasks/{t['id']}/cancel", headers=api.auth()) for t in tasks]
     )
     codes = [r.status_code for r in results]
     assert set(codes) <= {200, 409}
-    await asyncio.sleep(1.0)
+    await barrier(api, target.url("/barrier"))  # due after them all: any of theirs came first
     fired = target.by_task()
     both = 0
     for t, r in zip(tasks, results, strict=True):
@@ -199,7 +200,7 @@ async def test_100_cancels_racing_the_due_time_never_both(
         else:
             assert final["status"] == "succeeded" and fired[t["id"]] == 1
     assert both == 0
-    assert len(target.calls) == codes.count(409)
+    assert len(target.calls_to("/race")) == codes.count(409)
     print(f"race: {codes.count(200)} cancelled, {codes.count(409)} fired first")
 
 
@@ -237,12 +238,18 @@ async def test_two_workers_share_2000_tasks_none_twice(
         )
         task, _ = await store.create_task("alice", body)
         ids.append(task.id)
+    # the barrier: due after all 2000, it comes after a repeat of any of them would have
+    last = TaskCreate(
+        url=target.url("/barrier"), retries=0, run_at=dt.datetime.fromtimestamp(start + 1.5, dt.UTC)
+    )
+    barrier_task, _ = await store.create_task("alice", last)
     workers.start()
     workers.start()
     await until(lambda: len(target.calls) >= 2000, timeout_s=30)
-    await asyncio.sleep(1.0)
+    await until(lambda: target.calls_to("/barrier"), timeout_s=30, what="the barrier")
     counts = target.by_task()
-    assert len(target.calls) == 2000
+    del counts[barrier_task.id]
+    assert len(target.calls) == 2001
     assert sorted(counts) == sorted(ids) and set(counts.values()) == {1}
 
     async def all_succeeded() -> bool:
@@ -253,7 +260,7 @@ async def test_two_workers_share_2000_tasks_none_twice(
                 "alice", status=TaskStatus.succeeded, limit=500, cursor=page.next_cursor
             )
             n += len(page.items)
-        return n == 2000
+        return n == 2001
 
     try:
         await until(all_succeeded, timeout_s=10)
@@ -272,7 +279,7 @@ async def test_worker_survives_a_redis_restart(
     before = await api.create({"url": target.url("/before"), "delay": 0.2})
     await api.wait_status(before["id"], "succeeded")
     redis_server.stop()
-    await asyncio.sleep(2)
+    await until(lambda: "worker.redis_unavailable" in workers.logs(), what="the worker noticing")
     redis_server.start()  # same port and append-only file: the data comes back
     after = await api.create({"url": target.url("/after"), "delay": 0.2})
     await api.wait_status(after["id"], "succeeded", timeout_s=20)
@@ -373,14 +380,14 @@ async def test_an_outage_of_twice_the_lease_loses_nothing_and_repeats_nothing(
         for i in range(10)
     ]
     await until(lambda: len(target.calls_to("/slow/1.5")) == 10)  # all ten in flight
-    await asyncio.sleep(max(0.0, t0 + 0.6 - time.time()))
+    await asyncio.sleep(max(0.0, t0 + 0.6 - time.time()))  # the outage's start: the scenario
     assert time.time() < t0 + 1.1 and target.calls_to("/during") == [], "started too late"
     await _outage(redis_server, how, 2 * lease_s)
     after = await api.create({"url": target.url("/after"), "delay": 0.2})
     everything = [*in_flight, *due_during, after]
     for task in everything:
         await api.wait_status(task["id"], {"succeeded", "failed"}, timeout_s=30)
-    await asyncio.sleep(1.0)  # room for a repeat to show up
+    await barrier(api, target.url("/barrier"), delay_s=0.5)  # a repeat would come first
     counts = target.by_task()
     assert {t["id"]: counts[t["id"]] for t in everything} == {t["id"]: 1 for t in everything}
     for task in everything:
@@ -537,13 +544,19 @@ async def test_reapers_hold_back_after_a_gap_in_reaping(redis_url: str) -> None:
     await store.redis.hset(
         await _key(store.redis, job, c.REAPER), "last", now_ms() - 10_000
     )  # nobody reaped for 10 s
+    held_from = time.monotonic()
     assert await store.reap(gap_ms=2_000, grace_ms=400) == -1
     assert await store.reap(gap_ms=2_000, grace_ms=400) == -1
     assert (
         await store.redis.zscore(await _key(store.redis, job, c.LEASES), job) == 1
     )  # left to its (live?) worker
-    await asyncio.sleep(0.5)
-    assert await store.reap(gap_ms=2_000, grace_ms=400) == 1
+
+    # reaping on (as the reapers do, every reap a recent one), it holds back for the grace only
+    async def reaped() -> bool:
+        return await store.reap(gap_ms=2_000, grace_ms=400) == 1
+
+    await until(reaped, timeout_s=5, every_s=0.02, what="the reap after the grace")
+    assert time.monotonic() - held_from >= 0.39, "recovered within the grace"
     assert await store.redis.zscore(await _key(store.redis, job, c.QUEUE), job) is not None
     assert (await store.get_task("alice", task_id)).status == TaskStatus.scheduled
     await store.redis.aclose()
@@ -638,15 +651,18 @@ async def test_a_start_whose_reply_was_lost_fires_once_with_no_made_up_attempt(
         ]
         cutter.watched = [t["id"].encode() for t in tasks]
         cutter.cut = True  # their starts run in Redis, the replies are lost
-        await asyncio.sleep(t0 + 1.0 - time.time())
-        assert {(await api.get(t["id"]))["status"] for t in tasks} == {"running"}
+
+        async def all_running() -> bool:
+            return {(await api.get(t["id"]))["status"] for t in tasks} == {"running"}
+
+        await until(all_running, timeout_s=20, what="every start run")
         cutter.cut = False
         for task in tasks:
             done = await api.wait_status(task["id"], {"succeeded", "failed"}, timeout_s=20)
             assert [(a["number"], a["status_code"], a["error"]) for a in done["attempts"]] == [
                 (1, 200, None)
             ], done["attempts"]
-        await asyncio.sleep(0.5)
+        await barrier(api, target.url("/barrier"))  # a repeat of theirs would come first
         counts = target.by_task()
         assert [counts[t["id"]] for t in tasks] == [1] * len(tasks)
     finally:
@@ -666,7 +682,7 @@ async def test_stopping_ends_a_background_loop_that_swallowed_a_cancellation() -
     async def janitor() -> None:
         while True:
             try:
-                await asyncio.sleep(3600)
+                await asyncio.Event().wait()  # the loop under test, idle until cancelled
             except asyncio.CancelledError:
                 if swallowed.is_set():
                     raise
@@ -736,7 +752,7 @@ class _ConnTarget(asyncio.Protocol):
 
 @pytest.mark.parametrize("private_allowed", [True, False])
 async def test_connections_for_calls_due_together_are_open_before_their_due_time(
-    api: Api, workers: WorkerProcs, private_allowed: bool
+    api: Api, target: Target, workers: WorkerProcs, private_allowed: bool
 ) -> None:
     # 30 calls due in one millisecond to a host the worker never called: each arrives on a
     # connection opened ahead of the due time (no handshake at the due time), none early, none
@@ -763,7 +779,7 @@ async def test_connections_for_calls_due_together_are_open_before_their_due_time
             assert accepted == [] and calls == []
             return
         await until(lambda: len(calls) >= 30, timeout_s=15)
-        await asyncio.sleep(0.5)
+        await barrier(api, target.url("/barrier"))  # a second call of any would come first
         assert sorted(task for task, _, _ in calls) == sorted(ids)
         assert min(at for _, _, at in calls) >= due, "a call arrived before its due time"
         used = {conn for _, conn, _ in calls}

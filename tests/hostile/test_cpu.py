@@ -65,14 +65,14 @@ async def test_children_left_spinning_are_frozen_until_the_next_call(
     # for as long as the instance lives (300 s idle by default), on the host's cores.
     cgroup = v2_cgroup_of(uid)
     is_frozen = await frozen(cgroup)
-    before = cpu_of(uid)
+    assert is_frozen and cgroup is not None, f"the instance ({cgroup}) was not frozen"
+    before, before_us = cpu_of(uid), usage_us(cgroup)
+    # No event says "no CPU was used": it is measured over an idle second (the one fixed wait
+    # here is that measurement's window; unfrozen, the children would use half of it).
     await asyncio.sleep(1.0)
     used_s = cpu_of(uid) - before
     assert used_s < 0.05, f"the children left running used {used_s:.2f} CPU s in 1 s idle"
-    assert is_frozen and cgroup is not None, f"the instance ({cgroup}) was not frozen"
-    before_us = usage_us(cgroup)
-    await asyncio.sleep(0.5)
-    assert usage_us(cgroup) - before_us < 20_000, "the frozen instance's cgroup counted CPU"
+    assert usage_us(cgroup) - before_us < 40_000, "the frozen instance's cgroup counted CPU"
 
     # The next call thaws it: the same warm instance answers, and is frozen again after.
     assert await rt.invoke("fn_spin", {}) == token

@@ -278,7 +278,7 @@ def handler(event, context):
         pid = os.fork()
         if pid == 0:
             block = b"\\x01" * (event["mb"] * 1024 * 1024)  # every page touched
-            time.sleep(1.5)
+            time.sleep(1.5)  # the hostile code under test: all hold their memory at once
             os._exit(0)
         children.append(pid)
     statuses = [os.waitpid(pid, 0)[1] for pid in children]
@@ -346,7 +346,7 @@ def fill():
                 a.send(b"x" * 65536)
         except BlockingIOError:
             pass
-    time.sleep(1.5)
+    time.sleep(1.5)  # the hostile code under test: the buffers stay full together
 
 def handler(event, context):
     children = []
