@@ -39,6 +39,43 @@ SECRET = "test-secret-0123456789abcdef0123456789abcdef"
 ROOT = Path(__file__).resolve().parent.parent
 
 
+# scripts/test runs the suite in 2 processes (pytest-xdist, ``-n 2 --dist loadgroup``), then
+# the tests marked ``serial`` on their own: these measure milliseconds or a stop's seconds,
+# which a second process busy beside them would blur.
+SERIAL = {
+    "tests/test_api_outages.py::test_taskorch_serve_answers_503_while_redis_is_frozen",
+    "tests/test_dev.py::test_dev_stops_within_2_s_while_a_status_page_listens",
+    "tests/test_limits.py::test_a_header_flood_is_refused_at_the_limit_and_not_held",
+    "tests/test_outbound.py::test_hung_and_slow_hosts_never_hold_up_a_fast_hosts_calls",
+    "tests/test_queues.py::test_a_rate_holds_across_two_workers",
+    "tests/test_queues.py::test_max_concurrent_holds_across_two_workers",
+    "tests/test_sandbox.py::test_parallel_calls_get_their_own_processes",
+    "tests/test_schedules.py::test_every_second_fires_on_the_grid_to_the_millisecond",
+    "tests/test_worker.py::test_fires_on_time_with_lateness_and_contract_headers",
+    "tests/test_worker.py::test_a_slow_target_never_delays_other_due_tasks",
+}
+# Tests that share one thing run in one process, one after another: the wheel and venv built
+# once (``installed``: two in-tree builds of the checkout would collide), the Redis Cluster of
+# test_cluster.py (6 redis-servers), the fault tests (each runs many workers and a Redis).
+GROUPS = {"installed": "installed", "tests/test_cluster.py": "cluster", "tests/faults/": "faults"}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "serial: runs on its own, after the rest (scripts/test)")
+    # pytest-xdist's own, named here too for a run without it.
+    config.addinivalue_line("markers", "xdist_group(name): runs in the process of its group")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.nodeid.split("[")[0] in SERIAL:
+            item.add_marker(pytest.mark.serial)
+        for key, group in GROUPS.items():
+            if key in getattr(item, "fixturenames", ()) or item.nodeid.startswith(key):
+                item.add_marker(pytest.mark.xdist_group(group))
+                break
+
+
 @dataclass
 class RedisServer:
     """A redis-server child process for the whole run; restartable on the same port and data."""
