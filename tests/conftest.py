@@ -70,6 +70,11 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    modules = {m.nodeid: m.obj for m in (i.getparent(pytest.Module) for i in items) if m}
+    pairs = [name.split("::") for name in sorted(SERIAL)]
+    gone = [f"{f}::{t}" for f, t in pairs if f in modules and not hasattr(modules[f], t)]
+    if gone:  # a renamed test would silently leave the serial pass
+        raise pytest.UsageError(f"tests/conftest.py's SERIAL names no test: {gone}")
     for item in items:
         if item.nodeid.split("[")[0] in SERIAL:
             item.add_marker(pytest.mark.serial)
