@@ -129,11 +129,16 @@ class RedisServer:
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
             with contextlib.suppress(Exception):
-                # LOADING answers an error until the append-only file is read back.
-                if redis.Redis(port=self.port, socket_timeout=1).ping():
+                # LOADING answers an error until the append-only file is read back; the pid
+                # tells this server from another one on the port (a second test process's).
+                r = redis.Redis(port=self.port, socket_timeout=1)
+                if r.ping() and r.info("server")["process_id"] == self.proc.pid:
                     return
+            if self.proc.poll() is not None:
+                break
             time.sleep(0.02)
-        raise RuntimeError(f"redis-server on {self.port} did not start")
+        log = (self.folder / "redis.log").read_text(errors="replace")[-500:]
+        raise RuntimeError(f"redis-server on {self.port} did not start: {log}")
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         if self.proc and self.proc.poll() is None:
@@ -151,8 +156,16 @@ ON_CLUSTER = os.environ.get("TASKORCH_TEST_REDIS", "") == "cluster"
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
     if ON_CLUSTER:
         pytest.skip("stops or freezes one redis-server; TASKORCH_TEST_REDIS=cluster runs a cluster")
-    server = RedisServer(port=free_port(), folder=tmp_path_factory.mktemp("redis"))
-    server.start()
+    folder = tmp_path_factory.mktemp("redis")
+    for attempt in range(3):  # a free port can be taken before redis-server binds it
+        server = RedisServer(port=free_port(), folder=folder)
+        try:
+            server.start()
+            break
+        except RuntimeError:
+            server.stop()
+            if attempt == 2:
+                raise
     yield server
     server.stop()
 
