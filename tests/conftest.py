@@ -39,6 +39,51 @@ SECRET = "test-secret-0123456789abcdef0123456789abcdef"
 ROOT = Path(__file__).resolve().parent.parent
 
 
+# scripts/test runs the suite in 2 processes (pytest-xdist, ``-n 2 --dist loadgroup``), then
+# the tests marked ``serial`` on their own: these measure milliseconds or a stop's seconds,
+# which a second process busy beside them would blur.
+SERIAL = {
+    "tests/test_api_outages.py::test_taskorch_serve_answers_503_while_redis_is_frozen",
+    "tests/test_dev.py::test_dev_stops_within_2_s_while_a_status_page_listens",
+    "tests/test_limits.py::test_a_header_flood_is_refused_at_the_limit_and_not_held",
+    "tests/test_outbound.py::test_hung_and_slow_hosts_never_hold_up_a_fast_hosts_calls",
+    "tests/test_queues.py::test_a_rate_holds_across_two_workers",
+    "tests/test_queues.py::test_max_concurrent_holds_across_two_workers",
+    "tests/test_sandbox.py::test_parallel_calls_get_their_own_processes",
+    "tests/test_schedules.py::test_every_second_fires_on_the_grid_to_the_millisecond",
+    # A burst of 40 or 100 requests in one loop, each within the API's 1 s Redis deadline.
+    "tests/test_security.py::test_repeated_failed_sign_ins_answer_429_without_slowing_others",
+    "tests/test_worker.py::test_100_cancels_racing_the_due_time_never_both",
+    "tests/test_worker.py::test_fires_on_time_with_lateness_and_contract_headers",
+    "tests/test_worker.py::test_a_slow_target_never_delays_other_due_tasks",
+}
+# Tests that share one thing run in one process, one after another: the wheel and venv built
+# once (``installed``: two in-tree builds of the checkout would collide), the Redis Cluster of
+# test_cluster.py (6 redis-servers), the fault tests (each runs many workers and a Redis).
+GROUPS = {"installed": "installed", "tests/test_cluster.py": "cluster", "tests/faults/": "faults"}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "serial: runs on its own, after the rest (scripts/test)")
+    # pytest-xdist's own, named here too for a run without it.
+    config.addinivalue_line("markers", "xdist_group(name): runs in the process of its group")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    modules = {m.nodeid: m.obj for m in (i.getparent(pytest.Module) for i in items) if m}
+    pairs = [name.split("::") for name in sorted(SERIAL)]
+    gone = [f"{f}::{t}" for f, t in pairs if f in modules and not hasattr(modules[f], t)]
+    if gone:  # a renamed test would silently leave the serial pass
+        raise pytest.UsageError(f"tests/conftest.py's SERIAL names no test: {gone}")
+    for item in items:
+        if item.nodeid.split("[")[0] in SERIAL:
+            item.add_marker(pytest.mark.serial)
+        for key, group in GROUPS.items():
+            if key in getattr(item, "fixturenames", ()) or item.nodeid.startswith(key):
+                item.add_marker(pytest.mark.xdist_group(group))
+                break
+
+
 @dataclass
 class RedisServer:
     """A redis-server child process for the whole run; restartable on the same port and data."""
@@ -84,11 +129,16 @@ class RedisServer:
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
             with contextlib.suppress(Exception):
-                # LOADING answers an error until the append-only file is read back.
-                if redis.Redis(port=self.port, socket_timeout=1).ping():
+                # LOADING answers an error until the append-only file is read back; the pid
+                # tells this server from another one on the port (a second test process's).
+                r = redis.Redis(port=self.port, socket_timeout=1)
+                if r.ping() and r.info("server")["process_id"] == self.proc.pid:
                     return
+            if self.proc.poll() is not None:
+                break
             time.sleep(0.02)
-        raise RuntimeError(f"redis-server on {self.port} did not start")
+        log = (self.folder / "redis.log").read_text(errors="replace")[-500:]
+        raise RuntimeError(f"redis-server on {self.port} did not start: {log}")
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         if self.proc and self.proc.poll() is None:
@@ -106,8 +156,16 @@ ON_CLUSTER = os.environ.get("TASKORCH_TEST_REDIS", "") == "cluster"
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
     if ON_CLUSTER:
         pytest.skip("stops or freezes one redis-server; TASKORCH_TEST_REDIS=cluster runs a cluster")
-    server = RedisServer(port=free_port(), folder=tmp_path_factory.mktemp("redis"))
-    server.start()
+    folder = tmp_path_factory.mktemp("redis")
+    for attempt in range(3):  # a free port can be taken before redis-server binds it
+        server = RedisServer(port=free_port(), folder=folder)
+        try:
+            server.start()
+            break
+        except RuntimeError:
+            server.stop()
+            if attempt == 2:
+                raise
     yield server
     server.stop()
 

@@ -446,7 +446,8 @@ async def test_a_wake_up_reaches_an_idle_worker_on_a_cluster(
         worker = Worker(store, session, poll_s=30.0, lease_s=3.0)
         running = asyncio.create_task(worker.run())
         try:
-            await asyncio.sleep(1.0)  # idle: subscribed, nothing due
+            # Idle: subscribed, nothing due.
+            await until(client.subscriber_addresses, timeout_s=15, what="the worker subscribed")
             for round_ in range(2):
                 ids = [
                     (await api.create({"url": target.url(f"/wake/{round_}/{i}"), "delay": 0.05}))[
@@ -464,7 +465,14 @@ async def test_a_wake_up_reaches_an_idle_worker_on_a_cluster(
                         await asyncio.to_thread(cluster.wait_failover, cluster.kill_master(dead))
                     else:
                         dead.stop()
-                    await asyncio.sleep(2.0)  # the listener notices, moves and subscribes
+                    # The listener notices, moves and subscribes on another node.
+                    await until(
+                        lambda port=port: [
+                            a for a in client.subscriber_addresses() if a[1] != port
+                        ],
+                        timeout_s=15,
+                        what="the worker subscribed on another node",
+                    )
         finally:
             worker.stop()
             await asyncio.wait_for(running, 30)

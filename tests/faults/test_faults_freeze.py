@@ -234,7 +234,19 @@ async def test_catch_up_one_runs_one_late_run_when_every_worker_was_down(
         )
         for p in again:
             await asyncio.to_thread(procs.ready, p, r)
-        await asyncio.sleep(4)  # the catch-up and the grid's next times run
+        # The catch-up runs, then the grid goes on: a time due after both workers are back is
+        # claimed after every overdue one, so once it arrived for each schedule, so did they.
+        later = time.time() + 1
+
+        def back_on_the_grid(i: int) -> bool:
+            hits = [h for hs in recorder.by_task(f"/one/{i}").values() for h in hs]
+            return any(_epoch(h.headers["X-Taskorch-Scheduled-For"]) >= later for h in hits)
+
+        await wait_until(
+            lambda: all(back_on_the_grid(i) for i in range(n)),
+            timeout_s=15,
+            what="the grid's next times after the downtime",
+        )
     figures: dict[str, Any] = {"down_s": down_s, "schedules": n}
     missed_runs = []
     for i in range(n):

@@ -119,7 +119,7 @@ async def test_orchestrations_finish_under_worker_kills(
                 final[:] = await states()
                 if all(o["status"] not in ("scheduled", "running") for o in final):
                     return
-                await asyncio.sleep(0.5)
+                await asyncio.sleep(0.2)
 
         try:
             await asyncio.wait_for(poll(), timeout=5 * LEASE_S + 40)
