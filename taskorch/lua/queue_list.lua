@@ -4,13 +4,13 @@
 --- @include "prelude"
 --- @include "queue"
 
-local owner = ARGV[1]
+local owner, statuses = ARGV[1], {unpack(ARGV, 2)}
 local totals = {}
-for i = 2, #ARGV do
-  totals[#totals + 1] = redis.call('ZCARD', P .. '${TASK_INDEX}' .. owner .. ':' .. ARGV[i])
+for i, s in ipairs(statuses) do
+  totals[i] = redis.call('ZCARD', P .. '${TASK_INDEX}' .. owner .. ':' .. s)
 end
 local queues = {}
 for _, q in ipairs(redis.call('SMEMBERS', P .. '${QUEUE_NAMES}' .. owner)) do
-  queues[#queues + 1] = {q, queue_view(owner, q, 2)}
+  queues[#queues + 1] = {q, queue_view(owner, q, statuses)}
 end
 return {totals, queues}
