@@ -75,8 +75,7 @@ def _text(value: float | int | bool) -> str:
 def _put_args(owner: str, name: str, body: QueueUpdate) -> _PutArgs:
     """The ARGV map of setting ``body``'s fields: every field of the model is a setting, by its
     name (lib/queue.lua knows each by that name)."""
-    given = {f: getattr(body, f) for f in body.__struct_fields__}
-    given = {f: v for f, v in given.items() if v is not msgspec.UNSET}
+    given = {f: v for f, v in msgspec.structs.asdict(body).items() if v is not msgspec.UNSET}
     return _PutArgs(
         owner=owner,
         queue=name,
@@ -164,18 +163,11 @@ class Queues:
         )
         totals = [0] * len(_STATUSES)
         named: list[Queue] = []
-        for part_totals, queues in rows:
+        for part_totals, queues, _ in rows:
             totals = [a + int(b) for a, b in zip(totals, part_totals, strict=True)]
             named += [_view(name, row) for name, row in queues]
         named.sort(key=lambda q: q.name)
         for q in named:
             totals = [t - q.counts[s] for t, s in zip(totals, _STATUSES, strict=True)]
-        default = Queue(
-            name=c.DEFAULT_QUEUE,
-            rate=None,
-            max_concurrent=None,
-            paused=False,
-            waiting=0,
-            counts=dict(zip(_STATUSES, totals, strict=True)),
-        )
+        default = _view(c.DEFAULT_QUEUE, [rows[0][2], totals, 0])  # unlimited, never paused
         return QueueList(items=[default, *named])

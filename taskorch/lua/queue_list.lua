@@ -1,6 +1,7 @@
 -- KEYS[1]: the partition's queue, taskorch:{<tag>}:q (every key the script names is in its slot).
 -- ARGV: owner, statuses... Returns {the owner's task counts by status in this partition (every
--- queue's), {name, view} per named queue of the owner in this partition}.
+-- queue's), {name, view} per named queue of the owner in this partition, the settings of a
+-- queue never set (the default queue's)}.
 --- @include "prelude"
 --- @include "queue"
 
@@ -13,4 +14,4 @@ local queues = {}
 for _, q in ipairs(redis.call('SMEMBERS', P .. '${QUEUE_NAMES}' .. owner)) do
   queues[#queues + 1] = {q, queue_view(owner, q, statuses)}
 end
-return {totals, queues}
+return {totals, queues, queue_settings({})}

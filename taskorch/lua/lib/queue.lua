@@ -56,17 +56,22 @@ local function queue_store(owner, q, set, lift)
   if #hset > 0 then redis.call('HSET', key, unpack(hset)) end
   if #hdel > 0 then redis.call('HDEL', key, unpack(hdel)) end
 end
--- The view queues._view reads: {settings as {name, text, ...} by the API's names (an absent one
--- as its ``absent``), the task counts by status (``statuses``, in order), the tasks waiting}.
-local function queue_view(owner, q, statuses)
-  local r, settings, counts = queue_fields(owner, q), {}, {}
+-- The settings by the API's names, {name, text, ...}, from a queue_fields answer: an absent one
+-- as its ``absent`` (so {} gives a queue never set, as the default queue is).
+local function queue_settings(r)
+  local out = {}
   for i, f in ipairs(QUEUE_FIELDS) do
     if f.setting then
-      settings[#settings + 1] = f.setting
-      settings[#settings + 1] = r[i] or f.absent
+      out[#out + 1] = f.setting
+      out[#out + 1] = r[i] or f.absent
     end
   end
-  local ix = qkey('${QUEUE_INDEX}', owner, q) .. ':'
+  return out
+end
+-- The view queues._view reads: {its settings (queue_settings), the task counts by status
+-- (``statuses``, in order), the tasks waiting}.
+local function queue_view(owner, q, statuses)
+  local counts, ix = {}, qkey('${QUEUE_INDEX}', owner, q) .. ':'
   for i, s in ipairs(statuses) do counts[i] = redis.call('ZCARD', ix .. s) end
-  return {settings, counts, redis.call('ZCARD', qwait(owner, q))}
+  return {queue_settings(queue_fields(owner, q)), counts, redis.call('ZCARD', qwait(owner, q))}
 end
