@@ -8,8 +8,8 @@
 --   run     state: its tasks admitted now (each carries qa = 1 until its attempt ends); absent: 0
 -- The state is written where it changes: run by claim.lua (up) and the prelude's queue_release
 -- (down), next by claim.lua and queue_put.lua. A setting is stored as the text queue_put was
--- given (queues._text). The fields keep the names
--- stored since issue #12, so that a queue an older taskorch set reads as it was.
+-- given (queues._text). The fields keep the names stored since issue #12, so that a queue an
+-- older taskorch set reads as it was.
 -- Due tasks of a limited queue wait in qw:<owner>:<queue>, by due time; qr lists the queues whose
 -- first waiting task may be admitted, by when. The prelude includes this file (its queue_kick
 -- and queue_release read queue_conf), so every task script has it.
