@@ -77,7 +77,7 @@ SIGNING_KEYS = "sk:"
 CALLBACK_ATTEMPTS = ":cb"
 # Named queues (issue #12), in the queue's partition (partitions.Layout.queue_partition), beside
 # its tasks, so that one script sees a queue's tasks, settings and state (taskorch/queues.py):
-QUEUE_CONF = "qc:"  # qc:<owner>:<queue> hash: rate, mc, paused, next (free slot ms), run
+QUEUE_CONF = "qc:"  # qc:<owner>:<queue> hash: the settings and state (lua/lib/queue.lua)
 QUEUE_NAMES = "qn:"  # qn:<owner> set of the owner's named queues in this partition
 QUEUE_WAITING = "qw:"  # qw:<owner>:<queue> zset of due jobs waiting their turn, by due ms
 QUEUE_INDEX = "iq:"  # iq:<owner>:<queue>:<status>, as i: but for one named queue's tasks

@@ -52,26 +52,54 @@ DEFAULT_IS_FIXED = (
 )
 
 
-def _setting(value: Any) -> str:
-    """A setting for QUEUE_PUT: '' keeps it, 'null' lifts it."""
-    if value is msgspec.UNSET:
-        return ""
-    if value is None:
-        return "null"
+class _PutArgs(msgspec.Struct):
+    """``queue_put.lua``'s ARGV, one map (its header names these keys, as BullMQ's scripts take
+    theirs): ``set`` holds each setting to change as the text the queue's hash stores, ``lift``
+    the settings to lift (null); a setting in neither keeps its value."""
+
+    owner: str
+    queue: str
+    now: int
+    set: dict[str, str]
+    lift: list[str]
+    statuses: list[str]
+
+
+def _text(value: float | int | bool) -> str:
+    """A setting as the queue's hash stores it: a flag as '1' or '0', a number as Python writes it."""
     if isinstance(value, bool):
         return "1" if value else "0"
     return repr(value)
 
 
+def _put_args(owner: str, name: str, body: QueueUpdate) -> _PutArgs:
+    """The ARGV map of setting ``body``'s fields: every field of the model is a setting, by its
+    name (lib/queue.lua knows each by that name)."""
+    given = {f: v for f, v in msgspec.structs.asdict(body).items() if v is not msgspec.UNSET}
+    return _PutArgs(
+        owner=owner,
+        queue=name,
+        now=now_ms(),
+        set={f: _text(v) for f, v in given.items() if v is not None},
+        lift=[f for f, v in given.items() if v is None],
+        statuses=_STATUSES,
+    )
+
+
 def _view(name: str, row: list[Any]) -> Queue:
-    (rate, mc, paused), counts, waiting = row
-    return Queue(
-        name=name,
-        rate=float(rate) if rate else None,
-        max_concurrent=int(mc) if mc else None,
-        paused=paused == "1",
-        waiting=int(waiting),
-        counts=dict(zip(_STATUSES, (int(n) for n in counts), strict=True)),
+    """A queue from ``lib/queue.lua``'s queue_view: its settings by name (as stored: converted
+    from their text), the counts by status, the tasks waiting."""
+    settings, counts, waiting = row
+    fields = dict(zip(settings[::2], settings[1::2], strict=True))
+    return msgspec.convert(
+        {
+            **fields,
+            "name": name,
+            "waiting": waiting,
+            "counts": dict(zip(_STATUSES, counts, strict=True)),
+        },
+        Queue,
+        strict=False,
     )
 
 
@@ -80,7 +108,15 @@ class Queues:
 
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
-        self._lua = lua.Scripts(redis, "queue_get", "queue_put", "queue_list")
+        self._lua = lua.Scripts(redis, "queue_get", "queue_put", "queue_list", "has_cmsgpack")
+        self._msgpack: bool | None = None  # whether the server's Lua reads msgpack, once asked
+
+    async def _encode(self, key: str, args: msgspec.Struct) -> bytes:
+        """A script's ARGV map: msgpack, or JSON where the server's Lua has no cmsgpack
+        (fakeredis, for ``taskorch dev``; asked once, of the node of ``key``)."""
+        if self._msgpack is None:
+            self._msgpack = await run_script(self.redis, self._lua.has_cmsgpack, [key], []) == 1
+        return msgspec.msgpack.encode(args) if self._msgpack else msgspec.json.encode(args)
 
     async def put(self, owner: str, name: str, body: QueueUpdate) -> Queue:
         """Set a queue's limits (fields left out keep theirs); the queue exists from then on."""
@@ -94,20 +130,9 @@ class Queues:
                 f"The {DEFAULT_IS_FIXED}.", details=[{"field": "name", "message": DEFAULT_IS_FIXED}]
             )
         layout = await partitions.load(self.redis)
-        row = await run_script(
-            self.redis,
-            self._lua.queue_put,
-            [layout.queue(layout.queue_partition(owner, name))],
-            [
-                owner,
-                name,
-                now_ms(),
-                _setting(body.rate),
-                _setting(body.max_concurrent),
-                _setting(body.paused),
-                *_STATUSES,
-            ],
-        )
+        key = layout.queue(layout.queue_partition(owner, name))
+        args = await self._encode(key, _put_args(owner, name, body))
+        row = await run_script(self.redis, self._lua.queue_put, [key], [args])
         return _view(name, row)
 
     async def get(self, owner: str, name: str) -> Queue:
@@ -138,18 +163,11 @@ class Queues:
         )
         totals = [0] * len(_STATUSES)
         named: list[Queue] = []
-        for part_totals, queues in rows:
+        for part_totals, queues, _ in rows:
             totals = [a + int(b) for a, b in zip(totals, part_totals, strict=True)]
             named += [_view(name, row) for name, row in queues]
         named.sort(key=lambda q: q.name)
         for q in named:
             totals = [t - q.counts[s] for t, s in zip(totals, _STATUSES, strict=True)]
-        default = Queue(
-            name=c.DEFAULT_QUEUE,
-            rate=None,
-            max_concurrent=None,
-            paused=False,
-            waiting=0,
-            counts=dict(zip(_STATUSES, totals, strict=True)),
-        )
+        default = _view(c.DEFAULT_QUEUE, [rows[0][2], totals, 0])  # unlimited, never paused
         return QueueList(items=[default, *named])

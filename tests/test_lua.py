@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from taskorch import lua
+from taskorch import lua, queues
+from taskorch.models import Queue, QueueUpdate
 from tests.conftest import RedisServer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -158,3 +159,36 @@ def test_an_owner_runs_only_the_scripts_it_registered() -> None:
         _ = owned.queue_list
     with pytest.raises(lua.LuaError, match="no_such_script"):
         lua.Scripts(_Fake(), "no_such_script")  # type: ignore[arg-type]
+
+
+# The scripts whose ARGV is one map, and the struct the Python side sends it as.
+_ARGV_MAPS: dict[str, type] = {"queue_put": queues._PutArgs}
+_MAP_HEADER = re.compile(r"^-- ARGV\[1\]: a map \{([^}]*)\}", re.M)
+
+
+def test_each_argv_map_is_named_in_its_header_as_the_python_side_sends_it() -> None:
+    """A script that takes one named map says so in its header, ``-- ARGV[1]: a map {k, ...}``,
+    naming the keys in the order of the struct that sends it; its body reads those keys (as
+    ``A.<key>``) and no other argument."""
+    mapped = set()
+    for path in sorted(LUA.glob("*.lua")):
+        _, body = lua._read(path.stem)
+        m = _MAP_HEADER.search(path.read_text()[: -len(body) or None])
+        if not m:
+            continue
+        mapped.add(path.stem)
+        named = [k.strip() for k in m.group(1).split(",")]
+        assert path.stem in _ARGV_MAPS, f"{path.name} takes a map: name its struct in _ARGV_MAPS"
+        assert named == list(_ARGV_MAPS[path.stem].__struct_fields__), path.name
+        assert set(re.findall(r"\bA\.([a-z_]+)", body)) == set(named), path.name
+        assert set(re.findall(r"ARGV\[(\d+)\]", body)) == {"1"}, path.name
+    assert mapped == set(_ARGV_MAPS)
+
+
+def test_lib_queue_names_the_settings_as_the_models_do() -> None:
+    """lib/queue.lua's field list is where a queue setting is named for the Lua: each of
+    QueueUpdate's fields, which Queue answers too, and nothing else."""
+    text = (LUA / "lib" / "queue.lua").read_text()
+    settings = re.findall(r"\bsetting = '([a-z_]+)'", text)
+    assert settings == list(QueueUpdate.__struct_fields__)
+    assert set(settings) <= set(Queue.__struct_fields__)

@@ -26,7 +26,10 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
+from taskorch import constants as c
 from taskorch import partitions
+from taskorch.models import QueueUpdate
+from taskorch.queues import Queues
 from taskorch.store import connect
 from tests.conftest import Api, WorkerProcs, until
 from tests.waits import barrier
@@ -244,6 +247,44 @@ async def test_tasks_name_their_queue_and_are_listed_and_counted_by_it(api: Api)
     assert list(items) == ["default", "emails", "sms"]
     assert items["default"]["counts"]["scheduled"] == 1
     assert items["emails"] == emails
+
+
+async def test_a_queue_an_older_taskorch_stored_reads_and_changes_as_before(api: Api) -> None:
+    """The queue's hash keeps its fields' names and texts (rate, mc, paused): one set before the
+    settings travelled as a named map reads as it was, a change keeps what it does not name, and
+    what is written now an older taskorch would read alike."""
+    client = connect(api.settings.redis_url)
+    layout = await partitions.load(client)
+    prefix = layout.prefixes[layout.queue_partition("alice", "legacy")]
+    key = f"{prefix}{c.QUEUE_CONF}alice:legacy"
+    await client.hset(key, mapping={"rate": "0.5", "mc": "2", "paused": "1", "run": "0"})
+    await client.sadd(f"{prefix}{c.QUEUE_NAMES}alice", "legacy")
+    try:
+        q = await get_queue(api, "legacy")
+        assert (q["rate"], q["max_concurrent"], q["paused"]) == (0.5, 2, True)
+        q = await put_queue(api, "legacy", {"paused": False})
+        assert (q["rate"], q["max_concurrent"], q["paused"]) == (0.5, 2, False)
+        assert await client.hgetall(key) == {"rate": "0.5", "mc": "2", "paused": "0", "run": "0"}
+        await put_queue(api, "legacy", {"rate": 2.5, "max_concurrent": None, "paused": True})
+        stored = await client.hgetall(key)
+        assert (stored["rate"], stored["paused"], "mc" in stored) == ("2.5", "1", False)
+    finally:
+        await client.aclose()
+
+
+async def test_queue_settings_travel_as_json_where_the_lua_has_no_cmsgpack() -> None:
+    """fakeredis (``taskorch dev`` without a redis-server) has no cmsgpack: the same map goes
+    as JSON there, and the queue reads back the same."""
+    fakeredis = pytest.importorskip("fakeredis")
+    client = fakeredis.FakeAsyncRedis(decode_responses=True)
+    queues = Queues(client)
+    q = await queues.put("alice", "emails", QueueUpdate(rate=2.5, max_concurrent=3, paused=True))
+    assert queues._msgpack is False
+    assert (q.rate, q.max_concurrent, q.paused) == (2.5, 3, True)
+    q = await queues.put("alice", "emails", QueueUpdate(max_concurrent=None, paused=False))
+    assert (q.rate, q.max_concurrent, q.paused) == (2.5, None, False)
+    assert await queues.get("alice", "emails") == q
+    await client.aclose()
 
 
 # -- dispatch, with real workers --------------------------------------------------------------

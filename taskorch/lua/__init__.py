@@ -18,8 +18,9 @@ never leave a task half-changed: that is what "nothing lost" rests on.
 
 The partitioned layout (issue #10, taskorch/partitions.py): every script runs in ONE partition. It
 is routed by ``KEYS[1]``, the partition's queue ``taskorch:{<tag>}:q``, and every key it derives
-(``P .. 't:' .. id`` and so on) starts with the same prefix, hence carries the same hash tag and
-lies in the same Redis Cluster slot. Nothing a script writes is global.
+(``P .. 't:' .. id`` and so on, ``P`` from lib/partition.lua) starts with the same prefix, hence
+carries the same hash tag and lies in the same Redis Cluster slot. Nothing a script writes is
+global.
 
 A task record is ONE string: a msgpack map with short field names, defaults left out, the id not
 stored (it is in the key) and the spec an opaque JSON string that Lua never re-encodes (cjson would

@@ -5,4 +5,4 @@
 --- @include "queue"
 
 if redis.call('SISMEMBER', P .. '${QUEUE_NAMES}' .. ARGV[1], ARGV[2]) == 0 then return {} end
-return queue_view(ARGV[1], ARGV[2], 3)
+return queue_view(ARGV[1], ARGV[2], {unpack(ARGV, 3)})

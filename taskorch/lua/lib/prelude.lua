@@ -2,9 +2,9 @@
 -- record's load/save (one msgpack string, defaults left out), batching of commuting writes, the
 -- indexes, counters, events, enqueue/wake and the views the scripts answer. Defines no entry
 -- point and returns nothing: a script includes it first.
+--- @include "partition"
+--- @include "queue"
 
-local P = string.sub(KEYS[1], 1, -${QUEUE_CUT})
-local QUEUE = KEYS[1]
 local LEASES = P .. '${LEASES}'
 local LEASE_OWNER = P .. '${LEASE_OWNER}'
 local TDEF = {s = 'scheduled', g = 1, a = 0, l = 0, n = '', oi = '', sb = '', lj = '', rj = '', h = '',
@@ -219,21 +219,9 @@ local function wake(due, now, ahead)
     ACC.wake = due
   end
 end
--- Named queues (issue #12; taskorch/queues.py explains the flow). A queue's settings and state
--- are one hash qc:<owner>:<queue> (rate, mc, paused, next: the next free dispatch slot, run: its
--- admitted tasks) in the queue's partition, where its tasks live too. Due tasks of a limited
--- queue wait in qw:<owner>:<queue> by due time; qr lists the queues whose first waiting task may
--- be admitted, by when. A task admitted (claimed under its queue's limits) carries qa = 1 until
--- its attempt ends; that is what run counts.
-local QREADY = P .. '${QUEUE_READY}'
-local function qkey(kind, owner, q) return P .. kind .. owner .. ':' .. q end
-local function qwait(owner, q) return qkey('${QUEUE_WAITING}', owner, q) end
-local function queue_conf(owner, q)
-  local r = redis.call('HMGET', qkey('${QUEUE_CONF}', owner, q), 'rate', 'mc', 'paused', 'next',
-    'run')
-  return {rate = tonumber(r[1]), mc = tonumber(r[2]), paused = r[3] == '1',
-    next = tonumber(r[4]) or 0, run = math.max(tonumber(r[5]) or 0, 0)}
-end
+-- Named queues (issue #12; taskorch/queues.py explains the flow): their keys, settings and
+-- state are in lib/queue.lua. A task admitted (claimed under its queue's limits) carries qa = 1
+-- until its attempt ends; that is what the queue's run counts.
 -- Put a queue in line for admission (qr) at the time its first waiting task may go, or out of
 -- it while it has none, is paused or is at its concurrency cap.
 local function queue_kick(owner, q, now, ahead)
