@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -25,14 +26,10 @@ async def put_queue(request: Request) -> Response:
     body = decode_body(await read_body(request), QueueUpdate)
     queues: Queues = request.state.queues
     queue = await queues.put(p.sub, request.path_params["queue"], body)
-    log.info(
-        "queue.set",
-        owner=p.sub,
-        queue=queue.name,
-        rate=queue.rate,
-        max_concurrent=queue.max_concurrent,
-        paused=queue.paused,
-    )
+    # The settings the body set, by their names (a lifted limit logs as null): a new setting
+    # needs no line here.
+    given = {f: v for f, v in msgspec.structs.asdict(body).items() if v is not msgspec.UNSET}
+    log.info("queue.set", owner=p.sub, queue=queue.name, **given)
     return JSON(queue)
 
 
