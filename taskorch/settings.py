@@ -7,12 +7,15 @@ manner of Starlette's ``Config``.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
+from typing import TypeVar
 from urllib.parse import urlparse
 
 from taskorch import constants as c
 from taskorch.errors import ConfigError
+
+N = TypeVar("N", int, float)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -179,28 +182,24 @@ class _Reader:
         return self.opt(name) or default
 
     def whole(self, name: str, default: int, *, lo: int, hi: int | None = None) -> int:
+        return self._bounded(name, default, int, "a whole number", lo, hi)
+
+    def number(self, name: str, default: float, *, lo: float) -> float:
+        return self._bounded(name, default, float, "a number of seconds", lo, None)
+
+    def _bounded(
+        self, name: str, default: N, kind: Callable[[str], N], what: str, lo: N, hi: N | None
+    ) -> N:
         raw = self.opt(name)
         if raw is None:
             return default
         try:
-            value = int(raw)
+            value = kind(raw)
         except ValueError:
-            raise ConfigError(f"{name} must be a whole number, got {raw!r}") from None
+            raise ConfigError(f"{name} must be {what}, got {raw!r}") from None
         if value < lo or (hi is not None and value > hi):
             bound = f"between {lo} and {hi}" if hi is not None else f"at least {lo}"
             raise ConfigError(f"{name} must be {bound}, got {value}")
-        return value
-
-    def number(self, name: str, default: float, *, lo: float) -> float:
-        raw = self.opt(name)
-        if raw is None:
-            return default
-        try:
-            value = float(raw)
-        except ValueError:
-            raise ConfigError(f"{name} must be a number of seconds, got {raw!r}") from None
-        if value < lo:
-            raise ConfigError(f"{name} must be at least {lo}, got {value}")
         return value
 
     def flag(self, name: str, default: bool) -> bool:
