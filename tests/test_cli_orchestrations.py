@@ -139,13 +139,16 @@ def test_create_get_list_cancel(
     assert c.get_orchestration(first).name == "order-42"  # --name and --delay replace the body's
 
     # `-` reads the body from stdin; --run-at replaces a delay; -q prints the id alone.
-    monkeypatch.setattr("sys.stdin", io.StringIO(json.dumps(_body(service, delay=5))))
     at = "2099-01-02T03:04:05Z"
+    key_body = json.dumps({**_body(service, delay=5), "idempotency_key": "k-1"})
+    monkeypatch.setattr("sys.stdin", io.StringIO(key_body))
     code, out, _ = as_user("orchestrations", "create", "-", "--run-at", at, "-q")
     assert code == 0 and re.fullmatch(r"orc_\w+\n", out), out
     second = out.strip()
     got = c.get_orchestration(second)
     assert (got.run_at, got.name) == ("2099-01-02T03:04:05.000Z", "from-file")
+    again = as_user("orchestrations", "create", str(file), "--idempotency-key", "k-1", "-q")
+    assert again[1].strip() == second  # the body's key, as --idempotency-key: the first one
 
     code, out, _ = as_user("orchestrations", "get", first, "--json")
     assert code == 0 and json.loads(out) == _raw(service, c, first)  # the API's answer
@@ -283,6 +286,22 @@ def test_retry_and_send_event_verbs(
     )
     assert code == cli.EXIT_USAGE and "not allowed with" in err
     assert len(api.seen) == sent  # nothing sent for a bad command line
+
+
+def test_a_step_row_shows_its_output_and_its_calls() -> None:
+    """The step table's OUTPUT and TASK cells, for the fields the workflow kinds add."""
+    from types import SimpleNamespace
+
+    from taskorch.cli.orchestrations import _calls, _excerpt
+
+    assert _excerpt(SimpleNamespace(output={"a": [1, 2]})) == '{"a":[1,2]}'
+    assert _excerpt(SimpleNamespace(output="x" * 60, output_truncated=True)) == (
+        "x" * 39 + "… (truncated)"
+    )
+    assert _excerpt(SimpleNamespace(output=None)) is None and _excerpt(SimpleNamespace()) is None
+    counts = {"succeeded": 3, "running": 1, "failed": 0}
+    assert _calls(SimpleNamespace(counts=counts)) == "3 succeeded, 1 running"
+    assert _calls(SimpleNamespace()) is None
 
 
 def test_help_lists_every_verb_with_an_example(capsys: Any) -> None:

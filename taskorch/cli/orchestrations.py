@@ -81,7 +81,10 @@ def _create(client: Client, args: argparse.Namespace) -> int:
         body["run_at"] = args.run_at
     if args.name is not None:
         body["name"] = args.name
-    orc = client.create_orchestration(idempotency_key=args.idempotency_key, **body)
+    # A body may carry its key as a batch item does; --idempotency-key wins.
+    key = body.pop("idempotency_key", None)
+    key = args.idempotency_key if args.idempotency_key is not None else key
+    orc = client.create_orchestration(idempotency_key=key, **body)
     return output.print_created(args, orc, _show)
 
 
