@@ -1,8 +1,9 @@
 """The ``taskorch`` command (``taskorch = "taskorch.cli:main"``, and ``python -m taskorch``).
 
 ``command`` is its parser and dispatch (dev, serve, worker, migrate, check, token, user); the
-client verbs, a module per group (``tasks``, ``schedules``, ``queues``), act through
-:mod:`taskorch.client` and are run by ``verbs``, with ``args`` and ``output`` what they share;
+client verbs, a module per group (``tasks``, ``schedules``, ``queues``, ``orchestrations``), act
+through :mod:`taskorch.client` and are run by ``verbs``, with ``options`` and ``output`` what they
+share;
 ``users`` is ``taskorch user``, ``dev`` is ``taskorch dev``.
 """
 

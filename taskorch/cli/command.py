@@ -7,7 +7,7 @@ import argparse
 import sys
 from importlib import metadata
 
-from taskorch.cli import queues, schedules, tasks, users, verbs
+from taskorch.cli import orchestrations, queues, schedules, tasks, users, verbs
 from taskorch.cli.options import subcommand
 from taskorch.errors import ConfigError
 from taskorch.settings import Settings
@@ -82,8 +82,8 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--ttl", type=int, default=None, help="seconds until it expires")
     t.add_argument("--scope", nargs="*", default=None, help="read, write (default: all)")
     users.add(sub)
-    # tasks, schedules, queues (verbs.GROUPS): the API through taskorch.client
-    for group in (tasks, schedules, queues):
+    # tasks, schedules, queues, orchestrations (verbs.GROUPS): the API through taskorch.client
+    for group in (tasks, schedules, queues, orchestrations):
         group.add(sub, verbs.ABOUT)
     return p
 

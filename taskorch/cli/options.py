@@ -8,8 +8,10 @@ import datetime as dt
 import functools
 import json
 import re
+import sys
 import textwrap
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
 
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "min": 60, "h": 3600, "d": 86400}
@@ -66,11 +68,32 @@ def _header(text: str) -> tuple[str, str]:
     return name.strip(), value.strip()
 
 
-def _payload(text: str) -> Any:
+def json_option(option: str) -> Callable[[str], Any]:
+    """The argparse ``type`` of an option whose value is JSON (``--payload``, ``--data``)."""
+
+    def parse(text: str) -> Any:
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise argparse.ArgumentTypeError(f"{option} is not JSON: {exc}") from None
+
+    return parse
+
+
+_payload = json_option("--payload")
+
+
+def read_json(source: str, what: str) -> Any:
+    """The JSON in the file ``source``, or on stdin for ``-``; ``what`` names it in an error."""
+    name = "stdin" if source == "-" else source
+    try:
+        text = sys.stdin.read() if source == "-" else Path(source).read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"{what}: cannot read {name}: {getattr(exc, 'strerror', exc)}") from None
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
-        raise argparse.ArgumentTypeError(f"--payload is not JSON: {exc}") from None
+        raise UsageError(f"{what}: {name} is not JSON: {exc}") from None
 
 
 # -- the parsers ---------------------------------------------------------------------------------

@@ -72,9 +72,42 @@ def as_json(args: argparse.Namespace, value: Any) -> bool:
     return bool(args.json)
 
 
+def print_done(args: argparse.Namespace, answer: dict[str, Any], text: str) -> int:
+    """The answer of a verb the API answers with nothing (a delete, an event): ``answer`` with
+    ``--json``, else ``text``; 0, the exit code."""
+    if not as_json(args, answer):
+        print(text)
+    return 0
+
+
 def print_fields(rows: Iterable[tuple[str, Any]], width: int = 15) -> None:
     """A ``key: value`` block, the keys padded to ``width``; rows whose value is None left out."""
     print("\n".join(f"{k + ':':<{width}}{v}" for k, v in rows if v is not None))
+
+
+def print_created(
+    args: argparse.Namespace, item: Any, show: Callable[[Any, argparse.Namespace], int]
+) -> int:
+    """A create verb's answer: with ``-q`` (and no ``--json``) the new id alone, else ``show``."""
+    if args.quiet and not args.json:
+        print(item.id)
+        return 0
+    return show(item, args)
+
+
+def list_page(
+    args: argparse.Namespace,
+    group: str,
+    calls: tuple[Callable[..., Any], Callable[..., Any]],
+    headers: Sequence[str],
+    row: Callable[[Any], Sequence[Any]],
+    **filters: Any,
+) -> int:
+    """A list verb: the page it asks for (:func:`fetch_page`, ``calls`` its ``every`` and
+    ``one``) printed (:func:`print_page`); 0, the exit code."""
+    items, cursor = fetch_page(args, *calls, **filters)
+    print_page(args, group, items, cursor, headers, row)
+    return 0
 
 
 def fetch_page(

@@ -61,22 +61,14 @@ def _create(client: Client, args: argparse.Namespace) -> int:
     for name in ("cron", "every", "timezone", "name", "start_at", "end_at", "catch_up"):
         if getattr(args, name) is not None:
             fields[name] = getattr(args, name)
-    sch = client.create_schedule(task=task, **fields)
-    if args.quiet and not args.json:
-        print(sch.id)
-        return EXIT_OK
-    return _show(sch, args)
+    return output.print_created(args, client.create_schedule(task=task, **fields), _show)
 
 
 def _list(client: Client, args: argparse.Namespace) -> int:
-    items, cursor = output.fetch_page(
-        args, client.iter_schedules, client.list_schedules, status=args.status
-    )
-    output.print_page(
+    return output.list_page(
         args,
         "schedules",
-        items,
-        cursor,
+        (client.iter_schedules, client.list_schedules),
         ["ID", "STATUS", "NAME", "WHEN", "NEXT RUN", "URL"],
         lambda s: (
             s.id,
@@ -86,8 +78,8 @@ def _list(client: Client, args: argparse.Namespace) -> int:
             output.relative(s.next_runs[0]) if s.next_runs else None,
             output.short(s.task.url),
         ),
+        status=args.status,
     )
-    return EXIT_OK
 
 
 def _when(s: Any) -> str:
@@ -98,11 +90,8 @@ def _when(s: Any) -> str:
 
 def _delete(client: Client, args: argparse.Namespace) -> int:
     client.delete_schedule(args.schedule_id)
-    if args.json:
-        output.print_json({"id": args.schedule_id, "deleted": True})
-    else:
-        print(f"deleted {args.schedule_id}")
-    return EXIT_OK
+    answer = {"id": args.schedule_id, "deleted": True}
+    return output.print_done(args, answer, f"deleted {args.schedule_id}")
 
 
 def _show(s: Any, args: argparse.Namespace) -> int:

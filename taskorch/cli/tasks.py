@@ -80,12 +80,10 @@ def _list(client: Client, args: argparse.Namespace) -> int:
         "schedule_id": args.schedule_id,
         "name": args.name,
     }
-    items, cursor = output.fetch_page(args, client.iter_tasks, client.list_tasks, **filters)
-    output.print_page(
+    return output.list_page(
         args,
         "tasks",
-        items,
-        cursor,
+        (client.iter_tasks, client.list_tasks),
         ["ID", "STATUS", "NAME", "QUEUE", "DUE/ENDED", "ATTEMPTS", "URL"],
         lambda t: (
             t.id,
@@ -96,8 +94,8 @@ def _list(client: Client, args: argparse.Namespace) -> int:
             len(t.attempts),
             output.short(t.url),
         ),
+        **filters,
     )
-    return EXIT_OK
 
 
 def _show(task: Any, args: argparse.Namespace, *, quiet: bool = False) -> int:

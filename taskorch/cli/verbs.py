@@ -1,5 +1,6 @@
-"""Running a client verb of the ``taskorch`` command (``tasks``, ``schedules``, ``queues``): the
-API through :mod:`taskorch.client`, read from ``TASKORCH_API_URL`` and ``TASKORCH_TOKEN``.
+"""Running a client verb of the ``taskorch`` command (``tasks``, ``schedules``, ``queues``,
+``orchestrations``): the API through :mod:`taskorch.client`, read from ``TASKORCH_API_URL`` and
+``TASKORCH_TOKEN``.
 
 Exit codes (EXIT_*), the same for every verb, so that a script can tell what happened:
 0 done; 1 any other error; 2 usage (a bad argument, TASKORCH_API_URL or TASKORCH_TOKEN unset);
@@ -28,7 +29,7 @@ EXIT_UNAVAILABLE = 5
 EXIT_AUTH = 6
 EXIT_INVALID = 7
 
-GROUPS = ("tasks", "schedules", "queues")
+GROUPS = ("tasks", "schedules", "queues", "orchestrations")
 
 # The groups' --help: where the verbs find the API, and what their exit codes say.
 ABOUT = (

@@ -116,8 +116,10 @@ class TaskPatchFields(TaskFields, total=False):
 
 
 class OrchestrationFields(TypedDict, total=False):
-    """An orchestration's optional fields (CONTRACT.md "Orchestrations")."""
+    """An orchestration's optional fields (CONTRACT.md "Orchestrations", and "as workflows":
+    ``input`` is any JSON its steps refer to as ``{{ input }}``)."""
 
+    input: Any
     condition: Mapping[str, Any] | None
     fallback: Mapping[str, Any] | None
     run_at: Time | None
@@ -348,6 +350,11 @@ class _Calls:
     ) -> _Call[Orchestration]:
         body = {"steps": _value(list(steps)), **_body(fields)}
         return self._create("/v1/orchestrations", body, key, Orchestration)
+
+    def send_event(self, orchestration_id: str, name: str, body: Any) -> _Call[None]:
+        path = self.orchestrations.at(orchestration_id, "events", _check_id(name, "event name"))
+        # Not sent again: a repeat of a delivered event is answered 409, not the first answer.
+        return _Call("POST", path, _nothing, body=_value(body), repeatable=False)
 
     # functions
     def create_function(

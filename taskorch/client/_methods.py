@@ -260,6 +260,19 @@ class _Methods(_Base, Generic[_Transport]):
         """``POST /v1/orchestrations/{id}/cancel`` while ``scheduled`` or ``running``."""
         return (yield from self._calls.orchestrations.action(orchestration_id, "cancel"))
 
+    @_endpoint
+    def retry_orchestration(self, orchestration_id: str) -> _Plan[Orchestration]:
+        """``POST /v1/orchestrations/{id}/retry``: a ``failed`` or ``stopped`` orchestration again
+        from the step that ended it, the outputs before it kept (else ``Conflict``)."""
+        return (yield from self._calls.orchestrations.action(orchestration_id, "retry"))
+
+    @_endpoint
+    def send_event(self, orchestration_id: str, name: str, body: Any = None) -> _Plan[None]:
+        """``POST /v1/orchestrations/{id}/events/{name}``: ``body`` (any JSON) becomes the output
+        of the step waiting for ``name``; one sent before the wait is kept for it (24 h). A second
+        event for the same wait raises ``Conflict``; it is never sent twice."""
+        yield from self._calls.send_event(orchestration_id, name, body)
+
     # -- functions --
     @_endpoint
     def create_function(
