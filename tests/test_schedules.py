@@ -329,7 +329,9 @@ async def _scheduled(api: Api, sid: str) -> list[dict[str, Any]] | None:
 async def _view_raw(sch: Schedules, layout: Any, p: int, sid: str) -> tuple[dict[str, str], str]:
     from taskorch.cluster import run_script
 
-    [(h, last)] = await run_script(sch.redis, sch._lua.sched_view, [layout.queue(p)], ["tsk_0", sid])
+    [(h, last)] = await run_script(
+        sch.redis, sch._lua.sched_view, [layout.queue(p)], ["tsk_0", sid]
+    )
     return from_flat(h), last
 
 
