@@ -69,6 +69,10 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "xdist_group(name): runs in the process of its group")
 
 
+# tryfirst: pytest-xdist's own hook turns the xdist_group marks into the groups it schedules by,
+# so the marks must be on before it runs (else two processes build the wheel in the checkout at
+# once and collide).
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     modules = {m.nodeid: m.obj for m in (i.getparent(pytest.Module) for i in items) if m}
     pairs = [name.split("::") for name in sorted(SERIAL)]
