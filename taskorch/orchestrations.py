@@ -38,6 +38,7 @@ from taskorch.store import (
     now_ms,
     run_create,
 )
+from taskorch.store.records import call_view_fields
 
 _enc = msgspec.json.Encoder()
 
@@ -270,12 +271,4 @@ def _raise_for(res: list[str], oid: str, verb: str, allowed: str) -> None:
 
 
 def _check_view(a: StoredCheck) -> CheckAttempt:
-    return CheckAttempt(
-        number=a.n,
-        started_at=fmt_ms(a.st) or "",
-        finished_at=fmt_ms(a.ft) or "",
-        status_code=a.code,
-        passed=a.ok,
-        error=a.err,
-        response_body=a.body,
-    )
+    return CheckAttempt(number=a.n, passed=a.ok, **call_view_fields(a))

@@ -218,17 +218,25 @@ def decode_spec(raw: str, url: str = "") -> TaskSpec:
     return _spec_decoder.decode(raw)
 
 
+def call_view_fields(a: Any) -> dict[str, Any]:
+    """A stored call's times and answer (``st``, ``ft``, ``code``, ``err``, ``body``) as the
+    API's views name them: a callback delivery's and a condition check's."""
+    return {
+        "started_at": fmt_ms(a.st) or "",
+        "finished_at": fmt_ms(a.ft) or "",
+        "status_code": a.code,
+        "error": a.err,
+        "response_body": a.body,
+    }
+
+
 def _callback_attempts(raw: str) -> list[CallbackAttempt]:
     return [
         CallbackAttempt(
             callback=a.k,  # type: ignore[arg-type]
             number=a.n,
-            started_at=fmt_ms(a.st) or "",
-            finished_at=fmt_ms(a.ft) or "",
             duration_ms=a.dur,
-            status_code=a.code,
-            error=a.err,
-            response_body=a.body,
+            **call_view_fields(a),
         )
         for a in _callback_attempts_decoder.decode(raw)
     ]
