@@ -1,4 +1,4 @@
-"""Orchestration records in Redis, for the API: create, read, list, modify, cancel.
+"""Orchestration records in Redis, for the API: create, read, list, modify, cancel, retry.
 
 The worker's side (what happens when a step or a check ends) is :mod:`taskorch.worker.steps`; both
 change an orchestration only through the scripts in :mod:`taskorch.lua`.
@@ -23,6 +23,7 @@ from taskorch.models import (
     OrchestrationPage,
     OrchestrationPatch,
     OrchestrationStatus,
+    StepError,
     StepSpec,
     StepState,
     TaskSpec,
@@ -57,6 +58,19 @@ class StoredCheck(msgspec.Struct, omit_defaults=True):
 _check_dec = msgspec.json.Decoder(StoredCheck)
 
 
+class StoredOutput(msgspec.Struct, omit_defaults=True):
+    """A step's kept output as in ``o:<id>:out`` (the worker encodes it with the step task's final
+    outcome, lua/finish.lua): the output, the answer's status code, whether it was cut."""
+
+    o: Any = None
+    c: int | None = None
+    t: bool = False
+
+
+output_dec = msgspec.json.Decoder(StoredOutput)
+_error_dec = msgspec.json.Decoder(StepError)
+
+
 def _step_args(steps: list[StepSpec]) -> list[str]:
     specs = [
         _spec_json(TaskSpec(**{f: getattr(s, f) for f in TaskSpec.__struct_fields__}))
@@ -64,6 +78,10 @@ def _step_args(steps: list[StepSpec]) -> list[str]:
     ]
     conds = [_enc.encode(s.condition).decode() if s.condition else "" for s in steps]
     return specs + conds
+
+
+def _names(steps: list[StepSpec]) -> list[str]:
+    return [s.name or "" for s in steps]
 
 
 def _opt_json(value: Any) -> str:
@@ -76,7 +94,7 @@ class Orchestrations:
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
         self._lua = lua.Scripts(
-            redis, "orc_create", "orc_modify", "orc_cancel", "list_ids", "view_tasks"
+            redis, "orc_create", "orc_modify", "orc_cancel", "orc_retry", "list_ids", "view_tasks"
         )
 
     async def _where(self, oid: str) -> tuple[str, str]:
@@ -119,6 +137,9 @@ class Orchestrations:
                 "" if deadline_ms is None else deadline_ms,
                 layout.n,
                 p,
+                _enc.encode(body.input).decode(),
+                body.max_steps_run,
+                *_names(body.steps),
             ],
         )
         if reply[0] == 2:
@@ -130,9 +151,8 @@ class Orchestrations:
                 return await self.create(
                     owner, body, idempotency_key=idempotency_key, deadline_ms=deadline_ms
                 )
-        created, h, state, own = reply
         # Answered from what the script read back: a stored orchestration is never a 503.
-        return await self._view(from_flat(h), from_flat(state), set(own)), bool(created)
+        return await self._view_of(reply[1:]), bool(reply[0])
 
     async def get(self, owner: str, oid: str) -> Orchestration:
         prefix, _ = await self._where(oid)
@@ -141,12 +161,28 @@ class Orchestrations:
             pipe.hgetall(key)
             pipe.hgetall(key + ":state")
             pipe.hkeys(key + ":conds")
-            h, state, own_conds = await pipe.execute()
+            pipe.hgetall(key + ":names")
+            pipe.hgetall(key + ":out")
+            h, state, own_conds, names, out = await pipe.execute()
         if not h or h.get("owner") != owner:
             raise NotFound(f"No orchestration {oid!r} exists for this account.")
-        return await self._view(h, state, set(own_conds))
+        return await self._view(h, state, set(own_conds), names, out)
 
-    async def _view(self, h: dict[str, str], state: dict[str, str], own: set[str]) -> Orchestration:
+    async def _view_of(self, parts: list[Any]) -> Orchestration:
+        """The answer from orc_view's parts (lua/lib/orchestration.lua) as a script returned them."""
+        h, state, own, names, out = parts
+        return await self._view(
+            from_flat(h), from_flat(state), set(own), from_flat(names), from_flat(out)
+        )
+
+    async def _view(
+        self,
+        h: dict[str, str],
+        state: dict[str, str],
+        own: set[str],
+        names: dict[str, str],
+        out: dict[str, str],
+    ) -> Orchestration:
         oid, n, current = h["id"], int(h["n"]), int(h["current_step"])
         shared = bool(h.get("condition"))
         checked = [i for i in range(n - 1) if f"c{i}" in state]
@@ -171,14 +207,29 @@ class Orchestrations:
         )
         live_status = dict(zip(live, statuses[: len(live)], strict=True))
         steps = []
+        name_of = {int(i): name for name, i in names.items()}
         for i in range(n):
             status = state.get(f"s{i}") or live_status.get(i) or "pending"
             condition = None
             if i < n - 1 and (shared or str(i) in own):
                 attempts = [_check_view(_check_dec.decode(a)) for a in checks.get(i, [])]
                 condition = ConditionState(status=state.get(f"c{i}", "pending"), attempts=attempts)  # type: ignore[arg-type]
+            kept = (
+                output_dec.decode(out[str(i)]) if status == "succeeded" and str(i) in out else None
+            )
             steps.append(
-                StepState(index=i, task_id=state.get(f"t{i}"), status=status, condition=condition)
+                StepState(
+                    index=i,
+                    task_id=state.get(f"t{i}"),
+                    status=status,
+                    condition=condition,
+                    name=name_of.get(i),
+                    output=kept.o if kept else None,
+                    output_truncated=kept.t if kept else False,
+                    started_at=_ms(state.get(f"st{i}")),
+                    finished_at=_ms(state.get(f"ft{i}")),
+                    error=_error_dec.decode(state[f"e{i}"]) if state.get(f"e{i}") else None,
+                )
             )
         fallback = None
         if h.get("fallback"):
@@ -198,6 +249,8 @@ class Orchestrations:
             current_step=current,
             steps=steps,
             fallback=fallback,
+            input=msgspec.json.decode(h["input"]) if h.get("input") else None,
+            error=_error_dec.decode(h["error"]) if h.get("error") else None,
         )
 
     async def list(
@@ -221,7 +274,15 @@ class Orchestrations:
         _, q = await self._where(oid)
         res = await run_script(self.redis, self._lua.orc_cancel, [q], [oid, owner, now_ms()])
         _raise_for(res, oid, "cancelled", "scheduled or running")
-        return await self._view(from_flat(res[1]), from_flat(res[2]), set(res[3]))
+        return await self._view_of(res[1:])
+
+    async def retry(self, owner: str, oid: str) -> Orchestration:
+        """Run a failed or stopped orchestration again from the step that ended it (lua/orc_retry.lua)."""
+        _, q = await self._where(oid)
+        args = [oid, owner, now_ms(), c.CLAIM_AHEAD_MS]
+        res = await run_script(self.redis, self._lua.orc_retry, [q], args)
+        _raise_for(res, oid, "retried", "failed or stopped")
+        return await self._view_of(res[1:])
 
     async def modify(self, owner: str, oid: str, patch: OrchestrationPatch) -> Orchestration:
         prefix, q = await self._where(oid)
@@ -249,7 +310,7 @@ class Orchestrations:
             n = -1
             if patch.steps is not unset:
                 n = len(patch.steps)
-                steps = _step_args(patch.steps)
+                steps = _step_args(patch.steps) + _names(patch.steps)
             res = await run_script(
                 self.redis,
                 self._lua.orc_modify,
@@ -258,7 +319,7 @@ class Orchestrations:
             )
             if res[0] != "stale":
                 _raise_for(res, oid, "modified", "scheduled")
-                return await self._view(from_flat(res[1]), from_flat(res[2]), set(res[3]))
+                return await self._view_of(res[1:])
         raise Conflict("The orchestration is being changed by another request; try again.")
 
 
@@ -267,6 +328,10 @@ def _raise_for(res: list[str], oid: str, verb: str, allowed: str) -> None:
         raise NotFound(f"No orchestration {oid!r} exists for this account.")
     if res[0] == "conflict":
         raise Conflict(f"The orchestration is {res[1]}: only a {allowed} one can be {verb}.")
+
+
+def _ms(value: str | None) -> str | None:
+    return fmt_ms(int(value)) if value else None
 
 
 def _check_view(a: StoredCheck) -> CheckAttempt:

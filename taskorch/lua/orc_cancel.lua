@@ -20,4 +20,4 @@ if o[4] == 'step' then
 end
 finish_orc(id, owner, o[1], 'cancelled', now)
 local view = orc_view(id)
-return {'ok', view[1], view[2], view[3]}
+return {'ok', unpack(view)}
