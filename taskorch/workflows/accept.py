@@ -50,18 +50,13 @@ def accept(data: Any) -> OrchestrationCreate:
             f"not available yet: {first['field']} {first['message']}.",
             details=problems,
         )
-    b = wf.body
     steps: list[StepSpec] = [s for s in wf.steps if isinstance(s, TaskStep)]
-    return OrchestrationCreate(
-        steps=steps,
-        condition=b.condition,
-        fallback=wf.fallback,
-        run_at=b.run_at,
-        delay=b.delay,
-        name=b.name,
-        input=b.input,
-        max_steps_run=b.max_steps_run,
-    )
+    same = {f: getattr(wf.body, f) for f in _SAME}
+    return OrchestrationCreate(steps=steps, fallback=wf.fallback, **same)
+
+
+# The fields WorkflowCreate and OrchestrationCreate share as they are.
+_SAME = ("condition", "run_at", "delay", "name", "input", "max_steps_run")
 
 
 def _with_steps(exc: ValidationFailed, data: Any) -> ValidationFailed:
