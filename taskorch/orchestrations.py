@@ -71,10 +71,13 @@ output_dec = msgspec.json.Decoder(StoredOutput)
 _error_dec = msgspec.json.Decoder(StepError)
 
 
-def _step_args(steps: list[StepSpec]) -> list[str]:
+def _step_args(steps: list[StepSpec], kinds: dict[int, str] | None = None) -> list[str]:
+    """Each step's stored spec (``kinds``: those of steps of another kind than task, by index,
+    taskorch.workflows.accept), then each one's own condition ('' where none)."""
     specs = [
-        _spec_json(TaskSpec(**{f: getattr(s, f) for f in TaskSpec.__struct_fields__}))
-        for s in steps
+        (kinds or {}).get(i)
+        or _spec_json(TaskSpec(**{f: getattr(s, f) for f in TaskSpec.__struct_fields__}))
+        for i, s in enumerate(steps)
     ]
     conds = [_enc.encode(s.condition).decode() if s.condition else "" for s in steps]
     return specs + conds
@@ -82,6 +85,11 @@ def _step_args(steps: list[StepSpec]) -> list[str]:
 
 def _names(steps: list[StepSpec]) -> list[str]:
     return [s.name or "" for s in steps]
+
+
+def _kind(stored: str) -> str:
+    """A step's kind as the API shows it, from its stored spec ('{"k":"sleep",...}')."""
+    return str(msgspec.json.decode(stored)["k"])
 
 
 def _opt_json(value: Any) -> str:
@@ -110,8 +118,10 @@ class Orchestrations:
         *,
         idempotency_key: str | None = None,
         deadline_ms: int | None = None,
+        kinds: dict[int, str] | None = None,
     ) -> tuple[Orchestration, bool]:
-        """Store a new orchestration; ``deadline_ms`` as for :meth:`Store.create_task`."""
+        """Store a new orchestration; ``deadline_ms`` as for :meth:`Store.create_task`, ``kinds``
+        the stored specs of its steps that are not task steps (taskorch.workflows.accept)."""
         now = now_ms()
         layout = await partitions.load(self.redis)
         p = layout.pick(owner, idempotency_key)
@@ -133,13 +143,14 @@ class Orchestrations:
                 c.IDEMPOTENCY_TTL_S,
                 c.CLAIM_AHEAD_MS,
                 len(body.steps),
-                *_step_args(body.steps),
+                *_step_args(body.steps, kinds),
                 "" if deadline_ms is None else deadline_ms,
                 layout.n,
                 p,
                 _enc.encode(body.input).decode(),
                 body.max_steps_run,
                 *_names(body.steps),
+                *[x for i, spec in sorted((kinds or {}).items()) for x in (i, _kind(spec))],
             ],
         )
         if reply[0] == 2:
@@ -149,7 +160,11 @@ class Orchestrations:
             except NotFound:  # deleted by retention: the key is free again
                 await self.redis.delete(idem)
                 return await self.create(
-                    owner, body, idempotency_key=idempotency_key, deadline_ms=deadline_ms
+                    owner,
+                    body,
+                    idempotency_key=idempotency_key,
+                    deadline_ms=deadline_ms,
+                    kinds=kinds,
                 )
         # Answered from what the script read back: a stored orchestration is never a 503.
         return await self._view_of(reply[1:]), bool(reply[0])
@@ -163,16 +178,22 @@ class Orchestrations:
             pipe.hkeys(key + ":conds")
             pipe.hgetall(key + ":names")
             pipe.hgetall(key + ":out")
-            h, state, own_conds, names, out = await pipe.execute()
+            pipe.hgetall(key + ":kinds")
+            h, state, own_conds, names, out, kinds = await pipe.execute()
         if not h or h.get("owner") != owner:
             raise NotFound(f"No orchestration {oid!r} exists for this account.")
-        return await self._view(h, state, set(own_conds), names, out)
+        return await self._view(h, state, set(own_conds), names, out, kinds)
 
     async def _view_of(self, parts: list[Any]) -> Orchestration:
         """The answer from orc_view's parts (lua/lib/orchestration.lua) as a script returned them."""
-        h, state, own, names, out = parts
+        h, state, own, names, out, kinds = parts
         return await self._view(
-            from_flat(h), from_flat(state), set(own), from_flat(names), from_flat(out)
+            from_flat(h),
+            from_flat(state),
+            set(own),
+            from_flat(names),
+            from_flat(out),
+            from_flat(kinds),
         )
 
     async def _view(
@@ -182,6 +203,7 @@ class Orchestrations:
         own: set[str],
         names: dict[str, str],
         out: dict[str, str],
+        kinds: dict[str, str],
     ) -> Orchestration:
         oid, n, current = h["id"], int(h["n"]), int(h["current_step"])
         shared = bool(h.get("condition"))
@@ -224,6 +246,7 @@ class Orchestrations:
                     status=status,
                     condition=condition,
                     name=name_of.get(i),
+                    kind=kinds.get(str(i), "task"),  # type: ignore[arg-type]
                     output=kept.o if kept else None,
                     output_truncated=kept.t if kept else False,
                     started_at=_ms(state.get(f"st{i}")),

@@ -1,9 +1,12 @@
 """Orchestrations as workflows (issue #21) against the real worker: data between steps
-(references, kept outputs), a check's goto with max_steps_run, retry from the failed step, and
-the kinds refused at create because they do not run yet."""
+(references, kept outputs), a check's goto with max_steps_run, retry from the failed step,
+durable sleeps, and the kinds refused at create because they do not run yet."""
 
 from __future__ import annotations
 
+import asyncio
+import datetime as dt
+import signal
 import time
 from collections import defaultdict
 from collections.abc import AsyncIterator
@@ -204,8 +207,6 @@ async def test_create_checks_references_and_refuses_kinds_not_built(api: Api) ->
     for kind in (
         {"parallel": [{"url": "https://e.com"}, {"url": "https://e.com"}]},
         {"map": {"items": [1], "task": {"url": "https://e.com"}}},
-        {"sleep": 1},
-        {"sleep_until": "2030-01-01T00:00:00Z"},
         {"wait_for_event": "shipped"},
     ):
         body = {"steps": [{"url": "https://e.com"}, kind]}
@@ -318,3 +319,76 @@ async def test_retry_of_a_stopped_run_checks_again(
     await wait(api, orc["id"], "succeeded")
     assert len(flow.to("/a")) == 1 and len(flow.to("/b")) == 1
     assert len(flow.to("/fail-once/check")) == 2
+
+
+def _ms(ts: str) -> float:
+    return dt.datetime.fromisoformat(ts).timestamp() * 1000
+
+
+async def until_status(api: Api, oid: str, status: str) -> dict[str, Any]:
+    """The orchestration as soon as it is ``status`` (polled fast: a sleep is short)."""
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        r = await api.http.get(f"/v1/orchestrations/{oid}", headers=api.auth())
+        if r.json()["status"] == status:
+            return r.json()  # type: ignore[no-any-return]
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"{oid} never became {status}: {r.json()['status']}")
+
+
+async def test_a_sleep_waits_its_length(api: Api, flow: Flow, workers: WorkerProcs) -> None:
+    workers.start()
+    until = (dt.datetime.now(dt.UTC) + dt.timedelta(seconds=2.5)).isoformat()
+    orc = await create(
+        api,
+        {
+            "steps": [
+                {"url": flow.url("/a")},
+                {"name": "nap", "sleep": 1.0},
+                {"url": flow.url("/b"), "payload": "{{ steps.nap.output }}"},
+                {"sleep_until": until},
+                {"url": flow.url("/c")},
+            ],
+        },
+    )
+    assert [s["kind"] for s in orc["steps"]] == ["task", "sleep", "task", "sleep", "task"]
+    waiting = await until_status(api, orc["id"], "waiting")
+    assert waiting["current_step"] == 1 and flow.to("/b") == []
+    done = await wait(api, orc["id"], "succeeded")
+    nap = done["steps"][1]
+    assert nap["status"] == "succeeded" and nap["task_id"] is None and nap["output"] is None
+    assert 1000 <= _ms(nap["finished_at"]) - _ms(nap["started_at"]) <= 1050
+    assert _ms(done["steps"][3]["finished_at"]) >= _ms(until) - 1
+    assert flow.to("/b")[0].at - flow.to("/a")[0].at >= 1.0
+    assert flow.to("/b")[0].body is None and len(flow.to("/c")) == 1
+
+
+async def test_a_sleep_survives_a_worker_sigkill(
+    api: Api, flow: Flow, workers: WorkerProcs
+) -> None:
+    first = workers.start()
+    orc = await create(
+        api, {"steps": [{"url": flow.url("/a")}, {"sleep": 3}, {"url": flow.url("/b")}]}
+    )
+    await until_status(api, orc["id"], "waiting")
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    workers.start()
+    done = await wait(api, orc["id"], "succeeded")
+    nap = done["steps"][1]
+    assert _ms(nap["finished_at"]) - _ms(nap["started_at"]) >= 3000  # not shortened
+    assert len(flow.to("/a")) == 1 and len(flow.to("/b")) == 1
+
+
+async def test_a_waiting_orchestration_can_be_cancelled(
+    api: Api, flow: Flow, workers: WorkerProcs
+) -> None:
+    workers.start()
+    orc = await create(api, {"steps": [{"sleep": 1}, {"url": flow.url("/b")}]})
+    await until_status(api, orc["id"], "waiting")
+    r = await api.http.post(f"/v1/orchestrations/{orc['id']}/cancel", headers=api.auth())
+    assert r.status_code == 200 and r.json()["status"] == "cancelled", r.text
+    await asyncio.sleep(1.5)
+    assert flow.to("/b") == []
+    r = await api.http.get("/v1/orchestrations?status=waiting", headers=api.auth())
+    assert r.status_code == 200 and r.json()["items"] == []

@@ -20,10 +20,14 @@ async def create_orchestration(request: Request) -> Response:
     p = await principal(request, "write")
     raw = await read_body(request, c.MAX_ORCHESTRATION_BODY_BYTES)
     with off_the_redis_clock():  # up to 10,000 steps to validate
-        body = accept(models.parse_json(raw))
+        accepted = accept(models.parse_json(raw))
     orcs: Orchestrations = request.state.orchestrations
     orc, was_created = await orcs.create(
-        p.sub, body, idempotency_key=idempotency_key(request), deadline_ms=deadline_ms()
+        p.sub,
+        accepted.body,
+        idempotency_key=idempotency_key(request),
+        deadline_ms=deadline_ms(),
+        kinds=accepted.kinds,
     )
     log.info(
         "orchestration.created" if was_created else "orchestration.idempotent_repeat",

@@ -2,7 +2,9 @@
 -- ARGV: id, owner, name, due, now, condition|'', fallback|'', idem_key|'', idem_ttl, wake_ms, n,
 --       then n step specs, then n step conditions ('' where the step has none), then
 --       deadline_ms|'' (see lib/past_deadline.lua), partitions, this partition, input (JSON),
---       max_steps_run, then n step names ('' where the step has none).
+--       max_steps_run, then n step names ('' where the step has none), then (index, kind) pairs
+--       for the steps that are not task steps (:kinds; their specs are the kind's, see
+--       start_step).
 -- Returns {created (1/0), then orc_view's parts: hash, state, own-condition steps...}, {2, id} (see
 -- idempotent), or {-1}.
 --- @include "prelude"
@@ -31,6 +33,7 @@ for i = 1, n do
   if ARGV[11 + n + i] ~= '' then redis.call('HSET', key .. ':conds', i - 1, ARGV[11 + n + i]) end
   if ARGV[16 + 2 * n + i] ~= '' then redis.call('HSET', key .. ':names', ARGV[16 + 2 * n + i], i - 1) end
 end
+for j = 17 + 3 * n, #ARGV, 2 do redis.call('HSET', key .. ':kinds', ARGV[j], ARGV[j + 1]) end
 move_orc(owner, id, nil, 'scheduled')
 enqueue(id .. '.s1', 'orc', 'start|' .. id .. '|1', due, now)
 publish(owner, 'orchestration', id, 'scheduled')

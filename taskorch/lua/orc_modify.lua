@@ -16,7 +16,7 @@ local gen = tonumber(o[3]) + 1
 local due = tonumber(ARGV[6])
 local n = tonumber(ARGV[9])
 if n >= 0 then
-  redis.call('DEL', key .. ':specs', key .. ':conds', key .. ':names')
+  redis.call('DEL', key .. ':specs', key .. ':conds', key .. ':names', key .. ':kinds')
   for i = 1, n do
     redis.call('HSET', key .. ':specs', i - 1, ARGV[10 + i])
     if ARGV[10 + n + i] ~= '' then redis.call('HSET', key .. ':conds', i - 1, ARGV[10 + n + i]) end

@@ -29,17 +29,5 @@ if tstatus ~= 'succeeded' then
   run_fallback(id, o[4], fallback_of(id, ARGV[11] or ''), ARGV[6], now, ahead)
   return 'failed'
 end
-if i == tonumber(o[5]) - 1 then
-  finish_orc(id, o[4], 'running', 'succeeded', now)
-  return 'succeeded'
-end
-local cond = condition_for(id, i, o[6])
-if cond then
-  local delay = tonumber(cjson.decode(cond).delay) or 0
-  redis.call('HSET', key, 'phase', 'check', 'check_n', 0, 'updated_at', now)
-  schedule_check(id, i, 1, now + math.floor(delay * 1000), now, ahead)
-  publish(o[4], 'orchestration', id, 'running')
-  return 'check'
-end
-return start_step(id, o[4], i + 1, ARGV[5], now, ahead, ARGV[9], ARGV[10], ARGV[11] or '',
-  ARGV[6])
+return step_succeeded(id, o[4], i, tonumber(o[5]), o[6], now, ahead, ARGV[5], ARGV[9],
+  ARGV[10], ARGV[11] or '', ARGV[6])

@@ -28,7 +28,7 @@ for _, member in ipairs(items) do
       redis.call('HINCRBY', P .. 's', 'orchestrations:' .. o[2], -1)
       for i = 0, tonumber(o[3]) - 1 do redis.call('DEL', key .. ':check:' .. i) end
       redis.call('DEL', key, key .. ':specs', key .. ':conds', key .. ':state', key .. ':names',
-        key .. ':out')
+        key .. ':out', key .. ':kinds')
     end
   end
 end

@@ -29,10 +29,12 @@ __all__ = [
 
 
 class OrchestrationStatus(enum.StrEnum):
-    """Where an orchestration is. Only ``scheduled`` can be modified; ``running`` can be cancelled."""
+    """Where an orchestration is. Only ``scheduled`` can be modified; ``running`` and ``waiting``
+    can be cancelled."""
 
     scheduled = "scheduled"
     running = "running"
+    waiting = "waiting"  # a sleep step is in progress
     succeeded = "succeeded"
     failed = "failed"
     stopped = "stopped"

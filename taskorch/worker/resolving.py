@@ -87,7 +87,7 @@ class Resolver:
     async def step(self, j: int) -> tuple[str, str]:
         """Step ``j``'s (spec, error) for the script that starts it."""
         raw = await self._read(lambda: self.redis.hget(self.key + ":specs", str(j)))
-        if raw is None:  # past the last step: nothing starts
+        if raw is None or raw.startswith('{"k":'):  # past the last step, or a sleep: no call
             return "", ""
         spec = decode_spec(raw)
         try:

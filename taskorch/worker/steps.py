@@ -3,7 +3,8 @@
 Each event is an arq-format job (function ``orc``) whose argument names it:
 ``start|<orc>|<gen>[|<step>]`` (a step: a retry's, lua/orc_retry.lua), ``done|<orc>|<task>|<status>``
 (enqueued by the script that records a step task's final outcome) and
-``check|<orc>|<step>|<attempt>``. Before a script that may start a step or the fallback, the
+``check|<orc>|<step>|<attempt>`` and ``wake|<orc>|<step>|<run>`` (a sleep step's time is up: a
+job in the same queue, so a restart neither loses nor shortens it). Before a script that may start a step or the fallback, the
 handler resolves their references (:mod:`taskorch.worker.resolving`: reads only). A handler never waits in memory
 between events: it makes at most one HTTP call (a condition check) and then runs one script that
 checks the orchestration is still where the event expects and moves it on, creating the next
@@ -79,6 +80,7 @@ class StepMachine(Sender):
         self._start = lua.register(redis, "orc_start")
         self._step_done = lua.register(redis, "orc_step_done")
         self._check_done = lua.register(redis, "orc_check_done")
+        self._wake = lua.register(redis, "orc_wake")
 
     async def _run(
         self, script: AsyncScript, keys: list[str], args: list[Any], *, what: str
@@ -142,6 +144,22 @@ class StepMachine(Sender):
                 task_id=task_id,
                 task_status=status,
             )
+        elif kind == "wake":
+            at, run = rest
+            raw_input, fb = await self._read(key, "input", "fallback")
+            res = Resolver(self.redis, key, oid, raw_input)
+            spec, err = await res.step(int(at) + 1)
+            args = [oid, at, run, now_ms(), new_id("tsk"), new_id("tsk"), c.CLAIM_AHEAD_MS]
+            args += [spec, err, await res.fallback(fb)]
+            await self._move(
+                self._wake,
+                keys,
+                args,
+                event="orchestration.woke",
+                what="orc_wake",
+                orchestration_id=oid,
+                step=at,
+            )
         elif kind == "check":
             await self._check(oid, int(rest[0]), int(rest[1]), key, new_id, keys)
         else:
@@ -174,10 +192,12 @@ class StepMachine(Sender):
             )
             return
         cond = _cond_dec.decode(own or shared)
-        last = await until_reachable(
-            lambda: self.redis.lindex(prefix + c.TASK + task_id + ":a", -1),
-            what="orc_check_read",
-        )
+        last = None
+        if task_id is not None:  # a sleep step has no task: its answer is null
+            last = await until_reachable(
+                lambda: self.redis.lindex(prefix + c.TASK + task_id + ":a", -1),
+                what="orc_check_read",
+            )
         answer = msgspec.json.decode(last) if last else {}
         envelope = {
             "orchestration_id": oid,

@@ -2,30 +2,48 @@
 
 The body is decoded and checked as :mod:`taskorch.workflows.kinds` says (each step's kind and
 shape, unique names, every reference's syntax, with the field path of each problem); a step of a
-kind the step machine does not run yet (parallel, map, sleep, sleep_until, wait_for_event) is
-refused by name, so that no body is accepted that cannot be run.
+kind the step machine does not run yet (parallel, map, wait_for_event) is refused by name, so
+that no body is accepted that cannot be run. Task and sleep steps run.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from taskorch import constants as c
 from taskorch.errors import ValidationFailed
 from taskorch.models import OrchestrationCreate, StepSpec
 from taskorch.workflows.kinds import (
-    KIND_KEYS,
+    SleepStep,
+    SleepUntilStep,
     TaskStep,
     WorkflowCreate,
     check_workflow,
     decode_workflow,
 )
 
-# The step kinds the step machine runs: task steps only, for now.
-NOT_YET = KIND_KEYS
+# The step kinds the step machine does not run yet.
+NOT_YET = ("parallel", "map", "wait_for_event")
 
 
-def accept(data: Any) -> OrchestrationCreate:
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    """An orchestration to store: ``body`` with a stand-in task step (its name and condition)
+    where a step is of another kind, and that step's stored spec by index in ``kinds``
+    (``{"k": "sleep", "ms": n}`` or ``{"k": "sleep", "at": epoch ms}``, lua/lib/orchestration.lua)."""
+
+    body: OrchestrationCreate
+    kinds: dict[int, str]
+
+
+def _sleep_spec(step: SleepStep | SleepUntilStep) -> str:
+    if isinstance(step, SleepStep):
+        return f'{{"k":"sleep","ms":{round(step.sleep * 1000)}}}'
+    return f'{{"k":"sleep","at":{round(step.sleep_until.timestamp() * 1000)}}}'
+
+
+def accept(data: Any) -> Accepted:
     """Parsed JSON as the orchestration to store, or ValidationFailed (422) naming each problem:
     its field path (``steps[2].payload.customer``) and what is wrong there."""
     try:
@@ -33,8 +51,15 @@ def accept(data: Any) -> OrchestrationCreate:
     except ValidationFailed as exc:
         raise _with_steps(exc, data) from None
     problems = []
+    steps: list[StepSpec] = []
+    kinds: dict[int, str] = {}
     for i, (raw, step) in enumerate(zip(wf.body.steps, wf.steps, strict=True)):
-        if not isinstance(step, TaskStep):
+        if isinstance(step, TaskStep):
+            steps.append(step)
+        elif isinstance(step, (SleepStep, SleepUntilStep)):
+            kinds[i] = _sleep_spec(step)
+            steps.append(StepSpec(url=_STAND_IN, name=step.name, condition=step.condition))
+        else:
             key = next(k for k in NOT_YET if k in raw)
             problems.append(
                 {
@@ -50,10 +75,11 @@ def accept(data: Any) -> OrchestrationCreate:
             f"not available yet: {first['field']} {first['message']}.",
             details=problems,
         )
-    steps: list[StepSpec] = [s for s in wf.steps if isinstance(s, TaskStep)]
     same = {f: getattr(wf.body, f) for f in _SAME}
-    return OrchestrationCreate(steps=steps, fallback=wf.fallback, **same)
+    return Accepted(OrchestrationCreate(steps=steps, fallback=wf.fallback, **same), kinds)
 
+
+_STAND_IN = "https://step.invalid/"  # never called: the step's stored spec is its kind's
 
 # The fields WorkflowCreate and OrchestrationCreate share as they are.
 _SAME = ("condition", "run_at", "delay", "name", "input", "max_steps_run")
