@@ -296,7 +296,7 @@ class Orchestrations:
     async def cancel(self, owner: str, oid: str) -> Orchestration:
         _, q = await self._where(oid)
         res = await run_script(self.redis, self._lua.orc_cancel, [q], [oid, owner, now_ms()])
-        _raise_for(res, oid, "cancelled", "scheduled or running")
+        _raise_for(res, oid, "cancelled", "scheduled, running or waiting")
         return await self._view_of(res[1:])
 
     async def retry(self, owner: str, oid: str) -> Orchestration:
