@@ -392,3 +392,24 @@ async def test_a_waiting_orchestration_can_be_cancelled(
     assert flow.to("/b") == []
     r = await api.http.get("/v1/orchestrations?status=waiting", headers=api.auth())
     assert r.status_code == 200 and r.json()["items"] == []
+
+
+async def test_a_check_after_a_sleep_gets_no_answer(
+    api: Api, flow: Flow, workers: WorkerProcs
+) -> None:
+    workers.start()
+    orc = await create(
+        api,
+        {
+            "steps": [{"sleep": 0.2}, {"url": flow.url("/a")}],
+            "condition": {"url": flow.url("/check")},
+        },
+    )
+    await wait(api, orc["id"], "succeeded")
+    [check] = flow.to("/check")
+    assert check.body == {
+        "orchestration_id": orc["id"],
+        "step": 0,
+        "task_id": None,
+        "response": {"status_code": None, "body": None},
+    }
