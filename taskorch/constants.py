@@ -115,10 +115,13 @@ RETRY_JITTER = 0.10  # retries are lengthened by up to 10 %, never shortened
 MIN_RETRY_DELAY_S = 0.1
 IDEMPOTENCY_TTL_S = 24 * 3600
 RESPONSE_EXCERPT_BYTES = 4096  # attempts keep the first 4 KiB of the answer
+RESPONSE_KEEP_BYTES = 64 * 1024  # what a call reads of an answer (a step reads 1 byte more)
 MAX_BODY_BYTES = 1024 * 1024  # request bodies above this answer 413
 # An orchestration of 10,000 steps is a few MB of JSON; its route alone accepts this much.
 MAX_ORCHESTRATION_BODY_BYTES = 32 * 1024 * 1024
 MAX_STEPS = 10_000
+# Steps an orchestration runs in all unless it says (max_steps_run): a check's goto can loop.
+DEFAULT_MAX_STEPS_RUN = 10_000
 # POST /v1/tasks/batch: at most this many tasks per request, each within MAX_BODY_BYTES as a
 # single create is, and the whole body within MAX_BATCH_BODY_BYTES (1,000 tasks of 16 KiB).
 MAX_BATCH_TASKS = 1000

@@ -1,4 +1,4 @@
-"""Orchestration records in Redis, for the API: create, read, list, modify, cancel.
+"""Orchestration records in Redis, for the API: create, read, list, modify, cancel, retry.
 
 The worker's side (what happens when a step or a check ends) is :mod:`taskorch.worker.steps`; both
 change an orchestration only through the scripts in :mod:`taskorch.lua`.
@@ -23,6 +23,7 @@ from taskorch.models import (
     OrchestrationPage,
     OrchestrationPatch,
     OrchestrationStatus,
+    StepError,
     StepSpec,
     StepState,
     TaskSpec,
@@ -58,13 +59,38 @@ class StoredCheck(msgspec.Struct, omit_defaults=True):
 _check_dec = msgspec.json.Decoder(StoredCheck)
 
 
-def _step_args(steps: list[StepSpec]) -> list[str]:
+class StoredOutput(msgspec.Struct, omit_defaults=True):
+    """A step's kept output as in ``o:<id>:out`` (the worker encodes it with the step task's final
+    outcome, lua/finish.lua): the output, the answer's status code, whether it was cut."""
+
+    o: Any = None
+    c: int | None = None
+    t: bool = False
+
+
+output_dec = msgspec.json.Decoder(StoredOutput)
+_error_dec = msgspec.json.Decoder(StepError)
+
+
+def _step_args(steps: list[StepSpec], kinds: dict[int, str] | None = None) -> list[str]:
+    """Each step's stored spec (``kinds``: those of steps of another kind than task, by index,
+    taskorch.workflows.accept), then each one's own condition ('' where none)."""
     specs = [
-        _spec_json(TaskSpec(**{f: getattr(s, f) for f in TaskSpec.__struct_fields__}))
-        for s in steps
+        (kinds or {}).get(i)
+        or _spec_json(TaskSpec(**{f: getattr(s, f) for f in TaskSpec.__struct_fields__}))
+        for i, s in enumerate(steps)
     ]
     conds = [_enc.encode(s.condition).decode() if s.condition else "" for s in steps]
     return specs + conds
+
+
+def _names(steps: list[StepSpec]) -> list[str]:
+    return [s.name or "" for s in steps]
+
+
+def _kind(stored: str) -> str:
+    """A step's kind as the API shows it, from its stored spec ('{"k":"sleep",...}')."""
+    return str(msgspec.json.decode(stored)["k"])
 
 
 def _opt_json(value: Any) -> str:
@@ -77,7 +103,7 @@ class Orchestrations:
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
         self._lua = lua.Scripts(
-            redis, "orc_create", "orc_modify", "orc_cancel", "list_ids", "view_tasks"
+            redis, "orc_create", "orc_modify", "orc_cancel", "orc_retry", "list_ids", "view_tasks"
         )
 
     async def _where(self, oid: str) -> tuple[str, str]:
@@ -93,8 +119,10 @@ class Orchestrations:
         *,
         idempotency_key: str | None = None,
         deadline_ms: int | None = None,
+        kinds: dict[int, str] | None = None,
     ) -> tuple[Orchestration, bool]:
-        """Store a new orchestration; ``deadline_ms`` as for :meth:`Store.create_task`."""
+        """Store a new orchestration; ``deadline_ms`` as for :meth:`Store.create_task`, ``kinds``
+        the stored specs of its steps that are not task steps (taskorch.workflows.accept)."""
         now = now_ms()
         layout = await partitions.load(self.redis)
         p = layout.pick(owner, idempotency_key)
@@ -116,10 +144,14 @@ class Orchestrations:
                 c.IDEMPOTENCY_TTL_S,
                 c.CLAIM_AHEAD_MS,
                 len(body.steps),
-                *_step_args(body.steps),
+                *_step_args(body.steps, kinds),
                 "" if deadline_ms is None else deadline_ms,
                 layout.n,
                 p,
+                _enc.encode(body.input).decode(),
+                body.max_steps_run,
+                *_names(body.steps),
+                *[x for i, spec in sorted((kinds or {}).items()) for x in (i, _kind(spec))],
             ],
         )
         if reply[0] == 2:
@@ -129,11 +161,14 @@ class Orchestrations:
             except NotFound:  # deleted by retention: the key is free again
                 await self.redis.delete(idem)
                 return await self.create(
-                    owner, body, idempotency_key=idempotency_key, deadline_ms=deadline_ms
+                    owner,
+                    body,
+                    idempotency_key=idempotency_key,
+                    deadline_ms=deadline_ms,
+                    kinds=kinds,
                 )
-        created, h, state, own = reply
         # Answered from what the script read back: a stored orchestration is never a 503.
-        return await self._view(from_flat(h), from_flat(state), set(own)), bool(created)
+        return await self._view_of(reply[1:]), bool(reply[0])
 
     async def get(self, owner: str, oid: str) -> Orchestration:
         prefix, _ = await self._where(oid)
@@ -142,12 +177,35 @@ class Orchestrations:
             pipe.hgetall(key)
             pipe.hgetall(key + ":state")
             pipe.hkeys(key + ":conds")
-            h, state, own_conds = await pipe.execute()
+            pipe.hgetall(key + ":names")
+            pipe.hgetall(key + ":out")
+            pipe.hgetall(key + ":kinds")
+            h, state, own_conds, names, out, kinds = await pipe.execute()
         if not h or h.get("owner") != owner:
             raise NotFound(f"No orchestration {oid!r} exists for this account.")
-        return await self._view(h, state, set(own_conds))
+        return await self._view(h, state, set(own_conds), names, out, kinds)
 
-    async def _view(self, h: dict[str, str], state: dict[str, str], own: set[str]) -> Orchestration:
+    async def _view_of(self, parts: list[Any]) -> Orchestration:
+        """The answer from orc_view's parts (lua/lib/orchestration.lua) as a script returned them."""
+        h, state, own, names, out, kinds = parts
+        return await self._view(
+            from_flat(h),
+            from_flat(state),
+            set(own),
+            from_flat(names),
+            from_flat(out),
+            from_flat(kinds),
+        )
+
+    async def _view(
+        self,
+        h: dict[str, str],
+        state: dict[str, str],
+        own: set[str],
+        names: dict[str, str],
+        out: dict[str, str],
+        kinds: dict[str, str],
+    ) -> Orchestration:
         oid, n, current = h["id"], int(h["n"]), int(h["current_step"])
         shared = bool(h.get("condition"))
         checked = [i for i in range(n - 1) if f"c{i}" in state]
@@ -172,14 +230,30 @@ class Orchestrations:
         )
         live_status = dict(zip(live, statuses[: len(live)], strict=True))
         steps = []
+        name_of = {int(i): name for name, i in names.items()}
         for i in range(n):
             status = state.get(f"s{i}") or live_status.get(i) or "pending"
             condition = None
             if i < n - 1 and (shared or str(i) in own):
                 attempts = [_check_view(_check_dec.decode(a)) for a in checks.get(i, [])]
                 condition = ConditionState(status=state.get(f"c{i}", "pending"), attempts=attempts)  # type: ignore[arg-type]
+            kept = (
+                output_dec.decode(out[str(i)]) if status == "succeeded" and str(i) in out else None
+            )
             steps.append(
-                StepState(index=i, task_id=state.get(f"t{i}"), status=status, condition=condition)
+                StepState(
+                    index=i,
+                    task_id=state.get(f"t{i}"),
+                    status=status,
+                    condition=condition,
+                    name=name_of.get(i),
+                    kind=kinds.get(str(i), "task"),  # type: ignore[arg-type]
+                    output=kept.o if kept else None,
+                    output_truncated=kept.t if kept else False,
+                    started_at=_ms(state.get(f"st{i}")),
+                    finished_at=_ms(state.get(f"ft{i}")),
+                    error=_error_dec.decode(state[f"e{i}"]) if state.get(f"e{i}") else None,
+                )
             )
         fallback = None
         if h.get("fallback"):
@@ -199,6 +273,8 @@ class Orchestrations:
             current_step=current,
             steps=steps,
             fallback=fallback,
+            input=msgspec.json.decode(h["input"]) if h.get("input") else None,
+            error=_error_dec.decode(h["error"]) if h.get("error") else None,
         )
 
     async def list(
@@ -221,8 +297,16 @@ class Orchestrations:
     async def cancel(self, owner: str, oid: str) -> Orchestration:
         _, q = await self._where(oid)
         res = await run_script(self.redis, self._lua.orc_cancel, [q], [oid, owner, now_ms()])
-        _raise_for(res, oid, "cancelled", "scheduled or running")
-        return await self._view(from_flat(res[1]), from_flat(res[2]), set(res[3]))
+        _raise_for(res, oid, "cancelled", "scheduled, running or waiting")
+        return await self._view_of(res[1:])
+
+    async def retry(self, owner: str, oid: str) -> Orchestration:
+        """Run a failed or stopped orchestration again from the step that ended it (lua/orc_retry.lua)."""
+        _, q = await self._where(oid)
+        args = [oid, owner, now_ms(), c.CLAIM_AHEAD_MS]
+        res = await run_script(self.redis, self._lua.orc_retry, [q], args)
+        _raise_for(res, oid, "retried", "failed or stopped")
+        return await self._view_of(res[1:])
 
     async def modify(self, owner: str, oid: str, patch: OrchestrationPatch) -> Orchestration:
         prefix, q = await self._where(oid)
@@ -250,7 +334,7 @@ class Orchestrations:
             n = -1
             if patch.steps is not unset:
                 n = len(patch.steps)
-                steps = _step_args(patch.steps)
+                steps = _step_args(patch.steps) + _names(patch.steps)
             res = await run_script(
                 self.redis,
                 self._lua.orc_modify,
@@ -259,7 +343,7 @@ class Orchestrations:
             )
             if res[0] != "stale":
                 _raise_for(res, oid, "modified", "scheduled")
-                return await self._view(from_flat(res[1]), from_flat(res[2]), set(res[3]))
+                return await self._view_of(res[1:])
         raise Conflict("The orchestration is being changed by another request; try again.")
 
 
@@ -268,6 +352,10 @@ def _raise_for(res: list[str], oid: str, verb: str, allowed: str) -> None:
         raise NotFound(f"No orchestration {oid!r} exists for this account.")
     if res[0] == "conflict":
         raise Conflict(f"The orchestration is {res[1]}: only a {allowed} one can be {verb}.")
+
+
+def _ms(value: str | None) -> str | None:
+    return fmt_ms(int(value)) if value else None
 
 
 def _check_view(a: StoredCheck) -> CheckAttempt:

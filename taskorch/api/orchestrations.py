@@ -1,5 +1,5 @@
 """Orchestrations: steps run in order with a condition check between them; create, list, get,
-modify, cancel."""
+modify, cancel, retry. A create's steps may pass data on (references, taskorch.workflows)."""
 
 from __future__ import annotations
 
@@ -13,16 +13,21 @@ from taskorch.api.common import created, deadline_ms, idempotency_key, log, prin
 from taskorch.api.spec import Endpoint
 from taskorch.limits import off_the_redis_clock
 from taskorch.orchestrations import Orchestrations
+from taskorch.workflows.accept import accept
 
 
 async def create_orchestration(request: Request) -> Response:
     p = await principal(request, "write")
     raw = await read_body(request, c.MAX_ORCHESTRATION_BODY_BYTES)
     with off_the_redis_clock():  # up to 10,000 steps to validate
-        body = models.decode_body(raw, models.OrchestrationCreate)
+        accepted = accept(models.parse_json(raw))
     orcs: Orchestrations = request.state.orchestrations
     orc, was_created = await orcs.create(
-        p.sub, body, idempotency_key=idempotency_key(request), deadline_ms=deadline_ms()
+        p.sub,
+        accepted.body,
+        idempotency_key=idempotency_key(request),
+        deadline_ms=deadline_ms(),
+        kinds=accepted.kinds,
     )
     log.info(
         "orchestration.created" if was_created else "orchestration.idempotent_repeat",
@@ -37,7 +42,7 @@ async def create_orchestration(request: Request) -> Response:
 # -- routes ------------------------------------------------------------------------------------
 
 _ONE = "/v1/orchestrations/{orc_id}"
-_LINKED = ("getOrchestration", "modifyOrchestration", "cancelOrchestration")
+_LINKED = ("getOrchestration", "modifyOrchestration", "cancelOrchestration", "retryOrchestration")
 _CREATE = spec.create_op(
     "orchestration", "Run steps in order with a condition check between them", "orc_id", *_LINKED
 )
@@ -45,6 +50,12 @@ _MODIFY = spec.modify_op("orchestration", "Modify a orchestration while schedule
 _CANCEL = spec.change_op(
     "cancelOrchestration",
     "Cancel a orchestration while scheduled or running",
+    spec.it("Orchestration"),
+    "orc_id",
+)
+_RETRY = spec.change_op(
+    "retryOrchestration",
+    "Run a failed or stopped orchestration again from the step that ended it",
     spec.it("Orchestration"),
     "orc_id",
 )
@@ -70,5 +81,8 @@ ROUTES = [
     ),
     resources.change(
         "POST", f"{_ONE}/cancel", "orchestrations.cancel", "orchestration.cancelled", _CANCEL
+    ),
+    resources.change(
+        "POST", f"{_ONE}/retry", "orchestrations.retry", "orchestration.retried", _RETRY
     ),
 ]

@@ -3,12 +3,13 @@
 -- claim whose reply it got ('' for none: its record is no longer needed), then the ids of its
 -- earlier claims whose replies it never got.
 -- Moves this partition's due jobs from its queue to its leases set, owned by this worker, and
--- returns for each {job, due, function, argument, url, spec, base, owner[, scheduled]} (a
+-- returns for each {job, due, function, argument, url, spec, base, owner[, scheduled[, orc]]} (a
 -- task's url, spec, attempts made before its last redrive and owner; '', '', 0, '' for other
 -- jobs; scheduled, for a task, is the time it was due for this attempt: a named queue's task
 -- goes later than that, at its dispatch slot, and a task a reaper took back from a dead worker
--- is in the queue from when it was taken back). A task's job that is no longer the task's
--- current one is dropped.
+-- is in the queue from when it was taken back; orc, for an orchestration's step or fallback
+-- task, its orchestration, whose step output the worker keeps: issue #21). A task's job that is
+-- no longer the task's current one is dropped.
 --
 -- Issue #19: a claim is safe to lose. A claim whose reply was lost (a Redis frozen past the
 -- worker's socket timeout runs the script when it resumes) leaves its jobs in this worker's
@@ -45,7 +46,7 @@ local function adopt(rec)
         local t = id and load(id)
         if t and job_of(id, t) == job and (t.s == 'scheduled' or t.s == 'retrying') then
           row = {job, due, 'fire_task', id, t.h, t.p, t.b or 0, t.o,
-            int(math.min(t.r, tonumber(due)))}
+            int(math.min(t.r, tonumber(due))), t.oi ~= '' and t.oi or nil}
         end
       else
         local data = redis.call('GET', P .. '${JOB}' .. job)
@@ -98,7 +99,7 @@ repeat
   for i = 1, #items, 2 do
     local job, due = items[i], tonumber(items[i + 1])
     redis.call('ZREM', QUEUE, job)
-    local fn, arg, url, spec, base, owner, sched = nil, nil, '', '', 0, '', nil
+    local fn, arg, url, spec, base, owner, sched, oi = nil, nil, '', '', 0, '', nil, nil
     if is_task_job(job) then
       local id = task_of_job(job)
       local t = id and load(id)
@@ -111,6 +112,7 @@ repeat
           fn, arg, url, spec = 'fire_task', id, t.h, t.p
           base, owner = t.b or 0, t.o  -- #12: attempts before a redrive; the owner signs the call
           sched = int(math.min(t.r, due))  -- #19: its own due time, not when a reaper put it back
+          if t.oi ~= '' then oi = t.oi end  -- #21: a step's output is kept
         end
       end
     else
@@ -123,7 +125,7 @@ repeat
     if fn then
       redis.call('ZADD', LEASES, math.max(due, now) + lease, job)
       redis.call('HSET', LEASE_OWNER, job, ARGV[4])
-      out[#out + 1] = {job, items[i + 1], fn, arg, url, spec, base, owner, sched}
+      out[#out + 1] = {job, items[i + 1], fn, arg, url, spec, base, owner, sched, oi}
     end
   end
   held = held + held_now

@@ -2,7 +2,8 @@
 -- ARGV: wake_ms, then rows, each its field count and then: id, job, outcome
 --       (succeeded|failed|retry), attempt_json, next_due, now, metric fields... ("name" or
 --       "name=x" for the partition's metrics hash; "~<ms>", the attempt's lateness, counted in
---       the owner's hash for the minute, constants.LATENESS_BY_MINUTE)
+--       the owner's hash for the minute, constants.LATENESS_BY_MINUTE; "!<json>", an
+--       orchestration step's output, kept with its final outcome in o:<orc>:out)
 -- Returns per row 1 when recorded, 0 when the attempt no longer owned the task (its lease lapsed
 -- and another worker recovered it).
 --- @include "prelude"
@@ -12,11 +13,15 @@ local ahead = tonumber(ARGV[1])
 local function finish(a)
   local id, job, outcome, now = a[1], a[2], a[3], tonumber(a[6])
   local lat = nil  -- "~<ms>": the attempt's lateness for the owner's by-minute figures
+  local output = nil  -- "!<json>": a step's output (issue #21)
   for i = 7, #a do
-    local f, by = string.match(a[i], '^(.+)=(.+)$')  -- "name=x" adds x, a bare name adds 1
-    if string.sub(a[i], 1, 1) == '~' then lat = string.sub(a[i], 2)
-    elseif f then incr(P .. 'm', f, by, true)
-    else incr(P .. 'm', a[i], 1) end
+    local head = string.sub(a[i], 1, 1)
+    if head == '!' then output = string.sub(a[i], 2)
+    elseif head == '~' then lat = string.sub(a[i], 2)
+    else
+      local f, by = string.match(a[i], '^(.+)=(.+)$')  -- "name=x" adds x, a bare name adds 1
+      if f then incr(P .. 'm', f, by, true) else incr(P .. 'm', a[i], 1) end
+    end
   end
   local t = load(id)
   if not t then return 0 end
@@ -56,6 +61,13 @@ local function finish(a)
     save(id, t)
     finished('t', id, now)
     if t.oi ~= '' then
+      if output then  -- the current step's output, recorded with its outcome (not a fallback's)
+        local ok = P .. '${ORCH}' .. t.oi
+        local cur = redis.call('HGET', ok, 'current_step')
+        if cur and redis.call('HGET', ok .. ':state', 't' .. cur) == id then
+          redis.call('HSET', ok .. ':out', cur, output)
+        end
+      end
       -- an orchestration's step ended: hand it to the step machine through its own job
       enqueue(t.oi .. '.' .. id .. '.' .. status, 'orc', 'done|' .. t.oi .. '|' .. id .. '|' .. status,
         now, now)

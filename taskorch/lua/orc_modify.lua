@@ -1,7 +1,7 @@
 -- KEYS[1]: the partition's queue, taskorch:{<tag>}:q (every key the script names is in its slot).
 -- ARGV: id, owner, now, expected_gen, name, due, condition, fallback, n (-1: steps unchanged),
---       wake_ms, then n specs and n conditions. Returns as modify_task.lua does, with orc_view's
---       three parts after 'ok'.
+--       wake_ms, then n specs, n conditions and n names ('' where a step has none). Returns as
+--       modify_task.lua does, with orc_view's parts after 'ok'.
 --- @include "prelude"
 --- @include "orchestration"
 
@@ -16,10 +16,12 @@ local gen = tonumber(o[3]) + 1
 local due = tonumber(ARGV[6])
 local n = tonumber(ARGV[9])
 if n >= 0 then
-  redis.call('DEL', key .. ':specs', key .. ':conds')
+  redis.call('DEL', key .. ':specs', key .. ':conds', key .. ':names', key .. ':kinds')
   for i = 1, n do
     redis.call('HSET', key .. ':specs', i - 1, ARGV[10 + i])
     if ARGV[10 + n + i] ~= '' then redis.call('HSET', key .. ':conds', i - 1, ARGV[10 + n + i]) end
+    local name = ARGV[10 + 2 * n + i]
+    if name and name ~= '' then redis.call('HSET', key .. ':names', name, i - 1) end
   end
   redis.call('HSET', key, 'n', n)
 end
@@ -30,4 +32,4 @@ enqueue(job, 'orc', 'start|' .. id .. '|' .. gen, due, now)
 publish(owner, 'orchestration', id, 'scheduled')
 wake(due, now, tonumber(ARGV[10]))
 local view = orc_view(id)
-return {'ok', view[1], view[2], view[3]}
+return {'ok', unpack(view)}

@@ -1,8 +1,11 @@
 -- KEYS[1]: the partition's queue, taskorch:{<tag>}:q (every key the script names is in its slot).
--- ARGV: id, task_id, task_status, now, next_task_id, fallback_task_id, wake_ms.
+-- ARGV: id, task_id, task_status, now, next_task_id, fallback_task_id, wake_ms, step, then what
+--       the step machine resolved for the next step and the fallback: spec|'', error|'',
+--       fallback|''|'-' (see start_step and run_fallback in lib/orchestration.lua).
 -- A step's (or the fallback's) task ended.
 -- Returns what follows: 'next', 'check', 'succeeded', 'failed', 'fallback', or 'stale' (not the
--- current step's task).
+-- current step's task), or the error's code when the next step could not start
+-- ('reference_missing', 'step_limit'...).
 --- @include "prelude"
 --- @include "orchestration"
 
@@ -19,23 +22,12 @@ end
 if o[1] ~= 'running' or o[2] ~= 'step' then return 'stale' end
 local i = tonumber(o[3])
 if redis.call('HGET', key .. ':state', 't' .. i) ~= tid then return 'stale' end
-redis.call('HSET', key .. ':state', 's' .. i, tstatus)
+if ARGV[8] and ARGV[8] ~= '' and tonumber(ARGV[8]) ~= i then return 'stale' end
+redis.call('HSET', key .. ':state', 's' .. i, tstatus, 'ft' .. i, now)
 if tstatus ~= 'succeeded' then
   finish_orc(id, o[4], 'running', 'failed', now)
-  run_fallback(id, o[4], o[7], ARGV[6], now, ahead)
+  run_fallback(id, o[4], fallback_of(id, ARGV[11] or ''), ARGV[6], now, ahead)
   return 'failed'
 end
-if i == tonumber(o[5]) - 1 then
-  finish_orc(id, o[4], 'running', 'succeeded', now)
-  return 'succeeded'
-end
-local cond = condition_for(id, i, o[6])
-if cond then
-  local delay = tonumber(cjson.decode(cond).delay) or 0
-  redis.call('HSET', key, 'phase', 'check', 'check_n', 0, 'updated_at', now)
-  schedule_check(id, i, 1, now + math.floor(delay * 1000), now, ahead)
-  publish(o[4], 'orchestration', id, 'running')
-  return 'check'
-end
-start_step(id, o[4], i + 1, ARGV[5], now, ahead)
-return 'next'
+return step_succeeded(id, o[4], i, tonumber(o[5]), o[6], now, ahead, ARGV[5], ARGV[9],
+  ARGV[10], ARGV[11] or '', ARGV[6])

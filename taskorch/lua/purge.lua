@@ -27,7 +27,8 @@ for _, member in ipairs(items) do
       redis.call('ZREM', P .. 'oi:' .. o[1] .. ':' .. o[2], id)
       redis.call('HINCRBY', P .. 's', 'orchestrations:' .. o[2], -1)
       for i = 0, tonumber(o[3]) - 1 do redis.call('DEL', key .. ':check:' .. i) end
-      redis.call('DEL', key, key .. ':specs', key .. ':conds', key .. ':state')
+      redis.call('DEL', key, key .. ':specs', key .. ':conds', key .. ':state', key .. ':names',
+        key .. ':out', key .. ':kinds')
     end
   end
 end

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from msgspec import UNSET, Meta, Struct, UnsetType
 
@@ -22,16 +22,19 @@ __all__ = [
     "OrchestrationPage",
     "OrchestrationPatch",
     "OrchestrationStatus",
+    "StepError",
     "StepSpec",
     "StepState",
 ]
 
 
 class OrchestrationStatus(enum.StrEnum):
-    """Where an orchestration is. Only ``scheduled`` can be modified; ``running`` can be cancelled."""
+    """Where an orchestration is. Only ``scheduled`` can be modified; ``running`` and ``waiting``
+    can be cancelled."""
 
     scheduled = "scheduled"
     running = "running"
+    waiting = "waiting"  # a sleep step is in progress
     succeeded = "succeeded"
     failed = "failed"
     stopped = "stopped"
@@ -50,10 +53,21 @@ class ConditionSpec(_Input):
     retry_delay: Seconds = c.DEFAULT_RETRY_DELAY_S
 
 
+# A step's name (the contract's "Orchestrations as workflows"): what references and a check's
+# goto name it by; not only digits, which steps.<n> reads as an index (taskorch.workflows.kinds
+# checks both at create).
+StepName = Annotated[
+    str, Meta(min_length=1, max_length=64, pattern="^[a-z0-9_-]*[a-z_-][a-z0-9_-]*$")
+]
+
+
 class StepSpec(TaskSpec):
-    """One step: a task spec, optionally with its own condition overriding the shared one."""
+    """One step: a task spec, optionally with its own condition overriding the shared one, and a
+    name (unique in the orchestration). Its url, header values and payload may hold ``{{ ... }}``
+    references (taskorch.workflows.refs), replaced when the step starts."""
 
     condition: ConditionSpec | None = None
+    name: StepName | None = None
 
 
 class OrchestrationCreate(_Input):
@@ -65,6 +79,10 @@ class OrchestrationCreate(_Input):
     run_at: dt.datetime | None = None
     delay: Seconds | None = None
     name: Annotated[str, Meta(max_length=200)] | None = None
+    # What references read as {{ input }} (any JSON), and how many steps may run in all (a
+    # check's goto can loop): past it the orchestration fails with error step_limit.
+    input: Any = None
+    max_steps_run: Annotated[int, Meta(ge=1, le=1_000_000)] = 10_000
 
 
 class OrchestrationPatch(_Input):
@@ -95,11 +113,33 @@ class ConditionState(Struct):
     attempts: list[CheckAttempt]
 
 
+class StepError(Struct):
+    """Why a step or an orchestration ended without a call's answer to blame: ``code`` is
+    ``reference_missing`` (and the other reference errors), ``step_limit``..., ``field`` and
+    ``path`` where a reference is to blame."""
+
+    code: str
+    message: str
+    field: str | None = None
+    path: str | None = None
+
+
 class StepState(Struct):
+    """One step. ``output`` is its answer's body (JSON when it is JSON, else text), kept once it
+    succeeded, at most 64 KiB (else its start, and ``output_truncated``); ``started_at`` and
+    ``finished_at`` are of its latest run."""
+
     index: int
     task_id: str | None
     status: str
     condition: ConditionState | None
+    name: str | None = None
+    kind: Literal["task", "parallel", "map", "sleep", "wait"] = "task"
+    output: Any = None
+    output_truncated: bool = False
+    started_at: Timestamp | None = None
+    finished_at: Timestamp | None = None
+    error: StepError | None = None
 
 
 class FallbackState(Struct):
@@ -120,6 +160,8 @@ class Orchestration(Struct):
     current_step: int
     steps: list[StepState]
     fallback: FallbackState | None
+    input: Any = None
+    error: StepError | None = None
 
 
 class OrchestrationPage(Struct):

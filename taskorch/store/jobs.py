@@ -34,6 +34,7 @@ class Claimed(msgspec.Struct):
     base: int = 0  # attempts made before the task's last redrive (its retry budget starts after)
     owner: str = ""  # a task's owner, whose secrets sign its call
     scheduled_ms: int = 0
+    orc: str = ""  # an orchestration's task: its orchestration (its step's output is kept)
 
 
 class WorkerCalls(StoreBase):
@@ -107,6 +108,7 @@ class WorkerCalls(StoreBase):
                         base=int(more[0]) if more else 0,
                         owner=more[1] if len(more) > 1 else "",
                         scheduled_ms=int(more[2]) if len(more) > 2 else 0,
+                        orc=more[3] if len(more) > 3 else "",
                     )
                 )
         return out

@@ -13,14 +13,19 @@ import time
 from collections import deque
 from urllib.parse import urlsplit
 
+import msgspec
 import structlog
 
 from taskorch import constants as c
 from taskorch.models import fmt_ms, retry_wait_s
+from taskorch.orchestrations import StoredOutput
 from taskorch.store import Claimed, encode_attempt
 from taskorch.worker import outbound
 from taskorch.worker.outcomes import lateness_bucket, lateness_field
 from taskorch.worker.state import WorkerState, _Call, _Room
+from taskorch.workflows.kinds import OUTPUT_MAX_BYTES, keep_output
+
+_enc = msgspec.json.Encoder()
 
 log = structlog.get_logger("taskorch.worker")
 
@@ -166,6 +171,9 @@ class Calling(WorkerState):
             keys = await self.signer.keys(cl.owner) if cl.owner else []
             if time.time() * 1000 < cl.due_ms:
                 await self._gate(cl.due_ms)
+            # An orchestration's step keeps its output: one byte past the limit tells a longer
+            # answer from one of exactly the limit, and its content type says whether it is JSON.
+            keep = OUTPUT_MAX_BYTES + 1 if cl.orc else c.RESPONSE_KEEP_BYTES
             result = await outbound.call(
                 self.session,
                 url=spec.url,
@@ -181,6 +189,8 @@ class Calling(WorkerState):
                 },
                 webhook_id=cl.arg,
                 keys=keys,
+                keep_body=keep,
+                keep_type=keep > c.RESPONSE_KEEP_BYTES,
             )
         except Exception as exc:
             # A bug of ours must still end in an outcome, or the task would stay running while
@@ -233,10 +243,18 @@ class Calling(WorkerState):
             f"lateness_sum_ms={max(lateness, 0.0):.3f}",  # the histogram's _sum for /metrics
             lateness_field(lateness),
         ]
+        if cl.orc and outcome != "retry":
+            row.append(step_output(result))
         self._outcomes.append((cl, row))
         if not self._flushing:
             self._flushing = True
             self._spawn(self._flush_finish())
+
+
+def step_output(result: outbound.CallResult) -> str:
+    """FINISH's "!<json>" row field: a step's output as ``o:<orc>:out`` keeps it."""
+    output, cut = keep_output(result.body, result.content_type)
+    return "!" + _enc.encode(StoredOutput(output, result.status_code, cut)).decode()
 
 
 @functools.lru_cache(maxsize=1024)

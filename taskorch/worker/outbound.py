@@ -191,6 +191,7 @@ class CallResult:
     body: bytes = b""
     error: str | None = None
     retry_after_s: float | None = None
+    content_type: str | None = None  # only when the caller asked (keep_type): a step's output
 
     @property
     def ok(self) -> bool:
@@ -225,9 +226,10 @@ async def call(
     payload: Any,
     timeout_s: float,
     extra_headers: dict[str, str],
-    keep_body: int = 64 * 1024,
+    keep_body: int = c.RESPONSE_KEEP_BYTES,
     webhook_id: str | None = None,
     keys: Sequence[bytes] = (),
+    keep_type: bool = False,
 ) -> CallResult:
     """Make one attempt. Never raises for the target's failures: they land in ``error``.
 
@@ -255,7 +257,10 @@ async def call(
                 retry_after = None
                 if resp.status in (429, 503):
                     retry_after = retry_after_s(resp.headers.get("Retry-After"))
-                return CallResult(started, time.time() * 1000, resp.status, body, None, retry_after)
+                ctype = resp.headers.get("Content-Type") if keep_type else None
+                return CallResult(
+                    started, time.time() * 1000, resp.status, body, None, retry_after, ctype
+                )
     except TimeoutError:
         err: TargetError = TargetTimeout(f"timed out after {timeout_s:g} s")
     except TargetBlocked as exc:

@@ -1,8 +1,11 @@
 """The step machine: what a worker does when an orchestration's start, step end or check is due.
 
 Each event is an arq-format job (function ``orc``) whose argument names it:
-``start|<orc>|<gen>``, ``done|<orc>|<task>|<status>`` (enqueued by the script that records a step
-task's final outcome) and ``check|<orc>|<step>|<attempt>``. A handler never waits in memory
+``start|<orc>|<gen>[|<step>]`` (a step: a retry's, lua/orc_retry.lua), ``done|<orc>|<task>|<status>``
+(enqueued by the script that records a step task's final outcome) and
+``check|<orc>|<step>|<attempt>`` and ``wake|<orc>|<step>|<run>`` (a sleep step's time is up: a
+job in the same queue, so a restart neither loses nor shortens it). Before a script that may start a step or the fallback, the
+handler resolves their references (:mod:`taskorch.worker.resolving`: reads only). A handler never waits in memory
 between events: it makes at most one HTTP call (a condition check) and then runs one script that
 checks the orchestration is still where the event expects and moves it on, creating the next
 step's task or job in the same script. A worker that dies mid-event leaves the job to be replayed
@@ -33,7 +36,9 @@ from taskorch.models import ConditionSpec
 from taskorch.orchestrations import StoredCheck
 from taskorch.signing import Signer
 from taskorch.store import Redis, Store, now_ms, until_reachable
+from taskorch.worker.resolving import Resolver
 from taskorch.worker.sender import Sender
+from taskorch.workflows.kinds import GotoInvalid, goto_target
 
 log = structlog.get_logger("taskorch.steps")
 _enc = msgspec.json.Encoder()
@@ -75,6 +80,7 @@ class StepMachine(Sender):
         self._start = lua.register(redis, "orc_start")
         self._step_done = lua.register(redis, "orc_step_done")
         self._check_done = lua.register(redis, "orc_check_done")
+        self._wake = lua.register(redis, "orc_wake")
 
     async def _run(
         self, script: AsyncScript, keys: list[str], args: list[Any], *, what: str
@@ -101,16 +107,33 @@ class StepMachine(Sender):
         def new_id(kind: str) -> str:  # step tasks live in their orchestration's partition
             return layout.new_id(kind, p)
 
+        key = layout.prefixes[p] + c.ORCH + oid
         if kind == "start":
-            args = [oid, rest[0], now_ms(), new_id("tsk"), c.CLAIM_AHEAD_MS]
+            step = int(rest[1]) if len(rest) > 1 else 0
+            raw_input, fb = await self._read(key, "input", "fallback")
+            res = Resolver(self.redis, key, oid, raw_input)
+            spec, err = await res.step(step)
+            args = [oid, rest[0], now_ms(), new_id("tsk"), c.CLAIM_AHEAD_MS, step, spec, err]
+            args += [await res.fallback(fb), new_id("tsk")]
             moved = await self._run(self._start, keys, args, what="orc_start")
             log.info(
                 "orchestration.started" if moved else "orchestration.start_skipped",
                 orchestration_id=oid,
+                step=step,
             )
         elif kind == "done":
             task_id, status = rest
+            phase, current, raw_input, fb = await self._read(
+                key, "phase", "current_step", "input", "fallback"
+            )
+            res = Resolver(self.redis, key, oid, raw_input)
+            spec, err, at = "", "", ""
+            if phase == "step" and current is not None:
+                at = current
+                if status == "succeeded":
+                    spec, err = await res.step(int(current) + 1)
             args = [oid, task_id, status, now_ms(), new_id("tsk"), new_id("tsk"), c.CLAIM_AHEAD_MS]
+            args += [at, spec, err, await res.fallback(fb)]
             await self._move(
                 self._step_done,
                 keys,
@@ -121,8 +144,24 @@ class StepMachine(Sender):
                 task_id=task_id,
                 task_status=status,
             )
+        elif kind == "wake":
+            at, run = rest
+            raw_input, fb = await self._read(key, "input", "fallback")
+            res = Resolver(self.redis, key, oid, raw_input)
+            spec, err = await res.step(int(at) + 1)
+            args = [oid, at, run, now_ms(), new_id("tsk"), new_id("tsk"), c.CLAIM_AHEAD_MS]
+            args += [spec, err, await res.fallback(fb)]
+            await self._move(
+                self._wake,
+                keys,
+                args,
+                event="orchestration.woke",
+                what="orc_wake",
+                orchestration_id=oid,
+                step=at,
+            )
         elif kind == "check":
-            await self._check(oid, int(rest[0]), int(rest[1]), layout.prefixes[p], new_id, keys)
+            await self._check(oid, int(rest[0]), int(rest[1]), key, new_id, keys)
         else:
             log.error("orchestration.unknown_event", event=arg)
 
@@ -131,32 +170,34 @@ class StepMachine(Sender):
         oid: str,
         step: int,
         attempt: int,
-        prefix: str,
+        key: str,
         new_id: Callable[[str], str],
         keys: list[str],
     ) -> None:
-        key = prefix + c.ORCH + oid
+        prefix = key[: -len(c.ORCH + oid)]
 
         async def read() -> list[Any]:
             async with self.redis.pipeline(transaction=False) as pipe:
                 pipe.hmget(key, "status", "phase", "current_step", "check_n", "condition", "owner")
+                pipe.hmget(key, "input", "fallback")
                 pipe.hget(key + ":conds", str(step))
                 pipe.hget(key + ":state", f"t{step}")
                 return list(await pipe.execute())
 
-        (status, phase, current, check_n, shared, owner), own, task_id = await until_reachable(
-            read, what="orc_check_read"
-        )
+        got = await until_reachable(read, what="orc_check_read")
+        (status, phase, current, check_n, shared, owner), (raw_input, fb), own, task_id = got
         if (status, phase, current, check_n) != ("running", "check", str(step), str(attempt - 1)):
             log.info(
                 "orchestration.check_skipped", orchestration_id=oid, step=step, attempt=attempt
             )
             return
         cond = _cond_dec.decode(own or shared)
-        last = await until_reachable(
-            lambda: self.redis.lindex(prefix + c.TASK + task_id + ":a", -1),
-            what="orc_check_read",
-        )
+        last = None
+        if task_id is not None:  # a sleep step has no task: its answer is null
+            last = await until_reachable(
+                lambda: self.redis.lindex(prefix + c.TASK + task_id + ":a", -1),
+                what="orc_check_read",
+            )
         answer = msgspec.json.decode(last) if last else {}
         envelope = {
             "orchestration_id": oid,
@@ -179,13 +220,21 @@ class StepMachine(Sender):
             },
         )
         passed = result.error is None and check_passes(result.status_code, result.body)
+        error, target = result.error, None
+        if passed and b"goto" in result.body:
+            try:
+                target = goto_target(result.body, await self._names(key))
+            except GotoInvalid as exc:
+                passed, error = False, exc.message  # as a failed check: retries apply
+        res = Resolver(self.redis, key, oid, raw_input)
+        spec, err = await res.step(step + 1 if target is None else target) if passed else ("", "")
         record = StoredCheck(
             n=attempt,
             st=int(result.started_ms),
             ft=int(result.finished_ms),
             ok=passed,
             code=result.status_code,
-            err=result.error,
+            err=error,
             body=result.excerpt(),
         )
         args = [
@@ -198,6 +247,10 @@ class StepMachine(Sender):
             new_id("tsk"),
             new_id("tsk"),
             c.CLAIM_AHEAD_MS,
+            "" if target is None else target,
+            spec,
+            err,
+            await res.fallback(fb),
         ]
         await self._move(
             self._check_done,
@@ -209,9 +262,18 @@ class StepMachine(Sender):
             step=step,
             attempt=attempt,
             passed=passed,
+            goto=target,
             status_code=result.status_code,
-            error=result.error,
+            error=error,
         )
+
+    async def _read(self, key: str, *fields: str) -> list[str | None]:
+        return list(await until_reachable(lambda: self.redis.hmget(key, fields), what="orc_read"))
+
+    async def _names(self, key: str) -> dict[str, int]:
+        """The orchestration's step names (for a check's goto)."""
+        got = await until_reachable(lambda: self.redis.hgetall(key + ":names"), what="orc_read")
+        return {name: int(i) for name, i in got.items()}
 
 
 def handlers(

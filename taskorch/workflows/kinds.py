@@ -40,7 +40,7 @@ MAX_MAP_ITEMS = 10_000  # items of one map step
 # one script to create more than a batch create may (constants.MAX_BATCH_TASKS).
 MAX_MAP_CONCURRENT = c.MAX_BATCH_TASKS
 DEFAULT_MAP_CONCURRENT = 10
-DEFAULT_MAX_STEPS_RUN = 10_000
+DEFAULT_MAX_STEPS_RUN = c.DEFAULT_MAX_STEPS_RUN
 # A goto loop may run steps many times over; a million steps is days of calls.
 MAX_STEPS_RUN = 1_000_000
 

@@ -134,7 +134,7 @@ class Hit:
 class Recorder:
     """A real aiohttp server on 127.0.0.1, in a thread of its own (so a busy test loop never
     delays an answer), that records every call. ``?sleep=<s>`` makes it answer after s seconds;
-    every answer is 200 ``{"ok": true}``."""
+    every answer is 200 ``{"ok": true}``, or the JSON ``?answer=<json>`` gives."""
 
     hits: list[Hit] = field(default_factory=list)
     port: int = 0
@@ -166,7 +166,8 @@ class Recorder:
         if sleep_s:
             await asyncio.sleep(sleep_s)
         hit.finished = time.time()
-        return web.json_response({"ok": True})
+        answer = request.query.get("answer")
+        return web.json_response(json.loads(answer) if answer else {"ok": True})
 
     def start(self) -> None:
         ready = threading.Event()

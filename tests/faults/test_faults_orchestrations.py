@@ -9,6 +9,7 @@ import subprocess
 import time
 from collections import defaultdict
 from typing import Any
+from urllib.parse import quote
 
 import faultkit
 from faultkit import FaultRedis, Hit, Procs, Recorder, api_client, count, post_until_stored, report
@@ -183,3 +184,100 @@ async def test_orchestrations_finish_under_worker_kills(
         problems.append(f"the fallback ran {len(fallbacks)} times")
     assert not problems, "\n".join(problems[:20]) + f"\n{figures}"
     assert lost_attempts + repeated_checks > 0, "no kill caught a call in flight: proved nothing"
+
+
+async def test_references_and_goto_under_worker_kills(
+    fault_redis: FaultRedis, recorder: Recorder, procs: Procs
+) -> None:
+    """Workflows (issue #21) while workers are SIGKILLed: each step's references resolve from
+    the kept output of an earlier one, a durable sleep between them, a check's goto loops until
+    max_steps_run, and every orchestration ends failed with step_limit, each step run called
+    once (again only after a lost attempt), the fallback once."""
+    n_orc, rounds, max_run = count(4, 24), count(3, 8), 9  # a, a sleep, b: 3 rounds
+    procs.lease_s = LEASE_S
+    base = procs.start_api()
+    r = fault_redis.client()
+    slots = [procs.start_worker(), procs.start_worker()]
+    for p in slots:
+        procs.ready(p, r)
+    orc_ids: list[str] = []
+    async with api_client(base, timeout_s=10) as http:
+        for i in range(n_orc):
+            body = {
+                "input": {"o": i},
+                "steps": [
+                    {"name": "a", "url": recorder.url("/wf-a?sleep=0.3"), "payload": "{{ input }}"},
+                    {"name": "nap", "sleep": 0.3},
+                    {
+                        "name": "b",
+                        "url": recorder.url("/wf-b?sleep=0.3"),
+                        "payload": {"ok": "{{ steps.a.output.ok }}", "o": "{{ input.o }}"},
+                        "condition": {
+                            "url": recorder.url("/wf-check?answer=" + quote('{"goto":"a"}'))
+                        },
+                    },
+                    {"url": recorder.url("/wf-never")},
+                ],
+                "max_steps_run": max_run,
+                "fallback": {"url": recorder.url("/wf-fallback"), "payload": "{{ input.o }}"},
+            }
+            resp = await post_until_stored(http, "/v1/orchestrations", body, key=f"wf-{i}")
+            assert resp.status_code in (200, 201), resp.text
+            orc_ids.append(resp.json()["id"])
+        kills: list[float] = []
+        for k in range(rounds):
+            await asyncio.sleep(LEASE_S / 2)
+            deadline = time.monotonic() + ROUND_S
+            victim = None
+            while victim is None and time.monotonic() < deadline:
+                victim = _in_flight_owner(r, recorder, slots, "/wf-a" if k % 2 else "/wf-b")
+                if victim is None:
+                    await asyncio.sleep(0.02)
+            victim = victim or slots[k % 2]
+            i = slots.index(victim)
+            kills.append(procs.kill_worker(victim))
+            await asyncio.sleep(RESTART_S)
+            slots[i] = procs.start_worker()
+            await asyncio.to_thread(procs.ready, slots[i], r)
+        final: list[dict[str, Any]] = []
+        deadline = time.monotonic() + 5 * LEASE_S + 40
+        while time.monotonic() < deadline:
+            final = [(await http.get(f"/v1/orchestrations/{oid}")).json() for oid in orc_ids]
+            if all(o["status"] not in ("scheduled", "running") for o in final):
+                break
+            await asyncio.sleep(0.5)
+        tasks: dict[str, dict[str, Any]] = {}
+        for tid in {h.task_id for h in recorder.snapshot() if h.path in ("/wf-a", "/wf-b")}:
+            tasks[tid] = (await http.get(f"/v1/tasks/{tid}")).json()
+    problems: list[str] = []
+    for o in final:
+        if o["status"] != "failed" or (o["error"] or {}).get("code") != "step_limit":
+            problems.append(f"{o['id']} ended {o['status']} {o['error']}, not step_limit")
+    runs: dict[str, int] = defaultdict(int)
+    for tid, task in tasks.items():
+        runs[task["orchestration_id"]] += 1
+        hs = sorted((h for h in recorder.snapshot() if h.task_id == tid), key=lambda h: h.arrived)
+        attempts = {a["number"]: a for a in task["attempts"]}
+        if len({h.attempt for h in hs}) != len(hs):
+            problems.append(f"step {tid}: one attempt called twice {[h.attempt for h in hs]}")
+        for h in hs[:-1]:
+            if "worker lost" not in ((attempts.get(h.attempt) or {}).get("error") or ""):
+                problems.append(f"step {tid} called again after attempt {h.attempt}")
+        if hs and hs[0].path == "/wf-b" and hs[0].body.get("ok") is not True:
+            problems.append(f"step {tid} got {hs[0].body}: its reference did not resolve")
+    for oid in orc_ids:
+        if runs[oid] != max_run // 3 * 2:
+            problems.append(f"{oid} ran {runs[oid]} step tasks, not {max_run // 3 * 2}")
+    if any(h.path == "/wf-never" for h in recorder.snapshot()):
+        problems.append("a step past the goto loop was called")
+    fallbacks = [h.body for h in recorder.snapshot() if h.path == "/wf-fallback"]
+    if sorted(fallbacks) != list(range(n_orc)):
+        problems.append(f"fallbacks called with {sorted(fallbacks)}")
+    report(
+        "workflows_under_worker_kills",
+        orchestrations=n_orc,
+        worker_kills=len(kills),
+        step_tasks=len(tasks),
+        problems=len(problems),
+    )
+    assert not problems, "\n".join(problems[:20])

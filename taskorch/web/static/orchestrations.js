@@ -6,12 +6,12 @@ import { alertBox, backLink, badge, confirmButton, fill, h, heading, listTable, 
 import { conditionEditor, field, formCard, input, onSubmit, optional, Problems, select, specEditor, whenEditor } from "./forms.js";
 import { liveStats, reason, throttled } from "./tasks.js";
 
-const STATUSES = ["scheduled", "running", "succeeded", "failed", "stopped", "cancelled"];
+const STATUSES = ["scheduled", "running", "waiting", "succeeded", "failed", "stopped", "cancelled"];
 const ENDED = new Set(["succeeded", "failed", "stopped", "cancelled"]);
 // Steps are numbered from 0 everywhere on the page, as the API numbers them (a step's `index`,
 // `current_step`, the `step` a condition check receives, `steps[0].url` in an error).
 const NUMBERING = "Steps are numbered from 0, as the API numbers them.";
-const CANCELLABLE = new Set(["scheduled", "running"]);
+const CANCELLABLE = new Set(["scheduled", "running", "waiting"]);
 const LIMIT = 50;
 const WINDOW = 100; // steps shown around the current one in very long orchestrations
 
