@@ -77,19 +77,19 @@ def test_client_retry_and_send_event_on_the_wire(
         assert seen.headers["authorization"] == "Bearer tok-1"
 
         event = {"tracking": "1Z9", "items": [1, 2.5, None], "note": "ünï"}
-        assert client.send_event(FAILED, "shipped", event) is None  # 202
+        assert client.send_event(FAILED, name="shipped", body=event) is None  # 202
         seen = api.seen[-1]
         assert (seen.method, seen.path) == ("POST", f"/v1/orchestrations/{FAILED}/events/shipped")
         assert seen.headers["content-type"] == "application/json"
         assert seen.headers["authorization"] == "Bearer tok-1"
         assert "idempotency-key" not in seen.headers
         assert json.loads(seen.body) == event
-        client.send_event(FAILED, "empty")
+        client.send_event(FAILED, name="empty")
         assert json.loads(api.seen[-1].body) is None  # no body given: JSON null
 
         sent = len(api.seen)
         with pytest.raises(errors.Conflict) as conflict:
-            client.send_event(FAILED, "shipped", {"again": True})
+            client.send_event(FAILED, name="shipped", body={"again": True})
         assert conflict.value.status_code == 409 and "already sent" in conflict.value.message
         assert len(api.seen) == sent + 1  # a refused event is not sent again
         with pytest.raises(errors.Conflict, match="succeeded"):
@@ -97,18 +97,18 @@ def test_client_retry_and_send_event_on_the_wire(
         with pytest.raises(errors.NotFound):
             client.retry_orchestration(UNKNOWN)
         with pytest.raises(errors.NotFound):
-            client.send_event(UNKNOWN, "shipped", {})
+            client.send_event(UNKNOWN, name="shipped", body={})
         with pytest.raises(ValueError, match="event name"):
-            client.send_event(FAILED, "", {})
+            client.send_event(FAILED, name="", body={})
 
     async def awaited() -> None:
         async with AsyncClient(api.url, token="tok-2") as client:
             assert (await client.retry_orchestration(FAILED)).id == api.answer["id"]
-            assert await client.send_event(SUCCEEDED, "paid", [1, 2]) is None
+            assert await client.send_event(SUCCEEDED, name="paid", body=[1, 2]) is None
             assert json.loads(api.seen[-1].body) == [1, 2]
             assert api.seen[-1].headers["authorization"] == "Bearer tok-2"
             with pytest.raises(errors.Conflict):
-                await client.send_event(SUCCEEDED, "paid", [3])
+                await client.send_event(SUCCEEDED, name="paid", body=[3])
 
     asyncio.run(awaited())
 

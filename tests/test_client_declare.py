@@ -61,7 +61,7 @@ SIGNATURES = {
     "retry_orchestration": "(self, orchestration_id: 'str') -> 'Orchestration'",
     "retry_task": "(self, task_id: 'str') -> 'Task'",
     "rotate_signing_keys": "(self) -> 'SigningKeys'",
-    "send_event": "(self, orchestration_id: 'str', name: 'str', body: 'Any' = None) -> 'None'",
+    "send_event": "(self, orchestration_id: 'str', *, name: 'str', body: 'Any' = None) -> 'None'",
     "sign_in": "(self, *, username: 'str', password: 'str') -> 'TokenResponse'",
     "signing_keys": "(self) -> 'SigningKeys'",
     "stats": "(self) -> 'Stats'",

@@ -115,7 +115,7 @@ def _send_event(client: Client, args: argparse.Namespace) -> int:
     if args.data_file is not None:
         body = options.read_json(args.data_file, "--data-file")
     orc_id, name = args.orchestration_id, args.name
-    client.send_event(orc_id, name, body)
+    client.send_event(orc_id, name=name, body=body)
     return output.print_done(
         args, {"id": orc_id, "event": name, "sent": True}, f"sent event {name} to {orc_id}"
     )

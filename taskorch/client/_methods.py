@@ -267,7 +267,7 @@ class _Methods(_Base, Generic[_Transport]):
         return (yield from self._calls.orchestrations.action(orchestration_id, "retry"))
 
     @_endpoint
-    def send_event(self, orchestration_id: str, name: str, body: Any = None) -> _Plan[None]:
+    def send_event(self, orchestration_id: str, *, name: str, body: Any = None) -> _Plan[None]:
         """``POST /v1/orchestrations/{id}/events/{name}``: ``body`` (any JSON) becomes the output
         of the step waiting for ``name``; one sent before the wait is kept for it (24 h). A second
         event for the same wait raises ``Conflict``; it is never sent twice."""
